@@ -1,0 +1,174 @@
+//! `millstream bench …`: measured, not asserted. Each prints one final JSON line.
+//!
+//! - `ingest`: preloads the embedded broker with N simulated events, then times the pipeline
+//!   from its first fetch to its last commit.
+//! - `freshness`: produces at a steady rate while the pipeline runs, and reports the latency
+//!   from each record's Kafka timestamp to the end of the commit that made it durable.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::broker::{EmbeddedBroker, topics};
+use crate::cli::pipeline_options;
+use crate::config::Config;
+use crate::lakehouse::Lakehouse;
+use crate::sim::stream::Generator;
+use crate::sim::{EventProducer, produce_all};
+
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new() -> std::io::Result<Self> {
+        let p = std::env::temp_dir().join(format!("millstream-bench-{}-{}", std::process::id(), chrono::Utc::now().timestamp_millis()));
+        std::fs::create_dir_all(&p)?;
+        Ok(Scratch(p))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Peak resident set size of this process, MiB (VmHWM).
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn count_files(lake: &Lakehouse) -> usize {
+    let mut n = 0;
+    for k in crate::model::EventKind::ALL {
+        if let Ok(p) = lake.table_path(k.bronze_table()) {
+            n += walk(&p);
+        }
+    }
+    n
+}
+
+fn walk(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    let p = e.path();
+                    if p.is_dir() { walk(&p) } else { p.extension().is_some_and(|x| x == "parquet") as usize }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+pub async fn ingest(config: Config, events: u64) -> anyhow::Result<()> {
+    let scratch = Scratch::new()?;
+    let lake = Lakehouse::new(scratch.0.join("lakehouse"))?;
+    let broker = EmbeddedBroker::start(config.kafka.embedded_brokers, &topics::ALL, config.kafka.partitions)?;
+    let brokers = broker.bootstrap_servers().to_string();
+    eprintln!("bench ingest: generating {events} events");
+    let mut generator = Generator::new(&config.simulate, "bench", config.simulate.start, config.simulate.rate);
+    let batch: Vec<_> = (0..events).map(|_| generator.next_event()).collect();
+    let producer = EventProducer::new(&config.kafka, &brokers)?;
+    let preload_started = Instant::now();
+    let produced = produce_all(&producer, &batch, "preload").await?;
+    let preload_secs = preload_started.elapsed().as_secs_f64();
+    drop(producer);
+    drop(batch);
+
+    let mut opts = pipeline_options(&config, &brokers);
+    opts.stop_after = Some(events);
+    opts.group_id = "bench".into();
+    let (_tx, stop) = tokio::sync::watch::channel(false);
+    eprintln!("bench ingest: running the pipeline");
+    let stats = crate::pipeline::run(&config.kafka, &lake, &opts, stop).await?;
+    let secs = match (stats.first_fetch, stats.last_commit) {
+        (Some(a), Some(b)) => (b - a).as_secs_f64(),
+        _ => anyhow::bail!("pipeline committed nothing"),
+    };
+    let files = count_files(&lake);
+    drop(broker);
+    println!(
+        "{}",
+        json!({
+            "bench": "ingest",
+            "events": stats.records,
+            "dead_letters": stats.dead_letters,
+            "malformed_produced": produced.malformed,
+            "seconds": (secs * 1000.0).round() / 1000.0,
+            "events_per_sec": (stats.records as f64 / secs).round(),
+            "mb_per_sec": ((stats.bytes as f64 / 1e6 / secs) * 10.0).round() / 10.0,
+            "commits": stats.commits,
+            "batches": stats.batches,
+            "files": files,
+            "preload_events_per_sec": (produced.events as f64 / preload_secs).round(),
+            "peak_rss_mb": peak_rss_mb().round(),
+            "batch_max_events": config.pipeline.batch_max_events,
+            "batch_max_ms": config.pipeline.batch_max_ms,
+        })
+    );
+    Ok(())
+}
+
+pub async fn freshness(config: Config, rate: u64, seconds: u64) -> anyhow::Result<()> {
+    let scratch = Scratch::new()?;
+    let lake = Lakehouse::new(scratch.0.join("lakehouse"))?;
+    let broker = EmbeddedBroker::start(config.kafka.embedded_brokers, &topics::ALL, config.kafka.partitions)?;
+    let brokers = broker.bootstrap_servers().to_string();
+    lake.ensure_all().await?;
+
+    let samples = Arc::new(Mutex::new(Vec::<u32>::new()));
+    let mut opts = pipeline_options(&config, &brokers);
+    opts.group_id = "bench-freshness".into();
+    opts.freshness = Some(samples.clone());
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let pipeline = {
+        let (kafka, lake, opts, stop) = (config.kafka.clone(), lake.clone(), opts.clone(), stop.clone());
+        tokio::spawn(async move { crate::pipeline::run(&kafka, &lake, &opts, stop).await })
+    };
+    // Let the consumer join before measuring.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let warmup = samples.lock().expect("poisoned").len();
+
+    let producer = EventProducer::new(&config.kafka, &brokers)?;
+    let mut generator = Generator::new(&config.simulate, "fresh", config.simulate.start, rate);
+    eprintln!("bench freshness: {rate} events/s for {seconds}s");
+    let (ptx, prx) = tokio::sync::watch::channel(false);
+    let timer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        let _ = ptx.send(true);
+    });
+    let produced = crate::sim::produce_live(&producer, &mut generator, rate, None, prx).await?;
+    timer.abort();
+    // Give the pipeline time to commit the tail.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = stop_tx.send(true);
+    let stats = pipeline.await??;
+    drop(producer);
+    drop(broker);
+
+    let mut v = samples.lock().expect("poisoned").split_off(warmup);
+    v.sort_unstable();
+    let pct = |q: f64| v.get(((v.len() as f64 * q) as usize).min(v.len().saturating_sub(1))).copied().unwrap_or(0);
+    println!(
+        "{}",
+        json!({
+            "bench": "freshness",
+            "rate": rate,
+            "seconds": seconds,
+            "produced": produced.events,
+            "committed": stats.records,
+            "samples": v.len(),
+            "p50_ms": pct(0.50),
+            "p90_ms": pct(0.90),
+            "p99_ms": pct(0.99),
+            "max_ms": v.last().copied().unwrap_or(0),
+            "batch_max_ms": config.pipeline.batch_max_ms,
+            "peak_rss_mb": peak_rss_mb().round(),
+        })
+    );
+    Ok(())
+}

@@ -1,0 +1,60 @@
+//! Kafka connectivity: topic names ([`topics`]), librdkafka client settings built from config,
+//! topic creation for external clusters, and the embedded broker ([`embedded`]), which is
+//! librdkafka's in-process mock cluster listening on real loopback ports, so any Kafka client can
+//! connect to it.
+
+pub mod embedded;
+pub mod topics;
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::KafkaConfig;
+use crate::error::{Error, Result};
+
+pub use embedded::EmbeddedBroker;
+
+/// Base client settings: bootstrap servers plus the pass-through `kafka.properties`.
+pub fn client_config(kafka: &KafkaConfig, brokers: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers);
+    for (k, v) in &kafka.properties {
+        c.set(k, v.expose());
+    }
+    c
+}
+
+/// Settings for the producers millstream runs (simulator, actions): idempotent, so a retried
+/// send never duplicates an event in the log.
+pub fn producer_config(kafka: &KafkaConfig, brokers: &str) -> ClientConfig {
+    let mut c = client_config(kafka, brokers);
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .set("compression.type", "zstd");
+    c
+}
+
+/// Creates the topics that do not exist yet; existing topics are left as they are.
+pub async fn ensure_topics(kafka: &KafkaConfig, brokers: &str, names: &[&str]) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client_config(kafka, brokers).create()?;
+    let new: Vec<NewTopic> = names
+        .iter()
+        .map(|n| NewTopic::new(n, kafka.partitions, TopicReplication::Fixed(-1)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin.create_topics(&new, &opts).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(Error::Invalid(format!("creating topic {topic}: {code}"))),
+        }
+    }
+    Ok(())
+}

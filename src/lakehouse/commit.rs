@@ -1,0 +1,126 @@
+//! Exactly-once commits (DESIGN §3, after kafka-delta-ingest's `delta_helpers`).
+//!
+//! Every commit of a pipeline to a sink table carries one `txn` action per source partition in
+//! the batch: `appId = "<pipeline>/<topic>/<partition>"`, `version` = the last offset included.
+//! A table's txn versions therefore say exactly which records it already holds, durably and
+//! atomically with the data. delta-rs rejects a commit whose app ids were changed by a
+//! concurrent commit since the writer's snapshot, which is how two workers that briefly believe
+//! they own the same partition are stopped from both writing it.
+
+use std::collections::BTreeMap;
+
+use arrow::record_batch::RecordBatch;
+use deltalake::DeltaTable;
+use deltalake::kernel::Transaction;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::parquet::basic::{Compression, ZstdLevel};
+use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::protocol::{DeltaOperation, OutputMode, SaveMode};
+
+use crate::error::{Error, Result};
+
+/// A source partition: topic and partition number.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourcePartition {
+    pub topic: String,
+    pub partition: i32,
+}
+
+impl SourcePartition {
+    pub fn new(topic: impl Into<String>, partition: i32) -> Self {
+        SourcePartition { topic: topic.into(), partition }
+    }
+
+    pub fn app_id(&self, pipeline: &str) -> String {
+        format!("{pipeline}/{}/{}", self.topic, self.partition)
+    }
+}
+
+/// Last offset per source partition, as stored in (or to be stored in) a table's txn actions.
+pub type Offsets = BTreeMap<SourcePartition, i64>;
+
+/// Reads the txn versions of `partitions` from the table's current snapshot. Partitions the
+/// table has never seen are absent.
+pub async fn txn_versions(
+    table: &DeltaTable,
+    table_name: &str,
+    pipeline: &str,
+    partitions: impl IntoIterator<Item = SourcePartition>,
+) -> Result<Offsets> {
+    let mut out = Offsets::new();
+    let Ok(state) = table.snapshot() else { return Ok(out) };
+    let log_store = table.log_store();
+    for p in partitions {
+        let v = state
+            .transaction_version(log_store.as_ref(), p.app_id(pipeline))
+            .await
+            .map_err(|e| Error::delta(table_name, e))?;
+        if let Some(v) = v {
+            out.insert(p, v);
+        }
+    }
+    Ok(out)
+}
+
+fn transactions(pipeline: &str, offsets: &Offsets) -> Vec<Transaction> {
+    offsets.iter().map(|(p, v)| Transaction::new(p.app_id(pipeline), *v)).collect()
+}
+
+fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("valid level")))
+        .build()
+}
+
+/// Appends `batches` and records `offsets` in the same commit. Returns the table at the new
+/// version. With no batches, commits the offsets alone (a txn-only streaming update).
+pub async fn append(
+    table: DeltaTable,
+    table_name: &str,
+    pipeline: &str,
+    batches: Vec<RecordBatch>,
+    offsets: &Offsets,
+    target_file_bytes: u64,
+) -> Result<DeltaTable> {
+    let props = CommitProperties::default()
+        .with_application_transactions(transactions(pipeline, offsets))
+        .with_metadata([("millstream.pipeline".to_string(), serde_json::Value::from(pipeline))]);
+    if batches.iter().all(|b| b.num_rows() == 0) {
+        return commit_offsets_only(table, table_name, props).await;
+    }
+    table
+        .write(batches)
+        .with_save_mode(SaveMode::Append)
+        .with_commit_properties(props)
+        .with_writer_properties(writer_properties())
+        .with_target_file_size(std::num::NonZeroU64::new(target_file_bytes))
+        .await
+        .map_err(|e| classify(table_name, e))
+}
+
+async fn commit_offsets_only(mut table: DeltaTable, table_name: &str, props: CommitProperties) -> Result<DeltaTable> {
+    let snapshot = table.snapshot().map_err(|e| Error::delta(table_name, e))?;
+    let op = DeltaOperation::StreamingUpdate {
+        output_mode: OutputMode::Append,
+        query_id: "millstream".into(),
+        epoch_id: snapshot.version() as i64,
+    };
+    let finalized = CommitBuilder::from(props)
+        .build(Some(snapshot), table.log_store(), op)
+        .await
+        .map_err(|e| classify(table_name, e.into()))?;
+    table.state = Some(finalized.snapshot);
+    Ok(table)
+}
+
+/// Turns delta-rs's "someone else committed this app id" into [`Error::ConflictingOffsets`], the
+/// signal to reset from the log.
+fn classify(table_name: &str, e: deltalake::DeltaTableError) -> Error {
+    use deltalake::kernel::transaction::{CommitConflictError, TransactionError};
+    match e {
+        deltalake::DeltaTableError::Transaction {
+            source: TransactionError::CommitConflict(CommitConflictError::ConcurrentTransaction),
+        } => Error::ConflictingOffsets { table: table_name.to_string(), app_id: "(concurrent commit)".into(), expected: None, found: None },
+        e => Error::delta(table_name, e),
+    }
+}

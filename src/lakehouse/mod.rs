@@ -1,0 +1,91 @@
+//! The lakehouse: Delta tables under one root, one folder per schema
+//! (`<root>/<schema>/<table>`). This module creates tables idempotently from their definitions
+//! (Change Data Feed always on), commits appends that carry Kafka offsets as `txn` actions
+//! ([`commit`]), reads the Change Data Feed ([`cdf`]) and runs maintenance ([`maintain`]).
+
+pub mod cdf;
+pub mod commit;
+pub mod maintain;
+
+use std::path::{Path, PathBuf};
+
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableError, TableProperty};
+use url::Url;
+
+use crate::error::{Error, Result};
+use crate::model::{TableDef, tables};
+
+#[derive(Debug, Clone)]
+pub struct Lakehouse {
+    root: PathBuf,
+}
+
+impl Lakehouse {
+    /// Opens (creating the folder if needed) the lakehouse at `root`.
+    pub fn new(root: impl AsRef<Path>) -> Result<Self> {
+        std::fs::create_dir_all(root.as_ref())?;
+        Ok(Lakehouse { root: std::fs::canonicalize(root.as_ref())? })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn table_path(&self, name: &str) -> Result<PathBuf> {
+        let def = tables::get(name)?;
+        Ok(self.root.join(def.schema_name()).join(def.table_name()))
+    }
+
+    fn table_url(&self, def: &TableDef) -> Result<Url> {
+        let path = self.root.join(def.schema_name()).join(def.table_name());
+        std::fs::create_dir_all(&path)?;
+        Url::from_directory_path(&path).map_err(|_| Error::Invalid(format!("bad table path {}", path.display())))
+    }
+
+    /// Opens a table that must exist.
+    pub async fn open(&self, name: &str) -> Result<DeltaTable> {
+        let def = tables::get(name)?;
+        let url = self.table_url(def)?;
+        deltalake::open_table(url).await.map_err(|e| match e {
+            DeltaTableError::NotATable(_) | DeltaTableError::InvalidTableLocation(_) => Error::Invalid(format!(
+                "table {name} does not exist under {}; run `millstream tables create` or start the pipeline",
+                self.root.display()
+            )),
+            e => Error::delta(name, e),
+        })
+    }
+
+    /// Creates the table from its definition if it does not exist, then opens it. Safe to call
+    /// from several processes at once.
+    pub async fn ensure(&self, name: &str) -> Result<DeltaTable> {
+        let def = tables::get(name)?;
+        let url = self.table_url(def)?;
+        if let Ok(t) = deltalake::open_table(url.clone()).await {
+            return Ok(t);
+        }
+        let created = deltalake::operations::create::CreateBuilder::new()
+            .with_location(url.to_string())
+            .with_table_name(def.table_name())
+            .with_comment(def.comment.clone())
+            .with_columns(def.delta_fields())
+            .with_partition_columns(def.partition_by.clone())
+            .with_configuration_property(TableProperty::EnableChangeDataFeed, Some("true"))
+            .with_save_mode(SaveMode::Ignore)
+            .await;
+        match created {
+            Ok(t) => Ok(t),
+            // Another process created it between our open and create.
+            Err(_) => deltalake::open_table(url).await.map_err(|e| Error::delta(name, e)),
+        }
+    }
+
+    /// Creates every table in the catalog that does not exist yet.
+    pub async fn ensure_all(&self) -> Result<Vec<DeltaTable>> {
+        let mut out = Vec::new();
+        for def in tables::catalog() {
+            out.push(self.ensure(&def.name).await?);
+        }
+        Ok(out)
+    }
+}

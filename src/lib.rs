@@ -1,0 +1,31 @@
+//! millstream turns a factory's event streams into fresh, governed signals.
+//!
+//! Module map (DESIGN §7):
+//! - [`config`]: layered configuration, validated all at once.
+//! - [`model`]: event types (JSON Schemas) and table definitions (Delta and Arrow schemas).
+//! - [`broker`]: Kafka client settings, topics, the embedded broker.
+//! - [`source`]: Kafka consumer → micro-batches; positions come from Delta.
+//! - [`decode`]: bytes → Arrow, validation, dead letters.
+//! - [`lakehouse`]: tables, exactly-once commits with `txn`, Change Data Feed, maintenance.
+//! - [`pipeline`]: the micro-batch runner.
+//! - [`sim`]: reference data and live streams on a simulated clock.
+//! - [`serve`]: HTTP: `/metrics`, `/healthz`.
+//! - [`telemetry`]: logging and named internal events (metrics).
+//! - [`cli`], [`up`], [`bench`]: commands.
+
+pub mod bench;
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod decode;
+pub mod error;
+pub mod lakehouse;
+pub mod model;
+pub mod pipeline;
+pub mod serve;
+pub mod sim;
+pub mod source;
+pub mod telemetry;
+pub mod up;
+
+pub use error::{Error, Result};

@@ -1,0 +1,285 @@
+//! The events that arrive on the source topics. One Rust type per stream is the single source of
+//! truth: it validates incoming JSON, generates `schemas/events/*.schema.json` (kept in sync by a
+//! test), and its fields are the event columns of the stream's bronze table.
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// One reading from a machine sensor (`mfg.iot.telemetry`, key = device_id).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TelemetryReading {
+    /// Globally unique event id (idempotency key).
+    pub event_id: String,
+    pub device_id: String,
+    pub machine_id: String,
+    pub plant_id: String,
+    pub sensor_type: SensorType,
+    /// Measured value in `unit`; must be finite.
+    pub value: f64,
+    pub unit: String,
+    /// Event time at the device.
+    pub ts: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SensorType {
+    Temperature,
+    Vibration,
+    Pressure,
+    Power,
+}
+
+/// A shipment status change from the WMS or a carrier (`mfg.scm.shipments`, key = shipment_id).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ShipmentEvent {
+    pub event_id: String,
+    pub shipment_id: String,
+    pub supplier_id: String,
+    pub part_id: String,
+    pub warehouse_id: String,
+    /// Units shipped; positive.
+    pub quantity: i64,
+    pub status: ShipmentStatus,
+    pub carrier: String,
+    /// Expected arrival, when known.
+    #[serde(default)]
+    pub eta: Option<DateTime<Utc>>,
+    /// Purchase order this shipment fulfils, when it came from one.
+    #[serde(default)]
+    pub po_id: Option<String>,
+    pub ts: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ShipmentStatus {
+    Created,
+    InTransit,
+    Delayed,
+    Delivered,
+    Cancelled,
+}
+
+/// A stock movement for a part at a warehouse (`mfg.scm.inventory`, key = part_id@warehouse_id).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct InventoryMovement {
+    pub event_id: String,
+    pub part_id: String,
+    pub warehouse_id: String,
+    pub movement_type: MovementType,
+    /// Units moved; positive (the direction is in `movement_type`), except adjustments, which
+    /// may be negative but not zero.
+    pub quantity: i64,
+    #[serde(default)]
+    pub reference: Option<String>,
+    pub ts: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MovementType {
+    Receipt,
+    Consumption,
+    Adjustment,
+    TransferIn,
+    TransferOut,
+}
+
+/// A sale to a customer (`mfg.sales.transactions`, key = customer_id).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SalesTransaction {
+    pub event_id: String,
+    pub transaction_id: String,
+    pub customer_id: String,
+    pub product_id: String,
+    /// Units sold; positive.
+    pub quantity: i64,
+    /// Price per unit; non-negative.
+    pub unit_price: f64,
+    /// quantity × unit_price, within a cent.
+    pub amount: f64,
+    /// ISO 4217 code, three upper-case letters.
+    pub currency: String,
+    pub channel: SalesChannel,
+    pub region: String,
+    pub ts: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SalesChannel {
+    Direct,
+    Distributor,
+    Online,
+}
+
+/// The source streams, with everything the pipeline needs to route and check them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventKind {
+    Telemetry,
+    Shipment,
+    Inventory,
+    Sales,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 4] = [EventKind::Telemetry, EventKind::Shipment, EventKind::Inventory, EventKind::Sales];
+
+    pub fn topic(self) -> &'static str {
+        match self {
+            EventKind::Telemetry => crate::broker::topics::TELEMETRY,
+            EventKind::Shipment => crate::broker::topics::SHIPMENTS,
+            EventKind::Inventory => crate::broker::topics::INVENTORY,
+            EventKind::Sales => crate::broker::topics::SALES,
+        }
+    }
+
+    pub fn from_topic(topic: &str) -> Option<EventKind> {
+        Self::ALL.into_iter().find(|k| k.topic() == topic)
+    }
+
+    /// The bronze table this stream lands in.
+    pub fn bronze_table(self) -> &'static str {
+        match self {
+            EventKind::Telemetry => "iot.telemetry",
+            EventKind::Shipment => "supply_chain.shipments",
+            EventKind::Inventory => "supply_chain.inventory_movements",
+            EventKind::Sales => "sales.transactions",
+        }
+    }
+
+    /// File stem under `schemas/events/`.
+    pub fn schema_name(self) -> &'static str {
+        match self {
+            EventKind::Telemetry => "telemetry_reading",
+            EventKind::Shipment => "shipment_event",
+            EventKind::Inventory => "inventory_movement",
+            EventKind::Sales => "sales_transaction",
+        }
+    }
+
+    pub fn json_schema(self) -> serde_json::Value {
+        let schema = match self {
+            EventKind::Telemetry => schemars::schema_for!(TelemetryReading),
+            EventKind::Shipment => schemars::schema_for!(ShipmentEvent),
+            EventKind::Inventory => schemars::schema_for!(InventoryMovement),
+            EventKind::Sales => schemars::schema_for!(SalesTransaction),
+        };
+        serde_json::to_value(schema).expect("schemas serialize")
+    }
+
+    /// Parses and validates one raw record. `Err` carries the reason that goes to the
+    /// dead-letter table.
+    pub fn check(self, bytes: &[u8]) -> Result<(), String> {
+        fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, String> {
+            serde_json::from_slice(bytes).map_err(|e| format!("invalid json: {e}"))
+        }
+        match self {
+            EventKind::Telemetry => parse::<TelemetryReading>(bytes)?.validate(),
+            EventKind::Shipment => parse::<ShipmentEvent>(bytes)?.validate(),
+            EventKind::Inventory => parse::<InventoryMovement>(bytes)?.validate(),
+            EventKind::Sales => parse::<SalesTransaction>(bytes)?.validate(),
+        }
+    }
+}
+
+fn non_empty(field: &str, v: &str) -> Result<(), String> {
+    if v.trim().is_empty() { Err(format!("{field} is empty")) } else { Ok(()) }
+}
+
+/// Event times outside this window are rejected: they are clock faults, and they would create
+/// absurd partitions.
+fn sane_time(ts: &DateTime<Utc>) -> Result<(), String> {
+    let year = chrono::Datelike::year(ts);
+    if (2000..=2100).contains(&year) { Ok(()) } else { Err(format!("ts {ts} outside 2000..2100")) }
+}
+
+impl TelemetryReading {
+    pub fn validate(&self) -> Result<(), String> {
+        non_empty("event_id", &self.event_id)?;
+        non_empty("device_id", &self.device_id)?;
+        non_empty("machine_id", &self.machine_id)?;
+        non_empty("plant_id", &self.plant_id)?;
+        if !self.value.is_finite() {
+            return Err("value is not finite".into());
+        }
+        sane_time(&self.ts)
+    }
+}
+
+impl ShipmentEvent {
+    pub fn validate(&self) -> Result<(), String> {
+        non_empty("event_id", &self.event_id)?;
+        non_empty("shipment_id", &self.shipment_id)?;
+        non_empty("part_id", &self.part_id)?;
+        non_empty("warehouse_id", &self.warehouse_id)?;
+        if self.quantity <= 0 {
+            return Err(format!("quantity {} must be positive", self.quantity));
+        }
+        sane_time(&self.ts)
+    }
+}
+
+impl InventoryMovement {
+    pub fn validate(&self) -> Result<(), String> {
+        non_empty("event_id", &self.event_id)?;
+        non_empty("part_id", &self.part_id)?;
+        non_empty("warehouse_id", &self.warehouse_id)?;
+        match self.movement_type {
+            MovementType::Adjustment if self.quantity == 0 => return Err("adjustment quantity is zero".into()),
+            MovementType::Adjustment => {}
+            _ if self.quantity <= 0 => return Err(format!("quantity {} must be positive", self.quantity)),
+            _ => {}
+        }
+        sane_time(&self.ts)
+    }
+}
+
+impl SalesTransaction {
+    pub fn validate(&self) -> Result<(), String> {
+        non_empty("event_id", &self.event_id)?;
+        non_empty("transaction_id", &self.transaction_id)?;
+        non_empty("customer_id", &self.customer_id)?;
+        non_empty("product_id", &self.product_id)?;
+        if self.quantity <= 0 {
+            return Err(format!("quantity {} must be positive", self.quantity));
+        }
+        if !(self.unit_price.is_finite() && self.unit_price >= 0.0) {
+            return Err("unit_price must be a non-negative number".into());
+        }
+        if !self.amount.is_finite() || (self.amount - self.quantity as f64 * self.unit_price).abs() > 0.01 {
+            return Err(format!("amount {} != quantity × unit_price", self.amount));
+        }
+        if self.currency.len() != 3 || !self.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(format!("currency {:?} is not an ISO 4217 code", self.currency));
+        }
+        sane_time(&self.ts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_names_the_fault() {
+        let k = EventKind::Telemetry;
+        assert!(k.check(b"{not json").unwrap_err().starts_with("invalid json"));
+        let ok = br#"{"event_id":"e1","device_id":"d","machine_id":"m","plant_id":"p","sensor_type":"vibration","value":1.5,"unit":"mm/s","ts":"2026-11-01T00:00:00Z"}"#;
+        assert_eq!(k.check(ok), Ok(()));
+        let empty = br#"{"event_id":"","device_id":"d","machine_id":"m","plant_id":"p","sensor_type":"vibration","value":1.5,"unit":"mm/s","ts":"2026-11-01T00:00:00Z"}"#;
+        assert_eq!(k.check(empty), Err("event_id is empty".into()));
+        let bad_enum = br#"{"event_id":"e","device_id":"d","machine_id":"m","plant_id":"p","sensor_type":"smell","value":1.5,"unit":"mm/s","ts":"2026-11-01T00:00:00Z"}"#;
+        assert!(k.check(bad_enum).unwrap_err().contains("unknown variant"));
+        let old = br#"{"event_id":"e","device_id":"d","machine_id":"m","plant_id":"p","sensor_type":"power","value":1.5,"unit":"kW","ts":"1970-01-01T00:00:00Z"}"#;
+        assert!(k.check(old).unwrap_err().contains("outside"));
+    }
+
+    #[test]
+    fn sales_amount_must_match() {
+        let bad = br#"{"event_id":"e","transaction_id":"t","customer_id":"c","product_id":"p","quantity":2,"unit_price":10.0,"amount":25.0,"currency":"EUR","channel":"online","region":"EMEA","ts":"2026-11-01T00:00:00Z"}"#;
+        assert!(EventKind::Sales.check(bad).unwrap_err().contains("amount"));
+    }
+}

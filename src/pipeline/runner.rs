@@ -1,0 +1,455 @@
+//! The micro-batch runner of the bronze pipeline.
+//!
+//! Each iteration: read a batch (bounded by count and time) → keep only records some sink still
+//! needs → validate and decode per stream → commit every sink that has rows, each commit carrying
+//! the batch's last offset per source partition as `txn` actions → record Kafka offsets for lag.
+//!
+//! Exactly once, per sink table (DESIGN §3): a sink's txn version for a partition is the last
+//! offset it holds. A record is written to a sink only if its offset is above that version, so a
+//! crash between the commits of two sinks is repaired by replay without duplicates. A sink with
+//! nothing to write still has its version advanced by a txn-only commit once it has been idle
+//! for `idle_commit`, which bounds replay after a restart. Nothing is acknowledged to Kafka
+//! before it is durable in Delta, and Kafka's offsets are never trusted for correctness.
+//!
+//! The loop is deliberately sequential: commits never overlap polling, so a rebalance callback
+//! never races an in-flight commit. librdkafka keeps prefetching in its own threads meanwhile,
+//! and decoding and the per-table commits run in parallel within a batch.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow::array::{BooleanArray, Int32Array, Int64Array, RecordBatch};
+use deltalake::DeltaTable;
+use futures::FutureExt;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::config::KafkaConfig;
+use crate::decode::{self, BronzeDecoder, Rejection};
+use crate::error::{Error, Result};
+use crate::lakehouse::Lakehouse;
+use crate::lakehouse::commit::{self, Offsets, SourcePartition};
+use crate::model::EventKind;
+use crate::source::{AssignmentChange, PositionResolver, RawRecord, Source};
+use crate::telemetry::events;
+
+const DEAD_LETTERS: &str = "ops.dead_letters";
+
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    pub name: String,
+    pub brokers: String,
+    pub group_id: String,
+    pub batch_max_events: usize,
+    pub batch_max_wait: Duration,
+    pub idle_commit: Duration,
+    pub target_file_bytes: u64,
+    /// Stop once this many source records have been committed (benchmarks).
+    pub stop_after: Option<u64>,
+    /// Collects, per committed record, commit time minus Kafka timestamp in ms (benchmarks).
+    pub freshness: Option<Arc<Mutex<Vec<u32>>>>,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct RunStats {
+    pub records: u64,
+    pub bytes: u64,
+    pub rows: u64,
+    pub dead_letters: u64,
+    pub skipped: u64,
+    pub batches: u64,
+    pub commits: u64,
+    #[serde(skip)]
+    pub first_fetch: Option<Instant>,
+    #[serde(skip)]
+    pub last_commit: Option<Instant>,
+}
+
+/// A sink table and what this worker knows is durable in it.
+struct Sink {
+    name: &'static str,
+    table: DeltaTable,
+    /// `None`: the dead-letter sink, fed by every topic.
+    kind: Option<EventKind>,
+    durable: Offsets,
+    /// Offsets processed with nothing to write here, not yet recorded in the table.
+    pending: Offsets,
+    last_commit: Instant,
+}
+
+impl Sink {
+    fn feeds_from(&self, topic: &str) -> bool {
+        match self.kind {
+            None => EventKind::from_topic(topic).is_some(),
+            Some(k) => k.topic() == topic,
+        }
+    }
+}
+
+/// The sinks each source topic feeds: its bronze table and the dead letters.
+fn sink_names(topic: &str) -> Vec<&'static str> {
+    EventKind::from_topic(topic).map(|k| vec![k.bronze_table(), DEAD_LETTERS]).unwrap_or_default()
+}
+
+/// Reads where each partition must resume: one past the lowest txn version over the sinks it
+/// feeds; from the beginning when any of them has never recorded it.
+pub fn resolver(lake: Lakehouse, pipeline: String) -> PositionResolver {
+    Arc::new(move |parts: Vec<SourcePartition>| {
+        let lake = lake.clone();
+        let pipeline = pipeline.clone();
+        async move {
+            let mut tables: HashMap<&'static str, DeltaTable> = HashMap::new();
+            let mut out = BTreeMap::new();
+            for p in parts {
+                let mut next: Option<i64> = None;
+                let mut missing = false;
+                for name in sink_names(&p.topic) {
+                    if !tables.contains_key(name) {
+                        tables.insert(name, lake.ensure(name).await?);
+                    }
+                    let v = commit::txn_versions(&tables[name], name, &pipeline, [p.clone()]).await?;
+                    match v.get(&p) {
+                        Some(v) => next = Some(next.map_or(v + 1, |n: i64| n.min(v + 1))),
+                        None => missing = true,
+                    }
+                }
+                out.insert(p, if missing { None } else { next });
+            }
+            Ok(out)
+        }
+        .boxed()
+    })
+}
+
+/// Runs the pipeline until `stop` turns true (finishing the batch in hand) or `stop_after` is
+/// reached. Errors that a fresh start from the Delta log can cure are retried by
+/// [`run_with_restarts`].
+pub async fn run(kafka: &KafkaConfig, lake: &Lakehouse, opts: &PipelineOptions, mut stop: watch::Receiver<bool>) -> Result<RunStats> {
+    let mut sinks = Vec::new();
+    for kind in EventKind::ALL {
+        sinks.push(open_sink(lake, kind.bronze_table(), Some(kind)).await?);
+    }
+    sinks.push(open_sink(lake, DEAD_LETTERS, None).await?);
+    let decoders: Arc<BTreeMap<EventKind, BronzeDecoder>> =
+        Arc::new(EventKind::ALL.into_iter().map(|k| BronzeDecoder::new(k).map(|d| (k, d))).collect::<Result<_>>()?);
+
+    let topics: Vec<&str> = EventKind::ALL.iter().map(|k| k.topic()).collect();
+    let source = Source::new(kafka, &opts.brokers, &opts.group_id, &topics, resolver(lake.clone(), opts.name.clone()))?;
+    tracing::info!(pipeline = %opts.name, brokers = %opts.brokers, group = %opts.group_id, lakehouse = %lake.root().display(), "pipeline started");
+
+    let mut stats = RunStats::default();
+    let result = run_loop(&source, &mut sinks, &decoders, opts, &mut stop, &mut stats).await;
+    // Record every pending offset so a restart does not replay what was already handled.
+    if result.is_ok() {
+        for sink in sinks.iter_mut() {
+            if !sink.pending.is_empty() {
+                commit_sink(sink, &opts.name, Vec::new(), opts.target_file_bytes).await?;
+                stats.commits += 1;
+            }
+        }
+    }
+    source.close()?;
+    tracing::info!(records = stats.records, rows = stats.rows, dead_letters = stats.dead_letters, commits = stats.commits, "pipeline stopped");
+    result.map(|()| stats)
+}
+
+/// [`run`], restarted from the Delta log after retryable failures (Kafka hiccups, another
+/// worker committing a partition we thought we owned), with capped exponential backoff.
+pub async fn run_with_restarts(kafka: &KafkaConfig, lake: &Lakehouse, opts: &PipelineOptions, stop: watch::Receiver<bool>) -> Result<RunStats> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match run(kafka, lake, opts, stop.clone()).await {
+            Err(e) if e.retryable() && !*stop.borrow() => {
+                tracing::warn!(error = %e, domain = %e.domain(), ?backoff, "pipeline failed; resetting from the Delta log");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn open_sink(lake: &Lakehouse, name: &'static str, kind: Option<EventKind>) -> Result<Sink> {
+    Ok(Sink { name, table: lake.ensure(name).await?, kind, durable: Offsets::new(), pending: Offsets::new(), last_commit: Instant::now() })
+}
+
+async fn run_loop(
+    source: &Source,
+    sinks: &mut [Sink],
+    decoders: &Arc<BTreeMap<EventKind, BronzeDecoder>>,
+    opts: &PipelineOptions,
+    stop: &mut watch::Receiver<bool>,
+    stats: &mut RunStats,
+) -> Result<()> {
+    let mut owned: std::collections::BTreeSet<SourcePartition> = Default::default();
+    loop {
+        let stopping = *stop.borrow();
+        let batch = if stopping {
+            Vec::new()
+        } else {
+            source.next_batch(opts.batch_max_events, opts.batch_max_wait, stop).await?
+        };
+        let changes = source.take_changes();
+        apply_changes(&changes, sinks, &mut owned, &opts.name).await?;
+        if stats.first_fetch.is_none() && !batch.is_empty() {
+            stats.first_fetch = Some(Instant::now());
+        }
+
+        let kept = select(batch, sinks, &owned);
+        stats.skipped += kept.skipped;
+        if !kept.records.is_empty() {
+            process_batch(kept.records, sinks, decoders, opts, source, stats).await?;
+        }
+        commit_idle(sinks, opts, stats).await?;
+
+        if stopping {
+            // The batch in hand when the stop arrived was committed by the previous pass.
+            return Ok(());
+        }
+        if opts.stop_after.is_some_and(|n| stats.records + stats.skipped >= n) {
+            return Ok(());
+        }
+    }
+}
+
+async fn apply_changes(
+    changes: &[AssignmentChange],
+    sinks: &mut [Sink],
+    owned: &mut std::collections::BTreeSet<SourcePartition>,
+    pipeline: &str,
+) -> Result<()> {
+    for change in changes {
+        match change {
+            AssignmentChange::Assigned(parts) => {
+                // Another worker may have committed these partitions: start from the log.
+                for sink in sinks.iter_mut() {
+                    let mine: Vec<_> = parts.iter().filter(|p| sink.feeds_from(&p.topic)).cloned().collect();
+                    if mine.is_empty() {
+                        continue;
+                    }
+                    sink.table.update_state().await.map_err(|e| Error::delta(sink.name, e))?;
+                    for p in &mine {
+                        sink.durable.remove(p);
+                        sink.pending.remove(p);
+                    }
+                    sink.durable.extend(commit::txn_versions(&sink.table, sink.name, pipeline, mine).await?);
+                }
+                owned.extend(parts.iter().cloned());
+            }
+            AssignmentChange::Revoked(parts) => {
+                for p in parts {
+                    owned.remove(p);
+                    for sink in sinks.iter_mut() {
+                        sink.durable.remove(p);
+                        sink.pending.remove(p);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+struct Selected {
+    records: Vec<RawRecord>,
+    skipped: u64,
+}
+
+/// Keeps the records of owned partitions that at least one sink does not hold yet, each offset
+/// once and in order (a re-assignment may make the consumer fetch a range again).
+fn select(batch: Vec<RawRecord>, sinks: &[Sink], owned: &std::collections::BTreeSet<SourcePartition>) -> Selected {
+    let mut floor: HashMap<SourcePartition, i64> = HashMap::new();
+    let mut skipped = 0;
+    let mut records = Vec::with_capacity(batch.len());
+    for r in batch {
+        let p = r.source_partition();
+        let min = *floor.entry(p.clone()).or_insert_with(|| {
+            if !owned.contains(&p) {
+                return i64::MAX;
+            }
+            sinks
+                .iter()
+                .filter(|s| s.feeds_from(&p.topic))
+                .map(|s| s.durable.get(&p).copied().unwrap_or(-1))
+                .min()
+                .unwrap_or(i64::MAX)
+        });
+        if r.offset <= min {
+            skipped += 1;
+            continue;
+        }
+        floor.insert(p, r.offset);
+        records.push(r);
+    }
+    Selected { records, skipped }
+}
+
+async fn process_batch(
+    records: Vec<RawRecord>,
+    sinks: &mut [Sink],
+    decoders: &Arc<BTreeMap<EventKind, BronzeDecoder>>,
+    opts: &PipelineOptions,
+    source: &Source,
+    stats: &mut RunStats,
+) -> Result<()> {
+    let started = Instant::now();
+    let now_us = chrono::Utc::now().timestamp_micros();
+    let records = Arc::new(records);
+    let mut last: Offsets = Offsets::new();
+    let mut by_kind: BTreeMap<EventKind, Vec<usize>> = BTreeMap::new();
+    let mut bytes = 0u64;
+    for (i, r) in records.iter().enumerate() {
+        bytes += r.payload.as_ref().map_or(0, |p| p.len() as u64);
+        last.insert(r.source_partition(), r.offset);
+        if let Some(kind) = EventKind::from_topic(&r.topic) {
+            by_kind.entry(kind).or_default().push(i);
+        }
+    }
+
+    // Decode in parallel, in chunks, off the async threads.
+    const CHUNK: usize = 16_384;
+    let mut jobs = Vec::new();
+    for (kind, indices) in &by_kind {
+        for chunk in indices.chunks(CHUNK) {
+            let (records, decoders, chunk, kind) = (records.clone(), decoders.clone(), chunk.to_vec(), *kind);
+            jobs.push(tokio::task::spawn_blocking(move || {
+                decoders[&kind].decode(&records, &chunk, now_us).map(|(b, r)| (kind, b, r))
+            }));
+        }
+    }
+    let mut rows: BTreeMap<&'static str, Vec<RecordBatch>> = BTreeMap::new();
+    let mut rejected: Vec<Rejection> = Vec::new();
+    for job in jobs {
+        let (kind, batch, rej) = job.await.map_err(|e| Error::Internal(format!("decode task: {e}")))??;
+        rows.entry(kind.bronze_table()).or_default().push(batch);
+        rejected.extend(rej);
+    }
+    rejected.sort_by_key(|r| r.index);
+    if !rejected.is_empty() {
+        for r in &rejected {
+            events::RecordRejected { topic: &records[r.index].topic, partition: records[r.index].partition, offset: records[r.index].offset, reason: &r.reason }.emit();
+        }
+        rows.entry(DEAD_LETTERS).or_default().push(decode::dead_letters(&opts.name, &records, &rejected, now_us)?);
+    }
+
+    // Commit every sink with rows (or whose pending offsets are due), concurrently.
+    let mut commits = Vec::new();
+    for sink in sinks.iter_mut() {
+        let offsets: Offsets = last.iter().filter(|(p, _)| sink.feeds_from(&p.topic)).map(|(p, o)| (p.clone(), *o)).collect();
+        if offsets.is_empty() {
+            continue;
+        }
+        let batches: Vec<RecordBatch> = rows
+            .remove(sink.name)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|b| not_yet_durable(b, sink))
+            .collect::<Result<_>>()?;
+        let n: usize = batches.iter().map(|b| b.num_rows()).sum();
+        sink.pending.extend(offsets);
+        if n == 0 {
+            continue;
+        }
+        commits.push(async move {
+            commit_sink(sink, &opts.name, batches, opts.target_file_bytes).await.map(|()| (sink.name, n))
+        });
+    }
+    let results = futures::future::join_all(commits).await;
+    let mut written = 0u64;
+    for r in results {
+        let (name, n) = r?;
+        events::TableCommitted { table: name, rows: n as u64 }.emit();
+        if name != DEAD_LETTERS {
+            written += n as u64;
+        }
+        stats.commits += 1;
+    }
+
+    source.commit_offsets(&last);
+    let done = Instant::now();
+    let done_ms = chrono::Utc::now().timestamp_millis();
+    if let Some(f) = &opts.freshness {
+        let mut f = f.lock().expect("poisoned");
+        f.extend(records.iter().filter_map(|r| r.timestamp_ms).map(|t| (done_ms - t).max(0) as u32));
+    }
+    let dead = rejected.len() as u64;
+    stats.records += records.len() as u64;
+    stats.bytes += bytes;
+    stats.rows += written;
+    stats.dead_letters += dead;
+    stats.batches += 1;
+    stats.last_commit = Some(done);
+    events::BatchCommitted {
+        records: records.len() as u64,
+        bytes,
+        dead_letters: dead,
+        latency: done - started,
+        lag: source.lag(),
+        by_topic: by_kind.iter().map(|(k, v)| (k.topic(), v.len() as u64)).collect(),
+    }
+    .emit();
+    Ok(())
+}
+
+/// Drops rows the sink already holds (only after a crash between two sinks' commits).
+fn not_yet_durable(batch: RecordBatch, sink: &Sink) -> Result<RecordBatch> {
+    if sink.durable.is_empty() || batch.num_rows() == 0 {
+        return Ok(batch);
+    }
+    let (pcol, ocol) = if sink.kind.is_some() { ("_partition", "_offset") } else { ("partition", "offset") };
+    let parts = batch.column_by_name(pcol).and_then(|c| c.as_any().downcast_ref::<Int32Array>().cloned());
+    let offs = batch.column_by_name(ocol).and_then(|c| c.as_any().downcast_ref::<Int64Array>().cloned());
+    let (Some(parts), Some(offs)) = (parts, offs) else {
+        return Err(Error::Internal(format!("{} rows lack partition/offset", sink.name)));
+    };
+    let topic = match sink.kind {
+        Some(k) => k.topic().to_string(),
+        None => {
+            // Dead letters carry their topic per row.
+            let topics = batch.column_by_name("topic").and_then(|c| c.as_any().downcast_ref::<arrow::array::StringArray>().cloned());
+            let topics = topics.ok_or_else(|| Error::Internal("dead letters lack topic".into()))?;
+            let mask: BooleanArray = (0..batch.num_rows())
+                .map(|i| {
+                    let p = SourcePartition::new(topics.value(i), parts.value(i));
+                    Some(offs.value(i) > sink.durable.get(&p).copied().unwrap_or(-1))
+                })
+                .collect();
+            return Ok(arrow::compute::filter_record_batch(&batch, &mask)?);
+        }
+    };
+    let mask: BooleanArray = (0..batch.num_rows())
+        .map(|i| {
+            let p = SourcePartition::new(topic.clone(), parts.value(i));
+            Some(offs.value(i) > sink.durable.get(&p).copied().unwrap_or(-1))
+        })
+        .collect();
+    Ok(arrow::compute::filter_record_batch(&batch, &mask)?)
+}
+
+async fn commit_sink(sink: &mut Sink, pipeline: &str, batches: Vec<RecordBatch>, target_file_bytes: u64) -> Result<()> {
+    let offsets = std::mem::take(&mut sink.pending);
+    match commit::append(sink.table.clone(), sink.name, pipeline, batches, &offsets, target_file_bytes).await {
+        Ok(table) => {
+            sink.table = table;
+            sink.durable.extend(offsets);
+            sink.last_commit = Instant::now();
+            Ok(())
+        }
+        Err(e) => {
+            sink.pending = offsets;
+            Err(e)
+        }
+    }
+}
+
+/// Txn-only commits for sinks that have had nothing to write for `idle_commit`.
+async fn commit_idle(sinks: &mut [Sink], opts: &PipelineOptions, stats: &mut RunStats) -> Result<()> {
+    for sink in sinks.iter_mut() {
+        if !sink.pending.is_empty() && sink.last_commit.elapsed() >= opts.idle_commit {
+            commit_sink(sink, &opts.name, Vec::new(), opts.target_file_bytes).await?;
+            stats.commits += 1;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! The simulator: reference data into Delta ([`reference`]) and event streams into Kafka
+//! ([`stream`]), deterministic for a seed, on a simulated clock that can run faster than real
+//! time. It stands in for the factory's devices, WMS, ERP and CRM.
+
+pub mod reference;
+pub mod stream;
+
+use std::time::{Duration, Instant};
+
+use arrow::json::ReaderBuilder;
+use deltalake::protocol::SaveMode;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::config::{KafkaConfig, SimulateConfig};
+use crate::error::{Error, Result};
+use crate::lakehouse::Lakehouse;
+use crate::model::tables;
+use crate::telemetry::events::EventsProduced;
+use stream::{Generator, SimEvent};
+
+/// Writes the reference tables. Tables that already hold data are left alone unless `reseed`.
+/// Returns (table, rows written) for each table written.
+pub async fn write_reference(lake: &Lakehouse, cfg: &SimulateConfig, reseed: bool) -> Result<Vec<(String, usize)>> {
+    let data = reference::generate(cfg);
+    let mut written = Vec::new();
+    write_rows(lake, "supply_chain.suppliers", &data.suppliers, reseed, &mut written).await?;
+    write_rows(lake, "supply_chain.parts", &data.parts, reseed, &mut written).await?;
+    write_rows(lake, "supply_chain.inventory", &data.inventory, reseed, &mut written).await?;
+    write_rows(lake, "sales.customers", &data.customers, reseed, &mut written).await?;
+    write_rows(lake, "support.tickets", &data.tickets, reseed, &mut written).await?;
+    Ok(written)
+}
+
+async fn write_rows<T: Serialize>(lake: &Lakehouse, name: &str, rows: &[T], reseed: bool, out: &mut Vec<(String, usize)>) -> Result<()> {
+    let table = lake.ensure(name).await?;
+    let has_data = table.get_file_uris().map(|mut f| f.next().is_some()).unwrap_or(false);
+    if has_data && !reseed {
+        tracing::info!(table = name, "reference data present; skipped (use --reseed to rewrite)");
+        return Ok(());
+    }
+    let schema = tables::get(name)?.arrow_schema();
+    let mut decoder = ReaderBuilder::new(schema).with_batch_size(rows.len().max(1)).build_decoder()?;
+    decoder.serialize(rows)?;
+    let batch = decoder.flush()?.ok_or_else(|| Error::Internal(format!("{name}: no rows")))?;
+    table
+        .write(vec![batch])
+        .with_save_mode(SaveMode::Overwrite)
+        .await
+        .map_err(|e| Error::delta(name, e))?;
+    tracing::info!(table = name, rows = rows.len(), "reference data written");
+    out.push((name.to_string(), rows.len()));
+    Ok(())
+}
+
+/// Counts of what a producer run sent.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Produced {
+    pub events: u64,
+    pub malformed: u64,
+    pub bytes: u64,
+    pub by_topic: std::collections::BTreeMap<String, u64>,
+}
+
+impl Produced {
+    fn add(&mut self, e: &SimEvent) {
+        self.events += 1;
+        self.malformed += e.malformed as u64;
+        self.bytes += e.payload.len() as u64;
+        *self.by_topic.entry(e.topic.to_string()).or_default() += 1;
+    }
+}
+
+/// An idempotent producer with its own polling thread.
+pub struct EventProducer {
+    inner: ThreadedProducer<DefaultProducerContext>,
+}
+
+impl EventProducer {
+    pub fn new(kafka: &KafkaConfig, brokers: &str) -> Result<Self> {
+        Ok(EventProducer { inner: crate::broker::producer_config(kafka, brokers).create()? })
+    }
+
+    /// Enqueues one event, waiting while librdkafka's queue is full.
+    pub async fn send(&self, e: &SimEvent) -> Result<()> {
+        loop {
+            match self.inner.send(BaseRecord::to(e.topic).key(&e.key).payload(&e.payload)) {
+                Ok(()) => return Ok(()),
+                Err((rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Waits until everything enqueued is acknowledged by the broker.
+    pub fn flush(&self, timeout: Duration) -> Result<()> {
+        Ok(self.inner.flush(timeout)?)
+    }
+}
+
+/// Sends `events` as fast as the broker takes them, with progress output.
+pub async fn produce_all(producer: &EventProducer, events: &[SimEvent], label: &str) -> Result<Produced> {
+    let mut produced = Produced::default();
+    let mut progress = Progress::new(label);
+    for e in events {
+        producer.send(e).await?;
+        produced.add(e);
+        progress.tick(produced.events, None);
+    }
+    producer.flush(Duration::from_secs(60))?;
+    record(&produced);
+    progress.done(produced.events);
+    Ok(produced)
+}
+
+/// Produces live events at `rate` per second until `limit` events, `stop`, or forever.
+pub async fn produce_live(
+    producer: &EventProducer,
+    generator: &mut Generator,
+    rate: u64,
+    limit: Option<u64>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<Produced> {
+    let mut produced = Produced::default();
+    let started = Instant::now();
+    let mut progress = Progress::new("live");
+    let tick = Duration::from_millis(10);
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = stop.changed() => break,
+        }
+        if *stop.borrow() {
+            break;
+        }
+        // Catch up to where the rate says we should be, so the average holds under jitter.
+        let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+        let due = limit.map_or(due, |l| due.min(l));
+        while produced.events < due {
+            let e = generator.next_event();
+            producer.send(&e).await?;
+            produced.add(&e);
+        }
+        progress.tick(produced.events, Some(generator.now()));
+        if limit.is_some_and(|l| produced.events >= l) {
+            break;
+        }
+    }
+    producer.flush(Duration::from_secs(30))?;
+    record(&produced);
+    progress.done(produced.events);
+    Ok(produced)
+}
+
+fn record(p: &Produced) {
+    for (topic, n) in &p.by_topic {
+        let topic: &'static str = crate::broker::topics::ALL.iter().find(|t| **t == topic).copied().unwrap_or("other");
+        EventsProduced { topic, count: *n }.emit();
+    }
+}
+
+/// Prints a progress line every two seconds.
+struct Progress {
+    label: String,
+    started: Instant,
+    last: Instant,
+    last_count: u64,
+}
+
+impl Progress {
+    fn new(label: &str) -> Self {
+        Progress { label: label.to_string(), started: Instant::now(), last: Instant::now(), last_count: 0 }
+    }
+
+    fn tick(&mut self, count: u64, sim_time: Option<chrono::DateTime<chrono::Utc>>) {
+        if self.last.elapsed() < Duration::from_secs(2) {
+            return;
+        }
+        let rate = (count - self.last_count) as f64 / self.last.elapsed().as_secs_f64();
+        match sim_time {
+            Some(t) => tracing::info!("{}: {count} events produced ({rate:.0}/s), simulated time {}", self.label, t.format("%Y-%m-%d %H:%M")),
+            None => tracing::info!("{}: {count} events produced ({rate:.0}/s)", self.label),
+        }
+        self.last = Instant::now();
+        self.last_count = count;
+    }
+
+    fn done(&self, count: u64) {
+        let secs = self.started.elapsed().as_secs_f64();
+        tracing::info!("{}: {count} events produced in {secs:.1}s ({:.0}/s)", self.label, count as f64 / secs.max(1e-9));
+    }
+}
