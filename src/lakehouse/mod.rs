@@ -61,10 +61,23 @@ impl Lakehouse {
     pub async fn ensure(&self, name: &str) -> Result<DeltaTable> {
         let def = tables::get(name)?;
         let url = self.table_url(def)?;
-        if let Ok(t) = deltalake::open_table(url.clone()).await {
-            return Ok(t);
+        // Probe for the log first: opening a missing table makes the kernel log an error.
+        let probe = deltalake::DeltaTableBuilder::from_url(url.clone())
+            .map_err(|e| Error::delta(name, e))?
+            .build()
+            .map_err(|e| Error::delta(name, e))?;
+        if probe.verify_deltatable_existence().await.unwrap_or(false) {
+            return deltalake::open_table(url).await.map_err(|e| Error::delta(name, e));
         }
-        let created = deltalake::operations::create::CreateBuilder::new()
+        // Parquet min/max stats of binary columns (raw dead-letter payloads) are useless and
+        // make the writer warn on every file: collect stats only for the other columns.
+        let stats_columns: Vec<&str> =
+            def.columns.iter().filter(|c| c.ty != tables::ColumnType::Binary && !def.partition_by.contains(&c.name)).map(|c| c.name.as_str()).collect();
+        let mut builder = deltalake::operations::create::CreateBuilder::new();
+        if def.columns.iter().any(|c| c.ty == tables::ColumnType::Binary) {
+            builder = builder.with_configuration_property(TableProperty::DataSkippingStatsColumns, Some(stats_columns.join(",")));
+        }
+        let created = builder
             .with_location(url.to_string())
             .with_table_name(def.table_name())
             .with_comment(def.comment.clone())

@@ -64,6 +64,19 @@ pub struct SourceContext {
     lag: Mutex<BTreeMap<SourcePartition, i64>>,
 }
 
+/// `topic[0,1,2] other[3]`: a compact rendering of a partition set for logs.
+fn describe<'a>(parts: impl Iterator<Item = &'a SourcePartition>) -> String {
+    let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+    for p in parts {
+        by_topic.entry(p.topic.as_str()).or_default().push(p.partition);
+    }
+    by_topic
+        .iter()
+        .map(|(t, ps)| format!("{t}{ps:?}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn partitions_of(tpl: &TopicPartitionList) -> Vec<SourcePartition> {
     tpl.elements().iter().map(|e| SourcePartition::new(e.topic(), e.partition())).collect()
 }
@@ -120,14 +133,14 @@ impl ConsumerContext for SourceContext {
                         };
                         let _ = tpl.set_partition_offset(&p.topic, p.partition, offset);
                     }
-                    tracing::info!(?positions, "assigned; positions from Delta");
+                    tracing::info!(partitions = %describe(positions.keys()), "assigned at positions from Delta");
                 }
                 self.changes.lock().expect("poisoned").push(AssignmentChange::Assigned(parts));
                 if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let parts = partitions_of(tpl);
-                tracing::info!(?parts, "revoked");
+                tracing::info!(partitions = %describe(parts.iter()), "revoked");
                 self.changes.lock().expect("poisoned").push(AssignmentChange::Revoked(parts));
                 if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() }
             }
