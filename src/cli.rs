@@ -359,14 +359,5 @@ async fn tables_cmd(config: Config, command: TablesCommand) -> anyhow::Result<()
 
 /// Rows in a table at its latest version, via DataFusion.
 pub async fn count_rows(lake: &Lakehouse, name: &str) -> crate::Result<i64> {
-    let table = lake.open(name).await?;
-    let ctx = datafusion::prelude::SessionContext::new();
-    let provider = table.table_provider().await?;
-    ctx.register_table("t", provider)?;
-    let batches = ctx.sql("SELECT count(*) AS n FROM t").await?.collect().await?;
-    let n = batches
-        .first()
-        .and_then(|b| b.column(0).as_any().downcast_ref::<arrow::array::Int64Array>().map(|a| a.value(0)))
-        .unwrap_or(0);
-    Ok(n)
+    lake.sql_i64(&format!("SELECT count(*) FROM {name}")).await
 }

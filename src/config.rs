@@ -81,10 +81,30 @@ pub struct ServeConfig {
     pub addr: String,
 }
 
-/// A string whose value never appears in `Debug` or logs.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
+/// A string whose value never appears in `Debug` or logs. Numbers and booleans are accepted
+/// and kept in their text form, since Kafka client properties are all strings
+/// (`MILLSTREAM__KAFKA__PROPERTIES__SESSION.TIMEOUT.MS=3000` arrives as an integer).
+#[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Scalar {
+            S(String),
+            I(i64),
+            F(f64),
+            B(bool),
+        }
+        Ok(Secret(match Scalar::deserialize(d).map_err(|_| serde::de::Error::custom("expected a string, number or boolean"))? {
+            Scalar::S(s) => s,
+            Scalar::I(i) => i.to_string(),
+            Scalar::F(f) => f.to_string(),
+            Scalar::B(b) => b.to_string(),
+        }))
+    }
+}
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
@@ -318,5 +338,11 @@ mod tests {
         let c = Config::load_from(None, env(&[("MILLSTREAM__KAFKA__PROPERTIES__SASL.PASSWORD", "hunter2")])).unwrap();
         assert_eq!(c.kafka.properties["sasl.password"].expose(), "hunter2");
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn numeric_client_properties_from_env_become_strings() {
+        let c = Config::load_from(None, env(&[("MILLSTREAM__KAFKA__PROPERTIES__SESSION.TIMEOUT.MS", "3000")])).unwrap();
+        assert_eq!(c.kafka.properties["session.timeout.ms"].expose(), "3000");
     }
 }

@@ -6,6 +6,7 @@
 pub mod cdf;
 pub mod commit;
 pub mod maintain;
+pub mod query;
 
 use std::path::{Path, PathBuf};
 
@@ -43,6 +44,16 @@ impl Lakehouse {
         Url::from_directory_path(&path).map_err(|_| Error::Invalid(format!("bad table path {}", path.display())))
     }
 
+    /// Whether the table has a Delta log yet.
+    pub async fn exists(&self, name: &str) -> Result<bool> {
+        let def = tables::get(name)?;
+        let url = self.table_url(def)?;
+        let table = deltalake::DeltaTableBuilder::from_url(url)
+            .and_then(|b| b.build())
+            .map_err(|e| Error::delta(name, e))?;
+        table.verify_deltatable_existence().await.map_err(|e| Error::delta(name, e))
+    }
+
     /// Opens a table that must exist.
     pub async fn open(&self, name: &str) -> Result<DeltaTable> {
         let def = tables::get(name)?;
@@ -62,11 +73,7 @@ impl Lakehouse {
         let def = tables::get(name)?;
         let url = self.table_url(def)?;
         // Probe for the log first: opening a missing table makes the kernel log an error.
-        let probe = deltalake::DeltaTableBuilder::from_url(url.clone())
-            .map_err(|e| Error::delta(name, e))?
-            .build()
-            .map_err(|e| Error::delta(name, e))?;
-        if probe.verify_deltatable_existence().await.unwrap_or(false) {
+        if self.exists(name).await? {
             return deltalake::open_table(url).await.map_err(|e| Error::delta(name, e));
         }
         // Parquet min/max stats of binary columns (raw dead-letter payloads) are useless and

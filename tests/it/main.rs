@@ -1,1 +1,11 @@
+//! Integration tests: one binary, one module per area. Every test that touches Kafka runs the
+//! real protocol against librdkafka's mock cluster (in-process) and arms a [`support::Watchdog`]
+//! so a hang fails loudly instead of eating CI's time.
 
+mod support;
+
+mod cdf;
+mod crash;
+mod exactly_once;
+mod independent_reader;
+mod schemas;

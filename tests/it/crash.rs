@@ -1,0 +1,112 @@
+//! The pipeline as a child process, SIGKILLed at random moments while events flow and
+//! restarted each time, ends with exact tables: nothing lost, nothing duplicated.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+
+use crate::support::{self, Env};
+
+const KILLS: usize = 6;
+
+fn spawn_pipeline(env: &Env, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
+    Command::new(env!("CARGO_BIN_EXE_millstream"))
+        .arg("--lakehouse")
+        .arg(env.lake.root())
+        .args(["pipeline", "--brokers", &env.brokers(), "--name", "bronze", "--group", "crash"])
+        // Small batches make many commits, so kills land before, during and after them.
+        .env("MILLSTREAM__PIPELINE__BATCH_MAX_EVENTS", "1500")
+        .env("MILLSTREAM__PIPELINE__BATCH_MAX_MS", "40")
+        // A killed member is evicted after its session times out; keep that short.
+        .env("MILLSTREAM__KAFKA__PROPERTIES__SESSION.TIMEOUT.MS", "3000")
+        .env("MILLSTREAM__KAFKA__PROPERTIES__HEARTBEAT.INTERVAL.MS", "500")
+        .env("RUST_LOG", "warn,millstream=info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn millstream pipeline")
+}
+
+fn commits(lake_root: &Path) -> usize {
+    std::fs::read_dir(lake_root.join("iot/telemetry/_delta_log"))
+        .map(|d| d.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().ends_with(".json")).count())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
+    let _w = support::watchdog("crash", Duration::from_secs(300));
+    let env = Env::new(4).await;
+    let log = env.dir.path().join("pipeline.log");
+    let seed: u64 = std::env::var("CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    eprintln!("crash test seed {seed} (rerun with CRASH_SEED={seed}); child logs in {}", log.display());
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+
+    let events = support::events("crash", 80_000, 0.005);
+    let (per_table, bad) = support::expected(&events);
+
+    // Events keep flowing for the whole kill phase.
+    let producer = {
+        let (kafka, brokers, events) = (env.config.kafka.clone(), env.brokers(), events.clone());
+        tokio::spawn(async move {
+            let p = millstream::sim::EventProducer::new(&kafka, &brokers).expect("producer");
+            for chunk in events.chunks(2_000) {
+                for e in chunk {
+                    p.send(e).await.expect("send");
+                }
+                tokio::time::sleep(Duration::from_millis(400)).await;
+            }
+            p.flush(Duration::from_secs(30)).expect("flush");
+        })
+    };
+
+    let mut killed_after_progress = 0;
+    for round in 0..KILLS {
+        let before = commits(env.lake.root());
+        let mut child = spawn_pipeline(&env, &log);
+        // Wait for this incarnation to commit (or give up after a while), then kill it at a
+        // random point of its work.
+        let started = Instant::now();
+        while commits(env.lake.root()) == before && started.elapsed() < Duration::from_secs(20) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if commits(env.lake.root()) > before {
+            killed_after_progress += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..1_500))).await;
+        child.kill().expect("SIGKILL");
+        let status = child.wait().expect("wait");
+        eprintln!("round {round}: killed ({status}) after {:?}", started.elapsed());
+    }
+    assert!(killed_after_progress >= 5, "only {killed_after_progress} kills landed while the pipeline was committing");
+    producer.await.expect("producer task");
+
+    // A last incarnation drains the rest; then it is stopped gracefully.
+    let mut child = spawn_pipeline(&env, &log);
+    let want_rows: i64 = per_table.values().sum();
+    let started = Instant::now();
+    loop {
+        let rows: i64 = {
+            let mut n = 0;
+            for table in per_table.keys() {
+                n += env.lake.sql_i64(&format!("SELECT count(*) FROM {table}")).await.unwrap_or(0);
+            }
+            n
+        };
+        if rows >= want_rows {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "drain stalled at {rows}/{want_rows} rows; see {}", log.display());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Graceful stop: SIGTERM finishes the batch in hand and exits 0.
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill -TERM");
+    assert!(status.success());
+    let exit = child.wait().expect("wait");
+    assert!(exit.success(), "pipeline exited with {exit} on SIGTERM");
+
+    support::assert_exact(&env.lake, &per_table, bad).await;
+}

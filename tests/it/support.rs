@@ -1,0 +1,161 @@
+//! Shared test fixtures: a watchdog, a lakehouse in a temp dir, an embedded broker, a seeded
+//! event generator, and an in-process pipeline runner.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use millstream::broker::{EmbeddedBroker, topics};
+use millstream::config::Config;
+use millstream::lakehouse::Lakehouse;
+use millstream::pipeline::{PipelineOptions, RunStats};
+use millstream::sim::stream::{Generator, SimEvent};
+use millstream::sim::EventProducer;
+use tokio::sync::watch;
+
+/// Kills the test process if the guarded test runs longer than its budget. Each nextest test
+/// is its own process, so this fails exactly the hung test.
+pub struct Watchdog(Arc<AtomicBool>);
+
+pub fn watchdog(name: &'static str, budget: Duration) -> Watchdog {
+    let done = Arc::new(AtomicBool::new(false));
+    let flag = done.clone();
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        while started.elapsed() < budget {
+            if flag.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        eprintln!("WATCHDOG: {name} still running after {budget:?}; aborting (hang?)");
+        std::process::exit(99);
+    });
+    Watchdog(done)
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+pub fn config() -> Config {
+    let mut c = Config::load_from(None, Vec::<(String, String)>::new()).expect("defaults load");
+    c.pipeline.batch_max_ms = 100;
+    c
+}
+
+pub fn init_logs() {
+    millstream::telemetry::init_logging();
+}
+
+pub struct Env {
+    pub config: Config,
+    pub dir: tempfile::TempDir,
+    pub lake: Lakehouse,
+    pub broker: EmbeddedBroker,
+}
+
+impl Env {
+    pub async fn new(partitions: i32) -> Env {
+        init_logs();
+        let config = config();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lake = Lakehouse::new(dir.path().join("lakehouse")).expect("lakehouse");
+        let broker = EmbeddedBroker::start(1, &topics::ALL, partitions).expect("embedded broker");
+        Env { config, dir, lake, broker }
+    }
+
+    pub fn brokers(&self) -> String {
+        self.broker.bootstrap_servers().to_string()
+    }
+
+    pub fn options(&self, name: &str, group: &str) -> PipelineOptions {
+        let mut o = millstream::cli::pipeline_options(&self.config, &self.brokers());
+        o.name = name.to_string();
+        o.group_id = group.to_string();
+        o
+    }
+
+    /// Produces `events`, flushing before returning.
+    pub async fn produce(&self, events: &[SimEvent]) {
+        let producer = EventProducer::new(&self.config.kafka, &self.brokers()).expect("producer");
+        millstream::sim::produce_all(&producer, events, "test").await.expect("produce");
+        drop(producer);
+    }
+
+    /// Runs the pipeline in-process until it has handled `records` source records.
+    pub async fn run_until(&self, opts: &PipelineOptions, records: u64) -> RunStats {
+        let mut opts = opts.clone();
+        opts.stop_after = Some(records);
+        let (_tx, rx) = watch::channel(false);
+        millstream::pipeline::run(&self.config.kafka, &self.lake, &opts, rx).await.expect("pipeline run")
+    }
+}
+
+/// `n` seeded events (all four streams), a share of them malformed.
+pub fn events(run_id: &str, n: usize, malformed_ratio: f64) -> Vec<SimEvent> {
+    let cfg = config();
+    let mut g = Generator::new(&cfg.simulate, run_id, cfg.simulate.start, 1000).with_malformed_ratio(malformed_ratio);
+    (0..n).map(|_| g.next_event()).collect()
+}
+
+/// Well-formed events per bronze table, and the malformed count.
+pub fn expected(events: &[SimEvent]) -> (BTreeMap<&'static str, i64>, i64) {
+    let mut per_table = BTreeMap::new();
+    let mut bad = 0;
+    for kind in millstream::model::EventKind::ALL {
+        per_table.insert(kind.bronze_table(), 0);
+    }
+    for e in events {
+        if e.malformed {
+            bad += 1;
+        } else {
+            let kind = millstream::model::EventKind::from_topic(e.topic).expect("known topic");
+            *per_table.get_mut(kind.bronze_table()).unwrap() += 1;
+        }
+    }
+    (per_table, bad)
+}
+
+/// Asserts each bronze table holds exactly the expected rows, each event id once, and the
+/// dead-letter table exactly `bad` rows, each source offset once.
+pub async fn assert_exact(lake: &Lakehouse, per_table: &BTreeMap<&'static str, i64>, bad: i64) {
+    for (table, want) in per_table {
+        let rows = lake.sql_i64(&format!("SELECT count(*) FROM {table}")).await.unwrap();
+        let ids = lake.sql_i64(&format!("SELECT count(DISTINCT event_id) FROM {table}")).await.unwrap();
+        let offsets = lake
+            .sql_i64(&format!("SELECT count(*) FROM (SELECT DISTINCT _partition, _offset FROM {table})"))
+            .await
+            .unwrap();
+        assert_eq!(rows, *want, "{table}: rows");
+        assert_eq!(ids, rows, "{table}: duplicate event ids");
+        assert_eq!(offsets, rows, "{table}: duplicate source offsets");
+    }
+    let dead = lake.sql_i64("SELECT count(*) FROM ops.dead_letters").await.unwrap();
+    let dead_offsets = lake
+        .sql_i64("SELECT count(*) FROM (SELECT DISTINCT topic, \"partition\", \"offset\" FROM ops.dead_letters)")
+        .await
+        .unwrap();
+    assert_eq!(dead, bad, "dead letters");
+    assert_eq!(dead_offsets, dead, "duplicate dead letters");
+}
+
+/// A string-like column (Utf8, LargeUtf8 or Utf8View) as owned strings.
+pub fn strings(col: &arrow::array::ArrayRef) -> Vec<String> {
+    let col = arrow::compute::cast(col, &arrow::datatypes::DataType::Utf8).expect("cast to Utf8");
+    arrow::array::cast::as_string_array(&col).iter().map(|v| v.unwrap_or_default().to_string()).collect()
+}
+
+/// A binary-like column as owned byte vectors.
+pub fn bytes(col: &arrow::array::ArrayRef) -> Vec<Vec<u8>> {
+    let col = arrow::compute::cast(col, &arrow::datatypes::DataType::Binary).expect("cast to Binary");
+    col.as_any()
+        .downcast_ref::<arrow::array::BinaryArray>()
+        .expect("binary")
+        .iter()
+        .map(|v| v.unwrap_or_default().to_vec())
+        .collect()
+}
