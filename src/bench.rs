@@ -21,7 +21,11 @@ struct Scratch(std::path::PathBuf);
 
 impl Scratch {
     fn new() -> std::io::Result<Self> {
-        let p = std::env::temp_dir().join(format!("millstream-bench-{}-{}", std::process::id(), chrono::Utc::now().timestamp_millis()));
+        let p = std::env::temp_dir().join(format!(
+            "millstream-bench-{}-{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp_millis()
+        ));
         std::fs::create_dir_all(&p)?;
         Ok(Scratch(p))
     }
@@ -37,7 +41,11 @@ impl Drop for Scratch {
 pub fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
@@ -57,7 +65,11 @@ fn walk(dir: &std::path::Path) -> usize {
             rd.flatten()
                 .map(|e| {
                     let p = e.path();
-                    if p.is_dir() { walk(&p) } else { p.extension().is_some_and(|x| x == "parquet") as usize }
+                    if p.is_dir() {
+                        walk(&p)
+                    } else {
+                        p.extension().is_some_and(|x| x == "parquet") as usize
+                    }
                 })
                 .sum()
         })
@@ -67,10 +79,19 @@ fn walk(dir: &std::path::Path) -> usize {
 pub async fn ingest(config: Config, events: u64) -> anyhow::Result<()> {
     let scratch = Scratch::new()?;
     let lake = Lakehouse::new(scratch.0.join("lakehouse"))?;
-    let broker = EmbeddedBroker::start(config.kafka.embedded_brokers, &topics::ALL, config.kafka.partitions)?;
+    let broker = EmbeddedBroker::start(
+        config.kafka.embedded_brokers,
+        &topics::ALL,
+        config.kafka.partitions,
+    )?;
     let brokers = broker.bootstrap_servers().to_string();
     eprintln!("bench ingest: generating {events} events");
-    let mut generator = Generator::new(&config.simulate, "bench", config.simulate.start, config.simulate.rate);
+    let mut generator = Generator::new(
+        &config.simulate,
+        "bench",
+        config.simulate.start,
+        config.simulate.rate,
+    );
     let batch: Vec<_> = (0..events).map(|_| generator.next_event()).collect();
     let producer = EventProducer::new(&config.kafka, &brokers)?;
     let preload_started = Instant::now();
@@ -116,7 +137,11 @@ pub async fn ingest(config: Config, events: u64) -> anyhow::Result<()> {
 pub async fn freshness(config: Config, rate: u64, seconds: u64) -> anyhow::Result<()> {
     let scratch = Scratch::new()?;
     let lake = Lakehouse::new(scratch.0.join("lakehouse"))?;
-    let broker = EmbeddedBroker::start(config.kafka.embedded_brokers, &topics::ALL, config.kafka.partitions)?;
+    let broker = EmbeddedBroker::start(
+        config.kafka.embedded_brokers,
+        &topics::ALL,
+        config.kafka.partitions,
+    )?;
     let brokers = broker.bootstrap_servers().to_string();
     lake.ensure_all().await?;
 
@@ -126,7 +151,12 @@ pub async fn freshness(config: Config, rate: u64, seconds: u64) -> anyhow::Resul
     opts.freshness = Some(samples.clone());
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let pipeline = {
-        let (kafka, lake, opts, stop) = (config.kafka.clone(), lake.clone(), opts.clone(), stop.clone());
+        let (kafka, lake, opts, stop) = (
+            config.kafka.clone(),
+            lake.clone(),
+            opts.clone(),
+            stop.clone(),
+        );
         tokio::spawn(async move { crate::pipeline::run(&kafka, &lake, &opts, stop).await })
     };
     // Let the consumer join before measuring.
@@ -152,7 +182,11 @@ pub async fn freshness(config: Config, rate: u64, seconds: u64) -> anyhow::Resul
 
     let mut v = samples.lock().expect("poisoned").split_off(warmup);
     v.sort_unstable();
-    let pct = |q: f64| v.get(((v.len() as f64 * q) as usize).min(v.len().saturating_sub(1))).copied().unwrap_or(0);
+    let pct = |q: f64| {
+        v.get(((v.len() as f64 * q) as usize).min(v.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
     println!(
         "{}",
         json!({

@@ -14,7 +14,11 @@ use crate::model::{EventKind, tables};
 use crate::pipeline::PipelineOptions;
 
 #[derive(Debug, Parser)]
-#[command(name = "millstream", version, about = "Factory event streams → exactly-once Delta tables → fresh signals")]
+#[command(
+    name = "millstream",
+    version,
+    about = "Factory event streams → exactly-once Delta tables → fresh signals"
+)]
 pub struct Cli {
     /// Config file layered over the embedded defaults (env MILLSTREAM__* wins over both).
     #[arg(long, global = true, env = "MILLSTREAM_CONFIG")]
@@ -173,7 +177,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tables { command } => tables_cmd(config, command).await,
         Command::Maintain { no_zorder } => {
             let lake = Lakehouse::new(&config.lakehouse.root)?;
-            let reports = crate::lakehouse::maintain::run(&lake, &maintain_options(&config, !no_zorder)).await;
+            let reports =
+                crate::lakehouse::maintain::run(&lake, &maintain_options(&config, !no_zorder))
+                    .await;
             for r in &reports {
                 println!("{}", serde_json::to_string(r)?);
             }
@@ -184,7 +190,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench { command } => match command {
             BenchCommand::Ingest { events } => crate::bench::ingest(config, events).await,
-            BenchCommand::Freshness { rate, seconds } => crate::bench::freshness(config, rate, seconds).await,
+            BenchCommand::Freshness { rate, seconds } => {
+                crate::bench::freshness(config, rate, seconds).await
+            }
         },
         Command::Schemas { out } => {
             std::fs::create_dir_all(&out)?;
@@ -203,7 +211,10 @@ pub fn schema_text(kind: EventKind) -> String {
     serde_json::to_string_pretty(&kind.json_schema()).expect("schema serializes") + "\n"
 }
 
-pub fn maintain_options(config: &Config, zorder: bool) -> crate::lakehouse::maintain::MaintainOptions {
+pub fn maintain_options(
+    config: &Config,
+    zorder: bool,
+) -> crate::lakehouse::maintain::MaintainOptions {
     crate::lakehouse::maintain::MaintainOptions {
         target_file_bytes: config.maintain.target_file_mb * 1024 * 1024,
         vacuum_retention: Duration::from_secs(config.maintain.vacuum_retention_hours * 3600),
@@ -228,7 +239,9 @@ pub fn pipeline_options(config: &Config, brokers: &str) -> PipelineOptions {
 fn brokers_or_fail(flag: Option<String>, config: &Config, command: &str) -> anyhow::Result<String> {
     match flag.or_else(|| Some(config.kafka.brokers.clone()).filter(|b| !b.is_empty())) {
         Some(b) => Ok(b),
-        None => bail!("`millstream {command}` needs a broker: pass --brokers host:port or set kafka.brokers (`millstream up` runs an embedded one)"),
+        None => bail!(
+            "`millstream {command}` needs a broker: pass --brokers host:port or set kafka.brokers (`millstream up` runs an embedded one)"
+        ),
     }
 }
 
@@ -236,7 +249,8 @@ fn brokers_or_fail(flag: Option<String>, config: &Config, command: &str) -> anyh
 pub fn stop_signal(duration: Option<Duration>) -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         let sleep = async {
             match duration {
                 Some(d) => tokio::time::sleep(d).await,
@@ -263,7 +277,9 @@ async fn pipeline(mut config: Config, args: PipelineArgs) -> anyhow::Result<()> 
     }
     let lake = Lakehouse::new(&config.lakehouse.root)?;
     let stop = stop_signal(None);
-    let (addr, _server) = crate::serve::spawn(&config.serve.addr, stop.clone()).await.context("binding serve.addr")?;
+    let (addr, _server) = crate::serve::spawn(&config.serve.addr, stop.clone())
+        .await
+        .context("binding serve.addr")?;
     tracing::info!("metrics at http://{addr}/metrics");
     let opts = pipeline_options(&config, &brokers);
     let stats = crate::pipeline::run_with_restarts(&config.kafka, &lake, &opts, stop).await?;
@@ -283,7 +299,9 @@ async fn simulate(mut config: Config, args: SimulateArgs) -> anyhow::Result<()> 
         return Err(crate::Error::Config(problems).into());
     }
     let rate = args.rate.unwrap_or(config.simulate.rate);
-    let run_id = args.run_id.unwrap_or_else(|| format!("{:x}", chrono::Utc::now().timestamp_millis()));
+    let run_id = args
+        .run_id
+        .unwrap_or_else(|| format!("{:x}", chrono::Utc::now().timestamp_millis()));
     if args.reference {
         let lake = Lakehouse::new(&config.lakehouse.root)?;
         crate::sim::write_reference(&lake, &config.simulate, args.reseed).await?;
@@ -302,8 +320,14 @@ async fn simulate(mut config: Config, args: SimulateArgs) -> anyhow::Result<()> 
     }
     if rate > 0 && args.events != Some(0) {
         let stop = stop_signal(args.duration.map(Duration::from_secs));
-        let mut generator = crate::sim::stream::Generator::new(&config.simulate, &run_id, config.simulate.start, rate);
-        let produced = crate::sim::produce_live(&producer, &mut generator, rate, args.events, stop).await?;
+        let mut generator = crate::sim::stream::Generator::new(
+            &config.simulate,
+            &run_id,
+            config.simulate.start,
+            rate,
+        );
+        let produced =
+            crate::sim::produce_live(&producer, &mut generator, rate, args.events, stop).await?;
         summary.insert("live".into(), serde_json::to_value(produced)?);
     }
     println!("{}", serde_json::Value::Object(summary));
@@ -311,7 +335,11 @@ async fn simulate(mut config: Config, args: SimulateArgs) -> anyhow::Result<()> 
 }
 
 async fn broker(config: Config, args: BrokerArgs) -> anyhow::Result<()> {
-    let broker = crate::broker::EmbeddedBroker::start(config.kafka.embedded_brokers, &crate::broker::topics::ALL, config.kafka.partitions)?;
+    let broker = crate::broker::EmbeddedBroker::start(
+        config.kafka.embedded_brokers,
+        &crate::broker::topics::ALL,
+        config.kafka.partitions,
+    )?;
     println!("bootstrap: {}", broker.bootstrap_servers());
     let mut stop = stop_signal(args.duration.map(Duration::from_secs));
     let _ = stop.wait_for(|s| *s).await;
@@ -328,13 +356,22 @@ async fn tables_cmd(config: Config, command: TablesCommand) -> anyhow::Result<()
             }
         }
         TablesCommand::List => {
-            println!("{:<36} {:>8} {:>7} {:>12}", "table", "version", "files", "rows");
+            println!(
+                "{:<36} {:>8} {:>7} {:>12}",
+                "table", "version", "files", "rows"
+            );
             for def in tables::catalog() {
                 match lake.open(&def.name).await {
                     Ok(t) => {
                         let files = t.get_file_uris().map(|f| f.count()).unwrap_or(0);
                         let rows = count_rows(&lake, &def.name).await.unwrap_or(-1);
-                        println!("{:<36} {:>8} {:>7} {:>12}", def.name, t.version().unwrap_or(0), files, rows);
+                        println!(
+                            "{:<36} {:>8} {:>7} {:>12}",
+                            def.name,
+                            t.version().unwrap_or(0),
+                            files,
+                            rows
+                        );
                     }
                     Err(_) => println!("{:<36} {:>8}", def.name, "-"),
                 }
@@ -343,9 +380,18 @@ async fn tables_cmd(config: Config, command: TablesCommand) -> anyhow::Result<()
         TablesCommand::Describe { name } => {
             let def = tables::get(&name)?;
             println!("{}: {}", def.name, def.comment);
-            println!("partitioned by {:?}; z-order by {:?}; change data feed on", def.partition_by, def.zorder_by);
+            println!(
+                "partitioned by {:?}; z-order by {:?}; change data feed on",
+                def.partition_by, def.zorder_by
+            );
             for c in &def.columns {
-                println!("  {:<16} {:<10} {:<9} {}", c.name, format!("{:?}", c.ty).to_lowercase(), if c.nullable { "null" } else { "not null" }, c.comment);
+                println!(
+                    "  {:<16} {:<10} {:<9} {}",
+                    c.name,
+                    format!("{:?}", c.ty).to_lowercase(),
+                    if c.nullable { "null" } else { "not null" },
+                    c.comment
+                );
             }
         }
         TablesCommand::Cdf { name, from, to } => {

@@ -97,12 +97,16 @@ impl<'de> Deserialize<'de> for Secret {
             F(f64),
             B(bool),
         }
-        Ok(Secret(match Scalar::deserialize(d).map_err(|_| serde::de::Error::custom("expected a string, number or boolean"))? {
-            Scalar::S(s) => s,
-            Scalar::I(i) => i.to_string(),
-            Scalar::F(f) => f.to_string(),
-            Scalar::B(b) => b.to_string(),
-        }))
+        Ok(Secret(
+            match Scalar::deserialize(d)
+                .map_err(|_| serde::de::Error::custom("expected a string, number or boolean"))?
+            {
+                Scalar::S(s) => s,
+                Scalar::I(i) => i.to_string(),
+                Scalar::F(f) => f.to_string(),
+                Scalar::B(b) => b.to_string(),
+            },
+        ))
     }
 }
 
@@ -133,8 +137,8 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config> {
         let mut problems = Vec::new();
-        let mut merged: toml::Table =
-            toml::from_str(DEFAULTS).map_err(|e| Error::Internal(format!("embedded defaults: {e}")))?;
+        let mut merged: toml::Table = toml::from_str(DEFAULTS)
+            .map_err(|e| Error::Internal(format!("embedded defaults: {e}")))?;
         if let Some(path) = file {
             match std::fs::read_to_string(path) {
                 Ok(text) => match toml::from_str::<toml::Table>(&text) {
@@ -145,7 +149,9 @@ impl Config {
             }
         }
         for (key, raw) in env {
-            let Some(rest) = key.strip_prefix(ENV_PREFIX) else { continue };
+            let Some(rest) = key.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
             let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
             if path.iter().any(|p| p.is_empty()) {
                 problems.push(format!("environment variable {key}: empty path segment"));
@@ -191,33 +197,85 @@ impl Config {
                 p.push(msg.to_string());
             }
         };
-        check(!self.kafka.group_id.trim().is_empty(), "kafka.group_id must not be empty");
-        check((1..=1000).contains(&self.kafka.partitions), "kafka.partitions must be in 1..=1000");
-        check((1..=10).contains(&self.kafka.embedded_brokers), "kafka.embedded_brokers must be in 1..=10");
         check(
-            self.kafka.properties.keys().all(|k| k != "bootstrap.servers" && k != "group.id"),
+            !self.kafka.group_id.trim().is_empty(),
+            "kafka.group_id must not be empty",
+        );
+        check(
+            (1..=1000).contains(&self.kafka.partitions),
+            "kafka.partitions must be in 1..=1000",
+        );
+        check(
+            (1..=10).contains(&self.kafka.embedded_brokers),
+            "kafka.embedded_brokers must be in 1..=10",
+        );
+        check(
+            self.kafka
+                .properties
+                .keys()
+                .all(|k| k != "bootstrap.servers" && k != "group.id"),
             "kafka.properties must not set bootstrap.servers or group.id (use kafka.brokers / kafka.group_id)",
         );
-        check(!self.lakehouse.root.as_os_str().is_empty(), "lakehouse.root must not be empty");
+        check(
+            !self.lakehouse.root.as_os_str().is_empty(),
+            "lakehouse.root must not be empty",
+        );
         check(
             !self.pipeline.name.is_empty()
-                && self.pipeline.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+                && self
+                    .pipeline
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
             "pipeline.name must be non-empty [A-Za-z0-9_-]",
         );
-        check((1..=10_000_000).contains(&self.pipeline.batch_max_events), "pipeline.batch_max_events must be in 1..=10000000");
-        check((1..=600_000).contains(&self.pipeline.batch_max_ms), "pipeline.batch_max_ms must be in 1..=600000");
-        check(self.pipeline.idle_commit_secs >= 1, "pipeline.idle_commit_secs must be >= 1");
-        check((1..=4096).contains(&self.pipeline.target_file_mb), "pipeline.target_file_mb must be in 1..=4096");
+        check(
+            (1..=10_000_000).contains(&self.pipeline.batch_max_events),
+            "pipeline.batch_max_events must be in 1..=10000000",
+        );
+        check(
+            (1..=600_000).contains(&self.pipeline.batch_max_ms),
+            "pipeline.batch_max_ms must be in 1..=600000",
+        );
+        check(
+            self.pipeline.idle_commit_secs >= 1,
+            "pipeline.idle_commit_secs must be >= 1",
+        );
+        check(
+            (1..=4096).contains(&self.pipeline.target_file_mb),
+            "pipeline.target_file_mb must be in 1..=4096",
+        );
         check(self.simulate.rate >= 1, "simulate.rate must be >= 1");
-        check(self.simulate.speed.is_finite() && self.simulate.speed > 0.0, "simulate.speed must be > 0");
-        check((0.0..=1.0).contains(&self.simulate.malformed_ratio), "simulate.malformed_ratio must be in 0..=1");
-        check(self.simulate.warehouses >= 1, "simulate.warehouses must be >= 1");
+        check(
+            self.simulate.speed.is_finite() && self.simulate.speed > 0.0,
+            "simulate.speed must be > 0",
+        );
+        check(
+            (0.0..=1.0).contains(&self.simulate.malformed_ratio),
+            "simulate.malformed_ratio must be in 0..=1",
+        );
+        check(
+            self.simulate.warehouses >= 1,
+            "simulate.warehouses must be >= 1",
+        );
         check(self.simulate.parts >= 1, "simulate.parts must be >= 1");
-        check(self.simulate.suppliers >= 1, "simulate.suppliers must be >= 1");
-        check(self.simulate.customers >= 1, "simulate.customers must be >= 1");
+        check(
+            self.simulate.suppliers >= 1,
+            "simulate.suppliers must be >= 1",
+        );
+        check(
+            self.simulate.customers >= 1,
+            "simulate.customers must be >= 1",
+        );
         check(self.simulate.devices >= 1, "simulate.devices must be >= 1");
-        check(self.maintain.interval_secs >= 1, "maintain.interval_secs must be >= 1");
-        check((1..=4096).contains(&self.maintain.target_file_mb), "maintain.target_file_mb must be in 1..=4096");
+        check(
+            self.maintain.interval_secs >= 1,
+            "maintain.interval_secs must be >= 1",
+        );
+        check(
+            (1..=4096).contains(&self.maintain.target_file_mb),
+            "maintain.target_file_mb must be in 1..=4096",
+        );
         check(
             self.serve.addr.parse::<std::net::SocketAddr>().is_ok(),
             "serve.addr must be host:port with an IP address (e.g. 127.0.0.1:9464)",
@@ -227,10 +285,17 @@ impl Config {
 }
 
 /// Deserializes one section, recording unknown keys (all of them) and type errors.
-fn section<T: DeserializeOwned>(table: &mut toml::Table, name: &str, problems: &mut Vec<String>) -> Option<T> {
-    let value = table.remove(name).unwrap_or_else(|| toml::Value::Table(Default::default()));
+fn section<T: DeserializeOwned>(
+    table: &mut toml::Table,
+    name: &str,
+    problems: &mut Vec<String>,
+) -> Option<T> {
+    let value = table
+        .remove(name)
+        .unwrap_or_else(|| toml::Value::Table(Default::default()));
     let mut unknown = Vec::new();
-    let result: Result<T, _> = serde_ignored::deserialize(value, |path| unknown.push(path.to_string()));
+    let result: Result<T, _> =
+        serde_ignored::deserialize(value, |path| unknown.push(path.to_string()));
     for key in &unknown {
         problems.push(format!("unknown key {name}.{key}"));
     }
@@ -258,7 +323,9 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
     let (last, parents) = path.split_last().expect("non-empty path");
     let mut cur = table;
     for p in parents {
-        let entry = cur.entry(p.clone()).or_insert_with(|| toml::Value::Table(Default::default()));
+        let entry = cur
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
         if !entry.is_table() {
             *entry = toml::Value::Table(Default::default());
         }
@@ -281,7 +348,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -296,7 +366,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
         std::fs::write(&f, "[pipeline]\nbatch_max_ms = 100\nbatch_max_events = 7\n").unwrap();
-        let c = Config::load_from(Some(&f), env(&[("MILLSTREAM__PIPELINE__BATCH_MAX_MS", "50")])).unwrap();
+        let c = Config::load_from(
+            Some(&f),
+            env(&[("MILLSTREAM__PIPELINE__BATCH_MAX_MS", "50")]),
+        )
+        .unwrap();
         assert_eq!(c.pipeline.batch_max_ms, 50, "env wins over file");
         assert_eq!(c.pipeline.batch_max_events, 7, "file wins over defaults");
     }
@@ -305,18 +379,30 @@ mod tests {
     fn every_problem_is_reported_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
-        std::fs::write(&f, "[pipeline]\nbatch_mx_ms = 1\n[kafka]\npartitions = 0\n[nope]\nx=1\n").unwrap();
+        std::fs::write(
+            &f,
+            "[pipeline]\nbatch_mx_ms = 1\n[kafka]\npartitions = 0\n[nope]\nx=1\n",
+        )
+        .unwrap();
         let err = Config::load_from(
             Some(&f),
-            env(&[("MILLSTREAM__SIMULATE__RATE", "fast"), ("MILLSTREAM__SERVE__BOGUS", "1")]),
+            env(&[
+                ("MILLSTREAM__SIMULATE__RATE", "fast"),
+                ("MILLSTREAM__SERVE__BOGUS", "1"),
+            ]),
         )
         .unwrap_err();
-        let Error::Config(problems) = err else { panic!("expected config error") };
+        let Error::Config(problems) = err else {
+            panic!("expected config error")
+        };
         let all = problems.join("\n");
         assert!(all.contains("unknown key pipeline.batch_mx_ms"), "{all}");
         assert!(all.contains("unknown section [nope]"), "{all}");
         assert!(all.contains("unknown key serve.bogus"), "{all}");
-        assert!(all.contains("[simulate]"), "type error in simulate.rate: {all}");
+        assert!(
+            all.contains("[simulate]"),
+            "type error in simulate.rate: {all}"
+        );
         // kafka parsed fine, so its semantic check runs only when the rest parses; the type error
         // in [simulate] stops building, but unknown keys and type errors are all still listed.
         assert!(problems.len() >= 4, "{all}");
@@ -326,23 +412,37 @@ mod tests {
     fn semantic_errors_are_all_listed() {
         let err = Config::load_from(
             None,
-            env(&[("MILLSTREAM__KAFKA__PARTITIONS", "0"), ("MILLSTREAM__SIMULATE__SPEED", "-1"), ("MILLSTREAM__SERVE__ADDR", "nowhere")]),
+            env(&[
+                ("MILLSTREAM__KAFKA__PARTITIONS", "0"),
+                ("MILLSTREAM__SIMULATE__SPEED", "-1"),
+                ("MILLSTREAM__SERVE__ADDR", "nowhere"),
+            ]),
         )
         .unwrap_err();
-        let Error::Config(problems) = err else { panic!() };
+        let Error::Config(problems) = err else {
+            panic!()
+        };
         assert_eq!(problems.len(), 3, "{problems:?}");
     }
 
     #[test]
     fn secrets_are_masked_in_debug() {
-        let c = Config::load_from(None, env(&[("MILLSTREAM__KAFKA__PROPERTIES__SASL.PASSWORD", "hunter2")])).unwrap();
+        let c = Config::load_from(
+            None,
+            env(&[("MILLSTREAM__KAFKA__PROPERTIES__SASL.PASSWORD", "hunter2")]),
+        )
+        .unwrap();
         assert_eq!(c.kafka.properties["sasl.password"].expose(), "hunter2");
         assert!(!format!("{c:?}").contains("hunter2"));
     }
 
     #[test]
     fn numeric_client_properties_from_env_become_strings() {
-        let c = Config::load_from(None, env(&[("MILLSTREAM__KAFKA__PROPERTIES__SESSION.TIMEOUT.MS", "3000")])).unwrap();
+        let c = Config::load_from(
+            None,
+            env(&[("MILLSTREAM__KAFKA__PROPERTIES__SESSION.TIMEOUT.MS", "3000")]),
+        )
+        .unwrap();
         assert_eq!(c.kafka.properties["session.timeout.ms"].expose(), "3000");
     }
 }

@@ -44,7 +44,9 @@ pub enum Error {
     Io(#[from] std::io::Error),
     /// Another writer advanced a partition we think we own: our in-memory state is stale and
     /// must be reset from the Delta log (kafka-delta-ingest's `ConflictingOffsets`).
-    #[error("offsets in {table} moved under us for {app_id}: expected {expected:?}, found {found:?}")]
+    #[error(
+        "offsets in {table} moved under us for {app_id}: expected {expected:?}, found {found:?}"
+    )]
     ConflictingOffsets {
         table: String,
         app_id: String,
@@ -59,15 +61,19 @@ pub enum Error {
 
 impl Error {
     pub fn delta(table: impl Into<String>, source: deltalake::DeltaTableError) -> Self {
-        Error::Delta { table: table.into(), source }
+        Error::Delta {
+            table: table.into(),
+            source,
+        }
     }
 
     pub fn domain(&self) -> Domain {
         match self {
             Error::Config(_) | Error::Invalid(_) => Domain::User,
-            Error::Kafka(_) | Error::Delta { .. } | Error::Io(_) | Error::ConflictingOffsets { .. } => {
-                Domain::External
-            }
+            Error::Kafka(_)
+            | Error::Delta { .. }
+            | Error::Io(_)
+            | Error::ConflictingOffsets { .. } => Domain::External,
             Error::Arrow(_) | Error::DataFusion(_) | Error::Internal(_) => Domain::Internal,
         }
     }

@@ -10,8 +10,14 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// Installs the tracing subscriber (idempotent).
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,buoyant_kernel=warn,delta_kernel=warn,deltalake_core=warn,deltalake=warn".into());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        "info,buoyant_kernel=warn,delta_kernel=warn,deltalake_core=warn,deltalake=warn".into()
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
 }
 
 /// Installs the Prometheus recorder once and returns its handle for rendering `/metrics`.
@@ -20,7 +26,9 @@ pub fn metrics() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()
-                .set_buckets(&[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+                .set_buckets(&[
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ])
                 .expect("static buckets are valid")
                 .install_recorder()
                 .expect("no other metrics recorder is installed");
@@ -32,14 +40,46 @@ pub fn metrics() -> PrometheusHandle {
 
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!("millstream_events_in_total", Unit::Count, "Source records read, per topic");
-    describe_counter!("millstream_bytes_in_total", Unit::Bytes, "Source payload bytes read");
-    describe_counter!("millstream_rows_out_total", Unit::Count, "Rows committed, per table");
-    describe_counter!("millstream_commits_total", Unit::Count, "Delta commits, per table");
-    describe_counter!("millstream_dead_letters_total", Unit::Count, "Records sent to ops.dead_letters, per topic");
-    describe_histogram!("millstream_batch_latency_seconds", Unit::Seconds, "Decode + commit time of a micro-batch");
-    describe_gauge!("millstream_consumer_lag", Unit::Count, "Records behind the high watermark, per partition");
-    describe_counter!("millstream_events_produced_total", Unit::Count, "Events produced by the simulator, per topic");
+    describe_counter!(
+        "millstream_events_in_total",
+        Unit::Count,
+        "Source records read, per topic"
+    );
+    describe_counter!(
+        "millstream_bytes_in_total",
+        Unit::Bytes,
+        "Source payload bytes read"
+    );
+    describe_counter!(
+        "millstream_rows_out_total",
+        Unit::Count,
+        "Rows committed, per table"
+    );
+    describe_counter!(
+        "millstream_commits_total",
+        Unit::Count,
+        "Delta commits, per table"
+    );
+    describe_counter!(
+        "millstream_dead_letters_total",
+        Unit::Count,
+        "Records sent to ops.dead_letters, per topic"
+    );
+    describe_histogram!(
+        "millstream_batch_latency_seconds",
+        Unit::Seconds,
+        "Decode + commit time of a micro-batch"
+    );
+    describe_gauge!(
+        "millstream_consumer_lag",
+        Unit::Count,
+        "Records behind the high watermark, per partition"
+    );
+    describe_counter!(
+        "millstream_events_produced_total",
+        Unit::Count,
+        "Events produced by the simulator, per topic"
+    );
 }
 
 pub mod events {
@@ -60,8 +100,15 @@ pub mod events {
 
     impl RecordRejected<'_> {
         pub fn emit(&self) {
-            tracing::warn!(topic = self.topic, partition = self.partition, offset = self.offset, reason = self.reason, "record dead-lettered");
-            counter!("millstream_dead_letters_total", "topic" => self.topic.to_string()).increment(1);
+            tracing::warn!(
+                topic = self.topic,
+                partition = self.partition,
+                offset = self.offset,
+                reason = self.reason,
+                "record dead-lettered"
+            );
+            counter!("millstream_dead_letters_total", "topic" => self.topic.to_string())
+                .increment(1);
         }
     }
 
@@ -73,7 +120,8 @@ pub mod events {
     impl TableCommitted<'_> {
         pub fn emit(&self) {
             tracing::debug!(table = self.table, rows = self.rows, "table committed");
-            counter!("millstream_rows_out_total", "table" => self.table.to_string()).increment(self.rows);
+            counter!("millstream_rows_out_total", "table" => self.table.to_string())
+                .increment(self.rows);
             counter!("millstream_commits_total", "table" => self.table.to_string()).increment(1);
         }
     }
@@ -90,8 +138,14 @@ pub mod events {
     impl BatchCommitted {
         pub fn emit(&self) {
             let total_lag: i64 = self.lag.iter().map(|(_, l)| l).sum();
-            tracing::debug!(records = self.records, bytes = self.bytes, dead_letters = self.dead_letters,
-                latency_ms = self.latency.as_millis() as u64, lag = total_lag, "batch committed");
+            tracing::debug!(
+                records = self.records,
+                bytes = self.bytes,
+                dead_letters = self.dead_letters,
+                latency_ms = self.latency.as_millis() as u64,
+                lag = total_lag,
+                "batch committed"
+            );
             for (topic, n) in &self.by_topic {
                 counter!("millstream_events_in_total", "topic" => *topic).increment(*n);
             }
@@ -110,7 +164,8 @@ pub mod events {
 
     impl EventsProduced {
         pub fn emit(&self) {
-            counter!("millstream_events_produced_total", "topic" => self.topic).increment(self.count);
+            counter!("millstream_events_produced_total", "topic" => self.topic)
+                .increment(self.count);
         }
     }
 }

@@ -18,10 +18,17 @@ pub async fn run(config: Config, args: UpArgs) -> anyhow::Result<()> {
     lake.ensure_all().await.context("creating tables")?;
     let stop = stop_signal(args.duration.map(Duration::from_secs));
 
-    let external = args.brokers.clone().or_else(|| Some(config.kafka.brokers.clone()).filter(|b| !b.is_empty()));
+    let external = args
+        .brokers
+        .clone()
+        .or_else(|| Some(config.kafka.brokers.clone()).filter(|b| !b.is_empty()));
     let embedded = match &external {
         Some(_) => None,
-        None => Some(EmbeddedBroker::start(config.kafka.embedded_brokers, &topics::ALL, config.kafka.partitions)?),
+        None => Some(EmbeddedBroker::start(
+            config.kafka.embedded_brokers,
+            &topics::ALL,
+            config.kafka.partitions,
+        )?),
     };
     let brokers = match (&external, &embedded) {
         (Some(b), _) => {
@@ -39,12 +46,24 @@ pub async fn run(config: Config, args: UpArgs) -> anyhow::Result<()> {
         opts.name = format!("{}-{run_id}", config.pipeline.name);
         opts.group_id = format!("{}-{run_id}", config.kafka.group_id);
     }
-    let (addr, server) = crate::serve::spawn(&config.serve.addr, stop.clone()).await.context("binding serve.addr")?;
+    let (addr, server) = crate::serve::spawn(&config.serve.addr, stop.clone())
+        .await
+        .context("binding serve.addr")?;
     println!("millstream up");
-    println!("  kafka bootstrap : {brokers}{}", if embedded.is_some() { " (embedded; any Kafka client can connect)" } else { "" });
+    println!(
+        "  kafka bootstrap : {brokers}{}",
+        if embedded.is_some() {
+            " (embedded; any Kafka client can connect)"
+        } else {
+            ""
+        }
+    );
     println!("  lakehouse       : {}", lake.root().display());
     println!("  metrics         : http://{addr}/metrics");
-    println!("  pipeline        : {} (group {})", opts.name, opts.group_id);
+    println!(
+        "  pipeline        : {} (group {})",
+        opts.name, opts.group_id
+    );
 
     let written = crate::sim::write_reference(&lake, &config.simulate, false).await?;
     for (t, n) in &written {
@@ -52,8 +71,15 @@ pub async fn run(config: Config, args: UpArgs) -> anyhow::Result<()> {
     }
 
     let pipeline = {
-        let (kafka, lake, opts, stop) = (config.kafka.clone(), lake.clone(), opts.clone(), stop.clone());
-        tokio::spawn(async move { crate::pipeline::run_with_restarts(&kafka, &lake, &opts, stop).await })
+        let (kafka, lake, opts, stop) = (
+            config.kafka.clone(),
+            lake.clone(),
+            opts.clone(),
+            stop.clone(),
+        );
+        tokio::spawn(
+            async move { crate::pipeline::run_with_restarts(&kafka, &lake, &opts, stop).await },
+        )
     };
     let maintenance = {
         let (lake, mopts, mut stop) = (lake.clone(), maintain_options(&config, true), stop.clone());
@@ -75,8 +101,10 @@ pub async fn run(config: Config, args: UpArgs) -> anyhow::Result<()> {
         crate::sim::produce_all(&producer, &history, "history").await?;
     }
     let rate = args.rate.unwrap_or(config.simulate.rate);
-    let mut generator = crate::sim::stream::Generator::new(&config.simulate, &run_id, config.simulate.start, rate);
-    let live = crate::sim::produce_live(&producer, &mut generator, rate, None, stop.clone()).await?;
+    let mut generator =
+        crate::sim::stream::Generator::new(&config.simulate, &run_id, config.simulate.start, rate);
+    let live =
+        crate::sim::produce_live(&producer, &mut generator, rate, None, stop.clone()).await?;
     drop(producer);
 
     let stats = pipeline.await.context("pipeline task")??;
@@ -84,9 +112,18 @@ pub async fn run(config: Config, args: UpArgs) -> anyhow::Result<()> {
     let _ = server.await;
     drop(embedded);
 
-    println!("stopped: produced {} live events ({} malformed)", live.events, live.malformed);
+    println!(
+        "stopped: produced {} live events ({} malformed)",
+        live.events, live.malformed
+    );
     println!("{}", serde_json::to_string(&stats)?);
-    for name in ["iot.telemetry", "supply_chain.shipments", "supply_chain.inventory_movements", "sales.transactions", "ops.dead_letters"] {
+    for name in [
+        "iot.telemetry",
+        "supply_chain.shipments",
+        "supply_chain.inventory_movements",
+        "sales.transactions",
+        "ops.dead_letters",
+    ] {
         if let Ok(n) = crate::cli::count_rows(&lake, name).await {
             println!("  {name:<34} {n:>10} rows");
         }

@@ -53,7 +53,9 @@ pub async fn ensure_topics(kafka: &KafkaConfig, brokers: &str, names: &[&str]) -
     for result in admin.create_topics(&new, &opts).await? {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => return Err(Error::Invalid(format!("creating topic {topic}: {code}"))),
+            Err((topic, code)) => {
+                return Err(Error::Invalid(format!("creating topic {topic}: {code}")));
+            }
         }
     }
     Ok(())

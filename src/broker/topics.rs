@@ -12,4 +12,12 @@ pub const ALERTS: &str = "mfg.alerts";
 /// Topics the bronze pipeline consumes.
 pub const SOURCES: [&str; 4] = [TELEMETRY, SHIPMENTS, INVENTORY, SALES];
 /// Every topic millstream uses.
-pub const ALL: [&str; 7] = [TELEMETRY, SHIPMENTS, INVENTORY, SALES, ACTION_ORDERS, ACTION_TICKETS, ALERTS];
+pub const ALL: [&str; 7] = [
+    TELEMETRY,
+    SHIPMENTS,
+    INVENTORY,
+    SALES,
+    ACTION_ORDERS,
+    ACTION_TICKETS,
+    ALERTS,
+];

@@ -8,7 +8,10 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BinaryBuilder, Int32Array, Int64Array, RecordBatch, StringBuilder, TimestampMicrosecondArray};
+use arrow::array::{
+    ArrayRef, BinaryBuilder, Int32Array, Int64Array, RecordBatch, StringBuilder,
+    TimestampMicrosecondArray,
+};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::json::ReaderBuilder;
 
@@ -48,12 +51,20 @@ impl BronzeDecoder {
 
     /// Decodes `records[i]` for every `i` in `indices` into one bronze batch. Records that fail
     /// are returned as rejections instead.
-    pub fn decode(&self, records: &[RawRecord], indices: &[usize], ingested_at_us: i64) -> Result<(RecordBatch, Vec<Rejection>)> {
+    pub fn decode(
+        &self,
+        records: &[RawRecord],
+        indices: &[usize],
+        ingested_at_us: i64,
+    ) -> Result<(RecordBatch, Vec<Rejection>)> {
         let mut rejected = Vec::new();
         let mut valid = Vec::with_capacity(indices.len());
         for &i in indices {
             match records[i].payload.as_deref() {
-                None => rejected.push(Rejection { index: i, reason: "empty payload".into() }),
+                None => rejected.push(Rejection {
+                    index: i,
+                    reason: "empty payload".into(),
+                }),
                 Some(bytes) => match self.kind.check(bytes) {
                     Ok(()) => valid.push(i),
                     Err(reason) => rejected.push(Rejection { index: i, reason }),
@@ -68,7 +79,10 @@ impl BronzeDecoder {
                 for &i in &valid {
                     match self.decode_json(records, &[i]) {
                         Ok(_) => ok.push(i),
-                        Err(e) => rejected.push(Rejection { index: i, reason: format!("decode: {e}") }),
+                        Err(e) => rejected.push(Rejection {
+                            index: i,
+                            reason: format!("decode: {e}"),
+                        }),
                     }
                 }
                 valid = ok;
@@ -76,11 +90,16 @@ impl BronzeDecoder {
             }
         };
         rejected.sort_by_key(|r| r.index);
-        Ok((self.with_meta(events, records, &valid, ingested_at_us)?, rejected))
+        Ok((
+            self.with_meta(events, records, &valid, ingested_at_us)?,
+            rejected,
+        ))
     }
 
     fn decode_json(&self, records: &[RawRecord], indices: &[usize]) -> Result<RecordBatch> {
-        let mut decoder = ReaderBuilder::new(self.events.clone()).with_batch_size(indices.len().max(1)).build_decoder()?;
+        let mut decoder = ReaderBuilder::new(self.events.clone())
+            .with_batch_size(indices.len().max(1))
+            .build_decoder()?;
         for &i in indices {
             let bytes = records[i].payload.as_deref().unwrap_or_default();
             let mut buf = bytes;
@@ -92,16 +111,34 @@ impl BronzeDecoder {
                 buf = &buf[read..];
             }
         }
-        Ok(decoder.flush()?.unwrap_or_else(|| RecordBatch::new_empty(self.events.clone())))
+        Ok(decoder
+            .flush()?
+            .unwrap_or_else(|| RecordBatch::new_empty(self.events.clone())))
     }
 
-    fn with_meta(&self, events: RecordBatch, records: &[RawRecord], valid: &[usize], ingested_at_us: i64) -> Result<RecordBatch> {
-        let ts = events.column_by_name("ts").ok_or_else(|| Error::Internal("bronze table without ts".into()))?;
+    fn with_meta(
+        &self,
+        events: RecordBatch,
+        records: &[RawRecord],
+        valid: &[usize],
+        ingested_at_us: i64,
+    ) -> Result<RecordBatch> {
+        let ts = events
+            .column_by_name("ts")
+            .ok_or_else(|| Error::Internal("bronze table without ts".into()))?;
         let event_date = arrow::compute::cast(ts, &DataType::Date32)?;
-        let partition: ArrayRef = Arc::new(Int32Array::from_iter_values(valid.iter().map(|&i| records[i].partition)));
-        let offset: ArrayRef = Arc::new(Int64Array::from_iter_values(valid.iter().map(|&i| records[i].offset)));
+        let partition: ArrayRef = Arc::new(Int32Array::from_iter_values(
+            valid.iter().map(|&i| records[i].partition),
+        ));
+        let offset: ArrayRef = Arc::new(Int64Array::from_iter_values(
+            valid.iter().map(|&i| records[i].offset),
+        ));
         let ingested: ArrayRef = Arc::new(
-            TimestampMicrosecondArray::from_iter_values(std::iter::repeat_n(ingested_at_us, valid.len())).with_timezone("UTC"),
+            TimestampMicrosecondArray::from_iter_values(std::iter::repeat_n(
+                ingested_at_us,
+                valid.len(),
+            ))
+            .with_timezone("UTC"),
         );
         let columns = self
             .table
@@ -112,7 +149,10 @@ impl BronzeDecoder {
                 "_partition" => Ok(partition.clone()),
                 "_offset" => Ok(offset.clone()),
                 "_ingested_at" => Ok(ingested.clone()),
-                name => events.column_by_name(name).cloned().ok_or_else(|| Error::Internal(format!("missing column {name}"))),
+                name => events
+                    .column_by_name(name)
+                    .cloned()
+                    .ok_or_else(|| Error::Internal(format!("missing column {name}"))),
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(RecordBatch::try_new(self.table.clone(), columns)?)
@@ -120,7 +160,12 @@ impl BronzeDecoder {
 }
 
 /// Builds the `ops.dead_letters` rows for `rejections` of `records`.
-pub fn dead_letters(pipeline: &str, records: &[RawRecord], rejections: &[Rejection], received_at_us: i64) -> Result<RecordBatch> {
+pub fn dead_letters(
+    pipeline: &str,
+    records: &[RawRecord],
+    rejections: &[Rejection],
+    received_at_us: i64,
+) -> Result<RecordBatch> {
     let schema = tables::get("ops.dead_letters")?.arrow_schema();
     let n = rejections.len();
     let mut pipe = StringBuilder::new();
@@ -142,7 +187,9 @@ pub fn dead_letters(pipeline: &str, records: &[RawRecord], rejections: &[Rejecti
         offset.push(rec.offset);
         kts.push(rec.timestamp_ms.map(|ms| ms * 1000));
     }
-    let received = TimestampMicrosecondArray::from_iter_values(std::iter::repeat_n(received_at_us, n)).with_timezone("UTC");
+    let received =
+        TimestampMicrosecondArray::from_iter_values(std::iter::repeat_n(received_at_us, n))
+            .with_timezone("UTC");
     let date = arrow::compute::cast(&received, &DataType::Date32)?;
     let columns: Vec<ArrayRef> = vec![
         Arc::new(pipe.finish()),
@@ -178,19 +225,36 @@ mod tests {
     #[test]
     fn good_records_decode_and_bad_ones_are_rejected_with_reason() {
         let good = r#"{"event_id":"e1","device_id":"d1","machine_id":"m","plant_id":"p","sensor_type":"power","value":2.5,"unit":"kW","ts":"2026-11-02T10:00:00Z"}"#;
-        let records = vec![rec(10, good), rec(11, "garbage"), rec(12, &good.replace("e1", "e2"))];
+        let records = vec![
+            rec(10, good),
+            rec(11, "garbage"),
+            rec(12, &good.replace("e1", "e2")),
+        ];
         let d = BronzeDecoder::new(EventKind::Telemetry).unwrap();
         let (batch, rejected) = d.decode(&records, &[0, 1, 2], 0).unwrap();
         assert_eq!(batch.num_rows(), 2);
         assert_eq!(rejected.len(), 1);
         assert_eq!(rejected[0].index, 1);
         assert!(rejected[0].reason.contains("invalid json"));
-        let offsets = batch.column_by_name("_offset").unwrap().as_any().downcast_ref::<Int64Array>().unwrap();
+        let offsets = batch
+            .column_by_name("_offset")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
         assert_eq!(offsets.values(), &[10, 12]);
-        let dates = batch.column_by_name("event_date").unwrap().as_any().downcast_ref::<Date32Array>().unwrap();
+        let dates = batch
+            .column_by_name("event_date")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Date32Array>()
+            .unwrap();
         assert_eq!(dates.value_as_date(0).unwrap().to_string(), "2026-11-02");
         let dl = dead_letters("p", &records, &rejected, 5).unwrap();
         assert_eq!(dl.num_rows(), 1);
-        assert_eq!(dl.schema(), tables::get("ops.dead_letters").unwrap().arrow_schema());
+        assert_eq!(
+            dl.schema(),
+            tables::get("ops.dead_letters").unwrap().arrow_schema()
+        );
     }
 }

@@ -8,13 +8,21 @@ use deltalake::DeltaTable;
 use crate::error::{Error, Result};
 
 /// Changes in versions `from..=to` (`to = None`: up to the latest).
-pub async fn read_changes(table: DeltaTable, table_name: &str, from: u64, to: Option<u64>) -> Result<Vec<RecordBatch>> {
+pub async fn read_changes(
+    table: DeltaTable,
+    table_name: &str,
+    from: u64,
+    to: Option<u64>,
+) -> Result<Vec<RecordBatch>> {
     let ctx = SessionContext::new();
     let mut builder = table.scan_cdf().with_starting_version(from);
     if let Some(to) = to {
         builder = builder.with_ending_version(to);
     }
     let state = ctx.state();
-    let plan = builder.build(&state, None).await.map_err(|e| Error::delta(table_name, e))?;
+    let plan = builder
+        .build(&state, None)
+        .await
+        .map_err(|e| Error::delta(table_name, e))?;
     Ok(datafusion::physical_plan::collect(plan, ctx.task_ctx()).await?)
 }

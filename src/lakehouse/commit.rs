@@ -28,7 +28,10 @@ pub struct SourcePartition {
 
 impl SourcePartition {
     pub fn new(topic: impl Into<String>, partition: i32) -> Self {
-        SourcePartition { topic: topic.into(), partition }
+        SourcePartition {
+            topic: topic.into(),
+            partition,
+        }
     }
 
     pub fn app_id(&self, pipeline: &str) -> String {
@@ -48,7 +51,9 @@ pub async fn txn_versions(
     partitions: impl IntoIterator<Item = SourcePartition>,
 ) -> Result<Offsets> {
     let mut out = Offsets::new();
-    let Ok(state) = table.snapshot() else { return Ok(out) };
+    let Ok(state) = table.snapshot() else {
+        return Ok(out);
+    };
     let log_store = table.log_store();
     for p in partitions {
         let v = state
@@ -63,12 +68,17 @@ pub async fn txn_versions(
 }
 
 fn transactions(pipeline: &str, offsets: &Offsets) -> Vec<Transaction> {
-    offsets.iter().map(|(p, v)| Transaction::new(p.app_id(pipeline), *v)).collect()
+    offsets
+        .iter()
+        .map(|(p, v)| Transaction::new(p.app_id(pipeline), *v))
+        .collect()
 }
 
 fn writer_properties() -> WriterProperties {
     WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("valid level")))
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(1).expect("valid level"),
+        ))
         .build()
 }
 
@@ -84,7 +94,10 @@ pub async fn append(
 ) -> Result<DeltaTable> {
     let props = CommitProperties::default()
         .with_application_transactions(transactions(pipeline, offsets))
-        .with_metadata([("millstream.pipeline".to_string(), serde_json::Value::from(pipeline))]);
+        .with_metadata([(
+            "millstream.pipeline".to_string(),
+            serde_json::Value::from(pipeline),
+        )]);
     if batches.iter().all(|b| b.num_rows() == 0) {
         return commit_offsets_only(table, table_name, props).await;
     }
@@ -98,7 +111,11 @@ pub async fn append(
         .map_err(|e| classify(table_name, e))
 }
 
-async fn commit_offsets_only(mut table: DeltaTable, table_name: &str, props: CommitProperties) -> Result<DeltaTable> {
+async fn commit_offsets_only(
+    mut table: DeltaTable,
+    table_name: &str,
+    props: CommitProperties,
+) -> Result<DeltaTable> {
     let snapshot = table.snapshot().map_err(|e| Error::delta(table_name, e))?;
     let op = DeltaOperation::StreamingUpdate {
         output_mode: OutputMode::Append,
@@ -120,7 +137,12 @@ fn classify(table_name: &str, e: deltalake::DeltaTableError) -> Error {
     match e {
         deltalake::DeltaTableError::Transaction {
             source: TransactionError::CommitConflict(CommitConflictError::ConcurrentTransaction),
-        } => Error::ConflictingOffsets { table: table_name.to_string(), app_id: "(concurrent commit)".into(), expected: None, found: None },
+        } => Error::ConflictingOffsets {
+            table: table_name.to_string(),
+            app_id: "(concurrent commit)".into(),
+            expected: None,
+            found: None,
+        },
         e => Error::delta(table_name, e),
     }
 }

@@ -26,7 +26,9 @@ impl Lakehouse {
     /// Opens (creating the folder if needed) the lakehouse at `root`.
     pub fn new(root: impl AsRef<Path>) -> Result<Self> {
         std::fs::create_dir_all(root.as_ref())?;
-        Ok(Lakehouse { root: std::fs::canonicalize(root.as_ref())? })
+        Ok(Lakehouse {
+            root: std::fs::canonicalize(root.as_ref())?,
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -41,7 +43,8 @@ impl Lakehouse {
     fn table_url(&self, def: &TableDef) -> Result<Url> {
         let path = self.root.join(def.schema_name()).join(def.table_name());
         std::fs::create_dir_all(&path)?;
-        Url::from_directory_path(&path).map_err(|_| Error::Invalid(format!("bad table path {}", path.display())))
+        Url::from_directory_path(&path)
+            .map_err(|_| Error::Invalid(format!("bad table path {}", path.display())))
     }
 
     /// Whether the table has a Delta log yet.
@@ -51,7 +54,10 @@ impl Lakehouse {
         let table = deltalake::DeltaTableBuilder::from_url(url)
             .and_then(|b| b.build())
             .map_err(|e| Error::delta(name, e))?;
-        table.verify_deltatable_existence().await.map_err(|e| Error::delta(name, e))
+        table
+            .verify_deltatable_existence()
+            .await
+            .map_err(|e| Error::delta(name, e))
     }
 
     /// Opens a table that must exist.
@@ -74,15 +80,28 @@ impl Lakehouse {
         let url = self.table_url(def)?;
         // Probe for the log first: opening a missing table makes the kernel log an error.
         if self.exists(name).await? {
-            return deltalake::open_table(url).await.map_err(|e| Error::delta(name, e));
+            return deltalake::open_table(url)
+                .await
+                .map_err(|e| Error::delta(name, e));
         }
         // Parquet min/max stats of binary columns (raw dead-letter payloads) are useless and
         // make the writer warn on every file: collect stats only for the other columns.
-        let stats_columns: Vec<&str> =
-            def.columns.iter().filter(|c| c.ty != tables::ColumnType::Binary && !def.partition_by.contains(&c.name)).map(|c| c.name.as_str()).collect();
+        let stats_columns: Vec<&str> = def
+            .columns
+            .iter()
+            .filter(|c| c.ty != tables::ColumnType::Binary && !def.partition_by.contains(&c.name))
+            .map(|c| c.name.as_str())
+            .collect();
         let mut builder = deltalake::operations::create::CreateBuilder::new();
-        if def.columns.iter().any(|c| c.ty == tables::ColumnType::Binary) {
-            builder = builder.with_configuration_property(TableProperty::DataSkippingStatsColumns, Some(stats_columns.join(",")));
+        if def
+            .columns
+            .iter()
+            .any(|c| c.ty == tables::ColumnType::Binary)
+        {
+            builder = builder.with_configuration_property(
+                TableProperty::DataSkippingStatsColumns,
+                Some(stats_columns.join(",")),
+            );
         }
         let created = builder
             .with_location(url.to_string())
@@ -96,7 +115,9 @@ impl Lakehouse {
         match created {
             Ok(t) => Ok(t),
             // Another process created it between our open and create.
-            Err(_) => deltalake::open_table(url).await.map_err(|e| Error::delta(name, e)),
+            Err(_) => deltalake::open_table(url)
+                .await
+                .map_err(|e| Error::delta(name, e)),
         }
     }
 

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use arrow::array::{Array, Int64Array, RecordBatch};
-use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider};
+use datafusion::catalog::{
+    CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider,
+};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use super::Lakehouse;
@@ -56,7 +58,10 @@ impl Lakehouse {
             .map(|b| b.column(0).clone())
             .ok_or_else(|| Error::Invalid(format!("query returned no rows: {query}")))?;
         let col = arrow::compute::cast(&col, &arrow::datatypes::DataType::Int64)?;
-        let ints = col.as_any().downcast_ref::<Int64Array>().expect("cast to Int64");
+        let ints = col
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("cast to Int64");
         if ints.is_null(0) {
             return Err(Error::Invalid(format!("query returned NULL: {query}")));
         }

@@ -125,7 +125,12 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 4] = [EventKind::Telemetry, EventKind::Shipment, EventKind::Inventory, EventKind::Sales];
+    pub const ALL: [EventKind; 4] = [
+        EventKind::Telemetry,
+        EventKind::Shipment,
+        EventKind::Inventory,
+        EventKind::Sales,
+    ];
 
     pub fn topic(self) -> &'static str {
         match self {
@@ -186,14 +191,22 @@ impl EventKind {
 }
 
 fn non_empty(field: &str, v: &str) -> Result<(), String> {
-    if v.trim().is_empty() { Err(format!("{field} is empty")) } else { Ok(()) }
+    if v.trim().is_empty() {
+        Err(format!("{field} is empty"))
+    } else {
+        Ok(())
+    }
 }
 
 /// Event times outside this window are rejected: they are clock faults, and they would create
 /// absurd partitions.
 fn sane_time(ts: &DateTime<Utc>) -> Result<(), String> {
     let year = chrono::Datelike::year(ts);
-    if (2000..=2100).contains(&year) { Ok(()) } else { Err(format!("ts {ts} outside 2000..2100")) }
+    if (2000..=2100).contains(&year) {
+        Ok(())
+    } else {
+        Err(format!("ts {ts} outside 2000..2100"))
+    }
 }
 
 impl TelemetryReading {
@@ -228,9 +241,13 @@ impl InventoryMovement {
         non_empty("part_id", &self.part_id)?;
         non_empty("warehouse_id", &self.warehouse_id)?;
         match self.movement_type {
-            MovementType::Adjustment if self.quantity == 0 => return Err("adjustment quantity is zero".into()),
+            MovementType::Adjustment if self.quantity == 0 => {
+                return Err("adjustment quantity is zero".into());
+            }
             MovementType::Adjustment => {}
-            _ if self.quantity <= 0 => return Err(format!("quantity {} must be positive", self.quantity)),
+            _ if self.quantity <= 0 => {
+                return Err(format!("quantity {} must be positive", self.quantity));
+            }
             _ => {}
         }
         sane_time(&self.ts)
@@ -249,11 +266,16 @@ impl SalesTransaction {
         if !(self.unit_price.is_finite() && self.unit_price >= 0.0) {
             return Err("unit_price must be a non-negative number".into());
         }
-        if !self.amount.is_finite() || (self.amount - self.quantity as f64 * self.unit_price).abs() > 0.01 {
+        if !self.amount.is_finite()
+            || (self.amount - self.quantity as f64 * self.unit_price).abs() > 0.01
+        {
             return Err(format!("amount {} != quantity × unit_price", self.amount));
         }
         if self.currency.len() != 3 || !self.currency.bytes().all(|b| b.is_ascii_uppercase()) {
-            return Err(format!("currency {:?} is not an ISO 4217 code", self.currency));
+            return Err(format!(
+                "currency {:?} is not an ISO 4217 code",
+                self.currency
+            ));
         }
         sane_time(&self.ts)
     }
@@ -266,7 +288,11 @@ mod tests {
     #[test]
     fn check_names_the_fault() {
         let k = EventKind::Telemetry;
-        assert!(k.check(b"{not json").unwrap_err().starts_with("invalid json"));
+        assert!(
+            k.check(b"{not json")
+                .unwrap_err()
+                .starts_with("invalid json")
+        );
         let ok = br#"{"event_id":"e1","device_id":"d","machine_id":"m","plant_id":"p","sensor_type":"vibration","value":1.5,"unit":"mm/s","ts":"2026-11-01T00:00:00Z"}"#;
         assert_eq!(k.check(ok), Ok(()));
         let empty = br#"{"event_id":"","device_id":"d","machine_id":"m","plant_id":"p","sensor_type":"vibration","value":1.5,"unit":"mm/s","ts":"2026-11-01T00:00:00Z"}"#;

@@ -66,7 +66,9 @@ impl ColumnType {
             ColumnType::Integer => ArrowType::Int32,
             ColumnType::Double => ArrowType::Float64,
             ColumnType::Boolean => ArrowType::Boolean,
-            ColumnType::Timestamp => ArrowType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            ColumnType::Timestamp => {
+                ArrowType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+            }
             ColumnType::Date => ArrowType::Date32,
             ColumnType::Binary => ArrowType::Binary,
         }
@@ -75,16 +77,46 @@ impl ColumnType {
 
 /// The embedded definition files, in a fixed order.
 const SOURCES: &[(&str, &str)] = &[
-    ("iot.telemetry.toml", include_str!("../../schemas/tables/iot.telemetry.toml")),
-    ("supply_chain.shipments.toml", include_str!("../../schemas/tables/supply_chain.shipments.toml")),
-    ("supply_chain.inventory_movements.toml", include_str!("../../schemas/tables/supply_chain.inventory_movements.toml")),
-    ("sales.transactions.toml", include_str!("../../schemas/tables/sales.transactions.toml")),
-    ("ops.dead_letters.toml", include_str!("../../schemas/tables/ops.dead_letters.toml")),
-    ("supply_chain.suppliers.toml", include_str!("../../schemas/tables/supply_chain.suppliers.toml")),
-    ("supply_chain.parts.toml", include_str!("../../schemas/tables/supply_chain.parts.toml")),
-    ("supply_chain.inventory.toml", include_str!("../../schemas/tables/supply_chain.inventory.toml")),
-    ("sales.customers.toml", include_str!("../../schemas/tables/sales.customers.toml")),
-    ("support.tickets.toml", include_str!("../../schemas/tables/support.tickets.toml")),
+    (
+        "iot.telemetry.toml",
+        include_str!("../../schemas/tables/iot.telemetry.toml"),
+    ),
+    (
+        "supply_chain.shipments.toml",
+        include_str!("../../schemas/tables/supply_chain.shipments.toml"),
+    ),
+    (
+        "supply_chain.inventory_movements.toml",
+        include_str!("../../schemas/tables/supply_chain.inventory_movements.toml"),
+    ),
+    (
+        "sales.transactions.toml",
+        include_str!("../../schemas/tables/sales.transactions.toml"),
+    ),
+    (
+        "ops.dead_letters.toml",
+        include_str!("../../schemas/tables/ops.dead_letters.toml"),
+    ),
+    (
+        "supply_chain.suppliers.toml",
+        include_str!("../../schemas/tables/supply_chain.suppliers.toml"),
+    ),
+    (
+        "supply_chain.parts.toml",
+        include_str!("../../schemas/tables/supply_chain.parts.toml"),
+    ),
+    (
+        "supply_chain.inventory.toml",
+        include_str!("../../schemas/tables/supply_chain.inventory.toml"),
+    ),
+    (
+        "sales.customers.toml",
+        include_str!("../../schemas/tables/sales.customers.toml"),
+    ),
+    (
+        "support.tickets.toml",
+        include_str!("../../schemas/tables/support.tickets.toml"),
+    ),
 ];
 
 /// Parses and checks every embedded definition. Problems from all files are reported together.
@@ -100,7 +132,11 @@ pub fn parse_all() -> Result<Vec<TableDef>> {
             Err(e) => problems.push(format!("schemas/tables/{file}: {e}")),
         }
     }
-    if problems.is_empty() { Ok(defs) } else { Err(Error::Config(problems)) }
+    if problems.is_empty() {
+        Ok(defs)
+    } else {
+        Err(Error::Config(problems))
+    }
 }
 
 /// The catalog: all table definitions, parsed once. Panics only if the embedded files are broken,
@@ -122,7 +158,10 @@ impl TableDef {
         let mut p = Vec::new();
         let expected = format!("{}.toml", self.name);
         if *file != expected {
-            p.push(format!("schemas/tables/{file}: name {:?} does not match the file name", self.name));
+            p.push(format!(
+                "schemas/tables/{file}: name {:?} does not match the file name",
+                self.name
+            ));
         }
         if self.name.split('.').count() != 2 {
             p.push(format!("schemas/tables/{file}: name must be schema.table"));
@@ -134,18 +173,26 @@ impl TableDef {
         }
         for z in &self.zorder_by {
             if self.partition_by.contains(z) {
-                p.push(format!("schemas/tables/{file}: z-order column {z:?} is a partition column"));
+                p.push(format!(
+                    "schemas/tables/{file}: z-order column {z:?} is a partition column"
+                ));
             }
         }
         p
     }
 
     pub fn schema_name(&self) -> &str {
-        self.name.split_once('.').map(|(s, _)| s).unwrap_or(&self.name)
+        self.name
+            .split_once('.')
+            .map(|(s, _)| s)
+            .unwrap_or(&self.name)
     }
 
     pub fn table_name(&self) -> &str {
-        self.name.split_once('.').map(|(_, t)| t).unwrap_or(&self.name)
+        self.name
+            .split_once('.')
+            .map(|(_, t)| t)
+            .unwrap_or(&self.name)
     }
 
     pub fn column(&self, name: &str) -> Option<&ColumnDef> {
@@ -161,7 +208,10 @@ impl TableDef {
 
     pub fn arrow_schema(&self) -> SchemaRef {
         Arc::new(Schema::new(
-            self.columns.iter().map(|c| Field::new(&c.name, c.ty.arrow(), c.nullable)).collect::<Vec<_>>(),
+            self.columns
+                .iter()
+                .map(|c| Field::new(&c.name, c.ty.arrow(), c.nullable))
+                .collect::<Vec<_>>(),
         ))
     }
 
@@ -201,6 +251,9 @@ mod tests {
         on_disk.sort();
         let mut embedded: Vec<String> = SOURCES.iter().map(|(f, _)| f.to_string()).collect();
         embedded.sort();
-        assert_eq!(on_disk, embedded, "add new files in schemas/tables to SOURCES");
+        assert_eq!(
+            on_disk, embedded,
+            "add new files in schemas/tables to SOURCES"
+        );
     }
 }

@@ -89,7 +89,9 @@ impl Sink {
 
 /// The sinks each source topic feeds: its bronze table and the dead letters.
 fn sink_names(topic: &str) -> Vec<&'static str> {
-    EventKind::from_topic(topic).map(|k| vec![k.bronze_table(), DEAD_LETTERS]).unwrap_or_default()
+    EventKind::from_topic(topic)
+        .map(|k| vec![k.bronze_table(), DEAD_LETTERS])
+        .unwrap_or_default()
 }
 
 /// Reads where each partition must resume: one past the lowest txn version over the sinks it
@@ -108,7 +110,8 @@ pub fn resolver(lake: Lakehouse, pipeline: String) -> PositionResolver {
                     if !tables.contains_key(name) {
                         tables.insert(name, lake.ensure(name).await?);
                     }
-                    let v = commit::txn_versions(&tables[name], name, &pipeline, [p.clone()]).await?;
+                    let v =
+                        commit::txn_versions(&tables[name], name, &pipeline, [p.clone()]).await?;
                     match v.get(&p) {
                         Some(v) => next = Some(next.map_or(v + 1, |n: i64| n.min(v + 1))),
                         None => missing = true,
@@ -125,17 +128,32 @@ pub fn resolver(lake: Lakehouse, pipeline: String) -> PositionResolver {
 /// Runs the pipeline until `stop` turns true (finishing the batch in hand) or `stop_after` is
 /// reached. Errors that a fresh start from the Delta log can cure are retried by
 /// [`run_with_restarts`].
-pub async fn run(kafka: &KafkaConfig, lake: &Lakehouse, opts: &PipelineOptions, mut stop: watch::Receiver<bool>) -> Result<RunStats> {
+pub async fn run(
+    kafka: &KafkaConfig,
+    lake: &Lakehouse,
+    opts: &PipelineOptions,
+    mut stop: watch::Receiver<bool>,
+) -> Result<RunStats> {
     let mut sinks = Vec::new();
     for kind in EventKind::ALL {
         sinks.push(open_sink(lake, kind.bronze_table(), Some(kind)).await?);
     }
     sinks.push(open_sink(lake, DEAD_LETTERS, None).await?);
-    let decoders: Arc<BTreeMap<EventKind, BronzeDecoder>> =
-        Arc::new(EventKind::ALL.into_iter().map(|k| BronzeDecoder::new(k).map(|d| (k, d))).collect::<Result<_>>()?);
+    let decoders: Arc<BTreeMap<EventKind, BronzeDecoder>> = Arc::new(
+        EventKind::ALL
+            .into_iter()
+            .map(|k| BronzeDecoder::new(k).map(|d| (k, d)))
+            .collect::<Result<_>>()?,
+    );
 
     let topics: Vec<&str> = EventKind::ALL.iter().map(|k| k.topic()).collect();
-    let source = Source::new(kafka, &opts.brokers, &opts.group_id, &topics, resolver(lake.clone(), opts.name.clone()))?;
+    let source = Source::new(
+        kafka,
+        &opts.brokers,
+        &opts.group_id,
+        &topics,
+        resolver(lake.clone(), opts.name.clone()),
+    )?;
     tracing::info!(pipeline = %opts.name, brokers = %opts.brokers, group = %opts.group_id, lakehouse = %lake.root().display(), "pipeline started");
 
     let mut stats = RunStats::default();
@@ -150,13 +168,24 @@ pub async fn run(kafka: &KafkaConfig, lake: &Lakehouse, opts: &PipelineOptions, 
         }
     }
     source.close()?;
-    tracing::info!(records = stats.records, rows = stats.rows, dead_letters = stats.dead_letters, commits = stats.commits, "pipeline stopped");
+    tracing::info!(
+        records = stats.records,
+        rows = stats.rows,
+        dead_letters = stats.dead_letters,
+        commits = stats.commits,
+        "pipeline stopped"
+    );
     result.map(|()| stats)
 }
 
 /// [`run`], restarted from the Delta log after retryable failures (Kafka hiccups, another
 /// worker committing a partition we thought we owned), with capped exponential backoff.
-pub async fn run_with_restarts(kafka: &KafkaConfig, lake: &Lakehouse, opts: &PipelineOptions, stop: watch::Receiver<bool>) -> Result<RunStats> {
+pub async fn run_with_restarts(
+    kafka: &KafkaConfig,
+    lake: &Lakehouse,
+    opts: &PipelineOptions,
+    stop: watch::Receiver<bool>,
+) -> Result<RunStats> {
     let mut backoff = Duration::from_millis(200);
     loop {
         match run(kafka, lake, opts, stop.clone()).await {
@@ -171,7 +200,14 @@ pub async fn run_with_restarts(kafka: &KafkaConfig, lake: &Lakehouse, opts: &Pip
 }
 
 async fn open_sink(lake: &Lakehouse, name: &'static str, kind: Option<EventKind>) -> Result<Sink> {
-    Ok(Sink { name, table: lake.ensure(name).await?, kind, durable: Offsets::new(), pending: Offsets::new(), last_commit: Instant::now() })
+    Ok(Sink {
+        name,
+        table: lake.ensure(name).await?,
+        kind,
+        durable: Offsets::new(),
+        pending: Offsets::new(),
+        last_commit: Instant::now(),
+    })
 }
 
 async fn run_loop(
@@ -188,7 +224,9 @@ async fn run_loop(
         let batch = if stopping {
             Vec::new()
         } else {
-            source.next_batch(opts.batch_max_events, opts.batch_max_wait, stop).await?
+            source
+                .next_batch(opts.batch_max_events, opts.batch_max_wait, stop)
+                .await?
         };
         let changes = source.take_changes();
         apply_changes(&changes, sinks, &mut owned, &opts.name).await?;
@@ -207,7 +245,10 @@ async fn run_loop(
             // The batch in hand when the stop arrived was committed by the previous pass.
             return Ok(());
         }
-        if opts.stop_after.is_some_and(|n| stats.records + stats.skipped >= n) {
+        if opts
+            .stop_after
+            .is_some_and(|n| stats.records + stats.skipped >= n)
+        {
             return Ok(());
         }
     }
@@ -224,16 +265,25 @@ async fn apply_changes(
             AssignmentChange::Assigned(parts) => {
                 // Another worker may have committed these partitions: start from the log.
                 for sink in sinks.iter_mut() {
-                    let mine: Vec<_> = parts.iter().filter(|p| sink.feeds_from(&p.topic)).cloned().collect();
+                    let mine: Vec<_> = parts
+                        .iter()
+                        .filter(|p| sink.feeds_from(&p.topic))
+                        .cloned()
+                        .collect();
                     if mine.is_empty() {
                         continue;
                     }
-                    sink.table.update_state().await.map_err(|e| Error::delta(sink.name, e))?;
+                    sink.table
+                        .update_state()
+                        .await
+                        .map_err(|e| Error::delta(sink.name, e))?;
                     for p in &mine {
                         sink.durable.remove(p);
                         sink.pending.remove(p);
                     }
-                    sink.durable.extend(commit::txn_versions(&sink.table, sink.name, pipeline, mine).await?);
+                    sink.durable.extend(
+                        commit::txn_versions(&sink.table, sink.name, pipeline, mine).await?,
+                    );
                 }
                 owned.extend(parts.iter().cloned());
             }
@@ -258,7 +308,11 @@ struct Selected {
 
 /// Keeps the records of owned partitions that at least one sink does not hold yet, each offset
 /// once and in order (a re-assignment may make the consumer fetch a range again).
-fn select(batch: Vec<RawRecord>, sinks: &[Sink], owned: &std::collections::BTreeSet<SourcePartition>) -> Selected {
+fn select(
+    batch: Vec<RawRecord>,
+    sinks: &[Sink],
+    owned: &std::collections::BTreeSet<SourcePartition>,
+) -> Selected {
     let mut floor: HashMap<SourcePartition, i64> = HashMap::new();
     let mut skipped = 0;
     let mut records = Vec::with_capacity(batch.len());
@@ -312,31 +366,50 @@ async fn process_batch(
     let mut jobs = Vec::new();
     for (kind, indices) in &by_kind {
         for chunk in indices.chunks(CHUNK) {
-            let (records, decoders, chunk, kind) = (records.clone(), decoders.clone(), chunk.to_vec(), *kind);
+            let (records, decoders, chunk, kind) =
+                (records.clone(), decoders.clone(), chunk.to_vec(), *kind);
             jobs.push(tokio::task::spawn_blocking(move || {
-                decoders[&kind].decode(&records, &chunk, now_us).map(|(b, r)| (kind, b, r))
+                decoders[&kind]
+                    .decode(&records, &chunk, now_us)
+                    .map(|(b, r)| (kind, b, r))
             }));
         }
     }
     let mut rows: BTreeMap<&'static str, Vec<RecordBatch>> = BTreeMap::new();
     let mut rejected: Vec<Rejection> = Vec::new();
     for job in jobs {
-        let (kind, batch, rej) = job.await.map_err(|e| Error::Internal(format!("decode task: {e}")))??;
+        let (kind, batch, rej) = job
+            .await
+            .map_err(|e| Error::Internal(format!("decode task: {e}")))??;
         rows.entry(kind.bronze_table()).or_default().push(batch);
         rejected.extend(rej);
     }
     rejected.sort_by_key(|r| r.index);
     if !rejected.is_empty() {
         for r in &rejected {
-            events::RecordRejected { topic: &records[r.index].topic, partition: records[r.index].partition, offset: records[r.index].offset, reason: &r.reason }.emit();
+            events::RecordRejected {
+                topic: &records[r.index].topic,
+                partition: records[r.index].partition,
+                offset: records[r.index].offset,
+                reason: &r.reason,
+            }
+            .emit();
         }
-        rows.entry(DEAD_LETTERS).or_default().push(decode::dead_letters(&opts.name, &records, &rejected, now_us)?);
+        rows.entry(DEAD_LETTERS)
+            .or_default()
+            .push(decode::dead_letters(
+                &opts.name, &records, &rejected, now_us,
+            )?);
     }
 
     // Commit every sink with rows (or whose pending offsets are due), concurrently.
     let mut commits = Vec::new();
     for sink in sinks.iter_mut() {
-        let offsets: Offsets = last.iter().filter(|(p, _)| sink.feeds_from(&p.topic)).map(|(p, o)| (p.clone(), *o)).collect();
+        let offsets: Offsets = last
+            .iter()
+            .filter(|(p, _)| sink.feeds_from(&p.topic))
+            .map(|(p, o)| (p.clone(), *o))
+            .collect();
         if offsets.is_empty() {
             continue;
         }
@@ -352,14 +425,20 @@ async fn process_batch(
             continue;
         }
         commits.push(async move {
-            commit_sink(sink, &opts.name, batches, opts.target_file_bytes).await.map(|()| (sink.name, n))
+            commit_sink(sink, &opts.name, batches, opts.target_file_bytes)
+                .await
+                .map(|()| (sink.name, n))
         });
     }
     let results = futures::future::join_all(commits).await;
     let mut written = 0u64;
     for r in results {
         let (name, n) = r?;
-        events::TableCommitted { table: name, rows: n as u64 }.emit();
+        events::TableCommitted {
+            table: name,
+            rows: n as u64,
+        }
+        .emit();
         if name != DEAD_LETTERS {
             written += n as u64;
         }
@@ -371,7 +450,12 @@ async fn process_batch(
     let done_ms = chrono::Utc::now().timestamp_millis();
     if let Some(f) = &opts.freshness {
         let mut f = f.lock().expect("poisoned");
-        f.extend(records.iter().filter_map(|r| r.timestamp_ms).map(|t| (done_ms - t).max(0) as u32));
+        f.extend(
+            records
+                .iter()
+                .filter_map(|r| r.timestamp_ms)
+                .map(|t| (done_ms - t).max(0) as u32),
+        );
     }
     let dead = rejected.len() as u64;
     stats.records += records.len() as u64;
@@ -386,7 +470,10 @@ async fn process_batch(
         dead_letters: dead,
         latency: done - started,
         lag: source.lag(),
-        by_topic: by_kind.iter().map(|(k, v)| (k.topic(), v.len() as u64)).collect(),
+        by_topic: by_kind
+            .iter()
+            .map(|(k, v)| (k.topic(), v.len() as u64))
+            .collect(),
     }
     .emit();
     Ok(())
@@ -397,17 +484,32 @@ fn not_yet_durable(batch: RecordBatch, sink: &Sink) -> Result<RecordBatch> {
     if sink.durable.is_empty() || batch.num_rows() == 0 {
         return Ok(batch);
     }
-    let (pcol, ocol) = if sink.kind.is_some() { ("_partition", "_offset") } else { ("partition", "offset") };
-    let parts = batch.column_by_name(pcol).and_then(|c| c.as_any().downcast_ref::<Int32Array>().cloned());
-    let offs = batch.column_by_name(ocol).and_then(|c| c.as_any().downcast_ref::<Int64Array>().cloned());
+    let (pcol, ocol) = if sink.kind.is_some() {
+        ("_partition", "_offset")
+    } else {
+        ("partition", "offset")
+    };
+    let parts = batch
+        .column_by_name(pcol)
+        .and_then(|c| c.as_any().downcast_ref::<Int32Array>().cloned());
+    let offs = batch
+        .column_by_name(ocol)
+        .and_then(|c| c.as_any().downcast_ref::<Int64Array>().cloned());
     let (Some(parts), Some(offs)) = (parts, offs) else {
-        return Err(Error::Internal(format!("{} rows lack partition/offset", sink.name)));
+        return Err(Error::Internal(format!(
+            "{} rows lack partition/offset",
+            sink.name
+        )));
     };
     let topic = match sink.kind {
         Some(k) => k.topic().to_string(),
         None => {
             // Dead letters carry their topic per row.
-            let topics = batch.column_by_name("topic").and_then(|c| c.as_any().downcast_ref::<arrow::array::StringArray>().cloned());
+            let topics = batch.column_by_name("topic").and_then(|c| {
+                c.as_any()
+                    .downcast_ref::<arrow::array::StringArray>()
+                    .cloned()
+            });
             let topics = topics.ok_or_else(|| Error::Internal("dead letters lack topic".into()))?;
             let mask: BooleanArray = (0..batch.num_rows())
                 .map(|i| {
@@ -427,9 +529,23 @@ fn not_yet_durable(batch: RecordBatch, sink: &Sink) -> Result<RecordBatch> {
     Ok(arrow::compute::filter_record_batch(&batch, &mask)?)
 }
 
-async fn commit_sink(sink: &mut Sink, pipeline: &str, batches: Vec<RecordBatch>, target_file_bytes: u64) -> Result<()> {
+async fn commit_sink(
+    sink: &mut Sink,
+    pipeline: &str,
+    batches: Vec<RecordBatch>,
+    target_file_bytes: u64,
+) -> Result<()> {
     let offsets = std::mem::take(&mut sink.pending);
-    match commit::append(sink.table.clone(), sink.name, pipeline, batches, &offsets, target_file_bytes).await {
+    match commit::append(
+        sink.table.clone(),
+        sink.name,
+        pipeline,
+        batches,
+        &offsets,
+        target_file_bytes,
+    )
+    .await
+    {
         Ok(table) => {
             sink.table = table;
             sink.durable.extend(offsets);
@@ -444,7 +560,11 @@ async fn commit_sink(sink: &mut Sink, pipeline: &str, batches: Vec<RecordBatch>,
 }
 
 /// Txn-only commits for sinks that have had nothing to write for `idle_commit`.
-async fn commit_idle(sinks: &mut [Sink], opts: &PipelineOptions, stats: &mut RunStats) -> Result<()> {
+async fn commit_idle(
+    sinks: &mut [Sink],
+    opts: &PipelineOptions,
+    stats: &mut RunStats,
+) -> Result<()> {
     for sink in sinks.iter_mut() {
         if !sink.pending.is_empty() && sink.last_commit.elapsed() >= opts.idle_commit {
             commit_sink(sink, &opts.name, Vec::new(), opts.target_file_bytes).await?;

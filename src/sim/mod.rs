@@ -23,28 +23,76 @@ use stream::{Generator, SimEvent};
 
 /// Writes the reference tables. Tables that already hold data are left alone unless `reseed`.
 /// Returns (table, rows written) for each table written.
-pub async fn write_reference(lake: &Lakehouse, cfg: &SimulateConfig, reseed: bool) -> Result<Vec<(String, usize)>> {
+pub async fn write_reference(
+    lake: &Lakehouse,
+    cfg: &SimulateConfig,
+    reseed: bool,
+) -> Result<Vec<(String, usize)>> {
     let data = reference::generate(cfg);
     let mut written = Vec::new();
-    write_rows(lake, "supply_chain.suppliers", &data.suppliers, reseed, &mut written).await?;
-    write_rows(lake, "supply_chain.parts", &data.parts, reseed, &mut written).await?;
-    write_rows(lake, "supply_chain.inventory", &data.inventory, reseed, &mut written).await?;
-    write_rows(lake, "sales.customers", &data.customers, reseed, &mut written).await?;
+    write_rows(
+        lake,
+        "supply_chain.suppliers",
+        &data.suppliers,
+        reseed,
+        &mut written,
+    )
+    .await?;
+    write_rows(
+        lake,
+        "supply_chain.parts",
+        &data.parts,
+        reseed,
+        &mut written,
+    )
+    .await?;
+    write_rows(
+        lake,
+        "supply_chain.inventory",
+        &data.inventory,
+        reseed,
+        &mut written,
+    )
+    .await?;
+    write_rows(
+        lake,
+        "sales.customers",
+        &data.customers,
+        reseed,
+        &mut written,
+    )
+    .await?;
     write_rows(lake, "support.tickets", &data.tickets, reseed, &mut written).await?;
     Ok(written)
 }
 
-async fn write_rows<T: Serialize>(lake: &Lakehouse, name: &str, rows: &[T], reseed: bool, out: &mut Vec<(String, usize)>) -> Result<()> {
+async fn write_rows<T: Serialize>(
+    lake: &Lakehouse,
+    name: &str,
+    rows: &[T],
+    reseed: bool,
+    out: &mut Vec<(String, usize)>,
+) -> Result<()> {
     let table = lake.ensure(name).await?;
-    let has_data = table.get_file_uris().map(|mut f| f.next().is_some()).unwrap_or(false);
+    let has_data = table
+        .get_file_uris()
+        .map(|mut f| f.next().is_some())
+        .unwrap_or(false);
     if has_data && !reseed {
-        tracing::info!(table = name, "reference data present; skipped (use --reseed to rewrite)");
+        tracing::info!(
+            table = name,
+            "reference data present; skipped (use --reseed to rewrite)"
+        );
         return Ok(());
     }
     let schema = tables::get(name)?.arrow_schema();
-    let mut decoder = ReaderBuilder::new(schema).with_batch_size(rows.len().max(1)).build_decoder()?;
+    let mut decoder = ReaderBuilder::new(schema)
+        .with_batch_size(rows.len().max(1))
+        .build_decoder()?;
     decoder.serialize(rows)?;
-    let batch = decoder.flush()?.ok_or_else(|| Error::Internal(format!("{name}: no rows")))?;
+    let batch = decoder
+        .flush()?
+        .ok_or_else(|| Error::Internal(format!("{name}: no rows")))?;
     table
         .write(vec![batch])
         .with_save_mode(SaveMode::Overwrite)
@@ -80,15 +128,23 @@ pub struct EventProducer {
 
 impl EventProducer {
     pub fn new(kafka: &KafkaConfig, brokers: &str) -> Result<Self> {
-        Ok(EventProducer { inner: crate::broker::producer_config(kafka, brokers).create()? })
+        Ok(EventProducer {
+            inner: crate::broker::producer_config(kafka, brokers).create()?,
+        })
     }
 
     /// Enqueues one event, waiting while librdkafka's queue is full.
     pub async fn send(&self, e: &SimEvent) -> Result<()> {
         loop {
-            match self.inner.send(BaseRecord::to(e.topic).key(&e.key).payload(&e.payload)) {
+            match self
+                .inner
+                .send(BaseRecord::to(e.topic).key(&e.key).payload(&e.payload))
+            {
                 Ok(()) => return Ok(()),
-                Err((rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                    _,
+                )) => {
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
                 Err((e, _)) => return Err(e.into()),
@@ -103,7 +159,11 @@ impl EventProducer {
 }
 
 /// Sends `events` as fast as the broker takes them, with progress output.
-pub async fn produce_all(producer: &EventProducer, events: &[SimEvent], label: &str) -> Result<Produced> {
+pub async fn produce_all(
+    producer: &EventProducer,
+    events: &[SimEvent],
+    label: &str,
+) -> Result<Produced> {
     let mut produced = Produced::default();
     let mut progress = Progress::new(label);
     for e in events {
@@ -160,7 +220,11 @@ pub async fn produce_live(
 
 fn record(p: &Produced) {
     for (topic, n) in &p.by_topic {
-        let topic: &'static str = crate::broker::topics::ALL.iter().find(|t| **t == topic).copied().unwrap_or("other");
+        let topic: &'static str = crate::broker::topics::ALL
+            .iter()
+            .find(|t| **t == topic)
+            .copied()
+            .unwrap_or("other");
         EventsProduced { topic, count: *n }.emit();
     }
 }
@@ -175,7 +239,12 @@ struct Progress {
 
 impl Progress {
     fn new(label: &str) -> Self {
-        Progress { label: label.to_string(), started: Instant::now(), last: Instant::now(), last_count: 0 }
+        Progress {
+            label: label.to_string(),
+            started: Instant::now(),
+            last: Instant::now(),
+            last_count: 0,
+        }
     }
 
     fn tick(&mut self, count: u64, sim_time: Option<chrono::DateTime<chrono::Utc>>) {
@@ -184,7 +253,11 @@ impl Progress {
         }
         let rate = (count - self.last_count) as f64 / self.last.elapsed().as_secs_f64();
         match sim_time {
-            Some(t) => tracing::info!("{}: {count} events produced ({rate:.0}/s), simulated time {}", self.label, t.format("%Y-%m-%d %H:%M")),
+            Some(t) => tracing::info!(
+                "{}: {count} events produced ({rate:.0}/s), simulated time {}",
+                self.label,
+                t.format("%Y-%m-%d %H:%M")
+            ),
             None => tracing::info!("{}: {count} events produced ({rate:.0}/s)", self.label),
         }
         self.last = Instant::now();
@@ -193,6 +266,10 @@ impl Progress {
 
     fn done(&self, count: u64) {
         let secs = self.started.elapsed().as_secs_f64();
-        tracing::info!("{}: {count} events produced in {secs:.1}s ({:.0}/s)", self.label, count as f64 / secs.max(1e-9));
+        tracing::info!(
+            "{}: {count} events produced in {secs:.1}s ({:.0}/s)",
+            self.label,
+            count as f64 / secs.max(1e-9)
+        );
     }
 }

@@ -9,7 +9,14 @@ use serde::Serialize;
 use crate::config::SimulateConfig;
 
 pub const REGIONS: [&str; 5] = ["EMEA-North", "EMEA-South", "AMER-East", "AMER-West", "APAC"];
-const CATEGORIES: [&str; 6] = ["bearings", "fasteners", "electronics", "hydraulics", "castings", "packaging"];
+const CATEGORIES: [&str; 6] = [
+    "bearings",
+    "fasteners",
+    "electronics",
+    "hydraulics",
+    "castings",
+    "packaging",
+];
 const COUNTRIES: [&str; 8] = ["DE", "PL", "CZ", "US", "MX", "CN", "VN", "IN"];
 
 pub fn warehouse_id(i: usize) -> String {
@@ -101,7 +108,11 @@ pub fn generate(cfg: &SimulateConfig) -> ReferenceData {
     let suppliers: Vec<Supplier> = (0..cfg.suppliers)
         .map(|i| Supplier {
             supplier_id: supplier_id(i),
-            name: format!("Supplier {} {}", ["Axial", "Borg", "Cobalt", "Delta", "Ember", "Forge"][i % 6], i + 1),
+            name: format!(
+                "Supplier {} {}",
+                ["Axial", "Borg", "Cobalt", "Delta", "Ember", "Forge"][i % 6],
+                i + 1
+            ),
             country: COUNTRIES[rng.random_range(0..COUNTRIES.len())].to_string(),
             lead_time_days: rng.random_range(3..=30),
             reliability: (rng.random_range(0.70..0.99f64) * 1000.0).round() / 1000.0,
@@ -137,11 +148,17 @@ pub fn generate(cfg: &SimulateConfig) -> ReferenceData {
             });
         }
     }
-    let reps = ["alice", "bruno", "chen", "dara", "emil", "fatima", "gus", "hana"];
+    let reps = [
+        "alice", "bruno", "chen", "dara", "emil", "fatima", "gus", "hana",
+    ];
     let customers: Vec<Customer> = (0..cfg.customers)
         .map(|i| Customer {
             customer_id: customer_id(i),
-            name: format!("{} {} GmbH", ["Acme", "Globex", "Initech", "Umbrella", "Hooli", "Vandelay"][i % 6], i + 1),
+            name: format!(
+                "{} {} GmbH",
+                ["Acme", "Globex", "Initech", "Umbrella", "Hooli", "Vandelay"][i % 6],
+                i + 1
+            ),
             segment: ["enterprise", "mid_market", "smb"][rng.random_range(0..3)].to_string(),
             region: REGIONS[i % REGIONS.len()].to_string(),
             account_manager: reps[i % reps.len()].to_string(),
@@ -167,12 +184,33 @@ pub fn generate(cfg: &SimulateConfig) -> ReferenceData {
                 description: format!("Customer reports: {} ({category}).", subject.to_lowercase()),
                 category: category.to_string(),
                 priority: ["low", "medium", "high", "urgent"][rng.random_range(0..4)].to_string(),
-                status: if resolved { "resolved" } else { ["open", "in_progress"][rng.random_range(0..2)] }.to_string(),
-                resolution: resolved.then(|| format!("Resolved: {}", ["replacement sent", "credit note issued", "expedited reshipment", "firmware updated"][rng.random_range(0..4)])),
+                status: if resolved {
+                    "resolved"
+                } else {
+                    ["open", "in_progress"][rng.random_range(0..2)]
+                }
+                .to_string(),
+                resolution: resolved.then(|| {
+                    format!(
+                        "Resolved: {}",
+                        [
+                            "replacement sent",
+                            "credit note issued",
+                            "expedited reshipment",
+                            "firmware updated"
+                        ][rng.random_range(0..4)]
+                    )
+                }),
                 created_at: created,
                 updated_at: created + Duration::hours(rng.random_range(1..240)),
             }
         })
         .collect();
-    ReferenceData { suppliers, parts, inventory, customers, tickets }
+    ReferenceData {
+        suppliers,
+        parts,
+        inventory,
+        customers,
+        tickets,
+    }
 }

@@ -9,7 +9,7 @@ use chrono::{DateTime, Duration, Utc};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::reference::{customer_id, part_id, supplier_id, warehouse_id, REGIONS};
+use super::reference::{REGIONS, customer_id, part_id, supplier_id, warehouse_id};
 use crate::broker::topics;
 use crate::config::SimulateConfig;
 use crate::model::events::*;
@@ -46,13 +46,20 @@ pub struct Generator {
     malformed_ratio: f64,
 }
 
-const UNITS: [(&str, f64, f64); 4] = [("C", 65.0, 1.5), ("mm/s", 4.0, 0.4), ("bar", 6.0, 0.15), ("kW", 30.0, 1.2)];
+const UNITS: [(&str, f64, f64); 4] = [
+    ("C", 65.0, 1.5),
+    ("mm/s", 4.0, 0.4),
+    ("bar", 6.0, 0.15),
+    ("kW", 30.0, 1.2),
+];
 
 impl Generator {
     /// `run_id` makes event ids unique across runs; keep it fixed to reproduce a run exactly.
     pub fn new(cfg: &SimulateConfig, run_id: &str, start: DateTime<Utc>, rate: u64) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-        let baselines = (0..cfg.devices).map(|d| UNITS[d % 4].1 * rng.random_range(0.9..1.1)).collect();
+        let baselines = (0..cfg.devices)
+            .map(|d| UNITS[d % 4].1 * rng.random_range(0.9..1.1))
+            .collect();
         let step = Duration::microseconds(((cfg.speed / rate.max(1) as f64) * 1e6) as i64);
         Generator {
             rng,
@@ -107,8 +114,12 @@ impl Generator {
         let text = String::from_utf8_lossy(payload).to_string();
         match self.rng.random_range(0..4) {
             0 => payload[..payload.len() / 2].to_vec(),
-            1 => text.replacen("\"ts\":\"", "\"ts\":\"not-a-time ", 1).into_bytes(),
-            2 => text.replacen("\"event_id\":\"", "\"event_id\":\"\",\"x\":\"", 1).into_bytes(),
+            1 => text
+                .replacen("\"ts\":\"", "\"ts\":\"not-a-time ", 1)
+                .into_bytes(),
+            2 => text
+                .replacen("\"event_id\":\"", "\"event_id\":\"\",\"x\":\"", 1)
+                .into_bytes(),
             _ => b"\x00\xffbinary garbage".to_vec(),
         }
     }
@@ -116,33 +127,63 @@ impl Generator {
     pub fn telemetry(&mut self) -> SimEvent {
         let d = self.rng.random_range(0..self.cfg.devices);
         let (unit, _, sd) = UNITS[d % 4];
-        let noise: f64 = (0..3).map(|_| self.rng.random_range(-1.0..1.0)).sum::<f64>() * sd / 1.7;
+        let noise: f64 = (0..3)
+            .map(|_| self.rng.random_range(-1.0..1.0))
+            .sum::<f64>()
+            * sd
+            / 1.7;
         let reading = TelemetryReading {
             event_id: self.event_id("tel"),
             device_id: format!("DEV-{:04}", d + 1),
             machine_id: format!("M-{:03}", d / 4 + 1),
             plant_id: format!("PLANT-{}", (d / 4) % 3 + 1),
-            sensor_type: [SensorType::Temperature, SensorType::Vibration, SensorType::Pressure, SensorType::Power][d % 4],
+            sensor_type: [
+                SensorType::Temperature,
+                SensorType::Vibration,
+                SensorType::Pressure,
+                SensorType::Power,
+            ][d % 4],
             value: ((self.baselines[d] + noise) * 1000.0).round() / 1000.0,
             unit: unit.to_string(),
             ts: self.now,
         };
-        SimEvent { topic: topics::TELEMETRY, key: reading.device_id.clone(), payload: json(&reading), malformed: false }
+        SimEvent {
+            topic: topics::TELEMETRY,
+            key: reading.device_id.clone(),
+            payload: json(&reading),
+            malformed: false,
+        }
     }
 
     pub fn movement(&mut self) -> SimEvent {
-        let (p, w) = (self.rng.random_range(0..self.cfg.parts), self.rng.random_range(0..self.cfg.warehouses));
+        let (p, w) = (
+            self.rng.random_range(0..self.cfg.parts),
+            self.rng.random_range(0..self.cfg.warehouses),
+        );
         let consumption = self.rng.random_bool(0.85);
         let m = InventoryMovement {
             event_id: self.event_id("mov"),
             part_id: part_id(p),
             warehouse_id: warehouse_id(w),
-            movement_type: if consumption { MovementType::Consumption } else { MovementType::Adjustment },
-            quantity: if consumption { self.rng.random_range(1..20) } else { self.rng.random_range(1..10) * if self.rng.random_bool(0.5) { 1 } else { -1 } },
+            movement_type: if consumption {
+                MovementType::Consumption
+            } else {
+                MovementType::Adjustment
+            },
+            quantity: if consumption {
+                self.rng.random_range(1..20)
+            } else {
+                self.rng.random_range(1..10) * if self.rng.random_bool(0.5) { 1 } else { -1 }
+            },
             reference: consumption.then(|| format!("WO-{}", self.rng.random_range(10000..99999))),
             ts: self.now,
         };
-        SimEvent { topic: topics::INVENTORY, key: format!("{}@{}", m.part_id, m.warehouse_id), payload: json(&m), malformed: false }
+        SimEvent {
+            topic: topics::INVENTORY,
+            key: format!("{}@{}", m.part_id, m.warehouse_id),
+            payload: json(&m),
+            malformed: false,
+        }
     }
 
     pub fn sale(&mut self) -> SimEvent {
@@ -162,11 +203,20 @@ impl Generator {
             unit_price: price,
             amount: ((qty as f64 * price) * 100.0).round() / 100.0,
             currency: "EUR".into(),
-            channel: [SalesChannel::Direct, SalesChannel::Distributor, SalesChannel::Online][self.rng.random_range(0..3)],
+            channel: [
+                SalesChannel::Direct,
+                SalesChannel::Distributor,
+                SalesChannel::Online,
+            ][self.rng.random_range(0..3)],
             region: REGIONS[c % REGIONS.len()].to_string(),
             ts: self.now,
         };
-        SimEvent { topic: topics::SALES, key: t.customer_id.clone(), payload: json(&t), malformed: false }
+        SimEvent {
+            topic: topics::SALES,
+            key: t.customer_id.clone(),
+            payload: json(&t),
+            malformed: false,
+        }
     }
 
     /// Advances an open shipment one step (created → in transit → maybe delayed → delivered), or
@@ -199,7 +249,8 @@ impl Generator {
             2 if delayed => ShipmentStatus::Delayed,
             _ => ShipmentStatus::Delivered,
         };
-        let eta = (status != ShipmentStatus::Delivered).then(|| self.now + Duration::days(self.rng.random_range(1..10)));
+        let eta = (status != ShipmentStatus::Delivered)
+            .then(|| self.now + Duration::days(self.rng.random_range(1..10)));
         let event_id = self.event_id("shp");
         let s = &self.shipments[i];
         let e = ShipmentEvent {
@@ -220,7 +271,12 @@ impl Generator {
         } else if status != ShipmentStatus::Delayed {
             self.shipments[i].stage += 1;
         }
-        SimEvent { topic: topics::SHIPMENTS, key: e.shipment_id.clone(), payload: json(&e), malformed: false }
+        SimEvent {
+            topic: topics::SHIPMENTS,
+            key: e.shipment_id.clone(),
+            payload: json(&e),
+            malformed: false,
+        }
     }
 }
 
@@ -235,7 +291,8 @@ pub fn history(cfg: &SimulateConfig, run_id: &str) -> Vec<SimEvent> {
     let span = Duration::days(30);
     let start = cfg.start - span;
     let mut g = Generator::new(cfg, &format!("{run_id}h"), start, 1).with_malformed_ratio(0.0);
-    let mut out = Vec::with_capacity(cfg.customers * 8 + cfg.seed_shipments * 4 + cfg.seed_telemetry);
+    let mut out =
+        Vec::with_capacity(cfg.customers * 8 + cfg.seed_shipments * 4 + cfg.seed_telemetry);
     for c in 0..cfg.customers {
         for _ in 0..8 {
             g.now = start + Duration::seconds(g.rng.random_range(0..span.num_seconds()));
@@ -252,7 +309,9 @@ pub fn history(cfg: &SimulateConfig, run_id: &str) -> Vec<SimEvent> {
         }
     }
     g.now = start;
-    g.step = Duration::microseconds(span.num_microseconds().unwrap_or(0) / cfg.seed_telemetry.max(1) as i64);
+    g.step = Duration::microseconds(
+        span.num_microseconds().unwrap_or(0) / cfg.seed_telemetry.max(1) as i64,
+    );
     for _ in 0..cfg.seed_telemetry {
         g.now += g.step;
         out.push(g.telemetry());
@@ -265,19 +324,39 @@ mod tests {
     use super::*;
 
     fn cfg() -> SimulateConfig {
-        crate::config::Config::load_from(None, Vec::new()).unwrap().simulate
+        crate::config::Config::load_from(None, Vec::new())
+            .unwrap()
+            .simulate
     }
 
     #[test]
     fn same_seed_same_events_and_every_event_is_valid_unless_marked() {
-        let c = SimulateConfig { malformed_ratio: 0.05, ..cfg() };
-        let a: Vec<_> = { let mut g = Generator::new(&c, "r", c.start, 1000); (0..5000).map(|_| g.next_event()).collect() };
-        let b: Vec<_> = { let mut g = Generator::new(&c, "r", c.start, 1000); (0..5000).map(|_| g.next_event()).collect() };
-        assert!(a.iter().zip(&b).all(|(x, y)| x.payload == y.payload && x.key == y.key));
+        let c = SimulateConfig {
+            malformed_ratio: 0.05,
+            ..cfg()
+        };
+        let a: Vec<_> = {
+            let mut g = Generator::new(&c, "r", c.start, 1000);
+            (0..5000).map(|_| g.next_event()).collect()
+        };
+        let b: Vec<_> = {
+            let mut g = Generator::new(&c, "r", c.start, 1000);
+            (0..5000).map(|_| g.next_event()).collect()
+        };
+        assert!(
+            a.iter()
+                .zip(&b)
+                .all(|(x, y)| x.payload == y.payload && x.key == y.key)
+        );
         let mut bad = 0;
         for e in &a {
             let kind = crate::model::EventKind::from_topic(e.topic).unwrap();
-            assert_eq!(kind.check(&e.payload).is_err(), e.malformed, "{}", String::from_utf8_lossy(&e.payload));
+            assert_eq!(
+                kind.check(&e.payload).is_err(),
+                e.malformed,
+                "{}",
+                String::from_utf8_lossy(&e.payload)
+            );
             bad += e.malformed as usize;
         }
         assert!(bad > 150 && bad < 350, "about 5 % malformed, got {bad}");
@@ -285,14 +364,31 @@ mod tests {
 
     #[test]
     fn history_is_at_brief_scale() {
-        let c = SimulateConfig { seed_telemetry: 1000, ..cfg() };
+        let c = SimulateConfig {
+            seed_telemetry: 1000,
+            ..cfg()
+        };
         let h = history(&c, "r");
         let count = |t| h.iter().filter(|e| e.topic == t).count();
         assert_eq!(count(topics::SALES), c.customers * 8);
         assert!(count(topics::SHIPMENTS) >= c.seed_shipments * 3);
         assert_eq!(count(topics::TELEMETRY), 1000);
-        let delivered = h.iter().filter(|e| e.topic == topics::SHIPMENTS && String::from_utf8_lossy(&e.payload).contains("\"delivered\"")).count();
-        assert_eq!(delivered, c.seed_shipments, "every seeded shipment completes");
-        assert!(h.iter().all(|e| crate::model::EventKind::from_topic(e.topic).unwrap().check(&e.payload).is_ok()));
+        let delivered = h
+            .iter()
+            .filter(|e| {
+                e.topic == topics::SHIPMENTS
+                    && String::from_utf8_lossy(&e.payload).contains("\"delivered\"")
+            })
+            .count();
+        assert_eq!(
+            delivered, c.seed_shipments,
+            "every seeded shipment completes"
+        );
+        assert!(h.iter().all(|e| {
+            crate::model::EventKind::from_topic(e.topic)
+                .unwrap()
+                .check(&e.payload)
+                .is_ok()
+        }));
     }
 }

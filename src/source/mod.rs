@@ -15,14 +15,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
+use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaResult;
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::statistics::Statistics;
-use rdkafka::ClientContext;
 
 use crate::config::KafkaConfig;
 use crate::error::Result;
@@ -48,8 +48,13 @@ impl RawRecord {
 
 /// Where each newly assigned partition must resume: the next offset to read, or `None` for
 /// "from the beginning of the log".
-pub type PositionResolver =
-    Arc<dyn Fn(Vec<SourcePartition>) -> BoxFuture<'static, Result<BTreeMap<SourcePartition, Option<i64>>>> + Send + Sync>;
+pub type PositionResolver = Arc<
+    dyn Fn(
+            Vec<SourcePartition>,
+        ) -> BoxFuture<'static, Result<BTreeMap<SourcePartition, Option<i64>>>>
+        + Send
+        + Sync,
+>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AssignmentChange {
@@ -68,7 +73,10 @@ pub struct SourceContext {
 fn describe<'a>(parts: impl Iterator<Item = &'a SourcePartition>) -> String {
     let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
     for p in parts {
-        by_topic.entry(p.topic.as_str()).or_default().push(p.partition);
+        by_topic
+            .entry(p.topic.as_str())
+            .or_default()
+            .push(p.partition);
     }
     by_topic
         .iter()
@@ -78,7 +86,10 @@ fn describe<'a>(parts: impl Iterator<Item = &'a SourcePartition>) -> String {
 }
 
 fn partitions_of(tpl: &TopicPartitionList) -> Vec<SourcePartition> {
-    tpl.elements().iter().map(|e| SourcePartition::new(e.topic(), e.partition())).collect()
+    tpl.elements()
+        .iter()
+        .map(|e| SourcePartition::new(e.topic(), e.partition()))
+        .collect()
 }
 
 impl SourceContext {
@@ -87,7 +98,10 @@ impl SourceContext {
     /// `block_in_place`; on a current-thread runtime that is impossible and the partitions start
     /// from Kafka's committed offsets instead (correctness does not depend on it: the runner
     /// skips records the tables already hold).
-    fn resolve(&self, parts: Vec<SourcePartition>) -> Option<BTreeMap<SourcePartition, Option<i64>>> {
+    fn resolve(
+        &self,
+        parts: Vec<SourcePartition>,
+    ) -> Option<BTreeMap<SourcePartition, Option<i64>>> {
         let handle = tokio::runtime::Handle::try_current().ok()?;
         if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
             tracing::warn!("current-thread runtime: resuming from Kafka's committed offsets");
@@ -120,8 +134,16 @@ impl ClientContext for SourceContext {
 }
 
 impl ConsumerContext for SourceContext {
-    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
-        let cooperative = matches!(consumer.rebalance_protocol(), rdkafka::consumer::RebalanceProtocol::Cooperative);
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            rdkafka::consumer::RebalanceProtocol::Cooperative
+        );
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let parts = partitions_of(tpl);
@@ -135,14 +157,28 @@ impl ConsumerContext for SourceContext {
                     }
                     tracing::info!(partitions = %describe(positions.keys()), "assigned at positions from Delta");
                 }
-                self.changes.lock().expect("poisoned").push(AssignmentChange::Assigned(parts));
-                if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) }
+                self.changes
+                    .lock()
+                    .expect("poisoned")
+                    .push(AssignmentChange::Assigned(parts));
+                if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let parts = partitions_of(tpl);
                 tracing::info!(partitions = %describe(parts.iter()), "revoked");
-                self.changes.lock().expect("poisoned").push(AssignmentChange::Revoked(parts));
-                if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() }
+                self.changes
+                    .lock()
+                    .expect("poisoned")
+                    .push(AssignmentChange::Revoked(parts));
+                if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                }
             }
             other => {
                 let code: RDKafkaErrorCode = other.into();
@@ -185,7 +221,11 @@ impl Source {
         for (k, v) in &kafka.properties {
             cfg.set(k, v.expose());
         }
-        let ctx = SourceContext { resolver, changes: Mutex::new(Vec::new()), lag: Mutex::new(BTreeMap::new()) };
+        let ctx = SourceContext {
+            resolver,
+            changes: Mutex::new(Vec::new()),
+            lag: Mutex::new(BTreeMap::new()),
+        };
         let consumer: StreamConsumer<SourceContext> = cfg.create_with_context(ctx)?;
         consumer.subscribe(topics)?;
         Ok(Source { consumer })
@@ -229,7 +269,10 @@ impl Source {
                 // tiny batches.
                 deadline = Instant::now() + max_wait;
             }
-            let topic = topics.entry(msg.topic().to_string()).or_insert_with(|| Arc::from(msg.topic())).clone();
+            let topic = topics
+                .entry(msg.topic().to_string())
+                .or_insert_with(|| Arc::from(msg.topic()))
+                .clone();
             out.push(RawRecord {
                 topic,
                 partition: msg.partition(),
@@ -258,7 +301,12 @@ impl Source {
     /// Consumer lag per assigned partition (records behind the high watermark), from
     /// librdkafka's statistics, refreshed every `statistics.interval.ms`.
     pub fn lag(&self) -> BTreeMap<SourcePartition, i64> {
-        self.consumer.context().lag.lock().expect("poisoned").clone()
+        self.consumer
+            .context()
+            .lag
+            .lock()
+            .expect("poisoned")
+            .clone()
     }
 
     /// Leaves the group cleanly. Call before dropping, and before any embedded broker is dropped.

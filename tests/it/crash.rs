@@ -12,17 +12,32 @@ use crate::support::{self, Env};
 const KILLS: usize = 6;
 
 fn spawn_pipeline(env: &Env, log: &Path) -> Child {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
     Command::new(env!("CARGO_BIN_EXE_millstream"))
         .arg("--lakehouse")
         .arg(env.lake.root())
-        .args(["pipeline", "--brokers", &env.brokers(), "--name", "bronze", "--group", "crash"])
+        .args([
+            "pipeline",
+            "--brokers",
+            &env.brokers(),
+            "--name",
+            "bronze",
+            "--group",
+            "crash",
+        ])
         // Small batches make many commits, so kills land before, during and after them.
         .env("MILLSTREAM__PIPELINE__BATCH_MAX_EVENTS", "1500")
         .env("MILLSTREAM__PIPELINE__BATCH_MAX_MS", "40")
         // A killed member is evicted after its session times out; keep that short.
         .env("MILLSTREAM__KAFKA__PROPERTIES__SESSION.TIMEOUT.MS", "3000")
-        .env("MILLSTREAM__KAFKA__PROPERTIES__HEARTBEAT.INTERVAL.MS", "500")
+        .env(
+            "MILLSTREAM__KAFKA__PROPERTIES__HEARTBEAT.INTERVAL.MS",
+            "500",
+        )
         .env("RUST_LOG", "warn,millstream=info")
         .stdout(Stdio::null())
         .stderr(log)
@@ -32,7 +47,11 @@ fn spawn_pipeline(env: &Env, log: &Path) -> Child {
 
 fn commits(lake_root: &Path) -> usize {
     std::fs::read_dir(lake_root.join("iot/telemetry/_delta_log"))
-        .map(|d| d.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().ends_with(".json")).count())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                .count()
+        })
         .unwrap_or(0)
 }
 
@@ -41,8 +60,14 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     let _w = support::watchdog("crash", Duration::from_secs(300));
     let env = Env::new(4).await;
     let log = env.dir.path().join("pipeline.log");
-    let seed: u64 = std::env::var("CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
-    eprintln!("crash test seed {seed} (rerun with CRASH_SEED={seed}); child logs in {}", log.display());
+    let seed: u64 = std::env::var("CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!(
+        "crash test seed {seed} (rerun with CRASH_SEED={seed}); child logs in {}",
+        log.display()
+    );
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
 
     let events = support::events("crash", 80_000, 0.005);
@@ -81,9 +106,15 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..1_500))).await;
         child.kill().expect("SIGKILL");
         let status = child.wait().expect("wait");
-        eprintln!("round {round}: killed ({status}) after {:?}", started.elapsed());
+        eprintln!(
+            "round {round}: killed ({status}) after {:?}",
+            started.elapsed()
+        );
     }
-    assert!(killed_after_progress >= 5, "only {killed_after_progress} kills landed while the pipeline was committing");
+    assert!(
+        killed_after_progress >= 5,
+        "only {killed_after_progress} kills landed while the pipeline was committing"
+    );
     producer.await.expect("producer task");
 
     // A last incarnation drains the rest; then it is stopped gracefully.
@@ -94,18 +125,29 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
         let rows: i64 = {
             let mut n = 0;
             for table in per_table.keys() {
-                n += env.lake.sql_i64(&format!("SELECT count(*) FROM {table}")).await.unwrap_or(0);
+                n += env
+                    .lake
+                    .sql_i64(&format!("SELECT count(*) FROM {table}"))
+                    .await
+                    .unwrap_or(0);
             }
             n
         };
         if rows >= want_rows {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(120), "drain stalled at {rows}/{want_rows} rows; see {}", log.display());
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "drain stalled at {rows}/{want_rows} rows; see {}",
+            log.display()
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     // Graceful stop: SIGTERM finishes the batch in hand and exits 0.
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill -TERM");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
     assert!(status.success());
     let exit = child.wait().expect("wait");
     assert!(exit.success(), "pipeline exited with {exit} on SIGTERM");

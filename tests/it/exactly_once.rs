@@ -14,7 +14,9 @@ async fn n_events_with_m_malformed_give_n_minus_m_rows_and_m_dead_letters() {
     assert!(bad > 100, "the generator made {bad} malformed events");
     env.produce(&events).await;
 
-    let stats = env.run_until(&env.options("bronze", "g1"), events.len() as u64).await;
+    let stats = env
+        .run_until(&env.options("bronze", "g1"), events.len() as u64)
+        .await;
     assert_eq!(stats.records, events.len() as u64);
     assert_eq!(stats.dead_letters, bad as u64);
     support::assert_exact(&env.lake, &per_table, bad).await;
@@ -32,7 +34,11 @@ async fn n_events_with_m_malformed_give_n_minus_m_rows_and_m_dead_letters() {
         .unwrap();
     let mut seen = 0;
     for b in &batches {
-        let (topic, payload, reason) = (support::strings(b.column(0)), support::bytes(b.column(1)), support::strings(b.column(2)));
+        let (topic, payload, reason) = (
+            support::strings(b.column(0)),
+            support::bytes(b.column(1)),
+            support::strings(b.column(2)),
+        );
         for i in 0..b.num_rows() {
             assert!(
                 produced_bad.contains(&(topic[i].clone(), payload[i].clone())),
@@ -51,15 +57,22 @@ async fn restart_resumes_from_delta_offsets_when_kafka_has_none() {
     let env = Env::new(3).await;
     let first = support::events("eo2a", 6_000, 0.01);
     env.produce(&first).await;
-    let s1 = env.run_until(&env.options("bronze", "group-a"), first.len() as u64).await;
+    let s1 = env
+        .run_until(&env.options("bronze", "group-a"), first.len() as u64)
+        .await;
     assert_eq!(s1.records, first.len() as u64);
 
     let second = support::events("eo2b", 4_000, 0.01);
     env.produce(&second).await;
     // A new consumer group has no committed offsets in Kafka and `auto.offset.reset` is
     // earliest, so any position not taken from Delta would re-read the first batch.
-    let s2 = env.run_until(&env.options("bronze", "group-b"), second.len() as u64).await;
-    assert_eq!(s2.skipped, 0, "the consumer fetched records Delta already holds");
+    let s2 = env
+        .run_until(&env.options("bronze", "group-b"), second.len() as u64)
+        .await;
+    assert_eq!(
+        s2.skipped, 0,
+        "the consumer fetched records Delta already holds"
+    );
     assert_eq!(s2.records, second.len() as u64);
 
     let all: Vec<_> = first.iter().chain(second.iter()).cloned().collect();

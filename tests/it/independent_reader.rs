@@ -31,22 +31,54 @@ async fn python_deltalake_reads_the_same_rows_and_changes() {
         script.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("reader prints JSON");
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("reader prints JSON");
 
     let all: Vec<_> = first.iter().chain(second.iter()).cloned().collect();
     let (per_table, bad) = support::expected(&all);
-    for (table, want) in per_table.iter().map(|(t, n)| (*t, *n)).chain([("ops.dead_letters", bad)]) {
+    for (table, want) in per_table
+        .iter()
+        .map(|(t, n)| (*t, *n))
+        .chain([("ops.dead_letters", bad)])
+    {
         let r = &report[table];
-        let ours = env.lake.sql_i64(&format!("SELECT count(*) FROM {table}")).await.unwrap();
+        let ours = env
+            .lake
+            .sql_i64(&format!("SELECT count(*) FROM {table}"))
+            .await
+            .unwrap();
         assert_eq!(ours, want, "{table}: DataFusion rows");
-        assert_eq!(r["rows"].as_i64(), Some(want), "{table}: rows read by python deltalake: {r}");
-        assert_eq!(r["cdf_inserts"].as_i64(), Some(want), "{table}: CDF inserts read by python deltalake: {r}");
-        assert_eq!(r["cdf_other"].as_i64(), Some(0), "{table}: only inserts in an append-only table: {r}");
+        assert_eq!(
+            r["rows"].as_i64(),
+            Some(want),
+            "{table}: rows read by python deltalake: {r}"
+        );
+        assert_eq!(
+            r["cdf_inserts"].as_i64(),
+            Some(want),
+            "{table}: CDF inserts read by python deltalake: {r}"
+        );
+        assert_eq!(
+            r["cdf_other"].as_i64(),
+            Some(0),
+            "{table}: only inserts in an append-only table: {r}"
+        );
         let table_version = env.lake.open(table).await.unwrap().version().unwrap();
-        assert_eq!(r["version"].as_i64(), Some(table_version as i64), "{table}: version");
-        assert_eq!(r["cdf_enabled"].as_bool(), Some(true), "{table}: delta.enableChangeDataFeed");
+        assert_eq!(
+            r["version"].as_i64(),
+            Some(table_version as i64),
+            "{table}: version"
+        );
+        assert_eq!(
+            r["cdf_enabled"].as_bool(),
+            Some(true),
+            "{table}: delta.enableChangeDataFeed"
+        );
     }
     for table in per_table.keys() {
-        assert_eq!(report[table]["distinct_event_ids"], report[table]["rows"], "{table}: duplicates seen by python");
+        assert_eq!(
+            report[table]["distinct_event_ids"], report[table]["rows"],
+            "{table}: duplicates seen by python"
+        );
     }
 }

@@ -8,4 +8,5 @@ mod cdf;
 mod crash;
 mod exactly_once;
 mod independent_reader;
+mod maintain;
 mod schemas;

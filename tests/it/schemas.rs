@@ -23,7 +23,12 @@ fn committed_event_schemas_match_the_types() {
 fn every_event_field_is_a_bronze_column_and_back() {
     for kind in EventKind::ALL {
         let schema = kind.json_schema();
-        let mut fields: Vec<String> = schema["properties"].as_object().expect("properties").keys().cloned().collect();
+        let mut fields: Vec<String> = schema["properties"]
+            .as_object()
+            .expect("properties")
+            .keys()
+            .cloned()
+            .collect();
         fields.sort();
         let def = tables::get(kind.bronze_table()).unwrap();
         let mut columns: Vec<String> = def
@@ -33,7 +38,16 @@ fn every_event_field_is_a_bronze_column_and_back() {
             .filter(|c| !c.starts_with('_') && c != "event_date")
             .collect();
         columns.sort();
-        assert_eq!(fields, columns, "{}: event fields vs bronze columns", kind.bronze_table());
-        assert!(def.partition_by == ["event_date"], "{} is partitioned by event_date", def.name);
+        assert_eq!(
+            fields,
+            columns,
+            "{}: event fields vs bronze columns",
+            kind.bronze_table()
+        );
+        assert!(
+            def.partition_by == ["event_date"],
+            "{} is partitioned by event_date",
+            def.name
+        );
     }
 }

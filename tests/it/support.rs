@@ -10,8 +10,8 @@ use millstream::broker::{EmbeddedBroker, topics};
 use millstream::config::Config;
 use millstream::lakehouse::Lakehouse;
 use millstream::pipeline::{PipelineOptions, RunStats};
-use millstream::sim::stream::{Generator, SimEvent};
 use millstream::sim::EventProducer;
+use millstream::sim::stream::{Generator, SimEvent};
 use tokio::sync::watch;
 
 /// Kills the test process if the guarded test runs longer than its budget. Each nextest test
@@ -65,7 +65,12 @@ impl Env {
         let dir = tempfile::tempdir().expect("tempdir");
         let lake = Lakehouse::new(dir.path().join("lakehouse")).expect("lakehouse");
         let broker = EmbeddedBroker::start(1, &topics::ALL, partitions).expect("embedded broker");
-        Env { config, dir, lake, broker }
+        Env {
+            config,
+            dir,
+            lake,
+            broker,
+        }
     }
 
     pub fn brokers(&self) -> String {
@@ -82,7 +87,9 @@ impl Env {
     /// Produces `events`, flushing before returning.
     pub async fn produce(&self, events: &[SimEvent]) {
         let producer = EventProducer::new(&self.config.kafka, &self.brokers()).expect("producer");
-        millstream::sim::produce_all(&producer, events, "test").await.expect("produce");
+        millstream::sim::produce_all(&producer, events, "test")
+            .await
+            .expect("produce");
         drop(producer);
     }
 
@@ -91,14 +98,17 @@ impl Env {
         let mut opts = opts.clone();
         opts.stop_after = Some(records);
         let (_tx, rx) = watch::channel(false);
-        millstream::pipeline::run(&self.config.kafka, &self.lake, &opts, rx).await.expect("pipeline run")
+        millstream::pipeline::run(&self.config.kafka, &self.lake, &opts, rx)
+            .await
+            .expect("pipeline run")
     }
 }
 
 /// `n` seeded events (all four streams), a share of them malformed.
 pub fn events(run_id: &str, n: usize, malformed_ratio: f64) -> Vec<SimEvent> {
     let cfg = config();
-    let mut g = Generator::new(&cfg.simulate, run_id, cfg.simulate.start, 1000).with_malformed_ratio(malformed_ratio);
+    let mut g = Generator::new(&cfg.simulate, run_id, cfg.simulate.start, 1000)
+        .with_malformed_ratio(malformed_ratio);
     (0..n).map(|_| g.next_event()).collect()
 }
 
@@ -124,17 +134,28 @@ pub fn expected(events: &[SimEvent]) -> (BTreeMap<&'static str, i64>, i64) {
 /// dead-letter table exactly `bad` rows, each source offset once.
 pub async fn assert_exact(lake: &Lakehouse, per_table: &BTreeMap<&'static str, i64>, bad: i64) {
     for (table, want) in per_table {
-        let rows = lake.sql_i64(&format!("SELECT count(*) FROM {table}")).await.unwrap();
-        let ids = lake.sql_i64(&format!("SELECT count(DISTINCT event_id) FROM {table}")).await.unwrap();
+        let rows = lake
+            .sql_i64(&format!("SELECT count(*) FROM {table}"))
+            .await
+            .unwrap();
+        let ids = lake
+            .sql_i64(&format!("SELECT count(DISTINCT event_id) FROM {table}"))
+            .await
+            .unwrap();
         let offsets = lake
-            .sql_i64(&format!("SELECT count(*) FROM (SELECT DISTINCT _partition, _offset FROM {table})"))
+            .sql_i64(&format!(
+                "SELECT count(*) FROM (SELECT DISTINCT _partition, _offset FROM {table})"
+            ))
             .await
             .unwrap();
         assert_eq!(rows, *want, "{table}: rows");
         assert_eq!(ids, rows, "{table}: duplicate event ids");
         assert_eq!(offsets, rows, "{table}: duplicate source offsets");
     }
-    let dead = lake.sql_i64("SELECT count(*) FROM ops.dead_letters").await.unwrap();
+    let dead = lake
+        .sql_i64("SELECT count(*) FROM ops.dead_letters")
+        .await
+        .unwrap();
     let dead_offsets = lake
         .sql_i64("SELECT count(*) FROM (SELECT DISTINCT topic, \"partition\", \"offset\" FROM ops.dead_letters)")
         .await
@@ -146,12 +167,16 @@ pub async fn assert_exact(lake: &Lakehouse, per_table: &BTreeMap<&'static str, i
 /// A string-like column (Utf8, LargeUtf8 or Utf8View) as owned strings.
 pub fn strings(col: &arrow::array::ArrayRef) -> Vec<String> {
     let col = arrow::compute::cast(col, &arrow::datatypes::DataType::Utf8).expect("cast to Utf8");
-    arrow::array::cast::as_string_array(&col).iter().map(|v| v.unwrap_or_default().to_string()).collect()
+    arrow::array::cast::as_string_array(&col)
+        .iter()
+        .map(|v| v.unwrap_or_default().to_string())
+        .collect()
 }
 
 /// A binary-like column as owned byte vectors.
 pub fn bytes(col: &arrow::array::ArrayRef) -> Vec<Vec<u8>> {
-    let col = arrow::compute::cast(col, &arrow::datatypes::DataType::Binary).expect("cast to Binary");
+    let col =
+        arrow::compute::cast(col, &arrow::datatypes::DataType::Binary).expect("cast to Binary");
     col.as_any()
         .downcast_ref::<arrow::array::BinaryArray>()
         .expect("binary")
