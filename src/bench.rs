@@ -39,11 +39,20 @@ impl Drop for Scratch {
 
 /// Peak resident set size of this process, MiB (VmHWM).
 pub fn peak_rss_mb() -> f64 {
+    proc_status_mb("VmHWM:")
+}
+
+/// Current resident set size of this process, MiB (VmRSS).
+pub fn rss_mb() -> f64 {
+    proc_status_mb("VmRSS:")
+}
+
+fn proc_status_mb(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
@@ -104,6 +113,8 @@ pub async fn ingest(config: Config, events: u64) -> anyhow::Result<()> {
     opts.stop_after = Some(events);
     opts.group_id = "bench".into();
     let (_tx, stop) = tokio::sync::watch::channel(false);
+    // The in-process broker holds the whole preloaded log in this process's memory too.
+    let rss_before_pipeline = rss_mb();
     eprintln!("bench ingest: running the pipeline");
     let stats = crate::pipeline::run(&config.kafka, &lake, &opts, stop).await?;
     let secs = match (stats.first_fetch, stats.last_commit) {
@@ -127,6 +138,7 @@ pub async fn ingest(config: Config, events: u64) -> anyhow::Result<()> {
             "files": files,
             "preload_events_per_sec": (produced.events as f64 / preload_secs).round(),
             "peak_rss_mb": peak_rss_mb().round(),
+            "rss_before_pipeline_mb": rss_before_pipeline.round(),
             "batch_max_events": config.pipeline.batch_max_events,
             "batch_max_ms": config.pipeline.batch_max_ms,
         })

@@ -83,6 +83,7 @@ pub struct UpArgs {
 
 #[derive(Debug, Args)]
 pub struct PipelineArgs {
+    /// Kafka bootstrap servers, host:port[,host:port] (overrides kafka.brokers).
     #[arg(long)]
     pub brokers: Option<String>,
     /// Consumer group (overrides kafka.group_id).
@@ -95,6 +96,7 @@ pub struct PipelineArgs {
 
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
+    /// Kafka bootstrap servers, host:port[,host:port] (overrides kafka.brokers).
     #[arg(long)]
     pub brokers: Option<String>,
     /// Write reference data to the lakehouse (skipped when present unless --reseed).
@@ -126,6 +128,7 @@ pub struct SimulateArgs {
 
 #[derive(Debug, Args)]
 pub struct BrokerArgs {
+    /// Stop after this many seconds (default: until Ctrl-C).
     #[arg(long)]
     pub duration: Option<u64>,
 }

@@ -221,8 +221,8 @@ async fn run_loop(
     let mut owned: std::collections::BTreeSet<SourcePartition> = Default::default();
     loop {
         let stopping = *stop.borrow();
-        let batch = if stopping {
-            Vec::new()
+        let (batch, first_at) = if stopping {
+            (Vec::new(), None)
         } else {
             source
                 .next_batch(opts.batch_max_events, opts.batch_max_wait, stop)
@@ -230,8 +230,8 @@ async fn run_loop(
         };
         let changes = source.take_changes();
         apply_changes(&changes, sinks, &mut owned, &opts.name).await?;
-        if stats.first_fetch.is_none() && !batch.is_empty() {
-            stats.first_fetch = Some(Instant::now());
+        if stats.first_fetch.is_none() {
+            stats.first_fetch = first_at;
         }
 
         let kept = select(batch, sinks, &owned);

@@ -237,14 +237,16 @@ impl Source {
     }
 
     /// Reads until `max_events` records or `max_wait` has passed since the first record (an
-    /// empty poll waits at most `max_wait` too), or `stop` resolves.
+    /// empty poll waits at most `max_wait` too), or `stop` resolves. Also returns when the
+    /// first record arrived.
     pub async fn next_batch(
         &self,
         max_events: usize,
         max_wait: Duration,
         stop: &mut tokio::sync::watch::Receiver<bool>,
-    ) -> Result<Vec<RawRecord>> {
+    ) -> Result<(Vec<RawRecord>, Option<Instant>)> {
         let mut out = Vec::with_capacity(max_events.min(65_536));
+        let mut first_at = None;
         let mut deadline = Instant::now() + max_wait;
         let mut topics: BTreeMap<String, Arc<str>> = BTreeMap::new();
         while out.len() < max_events {
@@ -267,7 +269,9 @@ impl Source {
             if out.is_empty() {
                 // The batch window starts at the first record, so an idle stream does not make
                 // tiny batches.
-                deadline = Instant::now() + max_wait;
+                let now = Instant::now();
+                first_at = Some(now);
+                deadline = now + max_wait;
             }
             let topic = topics
                 .entry(msg.topic().to_string())
@@ -282,7 +286,7 @@ impl Source {
                 timestamp_ms: msg.timestamp().to_millis(),
             });
         }
-        Ok(out)
+        Ok((out, first_at))
     }
 
     /// Records durable offsets in Kafka (next offset to read), for lag monitoring only.
