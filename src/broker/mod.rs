@@ -45,7 +45,27 @@ pub fn producer_config(kafka: &KafkaConfig, brokers: &str) -> ClientConfig {
 /// Creates the topics that do not exist yet; existing topics are left as they are.
 pub async fn ensure_topics(kafka: &KafkaConfig, brokers: &str, names: &[&str]) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = client_config(kafka, brokers).create()?;
-    let new: Vec<NewTopic> = names
+    // Ask for metadata first: most starts find every topic there, and not every broker (nor
+    // librdkafka's mock cluster) serves CreateTopics.
+    let existing: Vec<String> = {
+        // A blocking call on the multi-threaded runtime millstream always runs on.
+        tokio::task::block_in_place(|| admin.inner().fetch_metadata(None, Duration::from_secs(15)))?
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+            .map(|t| t.name().to_string())
+            .collect()
+    };
+    let missing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| !existing.iter().any(|e| e == n))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(topics = ?missing, partitions = kafka.partitions, "creating topics");
+    let new: Vec<NewTopic> = missing
         .iter()
         .map(|n| NewTopic::new(n, kafka.partitions, TopicReplication::Fixed(-1)))
         .collect();
