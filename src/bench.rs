@@ -85,7 +85,9 @@ fn walk(dir: &std::path::Path) -> usize {
         .unwrap_or(0)
 }
 
-pub async fn ingest(config: Config, events: u64) -> anyhow::Result<()> {
+/// A throwaway lakehouse and a fresh embedded broker with the event topics. Drop the broker
+/// only after every client is closed (DESIGN §9).
+fn scratch_setup(config: &Config) -> anyhow::Result<(Scratch, Lakehouse, EmbeddedBroker)> {
     let scratch = Scratch::new()?;
     let lake = Lakehouse::new(scratch.0.join("lakehouse"))?;
     let broker = EmbeddedBroker::start(
@@ -93,6 +95,11 @@ pub async fn ingest(config: Config, events: u64) -> anyhow::Result<()> {
         &topics::ALL,
         config.kafka.partitions,
     )?;
+    Ok((scratch, lake, broker))
+}
+
+pub async fn ingest(config: Config, events: u64) -> anyhow::Result<()> {
+    let (_scratch, lake, broker) = scratch_setup(&config)?;
     let brokers = broker.bootstrap_servers().to_string();
     eprintln!("bench ingest: generating {events} events");
     let mut generator = Generator::new(
@@ -147,13 +154,7 @@ pub async fn ingest(config: Config, events: u64) -> anyhow::Result<()> {
 }
 
 pub async fn freshness(config: Config, rate: u64, seconds: u64) -> anyhow::Result<()> {
-    let scratch = Scratch::new()?;
-    let lake = Lakehouse::new(scratch.0.join("lakehouse"))?;
-    let broker = EmbeddedBroker::start(
-        config.kafka.embedded_brokers,
-        &topics::ALL,
-        config.kafka.partitions,
-    )?;
+    let (_scratch, lake, broker) = scratch_setup(&config)?;
     let brokers = broker.bootstrap_servers().to_string();
     lake.ensure_all().await?;
 
