@@ -131,6 +131,8 @@ pub mod events {
         pub bytes: u64,
         pub dead_letters: u64,
         pub latency: Duration,
+        /// Part of `latency` spent decoding and validating; the rest is committing.
+        pub decode: Duration,
         pub lag: std::collections::BTreeMap<SourcePartition, i64>,
         pub by_topic: BTreeMap<&'static str, u64>,
     }
@@ -143,6 +145,7 @@ pub mod events {
                 bytes = self.bytes,
                 dead_letters = self.dead_letters,
                 latency_ms = self.latency.as_millis() as u64,
+                decode_ms = self.decode.as_millis() as u64,
                 lag = total_lag,
                 "batch committed"
             );

@@ -221,6 +221,7 @@ async fn run_loop(
     let mut owned: std::collections::BTreeSet<SourcePartition> = Default::default();
     loop {
         let stopping = *stop.borrow();
+        let polled = Instant::now();
         let (batch, first_at) = if stopping {
             (Vec::new(), None)
         } else {
@@ -228,6 +229,11 @@ async fn run_loop(
                 .next_batch(opts.batch_max_events, opts.batch_max_wait, stop)
                 .await?
         };
+        tracing::debug!(
+            records = batch.len(),
+            poll_ms = polled.elapsed().as_millis() as u64,
+            "polled"
+        );
         let changes = source.take_changes();
         apply_changes(&changes, sinks, &mut owned, &opts.name).await?;
         if stats.first_fetch.is_none() {
@@ -402,6 +408,7 @@ async fn process_batch(
             )?);
     }
 
+    let decoded = Instant::now();
     // Commit every sink with rows (or whose pending offsets are due), concurrently.
     let mut commits = Vec::new();
     for sink in sinks.iter_mut() {
@@ -469,6 +476,7 @@ async fn process_batch(
         bytes,
         dead_letters: dead,
         latency: done - started,
+        decode: decoded - started,
         lag: source.lag(),
         by_topic: by_kind
             .iter()

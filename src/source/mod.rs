@@ -216,6 +216,10 @@ impl Source {
             .set("fetch.max.bytes", "67108864")
             .set("max.partition.fetch.bytes", "8388608")
             .set("fetch.wait.max.ms", "50")
+            // When the prefetch queue is full librdkafka postpones the next fetch by this much
+            // (default 1 s), which stalls a consumer that drains the queue in large batches.
+            .set("fetch.queue.backoff.ms", "10")
+            .set("queued.max.messages.kbytes", "262144")
             .set("statistics.interval.ms", "1000");
         // User properties last: they may tune anything above.
         for (k, v) in &kafka.properties {
