@@ -16,7 +16,19 @@ use crate::lakehouse::Lakehouse;
 pub async fn run(config: Config, args: UpArgs) -> anyhow::Result<()> {
     let lake = Lakehouse::new(&config.lakehouse.root)?;
     lake.ensure_all().await.context("creating tables")?;
-    let stop = stop_signal(args.duration.map(Duration::from_secs));
+    // `halt` also stops everything when the simulator fails, so the shutdown order below holds
+    // on the error path too.
+    let (halt, stop) = tokio::sync::watch::channel(false);
+    {
+        let (halt, mut outer) = (
+            halt.clone(),
+            stop_signal(args.duration.map(Duration::from_secs)),
+        );
+        tokio::spawn(async move {
+            let _ = outer.wait_for(|s| *s).await;
+            let _ = halt.send(true);
+        });
+    }
 
     let external = args
         .brokers
@@ -95,23 +107,18 @@ pub async fn run(config: Config, args: UpArgs) -> anyhow::Result<()> {
         })
     };
 
-    let producer = crate::sim::EventProducer::new(&config.kafka, &brokers)?;
-    if !args.no_history {
-        let history = crate::sim::stream::history(&config.simulate, &run_id);
-        crate::sim::produce_all(&producer, &history, "history").await?;
+    let simulated = simulate(&config, &args, &brokers, &run_id, stop.clone()).await;
+    if let Err(e) = &simulated {
+        tracing::error!(error = %e, "simulator failed; stopping");
+        let _ = halt.send(true);
     }
-    let rate = args.rate.unwrap_or(config.simulate.rate);
-    let mut generator =
-        crate::sim::stream::Generator::new(&config.simulate, &run_id, config.simulate.start, rate);
-    let live =
-        crate::sim::produce_live(&producer, &mut generator, rate, None, stop.clone()).await?;
-    drop(producer);
 
     let stats = pipeline.await.context("pipeline task")??;
     maintenance.abort();
     let _ = server.await;
     drop(embedded);
 
+    let live = simulated?;
     println!(
         "stopped: produced {} live events ({} malformed)",
         live.events, live.malformed
@@ -129,4 +136,23 @@ pub async fn run(config: Config, args: UpArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Seed history, then live events until `stop`.
+async fn simulate(
+    config: &Config,
+    args: &UpArgs,
+    brokers: &str,
+    run_id: &str,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<crate::sim::Produced> {
+    let producer = crate::sim::EventProducer::new(&config.kafka, brokers)?;
+    if !args.no_history {
+        let history = crate::sim::stream::history(&config.simulate, run_id);
+        crate::sim::produce_all(&producer, &history, "history").await?;
+    }
+    let rate = args.rate.unwrap_or(config.simulate.rate);
+    let mut generator =
+        crate::sim::stream::Generator::new(&config.simulate, run_id, config.simulate.start, rate);
+    Ok(crate::sim::produce_live(&producer, &mut generator, rate, None, stop).await?)
 }
