@@ -8,10 +8,12 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-/// Installs the tracing subscriber (idempotent).
+/// Installs the tracing subscriber (idempotent). `RUST_LOG` replaces the default filter, which
+/// keeps the Delta kernel's per-snapshot INFO lines out, and delta-rs' optimistic-concurrency
+/// retries too: several workers committing to one table retry each other routinely.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        "info,buoyant_kernel=warn,delta_kernel=warn,deltalake_core=warn,deltalake=warn".into()
+        "info,buoyant_kernel=warn,delta_kernel=warn,deltalake_core=warn,deltalake=warn,deltalake_core::kernel::transaction=error".into()
     });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

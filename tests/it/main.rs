@@ -9,4 +9,5 @@ mod crash;
 mod exactly_once;
 mod independent_reader;
 mod maintain;
+mod scale_out;
 mod schemas;
