@@ -23,6 +23,7 @@ pub mod lakehouse;
 pub mod model;
 pub mod pipeline;
 pub mod serve;
+pub mod signals;
 pub mod sim;
 pub mod source;
 pub mod telemetry;

@@ -31,6 +31,28 @@ pub enum SensorType {
     Power,
 }
 
+impl SensorType {
+    /// The safe operating range of the machines' sensors (°C, mm/s, bar, kW). A reading outside
+    /// it is an anomaly whatever the sensor's own history says.
+    pub fn operating_range(self) -> (f64, f64) {
+        match self {
+            SensorType::Temperature => (20.0, 90.0),
+            SensorType::Vibration => (0.0, 8.0),
+            SensorType::Pressure => (2.0, 9.0),
+            SensorType::Power => (0.0, 50.0),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SensorType::Temperature => "temperature",
+            SensorType::Vibration => "vibration",
+            SensorType::Pressure => "pressure",
+            SensorType::Power => "power",
+        }
+    }
+}
+
 /// A shipment status change from the WMS or a carrier (`mfg.scm.shipments`, key = shipment_id).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ShipmentEvent {

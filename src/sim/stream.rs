@@ -9,6 +9,7 @@ use chrono::{DateTime, Duration, Utc};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::faults::{FaultPlan, InjectorState, Normal};
 use super::reference::{REGIONS, customer_id, part_id, supplier_id, warehouse_id};
 use crate::broker::topics;
 use crate::config::SimulateConfig;
@@ -33,6 +34,11 @@ struct Shipment {
     stage: u8,
 }
 
+/// Device id of device index `d` (`DEV-0001`…).
+pub fn device_id(d: usize) -> String {
+    format!("DEV-{:04}", d + 1)
+}
+
 pub struct Generator {
     rng: ChaCha8Rng,
     cfg: SimulateConfig,
@@ -44,6 +50,14 @@ pub struct Generator {
     shipments: Vec<Shipment>,
     shipment_seq: u64,
     malformed_ratio: f64,
+    faults: Option<Faults>,
+}
+
+/// Fault injection attached to a generator, with its own RNG so the event stream stays the same.
+struct Faults {
+    plan: FaultPlan,
+    state: InjectorState,
+    rng: ChaCha8Rng,
 }
 
 const UNITS: [(&str, f64, f64); 4] = [
@@ -72,7 +86,18 @@ impl Generator {
             shipments: Vec::new(),
             shipment_seq: 0,
             malformed_ratio: cfg.malformed_ratio,
+            faults: None,
         }
+    }
+
+    /// Injects the faults of `plan` into telemetry (see [`super::faults`]).
+    pub fn with_faults(mut self, plan: FaultPlan) -> Self {
+        self.faults = Some(Faults {
+            state: InjectorState::new(self.cfg.devices),
+            rng: ChaCha8Rng::seed_from_u64(self.cfg.seed ^ 0x7370_696b_6573),
+            plan,
+        });
+        self
     }
 
     pub fn with_malformed_ratio(mut self, ratio: f64) -> Self {
@@ -132,18 +157,36 @@ impl Generator {
             .sum::<f64>()
             * sd
             / 1.7;
+        let sensor_type = [
+            SensorType::Temperature,
+            SensorType::Vibration,
+            SensorType::Pressure,
+            SensorType::Power,
+        ][d % 4];
+        let mut value = self.baselines[d] + noise;
+        // Real sensors have benign transients (a door opens, a load starts): rare excursions of
+        // 2.5–4.5 noise scales (≈ 4–8 σ of the noise) that are not faults and that a detector
+        // should not flag.
+        if self.rng.random_bool(0.002) {
+            let sign = if self.rng.random_bool(0.5) { 1.0 } else { -1.0 };
+            value += sign * self.rng.random_range(2.5..4.5) * sd;
+        }
+        if let Some(f) = &mut self.faults {
+            let normal = Normal {
+                baseline: self.baselines[d],
+                sd,
+                upper_limit: sensor_type.operating_range().1,
+            };
+            let draw = f.rng.random();
+            value = f.state.apply(&f.plan, d, self.now, value, &normal, draw);
+        }
         let reading = TelemetryReading {
             event_id: self.event_id("tel"),
-            device_id: format!("DEV-{:04}", d + 1),
+            device_id: device_id(d),
             machine_id: format!("M-{:03}", d / 4 + 1),
             plant_id: format!("PLANT-{}", (d / 4) % 3 + 1),
-            sensor_type: [
-                SensorType::Temperature,
-                SensorType::Vibration,
-                SensorType::Pressure,
-                SensorType::Power,
-            ][d % 4],
-            value: ((self.baselines[d] + noise) * 1000.0).round() / 1000.0,
+            sensor_type,
+            value: (value * 1000.0).round() / 1000.0,
             unit: unit.to_string(),
             ts: self.now,
         };

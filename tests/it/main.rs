@@ -11,3 +11,4 @@ mod independent_reader;
 mod maintain;
 mod scale_out;
 mod schemas;
+mod signals;
