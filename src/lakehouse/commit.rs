@@ -92,6 +92,29 @@ pub async fn append(
     offsets: &Offsets,
     target_file_bytes: u64,
 ) -> Result<DeltaTable> {
+    write(
+        table,
+        table_name,
+        pipeline,
+        batches,
+        offsets,
+        target_file_bytes,
+        None,
+    )
+    .await
+}
+
+/// Like [`append`], but with `replace = Some(predicate)` the rows matching the predicate are
+/// replaced by `batches` in the same commit (`replaceWhere`), e.g. one partition's state.
+pub async fn write(
+    table: DeltaTable,
+    table_name: &str,
+    pipeline: &str,
+    batches: Vec<RecordBatch>,
+    offsets: &Offsets,
+    target_file_bytes: u64,
+    replace: Option<String>,
+) -> Result<DeltaTable> {
     let props = CommitProperties::default()
         .with_application_transactions(transactions(pipeline, offsets))
         .with_metadata([(
@@ -101,9 +124,14 @@ pub async fn append(
     if batches.iter().all(|b| b.num_rows() == 0) {
         return commit_offsets_only(table, table_name, props).await;
     }
-    table
-        .write(batches)
-        .with_save_mode(SaveMode::Append)
+    let mut builder = table.write(batches);
+    builder = match replace {
+        Some(predicate) => builder
+            .with_save_mode(SaveMode::Overwrite)
+            .with_replace_where(predicate),
+        None => builder.with_save_mode(SaveMode::Append),
+    };
+    builder
         .with_commit_properties(props)
         .with_writer_properties(writer_properties())
         .with_target_file_size(std::num::NonZeroU64::new(target_file_bytes))

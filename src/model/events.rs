@@ -43,6 +43,16 @@ impl SensorType {
         }
     }
 
+    pub fn parse(s: &str) -> Option<SensorType> {
+        Some(match s {
+            "temperature" => SensorType::Temperature,
+            "vibration" => SensorType::Vibration,
+            "pressure" => SensorType::Pressure,
+            "power" => SensorType::Power,
+            _ => return None,
+        })
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             SensorType::Temperature => "temperature",

@@ -94,6 +94,14 @@ const SOURCES: &[(&str, &str)] = &[
         include_str!("../../schemas/tables/sales.transactions.toml"),
     ),
     (
+        "iot.sensor_state.toml",
+        include_str!("../../schemas/tables/iot.sensor_state.toml"),
+    ),
+    (
+        "iot.anomalies.toml",
+        include_str!("../../schemas/tables/iot.anomalies.toml"),
+    ),
+    (
         "ops.dead_letters.toml",
         include_str!("../../schemas/tables/ops.dead_letters.toml"),
     ),

@@ -15,7 +15,7 @@
 //! never races an in-flight commit. librdkafka keeps prefetching in its own threads meanwhile,
 //! and decoding and the per-table commits run in parallel within a batch.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,7 @@ use crate::error::{Error, Result};
 use crate::lakehouse::Lakehouse;
 use crate::lakehouse::commit::{self, Offsets, SourcePartition};
 use crate::model::EventKind;
+use crate::signals::iot::{self, IotSignals};
 use crate::source::{AssignmentChange, PositionResolver, RawRecord, Source};
 use crate::telemetry::events;
 
@@ -66,32 +67,70 @@ pub struct RunStats {
     pub last_commit: Option<Instant>,
 }
 
+/// What a sink table holds, which decides what feeds it and how it is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// The valid events of one stream, appended.
+    Bronze(EventKind),
+    /// Rejected records of every stream, appended.
+    DeadLetters,
+    /// Anomalous telemetry readings, appended.
+    Anomalies,
+    /// Detector state, replaced per source partition, committed after the anomalies.
+    SensorState,
+}
+
 /// A sink table and what this worker knows is durable in it.
 struct Sink {
     name: &'static str,
     table: DeltaTable,
-    /// `None`: the dead-letter sink, fed by every topic.
-    kind: Option<EventKind>,
+    role: Role,
     durable: Offsets,
     /// Offsets processed with nothing to write here, not yet recorded in the table.
     pending: Offsets,
     last_commit: Instant,
 }
 
-impl Sink {
-    fn feeds_from(&self, topic: &str) -> bool {
-        match self.kind {
-            None => EventKind::from_topic(topic).is_some(),
-            Some(k) => k.topic() == topic,
+impl Role {
+    fn table(self) -> &'static str {
+        match self {
+            Role::Bronze(k) => k.bronze_table(),
+            Role::DeadLetters => DEAD_LETTERS,
+            Role::Anomalies => iot::ANOMALIES_TABLE,
+            Role::SensorState => iot::STATE_TABLE,
         }
+    }
+
+    fn feeds_from(self, topic: &str) -> bool {
+        match self {
+            Role::Bronze(k) => k.topic() == topic,
+            Role::DeadLetters => EventKind::from_topic(topic).is_some(),
+            Role::Anomalies | Role::SensorState => topic == EventKind::Telemetry.topic(),
+        }
+    }
+
+    /// Every sink of the pipeline, in commit order: the state table last, so it never runs
+    /// ahead of the anomalies derived from it.
+    fn all() -> Vec<Role> {
+        let mut roles: Vec<Role> = EventKind::ALL.into_iter().map(Role::Bronze).collect();
+        roles.extend([Role::DeadLetters, Role::Anomalies, Role::SensorState]);
+        roles
     }
 }
 
-/// The sinks each source topic feeds: its bronze table and the dead letters.
+impl Sink {
+    fn feeds_from(&self, topic: &str) -> bool {
+        self.role.feeds_from(topic)
+    }
+}
+
+/// The sinks each source topic feeds.
 fn sink_names(topic: &str) -> Vec<&'static str> {
-    EventKind::from_topic(topic)
-        .map(|k| vec![k.bronze_table(), DEAD_LETTERS])
-        .unwrap_or_default()
+    Role::all()
+        .into_iter()
+        .filter(|r| r.feeds_from(topic))
+        .map(Role::table)
+        .collect()
 }
 
 /// Reads where each partition must resume: one past the lowest txn version over the sinks it
@@ -135,10 +174,10 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) -> Result<RunStats> {
     let mut sinks = Vec::new();
-    for kind in EventKind::ALL {
-        sinks.push(open_sink(lake, kind.bronze_table(), Some(kind)).await?);
+    for role in Role::all() {
+        sinks.push(open_sink(lake, role).await?);
     }
-    sinks.push(open_sink(lake, DEAD_LETTERS, None).await?);
+    let mut iot = IotSignals::new();
     let decoders: Arc<BTreeMap<EventKind, BronzeDecoder>> = Arc::new(
         EventKind::ALL
             .into_iter()
@@ -157,12 +196,15 @@ pub async fn run(
     tracing::info!(pipeline = %opts.name, brokers = %opts.brokers, group = %opts.group_id, lakehouse = %lake.root().display(), "pipeline started");
 
     let mut stats = RunStats::default();
-    let result = run_loop(&source, &mut sinks, &decoders, opts, &mut stop, &mut stats).await;
+    let result = run_loop(
+        &source, &mut sinks, &mut iot, &decoders, opts, &mut stop, &mut stats,
+    )
+    .await;
     // Record every pending offset so a restart does not replay what was already handled.
     if result.is_ok() {
         for sink in sinks.iter_mut() {
             if !sink.pending.is_empty() {
-                commit_sink(sink, &opts.name, Vec::new(), opts.target_file_bytes).await?;
+                commit_sink(sink, &opts.name, Vec::new(), opts.target_file_bytes, None).await?;
                 stats.commits += 1;
             }
         }
@@ -199,11 +241,11 @@ pub async fn run_with_restarts(
     }
 }
 
-async fn open_sink(lake: &Lakehouse, name: &'static str, kind: Option<EventKind>) -> Result<Sink> {
+async fn open_sink(lake: &Lakehouse, role: Role) -> Result<Sink> {
     Ok(Sink {
-        name,
-        table: lake.ensure(name).await?,
-        kind,
+        name: role.table(),
+        table: lake.ensure(role.table()).await?,
+        role,
         durable: Offsets::new(),
         pending: Offsets::new(),
         last_commit: Instant::now(),
@@ -213,6 +255,7 @@ async fn open_sink(lake: &Lakehouse, name: &'static str, kind: Option<EventKind>
 async fn run_loop(
     source: &Source,
     sinks: &mut [Sink],
+    iot: &mut IotSignals,
     decoders: &Arc<BTreeMap<EventKind, BronzeDecoder>>,
     opts: &PipelineOptions,
     stop: &mut watch::Receiver<bool>,
@@ -235,7 +278,7 @@ async fn run_loop(
             "polled"
         );
         let changes = source.take_changes();
-        apply_changes(&changes, sinks, &mut owned, &opts.name).await?;
+        apply_changes(&changes, sinks, iot, &mut owned, &opts.name).await?;
         if stats.first_fetch.is_none() {
             stats.first_fetch = first_at;
         }
@@ -243,7 +286,7 @@ async fn run_loop(
         let kept = select(batch, sinks, &owned);
         stats.skipped += kept.skipped;
         if !kept.records.is_empty() {
-            process_batch(kept.records, sinks, decoders, opts, source, stats).await?;
+            process_batch(kept.records, sinks, iot, decoders, opts, source, stats).await?;
         }
         commit_idle(sinks, opts, stats).await?;
 
@@ -263,6 +306,7 @@ async fn run_loop(
 async fn apply_changes(
     changes: &[AssignmentChange],
     sinks: &mut [Sink],
+    iot: &mut IotSignals,
     owned: &mut std::collections::BTreeSet<SourcePartition>,
     pipeline: &str,
 ) -> Result<()> {
@@ -288,12 +332,27 @@ async fn apply_changes(
                         sink.pending.remove(p);
                     }
                     sink.durable.extend(
-                        commit::txn_versions(&sink.table, sink.name, pipeline, mine).await?,
+                        commit::txn_versions(&sink.table, sink.name, pipeline, mine.clone())
+                            .await?,
                     );
+                    if sink.role == Role::SensorState {
+                        let partitions: BTreeSet<i32> = mine.iter().map(|p| p.partition).collect();
+                        iot.forget(&partitions);
+                        for batch in load_state(&sink.table, &partitions).await? {
+                            iot.restore(&batch)?;
+                        }
+                        tracing::info!(sensors = iot.sensors(), "detector state restored");
+                    }
                 }
                 owned.extend(parts.iter().cloned());
             }
             AssignmentChange::Revoked(parts) => {
+                let telemetry: BTreeSet<i32> = parts
+                    .iter()
+                    .filter(|p| Role::SensorState.feeds_from(&p.topic))
+                    .map(|p| p.partition)
+                    .collect();
+                iot.forget(&telemetry);
                 for p in parts {
                     owned.remove(p);
                     for sink in sinks.iter_mut() {
@@ -305,6 +364,24 @@ async fn apply_changes(
         }
     }
     Ok(())
+}
+
+/// The saved detector state of `partitions`, read from the state table's current version.
+async fn load_state(table: &DeltaTable, partitions: &BTreeSet<i32>) -> Result<Vec<RecordBatch>> {
+    if table.snapshot().is_err() || partitions.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ctx = datafusion::prelude::SessionContext::new();
+    ctx.register_table("state", table.table_provider().await?)?;
+    let list = partitions
+        .iter()
+        .map(i32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let df = ctx
+        .sql(&format!("SELECT * FROM state WHERE _partition IN ({list})"))
+        .await?;
+    Ok(df.collect().await?)
 }
 
 struct Selected {
@@ -348,6 +425,7 @@ fn select(
 async fn process_batch(
     records: Vec<RawRecord>,
     sinks: &mut [Sink],
+    iot: &mut IotSignals,
     decoders: &Arc<BTreeMap<EventKind, BronzeDecoder>>,
     opts: &PipelineOptions,
     source: &Source,
@@ -408,13 +486,53 @@ async fn process_batch(
             )?);
     }
 
+    // Signals: telemetry through the detector, in arrival (= per-partition offset) order.
+    let mut touched = BTreeSet::new();
+    if let Some(batches) = rows.get(EventKind::Telemetry.bronze_table()) {
+        let floors = |role: Role| -> HashMap<i32, i64> {
+            sinks
+                .iter()
+                .find(|s| s.role == role)
+                .map(|s| {
+                    s.durable
+                        .iter()
+                        .filter(|(p, _)| p.topic == EventKind::Telemetry.topic())
+                        .map(|(p, o)| (p.partition, *o))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let (state_floor, anomaly_floor) = (floors(Role::SensorState), floors(Role::Anomalies));
+        let mut anomalies = Vec::new();
+        for b in batches {
+            let observed = iot.observe(
+                b,
+                |p| state_floor.get(&p).copied().unwrap_or(-1),
+                |p| anomaly_floor.get(&p).copied().unwrap_or(-1),
+                now_us,
+            )?;
+            anomalies.push(observed.anomalies);
+            touched.extend(observed.touched);
+        }
+        rows.insert(iot::ANOMALIES_TABLE, anomalies);
+        if !touched.is_empty() {
+            rows.insert(iot::STATE_TABLE, vec![iot.state_batch(&touched, now_us)?]);
+        }
+    }
+
     let decoded = Instant::now();
-    // Commit every sink with rows (or whose pending offsets are due), concurrently.
-    let mut commits = Vec::new();
+    // Commit every sink with rows, concurrently, then the state table (see `Role::all`).
+    // Sinks with nothing to write keep their offsets pending.
+    let mut phase_one = Vec::new();
+    let mut phase_two = Vec::new();
     for sink in sinks.iter_mut() {
+        // Only partitions that moved past what this sink already holds: a replay for another
+        // sink must never move this sink's txn version backwards.
         let offsets: Offsets = last
             .iter()
-            .filter(|(p, _)| sink.feeds_from(&p.topic))
+            .filter(|(p, o)| {
+                sink.feeds_from(&p.topic) && **o > sink.durable.get(*p).copied().unwrap_or(-1)
+            })
             .map(|(p, o)| (p.clone(), *o))
             .collect();
         if offsets.is_empty() {
@@ -428,16 +546,26 @@ async fn process_batch(
             .collect::<Result<_>>()?;
         let n: usize = batches.iter().map(|b| b.num_rows()).sum();
         sink.pending.extend(offsets);
-        if n == 0 {
+        // The anomaly table moves in lockstep with the state table (a txn-only commit when a
+        // batch found nothing), so a restart never replays far for it.
+        if n == 0 && sink.role != Role::Anomalies {
             continue;
         }
-        commits.push(async move {
-            commit_sink(sink, &opts.name, batches, opts.target_file_bytes)
+        let last_phase = sink.role == Role::SensorState;
+        let replace = last_phase.then(|| replace_partitions(&touched));
+        let commit = async move {
+            commit_sink(sink, &opts.name, batches, opts.target_file_bytes, replace)
                 .await
                 .map(|()| (sink.name, n))
-        });
+        };
+        if last_phase {
+            phase_two.push(commit);
+        } else {
+            phase_one.push(commit);
+        }
     }
-    let results = futures::future::join_all(commits).await;
+    let mut results = futures::future::join_all(phase_one).await;
+    results.extend(futures::future::join_all(phase_two).await);
     let mut written = 0u64;
     for r in results {
         let (name, n) = r?;
@@ -446,7 +574,7 @@ async fn process_batch(
             rows: n as u64,
         }
         .emit();
-        if name != DEAD_LETTERS {
+        if EventKind::ALL.iter().any(|k| k.bronze_table() == name) {
             written += n as u64;
         }
         stats.commits += 1;
@@ -492,10 +620,10 @@ fn not_yet_durable(batch: RecordBatch, sink: &Sink) -> Result<RecordBatch> {
     if sink.durable.is_empty() || batch.num_rows() == 0 {
         return Ok(batch);
     }
-    let (pcol, ocol) = if sink.kind.is_some() {
-        ("_partition", "_offset")
-    } else {
-        ("partition", "offset")
+    let (pcol, ocol) = match sink.role {
+        Role::SensorState => return Ok(batch), // replaced per partition, not appended
+        Role::DeadLetters => ("partition", "offset"),
+        Role::Bronze(_) | Role::Anomalies => ("_partition", "_offset"),
     };
     let parts = batch
         .column_by_name(pcol)
@@ -509,9 +637,10 @@ fn not_yet_durable(batch: RecordBatch, sink: &Sink) -> Result<RecordBatch> {
             sink.name
         )));
     };
-    let topic = match sink.kind {
-        Some(k) => k.topic().to_string(),
-        None => {
+    let topic = match sink.role {
+        Role::Bronze(k) => k.topic().to_string(),
+        Role::Anomalies | Role::SensorState => EventKind::Telemetry.topic().to_string(),
+        Role::DeadLetters => {
             // Dead letters carry their topic per row.
             let topics = batch.column_by_name("topic").and_then(|c| {
                 c.as_any()
@@ -537,26 +666,43 @@ fn not_yet_durable(batch: RecordBatch, sink: &Sink) -> Result<RecordBatch> {
     Ok(arrow::compute::filter_record_batch(&batch, &mask)?)
 }
 
+/// `_partition IN (…)`: the rows of the state table a batch replaces.
+fn replace_partitions(partitions: &BTreeSet<i32>) -> String {
+    let list = partitions
+        .iter()
+        .map(i32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("_partition IN ({list})")
+}
+
+/// Commits `batches` (appended, or replacing the rows matching `replace`) with the sink's
+/// pending offsets.
 async fn commit_sink(
     sink: &mut Sink,
     pipeline: &str,
     batches: Vec<RecordBatch>,
     target_file_bytes: u64,
+    replace: Option<String>,
 ) -> Result<()> {
     let offsets = std::mem::take(&mut sink.pending);
-    match commit::append(
+    match commit::write(
         sink.table.clone(),
         sink.name,
         pipeline,
         batches,
         &offsets,
         target_file_bytes,
+        replace,
     )
     .await
     {
         Ok(table) => {
             sink.table = table;
-            sink.durable.extend(offsets);
+            for (p, o) in offsets {
+                let d = sink.durable.entry(p).or_insert(o);
+                *d = (*d).max(o);
+            }
             sink.last_commit = Instant::now();
             Ok(())
         }
@@ -575,7 +721,7 @@ async fn commit_idle(
 ) -> Result<()> {
     for sink in sinks.iter_mut() {
         if !sink.pending.is_empty() && sink.last_commit.elapsed() >= opts.idle_commit {
-            commit_sink(sink, &opts.name, Vec::new(), opts.target_file_bytes).await?;
+            commit_sink(sink, &opts.name, Vec::new(), opts.target_file_bytes, None).await?;
             stats.commits += 1;
         }
     }

@@ -3,3 +3,4 @@
 
 pub mod anomaly;
 pub mod eval;
+pub mod iot;

@@ -70,7 +70,9 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     );
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
 
-    let events = support::events("crash", 80_000, 0.005);
+    // Few malformed records: the dead-letter table then lags the bronze tables, and replays
+    // for one sink must not move another sink's offsets back.
+    let events = support::events("crash", 80_000, 0.001);
     let (per_table, bad) = support::expected(&events);
 
     // Events keep flowing for the whole kill phase.
@@ -152,5 +154,15 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     let exit = child.wait().expect("wait");
     assert!(exit.success(), "pipeline exited with {exit} on SIGTERM");
 
+    if std::env::var("KEEP_LAKE").is_ok() {
+        let keep = std::path::PathBuf::from("/tmp/crash-lake");
+        let _ = std::fs::remove_dir_all(&keep);
+        std::process::Command::new("cp")
+            .arg("-r")
+            .arg(env.lake.root())
+            .arg(&keep)
+            .status()
+            .unwrap();
+    }
     support::assert_exact(&env.lake, &per_table, bad).await;
 }
