@@ -112,6 +112,68 @@ pub fn events(run_id: &str, n: usize, malformed_ratio: f64) -> Vec<SimEvent> {
     (0..n).map(|_| g.next_event()).collect()
 }
 
+/// Like [`events`], with sensor faults injected (`per_device_day` faults per device and
+/// simulated day), so the anomaly detector has work to do.
+pub fn events_with_faults(
+    run_id: &str,
+    n: usize,
+    malformed_ratio: f64,
+    per_device_day: f64,
+) -> Vec<SimEvent> {
+    use millstream::sim::faults::{FaultPlan, FaultRates};
+    let cfg = config();
+    let rate = 1000;
+    let horizon = chrono::Duration::milliseconds(
+        (n as f64 * cfg.simulate.speed / rate as f64 * 1000.0) as i64 + 1,
+    );
+    let plan = FaultPlan::draw(
+        cfg.simulate.seed,
+        cfg.simulate.devices,
+        cfg.simulate.start,
+        horizon,
+        &FaultRates { per_device_day },
+    );
+    let mut g = Generator::new(&cfg.simulate, run_id, cfg.simulate.start, rate)
+        .with_malformed_ratio(malformed_ratio)
+        .with_faults(plan);
+    (0..n).map(|_| g.next_event()).collect()
+}
+
+/// The signal rows of a lakehouse in a canonical order, for comparing runs: anomalies without
+/// their processing time, and the detector state without its write time.
+pub async fn signal_rows(lake: &Lakehouse) -> (Vec<String>, Vec<String>) {
+    let rows = |sql: &'static str| {
+        let lake = lake.clone();
+        async move {
+            let batches = lake.sql(sql).await.unwrap();
+            let mut out = Vec::new();
+            for b in &batches {
+                let cols: Vec<Vec<String>> = b
+                    .columns()
+                    .iter()
+                    .map(|c| {
+                        let c = arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8).unwrap();
+                        strings(&c)
+                    })
+                    .collect();
+                for i in 0..b.num_rows() {
+                    out.push(
+                        cols.iter()
+                            .map(|c| c[i].as_str())
+                            .collect::<Vec<_>>()
+                            .join("|"),
+                    );
+                }
+            }
+            out.sort();
+            out
+        }
+    };
+    let anomalies = rows("SELECT event_id, device_id, rule, severity, score, expected, value, _partition, _offset FROM iot.anomalies").await;
+    let state = rows("SELECT device_id, n, mean, var, slow_mean, last_normal, last_value, same_run, outlier_run, drifting, excursions, last_ts, _partition FROM iot.sensor_state").await;
+    (anomalies, state)
+}
+
 /// Well-formed events per bronze table, and the malformed count.
 pub fn expected(events: &[SimEvent]) -> (BTreeMap<&'static str, i64>, i64) {
     let mut per_table = BTreeMap::new();
