@@ -486,26 +486,33 @@ async fn process_batch(
             )?);
     }
 
-    // Signals: telemetry through the detector, in arrival (= per-partition offset) order.
-    let mut touched = BTreeSet::new();
-    if let Some(batches) = rows.get(EventKind::Telemetry.bronze_table()) {
-        let floors = |role: Role| -> HashMap<i32, i64> {
-            sinks
-                .iter()
-                .find(|s| s.role == role)
-                .map(|s| {
-                    s.durable
-                        .iter()
-                        .filter(|(p, _)| p.topic == EventKind::Telemetry.topic())
-                        .map(|(p, o)| (p.partition, *o))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        let (state_floor, anomaly_floor) = (floors(Role::SensorState), floors(Role::Anomalies));
+    let decoded = Instant::now();
+    // Telemetry goes through the detector on a blocking thread while the bronze and dead-letter
+    // tables commit; then the anomalies commit, and the detector state last (see `Role::all`).
+    let telemetry: Vec<RecordBatch> = rows
+        .get(EventKind::Telemetry.bronze_table())
+        .cloned()
+        .unwrap_or_default();
+    let floor = |role: Role| -> HashMap<i32, i64> {
+        sinks
+            .iter()
+            .find(|s| s.role == role)
+            .map(|s| {
+                s.durable
+                    .iter()
+                    .filter(|(p, _)| p.topic == EventKind::Telemetry.topic())
+                    .map(|(p, o)| (p.partition, *o))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (state_floor, anomaly_floor) = (floor(Role::SensorState), floor(Role::Anomalies));
+    let mut detector = std::mem::take(iot);
+    let detect = tokio::task::spawn_blocking(move || -> Result<_> {
         let mut anomalies = Vec::new();
-        for b in batches {
-            let observed = iot.observe(
+        let mut touched = BTreeSet::new();
+        for b in &telemetry {
+            let observed = detector.observe(
                 b,
                 |p| state_floor.get(&p).copied().unwrap_or(-1),
                 |p| anomaly_floor.get(&p).copied().unwrap_or(-1),
@@ -514,58 +521,49 @@ async fn process_batch(
             anomalies.push(observed.anomalies);
             touched.extend(observed.touched);
         }
-        rows.insert(iot::ANOMALIES_TABLE, anomalies);
-        if !touched.is_empty() {
-            rows.insert(iot::STATE_TABLE, vec![iot.state_batch(&touched, now_us)?]);
-        }
-    }
-
-    let decoded = Instant::now();
-    // Commit every sink with rows, concurrently, then the state table (see `Role::all`).
-    // Sinks with nothing to write keep their offsets pending.
-    let mut phase_one = Vec::new();
-    let mut phase_two = Vec::new();
-    for sink in sinks.iter_mut() {
-        // Only partitions that moved past what this sink already holds: a replay for another
-        // sink must never move this sink's txn version backwards.
-        let offsets: Offsets = last
-            .iter()
-            .filter(|(p, o)| {
-                sink.feeds_from(&p.topic) && **o > sink.durable.get(*p).copied().unwrap_or(-1)
-            })
-            .map(|(p, o)| (p.clone(), *o))
-            .collect();
-        if offsets.is_empty() {
-            continue;
-        }
-        let batches: Vec<RecordBatch> = rows
-            .remove(sink.name)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|b| not_yet_durable(b, sink))
-            .collect::<Result<_>>()?;
-        let n: usize = batches.iter().map(|b| b.num_rows()).sum();
-        sink.pending.extend(offsets);
-        // The anomaly table moves in lockstep with the state table (a txn-only commit when a
-        // batch found nothing), so a restart never replays far for it.
-        if n == 0 && sink.role != Role::Anomalies {
-            continue;
-        }
-        let last_phase = sink.role == Role::SensorState;
-        let replace = last_phase.then(|| replace_partitions(&touched));
-        let commit = async move {
-            commit_sink(sink, &opts.name, batches, opts.target_file_bytes, replace)
-                .await
-                .map(|()| (sink.name, n))
-        };
-        if last_phase {
-            phase_two.push(commit);
+        let state = if touched.is_empty() {
+            Vec::new()
         } else {
-            phase_one.push(commit);
+            vec![detector.state_batch(&touched, now_us)?]
+        };
+        Ok((detector, anomalies, state, touched))
+    });
+
+    let (mut data_sinks, mut signal_sinks): (Vec<&mut Sink>, Vec<&mut Sink>) = sinks
+        .iter_mut()
+        .partition(|s| !matches!(s.role, Role::Anomalies | Role::SensorState));
+    let mut data_commits = Vec::new();
+    for sink in data_sinks.iter_mut() {
+        let batches = rows.remove(sink.name).unwrap_or_default();
+        if let Some((batches, n)) = prepare(sink, &last, batches)? {
+            data_commits.push(async move {
+                commit_sink(sink, &opts.name, batches, opts.target_file_bytes, None)
+                    .await
+                    .map(|()| (sink.name, n))
+            });
         }
     }
-    let mut results = futures::future::join_all(phase_one).await;
-    results.extend(futures::future::join_all(phase_two).await);
+    let signals = async {
+        let (detector, anomalies, state, touched) = detect
+            .await
+            .map_err(|e| Error::Internal(format!("detector task: {e}")))??;
+        let mut done = Vec::new();
+        for sink in signal_sinks.iter_mut() {
+            let (batches, replace) = match sink.role {
+                Role::Anomalies => (anomalies.clone(), None),
+                _ => (state.clone(), Some(replace_partitions(&touched))),
+            };
+            if let Some((batches, n)) = prepare(sink, &last, batches)? {
+                commit_sink(sink, &opts.name, batches, opts.target_file_bytes, replace).await?;
+                done.push((sink.name, n));
+            }
+        }
+        Ok::<_, Error>((detector, done))
+    };
+    let (mut results, signals) = futures::join!(futures::future::join_all(data_commits), signals);
+    let (detector, signal_results) = signals?;
+    *iot = detector;
+    results.extend(signal_results.into_iter().map(Ok));
     let mut written = 0u64;
     for r in results {
         let (name, n) = r?;
@@ -664,6 +662,39 @@ fn not_yet_durable(batch: RecordBatch, sink: &Sink) -> Result<RecordBatch> {
         })
         .collect();
     Ok(arrow::compute::filter_record_batch(&batch, &mask)?)
+}
+
+/// What a sink must commit for this batch: its rows not yet durable, with the batch's offsets
+/// added to its pending ones; `None` when it has nothing to write (the offsets stay pending).
+fn prepare(
+    sink: &mut Sink,
+    last: &Offsets,
+    batches: Vec<RecordBatch>,
+) -> Result<Option<(Vec<RecordBatch>, usize)>> {
+    // Only partitions that moved past what this sink already holds: a replay for another
+    // sink must never move this sink's txn version backwards.
+    let offsets: Offsets = last
+        .iter()
+        .filter(|(p, o)| {
+            sink.feeds_from(&p.topic) && **o > sink.durable.get(*p).copied().unwrap_or(-1)
+        })
+        .map(|(p, o)| (p.clone(), *o))
+        .collect();
+    if offsets.is_empty() {
+        return Ok(None);
+    }
+    let batches: Vec<RecordBatch> = batches
+        .into_iter()
+        .map(|b| not_yet_durable(b, sink))
+        .collect::<Result<_>>()?;
+    let n: usize = batches.iter().map(|b| b.num_rows()).sum();
+    sink.pending.extend(offsets);
+    // The anomaly table moves in lockstep with the state table (a txn-only commit when a batch
+    // found nothing), so a restart never replays far for it.
+    if n == 0 && sink.role != Role::Anomalies {
+        return Ok(None);
+    }
+    Ok(Some((batches, n)))
 }
 
 /// `_partition IN (…)`: the rows of the state table a batch replaces.
