@@ -130,6 +130,8 @@ pub async fn run(config: Config, args: UpArgs) -> anyhow::Result<()> {
         "supply_chain.inventory_movements",
         "sales.transactions",
         "ops.dead_letters",
+        "iot.anomalies",
+        "iot.sensor_state",
     ] {
         if let Ok(n) = crate::cli::count_rows(&lake, name).await {
             println!("  {name:<34} {n:>10} rows");
