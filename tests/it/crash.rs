@@ -121,30 +121,16 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
 
     // A last incarnation drains the rest; then it is stopped gracefully.
     let mut child = spawn_pipeline(&env, &log);
-    let want_rows: i64 = per_table.values().sum();
-    let started = Instant::now();
-    loop {
-        let rows: i64 = {
-            let mut n = 0;
-            for table in per_table.keys() {
-                n += env
-                    .lake
-                    .sql_i64(&format!("SELECT count(*) FROM {table}"))
-                    .await
-                    .unwrap_or(0);
-            }
-            n
-        };
-        if rows >= want_rows {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "drain stalled at {rows}/{want_rows} rows; see {}",
-            log.display()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let want_rows: i64 = per_table.values().sum::<i64>() + bad;
+    let context = format!("see {}", log.display());
+    support::wait_for_rows(
+        &env.lake,
+        &per_table,
+        want_rows,
+        Duration::from_secs(120),
+        &context,
+    )
+    .await;
     // Graceful stop: SIGTERM finishes the batch in hand and exits 0.
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

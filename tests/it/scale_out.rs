@@ -1,7 +1,7 @@
 //! Several workers of one consumer group write the same tables: as members join and leave,
 //! partitions move between them, and the tables still end exact.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -28,7 +28,7 @@ async fn workers_joining_and_leaving_a_group_keep_the_tables_exact() {
     };
     let producer = millstream::sim::EventProducer::new(&env.config.kafka, &env.brokers()).unwrap();
     let mut chunks = events.chunks(4_000);
-    let mut send_chunk = async |chunks: &mut std::slice::Chunks<'_, _>| {
+    let send_chunk = async |chunks: &mut std::slice::Chunks<'_, _>| {
         if let Some(chunk) = chunks.next() {
             for e in chunk {
                 producer.send(e).await.unwrap();
@@ -61,29 +61,14 @@ async fn workers_joining_and_leaving_a_group_keep_the_tables_exact() {
     drop(producer);
 
     let want: i64 = per_table.values().sum::<i64>() + bad;
-    let started = Instant::now();
-    loop {
-        let mut n = env
-            .lake
-            .sql_i64("SELECT count(*) FROM ops.dead_letters")
-            .await
-            .unwrap_or(0);
-        for t in per_table.keys() {
-            n += env
-                .lake
-                .sql_i64(&format!("SELECT count(*) FROM {t}"))
-                .await
-                .unwrap_or(0);
-        }
-        if n >= want {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "stalled at {n}/{want} rows"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    support::wait_for_rows(
+        &env.lake,
+        &per_table,
+        want,
+        Duration::from_secs(90),
+        "scale-out drain",
+    )
+    .await;
     for (tx, h) in [(stop_b, b), (stop_c, c)] {
         tx.send(true).unwrap();
         let (name, r) = h.await.unwrap();

@@ -174,6 +174,38 @@ pub async fn signal_rows(lake: &Lakehouse) -> (Vec<String>, Vec<String>) {
     (anomalies, state)
 }
 
+/// Waits until the bronze tables plus the dead letters hold `want` rows in all, or fails after
+/// `budget` naming `context`.
+pub async fn wait_for_rows(
+    lake: &Lakehouse,
+    per_table: &BTreeMap<&'static str, i64>,
+    want: i64,
+    budget: Duration,
+    context: &str,
+) {
+    let started = Instant::now();
+    loop {
+        let mut n = lake
+            .sql_i64("SELECT count(*) FROM ops.dead_letters")
+            .await
+            .unwrap_or(0);
+        for t in per_table.keys() {
+            n += lake
+                .sql_i64(&format!("SELECT count(*) FROM {t}"))
+                .await
+                .unwrap_or(0);
+        }
+        if n >= want {
+            return;
+        }
+        assert!(
+            started.elapsed() < budget,
+            "stalled at {n}/{want} rows; {context}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Well-formed events per bronze table, and the malformed count.
 pub fn expected(events: &[SimEvent]) -> (BTreeMap<&'static str, i64>, i64) {
     let mut per_table = BTreeMap::new();
