@@ -46,11 +46,7 @@ pub struct MaintainOptions {
 pub async fn run(lake: &Lakehouse, opts: &MaintainOptions) -> Vec<TableReport> {
     let mut reports = Vec::new();
     for def in tables::catalog() {
-        if !lake
-            .table_path(&def.name)
-            .map(|p| p.join("_delta_log").exists())
-            .unwrap_or(false)
-        {
+        if !lake.exists(&def.name).await.unwrap_or(false) {
             continue;
         }
         let started = Instant::now();

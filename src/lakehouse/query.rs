@@ -1,13 +1,15 @@
-//! Read access through DataFusion: a session whose catalog `manufacturing` holds every table of
-//! the lakehouse that exists, so SQL names them as `schema.table` (`iot.telemetry`). Each
-//! session pins the table versions it opened; open a new one to see later commits.
+//! Read access through DataFusion: a session whose catalog `manufacturing` names every table of
+//! the lakehouse as `schema.table` (`iot.telemetry`). Tables are opened when a query first
+//! names them, not when the session is made, so a query reads only the logs it needs. A session
+//! pins the version of each table it opened; make a new one to see later commits.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, Int64Array, RecordBatch};
-use datafusion::catalog::{
-    CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider,
-};
+use async_trait::async_trait;
+use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, SchemaProvider, TableProvider};
+use datafusion::error::DataFusionError;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use super::Lakehouse;
@@ -16,8 +18,57 @@ use crate::model::tables;
 
 pub const CATALOG: &str = "manufacturing";
 
+/// One schema of the catalog (`iot`, `ops`, …), opening its tables on first use.
+#[derive(Debug)]
+struct LazySchema {
+    lake: Lakehouse,
+    schema: String,
+    opened: Mutex<HashMap<String, Arc<dyn TableProvider>>>,
+}
+
+#[async_trait]
+impl SchemaProvider for LazySchema {
+    fn table_names(&self) -> Vec<String> {
+        tables::catalog()
+            .iter()
+            .filter(|d| d.schema_name() == self.schema)
+            .map(|d| d.table_name().to_string())
+            .collect()
+    }
+
+    async fn table(
+        &self,
+        name: &str,
+    ) -> std::result::Result<Option<Arc<dyn TableProvider>>, DataFusionError> {
+        if let Some(t) = self.opened.lock().expect("poisoned").get(name) {
+            return Ok(Some(t.clone()));
+        }
+        let full = format!("{}.{name}", self.schema);
+        let external = |e: Error| DataFusionError::External(Box::new(e));
+        if tables::get(&full).is_err() || !self.lake.exists(&full).await.map_err(external)? {
+            return Ok(None);
+        }
+        let provider = self
+            .lake
+            .open(&full)
+            .await
+            .map_err(external)?
+            .table_provider()
+            .await?;
+        self.opened
+            .lock()
+            .expect("poisoned")
+            .insert(name.to_string(), provider.clone());
+        Ok(Some(provider))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        tables::get(&format!("{}.{name}", self.schema)).is_ok()
+    }
+}
+
 impl Lakehouse {
-    /// A DataFusion session over the latest version of every existing table.
+    /// A DataFusion session over the latest version of the tables its queries name.
     pub async fn session(&self) -> Result<SessionContext> {
         let config = SessionConfig::new()
             .with_create_default_catalog_and_schema(false)
@@ -25,19 +76,14 @@ impl Lakehouse {
         let ctx = SessionContext::new_with_config(config);
         let catalog = Arc::new(MemoryCatalogProvider::new());
         for def in tables::catalog() {
-            let schema = match catalog.schema(def.schema_name()) {
-                Some(s) => s,
-                None => {
-                    let s: Arc<dyn SchemaProvider> = Arc::new(MemorySchemaProvider::new());
-                    catalog.register_schema(def.schema_name(), s.clone())?;
-                    s
-                }
-            };
-            if !self.exists(&def.name).await? {
-                continue;
+            if catalog.schema(def.schema_name()).is_none() {
+                let schema = LazySchema {
+                    lake: self.clone(),
+                    schema: def.schema_name().to_string(),
+                    opened: Mutex::new(HashMap::new()),
+                };
+                catalog.register_schema(def.schema_name(), Arc::new(schema))?;
             }
-            let table = self.open(&def.name).await?;
-            schema.register_table(def.table_name().to_string(), table.table_provider().await?)?;
         }
         ctx.register_catalog(CATALOG, catalog);
         Ok(ctx)
