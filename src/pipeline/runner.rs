@@ -82,7 +82,6 @@ enum Role {
 
 /// A sink table and what this worker knows is durable in it.
 struct Sink {
-    name: &'static str,
     table: DeltaTable,
     role: Role,
     durable: Offsets,
@@ -101,11 +100,19 @@ impl Role {
         }
     }
 
-    fn feeds_from(self, topic: &str) -> bool {
+    /// The one topic this sink is fed from; `None` for the dead letters, fed by every topic.
+    fn topic(self) -> Option<&'static str> {
         match self {
-            Role::Bronze(k) => k.topic() == topic,
-            Role::DeadLetters => EventKind::from_topic(topic).is_some(),
-            Role::Anomalies | Role::SensorState => topic == EventKind::Telemetry.topic(),
+            Role::Bronze(k) => Some(k.topic()),
+            Role::DeadLetters => None,
+            Role::Anomalies | Role::SensorState => Some(EventKind::Telemetry.topic()),
+        }
+    }
+
+    fn feeds_from(self, topic: &str) -> bool {
+        match self.topic() {
+            Some(t) => t == topic,
+            None => EventKind::from_topic(topic).is_some(),
         }
     }
 
@@ -119,8 +126,21 @@ impl Role {
 }
 
 impl Sink {
+    fn name(&self) -> &'static str {
+        self.role.table()
+    }
+
     fn feeds_from(&self, topic: &str) -> bool {
         self.role.feeds_from(topic)
+    }
+
+    /// Durable offset per partition of `topic`.
+    fn floors(&self, topic: &str) -> HashMap<i32, i64> {
+        self.durable
+            .iter()
+            .filter(|(p, _)| p.topic == topic)
+            .map(|(p, o)| (p.partition, *o))
+            .collect()
     }
 }
 
@@ -243,7 +263,6 @@ pub async fn run_with_restarts(
 
 async fn open_sink(lake: &Lakehouse, role: Role) -> Result<Sink> {
     Ok(Sink {
-        name: role.table(),
         table: lake.ensure(role.table()).await?,
         role,
         durable: Offsets::new(),
@@ -326,13 +345,13 @@ async fn apply_changes(
                     sink.table
                         .update_state()
                         .await
-                        .map_err(|e| Error::delta(sink.name, e))?;
+                        .map_err(|e| Error::delta(sink.name(), e))?;
                     for p in &mine {
                         sink.durable.remove(p);
                         sink.pending.remove(p);
                     }
                     sink.durable.extend(
-                        commit::txn_versions(&sink.table, sink.name, pipeline, mine.clone())
+                        commit::txn_versions(&sink.table, sink.name(), pipeline, mine.clone())
                             .await?,
                     );
                     if sink.role == Role::SensorState {
@@ -497,13 +516,7 @@ async fn process_batch(
         sinks
             .iter()
             .find(|s| s.role == role)
-            .map(|s| {
-                s.durable
-                    .iter()
-                    .filter(|(p, _)| p.topic == EventKind::Telemetry.topic())
-                    .map(|(p, o)| (p.partition, *o))
-                    .collect()
-            })
+            .map(|s| s.floors(EventKind::Telemetry.topic()))
             .unwrap_or_default()
     };
     let (state_floor, anomaly_floor) = (floor(Role::SensorState), floor(Role::Anomalies));
@@ -534,12 +547,12 @@ async fn process_batch(
         .partition(|s| !matches!(s.role, Role::Anomalies | Role::SensorState));
     let mut data_commits = Vec::new();
     for sink in data_sinks.iter_mut() {
-        let batches = rows.remove(sink.name).unwrap_or_default();
+        let batches = rows.remove(sink.name()).unwrap_or_default();
         if let Some((batches, n)) = prepare(sink, &last, batches)? {
             data_commits.push(async move {
                 commit_sink(sink, &opts.name, batches, opts.target_file_bytes, None)
                     .await
-                    .map(|()| (sink.name, n))
+                    .map(|()| (sink.name(), n))
             });
         }
     }
@@ -555,7 +568,7 @@ async fn process_batch(
             };
             if let Some((batches, n)) = prepare(sink, &last, batches)? {
                 commit_sink(sink, &opts.name, batches, opts.target_file_bytes, replace).await?;
-                done.push((sink.name, n));
+                done.push((sink.name(), n));
             }
         }
         Ok::<_, Error>((detector, done))
@@ -625,40 +638,36 @@ fn not_yet_durable(batch: RecordBatch, sink: &Sink) -> Result<RecordBatch> {
     };
     let parts = batch
         .column_by_name(pcol)
-        .and_then(|c| c.as_any().downcast_ref::<Int32Array>().cloned());
+        .and_then(|c| c.as_any().downcast_ref::<Int32Array>());
     let offs = batch
         .column_by_name(ocol)
-        .and_then(|c| c.as_any().downcast_ref::<Int64Array>().cloned());
+        .and_then(|c| c.as_any().downcast_ref::<Int64Array>());
     let (Some(parts), Some(offs)) = (parts, offs) else {
         return Err(Error::Internal(format!(
             "{} rows lack partition/offset",
-            sink.name
+            sink.name()
         )));
     };
-    let topic = match sink.role {
-        Role::Bronze(k) => k.topic().to_string(),
-        Role::Anomalies | Role::SensorState => EventKind::Telemetry.topic().to_string(),
-        Role::DeadLetters => {
-            // Dead letters carry their topic per row.
-            let topics = batch.column_by_name("topic").and_then(|c| {
-                c.as_any()
-                    .downcast_ref::<arrow::array::StringArray>()
-                    .cloned()
-            });
-            let topics = topics.ok_or_else(|| Error::Internal("dead letters lack topic".into()))?;
-            let mask: BooleanArray = (0..batch.num_rows())
-                .map(|i| {
-                    let p = SourcePartition::new(topics.value(i), parts.value(i));
-                    Some(offs.value(i) > sink.durable.get(&p).copied().unwrap_or(-1))
-                })
-                .collect();
-            return Ok(arrow::compute::filter_record_batch(&batch, &mask)?);
-        }
+    // Dead letters carry their topic per row; every other sink has one topic.
+    let topics = match sink.role.topic() {
+        Some(_) => None,
+        None => Some(
+            batch
+                .column_by_name("topic")
+                .and_then(|c| c.as_any().downcast_ref::<arrow::array::StringArray>())
+                .ok_or_else(|| Error::Internal("dead letters lack topic".into()))?,
+        ),
     };
+    let fixed = sink.role.topic().unwrap_or_default();
+    let floor: HashMap<(&str, i32), i64> = sink
+        .durable
+        .iter()
+        .map(|(p, o)| ((p.topic.as_str(), p.partition), *o))
+        .collect();
     let mask: BooleanArray = (0..batch.num_rows())
         .map(|i| {
-            let p = SourcePartition::new(topic.clone(), parts.value(i));
-            Some(offs.value(i) > sink.durable.get(&p).copied().unwrap_or(-1))
+            let topic = topics.map_or(fixed, |t| t.value(i));
+            Some(offs.value(i) > floor.get(&(topic, parts.value(i))).copied().unwrap_or(-1))
         })
         .collect();
     Ok(arrow::compute::filter_record_batch(&batch, &mask)?)
@@ -719,7 +728,7 @@ async fn commit_sink(
     let offsets = std::mem::take(&mut sink.pending);
     match commit::write(
         sink.table.clone(),
-        sink.name,
+        sink.name(),
         pipeline,
         batches,
         &offsets,

@@ -189,21 +189,20 @@ impl SensorState {
         };
         let confirmed = (self.excursions & window_mask).count_ones() >= p.confirm;
         let extreme = z.abs() >= p.z_hard || roc.abs() >= p.z_hard;
-        if z_hit && (confirmed || extreme) {
-            findings.push(Finding {
-                rule: Rule::ZScore,
-                score: z.abs(),
-                expected,
-                severity: sigma_severity(z.abs()),
-            });
-        }
-        if roc_hit && (confirmed || extreme) {
-            findings.push(Finding {
-                rule: Rule::RateOfChange,
-                score: roc.abs(),
-                expected,
-                severity: sigma_severity(roc.abs()),
-            });
+        if confirmed || extreme {
+            for (rule, hit, sigmas) in [
+                (Rule::ZScore, z_hit, z.abs()),
+                (Rule::RateOfChange, roc_hit, roc.abs()),
+            ] {
+                if hit {
+                    findings.push(Finding {
+                        rule,
+                        score: sigmas,
+                        expected,
+                        severity: sigma_severity(sigmas),
+                    });
+                }
+            }
         }
         // Unconfirmed excursions are not findings, but they do not feed the statistics either.
         let outlier = !findings.is_empty() || excursion;

@@ -120,11 +120,7 @@ pub fn score(
                 .entry(f.id.as_str())
                 .and_modify(|t| *t = (*t).min(ts))
                 .or_insert(ts);
-        } else if plan
-            .faults()
-            .iter()
-            .any(|f| f.device == device && ts >= f.end && ts < f.end + grace)
-        {
+        } else if plan.just_ended(device, ts, grace) {
             grace_n += 1;
         } else {
             fp += 1;

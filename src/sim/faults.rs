@@ -142,13 +142,24 @@ impl FaultPlan {
         &self.faults
     }
 
+    fn of_device(&self, device: usize) -> impl Iterator<Item = &Fault> {
+        self.by_device
+            .get(device)
+            .into_iter()
+            .flatten()
+            .map(|&i| &self.faults[i])
+    }
+
     /// The fault active on `device` at `ts`, if any.
     pub fn active(&self, device: usize, ts: DateTime<Utc>) -> Option<&Fault> {
-        self.by_device
-            .get(device)?
-            .iter()
-            .map(|&i| &self.faults[i])
-            .find(|f| f.covers(ts))
+        self.of_device(device).find(|f| f.covers(ts))
+    }
+
+    /// Whether a fault of `device` ended less than `grace` before `ts` (the sensor returning to
+    /// normal).
+    pub fn just_ended(&self, device: usize, ts: DateTime<Utc>, grace: Duration) -> bool {
+        self.of_device(device)
+            .any(|f| ts >= f.end && ts < f.end + grace)
     }
 }
 

@@ -93,6 +93,10 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<SourcePartition> {
 }
 
 impl SourceContext {
+    fn record(&self, change: AssignmentChange) {
+        self.changes.lock().expect("poisoned").push(change);
+    }
+
     /// Runs the resolver from inside librdkafka's callback. The callback is synchronous and runs
     /// on the thread polling the consumer (a tokio worker), so the async read is driven with
     /// `block_in_place`; on a current-thread runtime that is impossible and the partitions start
@@ -157,10 +161,7 @@ impl ConsumerContext for SourceContext {
                     }
                     tracing::info!(partitions = %describe(positions.keys()), "assigned at positions from Delta");
                 }
-                self.changes
-                    .lock()
-                    .expect("poisoned")
-                    .push(AssignmentChange::Assigned(parts));
+                self.record(AssignmentChange::Assigned(parts));
                 if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
@@ -170,10 +171,7 @@ impl ConsumerContext for SourceContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let parts = partitions_of(tpl);
                 tracing::info!(partitions = %describe(parts.iter()), "revoked");
-                self.changes
-                    .lock()
-                    .expect("poisoned")
-                    .push(AssignmentChange::Revoked(parts));
+                self.record(AssignmentChange::Revoked(parts));
                 if cooperative {
                     consumer.incremental_unassign(tpl)
                 } else {
