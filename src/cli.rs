@@ -97,6 +97,10 @@ pub struct PipelineArgs {
     /// Pipeline name, part of every txn appId (overrides pipeline.name).
     #[arg(long)]
     pub name: Option<String>,
+    /// Do not run the derived pipelines (signals, alerts) in this process: for extra workers of
+    /// a scaled-out group, where one deriver per lakehouse is enough.
+    #[arg(long)]
+    pub no_derive: bool,
 }
 
 #[derive(Debug, Args)]
@@ -275,6 +279,7 @@ pub fn pipeline_options(config: &Config, brokers: &str) -> PipelineOptions {
         target_file_bytes: config.pipeline.target_file_mb * 1024 * 1024,
         stop_after: None,
         freshness: None,
+        definitions: config.pipeline.definitions.clone(),
     }
 }
 
@@ -324,8 +329,24 @@ async fn pipeline(mut config: Config, args: PipelineArgs) -> anyhow::Result<()> 
         .context("binding serve.addr")?;
     tracing::info!("metrics at http://{addr}/metrics");
     let opts = pipeline_options(&config, &brokers);
-    let stats = crate::pipeline::run_with_restarts(&config.kafka, &lake, &opts, stop).await?;
-    println!("{}", serde_json::to_string(&stats)?);
+    let definitions =
+        crate::pipeline::definition::Definitions::from_config(&config.pipeline.definitions).await?;
+    let (derive_stop, derive_rx) = watch::channel(args.no_derive);
+    let deriver = (!args.no_derive).then(|| {
+        tokio::spawn(crate::pipeline::derive::run(
+            lake.clone(),
+            definitions,
+            Duration::from_millis(config.pipeline.derive_interval_ms),
+            derive_rx,
+        ))
+    });
+    let stats = crate::pipeline::run_with_restarts(&config.kafka, &lake, &opts, stop).await;
+    // One last derive round over everything the pipeline committed.
+    let _ = derive_stop.send(true);
+    if let Some(d) = deriver {
+        d.await.context("deriver task")?;
+    }
+    println!("{}", serde_json::to_string(&stats?)?);
     Ok(())
 }
 

@@ -50,6 +50,8 @@ pub struct PipelineConfig {
     pub batch_max_ms: u64,
     pub idle_commit_secs: u64,
     pub target_file_mb: u64,
+    pub definitions: String,
+    pub derive_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -128,6 +128,28 @@ pub mod events {
         }
     }
 
+    /// A derived pipeline (signals, alerts) recomputed its sink.
+    pub struct PipelineDerived<'a> {
+        pub pipeline: &'a str,
+        pub rows: u64,
+        pub millis: u64,
+    }
+
+    impl PipelineDerived<'_> {
+        pub fn emit(&self) {
+            tracing::debug!(
+                pipeline = self.pipeline,
+                rows = self.rows,
+                ms = self.millis,
+                "derived pipeline ran"
+            );
+            counter!("millstream_derived_runs_total", "pipeline" => self.pipeline.to_string())
+                .increment(1);
+            histogram!("millstream_derived_seconds", "pipeline" => self.pipeline.to_string())
+                .record(self.millis as f64 / 1000.0);
+        }
+    }
+
     pub struct BatchCommitted {
         pub records: u64,
         pub bytes: u64,

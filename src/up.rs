@@ -93,6 +93,15 @@ pub async fn run(config: Config, args: UpArgs) -> anyhow::Result<()> {
             async move { crate::pipeline::run_with_restarts(&kafka, &lake, &opts, stop).await },
         )
     };
+    let definitions =
+        crate::pipeline::definition::Definitions::from_config(&config.pipeline.definitions).await?;
+    let (derive_stop, derive_rx) = tokio::sync::watch::channel(false);
+    let deriver = tokio::spawn(crate::pipeline::derive::run(
+        lake.clone(),
+        definitions,
+        Duration::from_millis(config.pipeline.derive_interval_ms),
+        derive_rx,
+    ));
     let maintenance = {
         let (lake, mopts, mut stop) = (lake.clone(), maintain_options(&config, true), stop.clone());
         let every = Duration::from_secs(config.maintain.interval_secs);
@@ -114,6 +123,9 @@ pub async fn run(config: Config, args: UpArgs) -> anyhow::Result<()> {
     }
 
     let stats = pipeline.await.context("pipeline task")??;
+    // One last derive round over everything the pipeline committed.
+    let _ = derive_stop.send(true);
+    deriver.await.context("deriver task")?;
     maintenance.abort();
     let _ = server.await;
     drop(embedded);
@@ -132,6 +144,11 @@ pub async fn run(config: Config, args: UpArgs) -> anyhow::Result<()> {
         "ops.dead_letters",
         "iot.anomalies",
         "iot.sensor_state",
+        "iot.maintenance_alerts",
+        "supply_chain.inventory",
+        "supply_chain.shortage_signals",
+        "sales.churn_signals",
+        "ops.alerts",
     ] {
         if let Ok(n) = crate::cli::count_rows(&lake, name).await {
             println!("  {name:<34} {n:>10} rows");
@@ -154,7 +171,17 @@ async fn simulate(
         crate::sim::produce_all(&producer, &history, "history").await?;
     }
     let rate = args.rate.unwrap_or(config.simulate.rate);
+    // Sensor faults over a year of simulated time; the world's supply and sales faults are
+    // always on (see sim::world).
+    let plan = crate::sim::faults::FaultPlan::draw(
+        config.simulate.seed,
+        config.simulate.devices,
+        config.simulate.start,
+        chrono::Duration::days(365),
+        &crate::sim::faults::FaultRates::default(),
+    );
     let mut generator =
-        crate::sim::stream::Generator::new(&config.simulate, run_id, config.simulate.start, rate);
+        crate::sim::stream::Generator::new(&config.simulate, run_id, config.simulate.start, rate)
+            .with_faults(plan);
     Ok(crate::sim::produce_live(&producer, &mut generator, rate, None, stop).await?)
 }

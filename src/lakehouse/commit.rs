@@ -174,3 +174,77 @@ fn classify(table_name: &str, e: deltalake::DeltaTableError) -> Error {
         e => Error::delta(table_name, e),
     }
 }
+
+/// Merges `source` into the table by the sink's key (matched rows updated, others inserted) and
+/// records `offsets` in the same commit. A concurrent commit that touched the same files makes
+/// delta-rs refuse the merge; it is rerun on the new version (a few times), unless the conflict
+/// is on our own app ids, which means another worker owns the partition
+/// ([`Error::ConflictingOffsets`]).
+pub async fn merge(
+    mut table: DeltaTable,
+    table_name: &str,
+    sink: &crate::pipeline::definition::Sink,
+    pipeline: &str,
+    source: datafusion::prelude::DataFrame,
+    offsets: &Offsets,
+) -> Result<DeltaTable> {
+    let predicate = sink
+        .key
+        .iter()
+        .map(|k| format!("target.{k} = source.{k}"))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let mut attempt = 0;
+    loop {
+        let props = CommitProperties::default()
+            .with_application_transactions(transactions(pipeline, offsets))
+            .with_metadata([(
+                "millstream.pipeline".to_string(),
+                serde_json::Value::from(pipeline),
+            )]);
+        let result = table
+            .clone()
+            .merge(source.clone(), predicate.as_str())
+            .with_source_alias("source")
+            .with_target_alias("target")
+            .when_matched_update(|mut u| {
+                for (c, e) in &sink.update {
+                    u = u.update(c.as_str(), e.as_str());
+                }
+                u
+            })
+            .and_then(|b| {
+                b.when_not_matched_insert(|mut i| {
+                    for (c, e) in &sink.insert {
+                        i = i.set(c.as_str(), e.as_str());
+                    }
+                    i
+                })
+            })
+            .map_err(|e| Error::delta(table_name, e))?
+            .with_commit_properties(props)
+            .with_writer_properties(writer_properties())
+            .await;
+        match result {
+            Ok((t, _metrics)) => return Ok(t),
+            Err(e) => match classify(table_name, e) {
+                Error::Delta {
+                    source: deltalake::DeltaTableError::Transaction { .. },
+                    ..
+                } if attempt < 5 => {
+                    attempt += 1;
+                    tracing::debug!(
+                        table = table_name,
+                        attempt,
+                        "merge conflicted; rerunning on the new version"
+                    );
+                    table
+                        .update_state()
+                        .await
+                        .map_err(|e| Error::delta(table_name, e))?;
+                }
+                e => return Err(e),
+            },
+        }
+    }
+}

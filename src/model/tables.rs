@@ -125,6 +125,26 @@ const SOURCES: &[(&str, &str)] = &[
         "support.tickets.toml",
         include_str!("../../schemas/tables/support.tickets.toml"),
     ),
+    (
+        "supply_chain.purchase_orders.toml",
+        include_str!("../../schemas/tables/supply_chain.purchase_orders.toml"),
+    ),
+    (
+        "supply_chain.shortage_signals.toml",
+        include_str!("../../schemas/tables/supply_chain.shortage_signals.toml"),
+    ),
+    (
+        "sales.churn_signals.toml",
+        include_str!("../../schemas/tables/sales.churn_signals.toml"),
+    ),
+    (
+        "iot.maintenance_alerts.toml",
+        include_str!("../../schemas/tables/iot.maintenance_alerts.toml"),
+    ),
+    (
+        "ops.alerts.toml",
+        include_str!("../../schemas/tables/ops.alerts.toml"),
+    ),
 ];
 
 /// Parses and checks every embedded definition. Problems from all files are reported together.

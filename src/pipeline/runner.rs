@@ -31,6 +31,8 @@ use crate::error::{Error, Result};
 use crate::lakehouse::Lakehouse;
 use crate::lakehouse::commit::{self, Offsets, SourcePartition};
 use crate::model::EventKind;
+use crate::pipeline::definition::Definition;
+use crate::pipeline::definition::Definitions;
 use crate::signals::iot::{self, IotSignals};
 use crate::source::{AssignmentChange, PositionResolver, RawRecord, Source};
 use crate::telemetry::events;
@@ -50,6 +52,8 @@ pub struct PipelineOptions {
     pub stop_after: Option<u64>,
     /// Collects, per committed record, commit time minus Kafka timestamp in ms (benchmarks).
     pub freshness: Option<Arc<Mutex<Vec<u32>>>>,
+    /// Pipeline definitions directory; empty for the built-in ones.
+    pub definitions: String,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -78,12 +82,17 @@ enum Role {
     Anomalies,
     /// Detector state, replaced per source partition, committed after the anomalies.
     SensorState,
+    /// A table kept by MERGE from each batch's new bronze rows of a stream, through a
+    /// `pipelines/` definition with a `batch` input (e.g. the inventory position).
+    Merge(EventKind, &'static str),
 }
 
 /// A sink table and what this worker knows is durable in it.
 struct Sink {
     table: DeltaTable,
     role: Role,
+    /// For [`Role::Merge`]: the definition, and the lakehouse its SQL reads.
+    merge: Option<(Arc<Definition>, Lakehouse)>,
     durable: Offsets,
     /// Offsets processed with nothing to write here, not yet recorded in the table.
     pending: Offsets,
@@ -97,6 +106,7 @@ impl Role {
             Role::DeadLetters => DEAD_LETTERS,
             Role::Anomalies => iot::ANOMALIES_TABLE,
             Role::SensorState => iot::STATE_TABLE,
+            Role::Merge(_, table) => table,
         }
     }
 
@@ -106,6 +116,7 @@ impl Role {
             Role::Bronze(k) => Some(k.topic()),
             Role::DeadLetters => None,
             Role::Anomalies | Role::SensorState => Some(EventKind::Telemetry.topic()),
+            Role::Merge(k, _) => Some(k.topic()),
         }
     }
 
@@ -117,9 +128,16 @@ impl Role {
     }
 
     /// Every sink of the pipeline, in commit order: the state table last, so it never runs
-    /// ahead of the anomalies derived from it.
-    fn all() -> Vec<Role> {
+    /// ahead of the anomalies derived from it. Merge sinks come from the definitions.
+    fn all(defs: &Definitions) -> Vec<Role> {
         let mut roles: Vec<Role> = EventKind::ALL.into_iter().map(Role::Bronze).collect();
+        for kind in EventKind::ALL {
+            if let Some(d) = defs.batch_pipeline(kind.bronze_table())
+                && let Ok(t) = crate::model::tables::get(&d.sink.table)
+            {
+                roles.push(Role::Merge(kind, t.name.as_str()));
+            }
+        }
         roles.extend([Role::DeadLetters, Role::Anomalies, Role::SensorState]);
         roles
     }
@@ -145,9 +163,10 @@ impl Sink {
 }
 
 /// The sinks each source topic feeds.
-fn sink_names(topic: &str) -> Vec<&'static str> {
-    Role::all()
-        .into_iter()
+fn sink_names(topic: &str, roles: &[Role]) -> Vec<&'static str> {
+    roles
+        .iter()
+        .copied()
         .filter(|r| r.feeds_from(topic))
         .map(Role::table)
         .collect()
@@ -155,17 +174,18 @@ fn sink_names(topic: &str) -> Vec<&'static str> {
 
 /// Reads where each partition must resume: one past the lowest txn version over the sinks it
 /// feeds; from the beginning when any of them has never recorded it.
-pub fn resolver(lake: Lakehouse, pipeline: String) -> PositionResolver {
+fn resolver(lake: Lakehouse, pipeline: String, roles: Vec<Role>) -> PositionResolver {
     Arc::new(move |parts: Vec<SourcePartition>| {
         let lake = lake.clone();
         let pipeline = pipeline.clone();
+        let roles = roles.clone();
         async move {
             let mut tables: HashMap<&'static str, DeltaTable> = HashMap::new();
             let mut out = BTreeMap::new();
             for p in parts {
                 let mut next: Option<i64> = None;
                 let mut missing = false;
-                for name in sink_names(&p.topic) {
+                for name in sink_names(&p.topic, &roles) {
                     if !tables.contains_key(name) {
                         tables.insert(name, lake.ensure(name).await?);
                     }
@@ -193,9 +213,18 @@ pub async fn run(
     opts: &PipelineOptions,
     mut stop: watch::Receiver<bool>,
 ) -> Result<RunStats> {
+    let defs = Definitions::from_config(&opts.definitions).await?;
+    let roles = Role::all(&defs);
     let mut sinks = Vec::new();
-    for role in Role::all() {
-        sinks.push(open_sink(lake, role).await?);
+    for role in roles.iter().copied() {
+        let mut sink = open_sink(lake, role).await?;
+        if let Role::Merge(kind, _) = role {
+            let def = defs
+                .batch_pipeline(kind.bronze_table())
+                .expect("merge roles come from definitions");
+            sink.merge = Some((Arc::new(def.clone()), lake.clone()));
+        }
+        sinks.push(sink);
     }
     let mut iot = IotSignals::new();
     let decoders: Arc<BTreeMap<EventKind, BronzeDecoder>> = Arc::new(
@@ -211,7 +240,7 @@ pub async fn run(
         &opts.brokers,
         &opts.group_id,
         &topics,
-        resolver(lake.clone(), opts.name.clone()),
+        resolver(lake.clone(), opts.name.clone(), roles),
     )?;
     tracing::info!(pipeline = %opts.name, brokers = %opts.brokers, group = %opts.group_id, lakehouse = %lake.root().display(), "pipeline started");
 
@@ -265,6 +294,7 @@ async fn open_sink(lake: &Lakehouse, role: Role) -> Result<Sink> {
     Ok(Sink {
         table: lake.ensure(role.table()).await?,
         role,
+        merge: None,
         durable: Offsets::new(),
         pending: Offsets::new(),
         last_commit: Instant::now(),
@@ -545,15 +575,34 @@ async fn process_batch(
     let (mut data_sinks, mut signal_sinks): (Vec<&mut Sink>, Vec<&mut Sink>) = sinks
         .iter_mut()
         .partition(|s| !matches!(s.role, Role::Anomalies | Role::SensorState));
+    let merge_inputs: BTreeMap<&'static str, Vec<RecordBatch>> = data_sinks
+        .iter()
+        .filter_map(|s| match s.role {
+            Role::Merge(kind, table) => Some((
+                table,
+                rows.get(kind.bronze_table()).cloned().unwrap_or_default(),
+            )),
+            _ => None,
+        })
+        .collect();
     let mut data_commits = Vec::new();
     for sink in data_sinks.iter_mut() {
-        let batches = rows.remove(sink.name()).unwrap_or_default();
+        let batches = match sink.role {
+            Role::Merge(_, table) => merge_inputs[table].clone(),
+            _ => rows.remove(sink.name()).unwrap_or_default(),
+        };
         if let Some((batches, n)) = prepare(sink, &last, batches)? {
-            data_commits.push(async move {
-                commit_sink(sink, &opts.name, batches, opts.target_file_bytes, None)
-                    .await
+            data_commits.push(
+                async move {
+                    if sink.merge.is_some() {
+                        merge_sink(sink, &opts.name, batches).await
+                    } else {
+                        commit_sink(sink, &opts.name, batches, opts.target_file_bytes, None).await
+                    }
                     .map(|()| (sink.name(), n))
-            });
+                }
+                .boxed(),
+            );
         }
     }
     let signals = async {
@@ -634,7 +683,7 @@ fn not_yet_durable(batch: RecordBatch, sink: &Sink) -> Result<RecordBatch> {
     let (pcol, ocol) = match sink.role {
         Role::SensorState => return Ok(batch), // replaced per partition, not appended
         Role::DeadLetters => ("partition", "offset"),
-        Role::Bronze(_) | Role::Anomalies => ("_partition", "_offset"),
+        Role::Bronze(_) | Role::Anomalies | Role::Merge(..) => ("_partition", "_offset"),
     };
     let parts = batch
         .column_by_name(pcol)
@@ -737,6 +786,47 @@ async fn commit_sink(
     )
     .await
     {
+        Ok(table) => {
+            sink.table = table;
+            for (p, o) in offsets {
+                let d = sink.durable.entry(p).or_insert(o);
+                *d = (*d).max(o);
+            }
+            sink.last_commit = Instant::now();
+            Ok(())
+        }
+        Err(e) => {
+            sink.pending = offsets;
+            Err(e)
+        }
+    }
+}
+
+/// Runs the sink's `pipelines/` SQL over the batch's new rows (as `batch`) and merges the
+/// result into the table with the sink's pending offsets.
+async fn merge_sink(sink: &mut Sink, pipeline: &str, batches: Vec<RecordBatch>) -> Result<()> {
+    let (def, lake) = sink.merge.clone().expect("a merge sink");
+    let offsets = std::mem::take(&mut sink.pending);
+    let result = async {
+        let schema = batches
+            .first()
+            .map(|b| b.schema())
+            .ok_or_else(|| Error::Internal("merge without rows".into()))?;
+        let ctx = super::session::lake(&lake, &Definitions::empty()).await?;
+        let ctx = super::session::with_batch(&ctx, schema, batches)?;
+        let source = ctx.sql(&def.sql).await?;
+        commit::merge(
+            sink.table.clone(),
+            sink.role.table(),
+            &def.sink,
+            pipeline,
+            source,
+            &offsets,
+        )
+        .await
+    }
+    .await;
+    match result {
         Ok(table) => {
             sink.table = table;
             for (p, o) in offsets {

@@ -5,6 +5,7 @@
 pub mod faults;
 pub mod reference;
 pub mod stream;
+pub mod world;
 
 use std::time::{Duration, Instant};
 

@@ -31,6 +31,25 @@ pub fn supplier_id(i: usize) -> String {
 pub fn customer_id(i: usize) -> String {
     format!("C-{:04}", i + 1)
 }
+fn supplier_index(id: &str) -> usize {
+    id.trim_start_matches("S-").parse::<usize>().unwrap_or(1) - 1
+}
+
+/// Days of demand the reorder point holds beyond the supplier's lead time.
+pub const SAFETY_DAYS: f64 = 7.0;
+
+/// Units per day a position consumes: its reorder point covers the lead time plus
+/// [`SAFETY_DAYS`] of demand.
+pub fn daily_demand(reorder_point: i64, lead_time_days: i32) -> f64 {
+    reorder_point as f64 / (lead_time_days as f64 + SAFETY_DAYS)
+}
+
+/// Units a replenishment order brings: the lead time plus two weeks of demand, so one order
+/// in flight at a time keeps a position above its reorder point.
+pub fn order_quantity(daily_demand: f64, lead_time_days: i32) -> i64 {
+    (daily_demand * (lead_time_days as f64 + 14.0)).round() as i64
+}
+
 /// Region of warehouse `i`: warehouses are spread over the regions in order.
 pub fn warehouse_region(i: usize) -> &'static str {
     REGIONS[i % REGIONS.len()]
@@ -123,27 +142,33 @@ pub fn generate(cfg: &SimulateConfig) -> ReferenceData {
         .map(|i| {
             let cost = (rng.random_range(0.5..500.0f64) * 100.0).round() / 100.0;
             let category = CATEGORIES[i % CATEGORIES.len()];
+            let supplier = rng.random_range(0..cfg.suppliers);
+            let reorder_point = rng.random_range(50..400);
+            let demand = daily_demand(reorder_point, suppliers[supplier].lead_time_days);
             Part {
                 part_id: part_id(i),
                 name: format!("{} item {}", category, i + 1),
                 category: category.to_string(),
-                supplier_id: supplier_id(rng.random_range(0..cfg.suppliers)),
+                supplier_id: supplier_id(supplier),
                 unit_cost: cost,
                 unit_price: (cost * rng.random_range(1.2..1.8) * 100.0).round() / 100.0,
-                reorder_point: rng.random_range(50..400),
-                safety_stock: rng.random_range(20..150),
+                reorder_point,
+                safety_stock: (demand * SAFETY_DAYS).round() as i64,
             }
         })
         .collect();
     let mut inventory = Vec::with_capacity(cfg.parts * cfg.warehouses);
     for p in &parts {
+        let lead = suppliers[supplier_index(&p.supplier_id)].lead_time_days;
+        let order = order_quantity(daily_demand(p.reorder_point, lead), lead);
         for w in 0..cfg.warehouses {
+            let reserved = rng.random_range(0..20);
             inventory.push(InventoryPosition {
                 part_id: p.part_id.clone(),
                 warehouse_id: warehouse_id(w),
                 region: warehouse_region(w).to_string(),
-                on_hand: rng.random_range(p.safety_stock..p.reorder_point * 4),
-                reserved: rng.random_range(0..20),
+                on_hand: reserved + p.reorder_point + rng.random_range(1..order.max(2)),
+                reserved,
                 updated_at: start,
             });
         }

@@ -11,6 +11,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::faults::{FaultPlan, InjectorState, Normal};
 use super::reference::{REGIONS, customer_id, part_id, supplier_id, warehouse_id};
+use super::world::{GroundTruth, Happening, World, WorldRates};
 use crate::broker::topics;
 use crate::config::SimulateConfig;
 use crate::model::events::*;
@@ -51,6 +52,8 @@ pub struct Generator {
     shipment_seq: u64,
     malformed_ratio: f64,
     faults: Option<Faults>,
+    world: World,
+    telemetry: bool,
 }
 
 /// Fault injection attached to a generator, with its own RNG so the event stream stays the same.
@@ -87,7 +90,33 @@ impl Generator {
             shipment_seq: 0,
             malformed_ratio: cfg.malformed_ratio,
             faults: None,
+            world: World::new(
+                cfg,
+                run_id,
+                start,
+                Duration::days(365),
+                &WorldRates::default(),
+            ),
+            telemetry: true,
         }
+    }
+
+    /// Replaces the world with one whose faults are drawn at `rates` over `horizon`.
+    pub fn with_world(mut self, rates: &WorldRates, horizon: Duration) -> Self {
+        self.world = World::new(&self.cfg, &self.run_id, self.now, horizon, rates);
+        self
+    }
+
+    /// Only the world's streams (inventory, shipments, sales): time jumps from one world event
+    /// to the next. For evaluations that do not need telemetry.
+    pub fn without_telemetry(mut self) -> Self {
+        self.telemetry = false;
+        self
+    }
+
+    /// What the world injected and what happened so far.
+    pub fn truth(&self) -> &GroundTruth {
+        self.world.truth()
     }
 
     /// Injects the faults of `plan` into telemetry (see [`super::faults`]).
@@ -115,24 +144,97 @@ impl Generator {
         format!("{prefix}-{}-{}", self.run_id, self.seq)
     }
 
-    /// The next live event (mix: 80 % telemetry, 10 % inventory, 6 % sales, 4 % shipments).
+    /// The next live event: the world's next due event (a stock movement, shipment status or
+    /// sale) if one is due, else a telemetry reading one step later.
     pub fn next_event(&mut self) -> SimEvent {
-        self.now += self.step;
-        let roll: f64 = self.rng.random();
-        let mut ev = if roll < 0.80 {
-            self.telemetry()
-        } else if roll < 0.90 {
-            self.movement()
-        } else if roll < 0.96 {
-            self.sale()
-        } else {
-            self.shipment()
+        let mut ev = loop {
+            if let Some((at, h)) = self.world.pop_due(self.now) {
+                break self.happening(at, h);
+            }
+            if self.telemetry {
+                self.now += self.step;
+                break self.telemetry();
+            }
+            let next = self.world.next_due().expect("the world always has work");
+            self.now = self.now.max(next);
         };
         if self.malformed_ratio > 0.0 && self.rng.random_bool(self.malformed_ratio) {
             ev.payload = self.corrupt(&ev.payload);
             ev.malformed = true;
         }
         ev
+    }
+
+    fn happening(&mut self, at: DateTime<Utc>, h: Happening) -> SimEvent {
+        match h {
+            Happening::Movement {
+                part,
+                warehouse,
+                receipt,
+                quantity,
+                reference,
+            } => {
+                let m = InventoryMovement {
+                    event_id: self.event_id("mov"),
+                    part_id: part_id(part),
+                    warehouse_id: warehouse_id(warehouse),
+                    movement_type: if receipt {
+                        MovementType::Receipt
+                    } else {
+                        MovementType::Consumption
+                    },
+                    quantity,
+                    reference: Some(reference),
+                    ts: at,
+                };
+                SimEvent {
+                    topic: topics::INVENTORY,
+                    key: format!("{}@{}", m.part_id, m.warehouse_id),
+                    payload: json(&m),
+                    malformed: false,
+                }
+            }
+            Happening::Shipment {
+                id,
+                supplier,
+                part,
+                warehouse,
+                quantity,
+                stage,
+                eta,
+            } => {
+                let e = ShipmentEvent {
+                    event_id: self.event_id("shp"),
+                    shipment_id: id,
+                    supplier_id: supplier_id(supplier),
+                    part_id: part_id(part),
+                    warehouse_id: warehouse_id(warehouse),
+                    quantity,
+                    status: match stage {
+                        0 => ShipmentStatus::Created,
+                        1 => ShipmentStatus::InTransit,
+                        2 => ShipmentStatus::Delayed,
+                        _ => ShipmentStatus::Delivered,
+                    },
+                    carrier: ["DHL", "Kuehne+Nagel", "Maersk", "UPS"][supplier % 4].to_string(),
+                    eta,
+                    po_id: None,
+                    ts: at,
+                };
+                SimEvent {
+                    topic: topics::SHIPMENTS,
+                    key: e.shipment_id.clone(),
+                    payload: json(&e),
+                    malformed: false,
+                }
+            }
+            Happening::Sale { customer } => {
+                let saved = std::mem::replace(&mut self.now, at);
+                let e = self.sale_for(customer);
+                self.now = saved;
+                e
+            }
+        }
     }
 
     fn corrupt(&mut self, payload: &[u8]) -> Vec<u8> {
@@ -198,42 +300,6 @@ impl Generator {
         }
     }
 
-    pub fn movement(&mut self) -> SimEvent {
-        let (p, w) = (
-            self.rng.random_range(0..self.cfg.parts),
-            self.rng.random_range(0..self.cfg.warehouses),
-        );
-        let consumption = self.rng.random_bool(0.85);
-        let m = InventoryMovement {
-            event_id: self.event_id("mov"),
-            part_id: part_id(p),
-            warehouse_id: warehouse_id(w),
-            movement_type: if consumption {
-                MovementType::Consumption
-            } else {
-                MovementType::Adjustment
-            },
-            quantity: if consumption {
-                self.rng.random_range(1..20)
-            } else {
-                self.rng.random_range(1..10) * if self.rng.random_bool(0.5) { 1 } else { -1 }
-            },
-            reference: consumption.then(|| format!("WO-{}", self.rng.random_range(10000..99999))),
-            ts: self.now,
-        };
-        SimEvent {
-            topic: topics::INVENTORY,
-            key: format!("{}@{}", m.part_id, m.warehouse_id),
-            payload: json(&m),
-            malformed: false,
-        }
-    }
-
-    pub fn sale(&mut self) -> SimEvent {
-        let c = self.rng.random_range(0..self.cfg.customers);
-        self.sale_for(c)
-    }
-
     pub fn sale_for(&mut self, c: usize) -> SimEvent {
         let qty = self.rng.random_range(1..50i64);
         let price = (self.rng.random_range(2.0..800.0f64) * 100.0).round() / 100.0;
@@ -260,16 +326,6 @@ impl Generator {
             payload: json(&t),
             malformed: false,
         }
-    }
-
-    /// Advances an open shipment one step (created → in transit → maybe delayed → delivered), or
-    /// opens a new one.
-    pub fn shipment(&mut self) -> SimEvent {
-        if self.shipments.len() < 8 || self.rng.random_bool(0.3) {
-            self.open_shipment();
-        }
-        let i = self.rng.random_range(0..self.shipments.len());
-        self.advance_shipment(i)
     }
 
     fn open_shipment(&mut self) {

@@ -256,6 +256,40 @@ pub async fn assert_exact(lake: &Lakehouse, per_table: &BTreeMap<&'static str, i
         .unwrap();
     assert_eq!(dead, bad, "dead letters");
     assert_eq!(dead_offsets, dead, "duplicate dead letters");
+    assert_inventory_is_net_movements(lake).await;
+}
+
+/// The MERGE-kept inventory holds, per position, exactly the net of its movements (tests seed
+/// no reference stock, so positions start at zero): a movement merged twice or never shows.
+pub async fn assert_inventory_is_net_movements(lake: &Lakehouse) {
+    let positions = lake
+        .sql_i64("SELECT count(*) FROM supply_chain.inventory")
+        .await
+        .unwrap();
+    let moved = lake
+        .sql_i64(
+            "SELECT count(*) FROM (SELECT DISTINCT part_id, warehouse_id \
+             FROM supply_chain.inventory_movements)",
+        )
+        .await
+        .unwrap();
+    assert_eq!(positions, moved, "one inventory row per position moved");
+    let wrong = lake
+        .sql_i64(
+            "SELECT count(*) FROM supply_chain.inventory i \
+             JOIN (SELECT part_id, warehouse_id, sum(CASE movement_type \
+                     WHEN 'consumption' THEN -quantity WHEN 'transfer_out' THEN -quantity \
+                     ELSE quantity END) AS net \
+                   FROM supply_chain.inventory_movements GROUP BY part_id, warehouse_id) m \
+               ON m.part_id = i.part_id AND m.warehouse_id = i.warehouse_id \
+             WHERE i.on_hand <> m.net",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        wrong, 0,
+        "inventory positions that differ from their net movements"
+    );
 }
 
 /// A string-like column (Utf8, LargeUtf8 or Utf8View) as owned strings.

@@ -1,0 +1,608 @@
+//! Pipeline definitions: `pipelines/<name>.toml` names the input, the SQL file and the sink.
+//!
+//! ```toml
+//! description = "…"
+//! sql = "shortage_signals.sql"
+//! [input]
+//! tables = ["supply_chain.inventory", …]   # recomputed when any of them has a new version
+//! # batch = "supply_chain.inventory_movements"   # or: each micro-batch's new rows, as `batch`
+//! # after = ["other_pipeline"]                   # run after these in a round
+//! [sink]
+//! table = "supply_chain.shortage_signals"
+//! mode = "replace"                          # replace | append | merge (with key, update, insert)
+//! ```
+//!
+//! Loading checks everything before anything runs, and reports every problem at once with the
+//! file and line it is on: unknown keys and tables, missing SQL files, SQL that does not parse or
+//! plan against the catalog, and result columns that do not fit the sink table. The built-in
+//! definitions (this repository's `pipelines/`) are embedded in the binary; `pipeline.definitions`
+//! points at a directory to load instead.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::error::{Error, Result};
+use crate::model::tables;
+
+/// The embedded `pipelines/` directory: (file name, contents).
+const BUILT_IN: &[(&str, &str)] = &[
+    (
+        "inventory.toml",
+        include_str!("../../pipelines/inventory.toml"),
+    ),
+    (
+        "inventory.sql",
+        include_str!("../../pipelines/inventory.sql"),
+    ),
+    (
+        "shortage_signals.toml",
+        include_str!("../../pipelines/shortage_signals.toml"),
+    ),
+    (
+        "shortage_signals.sql",
+        include_str!("../../pipelines/shortage_signals.sql"),
+    ),
+    (
+        "churn_signals.toml",
+        include_str!("../../pipelines/churn_signals.toml"),
+    ),
+    (
+        "churn_signals.sql",
+        include_str!("../../pipelines/churn_signals.sql"),
+    ),
+    (
+        "maintenance_alerts.toml",
+        include_str!("../../pipelines/maintenance_alerts.toml"),
+    ),
+    (
+        "maintenance_alerts.sql",
+        include_str!("../../pipelines/maintenance_alerts.sql"),
+    ),
+    ("alerts.toml", include_str!("../../pipelines/alerts.toml")),
+    ("alerts.sql", include_str!("../../pipelines/alerts.sql")),
+    (
+        "views/get_inventory_status.sql",
+        include_str!("../../pipelines/views/get_inventory_status.sql"),
+    ),
+    (
+        "views/track_shipments.sql",
+        include_str!("../../pipelines/views/track_shipments.sql"),
+    ),
+    (
+        "views/lookup_customer_info.sql",
+        include_str!("../../pipelines/views/lookup_customer_info.sql"),
+    ),
+];
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefinition {
+    description: String,
+    sql: Spanned<String>,
+    input: RawInput,
+    sink: RawSink,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInput {
+    #[serde(default)]
+    tables: Vec<Spanned<String>>,
+    batch: Option<Spanned<String>>,
+    #[serde(default)]
+    after: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSink {
+    table: Spanned<String>,
+    mode: Spanned<SinkMode>,
+    #[serde(default)]
+    key: Vec<Spanned<String>>,
+    #[serde(default)]
+    update: BTreeMap<Spanned<String>, String>,
+    #[serde(default)]
+    insert: BTreeMap<Spanned<String>, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkMode {
+    /// The result is the table's whole new content.
+    Replace,
+    /// The result is appended.
+    Append,
+    /// The result is merged by key: matched rows updated, others inserted.
+    Merge,
+}
+
+/// What a pipeline reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// Recomputed from these tables when any of them changes.
+    Tables(Vec<String>),
+    /// Each micro-batch's new rows of this bronze table, registered as `batch`.
+    Batch(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Sink {
+    pub table: String,
+    pub mode: SinkMode,
+    pub key: Vec<String>,
+    pub update: BTreeMap<String, String>,
+    pub insert: BTreeMap<String, String>,
+}
+
+/// One checked pipeline definition.
+#[derive(Debug, Clone)]
+pub struct Definition {
+    pub name: String,
+    pub description: String,
+    pub input: Input,
+    pub after: Vec<String>,
+    /// The SQL file name, for messages.
+    pub sql_file: String,
+    pub sql: String,
+    pub sink: Sink,
+}
+
+/// All pipeline definitions and views, in run order (a pipeline after the ones it names).
+#[derive(Debug, Clone)]
+pub struct Definitions {
+    pub pipelines: Vec<Definition>,
+    /// View name → SQL (`pipelines/views/<name>.sql`).
+    pub views: BTreeMap<String, String>,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+impl Definitions {
+    /// No pipelines and no views.
+    pub fn empty() -> Definitions {
+        Definitions {
+            pipelines: Vec::new(),
+            views: BTreeMap::new(),
+        }
+    }
+
+    /// The definitions compiled into the binary.
+    pub async fn built_in() -> Result<Definitions> {
+        let files: BTreeMap<String, String> = BUILT_IN
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.to_string()))
+            .collect();
+        Self::from_files(&files).await
+    }
+
+    /// Loads `dir/*.toml`, the SQL files they name and `dir/views/*.sql`.
+    pub async fn load_dir(dir: &Path) -> Result<Definitions> {
+        let mut files = BTreeMap::new();
+        let read = |p: &Path| {
+            std::fs::read_to_string(p)
+                .map_err(|e| Error::Config(vec![format!("{}: cannot read: {e}", p.display())]))
+        };
+        let entries = std::fs::read_dir(dir).map_err(|e| {
+            Error::Config(vec![format!(
+                "pipeline definitions {}: cannot read the directory: {e}",
+                dir.display()
+            )])
+        })?;
+        for e in entries {
+            let path = e?.path();
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string();
+            if name.ends_with(".toml") || name.ends_with(".sql") {
+                files.insert(name, read(&path)?);
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(dir.join("views")) {
+            for e in entries {
+                let path = e?.path();
+                let name = path
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .to_string();
+                if name.ends_with(".sql") {
+                    files.insert(format!("views/{name}"), read(&path)?);
+                }
+            }
+        }
+        Self::from_files(&files).await
+    }
+
+    /// `pipeline.definitions` from the config: a directory, or built-in when empty.
+    pub async fn from_config(dir: &str) -> Result<Definitions> {
+        if dir.is_empty() {
+            Self::built_in().await
+        } else {
+            Self::load_dir(Path::new(dir)).await
+        }
+    }
+
+    /// Parses and checks a set of files (name relative to `pipelines/` → contents).
+    pub async fn from_files(files: &BTreeMap<String, String>) -> Result<Definitions> {
+        let mut problems = Vec::new();
+        let mut pipelines = Vec::new();
+        for (file, text) in files.iter().filter(|(f, _)| f.ends_with(".toml")) {
+            match parse(file, text, files) {
+                Ok(def) => pipelines.push(def),
+                Err(p) => problems.extend(p),
+            }
+        }
+        let views: BTreeMap<String, String> = files
+            .iter()
+            .filter_map(|(f, t)| {
+                f.strip_prefix("views/")
+                    .and_then(|n| n.strip_suffix(".sql"))
+                    .map(|n| (n.to_string(), t.clone()))
+            })
+            .collect();
+        let names: Vec<String> = pipelines.iter().map(|d| d.name.clone()).collect();
+        for d in &pipelines {
+            for a in &d.after {
+                if !names.contains(a) {
+                    problems.push(format!(
+                        "pipelines/{}.toml: `after` names unknown pipeline {a:?}",
+                        d.name
+                    ));
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(Error::Config(problems));
+        }
+        let mut defs = Definitions {
+            pipelines: order(pipelines)?,
+            views,
+        };
+        let problems = defs.check_sql().await;
+        if !problems.is_empty() {
+            return Err(Error::Config(problems));
+        }
+        defs.pipelines.shrink_to_fit();
+        Ok(defs)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Definition> {
+        self.pipelines.iter().find(|d| d.name == name)
+    }
+
+    /// The pipeline fed by micro-batches of `table`, if any.
+    pub fn batch_pipeline(&self, table: &str) -> Option<&Definition> {
+        self.pipelines
+            .iter()
+            .find(|d| d.input == Input::Batch(table.to_string()))
+    }
+
+    /// Plans every SQL file against an empty copy of the catalog, and checks its result against
+    /// the sink table, without touching any data.
+    async fn check_sql(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for def in &self.pipelines {
+            let result: Result<SchemaRef> = async {
+                let mut ctx = super::session::memory(self, &BTreeMap::new())?;
+                if let Input::Batch(t) = &def.input {
+                    let schema = tables::get(t)?.arrow_schema();
+                    ctx = super::session::with_batch(&ctx, schema, Vec::new())?;
+                }
+                let df = ctx.sql(&def.sql).await?;
+                Ok(Arc::new(df.schema().as_arrow().clone()))
+            }
+            .await;
+            match result {
+                Ok(schema) => problems.extend(def.check_output(&schema)),
+                Err(e) => problems.push(format!("pipelines/{}: {e}", def.sql_file)),
+            }
+        }
+        for (name, sql) in &self.views {
+            let r: Result<()> = async {
+                let ctx = super::session::memory(self, &BTreeMap::new())?;
+                ctx.sql(sql).await?;
+                Ok(())
+            }
+            .await;
+            if let Err(e) = r {
+                problems.push(format!("pipelines/views/{name}.sql: {e}"));
+            }
+        }
+        problems
+    }
+}
+
+impl Definition {
+    /// Result columns against the sink: every column the sink needs, of a type that casts.
+    fn check_output(&self, out: &SchemaRef) -> Vec<String> {
+        let mut problems = Vec::new();
+        let Ok(sink) = tables::get(&self.sink.table) else {
+            return problems;
+        };
+        let file = format!("pipelines/{}", self.sql_file);
+        let need: Vec<&str> = match self.sink.mode {
+            SinkMode::Merge => self.sink.key.iter().map(String::as_str).collect(),
+            _ => sink.columns.iter().map(|c| c.name.as_str()).collect(),
+        };
+        for col in need {
+            let Some(def) = sink.column(col) else {
+                continue;
+            };
+            match out.field_with_name(col) {
+                Err(_) => problems.push(format!(
+                    "{file}: the result has no column {col:?}, which {} needs",
+                    self.sink.table
+                )),
+                Ok(f) => {
+                    if !castable(f.data_type(), &def.ty.arrow()) {
+                        problems.push(format!(
+                            "{file}: column {col:?} is {}, {} holds {}",
+                            f.data_type(),
+                            self.sink.table,
+                            def.ty.arrow()
+                        ));
+                    }
+                }
+            }
+        }
+        if self.sink.mode != SinkMode::Merge {
+            for f in out.fields() {
+                if sink.column(f.name()).is_none() {
+                    problems.push(format!(
+                        "{file}: result column {:?} is not a column of {}",
+                        f.name(),
+                        self.sink.table
+                    ));
+                }
+            }
+        }
+        problems
+    }
+}
+
+fn castable(from: &DataType, to: &DataType) -> bool {
+    from == to || from == &DataType::Null || arrow::compute::can_cast_types(from, to)
+}
+
+/// Puts each pipeline after the ones it names in `after` (the file order otherwise).
+fn order(mut defs: Vec<Definition>) -> Result<Vec<Definition>> {
+    let mut out: Vec<Definition> = Vec::new();
+    while !defs.is_empty() {
+        let ready = defs
+            .iter()
+            .position(|d| d.after.iter().all(|a| out.iter().any(|o| &o.name == a)))
+            .ok_or_else(|| {
+                Error::Config(vec![format!(
+                    "pipelines: `after` forms a cycle among {:?}",
+                    defs.iter().map(|d| &d.name).collect::<Vec<_>>()
+                )])
+            })?;
+        out.push(defs.remove(ready));
+    }
+    Ok(out)
+}
+
+fn parse(
+    file: &str,
+    text: &str,
+    files: &BTreeMap<String, String>,
+) -> std::result::Result<Definition, Vec<String>> {
+    let path = format!("pipelines/{file}");
+    let raw: RawDefinition = toml::from_str(text).map_err(|e| {
+        let at = e
+            .span()
+            .map(|s| format!(":{}", line_of(text, s.start)))
+            .unwrap_or_default();
+        vec![format!("{path}{at}: {}", e.message())]
+    })?;
+    let mut problems = Vec::new();
+    let at = |span: std::ops::Range<usize>| format!("{path}:{}", line_of(text, span.start));
+    let known_table = |t: &Spanned<String>, problems: &mut Vec<String>| {
+        if tables::get(t.get_ref()).is_err() {
+            problems.push(format!("{}: unknown table {:?}", at(t.span()), t.get_ref()));
+        }
+    };
+    for t in &raw.input.tables {
+        known_table(t, &mut problems);
+    }
+    if let Some(t) = &raw.input.batch {
+        known_table(t, &mut problems);
+    }
+    let input = match (&raw.input.batch, raw.input.tables.is_empty()) {
+        (Some(b), true) => Input::Batch(b.get_ref().clone()),
+        (None, false) => Input::Tables(
+            raw.input
+                .tables
+                .iter()
+                .map(|t| t.get_ref().clone())
+                .collect(),
+        ),
+        _ => {
+            problems.push(format!(
+                "{path}: [input] needs exactly one of `tables` or `batch`"
+            ));
+            Input::Tables(Vec::new())
+        }
+    };
+    known_table(&raw.sink.table, &mut problems);
+    let sink_def = tables::get(raw.sink.table.get_ref()).ok();
+    let column = |c: &Spanned<String>, what: &str, problems: &mut Vec<String>| {
+        if let Some(def) = sink_def
+            && def.column(c.get_ref()).is_none()
+        {
+            problems.push(format!(
+                "{}: {what} {:?} is not a column of {}",
+                at(c.span()),
+                c.get_ref(),
+                def.name
+            ));
+        }
+    };
+    for k in &raw.sink.key {
+        column(k, "key", &mut problems);
+    }
+    for c in raw.sink.update.keys() {
+        column(c, "update column", &mut problems);
+    }
+    for c in raw.sink.insert.keys() {
+        column(c, "insert column", &mut problems);
+    }
+    let mode = *raw.sink.mode.get_ref();
+    if mode == SinkMode::Merge && (raw.sink.key.is_empty() || raw.sink.update.is_empty()) {
+        problems.push(format!(
+            "{}: mode \"merge\" needs `key` and [sink.update]",
+            at(raw.sink.mode.span())
+        ));
+    }
+    if mode != SinkMode::Merge && !(raw.sink.update.is_empty() && raw.sink.insert.is_empty()) {
+        problems.push(format!(
+            "{}: [sink.update] and [sink.insert] apply only to mode \"merge\"",
+            at(raw.sink.mode.span())
+        ));
+    }
+    if let (SinkMode::Merge, Input::Tables(_)) = (mode, &input) {
+        problems.push(format!(
+            "{}: mode \"merge\" needs a `batch` input",
+            at(raw.sink.mode.span())
+        ));
+    }
+    let sql_file = raw.sql.get_ref().clone();
+    let sql = match files.get(&sql_file) {
+        Some(s) => s.clone(),
+        None => {
+            problems.push(format!(
+                "{}: SQL file {sql_file:?} not found next to the definition",
+                at(raw.sql.span())
+            ));
+            String::new()
+        }
+    };
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let plain = |v: &BTreeMap<Spanned<String>, String>| {
+        v.iter()
+            .map(|(k, v)| (k.get_ref().clone(), v.clone()))
+            .collect()
+    };
+    Ok(Definition {
+        name: file.trim_end_matches(".toml").to_string(),
+        description: raw.description,
+        input,
+        after: raw
+            .input
+            .after
+            .iter()
+            .map(|a| a.get_ref().clone())
+            .collect(),
+        sql_file,
+        sql,
+        sink: Sink {
+            table: raw.sink.table.get_ref().clone(),
+            mode,
+            key: raw.sink.key.iter().map(|k| k.get_ref().clone()).collect(),
+            update: plain(&raw.sink.update),
+            insert: plain(&raw.sink.insert),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(extra: &[(&str, &str)]) -> BTreeMap<String, String> {
+        let mut f: BTreeMap<String, String> = BUILT_IN
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.to_string()))
+            .collect();
+        for (n, t) in extra {
+            f.insert(n.to_string(), t.to_string());
+        }
+        f
+    }
+
+    async fn problems(extra: &[(&str, &str)]) -> String {
+        match Definitions::from_files(&files(extra)).await {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[tokio::test]
+    async fn built_in_definitions_load_and_alerts_run_after_the_signals() {
+        let d = Definitions::built_in().await.unwrap();
+        let names: Vec<&str> = d.pipelines.iter().map(|p| p.name.as_str()).collect();
+        let pos = |n| names.iter().position(|x| *x == n).unwrap();
+        assert!(pos("alerts") > pos("shortage_signals"));
+        assert!(pos("alerts") > pos("churn_signals"));
+        assert_eq!(
+            d.batch_pipeline("supply_chain.inventory_movements")
+                .unwrap()
+                .name,
+            "inventory"
+        );
+        assert_eq!(d.views.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_bad_definition_names_the_file_and_line() {
+        let toml = "description = \"x\"\nsql = \"x.sql\"\n[input]\ntables = [\"iot.nope\"]\n[sink]\ntable = \"ops.alerts\"\nmode = \"replace\"\ncolour = 1\n";
+        let e = problems(&[("x.toml", toml), ("x.sql", "SELECT 1")]).await;
+        assert!(e.contains("pipelines/x.toml:8"), "{e}");
+        let toml = toml.replace("colour = 1\n", "");
+        let e = problems(&[("x.toml", &toml), ("x.sql", "SELECT 1")]).await;
+        assert!(
+            e.contains("pipelines/x.toml:4: unknown table \"iot.nope\""),
+            "{e}"
+        );
+        let toml = toml
+            .replace("iot.nope", "iot.anomalies")
+            .replace("x.sql", "y.sql");
+        let e = problems(&[("x.toml", &toml)]).await;
+        assert!(
+            e.contains("pipelines/x.toml:2: SQL file \"y.sql\" not found"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_sql_and_results_that_do_not_fit_the_sink_are_reported() {
+        let toml = "description = \"x\"\nsql = \"x.sql\"\n[input]\ntables = [\"iot.anomalies\"]\n[sink]\ntable = \"iot.maintenance_alerts\"\nmode = \"replace\"\n";
+        let e = problems(&[
+            ("x.toml", toml),
+            (
+                "x.sql",
+                "SELECT\n  machine_id FROM iot.anomalies\n  WHERE ts > )",
+            ),
+        ])
+        .await;
+        assert!(e.contains("pipelines/x.sql"), "{e}");
+        assert!(e.contains("Line: 3"), "the parser's position is kept: {e}");
+        let e = problems(&[
+            ("x.toml", toml),
+            ("x.sql", "SELECT nope FROM iot.anomalies"),
+        ])
+        .await;
+        assert!(e.contains("pipelines/x.sql") && e.contains("nope"), "{e}");
+        let e = problems(&[
+            ("x.toml", toml),
+            ("x.sql", "SELECT machine_id FROM iot.anomalies"),
+        ])
+        .await;
+        assert!(
+            e.contains("the result has no column \"alert_id\", which iot.maintenance_alerts needs"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,192 @@
+//! Derived pipelines: the `pipelines/` definitions with a `tables` input (signals, alerts).
+//!
+//! Each round, a pipeline whose input tables have a new version since its last run is
+//! recomputed: its SQL runs over the latest versions and the result replaces (or is appended to)
+//! the sink table. The SQL only uses event time, so a result depends on the input versions alone:
+//! a restart recomputes the same rows, and a replaced table never holds a mix of two runs. The
+//! input versions a run saw go into the commit's metadata (`millstream.inputs`), so anyone can
+//! tell what a signal was computed from.
+//!
+//! One deriver per lakehouse is enough (they are cheap); with several, replace-mode runs are
+//! idempotent and delta-rs serialises the commits.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::protocol::SaveMode;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::definition::{Definition, Definitions, Input, SinkMode};
+use crate::error::{Error, Result};
+use crate::lakehouse::Lakehouse;
+use crate::model::tables;
+
+/// What one run of a derived pipeline did.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeriveRun {
+    pub pipeline: String,
+    pub rows: usize,
+    pub version: Option<i64>,
+    pub millis: u64,
+}
+
+pub struct Deriver {
+    lake: Lakehouse,
+    defs: Definitions,
+    /// Input versions each pipeline last ran on.
+    seen: BTreeMap<String, BTreeMap<String, i64>>,
+}
+
+impl Deriver {
+    pub fn new(lake: Lakehouse, defs: Definitions) -> Self {
+        Deriver {
+            lake,
+            defs,
+            seen: BTreeMap::new(),
+        }
+    }
+
+    /// Runs every derived pipeline whose inputs changed, in definition order.
+    pub async fn round(&mut self) -> Result<Vec<DeriveRun>> {
+        let mut runs = Vec::new();
+        for def in self.defs.pipelines.clone() {
+            let Input::Tables(inputs) = &def.input else {
+                continue;
+            };
+            let versions = self.versions(inputs).await?;
+            if self.seen.get(&def.name) == Some(&versions) {
+                continue;
+            }
+            let run = self.run(&def, &versions).await?;
+            self.seen.insert(def.name.clone(), versions);
+            runs.push(run);
+        }
+        Ok(runs)
+    }
+
+    async fn versions(&self, inputs: &[String]) -> Result<BTreeMap<String, i64>> {
+        let mut out = BTreeMap::new();
+        for t in inputs {
+            let v = if self.lake.exists(t).await? {
+                self.lake.open(t).await?.version().map_or(-1, |v| v as i64)
+            } else {
+                -1
+            };
+            out.insert(t.clone(), v);
+        }
+        Ok(out)
+    }
+
+    async fn run(&self, def: &Definition, inputs: &BTreeMap<String, i64>) -> Result<DeriveRun> {
+        let started = Instant::now();
+        let ctx = super::session::lake(&self.lake, &self.defs).await?;
+        let batches = ctx.sql(&def.sql).await?.collect().await?;
+        let batches = conform(&batches, &def.sink.table)?;
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        let table = self.lake.ensure(&def.sink.table).await?;
+        let props = CommitProperties::default().with_metadata([
+            (
+                "millstream.pipeline".to_string(),
+                serde_json::Value::from(def.name.clone()),
+            ),
+            (
+                "millstream.inputs".to_string(),
+                serde_json::to_value(inputs).expect("versions serialize"),
+            ),
+        ]);
+        let version = match def.sink.mode {
+            SinkMode::Append if rows == 0 => None,
+            SinkMode::Append | SinkMode::Replace => {
+                let mode = if def.sink.mode == SinkMode::Append {
+                    SaveMode::Append
+                } else {
+                    SaveMode::Overwrite
+                };
+                let t = table
+                    .write(batches)
+                    .with_save_mode(mode)
+                    .with_commit_properties(props)
+                    .await
+                    .map_err(|e| Error::delta(&def.sink.table, e))?;
+                t.version().map(|v| v as i64)
+            }
+            SinkMode::Merge => {
+                return Err(Error::Internal(format!(
+                    "{}: merge sinks run inside the micro-batch runner",
+                    def.name
+                )));
+            }
+        };
+        let run = DeriveRun {
+            pipeline: def.name.clone(),
+            rows,
+            version,
+            millis: started.elapsed().as_millis() as u64,
+        };
+        tracing::debug!(pipeline = %run.pipeline, rows, version = ?run.version, ms = run.millis, "derived");
+        Ok(run)
+    }
+}
+
+/// The query result in the sink table's column order and types; an empty result becomes one
+/// empty batch, so a replace still replaces.
+pub fn conform(batches: &[RecordBatch], table: &str) -> Result<Vec<RecordBatch>> {
+    let schema = tables::get(table)?.arrow_schema();
+    if batches.iter().all(|b| b.num_rows() == 0) {
+        return Ok(vec![RecordBatch::new_empty(schema)]);
+    }
+    batches
+        .iter()
+        .filter(|b| b.num_rows() > 0)
+        .map(|b| {
+            let columns = schema
+                .fields()
+                .iter()
+                .map(|f| {
+                    let c = b.column_by_name(f.name()).ok_or_else(|| {
+                        Error::Invalid(format!("{table}: the result lacks column {}", f.name()))
+                    })?;
+                    Ok(arrow::compute::cast(c, f.data_type())?)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(RecordBatch::try_new(schema.clone(), columns)?)
+        })
+        .collect()
+}
+
+/// Runs rounds every `interval` until `stop`, then one last round so the signals reflect
+/// everything committed. A failed round is logged and retried next time; it never stops ingest.
+pub async fn run(
+    lake: Lakehouse,
+    defs: Definitions,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut deriver = Deriver::new(lake, defs);
+    loop {
+        let stopping = *stop.borrow();
+        match deriver.round().await {
+            Ok(runs) => {
+                for r in runs {
+                    crate::telemetry::events::PipelineDerived {
+                        pipeline: &r.pipeline,
+                        rows: r.rows as u64,
+                        millis: r.millis,
+                    }
+                    .emit();
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "derived pipelines failed; retrying next round"),
+        }
+        if stopping {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! DataFusion sessions for pipeline SQL and queries: the `manufacturing` catalog (every table as
+//! `schema.table`), the millstream functions ([`super::udf`]) and the views of
+//! `pipelines/views/` as `views.<name>`.
+//!
+//! [`lake`] reads the Delta tables (opened when a query names them); [`memory`] holds in-memory
+//! batches under the same names, so checks, golden tests and `eval` run the very same SQL.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use arrow::array::RecordBatch;
+use async_trait::async_trait;
+use datafusion::catalog::{
+    CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider, TableProvider,
+};
+use datafusion::datasource::{MemTable, ViewTable};
+use datafusion::error::DataFusionError;
+use datafusion::prelude::SessionContext;
+
+use super::definition::Definitions;
+use crate::error::Result;
+use crate::lakehouse::Lakehouse;
+use crate::lakehouse::query::CATALOG;
+use crate::model::tables;
+
+pub const VIEWS: &str = "views";
+
+/// A session over in-memory tables: `data` holds rows for some tables (by `schema.table`);
+/// every other table of the catalog is empty. Views are not registered (see [`with_views`]).
+pub fn memory(
+    _defs: &Definitions,
+    data: &BTreeMap<String, Vec<RecordBatch>>,
+) -> Result<SessionContext> {
+    let ctx = plain_context();
+    let catalog = Arc::new(MemoryCatalogProvider::new());
+    for def in tables::catalog() {
+        let schema = match catalog.schema(def.schema_name()) {
+            Some(s) => s,
+            None => {
+                let s: Arc<dyn SchemaProvider> = Arc::new(MemorySchemaProvider::new());
+                catalog.register_schema(def.schema_name(), s.clone())?;
+                s
+            }
+        };
+        let batches = data.get(&def.name).cloned().unwrap_or_default();
+        let table = MemTable::try_new(def.arrow_schema(), vec![batches])?;
+        schema.register_table(def.table_name().to_string(), Arc::new(table))?;
+    }
+    ctx.register_catalog(CATALOG, catalog);
+    super::udf::register(&ctx);
+    Ok(ctx)
+}
+
+/// Adds `views.<name>` for every view, planned now against `ctx`'s tables.
+pub async fn with_views(ctx: &SessionContext, defs: &Definitions) -> Result<()> {
+    let schema = Arc::new(MemorySchemaProvider::new());
+    for (name, sql) in &defs.views {
+        let plan = ctx.sql(sql).await?.into_optimized_plan()?;
+        schema.register_table(
+            name.clone(),
+            Arc::new(ViewTable::new(plan, Some(sql.clone()))),
+        )?;
+    }
+    if let Some(catalog) = ctx.catalog(CATALOG) {
+        catalog.register_schema(VIEWS, schema)?;
+    }
+    Ok(())
+}
+
+fn plain_context() -> SessionContext {
+    context_with_default_schema("ops")
+}
+
+fn context_with_default_schema(schema: &str) -> SessionContext {
+    let config = datafusion::prelude::SessionConfig::new()
+        .with_create_default_catalog_and_schema(false)
+        .with_default_catalog_and_schema(CATALOG, schema);
+    SessionContext::new_with_config(config)
+}
+
+/// The schema holding a micro-batch's rows for `batch`-input pipelines.
+const INPUT: &str = "input";
+
+/// `ctx`'s catalog and functions, plus a micro-batch's rows as `batch` (unqualified).
+pub fn with_batch(
+    ctx: &SessionContext,
+    schema: arrow::datatypes::SchemaRef,
+    batches: Vec<RecordBatch>,
+) -> Result<SessionContext> {
+    let catalog = ctx
+        .catalog(CATALOG)
+        .ok_or_else(|| crate::error::Error::Internal("session without the catalog".into()))?;
+    let input = Arc::new(MemorySchemaProvider::new());
+    input.register_table(
+        "batch".to_string(),
+        Arc::new(MemTable::try_new(schema, vec![batches])?),
+    )?;
+    catalog.register_schema(INPUT, input)?;
+    let out = context_with_default_schema(INPUT);
+    out.register_catalog(CATALOG, catalog);
+    super::udf::register(&out);
+    Ok(out)
+}
+
+/// A session over the lakehouse's latest table versions, with functions and views.
+pub async fn lake(lake: &Lakehouse, defs: &Definitions) -> Result<SessionContext> {
+    let ctx = lake.session().await?;
+    super::udf::register(&ctx);
+    if let Some(catalog) = ctx.catalog(CATALOG) {
+        catalog.register_schema(
+            VIEWS,
+            Arc::new(LazyViews {
+                lake: lake.clone(),
+                defs: defs.clone(),
+                planned: Mutex::new(HashMap::new()),
+            }),
+        )?;
+    }
+    Ok(ctx)
+}
+
+/// Views planned when a query first names them, over the tables at that moment.
+#[derive(Debug)]
+struct LazyViews {
+    lake: Lakehouse,
+    defs: Definitions,
+    planned: Mutex<HashMap<String, Arc<dyn TableProvider>>>,
+}
+
+#[async_trait]
+impl SchemaProvider for LazyViews {
+    fn table_names(&self) -> Vec<String> {
+        self.defs.views.keys().cloned().collect()
+    }
+
+    async fn table(
+        &self,
+        name: &str,
+    ) -> std::result::Result<Option<Arc<dyn TableProvider>>, DataFusionError> {
+        if let Some(t) = self.planned.lock().expect("poisoned").get(name) {
+            return Ok(Some(t.clone()));
+        }
+        let Some(sql) = self.defs.views.get(name) else {
+            return Ok(None);
+        };
+        let external = |e: crate::error::Error| DataFusionError::External(Box::new(e));
+        let ctx = self.lake.session().await.map_err(external)?;
+        super::udf::register(&ctx);
+        let plan = ctx.sql(sql).await?.into_optimized_plan()?;
+        let view: Arc<dyn TableProvider> = Arc::new(ViewTable::new(plan, Some(sql.clone())));
+        self.planned
+            .lock()
+            .expect("poisoned")
+            .insert(name.to_string(), view.clone());
+        Ok(Some(view))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.defs.views.contains_key(name)
+    }
+}
