@@ -2,7 +2,7 @@
 -- (DESIGN §4). Time is event time: `as_of` is the latest sale, so the same inputs always give
 -- the same rows. Recency is judged against the customer's own rhythm (mean days between
 -- purchases): a customer who buys weekly and has been silent for a month is at risk; one who
--- buys monthly is not.
+-- buys monthly is not, and neither is a recent order enough when orders have thinned out.
 WITH clock AS (
     SELECT max(ts) AS as_of FROM sales.transactions
 ),
@@ -12,6 +12,12 @@ rfm AS (
         count(*) AS purchases,
         (date_part('epoch', max(t.ts)) - date_part('epoch', min(t.ts))) / 86400.0 AS span_days,
         count(CASE WHEN t.ts > c.as_of - INTERVAL '90 days' THEN 1 END) AS frequency_90d,
+        count(CASE WHEN t.ts > c.as_of - INTERVAL '30 days' THEN 1 END) AS purchases_30d,
+        -- The usual rhythm from orders before the last 30 days, so a recent slowdown does not
+        -- stretch the yardstick it is measured with.
+        count(CASE WHEN t.ts <= c.as_of - INTERVAL '30 days' THEN 1 END) AS purchases_before,
+        (date_part('epoch', max(CASE WHEN t.ts <= c.as_of - INTERVAL '30 days' THEN t.ts END))
+            - date_part('epoch', min(t.ts))) / 86400.0 AS span_before_days,
         coalesce(sum(CASE WHEN t.ts > c.as_of - INTERVAL '90 days' THEN t.amount END), 0.0)
             AS monetary_90d,
         coalesce(sum(CASE WHEN t.ts > c.as_of - INTERVAL '30 days' THEN t.amount END), 0.0)
@@ -29,7 +35,10 @@ measured AS (
             AS recency_days,
         coalesce(r.frequency_90d, 0) AS frequency_90d,
         coalesce(r.monetary_90d, 0.0) AS monetary_90d,
-        CASE WHEN r.purchases >= 2 THEN r.span_days / (r.purchases - 1) END AS avg_interval_days,
+        CASE WHEN r.purchases_before >= 3 THEN r.span_before_days / (r.purchases_before - 1)
+             WHEN r.purchases >= 2 THEN r.span_days / (r.purchases - 1)
+        END AS avg_interval_days,
+        coalesce(r.purchases_30d, 0) AS purchases_30d,
         CASE WHEN r.spend_prior_60d > 0.0 THEN r.spend_30d / (r.spend_prior_60d / 2.0) END
             AS spend_trend,
         c.as_of
@@ -40,7 +49,7 @@ measured AS (
 ),
 scored AS (
     SELECT m.*,
-        predict_churn(m.recency_days, m.avg_interval_days, m.frequency_90d, m.spend_trend)
+        predict_churn(m.recency_days, m.avg_interval_days, m.purchases_30d, m.spend_trend)
             AS prediction
     FROM measured m
 )

@@ -171,6 +171,9 @@ pub enum EvalCommand {
         /// Seed (overrides simulate.seed).
         #[arg(long)]
         seed: Option<u64>,
+        /// Simulated days for the shortage and churn evaluation (0 skips it).
+        #[arg(long, default_value_t = 60.0)]
+        days: f64,
     },
 }
 
@@ -215,8 +218,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Eval {
-            command: EvalCommand::Signals { hours, seed },
+            command: EvalCommand::Signals { hours, seed, days },
         } => {
+            anyhow::ensure!((0.0..=365.0).contains(&days), "--days must be in [0, 365]");
             anyhow::ensure!(
                 hours > 0.0 && hours <= 24.0 * 90.0,
                 "--hours must be in (0, 2160]"
@@ -225,13 +229,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(seed) = seed {
                 sim.seed = seed;
             }
-            let report = tokio::task::spawn_blocking(move || {
-                crate::signals::eval::anomalies(&sim, hours, |h| {
-                    eprintln!("eval: {h:.0}/{hours:.0} simulated hours")
+            let anomaly_sim = sim.clone();
+            let anomalies = tokio::task::spawn_blocking(move || {
+                crate::signals::eval::anomalies(&anomaly_sim, hours, |h| {
+                    eprintln!("eval anomalies: {h:.0}/{hours:.0} simulated hours")
                 })
             })
             .await?;
-            println!("{}", serde_json::to_string(&report)?);
+            let mut report = serde_json::json!({ "anomalies": anomalies });
+            if days > 0.0 {
+                let (shortages, churn) =
+                    crate::signals::eval_supply::supply_and_sales(&sim, days, |d| {
+                        if d.fract() == 0.0 && (d as i64) % 5 == 0 {
+                            eprintln!("eval shortages/churn: {d:.0}/{days:.0} simulated days")
+                        }
+                    })
+                    .await?;
+                report["shortages"] = serde_json::to_value(shortages)?;
+                report["churn"] = serde_json::to_value(churn)?;
+            }
+            println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
         Command::Bench { command } => match command {

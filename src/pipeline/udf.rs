@@ -4,14 +4,16 @@
 //! - `predict_shortage(available, daily_usage, inbound_expected, lead_time_days)` →
 //!   `{days_of_cover, risk_level}`. Cover is `(available + inbound_expected) / daily_usage` days
 //!   (NULL when nothing is used). Risk against the lead time `L`: CRITICAL when out of stock or
-//!   cover < L (an order placed now arrives too late); HIGH when cover < L + 7 days; MEDIUM when
-//!   cover < L + 14 days; else LOW.
-//! - `predict_churn(recency_days, avg_interval_days, frequency_90d, spend_trend)` →
-//!   `{churn_probability, risk_level, factors}`. The silence is judged against the customer's own
-//!   rhythm: `ratio = recency / mean interval` (30 days when unknown) drives a logistic curve
-//!   centred on 2 (a customer silent for twice their usual gap is even odds); falling spend
-//!   (trend < 0.5) and a thin quarter (≤ 1 purchase in 90 days) add 0.1 and 0.05. No purchases
-//!   at all is HIGH. Risk: CRITICAL ≥ 0.85, HIGH ≥ 0.6, MEDIUM ≥ 0.3, else LOW.
+//!   cover < L (an order placed now arrives too late); HIGH when cover < L + 3 days (most of a
+//!   week's safety margin gone with nothing inbound in time); MEDIUM when cover < L + 7 days (at
+//!   the reorder point: order now); else LOW.
+//! - `predict_churn(recency_days, avg_interval_days, purchases_30d, spend_trend)` →
+//!   `{churn_probability, risk_level, factors}`. Judged against the customer's own rhythm (mean
+//!   interval, 30 days when unknown), as a customer still buying at that rate would be: the
+//!   chance of a silence this long (`exp(−recency / interval)`) and of this few orders in 30 days
+//!   (Poisson with mean `30 / interval`). The churn probability is one minus the smaller of the
+//!   two; falling spend (trend < 0.5) adds 0.02. No purchases at all is HIGH. Risk: CRITICAL ≥
+//!   0.98, HIGH ≥ 0.9, MEDIUM ≥ 0.7, else LOW.
 
 use std::sync::Arc;
 
@@ -35,8 +37,8 @@ pub fn shortage_risk(available: f64, cover: Option<f64>, lead_time_days: f64) ->
         _ if available <= 0.0 => "CRITICAL",
         None => "LOW",
         Some(c) if c < lead_time_days => "CRITICAL",
-        Some(c) if c < lead_time_days + 7.0 => "HIGH",
-        Some(c) if c < lead_time_days + 14.0 => "MEDIUM",
+        Some(c) if c < lead_time_days + 3.0 => "HIGH",
+        Some(c) if c < lead_time_days + 7.0 => "MEDIUM",
         Some(_) => "LOW",
     }
 }
@@ -45,37 +47,54 @@ pub fn shortage_risk(available: f64, cover: Option<f64>, lead_time_days: f64) ->
 pub fn churn(
     recency_days: Option<f64>,
     avg_interval_days: Option<f64>,
-    frequency_90d: Option<f64>,
+    purchases_30d: Option<f64>,
     spend_trend: Option<f64>,
 ) -> (f64, &'static str, String) {
     let Some(recency) = recency_days else {
         return (0.7, "HIGH", "no purchases on record".into());
     };
     let interval = avg_interval_days.filter(|i| *i > 0.0).unwrap_or(30.0);
-    let ratio = recency / interval;
-    let mut p = 1.0 / (1.0 + (-2.0 * (ratio - 2.0)).exp());
+    let seen = purchases_30d.unwrap_or(0.0).max(0.0);
+    let expected = 30.0 / interval;
+    // How likely a customer still buying at their usual rate is to look like this.
+    let p_silence = (-recency / interval).exp();
+    let p_few = poisson_cdf(seen as u64, expected);
+    let mut p = 1.0 - p_silence.min(p_few);
     let mut factors = vec![format!(
         "{recency:.0} days since the last order, usually every {interval:.1}"
     )];
+    if p_few < 0.3 {
+        factors.push(format!(
+            "{seen:.0} orders in 30 days, {expected:.1} expected"
+        ));
+    }
     if let Some(t) = spend_trend.filter(|t| *t < 0.5) {
-        p += 0.1;
+        p += 0.02;
         factors.push(format!(
             "spend in the last 30 days at {:.0} % of normal",
             t * 100.0
         ));
     }
-    if frequency_90d.is_some_and(|f| f <= 1.0) {
-        p += 0.05;
-        factors.push("at most one order in 90 days".into());
-    }
     let p = p.clamp(0.0, 1.0);
     let risk = match p {
-        p if p >= 0.85 => "CRITICAL",
-        p if p >= 0.6 => "HIGH",
-        p if p >= 0.3 => "MEDIUM",
+        p if p >= 0.98 => "CRITICAL",
+        p if p >= 0.9 => "HIGH",
+        p if p >= 0.7 => "MEDIUM",
         _ => "LOW",
     };
     ((p * 1000.0).round() / 1000.0, risk, factors.join("; "))
+}
+
+/// P(N ≤ k) for N ~ Poisson(λ).
+fn poisson_cdf(k: u64, lambda: f64) -> f64 {
+    let (mut term, mut sum) = ((-lambda).exp(), 0.0);
+    for i in 0..=k {
+        if i > 0 {
+            term *= lambda / i as f64;
+        }
+        sum += term;
+    }
+    sum.min(1.0)
 }
 
 fn floats(args: &ScalarFunctionArgs, n: usize, name: &str) -> Result<Vec<Float64Array>> {
@@ -225,23 +244,24 @@ mod tests {
     fn shortage_risk_follows_cover_against_lead_time() {
         assert_eq!(shortage_risk(0.0, Some(30.0), 10.0), "CRITICAL");
         assert_eq!(shortage_risk(50.0, Some(9.9), 10.0), "CRITICAL");
-        assert_eq!(shortage_risk(50.0, Some(16.9), 10.0), "HIGH");
-        assert_eq!(shortage_risk(50.0, Some(23.9), 10.0), "MEDIUM");
-        assert_eq!(shortage_risk(50.0, Some(24.0), 10.0), "LOW");
+        assert_eq!(shortage_risk(50.0, Some(12.9), 10.0), "HIGH");
+        assert_eq!(shortage_risk(50.0, Some(16.9), 10.0), "MEDIUM");
+        assert_eq!(shortage_risk(50.0, Some(17.0), 10.0), "LOW");
         assert_eq!(shortage_risk(50.0, None, 10.0), "LOW");
     }
 
     #[test]
     fn churn_judges_silence_against_the_customers_own_rhythm() {
         // Silent 10 days: normal for a customer who orders every 10 days, alarming for weekly.
-        assert_eq!(churn(Some(10.0), Some(10.0), Some(9.0), Some(1.0)).1, "LOW");
+        assert_eq!(churn(Some(10.0), Some(10.0), Some(3.0), Some(1.0)).1, "LOW");
         assert_eq!(
-            churn(Some(30.0), Some(7.0), Some(9.0), Some(1.0)).1,
+            churn(Some(30.0), Some(7.0), Some(0.0), Some(1.0)).1,
             "CRITICAL"
         );
-        let (p, risk, factors) = churn(Some(22.0), Some(10.0), Some(1.0), Some(0.2));
-        assert_eq!(risk, "HIGH", "{p}");
-        assert!(factors.contains("at most one order") && factors.contains("% of normal"));
+        // A recent order does not hide a collapse in frequency: 1 order where 10 were due.
+        let (p, risk, factors) = churn(Some(2.0), Some(3.0), Some(1.0), Some(0.2));
+        assert_eq!(risk, "CRITICAL", "{p}");
+        assert!(factors.contains("10.0 expected") && factors.contains("% of normal"));
         assert_eq!(churn(None, None, None, None).1, "HIGH");
     }
 

@@ -3,4 +3,5 @@
 
 pub mod anomaly;
 pub mod eval;
+pub mod eval_supply;
 pub mod iot;

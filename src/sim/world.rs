@@ -83,6 +83,8 @@ pub struct QuietCustomer {
     pub customer: usize,
     pub customer_id: String,
     pub since: DateTime<Utc>,
+    /// Mean days between the customer's orders before going quiet.
+    pub usual_interval_days: f64,
 }
 
 /// What the world injected and what happened, for `millstream eval signals`.
@@ -328,6 +330,7 @@ impl World {
                     customer: c,
                     customer_id: customer_id(c),
                     since,
+                    usual_interval_days: self.customers[c].interval_days,
                 });
             }
         }

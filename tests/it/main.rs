@@ -7,6 +7,7 @@ mod support;
 mod cdf;
 mod crash;
 mod exactly_once;
+mod golden;
 mod independent_reader;
 mod maintain;
 mod scale_out;

@@ -1,0 +1,458 @@
+//! Shortage and churn quality against the simulator's ground truth ([`crate::sim::world`]).
+//!
+//! The world's events (stock movements, shipments, sales; no telemetry) are generated for a
+//! span of simulated days, decoded by the pipeline's own decoders into bronze batches, and every
+//! `checkpoint` the very SQL of `pipelines/shortage_signals.sql` and `pipelines/churn_signals.sql`
+//! runs over them (in memory, same catalog names). Scoring:
+//! - **stockouts**: a stockout of a position at `T` counts as flagged ahead when some checkpoint
+//!   in `[T − 21 days, T − 48 h]` (after the position's previous stockout) rated it HIGH or
+//!   CRITICAL. The lead is measured from the first such flag. Precision: positions flagged
+//!   HIGH/CRITICAL that ran out within 21 days of the flag, over all flagged position-episodes.
+//! - **churn**: at each churn checkpoint `T` (every 7 days once 30 days are observed), customers
+//!   quiet for at least 30 days and four of their usual intervals by `T` are positives (a
+//!   customer ordering every 12 days has not "gone quiet" after a month; the simulator knows each
+//!   customer's real rhythm), customers not quiet by `T` are
+//!   negatives (the ones quiet for less than 30 days are left out: too soon to tell). Flagged =
+//!   HIGH or CRITICAL. Recall and false-positive rate over all checkpoints.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arrow::array::{Array, RecordBatch, StringArray};
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+
+use crate::config::SimulateConfig;
+use crate::decode::BronzeDecoder;
+use crate::error::{Error, Result};
+use crate::model::{EventKind, tables};
+use crate::pipeline::definition::Definitions;
+use crate::sim::reference;
+use crate::sim::stream::Generator;
+use crate::sim::world::WorldRates;
+use crate::source::RawRecord;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ShortageReport {
+    pub signal: &'static str,
+    pub simulated_days: f64,
+    pub positions: usize,
+    pub checkpoints: usize,
+    pub surges_injected: usize,
+    pub supplier_delays_injected: usize,
+    pub stockouts: usize,
+    pub stockouts_by_cause: BTreeMap<&'static str, usize>,
+    /// Stockouts flagged HIGH or CRITICAL at least 48 simulated hours ahead.
+    pub flagged_48h_ahead: usize,
+    pub flagged_48h_ahead_ratio: f64,
+    pub flagged_at_all: usize,
+    pub lead_hours_p10: Option<i64>,
+    pub lead_hours_p50: Option<i64>,
+    /// Position-episodes flagged HIGH/CRITICAL, and how many ran out within 21 days.
+    pub flag_episodes: usize,
+    pub flag_episodes_followed_by_stockout: usize,
+    pub precision: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChurnReport {
+    pub signal: &'static str,
+    pub customers: usize,
+    pub quiet_injected: usize,
+    pub checkpoints: usize,
+    pub positives: usize,
+    pub true_positives: usize,
+    pub negatives: usize,
+    pub false_positives: usize,
+    pub recall: f64,
+    pub false_positive_rate: f64,
+}
+
+const FLAGGED: [&str; 2] = ["HIGH", "CRITICAL"];
+
+/// Runs the world for `days` simulated days and scores shortage and churn signals.
+pub async fn supply_and_sales(
+    cfg: &SimulateConfig,
+    days: f64,
+    progress: impl Fn(f64),
+) -> Result<(ShortageReport, ChurnReport)> {
+    let defs = Definitions::built_in().await?;
+    let shortage_sql = defs
+        .get("shortage_signals")
+        .ok_or_else(|| Error::Internal("no shortage_signals pipeline".into()))?
+        .sql
+        .clone();
+    let churn_sql = defs
+        .get("churn_signals")
+        .ok_or_else(|| Error::Internal("no churn_signals pipeline".into()))?
+        .sql
+        .clone();
+    let start = cfg.start;
+    let horizon = Duration::seconds((days * 86_400.0) as i64);
+    let end = start + horizon;
+    let mut generator = Generator::new(cfg, "eval", start, cfg.rate)
+        .with_malformed_ratio(0.0)
+        .with_world(&WorldRates::default(), horizon)
+        .without_telemetry();
+
+    let data = reference::generate(cfg);
+    let mut on_hand: HashMap<(String, String), (i64, i64, String)> = data
+        .inventory
+        .iter()
+        .map(|i| {
+            (
+                (i.part_id.clone(), i.warehouse_id.clone()),
+                (i.on_hand, i.reserved, i.region.clone()),
+            )
+        })
+        .collect();
+    let mut reference_tables: BTreeMap<String, Vec<RecordBatch>> = BTreeMap::new();
+    reference_tables.insert(
+        "supply_chain.parts".into(),
+        vec![rows_to_batch("supply_chain.parts", &data.parts)?],
+    );
+    reference_tables.insert(
+        "supply_chain.suppliers".into(),
+        vec![rows_to_batch("supply_chain.suppliers", &data.suppliers)?],
+    );
+    reference_tables.insert(
+        "sales.customers".into(),
+        vec![rows_to_batch("sales.customers", &data.customers)?],
+    );
+
+    let decoders: BTreeMap<EventKind, BronzeDecoder> = EventKind::ALL
+        .into_iter()
+        .map(|k| BronzeDecoder::new(k).map(|d| (k, d)))
+        .collect::<Result<_>>()?;
+    let mut bronze: BTreeMap<EventKind, Vec<RecordBatch>> = BTreeMap::new();
+    let mut pending: Vec<RawRecord> = Vec::new();
+    let mut offset = 0i64;
+
+    let step = Duration::hours(12);
+    let mut next_check = start + step;
+    let mut next_churn = start + Duration::days(30);
+    // (position key) → checkpoints rated HIGH/CRITICAL.
+    let mut flags: HashMap<(String, String), Vec<DateTime<Utc>>> = HashMap::new();
+    let mut checkpoints = 0;
+    let (mut churn_checks, mut pos, mut tp, mut neg, mut fp) = (0, 0, 0, 0, 0);
+
+    loop {
+        let e = generator.next_event();
+        let t = event_time(&e.payload)?;
+        while t >= next_check && next_check <= end {
+            flush(&mut pending, &decoders, &mut bronze, &mut on_hand)?;
+            let tables_now = snapshot(&reference_tables, &bronze, &on_hand, next_check)?;
+            let ctx = crate::pipeline::session::memory(&defs, &tables_now)?;
+            for (part, wh, risk) in risks(&ctx, &shortage_sql, "part_id", "warehouse_id").await? {
+                if FLAGGED.contains(&risk.as_str()) {
+                    flags.entry((part, wh)).or_default().push(next_check);
+                }
+            }
+            if next_check >= next_churn {
+                churn_checks += 1;
+                let flagged: HashMap<String, bool> =
+                    risks(&ctx, &churn_sql, "customer_id", "customer_id")
+                        .await?
+                        .into_iter()
+                        .map(|(c, _, r)| (c, FLAGGED.contains(&r.as_str())))
+                        .collect();
+                let truth = generator.truth();
+                for (i, c) in data.customers.iter().enumerate() {
+                    let quiet = truth.quiet.iter().find(|q| q.customer == i);
+                    let is_flagged = flagged.get(&c.customer_id).copied().unwrap_or(false);
+                    match quiet.map(|q| (q.since, q.usual_interval_days)) {
+                        Some((s, every))
+                            if s <= next_check - Duration::days(30).max(days_f(4.0 * every)) =>
+                        {
+                            pos += 1;
+                            tp += is_flagged as usize;
+                        }
+                        Some((s, _)) if s <= next_check => {}
+                        _ => {
+                            neg += 1;
+                            fp += is_flagged as usize;
+                        }
+                    }
+                }
+                next_churn += Duration::days(7);
+            }
+            checkpoints += 1;
+            progress((next_check - start).num_hours() as f64 / 24.0);
+            next_check += step;
+        }
+        if t >= end {
+            break;
+        }
+        let kind = EventKind::from_topic(e.topic).expect("world topics");
+        pending.push(RawRecord {
+            topic: Arc::from(kind.topic()),
+            partition: 0,
+            offset,
+            key: Some(e.key.into_bytes()),
+            payload: Some(e.payload),
+            timestamp_ms: None,
+        });
+        offset += 1;
+    }
+
+    let truth = generator.truth().clone();
+    let mut by_cause: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut leads = Vec::new();
+    let (mut ahead, mut at_all) = (0, 0);
+    let mut last_out: HashMap<usize, DateTime<Utc>> = HashMap::new();
+    for s in &truth.stockouts {
+        *by_cause.entry(s.cause).or_default() += 1;
+        let from = (s.at - Duration::days(21)).max(
+            last_out
+                .get(&s.position)
+                .copied()
+                .unwrap_or(start - Duration::days(1)),
+        );
+        last_out.insert(s.position, s.at);
+        let key = (s.part_id.clone(), s.warehouse_id.clone());
+        let first = flags
+            .get(&key)
+            .and_then(|f| f.iter().find(|t| **t > from && **t <= s.at).copied());
+        if let Some(f) = first {
+            at_all += 1;
+            let lead = (s.at - f).num_hours();
+            if lead >= 48 {
+                ahead += 1;
+            }
+            leads.push(lead);
+        }
+    }
+    leads.sort_unstable();
+    // Flag episodes: runs of consecutive flagged checkpoints per position.
+    let stockouts_of: HashMap<(String, String), Vec<DateTime<Utc>>> =
+        truth.stockouts.iter().fold(HashMap::new(), |mut m, s| {
+            m.entry((s.part_id.clone(), s.warehouse_id.clone()))
+                .or_default()
+                .push(s.at);
+            m
+        });
+    let (mut episodes, mut confirmed) = (0, 0);
+    for (key, times) in &flags {
+        let mut prev: Option<DateTime<Utc>> = None;
+        for t in times {
+            if prev.is_none_or(|p| *t - p > step) {
+                episodes += 1;
+                let outs = stockouts_of.get(key);
+                // A flag that could not be followed for 21 days yet is not judged.
+                if *t + Duration::days(21) > end {
+                    episodes -= 1;
+                } else if outs
+                    .is_some_and(|o| o.iter().any(|s| *s >= *t && *s <= *t + Duration::days(21)))
+                {
+                    confirmed += 1;
+                }
+            }
+            prev = Some(*t);
+        }
+    }
+    let q = |p: f64| {
+        (!leads.is_empty()).then(|| leads[((leads.len() - 1) as f64 * p).round() as usize])
+    };
+    let shortage = ShortageReport {
+        signal: "shortages",
+        simulated_days: days,
+        positions: data.inventory.len(),
+        checkpoints,
+        surges_injected: truth.surges.iter().filter(|s| s.start < end).count(),
+        supplier_delays_injected: truth.delays.iter().filter(|d| d.start < end).count(),
+        stockouts: truth.stockouts.len(),
+        stockouts_by_cause: by_cause,
+        flagged_48h_ahead: ahead,
+        flagged_48h_ahead_ratio: ratio(ahead, truth.stockouts.len()),
+        flagged_at_all: at_all,
+        lead_hours_p10: q(0.1),
+        lead_hours_p50: q(0.5),
+        flag_episodes: episodes,
+        flag_episodes_followed_by_stockout: confirmed,
+        precision: ratio(confirmed, episodes),
+    };
+    let churn = ChurnReport {
+        signal: "churn",
+        customers: data.customers.len(),
+        quiet_injected: truth.quiet.iter().filter(|q| q.since < end).count(),
+        checkpoints: churn_checks,
+        positives: pos,
+        true_positives: tp,
+        negatives: neg,
+        false_positives: fp,
+        recall: ratio(tp, pos),
+        false_positive_rate: ratio(fp, neg),
+    };
+    Ok((shortage, churn))
+}
+
+fn days_f(d: f64) -> Duration {
+    Duration::seconds((d * 86_400.0) as i64)
+}
+
+fn ratio(a: usize, b: usize) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        ((a as f64 / b as f64) * 10_000.0).round() / 10_000.0
+    }
+}
+
+fn event_time(payload: &[u8]) -> Result<DateTime<Utc>> {
+    #[derive(serde::Deserialize)]
+    struct Ts {
+        ts: DateTime<Utc>,
+    }
+    serde_json::from_slice::<Ts>(payload)
+        .map(|t| t.ts)
+        .map_err(|e| Error::Internal(format!("simulated event without ts: {e}")))
+}
+
+fn rows_to_batch<T: Serialize>(table: &str, rows: &[T]) -> Result<RecordBatch> {
+    let schema = tables::get(table)?.arrow_schema();
+    let mut decoder = arrow::json::ReaderBuilder::new(schema)
+        .with_batch_size(rows.len().max(1))
+        .build_decoder()?;
+    decoder.serialize(rows)?;
+    decoder
+        .flush()?
+        .ok_or_else(|| Error::Internal(format!("{table}: no rows")))
+}
+
+/// Decodes pending records into bronze batches and applies movements to the stock positions,
+/// as the inventory MERGE does.
+fn flush(
+    pending: &mut Vec<RawRecord>,
+    decoders: &BTreeMap<EventKind, BronzeDecoder>,
+    bronze: &mut BTreeMap<EventKind, Vec<RecordBatch>>,
+    on_hand: &mut HashMap<(String, String), (i64, i64, String)>,
+) -> Result<()> {
+    let now_us = Utc::now().timestamp_micros();
+    for kind in EventKind::ALL {
+        let idx: Vec<usize> = (0..pending.len())
+            .filter(|i| &*pending[*i].topic == kind.topic())
+            .collect();
+        if idx.is_empty() {
+            continue;
+        }
+        let (batch, rejected) = decoders[&kind].decode(pending, &idx, now_us)?;
+        if let Some(r) = rejected.first() {
+            return Err(Error::Internal(format!(
+                "simulated event rejected: {}",
+                r.reason
+            )));
+        }
+        if kind == EventKind::Inventory {
+            let col = |n: &str| {
+                batch
+                    .column_by_name(n)
+                    .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned())
+                    .expect("string column")
+            };
+            let (parts, whs, types) = (col("part_id"), col("warehouse_id"), col("movement_type"));
+            let qty = batch
+                .column_by_name("quantity")
+                .and_then(|c| {
+                    c.as_any()
+                        .downcast_ref::<arrow::array::Int64Array>()
+                        .cloned()
+                })
+                .expect("quantity");
+            for i in 0..batch.num_rows() {
+                let signed = match types.value(i) {
+                    "consumption" | "transfer_out" => -qty.value(i),
+                    _ => qty.value(i),
+                };
+                on_hand
+                    .entry((parts.value(i).to_string(), whs.value(i).to_string()))
+                    .or_insert((0, 0, "unknown".into()))
+                    .0 += signed;
+            }
+        }
+        bronze.entry(kind).or_default().push(batch);
+    }
+    pending.clear();
+    Ok(())
+}
+
+/// The tables as of a checkpoint: movements of the last 8 days only (the SQL looks back 7).
+fn snapshot(
+    reference: &BTreeMap<String, Vec<RecordBatch>>,
+    bronze: &BTreeMap<EventKind, Vec<RecordBatch>>,
+    on_hand: &HashMap<(String, String), (i64, i64, String)>,
+    at: DateTime<Utc>,
+) -> Result<BTreeMap<String, Vec<RecordBatch>>> {
+    let mut out = reference.clone();
+    for (kind, batches) in bronze {
+        out.insert(kind.bronze_table().to_string(), batches.clone());
+    }
+    if let Some(m) = out.get_mut(EventKind::Inventory.bronze_table()) {
+        let cutoff = (at - Duration::days(8)).timestamp_micros();
+        m.retain(|b| {
+            b.column_by_name("ts")
+                .and_then(|c| {
+                    c.as_any()
+                        .downcast_ref::<arrow::array::TimestampMicrosecondArray>()
+                        .cloned()
+                })
+                .is_none_or(|ts| ts.is_empty() || ts.value(ts.len() - 1) >= cutoff)
+        });
+    }
+    #[derive(Serialize)]
+    struct Row<'a> {
+        part_id: &'a str,
+        warehouse_id: &'a str,
+        region: &'a str,
+        on_hand: i64,
+        reserved: i64,
+        updated_at: DateTime<Utc>,
+    }
+    let rows: Vec<Row> = on_hand
+        .iter()
+        .map(|((p, w), (o, r, region))| Row {
+            part_id: p,
+            warehouse_id: w,
+            region,
+            on_hand: *o,
+            reserved: *r,
+            updated_at: at,
+        })
+        .collect();
+    out.insert(
+        "supply_chain.inventory".into(),
+        vec![rows_to_batch("supply_chain.inventory", &rows)?],
+    );
+    Ok(out)
+}
+
+/// Runs a signal query and returns (key1, key2, risk_level) per row.
+async fn risks(
+    ctx: &datafusion::prelude::SessionContext,
+    sql: &str,
+    k1: &str,
+    k2: &str,
+) -> Result<Vec<(String, String, String)>> {
+    let batches = ctx.sql(sql).await?.collect().await?;
+    let mut out = Vec::new();
+    for b in &batches {
+        let s = |n: &str| -> Result<StringArray> {
+            let c = b
+                .column_by_name(n)
+                .ok_or_else(|| Error::Internal(format!("signal without {n}")))?;
+            let c = arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8)?;
+            Ok(c.as_any()
+                .downcast_ref::<StringArray>()
+                .expect("utf8")
+                .clone())
+        };
+        let (a, bb, r) = (s(k1)?, s(k2)?, s("risk_level")?);
+        for i in 0..b.num_rows() {
+            out.push((
+                a.value(i).to_string(),
+                bb.value(i).to_string(),
+                r.value(i).to_string(),
+            ));
+        }
+    }
+    Ok(out)
+}
