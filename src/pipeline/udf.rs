@@ -13,7 +13,7 @@
 //!   chance of a silence this long (`exp(−recency / interval)`) and of this few orders in 30 days
 //!   (Poisson with mean `30 / interval`). The churn probability is one minus the smaller of the
 //!   two; falling spend (trend < 0.5) adds 0.02. No purchases at all is HIGH. Risk: CRITICAL ≥
-//!   0.98, HIGH ≥ 0.9, MEDIUM ≥ 0.7, else LOW.
+//!   0.99, HIGH ≥ 0.95, MEDIUM ≥ 0.8, else LOW.
 
 use std::sync::Arc;
 
@@ -77,9 +77,9 @@ pub fn churn(
     }
     let p = p.clamp(0.0, 1.0);
     let risk = match p {
-        p if p >= 0.98 => "CRITICAL",
-        p if p >= 0.9 => "HIGH",
-        p if p >= 0.7 => "MEDIUM",
+        p if p >= 0.99 => "CRITICAL",
+        p if p >= 0.95 => "HIGH",
+        p if p >= 0.8 => "MEDIUM",
         _ => "LOW",
     };
     ((p * 1000.0).round() / 1000.0, risk, factors.join("; "))
@@ -255,7 +255,7 @@ mod tests {
         // Silent 10 days: normal for a customer who orders every 10 days, alarming for weekly.
         assert_eq!(churn(Some(10.0), Some(10.0), Some(3.0), Some(1.0)).1, "LOW");
         assert_eq!(
-            churn(Some(30.0), Some(7.0), Some(0.0), Some(1.0)).1,
+            churn(Some(40.0), Some(7.0), Some(0.0), Some(1.0)).1,
             "CRITICAL"
         );
         // A recent order does not hide a collapse in frequency: 1 order where 10 were due.
