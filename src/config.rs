@@ -133,6 +133,11 @@ impl Config {
         Self::load_from(file, std::env::vars())
     }
 
+    /// The embedded defaults alone: no file, no environment (tests, evaluations).
+    pub fn defaults() -> Config {
+        Self::load_from(None, Vec::new()).expect("embedded defaults are valid")
+    }
+
     /// Like [`Config::load`] with an explicit environment (used by tests).
     pub fn load_from(
         file: Option<&Path>,

@@ -74,6 +74,16 @@ fn transactions(pipeline: &str, offsets: &Offsets) -> Vec<Transaction> {
         .collect()
 }
 
+/// The txn actions for `offsets`, and the pipeline's name in the commit info.
+fn commit_properties(pipeline: &str, offsets: &Offsets) -> CommitProperties {
+    CommitProperties::default()
+        .with_application_transactions(transactions(pipeline, offsets))
+        .with_metadata([(
+            "millstream.pipeline".to_string(),
+            serde_json::Value::from(pipeline),
+        )])
+}
+
 fn writer_properties() -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(
@@ -115,12 +125,7 @@ pub async fn write(
     target_file_bytes: u64,
     replace: Option<String>,
 ) -> Result<DeltaTable> {
-    let props = CommitProperties::default()
-        .with_application_transactions(transactions(pipeline, offsets))
-        .with_metadata([(
-            "millstream.pipeline".to_string(),
-            serde_json::Value::from(pipeline),
-        )]);
+    let props = commit_properties(pipeline, offsets);
     if batches.iter().all(|b| b.num_rows() == 0) {
         return commit_offsets_only(table, table_name, props).await;
     }
@@ -196,12 +201,7 @@ pub async fn merge(
         .join(" AND ");
     let mut attempt = 0;
     loop {
-        let props = CommitProperties::default()
-            .with_application_transactions(transactions(pipeline, offsets))
-            .with_metadata([(
-                "millstream.pipeline".to_string(),
-                serde_json::Value::from(pipeline),
-            )]);
+        let props = commit_properties(pipeline, offsets);
         let result = table
             .clone()
             .merge(source.clone(), predicate.as_str())

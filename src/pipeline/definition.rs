@@ -161,6 +161,31 @@ pub struct Definitions {
     pub views: BTreeMap<String, String>,
 }
 
+/// Reads the files of `dir` ending in one of `suffixes` into `files`, named `prefix + name`.
+fn read_files(
+    dir: &Path,
+    prefix: &str,
+    suffixes: &[&str],
+    files: &mut BTreeMap<String, String>,
+) -> Result<()> {
+    let unreadable = |p: &Path, e: std::io::Error| {
+        Error::Config(vec![format!("{}: cannot read: {e}", p.display())])
+    };
+    for entry in std::fs::read_dir(dir).map_err(|e| unreadable(dir, e))? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
+        if suffixes.iter().any(|s| name.ends_with(s)) {
+            let text = std::fs::read_to_string(&path).map_err(|e| unreadable(&path, e))?;
+            files.insert(format!("{prefix}{name}"), text);
+        }
+    }
+    Ok(())
+}
+
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
@@ -174,51 +199,29 @@ impl Definitions {
         }
     }
 
-    /// The definitions compiled into the binary.
+    /// The definitions compiled into the binary, checked once per process (the runner asks on
+    /// every restart, the deriver and `eval` too).
     pub async fn built_in() -> Result<Definitions> {
-        let files: BTreeMap<String, String> = BUILT_IN
-            .iter()
-            .map(|(n, t)| (n.to_string(), t.to_string()))
-            .collect();
-        Self::from_files(&files).await
+        static CHECKED: tokio::sync::OnceCell<Definitions> = tokio::sync::OnceCell::const_new();
+        CHECKED
+            .get_or_try_init(|| async {
+                let files: BTreeMap<String, String> = BUILT_IN
+                    .iter()
+                    .map(|(n, t)| (n.to_string(), t.to_string()))
+                    .collect();
+                Self::from_files(&files).await
+            })
+            .await
+            .cloned()
     }
 
     /// Loads `dir/*.toml`, the SQL files they name and `dir/views/*.sql`.
     pub async fn load_dir(dir: &Path) -> Result<Definitions> {
         let mut files = BTreeMap::new();
-        let read = |p: &Path| {
-            std::fs::read_to_string(p)
-                .map_err(|e| Error::Config(vec![format!("{}: cannot read: {e}", p.display())]))
-        };
-        let entries = std::fs::read_dir(dir).map_err(|e| {
-            Error::Config(vec![format!(
-                "pipeline definitions {}: cannot read the directory: {e}",
-                dir.display()
-            )])
-        })?;
-        for e in entries {
-            let path = e?.path();
-            let name = path
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .to_string();
-            if name.ends_with(".toml") || name.ends_with(".sql") {
-                files.insert(name, read(&path)?);
-            }
-        }
-        if let Ok(entries) = std::fs::read_dir(dir.join("views")) {
-            for e in entries {
-                let path = e?.path();
-                let name = path
-                    .file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .to_string();
-                if name.ends_with(".sql") {
-                    files.insert(format!("views/{name}"), read(&path)?);
-                }
-            }
+        read_files(dir, "", &[".toml", ".sql"], &mut files)?;
+        let views = dir.join("views");
+        if views.is_dir() {
+            read_files(&views, "views/", &[".sql"], &mut files)?;
         }
         Self::from_files(&files).await
     }
@@ -264,7 +267,7 @@ impl Definitions {
         if !problems.is_empty() {
             return Err(Error::Config(problems));
         }
-        let mut defs = Definitions {
+        let defs = Definitions {
             pipelines: order(pipelines)?,
             views,
         };
@@ -272,7 +275,6 @@ impl Definitions {
         if !problems.is_empty() {
             return Err(Error::Config(problems));
         }
-        defs.pipelines.shrink_to_fit();
         Ok(defs)
     }
 
@@ -293,7 +295,7 @@ impl Definitions {
         let mut problems = Vec::new();
         for def in &self.pipelines {
             let result: Result<SchemaRef> = async {
-                let mut ctx = super::session::memory(self, &BTreeMap::new())?;
+                let mut ctx = super::session::memory(&BTreeMap::new())?;
                 if let Input::Batch(t) = &def.input {
                     let schema = tables::get(t)?.arrow_schema();
                     ctx = super::session::with_batch(&ctx, schema, Vec::new())?;
@@ -309,7 +311,7 @@ impl Definitions {
         }
         for (name, sql) in &self.views {
             let r: Result<()> = async {
-                let ctx = super::session::memory(self, &BTreeMap::new())?;
+                let ctx = super::session::memory(&BTreeMap::new())?;
                 ctx.sql(sql).await?;
                 Ok(())
             }

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
+use deltalake::DeltaTable;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
 use serde::Serialize;
@@ -38,6 +39,8 @@ pub struct Deriver {
     defs: Definitions,
     /// Input versions each pipeline last ran on.
     seen: BTreeMap<String, BTreeMap<String, i64>>,
+    /// Open input tables, brought up to date each round by reading only the new log entries.
+    inputs: BTreeMap<String, DeltaTable>,
 }
 
 impl Deriver {
@@ -46,6 +49,7 @@ impl Deriver {
             lake,
             defs,
             seen: BTreeMap::new(),
+            inputs: BTreeMap::new(),
         }
     }
 
@@ -56,7 +60,9 @@ impl Deriver {
             let Input::Tables(inputs) = &def.input else {
                 continue;
             };
-            let versions = self.versions(inputs).await?;
+            // Refreshed per pipeline: a later one may read what an earlier one just wrote.
+            self.refresh(inputs).await?;
+            let versions = self.versions(inputs);
             if self.seen.get(&def.name) == Some(&versions) {
                 continue;
             }
@@ -67,17 +73,36 @@ impl Deriver {
         Ok(runs)
     }
 
-    async fn versions(&self, inputs: &[String]) -> Result<BTreeMap<String, i64>> {
-        let mut out = BTreeMap::new();
+    /// Opens each input table once and afterwards only reads its new commits.
+    async fn refresh(&mut self, inputs: &[String]) -> Result<()> {
         for t in inputs {
-            let v = if self.lake.exists(t).await? {
-                self.lake.open(t).await?.version().map_or(-1, |v| v as i64)
-            } else {
-                -1
-            };
-            out.insert(t.clone(), v);
+            match self.inputs.get_mut(t) {
+                Some(table) => table
+                    .update_state()
+                    .await
+                    .map_err(|e| Error::delta(t.as_str(), e))?,
+                None if self.lake.exists(t).await? => {
+                    self.inputs.insert(t.clone(), self.lake.open(t).await?);
+                }
+                None => {}
+            }
         }
-        Ok(out)
+        Ok(())
+    }
+
+    /// Current version of each input (-1 for a table not created yet), as of the last refresh.
+    fn versions(&self, inputs: &[String]) -> BTreeMap<String, i64> {
+        inputs
+            .iter()
+            .map(|t| {
+                let v = self
+                    .inputs
+                    .get(t)
+                    .and_then(|table| table.version())
+                    .map_or(-1, |v| v as i64);
+                (t.clone(), v)
+            })
+            .collect()
     }
 
     async fn run(&self, def: &Definition, inputs: &BTreeMap<String, i64>) -> Result<DeriveRun> {

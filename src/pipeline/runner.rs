@@ -775,7 +775,7 @@ async fn commit_sink(
     replace: Option<String>,
 ) -> Result<()> {
     let offsets = std::mem::take(&mut sink.pending);
-    match commit::write(
+    let result = commit::write(
         sink.table.clone(),
         sink.name(),
         pipeline,
@@ -784,8 +784,14 @@ async fn commit_sink(
         target_file_bytes,
         replace,
     )
-    .await
-    {
+    .await;
+    settle(sink, offsets, result)
+}
+
+/// After a commit attempt with `offsets`: on success they are durable (durable offsets only
+/// grow); on failure they are pending again.
+fn settle(sink: &mut Sink, offsets: Offsets, result: Result<DeltaTable>) -> Result<()> {
+    match result {
         Ok(table) => {
             sink.table = table;
             for (p, o) in offsets {
@@ -826,21 +832,7 @@ async fn merge_sink(sink: &mut Sink, pipeline: &str, batches: Vec<RecordBatch>) 
         .await
     }
     .await;
-    match result {
-        Ok(table) => {
-            sink.table = table;
-            for (p, o) in offsets {
-                let d = sink.durable.entry(p).or_insert(o);
-                *d = (*d).max(o);
-            }
-            sink.last_commit = Instant::now();
-            Ok(())
-        }
-        Err(e) => {
-            sink.pending = offsets;
-            Err(e)
-        }
-    }
+    settle(sink, offsets, result)
 }
 
 /// Txn-only commits for sinks that have had nothing to write for `idle_commit`.

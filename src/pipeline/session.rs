@@ -27,10 +27,7 @@ pub const VIEWS: &str = "views";
 
 /// A session over in-memory tables: `data` holds rows for some tables (by `schema.table`);
 /// every other table of the catalog is empty. Views are not registered (see [`with_views`]).
-pub fn memory(
-    _defs: &Definitions,
-    data: &BTreeMap<String, Vec<RecordBatch>>,
-) -> Result<SessionContext> {
+pub fn memory(data: &BTreeMap<String, Vec<RecordBatch>>) -> Result<SessionContext> {
     let ctx = plain_context();
     let catalog = Arc::new(MemoryCatalogProvider::new());
     for def in tables::catalog() {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Float64Array, StringArray, StructArray};
 use arrow::datatypes::{DataType, Field, Fields};
-use datafusion::error::{DataFusionError, Result};
+use datafusion::error::Result;
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
@@ -27,8 +27,8 @@ use datafusion::prelude::SessionContext;
 
 /// Registers every millstream SQL function on `ctx`.
 pub fn register(ctx: &SessionContext) {
-    ctx.register_udf(ScalarUDF::from(PredictShortage::new()));
-    ctx.register_udf(ScalarUDF::from(PredictChurn::new()));
+    ctx.register_udf(predict_shortage());
+    ctx.register_udf(predict_churn());
 }
 
 /// Risk of a shortage from cover and lead time (see the module docs).
@@ -97,143 +97,139 @@ fn poisson_cdf(k: u64, lambda: f64) -> f64 {
     sum.min(1.0)
 }
 
-fn floats(args: &ScalarFunctionArgs, n: usize, name: &str) -> Result<Vec<Float64Array>> {
-    if args.args.len() != n {
-        return Err(DataFusionError::Plan(format!(
-            "{name} takes {n} arguments, got {}",
-            args.args.len()
-        )));
+/// A row-at-a-time SQL function of four numeric arguments (cast to DOUBLE, NULL as `None`)
+/// returning a struct: the shape both predict functions share.
+#[derive(Debug)]
+struct StructUdf {
+    name: &'static str,
+    signature: Signature,
+    fields: Fields,
+    /// Columns of the result, computed from the argument columns.
+    compute: fn(&[Float64Array]) -> Vec<ArrayRef>,
+}
+
+// A function is identified by its name (function pointers have no meaningful identity).
+impl PartialEq for StructUdf {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
     }
-    let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-    arrays
-        .iter()
-        .map(|a| {
-            let c = arrow::compute::cast(a, &DataType::Float64)?;
-            Ok(c.as_any()
-                .downcast_ref::<Float64Array>()
-                .expect("cast to Float64")
-                .clone())
+}
+
+impl Eq for StructUdf {}
+
+impl std::hash::Hash for StructUdf {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+    }
+}
+
+impl StructUdf {
+    fn new(
+        name: &'static str,
+        fields: Vec<Field>,
+        compute: fn(&[Float64Array]) -> Vec<ArrayRef>,
+    ) -> ScalarUDF {
+        ScalarUDF::from(StructUdf {
+            name,
+            signature: Signature::any(4, Volatility::Immutable),
+            fields: Fields::from(fields),
+            compute,
         })
-        .collect()
+    }
+}
+
+impl ScalarUDFImpl for StructUdf {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Struct(self.fields.clone()))
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?
+            .iter()
+            .map(|a| {
+                let c = arrow::compute::cast(a, &DataType::Float64)?;
+                Ok(c.as_any()
+                    .downcast_ref::<Float64Array>()
+                    .expect("cast to Float64")
+                    .clone())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let columns = (self.compute)(&arrays);
+        Ok(ColumnarValue::Array(Arc::new(StructArray::try_new(
+            self.fields.clone(),
+            columns,
+            None,
+        )?)))
+    }
 }
 
 fn get(a: &Float64Array, i: usize) -> Option<f64> {
     (!a.is_null(i)).then(|| a.value(i))
 }
 
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct PredictShortage {
-    signature: Signature,
-}
-
-impl PredictShortage {
-    fn new() -> Self {
-        PredictShortage {
-            signature: Signature::any(4, Volatility::Immutable),
-        }
-    }
-
-    fn fields() -> Fields {
-        Fields::from(vec![
+fn predict_shortage() -> ScalarUDF {
+    StructUdf::new(
+        "predict_shortage",
+        vec![
             Field::new("days_of_cover", DataType::Float64, true),
             Field::new("risk_level", DataType::Utf8, false),
-        ])
-    }
+        ],
+        |a| {
+            let (avail, usage, inbound, lead) = (&a[0], &a[1], &a[2], &a[3]);
+            let mut cover = Vec::with_capacity(avail.len());
+            let mut risk = Vec::with_capacity(avail.len());
+            for i in 0..avail.len() {
+                let available = get(avail, i).unwrap_or(0.0);
+                let u = get(usage, i).unwrap_or(0.0);
+                let c = (u > 0.0).then(|| {
+                    let days = (available.max(0.0) + get(inbound, i).unwrap_or(0.0)) / u;
+                    (days * 100.0).round() / 100.0
+                });
+                risk.push(shortage_risk(available, c, get(lead, i).unwrap_or(0.0)));
+                cover.push(c);
+            }
+            vec![
+                Arc::new(Float64Array::from(cover)),
+                Arc::new(StringArray::from(risk)),
+            ]
+        },
+    )
 }
 
-impl ScalarUDFImpl for PredictShortage {
-    fn name(&self) -> &str {
-        "predict_shortage"
-    }
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Struct(Self::fields()))
-    }
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let a = floats(&args, 4, self.name())?;
-        let (avail, usage, inbound, lead) = (&a[0], &a[1], &a[2], &a[3]);
-        let mut cover = Vec::with_capacity(avail.len());
-        let mut risk = Vec::with_capacity(avail.len());
-        for i in 0..avail.len() {
-            let available = get(avail, i).unwrap_or(0.0);
-            let u = get(usage, i).unwrap_or(0.0);
-            let c = (u > 0.0).then(|| {
-                let days = (available.max(0.0) + get(inbound, i).unwrap_or(0.0)) / u;
-                (days * 100.0).round() / 100.0
-            });
-            risk.push(shortage_risk(available, c, get(lead, i).unwrap_or(0.0)));
-            cover.push(c);
-        }
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(Float64Array::from(cover)),
-            Arc::new(StringArray::from(risk)),
-        ];
-        Ok(ColumnarValue::Array(Arc::new(StructArray::try_new(
-            Self::fields(),
-            columns,
-            None,
-        )?)))
-    }
-}
-
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct PredictChurn {
-    signature: Signature,
-}
-
-impl PredictChurn {
-    fn new() -> Self {
-        PredictChurn {
-            signature: Signature::any(4, Volatility::Immutable),
-        }
-    }
-
-    fn fields() -> Fields {
-        Fields::from(vec![
+fn predict_churn() -> ScalarUDF {
+    StructUdf::new(
+        "predict_churn",
+        vec![
             Field::new("churn_probability", DataType::Float64, false),
             Field::new("risk_level", DataType::Utf8, false),
             Field::new("factors", DataType::Utf8, false),
-        ])
-    }
-}
-
-impl ScalarUDFImpl for PredictChurn {
-    fn name(&self) -> &str {
-        "predict_churn"
-    }
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Struct(Self::fields()))
-    }
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let a = floats(&args, 4, self.name())?;
-        let n = a[0].len();
-        let (mut p, mut risk, mut factors) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for i in 0..n {
-            let (prob, r, f) = churn(get(&a[0], i), get(&a[1], i), get(&a[2], i), get(&a[3], i));
-            p.push(prob);
-            risk.push(r);
-            factors.push(f);
-        }
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(Float64Array::from(p)),
-            Arc::new(StringArray::from(risk)),
-            Arc::new(StringArray::from(factors)),
-        ];
-        Ok(ColumnarValue::Array(Arc::new(StructArray::try_new(
-            Self::fields(),
-            columns,
-            None,
-        )?)))
-    }
+        ],
+        |a| {
+            let n = a[0].len();
+            let (mut p, mut risk, mut factors) = (
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+            );
+            for i in 0..n {
+                let (prob, r, f) =
+                    churn(get(&a[0], i), get(&a[1], i), get(&a[2], i), get(&a[3], i));
+                p.push(prob);
+                risk.push(r);
+                factors.push(f);
+            }
+            vec![
+                Arc::new(Float64Array::from(p)),
+                Arc::new(StringArray::from(risk)),
+                Arc::new(StringArray::from(factors)),
+            ]
+        },
+    )
 }
 
 #[cfg(test)]

@@ -142,7 +142,7 @@ pub async fn supply_and_sales(
         while t >= next_check && next_check <= end {
             flush(&mut pending, &decoders, &mut bronze, &mut on_hand)?;
             let tables_now = snapshot(&reference_tables, &bronze, &on_hand, next_check)?;
-            let ctx = crate::pipeline::session::memory(&defs, &tables_now)?;
+            let ctx = crate::pipeline::session::memory(&tables_now)?;
             for (part, wh, risk) in risks(&ctx, &shortage_sql, "part_id", "warehouse_id").await? {
                 if FLAGGED.contains(&risk.as_str()) {
                     flags.entry((part, wh)).or_default().push(next_check);

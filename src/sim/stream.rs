@@ -423,9 +423,7 @@ mod tests {
     use super::*;
 
     fn cfg() -> SimulateConfig {
-        crate::config::Config::load_from(None, Vec::new())
-            .unwrap()
-            .simulate
+        crate::config::Config::defaults().simulate
     }
 
     #[test]

@@ -28,7 +28,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use super::reference::{self, customer_id, part_id, supplier_id, warehouse_id};
+use super::reference::{self, customer_id, part_id, warehouse_id};
 use crate::config::SimulateConfig;
 
 /// How often faults happen.
@@ -279,46 +279,35 @@ impl World {
         let years = span / 365.0;
         for p in 0..self.positions.len() {
             let n = poisson(&mut rng, rates.surges_per_position_year * years);
-            let mut windows = Vec::new();
-            for _ in 0..n {
-                let s = start + days(rng.random_range(0.0..span));
-                let e = s + days(rng.random_range(5.0..10.0));
-                let factor = rng.random_range(3.0..5.0);
-                if windows.iter().all(|(a, b, _)| e < *a || s > *b) {
-                    windows.push((s, e, factor));
-                }
-            }
-            windows.sort_by_key(|w| w.0);
-            for (s, e, f) in &windows {
-                self.truth.surges.push(Surge {
+            let windows = draw_windows(
+                &mut rng,
+                n,
+                start,
+                span,
+                |r| r.random_range(5.0..10.0),
+                3.0..5.0,
+            );
+            self.truth
+                .surges
+                .extend(windows.iter().map(|(s, e, f)| Surge {
                     position: p,
                     start: *s,
                     end: *e,
                     factor: *f,
-                });
-            }
+                }));
             self.surges[p] = windows;
         }
         for s in 0..self.delays.len() {
             let n = poisson(&mut rng, rates.delays_per_supplier_year * years);
-            let mut windows = Vec::new();
-            for _ in 0..n {
-                let a = start + days(rng.random_range(0.0..span));
-                let b = a + days(10.0);
-                let extra = rng.random_range(6.0..14.0);
-                if windows.iter().all(|(x, y, _)| b < *x || a > *y) {
-                    windows.push((a, b, extra));
-                }
-            }
-            windows.sort_by_key(|w| w.0);
-            for (a, b, x) in &windows {
-                self.truth.delays.push(SupplierDelay {
+            let windows = draw_windows(&mut rng, n, start, span, |_| 10.0, 6.0..14.0);
+            self.truth
+                .delays
+                .extend(windows.iter().map(|(a, b, x)| SupplierDelay {
                     supplier: s,
                     start: *a,
                     end: *b,
                     extra_days: *x,
-                });
-            }
+                }));
             self.delays[s] = windows;
         }
         let quiet_until = span.clamp(1.0, 60.0);
@@ -480,29 +469,11 @@ impl World {
         self.schedule(arrival, Task::Ship(i, 3));
     }
 
+    /// Stage 0–3 of shipment `i` (created, in transit, delayed, delivered); stage 4 is the
+    /// receipt movement that lands right behind the delivery.
     fn ship(&mut self, at: DateTime<Utc>, i: usize, stage: u8) -> Happening {
-        let sh = &self.shipments[i];
-        let p = sh.position;
-        let pos = &self.positions[p];
-        let eta = match stage {
-            0 | 1 => Some(sh.nominal_eta),
-            2 => Some(sh.arrival),
-            _ => None,
-        };
-        let quantity = sh.quantity;
-        let h = Happening::Shipment {
-            id: format!("SH-{}-{}", self.run_id, i + 1),
-            supplier: pos.supplier,
-            part: pos.part,
-            warehouse: pos.warehouse,
-            quantity,
-            stage: stage.min(3),
-            eta,
-        };
-        if stage == 3 {
-            // The receipt lands right behind the delivery event.
-            self.schedule(at, Task::Ship(i, 4));
-        }
+        let (p, quantity) = (self.shipments[i].position, self.shipments[i].quantity);
+        let reference = format!("SH-{}-{}", self.run_id, i + 1);
         if stage == 4 {
             let pos = &mut self.positions[p];
             pos.stock += quantity;
@@ -514,16 +485,52 @@ impl World {
                 warehouse: pos.warehouse,
                 receipt: true,
                 quantity,
-                reference: format!("SH-{}-{}", self.run_id, i + 1),
+                reference,
             };
         }
-        h
+        if stage == 3 {
+            self.schedule(at, Task::Ship(i, 4));
+        }
+        let sh = &self.shipments[i];
+        let pos = &self.positions[p];
+        Happening::Shipment {
+            id: reference,
+            supplier: pos.supplier,
+            part: pos.part,
+            warehouse: pos.warehouse,
+            quantity,
+            stage,
+            eta: match stage {
+                0 | 1 => Some(sh.nominal_eta),
+                2 => Some(sh.arrival),
+                _ => None,
+            },
+        }
     }
+}
 
-    /// Ids for events the world emits.
-    pub fn supplier_id(&self, s: usize) -> String {
-        supplier_id(s)
+/// Fault windows `(start, end, size)`: `n` tries, each starting within `span` days of `start`,
+/// lasting `length(rng)` days with a size drawn from `size`; a try overlapping an earlier window
+/// is dropped. Sorted by start.
+fn draw_windows(
+    rng: &mut ChaCha8Rng,
+    n: usize,
+    start: DateTime<Utc>,
+    span: f64,
+    length: impl Fn(&mut ChaCha8Rng) -> f64,
+    size: std::ops::Range<f64>,
+) -> Vec<(DateTime<Utc>, DateTime<Utc>, f64)> {
+    let mut windows: Vec<(DateTime<Utc>, DateTime<Utc>, f64)> = Vec::new();
+    for _ in 0..n {
+        let s = start + days(rng.random_range(0.0..span));
+        let e = s + days(length(rng));
+        let x = rng.random_range(size.clone());
+        if windows.iter().all(|(a, b, _)| e < *a || s > *b) {
+            windows.push((s, e, x));
+        }
     }
+    windows.sort_by_key(|w| w.0);
+    windows
 }
 
 fn exponential(rng: &mut ChaCha8Rng, mean: f64) -> f64 {
@@ -549,9 +556,7 @@ mod tests {
     use super::*;
 
     fn cfg() -> SimulateConfig {
-        crate::config::Config::load_from(None, Vec::new())
-            .unwrap()
-            .simulate
+        crate::config::Config::defaults().simulate
     }
 
     /// Without faults nearly nothing runs out (the reorder point covers lead time plus a week);

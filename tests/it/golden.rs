@@ -100,7 +100,7 @@ async fn run_case(defs: &Definitions, name: &str, dir: &Path) -> Result<String, 
             data.insert(table.to_string(), vec![load(&path, table)]);
         }
     }
-    let mut ctx = session::memory(defs, &data).map_err(|e| e.to_string())?;
+    let mut ctx = session::memory(&data).map_err(|e| e.to_string())?;
     if let (Input::Batch(source), Some(b)) = (&def.input, batch) {
         let schema = tables::get(source).unwrap().arrow_schema();
         ctx = session::with_batch(&ctx, schema, vec![b]).map_err(|e| e.to_string())?;

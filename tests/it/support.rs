@@ -42,7 +42,7 @@ impl Drop for Watchdog {
 }
 
 pub fn config() -> Config {
-    let mut c = Config::load_from(None, Vec::<(String, String)>::new()).expect("defaults load");
+    let mut c = Config::defaults();
     c.pipeline.batch_max_ms = 100;
     c
 }
