@@ -1,44 +1,41 @@
 -- Churn risk per customer from recency, frequency and monetary value (RFM) of live sales
 -- (DESIGN §4). Time is event time: `as_of` is the latest sale, so the same inputs always give
--- the same rows. Recency is judged against the customer's own rhythm (mean days between
--- purchases): a customer who buys weekly and has been silent for a month is at risk; one who
--- buys monthly is not, and neither is a recent order enough when orders have thinned out.
+-- the same rows. `predict_churn` judges the customer's purchases of the last 180 days against
+-- their own rhythm (a break in the rate, not a fixed silence): a customer who buys weekly and
+-- has been silent for a month is at risk; one who buys monthly is not, and neither is a recent
+-- order enough when orders have thinned out.
 WITH clock AS (
     SELECT max(ts) AS as_of FROM sales.transactions
 ),
-rfm AS (
-    SELECT t.customer_id,
-        max(t.ts) AS last_purchase,
-        count(*) AS purchases,
-        (date_part('epoch', max(t.ts)) - date_part('epoch', min(t.ts))) / 86400.0 AS span_days,
-        count(CASE WHEN t.ts > c.as_of - INTERVAL '90 days' THEN 1 END) AS frequency_90d,
-        count(CASE WHEN t.ts > c.as_of - INTERVAL '30 days' THEN 1 END) AS purchases_30d,
-        -- The usual rhythm from orders before the last 30 days, so a recent slowdown does not
-        -- stretch the yardstick it is measured with.
-        count(CASE WHEN t.ts <= c.as_of - INTERVAL '30 days' THEN 1 END) AS purchases_before,
-        (date_part('epoch', max(CASE WHEN t.ts <= c.as_of - INTERVAL '30 days' THEN t.ts END))
-            - date_part('epoch', min(t.ts))) / 86400.0 AS span_before_days,
-        coalesce(sum(CASE WHEN t.ts > c.as_of - INTERVAL '90 days' THEN t.amount END), 0.0)
-            AS monetary_90d,
-        coalesce(sum(CASE WHEN t.ts > c.as_of - INTERVAL '30 days' THEN t.amount END), 0.0)
-            AS spend_30d,
-        coalesce(sum(CASE WHEN t.ts <= c.as_of - INTERVAL '30 days'
-                           AND t.ts > c.as_of - INTERVAL '90 days' THEN t.amount END), 0.0)
-            AS spend_prior_60d
+recent AS (
+    SELECT t.customer_id, t.ts, t.amount,
+        (date_part('epoch', c.as_of) - date_part('epoch', t.ts)) / 86400.0 AS age_days
     FROM sales.transactions t CROSS JOIN clock c
-    GROUP BY t.customer_id
+    WHERE t.ts > c.as_of - INTERVAL '180 days'
+),
+rfm AS (
+    SELECT customer_id,
+        max(ts) AS last_purchase,
+        min(age_days) AS recency_days,
+        count(*) AS purchases,
+        max(age_days) - min(age_days) AS span_days,
+        array_agg(age_days) AS purchase_ages,
+        count(CASE WHEN age_days < 90.0 THEN 1 END) AS frequency_90d,
+        coalesce(sum(CASE WHEN age_days < 90.0 THEN amount END), 0.0) AS monetary_90d,
+        coalesce(sum(CASE WHEN age_days < 30.0 THEN amount END), 0.0) AS spend_30d,
+        coalesce(sum(CASE WHEN age_days >= 30.0 AND age_days < 90.0 THEN amount END), 0.0)
+            AS spend_prior_60d
+    FROM recent
+    GROUP BY customer_id
 ),
 measured AS (
     SELECT cu.customer_id, cu.name, cu.segment, cu.region, cu.account_manager,
         r.last_purchase,
-        (date_part('epoch', c.as_of) - date_part('epoch', r.last_purchase)) / 86400.0
-            AS recency_days,
+        r.recency_days,
         coalesce(r.frequency_90d, 0) AS frequency_90d,
         coalesce(r.monetary_90d, 0.0) AS monetary_90d,
-        CASE WHEN r.purchases_before >= 3 THEN r.span_before_days / (r.purchases_before - 1)
-             WHEN r.purchases >= 2 THEN r.span_days / (r.purchases - 1)
-        END AS avg_interval_days,
-        coalesce(r.purchases_30d, 0) AS purchases_30d,
+        CASE WHEN r.purchases >= 2 THEN r.span_days / (r.purchases - 1) END AS avg_interval_days,
+        r.purchase_ages,
         CASE WHEN r.spend_prior_60d > 0.0 THEN r.spend_30d / (r.spend_prior_60d / 2.0) END
             AS spend_trend,
         c.as_of
@@ -48,9 +45,7 @@ measured AS (
     WHERE c.as_of IS NOT NULL
 ),
 scored AS (
-    SELECT m.*,
-        predict_churn(m.recency_days, m.avg_interval_days, m.purchases_30d, m.spend_trend)
-            AS prediction
+    SELECT m.*, predict_churn(m.purchase_ages, m.spend_trend) AS prediction
     FROM measured m
 )
 SELECT

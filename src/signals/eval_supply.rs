@@ -1,6 +1,7 @@
 //! Shortage and churn quality against the simulator's ground truth ([`crate::sim::world`]).
 //!
-//! The world's events (stock movements, shipments, sales; no telemetry) are generated for a
+//! The world's events (stock movements, shipments, sales, after the customers' 90-day purchase
+//! history; no telemetry) are generated for a
 //! span of simulated days, decoded by the pipeline's own decoders into bronze batches, and every
 //! `checkpoint` the very SQL of `pipelines/shortage_signals.sql` and `pipelines/churn_signals.sql`
 //! runs over them (in memory, same catalog names). Scoring:
@@ -28,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::model::{EventKind, tables};
 use crate::pipeline::definition::Definitions;
 use crate::sim::reference;
-use crate::sim::stream::Generator;
+use crate::sim::stream::{Generator, SALES_HISTORY_DAYS, SimEvent};
 use crate::sim::world::WorldRates;
 use crate::source::RawRecord;
 
@@ -69,6 +70,20 @@ pub struct ChurnReport {
 }
 
 const FLAGGED: [&str; 2] = ["HIGH", "CRITICAL"];
+
+/// A simulated event as the source would have read it, at the next offset.
+fn record(e: SimEvent, offset: &mut i64) -> RawRecord {
+    let kind = EventKind::from_topic(e.topic).expect("world topics");
+    *offset += 1;
+    RawRecord {
+        topic: Arc::from(kind.topic()),
+        partition: 0,
+        offset: *offset - 1,
+        key: Some(e.key.into_bytes()),
+        payload: Some(e.payload),
+        timestamp_ms: None,
+    }
+}
 
 /// Runs the world for `days` simulated days and scores shortage and churn signals.
 pub async fn supply_and_sales(
@@ -136,6 +151,10 @@ pub async fn supply_and_sales(
     let mut checkpoints = 0;
     let (mut churn_checks, mut pos, mut tp, mut neg, mut fp) = (0, 0, 0, 0, 0);
 
+    // The customers' purchase history the live world continues, as `up` seeds it.
+    for e in generator.sales_history(start, Duration::days(SALES_HISTORY_DAYS)) {
+        pending.push(record(e, &mut offset));
+    }
     loop {
         let e = generator.next_event();
         let t = event_time(&e.payload)?;
@@ -183,16 +202,7 @@ pub async fn supply_and_sales(
         if t >= end {
             break;
         }
-        let kind = EventKind::from_topic(e.topic).expect("world topics");
-        pending.push(RawRecord {
-            topic: Arc::from(kind.topic()),
-            partition: 0,
-            offset,
-            key: Some(e.key.into_bytes()),
-            payload: Some(e.payload),
-            timestamp_ms: None,
-        });
-        offset += 1;
+        pending.push(record(e, &mut offset));
     }
 
     let truth = generator.truth().clone();

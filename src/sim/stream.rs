@@ -300,6 +300,22 @@ impl Generator {
         }
     }
 
+    /// The world's purchase history over `[end − span, end)` as sale events, oldest first.
+    pub fn sales_history(&mut self, end: DateTime<Utc>, span: Duration) -> Vec<SimEvent> {
+        let now = self.now;
+        let sales = self
+            .world
+            .purchase_history(end, span)
+            .into_iter()
+            .map(|(at, c)| {
+                self.now = at;
+                self.sale_for(c)
+            })
+            .collect();
+        self.now = now;
+        sales
+    }
+
     pub fn sale_for(&mut self, c: usize) -> SimEvent {
         let qty = self.rng.random_range(1..50i64);
         let price = (self.rng.random_range(2.0..800.0f64) * 100.0).round() / 100.0;
@@ -383,21 +399,19 @@ fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("events serialize")
 }
 
-/// History to seed a fresh system at the brief's scale, over the 30 days before `cfg.start`:
-/// eight purchases for every customer, `seed_shipments` complete shipment lifecycles and
-/// `seed_telemetry` readings. Never malformed.
+/// Days of sales history before `cfg.start`: enough for every customer's rhythm to show.
+pub const SALES_HISTORY_DAYS: i64 = 90;
+
+/// History to seed a fresh system at the brief's scale: every customer's purchases over the
+/// [`SALES_HISTORY_DAYS`] before `cfg.start` at the customer's own rhythm (the live world
+/// continues it), and over the 30 days before, `seed_shipments` complete shipment lifecycles
+/// and `seed_telemetry` readings. Never malformed.
 pub fn history(cfg: &SimulateConfig, run_id: &str) -> Vec<SimEvent> {
     let span = Duration::days(30);
     let start = cfg.start - span;
     let mut g = Generator::new(cfg, &format!("{run_id}h"), start, 1).with_malformed_ratio(0.0);
-    let mut out =
-        Vec::with_capacity(cfg.customers * 8 + cfg.seed_shipments * 4 + cfg.seed_telemetry);
-    for c in 0..cfg.customers {
-        for _ in 0..8 {
-            g.now = start + Duration::seconds(g.rng.random_range(0..span.num_seconds()));
-            out.push(g.sale_for(c));
-        }
-    }
+    let mut out = g.sales_history(cfg.start, Duration::days(SALES_HISTORY_DAYS));
+    out.reserve(cfg.seed_shipments * 4 + cfg.seed_telemetry);
     for _ in 0..cfg.seed_shipments {
         g.now = start + Duration::seconds(g.rng.random_range(0..span.num_seconds() - 10 * 86_400));
         g.open_shipment();
@@ -467,7 +481,25 @@ mod tests {
         };
         let h = history(&c, "r");
         let count = |t| h.iter().filter(|e| e.topic == t).count();
-        assert_eq!(count(topics::SALES), c.customers * 8);
+        let sales: Vec<crate::model::events::SalesTransaction> = h
+            .iter()
+            .filter(|e| e.topic == topics::SALES)
+            .map(|e| serde_json::from_slice(&e.payload).unwrap())
+            .collect();
+        let buyers: std::collections::HashSet<_> = sales.iter().map(|s| &s.customer_id).collect();
+        assert_eq!(
+            buyers.len(),
+            c.customers,
+            "every customer has purchase history"
+        );
+        let first = c.start - Duration::days(SALES_HISTORY_DAYS);
+        assert!(sales.iter().all(|s| s.ts >= first && s.ts < c.start));
+        // Customers buy every 2–12 days, so 90 days hold 7.5–45 purchases each.
+        let per_customer = sales.len() as f64 / c.customers as f64;
+        assert!(
+            (10.0..30.0).contains(&per_customer),
+            "{per_customer} purchases per customer"
+        );
         assert!(count(topics::SHIPMENTS) >= c.seed_shipments * 3);
         assert_eq!(count(topics::TELEMETRY), 1000);
         let delivered = h

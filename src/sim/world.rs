@@ -161,6 +161,8 @@ const MOVES_PER_DAY: f64 = 6.0;
 
 pub struct World {
     rng: ChaCha8Rng,
+    /// Seeds [`World::purchase_history`].
+    history_seed: u64,
     run_id: String,
     positions: Vec<Position>,
     customers: Vec<Customer>,
@@ -248,6 +250,7 @@ impl World {
             .collect();
         let mut w = World {
             run_id: run_id.to_string(),
+            history_seed: cfg.seed ^ 0x6869_7374,
             lead_days,
             reliability: data.suppliers.iter().map(|s| s.reliability).collect(),
             min_order: data.suppliers.iter().map(|s| s.min_order_qty).collect(),
@@ -335,6 +338,32 @@ impl World {
         self.queue
             .peek()
             .and_then(|Reverse((t, _, _))| DateTime::from_timestamp_micros(*t))
+    }
+
+    /// Purchases over `[end − span, end)` at each customer's usual rhythm (nobody quiet yet),
+    /// as the sales history a live world continues from: every customer has at least one.
+    /// Drawn from its own generator, so the live world is the same with or without it.
+    pub fn purchase_history(
+        &self,
+        end: DateTime<Utc>,
+        span: Duration,
+    ) -> Vec<(DateTime<Utc>, usize)> {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.history_seed);
+        let span_days = span.num_seconds() as f64 / 86_400.0;
+        let mut out = Vec::new();
+        for (c, customer) in self.customers.iter().enumerate() {
+            let first = out.len();
+            let mut t = exponential(&mut rng, customer.interval_days);
+            while t < span_days {
+                out.push((end - span + days(t), c));
+                t += exponential(&mut rng, customer.interval_days);
+            }
+            if out.len() == first {
+                out.push((end - span + days(rng.random_range(0.0..span_days)), c));
+            }
+        }
+        out.sort();
+        out
     }
 
     pub fn truth(&self) -> &GroundTruth {
