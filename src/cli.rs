@@ -1,6 +1,7 @@
 //! The command line. Every command loads the layered config first (`--config`, then
 //! `MILLSTREAM__*`), then applies its flags on top.
 
+use crate::pipeline::publish::AlertPublisher;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -97,8 +98,8 @@ pub struct PipelineArgs {
     /// Pipeline name, part of every txn appId (overrides pipeline.name).
     #[arg(long)]
     pub name: Option<String>,
-    /// Do not run the derived pipelines (signals, alerts) in this process: for extra workers of
-    /// a scaled-out group, where one deriver per lakehouse is enough.
+    /// Do not run the derived pipelines (signals, alerts) nor the mfg.alerts publisher in this
+    /// process: for extra workers of a scaled-out group, where one per lakehouse is enough.
     #[arg(long)]
     pub no_derive: bool,
 }
@@ -349,14 +350,18 @@ async fn pipeline(mut config: Config, args: PipelineArgs) -> anyhow::Result<()> 
     let definitions =
         crate::pipeline::definition::Definitions::from_config(&config.pipeline.definitions).await?;
     let (derive_stop, derive_rx) = watch::channel(args.no_derive);
-    let deriver = (!args.no_derive).then(|| {
-        tokio::spawn(crate::pipeline::derive::run(
+    let deriver = if args.no_derive {
+        None
+    } else {
+        let publisher = AlertPublisher::new(lake.clone(), &config.kafka, &brokers)?;
+        Some(tokio::spawn(crate::pipeline::derive::run(
             lake.clone(),
             definitions,
             Duration::from_millis(config.pipeline.derive_interval_ms),
+            Some(publisher),
             derive_rx,
-        ))
-    });
+        )))
+    };
     let stats = crate::pipeline::run_with_restarts(&config.kafka, &lake, &opts, stop).await;
     // One last derive round over everything the pipeline committed.
     let _ = derive_stop.send(true);

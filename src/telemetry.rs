@@ -150,6 +150,18 @@ pub mod events {
         }
     }
 
+    /// Alerts produced to `mfg.alerts`.
+    pub struct AlertsPublished {
+        pub messages: u64,
+    }
+
+    impl AlertsPublished {
+        pub fn emit(&self) {
+            tracing::info!(messages = self.messages, "alerts published to mfg.alerts");
+            counter!("millstream_alerts_published_total").increment(self.messages);
+        }
+    }
+
     pub struct BatchCommitted {
         pub records: u64,
         pub bytes: u64,

@@ -4,6 +4,7 @@
 //! Shutdown order (DESIGN §9): stop the simulator and flush its producer; let the pipeline finish
 //! the batch in hand and close its consumer; stop maintenance; then drop the broker last.
 
+use crate::pipeline::publish::AlertPublisher;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -96,10 +97,12 @@ pub async fn run(config: Config, args: UpArgs) -> anyhow::Result<()> {
     let definitions =
         crate::pipeline::definition::Definitions::from_config(&config.pipeline.definitions).await?;
     let (derive_stop, derive_rx) = tokio::sync::watch::channel(false);
+    let publisher = AlertPublisher::new(lake.clone(), &config.kafka, &brokers)?;
     let deriver = tokio::spawn(crate::pipeline::derive::run(
         lake.clone(),
         definitions,
         Duration::from_millis(config.pipeline.derive_interval_ms),
+        Some(publisher),
         derive_rx,
     ));
     let maintenance = {

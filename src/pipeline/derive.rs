@@ -21,6 +21,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use super::definition::{Definition, Definitions, Input, SinkMode};
+use super::publish::AlertPublisher;
 use crate::error::{Error, Result};
 use crate::lakehouse::Lakehouse;
 use crate::model::tables;
@@ -183,11 +184,12 @@ pub fn conform(batches: &[RecordBatch], table: &str) -> Result<Vec<RecordBatch>>
 }
 
 /// Runs rounds every `interval` until `stop`, then one last round so the signals reflect
-/// everything committed. A failed round is logged and retried next time; it never stops ingest.
+/// everything committed. After each round `publisher` (if any) produces the new alerts. A failed round is logged and retried next time; it never stops ingest.
 pub async fn run(
     lake: Lakehouse,
     defs: Definitions,
     interval: Duration,
+    mut publisher: Option<AlertPublisher>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut deriver = Deriver::new(lake, defs);
@@ -205,6 +207,15 @@ pub async fn run(
                 }
             }
             Err(e) => tracing::warn!(error = %e, "derived pipelines failed; retrying next round"),
+        }
+        if let Some(p) = publisher.as_mut() {
+            match p.publish_new().await {
+                Ok(0) => {}
+                Ok(n) => crate::telemetry::events::AlertsPublished { messages: n as u64 }.emit(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "publishing alerts failed; retrying next round")
+                }
+            }
         }
         if stopping {
             return;

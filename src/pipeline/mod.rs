@@ -3,6 +3,7 @@
 
 pub mod definition;
 pub mod derive;
+pub mod publish;
 pub mod runner;
 pub mod session;
 pub mod udf;

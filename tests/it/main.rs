@@ -4,6 +4,7 @@
 
 mod support;
 
+mod alerts_out;
 mod cdf;
 mod crash;
 mod exactly_once;
