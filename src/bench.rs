@@ -14,6 +14,8 @@ use crate::broker::{EmbeddedBroker, topics};
 use crate::cli::pipeline_options;
 use crate::config::Config;
 use crate::lakehouse::Lakehouse;
+use crate::pipeline::definition::Definitions;
+use crate::pipeline::publish::AlertPublisher;
 use crate::sim::stream::Generator;
 use crate::sim::{EventProducer, produce_all};
 
@@ -101,6 +103,9 @@ fn scratch_setup(config: &Config) -> anyhow::Result<(Scratch, Lakehouse, Embedde
 pub async fn ingest(config: Config, events: u64) -> anyhow::Result<()> {
     let (_scratch, lake, broker) = scratch_setup(&config)?;
     let brokers = broker.bootstrap_servers().to_string();
+    // Reference data, so the inventory MERGE and the shortage and churn pipelines have their
+    // parts, positions, suppliers and customers, as under `up`.
+    crate::sim::write_reference(&lake, &config.simulate, false).await?;
     eprintln!("bench ingest: generating {events} events");
     let mut generator = Generator::new(
         &config.simulate,
@@ -122,11 +127,30 @@ pub async fn ingest(config: Config, events: u64) -> anyhow::Result<()> {
     let (_tx, stop) = tokio::sync::watch::channel(false);
     // The in-process broker holds the whole preloaded log in this process's memory too.
     let rss_before_pipeline = rss_mb();
-    eprintln!("bench ingest: running the pipeline");
+    // Every signal on: the derived pipelines and the alerts publisher run beside ingest as
+    // they do under `up`, competing for the same two cores.
+    let definitions = Definitions::from_config(&config.pipeline.definitions).await?;
+    let (derive_stop, derive_rx) = tokio::sync::watch::channel(false);
+    let deriver = tokio::spawn(crate::pipeline::derive::run(
+        lake.clone(),
+        definitions,
+        Duration::from_millis(config.pipeline.derive_interval_ms),
+        Some(AlertPublisher::new(lake.clone(), &config.kafka, &brokers)?),
+        derive_rx,
+    ));
+    eprintln!("bench ingest: running the pipeline with every signal pipeline on");
     let stats = crate::pipeline::run(&config.kafka, &lake, &opts, stop).await?;
     let secs = match (stats.first_fetch, stats.last_commit) {
         (Some(a), Some(b)) => (b - a).as_secs_f64(),
         _ => anyhow::bail!("pipeline committed nothing"),
+    };
+    // The final derive round brings every signal up to the last commit: that is when the
+    // signals are as fresh as the bronze tables, so it counts towards the end-to-end time.
+    let _ = derive_stop.send(true);
+    let derived = deriver.await?;
+    let secs_with_signals = match stats.first_fetch {
+        Some(a) => a.elapsed().as_secs_f64(),
+        None => secs,
     };
     let files = count_files(&lake);
     drop(broker);
@@ -139,6 +163,9 @@ pub async fn ingest(config: Config, events: u64) -> anyhow::Result<()> {
             "malformed_produced": produced.malformed,
             "seconds": (secs * 1000.0).round() / 1000.0,
             "events_per_sec": (stats.records as f64 / secs).round(),
+            "seconds_until_signals_current": (secs_with_signals * 1000.0).round() / 1000.0,
+            "events_per_sec_until_signals_current": (stats.records as f64 / secs_with_signals).round(),
+            "derived": derived,
             "mb_per_sec": ((stats.bytes as f64 / 1e6 / secs) * 10.0).round() / 10.0,
             "commits": stats.commits,
             "batches": stats.batches,

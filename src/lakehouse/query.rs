@@ -67,13 +67,27 @@ impl SchemaProvider for LazySchema {
     }
 }
 
+/// Settings of every millstream DataFusion session: the `manufacturing` catalog with
+/// `default_schema` for unqualified names, and leaf-expression pushdown off. DataFusion 55.2
+/// pushes a struct field access (`prediction['risk_level']`) together with the function
+/// computing the struct below the nullable side of an outer join, where unmatched rows then get
+/// NULL instead of the function's answer for a NULL argument (a customer with no purchases lost
+/// their churn risk; `tests/pipelines/churn_signals/new_and_rare_buyers` catches it).
+pub fn session_config(default_schema: &str) -> SessionConfig {
+    let mut config = SessionConfig::new()
+        .with_create_default_catalog_and_schema(false)
+        .with_default_catalog_and_schema(CATALOG, default_schema);
+    config
+        .options_mut()
+        .optimizer
+        .enable_leaf_expression_pushdown = false;
+    config
+}
+
 impl Lakehouse {
     /// A DataFusion session over the latest version of the tables its queries name.
     pub async fn session(&self) -> Result<SessionContext> {
-        let config = SessionConfig::new()
-            .with_create_default_catalog_and_schema(false)
-            .with_default_catalog_and_schema(CATALOG, "ops");
-        let ctx = SessionContext::new_with_config(config);
+        let ctx = SessionContext::new_with_config(session_config("ops"));
         let catalog = Arc::new(MemoryCatalogProvider::new());
         for def in tables::catalog() {
             if catalog.schema(def.schema_name()).is_none() {

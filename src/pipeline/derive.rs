@@ -74,7 +74,9 @@ impl Deriver {
         Ok(runs)
     }
 
-    /// Opens each input table once and afterwards only reads its new commits.
+    /// Opens each input table once and afterwards only reads its new commits. An input nobody
+    /// has written yet (purchase orders before the first order) is created empty from its
+    /// catalog definition, so the pipeline runs on what exists instead of failing to plan.
     async fn refresh(&mut self, inputs: &[String]) -> Result<()> {
         for t in inputs {
             match self.inputs.get_mut(t) {
@@ -82,16 +84,15 @@ impl Deriver {
                     .update_state()
                     .await
                     .map_err(|e| Error::delta(t.as_str(), e))?,
-                None if self.lake.exists(t).await? => {
-                    self.inputs.insert(t.clone(), self.lake.open(t).await?);
+                None => {
+                    self.inputs.insert(t.clone(), self.lake.ensure(t).await?);
                 }
-                None => {}
             }
         }
         Ok(())
     }
 
-    /// Current version of each input (-1 for a table not created yet), as of the last refresh.
+    /// Current version of each input, as of the last refresh.
     fn versions(&self, inputs: &[String]) -> BTreeMap<String, i64> {
         inputs
             .iter()
@@ -108,11 +109,12 @@ impl Deriver {
 
     async fn run(&self, def: &Definition, inputs: &BTreeMap<String, i64>) -> Result<DeriveRun> {
         let started = Instant::now();
+        // Before planning: an append pipeline may read its own sink (alerts dedupe against it).
+        let table = self.lake.ensure(&def.sink.table).await?;
         let ctx = super::session::lake(&self.lake, &self.defs).await?;
         let batches = ctx.sql(&def.sql).await?.collect().await?;
         let batches = conform(&batches, &def.sink.table)?;
         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-        let table = self.lake.ensure(&def.sink.table).await?;
         let props = CommitProperties::default().with_metadata([
             (
                 "millstream.pipeline".to_string(),
@@ -183,18 +185,33 @@ pub fn conform(batches: &[RecordBatch], table: &str) -> Result<Vec<RecordBatch>>
         .collect()
 }
 
+/// What [`run`] did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DeriveSummary {
+    pub rounds: u64,
+    pub failed_rounds: u64,
+    /// Pipeline runs (a pipeline runs only when an input table has a new version).
+    pub runs: BTreeMap<String, u64>,
+    /// Milliseconds spent per pipeline, summed over its runs.
+    pub millis: BTreeMap<String, u64>,
+    pub alerts_published: u64,
+}
+
 /// Runs rounds every `interval` until `stop`, then one last round so the signals reflect
-/// everything committed. After each round `publisher` (if any) produces the new alerts. A failed round is logged and retried next time; it never stops ingest.
+/// everything committed. After each round `publisher` (if any) produces the new alerts. A
+/// failed round is logged and retried next time; it never stops ingest.
 pub async fn run(
     lake: Lakehouse,
     defs: Definitions,
     interval: Duration,
     mut publisher: Option<AlertPublisher>,
     mut stop: watch::Receiver<bool>,
-) {
+) -> DeriveSummary {
     let mut deriver = Deriver::new(lake, defs);
+    let mut summary = DeriveSummary::default();
     loop {
         let stopping = *stop.borrow();
+        summary.rounds += 1;
         match deriver.round().await {
             Ok(runs) => {
                 for r in runs {
@@ -204,21 +221,29 @@ pub async fn run(
                         millis: r.millis,
                     }
                     .emit();
+                    *summary.runs.entry(r.pipeline.clone()).or_default() += 1;
+                    *summary.millis.entry(r.pipeline).or_default() += r.millis;
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "derived pipelines failed; retrying next round"),
+            Err(e) => {
+                summary.failed_rounds += 1;
+                tracing::warn!(error = %e, "derived pipelines failed; retrying next round")
+            }
         }
         if let Some(p) = publisher.as_mut() {
             match p.publish_new().await {
                 Ok(0) => {}
-                Ok(n) => crate::telemetry::events::AlertsPublished { messages: n as u64 }.emit(),
+                Ok(n) => {
+                    summary.alerts_published += n as u64;
+                    crate::telemetry::events::AlertsPublished { messages: n as u64 }.emit()
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "publishing alerts failed; retrying next round")
                 }
             }
         }
         if stopping {
-            return;
+            return summary;
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}

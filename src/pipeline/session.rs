@@ -69,10 +69,7 @@ fn plain_context() -> SessionContext {
 }
 
 fn context_with_default_schema(schema: &str) -> SessionContext {
-    let config = datafusion::prelude::SessionConfig::new()
-        .with_create_default_catalog_and_schema(false)
-        .with_default_catalog_and_schema(CATALOG, schema);
-    SessionContext::new_with_config(config)
+    SessionContext::new_with_config(crate::lakehouse::query::session_config(schema))
 }
 
 /// The schema holding a micro-batch's rows for `batch`-input pipelines.

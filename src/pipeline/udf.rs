@@ -74,10 +74,12 @@ pub fn churn(purchase_ages: &[f64], spend_trend: Option<f64>) -> (f64, &'static 
         ));
     }
     if ages.len() < 3 {
-        factors.push(format!(
-            "only {} orders on record: no rhythm yet",
-            ages.len()
-        ));
+        let orders = if ages.len() == 1 {
+            "one order"
+        } else {
+            "two orders"
+        };
+        factors.push(format!("only {orders} on record: no rhythm yet"));
         let (p, risk) = if recency > 60.0 {
             (0.5, "MEDIUM")
         } else {

@@ -1,6 +1,6 @@
 //! Shortage and churn quality against the simulator's ground truth ([`crate::sim::world`]).
 //!
-//! The world's events (stock movements, shipments, sales, after the customers' 90-day purchase
+//! The world's events (stock movements, shipments, sales, after the customers' 180-day purchase
 //! history; no telemetry) are generated for a
 //! span of simulated days, decoded by the pipeline's own decoders into bronze batches, and every
 //! `checkpoint` the very SQL of `pipelines/shortage_signals.sql` and `pipelines/churn_signals.sql`
