@@ -23,6 +23,15 @@ use crate::model::tables;
 use crate::telemetry::events::EventsProduced;
 use stream::{Generator, SimEvent};
 
+/// The reference tables [`write_reference`] writes.
+pub const REFERENCE_TABLES: [&str; 5] = [
+    "supply_chain.suppliers",
+    "supply_chain.parts",
+    "supply_chain.inventory",
+    "sales.customers",
+    "support.tickets",
+];
+
 /// Writes the reference tables. Tables that already hold data are left alone unless `reseed`.
 /// Returns (table, rows written) for each table written.
 pub async fn write_reference(
@@ -30,41 +39,38 @@ pub async fn write_reference(
     cfg: &SimulateConfig,
     reseed: bool,
 ) -> Result<Vec<(String, usize)>> {
+    write_reference_tables(lake, cfg, reseed, &REFERENCE_TABLES).await
+}
+
+/// Like [`write_reference`], for the `names` among [`REFERENCE_TABLES`] only.
+pub async fn write_reference_tables(
+    lake: &Lakehouse,
+    cfg: &SimulateConfig,
+    reseed: bool,
+    names: &[&str],
+) -> Result<Vec<(String, usize)>> {
     let data = reference::generate(cfg);
     let mut written = Vec::new();
-    write_rows(
-        lake,
-        "supply_chain.suppliers",
-        &data.suppliers,
-        reseed,
-        &mut written,
-    )
-    .await?;
-    write_rows(
-        lake,
-        "supply_chain.parts",
-        &data.parts,
-        reseed,
-        &mut written,
-    )
-    .await?;
-    write_rows(
-        lake,
-        "supply_chain.inventory",
-        &data.inventory,
-        reseed,
-        &mut written,
-    )
-    .await?;
-    write_rows(
-        lake,
-        "sales.customers",
-        &data.customers,
-        reseed,
-        &mut written,
-    )
-    .await?;
-    write_rows(lake, "support.tickets", &data.tickets, reseed, &mut written).await?;
+    for &name in names {
+        match name {
+            "supply_chain.suppliers" => {
+                write_rows(lake, name, &data.suppliers, reseed, &mut written).await?
+            }
+            "supply_chain.parts" => {
+                write_rows(lake, name, &data.parts, reseed, &mut written).await?
+            }
+            "supply_chain.inventory" => {
+                write_rows(lake, name, &data.inventory, reseed, &mut written).await?
+            }
+            "sales.customers" => {
+                write_rows(lake, name, &data.customers, reseed, &mut written).await?
+            }
+            "support.tickets" => {
+                write_rows(lake, name, &data.tickets, reseed, &mut written).await?
+            }
+            other => return Err(Error::Invalid(format!("{other} is not a reference table"))),
+        }
+    }
     Ok(written)
 }
 

@@ -8,9 +8,6 @@ use millstream::broker::topics;
 use millstream::lakehouse::commit::{self, Offsets};
 use millstream::model::tables;
 use millstream::pipeline::publish::{self, AlertPublisher};
-use rdkafka::Message;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::support::{self, Env};
@@ -43,43 +40,6 @@ async fn append_alerts(env: &Env, first: usize, n: usize) {
     )
     .await
     .unwrap();
-}
-
-/// Every message on `mfg.alerts`: alert id → how often it appears.
-fn topic_alert_ids(env: &Env) -> BTreeMap<String, usize> {
-    let consumer: BaseConsumer =
-        millstream::broker::client_config(&env.config.kafka, &env.brokers())
-            .set("group.id", "alerts-out-test")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "true")
-            .create()
-            .unwrap();
-    consumer.subscribe(&[topics::ALERTS]).unwrap();
-    let mut ids = BTreeMap::new();
-    let (mut eof, mut idle) = (0, 0);
-    while eof < 3 && idle < 50 {
-        match consumer.poll(Duration::from_millis(200)) {
-            None => idle += 1,
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => eof += 1,
-            Some(Err(e)) => panic!("reading mfg.alerts: {e}"),
-            Some(Ok(m)) => {
-                let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
-                let id = v["alert_id"].as_str().unwrap().to_string();
-                assert_eq!(
-                    m.key().map(|k| String::from_utf8_lossy(k).to_string()),
-                    v["signal_key"].as_str().map(str::to_string),
-                    "keyed by signal_key"
-                );
-                assert!(
-                    m.headers()
-                        .is_some_and(|h| h.iter().any(|h| h.key == publish::HEADER_VERSION)),
-                    "stamped with its table version"
-                );
-                *ids.entry(id).or_default() += 1;
-            }
-        }
-    }
-    ids
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -153,7 +113,7 @@ async fn every_alert_is_published_once_across_restarts() {
     assert_eq!(publisher.publish_new().await.unwrap(), 0);
     drop(publisher);
 
-    let ids = topic_alert_ids(&env);
+    let ids = support::topic_alert_ids(&env, 3);
     let want: BTreeMap<String, usize> = (0..17).map(|i| (format!("A-{i:04}"), 1)).collect();
     assert_eq!(ids, want, "each alert exactly once");
 }

@@ -139,39 +139,80 @@ pub fn events_with_faults(
     (0..n).map(|_| g.next_event()).collect()
 }
 
+/// The rows `sql` returns, each as its values joined by `|`, sorted: for comparing runs.
+pub async fn rows(lake: &Lakehouse, sql: &str) -> Vec<String> {
+    let batches = lake.sql(sql).await.unwrap();
+    let mut out = Vec::new();
+    for b in &batches {
+        let cols: Vec<Vec<String>> = b
+            .columns()
+            .iter()
+            .map(|c| {
+                let c = arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8).unwrap();
+                strings(&c)
+            })
+            .collect();
+        for i in 0..b.num_rows() {
+            out.push(
+                cols.iter()
+                    .map(|c| c[i].as_str())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            );
+        }
+    }
+    out.sort();
+    out
+}
+
 /// The signal rows of a lakehouse in a canonical order, for comparing runs: anomalies without
 /// their processing time, and the detector state without its write time.
 pub async fn signal_rows(lake: &Lakehouse) -> (Vec<String>, Vec<String>) {
-    let rows = |sql: &'static str| {
-        let lake = lake.clone();
-        async move {
-            let batches = lake.sql(sql).await.unwrap();
-            let mut out = Vec::new();
-            for b in &batches {
-                let cols: Vec<Vec<String>> = b
-                    .columns()
-                    .iter()
-                    .map(|c| {
-                        let c = arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8).unwrap();
-                        strings(&c)
-                    })
-                    .collect();
-                for i in 0..b.num_rows() {
-                    out.push(
-                        cols.iter()
-                            .map(|c| c[i].as_str())
-                            .collect::<Vec<_>>()
-                            .join("|"),
-                    );
-                }
-            }
-            out.sort();
-            out
-        }
-    };
-    let anomalies = rows("SELECT event_id, device_id, rule, severity, score, expected, value, _partition, _offset FROM iot.anomalies").await;
-    let state = rows("SELECT device_id, n, mean, var, slow_mean, last_normal, last_value, same_run, outlier_run, drifting, excursions, last_ts, _partition FROM iot.sensor_state").await;
+    let anomalies = rows(lake, "SELECT event_id, device_id, rule, severity, score, expected, value, _partition, _offset FROM iot.anomalies").await;
+    let state = rows(lake, "SELECT device_id, n, mean, var, slow_mean, last_normal, last_value, same_run, outlier_run, drifting, excursions, last_ts, _partition FROM iot.sensor_state").await;
     (anomalies, state)
+}
+
+/// Every message on `mfg.alerts`, read from the start: alert id → how often it appears. Also
+/// checks each is keyed by its `signal_key` and stamped with its table version.
+pub fn topic_alert_ids(env: &Env, partitions: usize) -> BTreeMap<String, usize> {
+    use rdkafka::Message;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Headers;
+    let consumer: BaseConsumer =
+        millstream::broker::client_config(&env.config.kafka, &env.brokers())
+            .set("group.id", "alerts-reader")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "true")
+            .create()
+            .unwrap();
+    consumer.subscribe(&[topics::ALERTS]).unwrap();
+    let mut ids = BTreeMap::new();
+    let (mut eof, mut idle) = (0, 0);
+    while eof < partitions && idle < 50 {
+        match consumer.poll(Duration::from_millis(200)) {
+            None => idle += 1,
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => eof += 1,
+            Some(Err(e)) => panic!("reading mfg.alerts: {e}"),
+            Some(Ok(m)) => {
+                let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+                let id = v["alert_id"].as_str().unwrap().to_string();
+                assert_eq!(
+                    m.key().map(|k| String::from_utf8_lossy(k).to_string()),
+                    v["signal_key"].as_str().map(str::to_string),
+                    "keyed by signal_key"
+                );
+                assert!(
+                    m.headers().is_some_and(|h| h
+                        .iter()
+                        .any(|h| h.key == millstream::pipeline::publish::HEADER_VERSION)),
+                    "stamped with its table version"
+                );
+                *ids.entry(id).or_default() += 1;
+            }
+        }
+    }
+    ids
 }
 
 /// Waits until the bronze tables plus the dead letters hold `want` rows in all, or fails after
