@@ -163,8 +163,10 @@ pub enum TablesCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum EvalCommand {
-    /// Simulated telemetry with injected faults through the anomaly detector; prints precision,
-    /// recall and detection delay per fault type as JSON.
+    /// Simulated telemetry with injected faults through the anomaly detector, and a simulated
+    /// world with supplier delays, demand surges and quiet customers through the shortage and
+    /// churn pipelines (`pipeline.definitions`, so your own SQL can be scored); prints precision,
+    /// recall and detection delay per signal type as JSON.
     Signals {
         /// Simulated hours to evaluate.
         #[arg(long, default_value_t = 24.0)]
@@ -239,8 +241,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .await?;
             let mut report = serde_json::json!({ "anomalies": anomalies });
             if days > 0.0 {
+                let defs = crate::pipeline::definition::Definitions::from_config(
+                    &config.pipeline.definitions,
+                )
+                .await?;
                 let (shortages, churn) =
-                    crate::signals::eval_supply::supply_and_sales(&sim, days, |d| {
+                    crate::signals::eval_supply::supply_and_sales(&sim, &defs, days, |d| {
                         if d.fract() == 0.0 && (d as i64) % 5 == 0 {
                             eprintln!("eval shortages/churn: {d:.0}/{days:.0} simulated days")
                         }

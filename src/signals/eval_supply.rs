@@ -85,13 +85,14 @@ fn record(e: SimEvent, offset: &mut i64) -> RawRecord {
     }
 }
 
-/// Runs the world for `days` simulated days and scores shortage and churn signals.
+/// Runs the world for `days` simulated days and scores the shortage and churn signals of
+/// `defs`' `shortage_signals` and `churn_signals` pipelines.
 pub async fn supply_and_sales(
     cfg: &SimulateConfig,
+    defs: &Definitions,
     days: f64,
     progress: impl Fn(f64),
 ) -> Result<(ShortageReport, ChurnReport)> {
-    let defs = Definitions::built_in().await?;
     let shortage_sql = defs
         .get("shortage_signals")
         .ok_or_else(|| Error::Internal("no shortage_signals pipeline".into()))?

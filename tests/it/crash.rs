@@ -278,7 +278,10 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
         "an alert id twice in ops.alerts"
     );
     assert_eq!(on_topic, want, "mfg.alerts holds every alert exactly once");
-    eprintln!("{} alerts, each once in ops.alerts and on mfg.alerts", want.len());
+    eprintln!(
+        "{} alerts, each once in ops.alerts and on mfg.alerts",
+        want.len()
+    );
     let (anomalies, state) = support::signal_rows(&env.lake).await;
     let (want_anomalies, want_state) = support::signal_rows(&reference).await;
     assert!(
