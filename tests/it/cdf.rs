@@ -81,3 +81,94 @@ async fn cdf_between_two_versions_returns_the_inserted_rows() {
         .collect();
     assert_eq!(ids, second_ids);
 }
+
+/// The MERGE-kept inventory's Change Data Feed shows each update as a pre-image and a
+/// post-image: seeded positions moved by the pipeline appear once as they were and once as
+/// they became, and the post-images minus the pre-images add up to the net movements.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn inventory_merges_show_update_pre_and_post_images() {
+    let _w = support::watchdog("cdf_inventory", Duration::from_secs(180));
+    let env = Env::new(2).await;
+    millstream::sim::write_reference_tables(
+        &env.lake,
+        &env.config.simulate,
+        false,
+        &["supply_chain.inventory"],
+    )
+    .await
+    .unwrap();
+    let seeded = env
+        .lake
+        .open("supply_chain.inventory")
+        .await
+        .unwrap()
+        .version()
+        .unwrap();
+    let mut opts = env.options("bronze", "cdf_inventory");
+    // Small batches: several merge commits, some moving a position again.
+    opts.batch_max_events = 500;
+    let events = support::events("cdfinv", 20_000, 0.0);
+    env.produce(&events).await;
+    env.run_until(&opts, events.len() as u64).await;
+
+    let table = env.lake.open("supply_chain.inventory").await.unwrap();
+    let latest = table.version().unwrap();
+    assert!(latest > seeded + 1, "several merge commits");
+    let changes = millstream::lakehouse::cdf::read_changes(
+        table,
+        "supply_chain.inventory",
+        (seeded + 1) as u64,
+        Some(latest as u64),
+    )
+    .await
+    .unwrap();
+    // (version, part, warehouse) → on_hand before and after.
+    let mut images: std::collections::BTreeMap<(i64, String, String), (Option<i64>, Option<i64>)> =
+        Default::default();
+    for b in &changes {
+        let schema = b.schema();
+        let col = |n: &str| b.column(schema.index_of(n).unwrap());
+        let change = support::strings(col("_change_type"));
+        let version =
+            arrow::compute::cast(col("_commit_version"), &arrow::datatypes::DataType::Int64)
+                .unwrap();
+        let on_hand =
+            arrow::compute::cast(col("on_hand"), &arrow::datatypes::DataType::Int64).unwrap();
+        let (version, on_hand) = (
+            version.as_primitive::<Int64Type>(),
+            on_hand.as_primitive::<Int64Type>(),
+        );
+        let (part, wh) = (
+            support::strings(col("part_id")),
+            support::strings(col("warehouse_id")),
+        );
+        for i in 0..b.num_rows() {
+            let entry = images
+                .entry((version.value(i), part[i].clone(), wh[i].clone()))
+                .or_default();
+            match change[i].as_str() {
+                "update_preimage" => entry.0 = Some(on_hand.value(i)),
+                "update_postimage" => entry.1 = Some(on_hand.value(i)),
+                other => panic!("a seeded position changed by {other}, not an update"),
+            }
+        }
+    }
+    assert!(images.len() > 100, "only {} position updates", images.len());
+    let mut delta = 0;
+    for (key, (pre, post)) in &images {
+        let (Some(pre), Some(post)) = (pre, post) else {
+            panic!("{key:?}: pre-image {pre:?} and post-image {post:?} must come in pairs");
+        };
+        delta += post - pre;
+    }
+    let net = env
+        .lake
+        .sql_i64(
+            "SELECT sum(CASE movement_type WHEN 'consumption' THEN -quantity \
+             WHEN 'transfer_out' THEN -quantity ELSE quantity END) \
+             FROM supply_chain.inventory_movements",
+        )
+        .await
+        .unwrap();
+    assert_eq!(delta, net, "post-images minus pre-images = net movements");
+}

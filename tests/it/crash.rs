@@ -57,6 +57,23 @@ fn spawn_pipeline(env: &Env, log: &Path) -> Child {
         .expect("spawn millstream pipeline")
 }
 
+/// Fails naming `what` and the first differing row unless the rows after the kills are the
+/// uninterrupted run's.
+fn assert_same_rows(what: &str, got: &[String], want: &[String]) {
+    let first_difference = got
+        .iter()
+        .zip(want)
+        .find(|(a, b)| a != b)
+        .map(|(a, b)| format!("\n  after kills:   {a}\n  uninterrupted: {b}"));
+    assert!(
+        got == want,
+        "{what} differs from the uninterrupted run ({} vs {} rows){}",
+        got.len(),
+        want.len(),
+        first_difference.unwrap_or_default()
+    );
+}
+
 fn commits(lake_root: &Path) -> usize {
     std::fs::read_dir(lake_root.join("iot/telemetry/_delta_log"))
         .map(|d| {
@@ -251,18 +268,7 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
             "{table}: the reference run derived nothing"
         );
         eprintln!("{table}: {} rows, as uninterrupted", want.len());
-        let first_difference = got
-            .iter()
-            .zip(&want)
-            .find(|(a, b)| a != b)
-            .map(|(a, b)| format!("\n  after kills:   {a}\n  uninterrupted: {b}"));
-        assert!(
-            got == want,
-            "{table} differs from the uninterrupted run ({} vs {} rows){}",
-            got.len(),
-            want.len(),
-            first_difference.unwrap_or_default()
-        );
+        assert_same_rows(table, &got, &want);
     }
     // Alerts are appended as rounds go (which depends on timing, so they are not compared with
     // the reference), but each once in the table and once on mfg.alerts, whatever the kills
@@ -298,16 +304,5 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
         anomalies == want_anomalies,
         "anomalies differ from the uninterrupted run"
     );
-    let first_difference = state
-        .iter()
-        .zip(&want_state)
-        .find(|(a, b)| a != b)
-        .map(|(a, b)| format!("\n  after kills:   {a}\n  uninterrupted: {b}"));
-    assert!(
-        state == want_state,
-        "detector state differs from the uninterrupted run ({} vs {} rows){}",
-        state.len(),
-        want_state.len(),
-        first_difference.unwrap_or_default()
-    );
+    assert_same_rows("detector state", &state, &want_state);
 }
