@@ -120,6 +120,7 @@ pub async fn ingest(config: Config, events: u64) -> anyhow::Result<()> {
     let preload_secs = preload_started.elapsed().as_secs_f64();
     drop(producer);
     drop(batch);
+    check_nothing_evicted(&config, &brokers)?;
 
     let mut opts = pipeline_options(&config, &brokers);
     opts.stop_after = Some(events);
@@ -176,6 +177,35 @@ pub async fn ingest(config: Config, events: u64) -> anyhow::Result<()> {
             "batch_max_events": config.pipeline.batch_max_events,
             "batch_max_ms": config.pipeline.batch_max_ms,
         })
+    );
+    Ok(())
+}
+
+/// The embedded broker (librdkafka's mock cluster) keeps at most 5 MB of record batches per
+/// partition and silently drops the oldest beyond that. A preload that overflowed it would leave
+/// the pipeline waiting for records that no longer exist, so say so instead.
+fn check_nothing_evicted(config: &Config, brokers: &str) -> anyhow::Result<()> {
+    let consumer: rdkafka::consumer::BaseConsumer =
+        crate::broker::client_config(&config.kafka, brokers).create()?;
+    // Events dropped, and the partition count at which every topic's share would have fitted.
+    let (evicted, needed) = tokio::task::block_in_place(|| -> anyhow::Result<(i64, f64)> {
+        let (mut evicted, mut needed) = (0, 0.0_f64);
+        for topic in topics::SOURCES {
+            let marks = crate::broker::watermarks(&consumer, topic, Duration::from_secs(30))?;
+            let (low, high) = marks.iter().fold((0, 0), |(l, h), m| (l + m.1, h + m.2));
+            evicted += low;
+            if high > low {
+                needed = needed.max(marks.len() as f64 * high as f64 / (high - low) as f64);
+            }
+        }
+        Ok((evicted, needed))
+    })?;
+    anyhow::ensure!(
+        evicted == 0,
+        "the embedded broker dropped {evicted} of the preloaded events: it keeps at most 5 MB per \
+         partition. Spread them over more partitions (MILLSTREAM__KAFKA__PARTITIONS={}), send \
+         fewer events, or point kafka.brokers at a real cluster",
+        (needed * 1.5).ceil()
     );
     Ok(())
 }

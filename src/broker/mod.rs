@@ -11,6 +11,7 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::KafkaConfig;
@@ -26,6 +27,24 @@ pub fn client_config(kafka: &KafkaConfig, brokers: &str) -> ClientConfig {
         c.set(k, v.expose());
     }
     c
+}
+
+/// `(partition, low, high)` watermarks of every partition of `topic`: the first offset the log
+/// still holds and the next offset to be written. Blocking; call from a blocking context.
+pub fn watermarks(
+    consumer: &BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<(i32, i64, i64)>> {
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let mut out = Vec::new();
+    for t in metadata.topics().iter().filter(|t| t.name() == topic) {
+        for p in t.partitions() {
+            let (low, high) = consumer.fetch_watermarks(topic, p.id(), timeout)?;
+            out.push((p.id(), low, high));
+        }
+    }
+    Ok(out)
 }
 
 /// Settings for the producers millstream runs (simulator, actions): idempotent, so a retried

@@ -216,20 +216,12 @@ impl AlertPublisher {
 
 fn read_resume(reader: &ClientConfig, topic: &str) -> Result<Resume> {
     let consumer: BaseConsumer = reader.create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), KAFKA_TIMEOUT)?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic)
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    let mut ranges = HashMap::new();
-    for p in partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, p, KAFKA_TIMEOUT)?;
-        if high > low {
-            ranges.insert(p, (low, high));
-        }
-    }
+    let ranges: HashMap<i32, (i64, i64)> =
+        crate::broker::watermarks(&consumer, topic, KAFKA_TIMEOUT)?
+            .into_iter()
+            .filter(|&(_, low, high)| high > low)
+            .map(|(p, low, high)| (p, (low, high)))
+            .collect();
     // The last message of every partition: the highest version among them is the one that may
     // be incomplete (versions start only after the previous one is fully acknowledged).
     let mut last = None;
