@@ -175,7 +175,7 @@ pub mod events {
 
     impl BatchCommitted {
         pub fn emit(&self) {
-            let total_lag: i64 = self.lag.iter().map(|(_, l)| l).sum();
+            let total_lag: i64 = self.lag.values().sum();
             tracing::debug!(
                 records = self.records,
                 bytes = self.bytes,

@@ -158,7 +158,7 @@ async fn commit_offsets_only(
     let finalized = CommitBuilder::from(props)
         .build(Some(snapshot), table.log_store(), op)
         .await
-        .map_err(|e| classify(table_name, e.into()))?;
+        .map_err(|e| classify(table_name, e))?;
     table.state = Some(finalized.snapshot);
     Ok(table)
 }

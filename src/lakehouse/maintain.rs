@@ -143,7 +143,7 @@ async fn maintain_table(
         .await
         .map_err(|e| Error::delta(name, e))?;
     report.files_vacuumed = vacuum.files_deleted.len();
-    report.version = table.version().unwrap_or(0) as u64;
+    report.version = table.version().unwrap_or(0);
     report.files_after = table
         .get_file_uris()
         .map_err(|e| Error::delta(name, e))?

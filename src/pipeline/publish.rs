@@ -119,7 +119,7 @@ impl AlertPublisher {
         let Some(table) = self.table().await? else {
             return Ok(0);
         };
-        let latest = table.version().unwrap_or(0).max(0) as u64;
+        let latest = table.version().unwrap_or(0);
         let mut produced = 0;
         let next = match self.next {
             Some(n) => n,

@@ -197,7 +197,7 @@ impl World {
         rates: &WorldRates,
     ) -> World {
         let data = reference::generate(cfg);
-        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x776f_726c_64);
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x0077_6f72_6c64);
         let lead_days: Vec<f64> = data
             .suppliers
             .iter()
@@ -604,11 +604,11 @@ mod tests {
                 if t >= end {
                     break;
                 }
-                if let Some((_, h)) = w.pop_due(t) {
-                    if let Happening::Movement { receipt, .. } = h {
-                        moves += 1;
-                        receipts += receipt as usize;
-                    }
+                if let Some((_, h)) = w.pop_due(t)
+                    && let Happening::Movement { receipt, .. } = h
+                {
+                    moves += 1;
+                    receipts += receipt as usize;
                 }
             }
             (w.truth().clone(), moves, receipts)

@@ -297,10 +297,10 @@ impl Source {
         for (p, last) in offsets {
             let _ = tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(last + 1));
         }
-        if tpl.count() > 0 {
-            if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
-                tracing::debug!(error = %e, "kafka offset commit failed (monitoring only)");
-            }
+        if tpl.count() > 0
+            && let Err(e) = self.consumer.commit(&tpl, CommitMode::Async)
+        {
+            tracing::debug!(error = %e, "kafka offset commit failed (monitoring only)");
         }
     }
 
