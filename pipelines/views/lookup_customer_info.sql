@@ -2,7 +2,7 @@
 WITH tickets AS (
     SELECT customer_id,
         count(*) AS tickets_total,
-        count(CASE WHEN status <> 'resolved' THEN 1 END) AS tickets_open
+        count(CASE WHEN status IN ('open', 'in_progress') THEN 1 END) AS tickets_open
     FROM support.tickets
     GROUP BY customer_id
 )

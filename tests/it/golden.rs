@@ -1,4 +1,4 @@
-//! Data-driven tests of every `pipelines/*.sql` (after arroyo's planner tests): each pipeline has
+//! Data-driven tests of every `pipelines/*.sql` and `pipelines/views/*.sql` (after arroyo's planner tests): each pipeline has
 //! cases under `tests/pipelines/<pipeline>/<case>/` holding input fixtures, one JSON-lines file
 //! per table (`<schema>.<table>.json`, or `batch.json` for a micro-batch input), and the golden
 //! output `expected.txt` (rows sorted, pretty-printed). A case may instead hold `error.txt`: the
@@ -78,8 +78,16 @@ fn render(batches: &[RecordBatch]) -> String {
     out.join("\n") + "\n"
 }
 
-async fn run_case(defs: &Definitions, name: &str, dir: &Path) -> Result<String, String> {
-    let def = defs.get(name).unwrap();
+/// A SQL file under test: a pipeline, or a view (`views/<name>`), whose cases live in
+/// `tests/pipelines/<name>/`.
+struct Subject {
+    name: String,
+    sql: String,
+    /// The micro-batch source table for a pipeline with a batch input.
+    batch: Option<String>,
+}
+
+async fn run_case(subject: &Subject, dir: &Path) -> Result<String, String> {
     let mut data = BTreeMap::new();
     let mut batch = None;
     for entry in std::fs::read_dir(dir).unwrap() {
@@ -89,7 +97,7 @@ async fn run_case(defs: &Definitions, name: &str, dir: &Path) -> Result<String, 
             continue;
         };
         if table == "batch" {
-            let Input::Batch(source) = &def.input else {
+            let Some(source) = &subject.batch else {
                 panic!(
                     "{}: batch.json for a pipeline without a batch input",
                     dir.display()
@@ -101,21 +109,34 @@ async fn run_case(defs: &Definitions, name: &str, dir: &Path) -> Result<String, 
         }
     }
     let mut ctx = session::memory(&data).map_err(|e| e.to_string())?;
-    if let (Input::Batch(source), Some(b)) = (&def.input, batch) {
+    if let (Some(source), Some(b)) = (&subject.batch, batch) {
         let schema = tables::get(source).unwrap().arrow_schema();
         ctx = session::with_batch(&ctx, schema, vec![b]).map_err(|e| e.to_string())?;
     }
-    let df = ctx.sql(&def.sql).await.map_err(|e| e.to_string())?;
+    let df = ctx.sql(&subject.sql).await.map_err(|e| e.to_string())?;
     let batches = df.collect().await.map_err(|e| e.to_string())?;
     Ok(render(&batches))
 }
 
 #[tokio::test]
-async fn every_pipeline_sql_matches_its_golden_outputs() {
+async fn every_pipeline_and_view_sql_matches_its_golden_outputs() {
     let defs = Definitions::built_in().await.unwrap();
+    let pipelines = defs.pipelines.iter().map(|def| Subject {
+        name: def.name.clone(),
+        sql: def.sql.clone(),
+        batch: match &def.input {
+            Input::Batch(source) => Some(source.clone()),
+            _ => None,
+        },
+    });
+    let views = defs.views.iter().map(|(name, sql)| Subject {
+        name: format!("views/{name}"),
+        sql: sql.clone(),
+        batch: None,
+    });
     let update = std::env::var("UPDATE_GOLDEN").is_ok();
     let mut failures = Vec::new();
-    for def in &defs.pipelines {
+    for def in pipelines.chain(views) {
         let dir = cases_root().join(&def.name);
         let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
             .unwrap_or_else(|_| {
@@ -136,7 +157,7 @@ async fn every_pipeline_sql_matches_its_golden_outputs() {
                 def.name,
                 case.file_name().unwrap().to_string_lossy()
             );
-            let got = run_case(&defs, &def.name, &case).await;
+            let got = run_case(&def, &case).await;
             let error_file = case.join("error.txt");
             if error_file.exists() {
                 let want = std::fs::read_to_string(&error_file).unwrap();
