@@ -50,15 +50,17 @@ lateness AS (
       AND d.delivered_at > c.as_of - INTERVAL '90 days'
     GROUP BY d.supplier_id
 ),
--- Open inbound: shipments not yet delivered or cancelled, and open purchase orders.
+-- Open inbound: shipments not yet delivered or cancelled, and open purchase orders not yet shipped.
 open_inbound AS (
     SELECT part_id, warehouse_id, supplier_id, quantity, eta, status = 'delayed' AS delayed
     FROM latest_status
     WHERE rn = 1 AND status IN ('created', 'in_transit', 'delayed')
     UNION ALL
-    SELECT part_id, warehouse_id, supplier_id, quantity, expected_at, false
-    FROM supply_chain.purchase_orders
-    WHERE status = 'open'
+    -- An order counts until its first shipment exists; from then on the shipment is the inbound.
+    SELECT o.part_id, o.warehouse_id, o.supplier_id, o.quantity, o.expected_at, false
+    FROM supply_chain.purchase_orders o
+    WHERE o.status = 'open'
+      AND NOT EXISTS (SELECT 1 FROM supply_chain.shipments sh WHERE sh.po_id = o.po_id)
 ),
 position AS (
     SELECT i.part_id, i.warehouse_id, i.region, p.supplier_id,

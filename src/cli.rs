@@ -40,6 +40,11 @@ pub enum Command {
     Pipeline(PipelineArgs),
     /// Write reference data to the lakehouse and produce history and live events to Kafka.
     Simulate(SimulateArgs),
+    /// The MCP server (streamable HTTP at /mcp), /metrics and /healthz over the lakehouse.
+    /// Actions (orders, tickets) need a broker: --brokers or kafka.brokers.
+    Serve(ServeArgs),
+    /// The MCP server for one client over stdin/stdout (logs go to stderr).
+    Mcp(McpArgs),
     /// Run only the embedded broker and print its bootstrap address.
     Broker(BrokerArgs),
     /// Inspect and create tables.
@@ -137,6 +142,30 @@ pub struct SimulateArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Kafka bootstrap servers for actions (overrides kafka.brokers; without one, action tools
+    /// answer that actions are disabled).
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// Listen address (overrides serve.addr).
+    #[arg(long)]
+    pub addr: Option<String>,
+    /// Stop after this many seconds (default: until Ctrl-C).
+    #[arg(long)]
+    pub duration: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct McpArgs {
+    /// Serve over stdin/stdout (the only transport of this command; `serve` is HTTP).
+    #[arg(long, required = true)]
+    pub stdio: bool,
+    /// Kafka bootstrap servers for actions (overrides kafka.brokers).
+    #[arg(long)]
+    pub brokers: Option<String>,
+}
+
+#[derive(Debug, Args)]
 pub struct BrokerArgs {
     /// Stop after this many seconds (default: until Ctrl-C).
     #[arg(long)]
@@ -205,6 +234,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(args) => crate::up::run(config, args).await,
         Command::Pipeline(args) => pipeline(config, args).await,
         Command::Simulate(args) => simulate(config, args).await,
+        Command::Serve(args) => serve(config, args).await,
+        Command::Mcp(args) => mcp_stdio(config, args).await,
         Command::Broker(args) => broker(config, args).await,
         Command::Tables { command } => tables_cmd(config, command).await,
         Command::Maintain { no_zorder } => {
@@ -348,7 +379,7 @@ async fn pipeline(mut config: Config, args: PipelineArgs) -> anyhow::Result<()> 
     }
     let lake = Lakehouse::new(&config.lakehouse.root)?;
     let stop = stop_signal(None);
-    let (addr, _server) = crate::serve::spawn(&config.serve.addr, stop.clone())
+    let (addr, _server) = crate::serve::spawn(&config.serve.addr, stop.clone(), None)
         .await
         .context("binding serve.addr")?;
     tracing::info!("metrics at http://{addr}/metrics");
@@ -411,18 +442,76 @@ async fn simulate(mut config: Config, args: SimulateArgs) -> anyhow::Result<()> 
     }
     if rate > 0 && args.events != Some(0) {
         let stop = stop_signal(args.duration.map(Duration::from_secs));
+        let orders = crate::sim::order_feed(
+            &config.kafka,
+            &brokers,
+            &format!("{}-sim-{run_id}", config.kafka.group_id),
+        )?;
         let mut generator = crate::sim::stream::Generator::new(
             &config.simulate,
             &run_id,
             config.simulate.start,
             rate,
-        );
+        )
+        .with_order_feed(orders);
         let produced =
             crate::sim::produce_live(&producer, &mut generator, rate, args.events, stop).await?;
         summary.insert("live".into(), serde_json::to_value(produced)?);
     }
     println!("{}", serde_json::Value::Object(summary));
     Ok(())
+}
+
+fn optional_brokers(flag: Option<String>, config: &Config) -> Option<String> {
+    flag.or_else(|| Some(config.kafka.brokers.clone()).filter(|b| !b.is_empty()))
+}
+
+async fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<()> {
+    if let Some(a) = args.addr {
+        config.serve.addr = a;
+    }
+    let problems = config.validate();
+    if !problems.is_empty() {
+        return Err(crate::Error::Config(problems).into());
+    }
+    let brokers = optional_brokers(args.brokers, &config);
+    let lake = Lakehouse::new(&config.lakehouse.root)?;
+    let stop = stop_signal(args.duration.map(Duration::from_secs));
+    let server = crate::mcp::start(&config, lake.clone(), brokers.as_deref(), stop.clone())
+        .await
+        .context("starting the MCP server")?;
+    let mcp = crate::serve::Mcp {
+        server,
+        allowed_hosts: config.serve.allowed_hosts.clone(),
+    };
+    let (addr, task) = crate::serve::spawn(&config.serve.addr, stop, Some(mcp))
+        .await
+        .context("binding serve.addr")?;
+    println!("millstream serve");
+    println!("  mcp       : http://{addr}/mcp");
+    println!("  metrics   : http://{addr}/metrics");
+    println!("  lakehouse : {}", lake.root().display());
+    match &brokers {
+        Some(b) => println!("  actions   : to {b}"),
+        None => println!("  actions   : disabled (no broker: pass --brokers or set kafka.brokers)"),
+    }
+    task.await?;
+    Ok(())
+}
+
+async fn mcp_stdio(config: Config, args: McpArgs) -> anyhow::Result<()> {
+    debug_assert!(args.stdio);
+    let problems = config.validate();
+    if !problems.is_empty() {
+        return Err(crate::Error::Config(problems).into());
+    }
+    let brokers = optional_brokers(args.brokers, &config);
+    let lake = Lakehouse::new(&config.lakehouse.root)?;
+    let (_stop_tx, stop) = watch::channel(false);
+    let server = crate::mcp::start(&config, lake, brokers.as_deref(), stop)
+        .await
+        .context("starting the MCP server")?;
+    crate::mcp::serve_stdio(server).await
 }
 
 async fn broker(config: Config, args: BrokerArgs) -> anyhow::Result<()> {

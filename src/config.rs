@@ -81,6 +81,10 @@ pub struct MaintainConfig {
 #[derive(Debug, Clone, Deserialize)]
 pub struct ServeConfig {
     pub addr: String,
+    pub refresh_ms: u64,
+    pub query_timeout_ms: u64,
+    pub allowed_hosts: Vec<String>,
+    pub principal: String,
 }
 
 /// A string whose value never appears in `Debug` or logs. Numbers and booleans are accepted
@@ -251,6 +255,22 @@ impl Config {
         check(
             (1..=4096).contains(&self.pipeline.target_file_mb),
             "pipeline.target_file_mb must be in 1..=4096",
+        );
+        check(
+            (10..=60_000).contains(&self.serve.refresh_ms),
+            "serve.refresh_ms must be in 10..=60000",
+        );
+        check(
+            (100..=600_000).contains(&self.serve.query_timeout_ms),
+            "serve.query_timeout_ms must be in 100..=600000",
+        );
+        check(
+            !self.serve.allowed_hosts.is_empty(),
+            "serve.allowed_hosts must name at least one host",
+        );
+        check(
+            !self.serve.principal.trim().is_empty(),
+            "serve.principal must not be empty",
         );
         check(self.simulate.rate >= 1, "simulate.rate must be >= 1");
         check(

@@ -9,7 +9,8 @@
 //! - [`lakehouse`]: tables, exactly-once commits with `txn`, Change Data Feed, maintenance.
 //! - [`pipeline`]: the micro-batch runner.
 //! - [`sim`]: reference data and live streams on a simulated clock.
-//! - [`serve`]: HTTP: `/metrics`, `/healthz`.
+//! - [`mcp`]: the MCP server: tools, resources, prompts, actions over the live tables.
+//! - [`serve`]: HTTP: `/mcp`, `/metrics`, `/healthz`.
 //! - [`telemetry`]: logging and named internal events (metrics).
 //! - [`cli`], [`up`], [`bench`]: commands.
 
@@ -20,6 +21,7 @@ pub mod config;
 pub mod decode;
 pub mod error;
 pub mod lakehouse;
+pub mod mcp;
 pub mod model;
 pub mod pipeline;
 pub mod serve;

@@ -1,5 +1,6 @@
 //! `millstream up`: the whole system in one process: embedded broker (or `--brokers`), reference
-//! data, seed history and live simulator, the pipeline, background maintenance and `/metrics`.
+//! data, seed history and live simulator, the pipeline, background maintenance, and the MCP
+//! server with `/metrics`.
 //!
 //! Shutdown order (DESIGN §9): stop the simulator and flush its producer; let the pipeline finish
 //! the batch in hand and close its consumer; stop maintenance; then drop the broker last.
@@ -59,7 +60,14 @@ pub async fn run(config: Config, args: UpArgs) -> anyhow::Result<()> {
         opts.name = format!("{}-{run_id}", config.pipeline.name);
         opts.group_id = format!("{}-{run_id}", config.kafka.group_id);
     }
-    let (addr, server) = crate::serve::spawn(&config.serve.addr, stop.clone())
+    let mcp = crate::mcp::start(&config, lake.clone(), Some(&brokers), stop.clone())
+        .await
+        .context("starting the MCP server")?;
+    let mcp = crate::serve::Mcp {
+        server: mcp,
+        allowed_hosts: config.serve.allowed_hosts.clone(),
+    };
+    let (addr, server) = crate::serve::spawn(&config.serve.addr, stop.clone(), Some(mcp))
         .await
         .context("binding serve.addr")?;
     println!("millstream up");
@@ -72,6 +80,7 @@ pub async fn run(config: Config, args: UpArgs) -> anyhow::Result<()> {
         }
     );
     println!("  lakehouse       : {}", lake.root().display());
+    println!("  mcp             : http://{addr}/mcp (streamable HTTP)");
     println!("  metrics         : http://{addr}/metrics");
     println!(
         "  pipeline        : {} (group {})",
@@ -183,8 +192,12 @@ async fn simulate(
         chrono::Duration::days(365),
         &crate::sim::faults::FaultRates::default(),
     );
+    // The simulated suppliers fulfil agents' orders: order → shipments → receipt.
+    let orders =
+        crate::sim::order_feed(&config.kafka, brokers, &format!("millstream-sim-{run_id}"))?;
     let mut generator =
         crate::sim::stream::Generator::new(&config.simulate, run_id, config.simulate.start, rate)
-            .with_faults(plan);
+            .with_faults(plan)
+            .with_order_feed(orders);
     Ok(crate::sim::produce_live(&producer, &mut generator, rate, None, stop).await?)
 }

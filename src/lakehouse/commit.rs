@@ -202,18 +202,27 @@ pub async fn merge(
     let mut attempt = 0;
     loop {
         let props = commit_properties(pipeline, offsets);
-        let result = table
+        let builder = table
             .clone()
             .merge(source.clone(), predicate.as_str())
             .with_source_alias("source")
-            .with_target_alias("target")
-            .when_matched_update(|mut u| {
+            .with_target_alias("target");
+        // No updates: matched rows are left as they are. No inserts: unmatched ones dropped.
+        let builder = if sink.update.is_empty() {
+            Ok(builder)
+        } else {
+            builder.when_matched_update(|mut u| {
                 for (c, e) in &sink.update {
                     u = u.update(c.as_str(), e.as_str());
                 }
                 u
             })
+        };
+        let builder = builder
             .and_then(|b| {
+                if sink.insert.is_empty() {
+                    return Ok(b);
+                }
                 b.when_not_matched_insert(|mut i| {
                     for (c, e) in &sink.insert {
                         i = i.set(c.as_str(), e.as_str());
@@ -221,7 +230,8 @@ pub async fn merge(
                     i
                 })
             })
-            .map_err(|e| Error::delta(table_name, e))?
+            .map_err(|e| Error::delta(table_name, e))?;
+        let result = builder
             .with_commit_properties(props)
             .with_writer_properties(writer_properties())
             .await;

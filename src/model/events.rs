@@ -147,6 +147,57 @@ pub enum SalesChannel {
     Online,
 }
 
+/// An agent's purchase order (`mfg.actions.orders`, key = po_id), produced by the MCP server's
+/// `create_order` after validation and materialized into `supply_chain.purchase_orders`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct OrderAction {
+    /// Equal for every send of one order (derived from the idempotency key).
+    pub event_id: String,
+    /// Derived from the caller and their idempotency key: one key, one order.
+    pub po_id: String,
+    pub idempotency_key: String,
+    pub part_id: String,
+    pub warehouse_id: String,
+    pub supplier_id: String,
+    /// Units; at least the supplier's minimum order quantity.
+    pub quantity: i64,
+    /// standard | expedited | rush
+    pub priority: String,
+    pub unit_cost: f64,
+    /// Priority surcharge.
+    pub fee: f64,
+    pub total_cost: f64,
+    pub expected_at: DateTime<Utc>,
+    /// The principal the order was placed for.
+    pub on_behalf_of: String,
+    /// Event time the order was placed (the pipeline's event-time clock).
+    pub ts: DateTime<Utc>,
+}
+
+/// An agent's ticket action (`mfg.actions.tickets`, key = ticket_id): a new ticket, or a
+/// status/resolution change; materialized into `support.tickets`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TicketAction {
+    pub event_id: String,
+    pub ticket_id: String,
+    pub idempotency_key: String,
+    /// create | update
+    pub action: String,
+    /// For `create`: the ticket's fields.
+    pub customer_id: Option<String>,
+    pub subject: Option<String>,
+    pub description: Option<String>,
+    /// delivery | quality | billing | technical
+    pub category: Option<String>,
+    /// low | medium | high | urgent
+    pub priority: Option<String>,
+    /// open | in_progress | resolved | closed
+    pub status: String,
+    pub resolution: Option<String>,
+    pub on_behalf_of: String,
+    pub ts: DateTime<Utc>,
+}
+
 /// The source streams, with everything the pipeline needs to route and check them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EventKind {
@@ -154,10 +205,22 @@ pub enum EventKind {
     Shipment,
     Inventory,
     Sales,
+    OrderAction,
+    TicketAction,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 4] = [
+    pub const ALL: [EventKind; 6] = [
+        EventKind::Telemetry,
+        EventKind::Shipment,
+        EventKind::Inventory,
+        EventKind::Sales,
+        EventKind::OrderAction,
+        EventKind::TicketAction,
+    ];
+
+    /// The factory's streams (not the agents' actions).
+    pub const FACTORY: [EventKind; 4] = [
         EventKind::Telemetry,
         EventKind::Shipment,
         EventKind::Inventory,
@@ -170,6 +233,8 @@ impl EventKind {
             EventKind::Shipment => crate::broker::topics::SHIPMENTS,
             EventKind::Inventory => crate::broker::topics::INVENTORY,
             EventKind::Sales => crate::broker::topics::SALES,
+            EventKind::OrderAction => crate::broker::topics::ACTION_ORDERS,
+            EventKind::TicketAction => crate::broker::topics::ACTION_TICKETS,
         }
     }
 
@@ -184,6 +249,8 @@ impl EventKind {
             EventKind::Shipment => "supply_chain.shipments",
             EventKind::Inventory => "supply_chain.inventory_movements",
             EventKind::Sales => "sales.transactions",
+            EventKind::OrderAction => "supply_chain.order_actions",
+            EventKind::TicketAction => "support.ticket_actions",
         }
     }
 
@@ -194,6 +261,8 @@ impl EventKind {
             EventKind::Shipment => "shipment_event",
             EventKind::Inventory => "inventory_movement",
             EventKind::Sales => "sales_transaction",
+            EventKind::OrderAction => "order_action",
+            EventKind::TicketAction => "ticket_action",
         }
     }
 
@@ -203,6 +272,8 @@ impl EventKind {
             EventKind::Shipment => schemars::schema_for!(ShipmentEvent),
             EventKind::Inventory => schemars::schema_for!(InventoryMovement),
             EventKind::Sales => schemars::schema_for!(SalesTransaction),
+            EventKind::OrderAction => schemars::schema_for!(OrderAction),
+            EventKind::TicketAction => schemars::schema_for!(TicketAction),
         };
         serde_json::to_value(schema).expect("schemas serialize")
     }
@@ -218,6 +289,8 @@ impl EventKind {
             EventKind::Shipment => parse::<ShipmentEvent>(bytes)?.validate(),
             EventKind::Inventory => parse::<InventoryMovement>(bytes)?.validate(),
             EventKind::Sales => parse::<SalesTransaction>(bytes)?.validate(),
+            EventKind::OrderAction => parse::<OrderAction>(bytes)?.validate(),
+            EventKind::TicketAction => parse::<TicketAction>(bytes)?.validate(),
         }
     }
 }
@@ -308,6 +381,68 @@ impl SalesTransaction {
                 "currency {:?} is not an ISO 4217 code",
                 self.currency
             ));
+        }
+        sane_time(&self.ts)
+    }
+}
+
+impl OrderAction {
+    pub fn validate(&self) -> Result<(), String> {
+        for (f, v) in [
+            ("event_id", &self.event_id),
+            ("po_id", &self.po_id),
+            ("idempotency_key", &self.idempotency_key),
+            ("part_id", &self.part_id),
+            ("warehouse_id", &self.warehouse_id),
+            ("supplier_id", &self.supplier_id),
+            ("on_behalf_of", &self.on_behalf_of),
+        ] {
+            non_empty(f, v)?;
+        }
+        if self.quantity <= 0 {
+            return Err(format!("quantity {} must be positive", self.quantity));
+        }
+        if !["standard", "expedited", "rush"].contains(&self.priority.as_str()) {
+            return Err(format!("unknown priority {:?}", self.priority));
+        }
+        if ![self.unit_cost, self.fee, self.total_cost]
+            .iter()
+            .all(|c| c.is_finite() && *c >= 0.0)
+        {
+            return Err("costs must be non-negative numbers".into());
+        }
+        sane_time(&self.expected_at)?;
+        sane_time(&self.ts)
+    }
+}
+
+impl TicketAction {
+    pub fn validate(&self) -> Result<(), String> {
+        for (f, v) in [
+            ("event_id", &self.event_id),
+            ("ticket_id", &self.ticket_id),
+            ("idempotency_key", &self.idempotency_key),
+            ("on_behalf_of", &self.on_behalf_of),
+        ] {
+            non_empty(f, v)?;
+        }
+        if !["open", "in_progress", "resolved", "closed"].contains(&self.status.as_str()) {
+            return Err(format!("unknown status {:?}", self.status));
+        }
+        match self.action.as_str() {
+            "create" => {
+                for (f, v) in [
+                    ("customer_id", &self.customer_id),
+                    ("subject", &self.subject),
+                    ("description", &self.description),
+                    ("category", &self.category),
+                    ("priority", &self.priority),
+                ] {
+                    non_empty(f, v.as_deref().unwrap_or(""))?;
+                }
+            }
+            "update" => {}
+            other => return Err(format!("unknown ticket action {other:?}")),
         }
         sane_time(&self.ts)
     }

@@ -130,6 +130,14 @@ const SOURCES: &[(&str, &str)] = &[
         include_str!("../../schemas/tables/supply_chain.purchase_orders.toml"),
     ),
     (
+        "supply_chain.order_actions.toml",
+        include_str!("../../schemas/tables/supply_chain.order_actions.toml"),
+    ),
+    (
+        "support.ticket_actions.toml",
+        include_str!("../../schemas/tables/support.ticket_actions.toml"),
+    ),
+    (
         "supply_chain.shortage_signals.toml",
         include_str!("../../schemas/tables/supply_chain.shortage_signals.toml"),
     ),

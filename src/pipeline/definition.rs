@@ -36,6 +36,16 @@ const BUILT_IN: &[(&str, &str)] = &[
         include_str!("../../pipelines/inventory.toml"),
     ),
     (
+        "purchase_orders.toml",
+        include_str!("../../pipelines/purchase_orders.toml"),
+    ),
+    (
+        "purchase_orders.sql",
+        include_str!("../../pipelines/purchase_orders.sql"),
+    ),
+    ("tickets.toml", include_str!("../../pipelines/tickets.toml")),
+    ("tickets.sql", include_str!("../../pipelines/tickets.sql")),
+    (
         "inventory.sql",
         include_str!("../../pipelines/inventory.sql"),
     ),
@@ -76,6 +86,10 @@ const BUILT_IN: &[(&str, &str)] = &[
     (
         "views/lookup_customer_info.sql",
         include_str!("../../pipelines/views/lookup_customer_info.sql"),
+    ),
+    (
+        "views/order_status.sql",
+        include_str!("../../pipelines/views/order_status.sql"),
     ),
 ];
 
@@ -460,9 +474,11 @@ fn parse(
         column(c, "insert column", &mut problems);
     }
     let mode = *raw.sink.mode.get_ref();
-    if mode == SinkMode::Merge && (raw.sink.key.is_empty() || raw.sink.update.is_empty()) {
+    if mode == SinkMode::Merge
+        && (raw.sink.key.is_empty() || (raw.sink.update.is_empty() && raw.sink.insert.is_empty()))
+    {
         problems.push(format!(
-            "{}: mode \"merge\" needs `key` and [sink.update]",
+            "{}: mode \"merge\" needs `key` and [sink.update] or [sink.insert]",
             at(raw.sink.mode.span())
         ));
     }
@@ -554,7 +570,16 @@ mod tests {
                 .name,
             "inventory"
         );
-        assert_eq!(d.views.len(), 3);
+        // Agents' actions are materialized by batch pipelines too.
+        assert_eq!(
+            d.batch_pipeline("supply_chain.order_actions").unwrap().name,
+            "purchase_orders"
+        );
+        assert_eq!(
+            d.batch_pipeline("support.ticket_actions").unwrap().name,
+            "tickets"
+        );
+        assert_eq!(d.views.len(), 4);
     }
 
     #[tokio::test]

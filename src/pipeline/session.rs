@@ -6,7 +6,7 @@
 //! batches under the same names, so checks, golden tests and `eval` run the very same SQL.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use arrow::array::RecordBatch;
 use async_trait::async_trait;
@@ -99,24 +99,31 @@ pub fn with_batch(
 /// A session over the lakehouse's latest table versions, with functions and views.
 pub async fn lake(lake: &Lakehouse, defs: &Definitions) -> Result<SessionContext> {
     let ctx = lake.session().await?;
-    super::udf::register(&ctx);
-    if let Some(catalog) = ctx.catalog(CATALOG) {
-        catalog.register_schema(
-            VIEWS,
-            Arc::new(LazyViews {
-                lake: lake.clone(),
-                defs: defs.clone(),
-                planned: Mutex::new(HashMap::new()),
-            }),
-        )?;
-    }
+    with_functions_and_views(&ctx, defs);
     Ok(ctx)
 }
 
-/// Views planned when a query first names them, over the tables at that moment.
+/// Registers the millstream functions on `ctx` and its views as `views.<name>`, each planned
+/// when a query first names it, against the very tables of `ctx`'s catalog (so a view reads the
+/// same versions as the query around it).
+pub fn with_functions_and_views(ctx: &SessionContext, defs: &Definitions) {
+    super::udf::register(ctx);
+    if let Some(catalog) = ctx.catalog(CATALOG) {
+        let views = LazyViews {
+            tables: Arc::downgrade(&catalog),
+            defs: defs.clone(),
+            planned: Mutex::new(HashMap::new()),
+        };
+        // Registering a schema on a memory catalog cannot fail.
+        let _ = catalog.register_schema(VIEWS, Arc::new(views));
+    }
+}
+
+/// Views planned when a query first names them.
 #[derive(Debug)]
 struct LazyViews {
-    lake: Lakehouse,
+    /// Weak: the catalog holds this schema, so a strong reference would leak every session.
+    tables: Weak<dyn CatalogProvider>,
     defs: Definitions,
     planned: Mutex<HashMap<String, Arc<dyn TableProvider>>>,
 }
@@ -137,8 +144,11 @@ impl SchemaProvider for LazyViews {
         let Some(sql) = self.defs.views.get(name) else {
             return Ok(None);
         };
-        let external = |e: crate::error::Error| DataFusionError::External(Box::new(e));
-        let ctx = self.lake.session().await.map_err(external)?;
+        let tables = self.tables.upgrade().ok_or_else(|| {
+            DataFusionError::Internal("view planned after its session was dropped".into())
+        })?;
+        let ctx = plain_context();
+        ctx.register_catalog(CATALOG, tables);
         super::udf::register(&ctx);
         let plan = ctx.sql(sql).await?.into_optimized_plan()?;
         let view: Arc<dyn TableProvider> = Arc::new(ViewTable::new(plan, Some(sql.clone())));

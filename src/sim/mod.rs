@@ -23,6 +23,57 @@ use crate::model::tables;
 use crate::telemetry::events::EventsProduced;
 use stream::{Generator, SimEvent};
 
+/// Agent purchase orders from `mfg.actions.orders`, read by their own consumer group, for the
+/// simulator to fulfil: the supplier's side of the loop (order → shipments → receipt). Invalid
+/// records are skipped with a warning (the pipeline dead-letters them). Ends when the receiver
+/// is dropped.
+pub fn order_feed(
+    kafka: &KafkaConfig,
+    brokers: &str,
+    group: &str,
+) -> Result<tokio::sync::mpsc::UnboundedReceiver<crate::model::events::OrderAction>> {
+    use rdkafka::Message;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    let consumer: StreamConsumer = crate::broker::client_config(kafka, brokers)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "true")
+        .create()?;
+    consumer.subscribe(&[crate::broker::topics::ACTION_ORDERS])?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tx.closed() => return,
+                m = consumer.recv() => match m {
+                    Ok(m) => {
+                        let parsed = m.payload().map(|p| {
+                            serde_json::from_slice::<crate::model::events::OrderAction>(p)
+                                .map_err(|e| e.to_string())
+                                .and_then(|o| o.validate().map(|_| o))
+                        });
+                        match parsed {
+                            Some(Ok(order)) => {
+                                let receiver_gone = tx.send(order).is_err();
+                                if receiver_gone {
+                                    return;
+                                }
+                            }
+                            Some(Err(e)) => tracing::warn!(offset = m.offset(), error = %e, "simulator: skipping an invalid order"),
+                            None => {}
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "simulator: reading orders");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                },
+            }
+        }
+    });
+    Ok(rx)
+}
+
 /// The reference tables [`write_reference`] writes.
 pub const REFERENCE_TABLES: [&str; 5] = [
     "supply_chain.suppliers",

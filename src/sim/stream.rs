@@ -54,6 +54,10 @@ pub struct Generator {
     faults: Option<Faults>,
     world: World,
     telemetry: bool,
+    /// Agent purchase orders already placed with the world (a retried action repeats one).
+    orders: std::collections::HashSet<String>,
+    /// Where agent orders arrive from (see [`super::order_feed`]).
+    order_feed: Option<tokio::sync::mpsc::UnboundedReceiver<crate::model::events::OrderAction>>,
 }
 
 /// Fault injection attached to a generator, with its own RNG so the event stream stays the same.
@@ -98,7 +102,51 @@ impl Generator {
                 &WorldRates::default(),
             ),
             telemetry: true,
+            orders: std::collections::HashSet::new(),
+            order_feed: None,
         }
+    }
+
+    /// Fulfils the agent orders arriving on `feed` as the stream runs.
+    pub fn with_order_feed(
+        mut self,
+        feed: tokio::sync::mpsc::UnboundedReceiver<crate::model::events::OrderAction>,
+    ) -> Self {
+        self.order_feed = Some(feed);
+        self
+    }
+
+    /// Places an agent's purchase order with the world, which ships it from the part's supplier
+    /// (shipments carry the `po_id`) and receives it at the warehouse. Each order once; false
+    /// for a repeat or a part × warehouse the world does not stock.
+    pub fn place_order(&mut self, order: &crate::model::events::OrderAction) -> bool {
+        let index = |id: &str, prefix: &str| {
+            id.strip_prefix(prefix)?
+                .parse::<usize>()
+                .ok()?
+                .checked_sub(1)
+        };
+        let (Some(part), Some(warehouse)) = (
+            index(&order.part_id, "P-"),
+            index(&order.warehouse_id, "WH-"),
+        ) else {
+            return false;
+        };
+        if self.orders.contains(&order.po_id) {
+            return false;
+        }
+        let placed = self.world.place_order(
+            self.now,
+            part,
+            warehouse,
+            order.quantity,
+            order.expected_at,
+            &order.po_id,
+        );
+        if placed {
+            self.orders.insert(order.po_id.clone());
+        }
+        placed
     }
 
     /// Replaces the world with one whose faults are drawn at `rates` over `horizon`.
@@ -147,6 +195,19 @@ impl Generator {
     /// The next live event: the world's next due event (a stock movement, shipment status or
     /// sale) if one is due, else a telemetry reading one step later.
     pub fn next_event(&mut self) -> SimEvent {
+        if self.seq.is_multiple_of(256)
+            && let Some(feed) = &mut self.order_feed
+        {
+            let mut arrived = Vec::new();
+            while let Ok(order) = feed.try_recv() {
+                arrived.push(order);
+            }
+            for order in arrived {
+                if self.place_order(&order) {
+                    tracing::info!(po_id = %order.po_id, part = %order.part_id, warehouse = %order.warehouse_id, "simulator: supplier accepted the order");
+                }
+            }
+        }
         let mut ev = loop {
             if let Some((at, h)) = self.world.pop_due(self.now) {
                 break self.happening(at, h);
@@ -202,6 +263,7 @@ impl Generator {
                 quantity,
                 stage,
                 eta,
+                po_id,
             } => {
                 let e = ShipmentEvent {
                     event_id: self.event_id("shp"),
@@ -218,7 +280,7 @@ impl Generator {
                     },
                     carrier: ["DHL", "Kuehne+Nagel", "Maersk", "UPS"][supplier % 4].to_string(),
                     eta,
-                    po_id: None,
+                    po_id,
                     ts: at,
                 };
                 SimEvent {

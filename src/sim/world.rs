@@ -128,6 +128,9 @@ enum Task {
 
 struct Shipment {
     position: usize,
+    /// The purchase order it fulfils: an agent's order (`mfg.actions.orders`). The world's own
+    /// replenishment orders have none.
+    po_id: Option<String>,
     quantity: i64,
     nominal_eta: DateTime<Utc>,
     arrival: DateTime<Utc>,
@@ -150,6 +153,7 @@ pub enum Happening {
         quantity: i64,
         stage: u8,
         eta: Option<DateTime<Utc>>,
+        po_id: Option<String>,
     },
     Sale {
         customer: usize,
@@ -484,6 +488,7 @@ impl World {
         let quantity = pos.order_qty.max(self.min_order[s]);
         self.shipments.push(Shipment {
             position: p,
+            po_id: None,
             quantity,
             nominal_eta: nominal,
             arrival,
@@ -498,17 +503,70 @@ impl World {
         self.schedule(arrival, Task::Ship(i, 3));
     }
 
+    /// Fulfils an agent's purchase order: the part's supplier ships it now and delivers it at
+    /// `expected_at`, a day or so later when the supplier is unreliable or under a delay, with
+    /// the receipt right behind. False when no position holds the part in that warehouse.
+    pub fn place_order(
+        &mut self,
+        at: DateTime<Utc>,
+        part: usize,
+        warehouse: usize,
+        quantity: i64,
+        expected_at: DateTime<Utc>,
+        po_id: &str,
+    ) -> bool {
+        let Some(p) = self
+            .positions
+            .iter()
+            .position(|pos| pos.part == part && pos.warehouse == warehouse)
+        else {
+            return false;
+        };
+        let s = self.positions[p].supplier;
+        let expected_at = expected_at.max(at);
+        let mut arrival = expected_at;
+        let mut announced = false;
+        if let Some(extra) = self.delay(s, at) {
+            arrival += days(extra);
+            announced = true;
+        } else if !self.rng.random_bool(self.reliability[s]) {
+            arrival += days(self.rng.random_range(0.5..2.0));
+        }
+        self.shipments.push(Shipment {
+            position: p,
+            po_id: Some(po_id.to_string()),
+            quantity,
+            nominal_eta: expected_at,
+            arrival,
+        });
+        let i = self.shipments.len() - 1;
+        self.schedule(at, Task::Ship(i, 0));
+        let lead = (expected_at - at).num_seconds() as f64 / 86_400.0;
+        let leaves = at + days((lead * 0.2).min(1.0));
+        self.schedule(leaves, Task::Ship(i, 1));
+        if announced {
+            self.schedule(leaves + days(0.5), Task::Ship(i, 2));
+        }
+        self.schedule(arrival, Task::Ship(i, 3));
+        true
+    }
+
     /// Stage 0–3 of shipment `i` (created, in transit, delayed, delivered); stage 4 is the
     /// receipt movement that lands right behind the delivery.
     fn ship(&mut self, at: DateTime<Utc>, i: usize, stage: u8) -> Happening {
         let (p, quantity) = (self.shipments[i].position, self.shipments[i].quantity);
         let reference = format!("SH-{}-{}", self.run_id, i + 1);
         if stage == 4 {
+            let agent = self.shipments[i].po_id.is_some();
             let pos = &mut self.positions[p];
             pos.stock += quantity;
-            pos.open_order = false;
             pos.out = false;
-            pos.late = None;
+            // An agent's order arrives on top of the world's own replenishment, which is still
+            // open if it was.
+            if !agent {
+                pos.open_order = false;
+                pos.late = None;
+            }
             return Happening::Movement {
                 part: pos.part,
                 warehouse: pos.warehouse,
@@ -534,6 +592,7 @@ impl World {
                 2 => Some(sh.arrival),
                 _ => None,
             },
+            po_id: sh.po_id.clone(),
         }
     }
 }

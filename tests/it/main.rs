@@ -11,6 +11,7 @@ mod exactly_once;
 mod golden;
 mod independent_reader;
 mod maintain;
+mod mcp;
 mod scale_out;
 mod schemas;
 mod signals;

@@ -18,6 +18,8 @@ TABLES = [
     "supply_chain.shipments",
     "supply_chain.inventory_movements",
     "sales.transactions",
+    "supply_chain.order_actions",
+    "support.ticket_actions",
     "ops.dead_letters",
 ]
 

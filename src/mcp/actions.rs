@@ -1,0 +1,549 @@
+//! Agent actions: validated here, produced to `mfg.actions.*`, materialized by the pipeline.
+//!
+//! An action is accepted once Kafka has acknowledged it (idempotent producer, `acks=all`); the
+//! pipeline then writes it to `supply_chain.purchase_orders` or `support.tickets` exactly once,
+//! usually within a second or two. Idempotency: the caller's `idempotency_key` (scoped to the
+//! principal) fixes the order id and the event id, so sending again (a retry, or a second call
+//! with the same key) produces an event the MERGE recognizes and leaves alone. A key already
+//! materialized is answered from the table without producing anything.
+//!
+//! Order rules (`create_order`): the part must exist and the warehouse must stock parts; the
+//! supplier defaults to the part's primary supplier and may not be another one; the quantity is
+//! at least the supplier's minimum order quantity and at most 1,000,000. Priority sets lead
+//! time and fee: standard = the supplier's lead time, no fee; expedited = 60 % of it (rounded
+//! up), +10 % of the goods; rush = a third of it (at least one day), +25 %. Times are on the
+//! pipeline's event-time clock (the newest event time it has seen), so orders fit the
+//! simulated clock as well as a real one.
+
+use std::time::Duration;
+
+use chrono::DateTime;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rmcp::ErrorData;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::server::{Millstream, Query, id, internal, invalid, text};
+use crate::broker::topics;
+use crate::config::KafkaConfig;
+use crate::model::events::{OrderAction, TicketAction};
+
+/// Most units one order may ask for.
+pub const MAX_ORDER_QTY: i64 = 1_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OrderPriority {
+    Standard,
+    Expedited,
+    Rush,
+}
+
+impl OrderPriority {
+    /// Lead time in days for a supplier's standard `lead_days`, and the fee rate.
+    pub fn terms(self, lead_days: i64) -> (i64, f64) {
+        match self {
+            OrderPriority::Standard => (lead_days.max(1), 0.0),
+            OrderPriority::Expedited => (((lead_days * 6) + 9) / 10, 0.10),
+            OrderPriority::Rush => (((lead_days + 2) / 3).max(1), 0.25),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct OrderRequest {
+    pub part_id: String,
+    /// Destination warehouse.
+    pub warehouse_id: String,
+    /// Units; at least the supplier's minimum order quantity.
+    pub quantity: i64,
+    /// standard (default), expedited or rush.
+    pub priority: Option<OrderPriority>,
+    /// The part's primary supplier when absent (the only one accepted).
+    pub supplier_id: Option<String>,
+    /// Repeat it to retry safely: one key, one order. Generated when absent.
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct OrderReceipt {
+    pub po_id: String,
+    pub idempotency_key: String,
+    /// accepted: produced to mfg.actions.orders, the pipeline will materialize it;
+    /// exists: this key's order is already in supply_chain.purchase_orders (nothing sent).
+    pub outcome: String,
+    pub part_id: String,
+    pub warehouse_id: String,
+    pub supplier_id: String,
+    pub quantity: i64,
+    pub priority: OrderPriority,
+    pub unit_cost: f64,
+    pub fee: f64,
+    pub total_cost: f64,
+    pub lead_time_days: i64,
+    pub expected_at: String,
+    pub on_behalf_of: String,
+    /// Where the order will appear.
+    pub table: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct PartTerms {
+    supplier_id: String,
+    unit_cost: f64,
+    lead_time_days: i64,
+    min_order_qty: i64,
+}
+
+/// Produces actions; one per server process.
+pub struct ActionProducer {
+    producer: FutureProducer,
+    /// Recorded on every action until callers are authenticated.
+    principal: String,
+}
+
+impl ActionProducer {
+    pub fn new(kafka: &KafkaConfig, brokers: &str, principal: &str) -> crate::Result<Self> {
+        Ok(ActionProducer {
+            producer: crate::broker::producer_config(kafka, brokers).create()?,
+            principal: principal.to_string(),
+        })
+    }
+
+    pub fn principal(&self) -> &str {
+        &self.principal
+    }
+
+    /// Sends one action and waits for Kafka's acknowledgement.
+    async fn send(&self, topic: &str, key: &str, payload: &[u8]) -> Result<(), ErrorData> {
+        self.producer
+            .send(
+                FutureRecord::to(topic).key(key).payload(payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| internal(format!("producing to {topic}: {e}")))
+    }
+}
+
+/// A stable id from the principal and the caller's key: one key, one id, per principal.
+fn derived_id(prefix: &str, principal: &str, key: &str) -> String {
+    // FNV-1a over both: stable across builds and platforms (std's hasher is not promised to
+    // be), 64 bits are plenty for ids scoped to one principal's keys.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in principal.bytes().chain([0u8]).chain(key.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{prefix}-{h:016x}")
+}
+
+fn new_key() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+fn checked_key(key: Option<String>) -> Result<String, ErrorData> {
+    match key {
+        None => Ok(new_key()),
+        Some(k) => {
+            id("idempotency_key", &k)?;
+            Ok(k)
+        }
+    }
+}
+
+impl Millstream {
+    fn producer(&self) -> Result<&ActionProducer, ErrorData> {
+        self.actions.as_deref().ok_or_else(|| {
+            ErrorData::internal_error(
+                "actions are disabled: this server has no Kafka broker (set kafka.brokers or \
+                 pass --brokers)",
+                None,
+            )
+        })
+    }
+}
+
+pub async fn create_order(server: &Millstream, a: OrderRequest) -> Result<OrderReceipt, ErrorData> {
+    id("part_id", &a.part_id)?;
+    id("warehouse_id", &a.warehouse_id)?;
+    if let Some(s) = &a.supplier_id {
+        id("supplier_id", s)?;
+    }
+    let key = checked_key(a.idempotency_key)?;
+    let producer = server.producer()?;
+    let principal = producer.principal().to_string();
+    let po_id = derived_id("PO", &principal, &key);
+
+    // Already materialized: answer from the table, send nothing.
+    let q = Query::new(
+        "SELECT po_id, part_id, warehouse_id, supplier_id, quantity, priority, unit_cost, fee, \
+         total_cost, expected_at, on_behalf_of, created_at FROM supply_chain.purchase_orders",
+    )
+    .filter("po_id = ?", Some(text(&po_id)))
+    .finish("");
+    let (existing, _) = server.fetch::<serde_json::Value>(q).await?;
+    if let Some(row) = existing.into_iter().next() {
+        return existing_receipt(row, &key);
+    }
+
+    let q = Query::new(
+        "SELECT p.supplier_id, p.unit_cost, CAST(s.lead_time_days AS BIGINT) AS lead_time_days, \
+         s.min_order_qty FROM supply_chain.parts p \
+         JOIN supply_chain.suppliers s ON s.supplier_id = p.supplier_id",
+    )
+    .filter("p.part_id = ?", Some(text(&a.part_id)))
+    .finish("");
+    let (terms, _) = server.fetch::<PartTerms>(q).await?;
+    let Some(terms) = terms.into_iter().next() else {
+        return Err(invalid(
+            "part_id",
+            format!("unknown part_id {:?}", a.part_id),
+        ));
+    };
+    server
+        .must_exist(
+            "warehouse_id",
+            &a.warehouse_id,
+            "SELECT 1 FROM supply_chain.inventory WHERE warehouse_id = $1 LIMIT 1",
+        )
+        .await?;
+    if let Some(s) = &a.supplier_id
+        && *s != terms.supplier_id
+    {
+        return Err(invalid(
+            "supplier_id",
+            format!(
+                "part {} is supplied by {}, not {s}",
+                a.part_id, terms.supplier_id
+            ),
+        ));
+    }
+    if a.quantity < terms.min_order_qty || a.quantity > MAX_ORDER_QTY {
+        return Err(invalid(
+            "quantity",
+            format!(
+                "quantity {} is outside {}..={MAX_ORDER_QTY} (supplier {} minimum order is {})",
+                a.quantity, terms.min_order_qty, terms.supplier_id, terms.min_order_qty
+            ),
+        ));
+    }
+    let priority = a.priority.unwrap_or(OrderPriority::Standard);
+    let (lead, fee_rate) = priority.terms(terms.lead_time_days);
+    let goods = a.quantity as f64 * terms.unit_cost;
+    let fee = (goods * fee_rate * 100.0).round() / 100.0;
+    let now = server.catalog.event_clock();
+    let expected_at = now + chrono::Duration::days(lead);
+    let action = OrderAction {
+        event_id: derived_id("ORDER", &principal, &key),
+        po_id: po_id.clone(),
+        idempotency_key: key.clone(),
+        part_id: a.part_id.clone(),
+        warehouse_id: a.warehouse_id.clone(),
+        supplier_id: terms.supplier_id.clone(),
+        quantity: a.quantity,
+        priority: priority_str(priority).to_string(),
+        unit_cost: terms.unit_cost,
+        fee,
+        total_cost: ((goods + fee) * 100.0).round() / 100.0,
+        expected_at,
+        on_behalf_of: principal.clone(),
+        ts: now,
+    };
+    action.validate().map_err(internal)?;
+    let payload = serde_json::to_vec(&action).map_err(internal)?;
+    producer
+        .send(topics::ACTION_ORDERS, &action.po_id, &payload)
+        .await?;
+    tracing::info!(po_id = %action.po_id, part = %action.part_id, qty = action.quantity, on_behalf_of = %principal, "order accepted");
+    Ok(OrderReceipt {
+        po_id,
+        idempotency_key: key,
+        outcome: "accepted".into(),
+        part_id: action.part_id,
+        warehouse_id: action.warehouse_id,
+        supplier_id: action.supplier_id,
+        quantity: action.quantity,
+        priority,
+        unit_cost: action.unit_cost,
+        fee: action.fee,
+        total_cost: action.total_cost,
+        lead_time_days: lead,
+        expected_at: super::catalog::rfc3339(expected_at),
+        on_behalf_of: principal,
+        table: "supply_chain.purchase_orders".into(),
+    })
+}
+
+fn priority_str(p: OrderPriority) -> &'static str {
+    p.as_str()
+}
+
+fn existing_receipt(row: serde_json::Value, key: &str) -> Result<OrderReceipt, ErrorData> {
+    #[derive(Deserialize)]
+    struct Row {
+        po_id: String,
+        part_id: String,
+        warehouse_id: String,
+        supplier_id: String,
+        quantity: i64,
+        priority: OrderPriority,
+        unit_cost: f64,
+        fee: f64,
+        total_cost: f64,
+        expected_at: Option<String>,
+        on_behalf_of: String,
+        created_at: String,
+    }
+    let r: Row = serde_json::from_value(row).map_err(internal)?;
+    let lead = match (&r.expected_at, DateTime::parse_from_rfc3339(&r.created_at)) {
+        (Some(e), Ok(c)) => DateTime::parse_from_rfc3339(e)
+            .map(|e| (e - c).num_days())
+            .unwrap_or(0),
+        _ => 0,
+    };
+    Ok(OrderReceipt {
+        po_id: r.po_id,
+        idempotency_key: key.to_string(),
+        outcome: "exists".into(),
+        part_id: r.part_id,
+        warehouse_id: r.warehouse_id,
+        supplier_id: r.supplier_id,
+        quantity: r.quantity,
+        priority: r.priority,
+        unit_cost: r.unit_cost,
+        fee: r.fee,
+        total_cost: r.total_cost,
+        lead_time_days: lead,
+        expected_at: r.expected_at.unwrap_or_default(),
+        on_behalf_of: r.on_behalf_of,
+        table: "supply_chain.purchase_orders".into(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tickets
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TicketCategory {
+    Delivery,
+    Quality,
+    Billing,
+    Technical,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TicketPriority {
+    Low,
+    Medium,
+    High,
+    Urgent,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TicketStatus {
+    Open,
+    InProgress,
+    Resolved,
+    Closed,
+}
+
+fn json_str<T: Serialize>(v: T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct TicketRequest {
+    pub customer_id: String,
+    /// One line, at most 200 characters.
+    pub subject: String,
+    /// At most 5000 characters.
+    pub description: String,
+    pub category: TicketCategory,
+    /// medium when absent.
+    pub priority: Option<TicketPriority>,
+    /// Repeat it to retry safely: one key, one ticket. Generated when absent.
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ResolutionRequest {
+    pub ticket_id: String,
+    /// New status: in_progress, resolved or closed.
+    pub status: TicketStatus,
+    /// What was done; required for resolved and closed. At most 5000 characters.
+    pub resolution: Option<String>,
+    /// Repeat it to retry safely. Generated when absent.
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct TicketReceipt {
+    pub ticket_id: String,
+    pub idempotency_key: String,
+    /// accepted: produced to mfg.actions.tickets; the pipeline will materialize it.
+    pub outcome: String,
+    pub status: TicketStatus,
+    pub on_behalf_of: String,
+    pub table: String,
+}
+
+fn bounded(field: &str, v: &str, max: usize) -> Result<(), ErrorData> {
+    if v.trim().is_empty() {
+        return Err(invalid(field, format!("{field} is empty")));
+    }
+    if v.chars().count() > max {
+        return Err(invalid(
+            field,
+            format!("{field} is longer than {max} characters"),
+        ));
+    }
+    Ok(())
+}
+
+pub async fn create_ticket(
+    server: &Millstream,
+    a: TicketRequest,
+) -> Result<TicketReceipt, ErrorData> {
+    id("customer_id", &a.customer_id)?;
+    bounded("subject", &a.subject, 200)?;
+    if a.subject.contains('\n') {
+        return Err(invalid("subject", "subject must be one line"));
+    }
+    bounded("description", &a.description, 5000)?;
+    let key = checked_key(a.idempotency_key)?;
+    let producer = server.producer()?;
+    server
+        .must_exist(
+            "customer_id",
+            &a.customer_id,
+            "SELECT 1 FROM sales.customers WHERE customer_id = $1",
+        )
+        .await?;
+    let principal = producer.principal().to_string();
+    let ticket_id = derived_id("TKT", &principal, &key);
+    let action = TicketAction {
+        event_id: derived_id("TICKET", &principal, &key),
+        ticket_id: ticket_id.clone(),
+        idempotency_key: key.clone(),
+        action: "create".into(),
+        customer_id: Some(a.customer_id),
+        subject: Some(a.subject),
+        description: Some(a.description),
+        category: Some(json_str(a.category)),
+        priority: Some(json_str(a.priority.unwrap_or(TicketPriority::Medium))),
+        status: "open".into(),
+        resolution: None,
+        on_behalf_of: principal.clone(),
+        ts: server.catalog.event_clock(),
+    };
+    send_ticket(producer, &action).await?;
+    Ok(TicketReceipt {
+        ticket_id,
+        idempotency_key: key,
+        outcome: "accepted".into(),
+        status: TicketStatus::Open,
+        on_behalf_of: principal,
+        table: "support.tickets".into(),
+    })
+}
+
+pub async fn update_ticket_resolution(
+    server: &Millstream,
+    a: ResolutionRequest,
+) -> Result<TicketReceipt, ErrorData> {
+    id("ticket_id", &a.ticket_id)?;
+    if a.status == TicketStatus::Open {
+        return Err(invalid(
+            "status",
+            "status must be in_progress, resolved or closed",
+        ));
+    }
+    match (&a.resolution, a.status) {
+        (Some(r), _) => bounded("resolution", r, 5000)?,
+        (None, TicketStatus::Resolved | TicketStatus::Closed) => {
+            return Err(invalid(
+                "resolution",
+                "a resolution is required to resolve or close a ticket",
+            ));
+        }
+        (None, _) => {}
+    }
+    let key = checked_key(a.idempotency_key)?;
+    let producer = server.producer()?;
+    server
+        .must_exist(
+            "ticket_id",
+            &a.ticket_id,
+            "SELECT 1 FROM support.tickets WHERE ticket_id = $1",
+        )
+        .await?;
+    let principal = producer.principal().to_string();
+    let action = TicketAction {
+        event_id: derived_id("TICKET", &principal, &format!("{}\0{key}", a.ticket_id)),
+        ticket_id: a.ticket_id.clone(),
+        idempotency_key: key.clone(),
+        action: "update".into(),
+        customer_id: None,
+        subject: None,
+        description: None,
+        category: None,
+        priority: None,
+        status: json_str(a.status),
+        resolution: a.resolution,
+        on_behalf_of: principal.clone(),
+        ts: server.catalog.event_clock(),
+    };
+    send_ticket(producer, &action).await?;
+    Ok(TicketReceipt {
+        ticket_id: a.ticket_id,
+        idempotency_key: key,
+        outcome: "accepted".into(),
+        status: a.status,
+        on_behalf_of: principal,
+        table: "support.tickets".into(),
+    })
+}
+
+async fn send_ticket(producer: &ActionProducer, action: &TicketAction) -> Result<(), ErrorData> {
+    action.validate().map_err(internal)?;
+    let payload = serde_json::to_vec(action).map_err(internal)?;
+    producer
+        .send(topics::ACTION_TICKETS, &action.ticket_id, &payload)
+        .await?;
+    tracing::info!(ticket_id = %action.ticket_id, action = %action.action, on_behalf_of = %action.on_behalf_of, "ticket action accepted");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priorities_shorten_lead_time_and_add_fees() {
+        assert_eq!(OrderPriority::Standard.terms(14), (14, 0.0));
+        assert_eq!(OrderPriority::Expedited.terms(14), (9, 0.10));
+        assert_eq!(OrderPriority::Rush.terms(14), (5, 0.25));
+        // Never under a day.
+        assert_eq!(OrderPriority::Rush.terms(1), (1, 0.25));
+        assert_eq!(OrderPriority::Expedited.terms(1), (1, 0.10));
+    }
+
+    #[test]
+    fn ids_are_stable_per_principal_and_key() {
+        let a = derived_id("PO", "alice", "k1");
+        assert_eq!(a, derived_id("PO", "alice", "k1"));
+        assert_ne!(a, derived_id("PO", "bob", "k1"));
+        assert_ne!(a, derived_id("PO", "alice", "k2"));
+        // The separator keeps ("ab", "c") and ("a", "bc") apart.
+        assert_ne!(derived_id("PO", "ab", "c"), derived_id("PO", "a", "bc"));
+        assert_eq!(a.len(), "PO-".len() + 16);
+    }
+}

@@ -1,0 +1,214 @@
+//! Resources: the active alert feed and signal snapshots, as JSON, each with `as_of`.
+//!
+//! Subscriptions: a client subscribing to a resource gets `notifications/resources/updated`
+//! when its table's Change Data Feed shows rows that change what the resource holds (new
+//! alerts; signals inserted, updated or deleted). One watcher per MCP session follows the
+//! catalog's versions and reads only the new commits' changes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rmcp::model::{
+    ListResourcesResult, PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResult,
+    Resource, ResourceContents, SubscribeRequestParams, UnsubscribeRequestParams,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData, RoleServer};
+use serde_json::json;
+
+use super::server::{Millstream, internal, rows_json};
+
+/// A resource: its URI, the table whose changes update it, and the query that reads it.
+pub struct Feed {
+    pub uri: &'static str,
+    pub name: &'static str,
+    pub description: &'static str,
+    pub table: &'static str,
+    sql: &'static str,
+}
+
+pub const FEEDS: [Feed; 4] = [
+    Feed {
+        uri: "millstream://alerts/active",
+        name: "active-alerts",
+        description: "HIGH and CRITICAL alerts of the last 24 event-time hours (ops.alerts), newest first",
+        table: "ops.alerts",
+        sql: "SELECT alert_id, source, signal_key, severity, title, detail, signal_ts \
+              FROM ops.alerts \
+              WHERE signal_ts > (SELECT max(signal_ts) FROM ops.alerts) - INTERVAL '24 hours' \
+              ORDER BY signal_ts DESC, alert_id LIMIT 500",
+    },
+    Feed {
+        uri: "millstream://signals/shortages",
+        name: "shortage-risks",
+        description: "Part x warehouse positions at HIGH or CRITICAL shortage risk",
+        table: "supply_chain.shortage_signals",
+        sql: "SELECT part_id, warehouse_id, risk_level, days_of_cover, predicted_shortage_date, \
+              suggested_order_qty, reasons, as_of FROM supply_chain.shortage_signals \
+              WHERE risk_level IN ('HIGH', 'CRITICAL') \
+              ORDER BY days_of_cover NULLS LAST, part_id, warehouse_id LIMIT 500",
+    },
+    Feed {
+        uri: "millstream://signals/churn",
+        name: "churn-risks",
+        description: "Customers at HIGH or CRITICAL churn risk",
+        table: "sales.churn_signals",
+        sql: "SELECT customer_id, name, region, account_manager, risk_level, churn_probability, \
+              factors, recommendation, as_of FROM sales.churn_signals \
+              WHERE risk_level IN ('HIGH', 'CRITICAL') \
+              ORDER BY churn_probability DESC, customer_id LIMIT 500",
+    },
+    Feed {
+        uri: "millstream://signals/maintenance",
+        name: "maintenance-alerts",
+        description: "Machines whose anomalies persist, newest hour first",
+        table: "iot.maintenance_alerts",
+        sql: "SELECT alert_id, machine_id, plant_id, window_start, anomalies, active_windows, \
+              sensors, severity FROM iot.maintenance_alerts \
+              ORDER BY window_start DESC, machine_id LIMIT 500",
+    },
+];
+
+fn feed(uri: &str) -> Result<&'static Feed, ErrorData> {
+    FEEDS.iter().find(|f| f.uri == uri).ok_or_else(|| {
+        ErrorData::resource_not_found(
+            format!("unknown resource {uri:?}"),
+            Some(json!({ "uri": uri, "known": FEEDS.iter().map(|f| f.uri).collect::<Vec<_>>() })),
+        )
+    })
+}
+
+pub async fn list(
+    _server: &Millstream,
+    _request: Option<PaginatedRequestParams>,
+    _context: RequestContext<RoleServer>,
+) -> Result<ListResourcesResult, ErrorData> {
+    Ok(ListResourcesResult::with_all_items(
+        FEEDS
+            .iter()
+            .map(|f| {
+                Resource::new(f.uri, f.name)
+                    .with_description(f.description)
+                    .with_mime_type("application/json")
+            })
+            .collect(),
+    ))
+}
+
+pub async fn read(
+    server: &Millstream,
+    request: ReadResourceRequestParams,
+    _context: RequestContext<RoleServer>,
+) -> Result<ReadResourceResult, ErrorData> {
+    let f = feed(&request.uri)?;
+    let (batches, as_of) = server.run(f.sql, vec![]).await?;
+    let body = json!({ "items": rows_json(&batches)?, "as_of": as_of });
+    Ok(ReadResourceResult::new(vec![
+        ResourceContents::text(body.to_string(), f.uri).with_mime_type("application/json"),
+    ]))
+}
+
+/// Subscriptions of one MCP session, and its watcher.
+#[derive(Default)]
+pub struct Subscriptions {
+    uris: Mutex<BTreeSet<String>>,
+    watching: Mutex<bool>,
+}
+
+pub async fn subscribe(
+    server: &Millstream,
+    request: SubscribeRequestParams,
+    context: RequestContext<RoleServer>,
+) -> Result<(), ErrorData> {
+    feed(&request.uri)?;
+    let subs = server.subscriptions.clone();
+    subs.uris
+        .lock()
+        .expect("poisoned")
+        .insert(request.uri.clone());
+    let start = {
+        let mut w = subs.watching.lock().expect("poisoned");
+        !std::mem::replace(&mut *w, true)
+    };
+    if start {
+        tokio::spawn(watch(server.clone(), subs, context.peer.clone()));
+    }
+    Ok(())
+}
+
+pub async fn unsubscribe(
+    server: &Millstream,
+    request: UnsubscribeRequestParams,
+    _context: RequestContext<RoleServer>,
+) -> Result<(), ErrorData> {
+    server
+        .subscriptions
+        .uris
+        .lock()
+        .expect("poisoned")
+        .remove(&request.uri);
+    Ok(())
+}
+
+/// Follows the subscribed feeds' tables; notifies when a new commit's Change Data Feed has rows.
+/// Ends when the client goes away.
+async fn watch(
+    server: Millstream,
+    subs: Arc<Subscriptions>,
+    peer: rmcp::service::Peer<RoleServer>,
+) {
+    let mut seen: BTreeMap<&'static str, i64> = FEEDS
+        .iter()
+        .filter_map(|f| Some((f.table, server.catalog.version(f.table)?)))
+        .collect();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if peer.is_transport_closed() {
+            return;
+        }
+        let wanted: Vec<&'static Feed> = {
+            let uris = subs.uris.lock().expect("poisoned");
+            FEEDS.iter().filter(|f| uris.contains(f.uri)).collect()
+        };
+        for f in wanted {
+            let Some(now) = server.catalog.version(f.table) else {
+                continue;
+            };
+            let from = seen.get(f.table).map_or(0, |v| v + 1);
+            if now < from {
+                continue;
+            }
+            seen.insert(f.table, now);
+            match changed_rows(&server, f.table, from, now).await {
+                Ok(0) => {}
+                Ok(_) => {
+                    if let Err(e) = peer
+                        .notify_resource_updated(
+                            rmcp::model::ResourceUpdatedNotificationParam::new(f.uri),
+                        )
+                        .await
+                    {
+                        tracing::debug!(error = %e, "client gone; resource watcher stops");
+                        return;
+                    }
+                }
+                Err(e) => tracing::warn!(table = f.table, error = %e.message, "reading changes"),
+            }
+        }
+    }
+}
+
+/// Rows in the Change Data Feed of `table` between two versions (inclusive).
+async fn changed_rows(
+    server: &Millstream,
+    table: &str,
+    from: i64,
+    to: i64,
+) -> Result<usize, ErrorData> {
+    let delta = server.catalog.lake().open(table).await.map_err(internal)?;
+    let batches = crate::lakehouse::cdf::read_changes(delta, table, from as u64, Some(to as u64))
+        .await
+        .map_err(internal)?;
+    Ok(batches.iter().map(|b| b.num_rows()).sum())
+}

@@ -1,0 +1,325 @@
+//! The MCP server object: tools from every family (`tools/<family>.rs`), the query helper they
+//! share, and the transports (streamable HTTP at `/mcp`, stdio).
+//!
+//! Tools never splice arguments into SQL: filters are `$n` parameters bound by DataFusion
+//! ([`Query`]). Arguments are checked before anything runs, and a bad one is a JSON-RPC
+//! `invalid params` error naming the field; anything else that fails is an `internal error`
+//! whose message says what failed (never a secret). No tool panics the server.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::scalar::ScalarValue;
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::model::{Implementation, ServerCapabilities, ServerConfig};
+use rmcp::{ErrorData, ServerHandler, tool_handler};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use super::actions::ActionProducer;
+use super::catalog::{AsOf, LiveCatalog};
+
+/// Rows returned by a tool when the caller gives no `limit`, and the most it may ask for.
+pub const DEFAULT_LIMIT: u32 = 50;
+pub const MAX_LIMIT: u32 = 1000;
+
+/// The millstream MCP server. Cheap to clone: one per MCP session.
+#[derive(Clone)]
+pub struct Millstream {
+    pub(crate) catalog: LiveCatalog,
+    pub(crate) actions: Option<Arc<ActionProducer>>,
+    pub(crate) query_timeout: Duration,
+    /// This MCP session's resource subscriptions (fresh per session, see [`Self::for_session`]).
+    pub(crate) subscriptions: Arc<super::resources::Subscriptions>,
+    tool_router: ToolRouter<Self>,
+}
+
+impl Millstream {
+    pub fn new(
+        catalog: LiveCatalog,
+        actions: Option<Arc<ActionProducer>>,
+        query_timeout: Duration,
+    ) -> Self {
+        Millstream {
+            catalog,
+            actions,
+            query_timeout,
+            subscriptions: Arc::default(),
+            tool_router: Self::supply_router()
+                + Self::sales_router()
+                + Self::iot_router()
+                + Self::tickets_router()
+                + Self::analytics_router(),
+        }
+    }
+
+    /// A server for a new MCP session: shares everything but the subscriptions.
+    pub fn for_session(&self) -> Self {
+        Millstream {
+            subscriptions: Arc::default(),
+            ..self.clone()
+        }
+    }
+
+    /// Every tool, as listed to clients.
+    pub fn tools(&self) -> Vec<rmcp::model::Tool> {
+        self.tool_router.list_all()
+    }
+
+    /// Runs `q` on the current snapshot and deserializes each row into `T`.
+    pub(crate) async fn fetch<T: DeserializeOwned>(
+        &self,
+        q: Query,
+    ) -> Result<(Vec<T>, AsOf), ErrorData> {
+        let (batches, as_of) = self.run(&q.sql, q.params).await?;
+        let rows = rows_json(&batches)?;
+        let rows = serde_json::from_value(rows)
+            .map_err(|e| internal(format!("decoding rows of {}: {e}", q.sql)))?;
+        Ok((rows, as_of))
+    }
+
+    /// Runs one query with bound parameters under the query timeout.
+    pub(crate) async fn run(
+        &self,
+        sql: &str,
+        params: Vec<ScalarValue>,
+    ) -> Result<(Vec<arrow::array::RecordBatch>, AsOf), ErrorData> {
+        let session = self.catalog.session().await.map_err(internal)?;
+        let work = async {
+            let mut df = session.ctx.sql(sql).await?;
+            if !params.is_empty() {
+                df = df.with_param_values(params)?;
+            }
+            let as_of = session.as_of(df.logical_plan());
+            let batches = df.collect().await?;
+            Ok::<_, datafusion::error::DataFusionError>((batches, as_of))
+        };
+        match tokio::time::timeout(self.query_timeout, work).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(internal(format!("query failed: {e}"))),
+            Err(_) => Err(ErrorData::internal_error(
+                format!(
+                    "query did not finish within {} ms",
+                    self.query_timeout.as_millis()
+                ),
+                Some(json!({ "timeout_ms": self.query_timeout.as_millis() as u64 })),
+            )),
+        }
+    }
+
+    /// Fails with `invalid params` on `field` unless `sql` (one `$1` parameter) finds a row.
+    pub(crate) async fn must_exist(
+        &self,
+        field: &str,
+        value: &str,
+        sql: &str,
+    ) -> Result<(), ErrorData> {
+        let (batches, _) = self.run(sql, vec![text(value)]).await?;
+        if batches.iter().any(|b| b.num_rows() > 0) {
+            Ok(())
+        } else {
+            Err(invalid(field, format!("unknown {field} {value:?}")))
+        }
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for Millstream {
+    fn get_info(&self) -> ServerConfig {
+        let mut info = ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .enable_resources_subscribe()
+                .enable_prompts()
+                .build(),
+        )
+        .with_server_info(Implementation::new("millstream", env!("CARGO_PKG_VERSION")));
+        info = info.with_instructions(
+            "Live factory signals from millstream's Delta tables. Supply chain: \
+             get_inventory_status, list_shortage_risks, predict_shortage, track_shipments, \
+             create_order, get_order_status. Sales: lookup_customer_info, list_churn_risks, \
+             predict_churn, sales_kpis. IoT: list_anomalies, maintenance_alerts, sensor_stats, \
+             query_sensor_data. Tickets: search_tickets, get_ticket_status, create_ticket, \
+             update_ticket_resolution. Anything else: describe_tables, then query_sql. Every \
+             answer carries `as_of` (table versions, commit time, event-time watermark, lag); \
+             actions are events that the pipeline materializes within seconds.",
+        );
+        info
+    }
+
+    async fn list_resources(
+        &self,
+        request: Option<rmcp::model::PaginatedRequestParams>,
+        context: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<rmcp::model::ListResourcesResult, ErrorData> {
+        super::resources::list(self, request, context).await
+    }
+
+    async fn read_resource(
+        &self,
+        request: rmcp::model::ReadResourceRequestParams,
+        context: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<rmcp::model::ReadResourceResponse, ErrorData> {
+        super::resources::read(self, request, context)
+            .await
+            .map(Into::into)
+    }
+
+    async fn subscribe(
+        &self,
+        request: rmcp::model::SubscribeRequestParams,
+        context: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<(), ErrorData> {
+        super::resources::subscribe(self, request, context).await
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: rmcp::model::UnsubscribeRequestParams,
+        context: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<(), ErrorData> {
+        super::resources::unsubscribe(self, request, context).await
+    }
+
+    async fn list_prompts(
+        &self,
+        request: Option<rmcp::model::PaginatedRequestParams>,
+        context: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<rmcp::model::ListPromptsResult, ErrorData> {
+        super::prompts::list(request, context).await
+    }
+
+    async fn get_prompt(
+        &self,
+        request: rmcp::model::GetPromptRequestParams,
+        context: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<rmcp::model::GetPromptResponse, ErrorData> {
+        super::prompts::get(request, context).await.map(Into::into)
+    }
+}
+
+/// A query with positional parameters, built from optional filters.
+pub(crate) struct Query {
+    sql: String,
+    params: Vec<ScalarValue>,
+    filters: Vec<String>,
+}
+
+impl Query {
+    /// `select` is everything before the WHERE clause.
+    pub fn new(select: &str) -> Query {
+        Query {
+            sql: select.to_string(),
+            params: Vec::new(),
+            filters: Vec::new(),
+        }
+    }
+
+    /// Binds the next `$n` for SQL that names it itself (`$1` is the first `bind`).
+    pub fn bind(mut self, value: ScalarValue) -> Query {
+        self.params.push(value);
+        self
+    }
+
+    /// Adds `condition` (with `?` standing for the value) when `value` is given.
+    pub fn filter(mut self, condition: &str, value: Option<ScalarValue>) -> Query {
+        if let Some(v) = value {
+            self.params.push(v);
+            self.filters
+                .push(condition.replace('?', &format!("${}", self.params.len())));
+        }
+        self
+    }
+
+    /// Adds `column IN (…)` over `values`; nothing when there are none.
+    pub fn any_of(mut self, column: &str, values: &[&str]) -> Query {
+        if values.is_empty() {
+            return self;
+        }
+        let mut marks = Vec::new();
+        for v in values {
+            self.params.push(text(v));
+            marks.push(format!("${}", self.params.len()));
+        }
+        self.filters
+            .push(format!("{column} IN ({})", marks.join(", ")));
+        self
+    }
+
+    /// Closes the WHERE clause and appends `tail` (ORDER BY, LIMIT …).
+    pub fn finish(mut self, tail: &str) -> Query {
+        if !self.filters.is_empty() {
+            self.sql.push_str(" WHERE ");
+            self.sql.push_str(&self.filters.join(" AND "));
+        }
+        self.sql.push(' ');
+        self.sql.push_str(tail);
+        self
+    }
+}
+
+pub(crate) fn text(v: &str) -> ScalarValue {
+    ScalarValue::Utf8(Some(v.to_string()))
+}
+
+pub(crate) fn opt_text(v: &Option<String>) -> Option<ScalarValue> {
+    v.as_deref().map(text)
+}
+
+/// A caller's `limit`, checked: default [`DEFAULT_LIMIT`], at most [`MAX_LIMIT`].
+pub(crate) fn limit(requested: Option<u32>) -> Result<u32, ErrorData> {
+    match requested {
+        None => Ok(DEFAULT_LIMIT),
+        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        Some(n) => Err(invalid(
+            "limit",
+            format!("limit {n} is outside 1..={MAX_LIMIT}"),
+        )),
+    }
+}
+
+/// An id argument: non-empty, printable, at most 128 characters.
+pub(crate) fn id(field: &str, v: &str) -> Result<(), ErrorData> {
+    if v.trim().is_empty() {
+        return Err(invalid(field, format!("{field} is empty")));
+    }
+    if v.len() > 128 || v.chars().any(char::is_control) {
+        return Err(invalid(
+            field,
+            format!("{field} must be at most 128 printable characters"),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn opt_id(field: &str, v: &Option<String>) -> Result<(), ErrorData> {
+    v.as_deref().map_or(Ok(()), |v| id(field, v))
+}
+
+/// The caller's fault, on `field`.
+pub(crate) fn invalid(field: &str, message: impl Into<String>) -> ErrorData {
+    ErrorData::invalid_params(message.into(), Some(json!({ "field": field })))
+}
+
+/// Our fault or a dependency's; logged here with the full error.
+pub(crate) fn internal(e: impl std::fmt::Display) -> ErrorData {
+    tracing::warn!(error = %e, "tool failed");
+    ErrorData::internal_error(e.to_string(), None)
+}
+
+/// Record batches as a JSON array of row objects (NULL columns left out).
+pub(crate) fn rows_json(
+    batches: &[arrow::array::RecordBatch],
+) -> Result<serde_json::Value, ErrorData> {
+    let mut writer = arrow::json::ArrayWriter::new(Vec::new());
+    for b in batches {
+        writer.write(b).map_err(internal)?;
+    }
+    writer.finish().map_err(internal)?;
+    let bytes = writer.into_inner();
+    if bytes.is_empty() {
+        return Ok(serde_json::Value::Array(vec![]));
+    }
+    serde_json::from_slice(&bytes).map_err(internal)
+}

@@ -1,0 +1,219 @@
+//! The MCP server against real clients: the official Python SDK over streamable HTTP calls every
+//! tool on live tables (the pipeline and the signal pipelines running), checks errors, reads
+//! resources and prompts, and places actions that the pipeline must materialize exactly once;
+//! then the same SDK drives `millstream mcp --stdio`. See `tests/py/mcp_client.py`.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use millstream::pipeline::definition::Definitions;
+use tokio::sync::watch;
+
+use crate::support::{self, Env};
+
+fn python() -> String {
+    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+fn run_client(args: &[&str]) -> serde_json::Value {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/mcp_client.py");
+    let out = Command::new(python())
+        .arg(&script)
+        .args(args)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "{} {args:?} failed (the Python MCP SDK comes with `pip install -r tests/requirements.txt`, \
+         or run scripts/test):\n{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the client prints JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn python_sdk_calls_every_tool_and_actions_materialize_exactly_once() {
+    let _w = support::watchdog("mcp", Duration::from_secs(300));
+    let mut env = Env::new(2).await;
+    // A month of history at a test-sized scale: sales for KPIs and churn, shipments, telemetry.
+    env.config.simulate.seed_telemetry = 5_000;
+    env.config.simulate.seed_shipments = 200;
+    env.config.serve.refresh_ms = 50;
+    env.lake.ensure_all().await.unwrap();
+    millstream::sim::write_reference(&env.lake, &env.config.simulate, false)
+        .await
+        .unwrap();
+    let history = millstream::sim::stream::history(&env.config.simulate, "mcp");
+    env.produce(&history).await;
+    // Then live events: stock movements give the shortage signals their event-time clock.
+    env.produce(&support::events("mcp", 20_000, 0.0)).await;
+
+    let (stop_tx, stop) = watch::channel(false);
+    let opts = env.options("mcp", "mcp");
+    let pipeline = {
+        let (kafka, lake, stop) = (env.config.kafka.clone(), env.lake.clone(), stop.clone());
+        tokio::spawn(async move {
+            millstream::pipeline::run_with_restarts(&kafka, &lake, &opts, stop).await
+        })
+    };
+    let deriver = tokio::spawn(millstream::pipeline::derive::run(
+        env.lake.clone(),
+        Definitions::built_in().await.unwrap(),
+        Duration::from_millis(200),
+        None,
+        stop.clone(),
+    ));
+    // Tools answer from live tables: wait for the history and the first signals.
+    let started = Instant::now();
+    loop {
+        let n = |t: &'static str| {
+            let lake = env.lake.clone();
+            async move {
+                lake.sql_i64(&format!("SELECT count(*) FROM {t}"))
+                    .await
+                    .unwrap_or(0)
+            }
+        };
+        let bronze = n("iot.telemetry").await + n("sales.transactions").await;
+        if bronze >= (history.len() as i64) * 9 / 10
+            && n("supply_chain.shortage_signals").await > 0
+            && n("sales.churn_signals").await > 0
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "history and signals not ready after 180 s ({bronze} bronze rows, {} shortage and {} \
+             churn signals)",
+            n("supply_chain.shortage_signals").await,
+            n("sales.churn_signals").await
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    let server = millstream::mcp::start(
+        &env.config,
+        env.lake.clone(),
+        Some(&env.brokers()),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let mcp = millstream::serve::Mcp {
+        server,
+        allowed_hosts: env.config.serve.allowed_hosts.clone(),
+    };
+    let (addr, http) = millstream::serve::spawn("127.0.0.1:0", stop.clone(), Some(mcp))
+        .await
+        .unwrap();
+    let url = format!("http://{addr}/mcp");
+    let report = tokio::task::spawn_blocking(move || run_client(&["http", &url]))
+        .await
+        .unwrap();
+    assert_eq!(report["tools"], 20, "{report}");
+    assert_eq!(report["order"]["orders"], 1, "{report}");
+    assert_eq!(report["order"]["sends"], 2, "{report}");
+
+    // The same server over stdio, as a separate process reading the same lakehouse.
+    let bin = env!("CARGO_BIN_EXE_millstream");
+    let root = env.lake.root().display().to_string();
+    let report = tokio::task::spawn_blocking(move || {
+        run_client(&["stdio", bin, "--lakehouse", &root, "mcp", "--stdio"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(report["tools"], 20, "{report}");
+
+    stop_tx.send(true).unwrap();
+    pipeline.await.unwrap().unwrap();
+    deriver.await.unwrap();
+    http.await.unwrap();
+}
+
+/// The server follows new table versions without a restart: a table that did not exist when it
+/// started, then every later commit to it. (How fast is measured by `millstream bench mcp`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_serves_new_versions_as_they_are_committed() {
+    let _w = support::watchdog("mcp catalog", Duration::from_secs(60));
+    let env = Env::new(1).await;
+    let (_stop_tx, stop) = watch::channel(false);
+    let catalog = millstream::mcp::LiveCatalog::start(
+        env.lake.clone(),
+        Definitions::built_in().await.unwrap(),
+        Duration::from_millis(20),
+        stop,
+    )
+    .await
+    .unwrap();
+    assert_eq!(catalog.version("sales.customers"), None);
+    let count = |catalog: millstream::mcp::LiveCatalog| async move {
+        let s = catalog.session().await.unwrap();
+        let b = s
+            .ctx
+            .sql("SELECT count(*) FROM sales.customers")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        arrow::compute::cast(b[0].column(0), &arrow::datatypes::DataType::Int64)
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap()
+            .value(0)
+    };
+    // Before the table exists, it reads as empty rather than failing.
+    assert_eq!(count(catalog.clone()).await, 0);
+
+    millstream::sim::write_reference(&env.lake, &env.config.simulate, false)
+        .await
+        .unwrap();
+    let committed = env
+        .lake
+        .open("sales.customers")
+        .await
+        .unwrap()
+        .version()
+        .unwrap() as i64;
+    let wait_for = |want: i64| {
+        let catalog = catalog.clone();
+        async move {
+            let started = Instant::now();
+            while catalog.version("sales.customers") != Some(want) {
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "the catalog still serves {:?}, not version {want}",
+                    catalog.version("sales.customers")
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    wait_for(committed).await;
+    assert_eq!(
+        count(catalog.clone()).await,
+        env.config.simulate.customers as i64
+    );
+
+    // A later commit (reseeding rewrites the table) is picked up too, and `as_of` reports it.
+    millstream::sim::write_reference(&env.lake, &env.config.simulate, true)
+        .await
+        .unwrap();
+    let next = env
+        .lake
+        .open("sales.customers")
+        .await
+        .unwrap()
+        .version()
+        .unwrap() as i64;
+    assert!(next > committed);
+    wait_for(next).await;
+    let s = catalog.session().await.unwrap();
+    let as_of = s.as_of_tables(["sales.customers"]);
+    assert_eq!(as_of.tables[0].version, next);
+    assert!(as_of.committed_at.is_some() && as_of.lag_ms.is_some());
+    // Reference tables have no event time, so no watermark.
+    assert_eq!(as_of.watermark, None);
+}
