@@ -4,6 +4,8 @@
 //!   from its first fetch to its last commit.
 //! - `freshness`: produces at a steady rate while the pipeline runs, and reports the latency
 //!   from each record's Kafka timestamp to the end of the commit that made it durable.
+//! - `mcp`: MCP clients (rmcp over streamable HTTP) calling the read tools while the pipeline
+//!   ingests live events; latency per tool, and how long after a commit the server serves it.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -271,6 +273,303 @@ pub async fn freshness(config: Config, rate: u64, seconds: u64) -> anyhow::Resul
             "p99_ms": pct(0.99),
             "max_ms": v.last().copied().unwrap_or(0),
             "batch_max_ms": config.pipeline.batch_max_ms,
+            "peak_rss_mb": peak_rss_mb().round(),
+        })
+    );
+    Ok(())
+}
+
+/// The read tools `bench mcp` calls, with arguments built from ids found in the data. Signal
+/// tools read the gold tables; the rest read bronze or silver.
+const SIGNAL_TOOLS: [&str; 9] = [
+    "get_inventory_status",
+    "predict_shortage",
+    "list_shortage_risks",
+    "lookup_customer_info",
+    "predict_churn",
+    "list_churn_risks",
+    "list_anomalies",
+    "maintenance_alerts",
+    "sensor_stats",
+];
+
+fn tool_calls(part: &str, customer: &str, machine: &str) -> Vec<(&'static str, serde_json::Value)> {
+    vec![
+        ("get_inventory_status", json!({ "part_id": part })),
+        ("predict_shortage", json!({ "part_id": part })),
+        ("list_shortage_risks", json!({ "limit": 20 })),
+        ("lookup_customer_info", json!({ "customer_id": customer })),
+        ("predict_churn", json!({ "customer_id": customer })),
+        ("list_churn_risks", json!({ "limit": 20 })),
+        ("list_anomalies", json!({ "hours": 1, "limit": 20 })),
+        ("maintenance_alerts", json!({ "limit": 20 })),
+        (
+            "sensor_stats",
+            json!({ "machine_id": machine, "minutes": 60 }),
+        ),
+        ("track_shipments", json!({ "open_only": true, "limit": 20 })),
+        (
+            "query_sensor_data",
+            json!({ "machine_id": machine, "minutes": 10, "limit": 50 }),
+        ),
+        ("sales_kpis", json!({ "days": 30, "group_by": "region" })),
+        ("search_tickets", json!({ "text": "delivery", "limit": 20 })),
+        (
+            "query_sql",
+            json!({ "sql": "SELECT risk_level, count(*) AS n FROM supply_chain.shortage_signals GROUP BY risk_level" }),
+        ),
+    ]
+}
+
+fn percentiles(mut v: Vec<f64>) -> serde_json::Value {
+    v.sort_by(f64::total_cmp);
+    let pct = |q: f64| {
+        v.get(((v.len() as f64 * q) as usize).min(v.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let r = |x: f64| (x * 10.0).round() / 10.0;
+    json!({
+        "n": v.len(),
+        "p50_ms": r(pct(0.50)),
+        "p95_ms": r(pct(0.95)),
+        "p99_ms": r(pct(0.99)),
+        "max_ms": r(v.last().copied().unwrap_or(0.0)),
+    })
+}
+
+pub async fn mcp(config: Config, clients: usize, seconds: u64, rate: f64) -> anyhow::Result<()> {
+    use rmcp::ServiceExt;
+    use rmcp::model::CallToolRequestParams;
+    use rmcp::transport::StreamableHttpClientTransport;
+
+    let (_scratch, lake, broker) = scratch_setup(&config)?;
+    let brokers = broker.bootstrap_servers().to_string();
+    lake.ensure_all().await?;
+    crate::sim::write_reference(&lake, &config.simulate, false).await?;
+    let producer = EventProducer::new(&config.kafka, &brokers)?;
+    let history = crate::sim::stream::history(&config.simulate, "bench-mcp");
+    eprintln!("bench mcp: {} history events", history.len());
+    produce_all(&producer, &history, "history").await?;
+
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let mut opts = pipeline_options(&config, &brokers);
+    opts.group_id = "bench-mcp".into();
+    let pipeline = {
+        let (kafka, lake, opts, stop) = (
+            config.kafka.clone(),
+            lake.clone(),
+            opts.clone(),
+            stop.clone(),
+        );
+        tokio::spawn(async move { crate::pipeline::run(&kafka, &lake, &opts, stop).await })
+    };
+    let deriver = tokio::spawn(crate::pipeline::derive::run(
+        lake.clone(),
+        Definitions::from_config(&config.pipeline.definitions).await?,
+        Duration::from_millis(config.pipeline.derive_interval_ms),
+        None,
+        stop.clone(),
+    ));
+    // Live events all along: the server answers while tables change under it.
+    let live = {
+        let (config, brokers, stop) = (config.clone(), brokers.clone(), stop.clone());
+        tokio::spawn(async move {
+            let producer = EventProducer::new(&config.kafka, &brokers)?;
+            let rate = config.simulate.rate;
+            let mut g = Generator::new(&config.simulate, "bench-mcp", config.simulate.start, rate);
+            crate::sim::produce_live(&producer, &mut g, rate, None, stop).await
+        })
+    };
+    let started = Instant::now();
+    loop {
+        let n = |t: &'static str| {
+            let lake = lake.clone();
+            async move {
+                lake.sql_i64(&format!("SELECT count(*) FROM {t}"))
+                    .await
+                    .unwrap_or(0)
+            }
+        };
+        if n("supply_chain.shortage_signals").await > 0
+            && n("sales.churn_signals").await > 0
+            && n("iot.telemetry").await >= config.simulate.seed_telemetry as i64
+        {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "signals not ready after 600 s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!(
+        "bench mcp: tables ready after {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let server = crate::mcp::start(&config, lake.clone(), Some(&brokers), stop.clone()).await?;
+    let catalog = server.catalog.clone();
+    let mcp = crate::serve::Mcp {
+        server,
+        allowed_hosts: config.serve.allowed_hosts.clone(),
+    };
+    let (addr, http) = crate::serve::spawn("127.0.0.1:0", stop.clone(), Some(mcp)).await?;
+    let url = format!("http://{addr}/mcp");
+
+    // Visibility: for each new version of a table the pipeline commits, the time from its
+    // commit timestamp to the server publishing it.
+    let visibility = {
+        let (catalog, mut stop) = (catalog.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut seen: std::collections::BTreeMap<&str, i64> = Default::default();
+            let mut samples = Vec::new();
+            let tables = [
+                "iot.telemetry",
+                "iot.anomalies",
+                "supply_chain.shortage_signals",
+            ];
+            loop {
+                if *stop.borrow() {
+                    return samples;
+                }
+                for t in tables {
+                    let Some(v) = catalog.version(t) else {
+                        continue;
+                    };
+                    if seen.insert(t, v).is_some_and(|old| old != v) {
+                        let s = match catalog.session().await {
+                            Ok(s) => s,
+                            Err(_) => continue,
+                        };
+                        let a = s.as_of_tables([t]);
+                        if let Some(c) = a
+                            .committed_at
+                            .and_then(|c| chrono::DateTime::parse_from_rfc3339(&c).ok())
+                        {
+                            let ms = (chrono::Utc::now() - c.with_timezone(&chrono::Utc))
+                                .num_microseconds()
+                                .unwrap_or(0) as f64
+                                / 1000.0;
+                            samples.push(ms);
+                        }
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(2)) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+        })
+    };
+
+    // Ids to ask about.
+    let first = |sql: &'static str| {
+        let lake = lake.clone();
+        async move {
+            let b = lake.sql(sql).await?;
+            let col = b
+                .iter()
+                .find(|b| b.num_rows() > 0)
+                .map(|b| b.column(0).clone());
+            let col = col.ok_or_else(|| anyhow::anyhow!("no rows: {sql}"))?;
+            Ok::<String, anyhow::Error>(arrow::util::display::array_value_to_string(&col, 0)?)
+        }
+    };
+    let part = first("SELECT part_id FROM supply_chain.shortage_signals ORDER BY days_of_cover NULLS LAST LIMIT 1").await?;
+    let customer = first(
+        "SELECT customer_id FROM sales.churn_signals ORDER BY churn_probability DESC LIMIT 1",
+    )
+    .await?;
+    let machine = first("SELECT machine_id FROM iot.telemetry LIMIT 1").await?;
+    let calls = Arc::new(tool_calls(&part, &customer, &machine));
+
+    eprintln!("bench mcp: {clients} clients × {rate}/s for {seconds} s against {url}");
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (url, calls) = (url.clone(), calls.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = ().serve(StreamableHttpClientTransport::from_uri(url)).await?;
+            let mut out: Vec<(&'static str, f64, bool)> = Vec::new();
+            let mut i = c;
+            let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(c as u64);
+            while Instant::now() < deadline {
+                if rate > 0.0 {
+                    let gap: f64 = -rand::Rng::random::<f64>(&mut rng).max(1e-9).ln() / rate;
+                    tokio::time::sleep(Duration::from_secs_f64(gap.min(10.0))).await;
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                }
+                let (name, args) = &calls[i % calls.len()];
+                i += 1;
+                let params = CallToolRequestParams::new(*name)
+                    .with_arguments(args.as_object().cloned().unwrap_or_default());
+                let t0 = Instant::now();
+                let r = client.peer().call_tool(params).await;
+                let ms = t0.elapsed().as_secs_f64() * 1000.0;
+                let ok = matches!(&r, Ok(res) if res.is_error != Some(true));
+                out.push((name, ms, ok));
+            }
+            let _ = client.cancel().await;
+            Ok::<_, anyhow::Error>(out)
+        }));
+    }
+    let mut per_tool: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
+    let (mut errors, mut total, mut failed_clients) = (0usize, 0usize, 0usize);
+    for t in tasks {
+        match t.await? {
+            Ok(out) => {
+                for (name, ms, ok) in out {
+                    total += 1;
+                    if ok {
+                        per_tool.entry(name).or_default().push(ms);
+                    } else {
+                        errors += 1;
+                    }
+                }
+            }
+            Err(e) => {
+                failed_clients += 1;
+                eprintln!("bench mcp: a client failed: {e}");
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
+    let vis = visibility.await?;
+    let stats = pipeline.await??;
+    deriver.await?;
+    let produced = live.await??;
+    let _ = http.await;
+    drop(producer);
+    drop(broker);
+
+    let signal: Vec<f64> = SIGNAL_TOOLS
+        .iter()
+        .flat_map(|t| per_tool.get(t).cloned().unwrap_or_default())
+        .collect();
+    let tools: serde_json::Map<String, serde_json::Value> = per_tool
+        .into_iter()
+        .map(|(t, v)| (t.to_string(), percentiles(v)))
+        .collect();
+    println!(
+        "{}",
+        json!({
+            "bench": "mcp",
+            "clients": clients,
+            "rate_per_client": rate,
+            "seconds": seconds,
+            "calls": total,
+            "errors": errors,
+            "failed_clients": failed_clients,
+            "throughput_per_s": (total as f64 / seconds as f64).round(),
+            "signal_tools": percentiles(signal),
+            "tools": tools,
+            "version_visible_after_commit": percentiles(vis),
+            "refresh_ms": config.serve.refresh_ms,
+            "live_events": produced.events,
+            "pipeline_records": stats.records,
             "peak_rss_mb": peak_rss_mb().round(),
         })
     );

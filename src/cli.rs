@@ -223,6 +223,19 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 30)]
         seconds: u64,
     },
+    /// MCP clients over streamable HTTP calling the read tools against live tables (the
+    /// pipeline ingesting meanwhile); latency per tool and how soon the server sees commits.
+    Mcp {
+        /// Concurrent MCP sessions.
+        #[arg(long, default_value_t = 100)]
+        clients: usize,
+        /// Measured seconds.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Calls per second per client (Poisson arrivals; 0 = back to back).
+        #[arg(long, default_value_t = 1.0)]
+        rate: f64,
+    },
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -293,6 +306,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             BenchCommand::Ingest { events } => crate::bench::ingest(config, events).await,
             BenchCommand::Freshness { rate, seconds } => {
                 crate::bench::freshness(config, rate, seconds).await
+            }
+            BenchCommand::Mcp {
+                clients,
+                seconds,
+                rate,
+            } => {
+                anyhow::ensure!(
+                    (1..=10_000).contains(&clients),
+                    "--clients must be in 1..=10000"
+                );
+                anyhow::ensure!(seconds >= 1, "--seconds must be at least 1");
+                anyhow::ensure!(rate.is_finite() && rate >= 0.0, "--rate must be >= 0");
+                crate::bench::mcp(config, clients, seconds, rate).await
             }
         },
         Command::Schemas { out } => {

@@ -18,8 +18,7 @@ use std::time::Duration;
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, TimestampMicrosecondType};
 use chrono::{DateTime, Utc};
-use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider};
-use datafusion::catalog::{SchemaProvider, TableProvider};
+use datafusion::catalog::TableProvider;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
@@ -29,7 +28,6 @@ use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 use crate::lakehouse::Lakehouse;
-use crate::lakehouse::query::CATALOG;
 use crate::model::tables;
 use crate::pipeline::definition::Definitions;
 
@@ -206,28 +204,16 @@ impl LiveCatalog {
     /// functions, and the views as `views.<name>`.
     pub async fn session(&self) -> Result<RequestSession> {
         let snapshot = self.current.read().expect("poisoned").clone();
-        let ctx = SessionContext::new_with_config(crate::lakehouse::query::session_config("ops"));
-        let catalog = Arc::new(MemoryCatalogProvider::new());
-        for def in tables::catalog() {
-            let schema = match catalog.schema(def.schema_name()) {
-                Some(s) => s,
-                None => {
-                    let s: Arc<dyn SchemaProvider> = Arc::new(MemorySchemaProvider::new());
-                    catalog.register_schema(def.schema_name(), s.clone())?;
-                    s
-                }
-            };
+        let ctx = crate::pipeline::session::with_tables(|def| {
             // A table with no Delta log yet reads as empty, so tools answer "nothing yet"
             // instead of failing before the pipeline's first commit.
-            let provider: Arc<dyn TableProvider> = match snapshot.tables.get(&def.name) {
+            Ok(match snapshot.tables.get(&def.name) {
                 Some(l) => l.provider.clone(),
                 None => Arc::new(datafusion::datasource::empty::EmptyTable::new(
                     def.arrow_schema(),
                 )),
-            };
-            schema.register_table(def.table_name().to_string(), provider)?;
-        }
-        ctx.register_catalog(CATALOG, catalog);
+            })
+        })?;
         crate::pipeline::session::with_functions_and_views(&ctx, &self.defs);
         Ok(RequestSession { ctx, snapshot })
     }

@@ -21,13 +21,27 @@ use super::definition::Definitions;
 use crate::error::Result;
 use crate::lakehouse::Lakehouse;
 use crate::lakehouse::query::CATALOG;
-use crate::model::tables;
+use crate::model::{TableDef, tables};
 
 pub const VIEWS: &str = "views";
 
 /// A session over in-memory tables: `data` holds rows for some tables (by `schema.table`);
 /// every other table of the catalog is empty. Views are not registered (see [`with_views`]).
 pub fn memory(data: &BTreeMap<String, Vec<RecordBatch>>) -> Result<SessionContext> {
+    with_tables(|def| {
+        let batches = data.get(&def.name).cloned().unwrap_or_default();
+        Ok(Arc::new(MemTable::try_new(
+            def.arrow_schema(),
+            vec![batches],
+        )?))
+    })
+}
+
+/// A session whose catalog holds every table of the lakehouse as `provider(def)` gives it,
+/// with the millstream functions (no views).
+pub fn with_tables(
+    mut provider: impl FnMut(&TableDef) -> Result<Arc<dyn TableProvider>>,
+) -> Result<SessionContext> {
     let ctx = plain_context();
     let catalog = Arc::new(MemoryCatalogProvider::new());
     for def in tables::catalog() {
@@ -39,9 +53,7 @@ pub fn memory(data: &BTreeMap<String, Vec<RecordBatch>>) -> Result<SessionContex
                 s
             }
         };
-        let batches = data.get(&def.name).cloned().unwrap_or_default();
-        let table = MemTable::try_new(def.arrow_schema(), vec![batches])?;
-        schema.register_table(def.table_name().to_string(), Arc::new(table))?;
+        schema.register_table(def.table_name().to_string(), provider(def)?)?;
     }
     ctx.register_catalog(CATALOG, catalog);
     super::udf::register(&ctx);

@@ -32,6 +32,34 @@ fn run_client(args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("the client prints JSON")
 }
 
+type Task<T> = tokio::task::JoinHandle<T>;
+
+/// The ingestion pipeline and the derived (signal) pipelines, running until `stop`.
+async fn start_pipelines(
+    env: &Env,
+    name: &str,
+    stop: watch::Receiver<bool>,
+) -> (
+    Task<millstream::Result<millstream::pipeline::RunStats>>,
+    Task<millstream::pipeline::derive::DeriveSummary>,
+) {
+    let opts = env.options(name, name);
+    let pipeline = {
+        let (kafka, lake, stop) = (env.config.kafka.clone(), env.lake.clone(), stop.clone());
+        tokio::spawn(async move {
+            millstream::pipeline::run_with_restarts(&kafka, &lake, &opts, stop).await
+        })
+    };
+    let deriver = tokio::spawn(millstream::pipeline::derive::run(
+        env.lake.clone(),
+        Definitions::built_in().await.unwrap(),
+        Duration::from_millis(200),
+        None,
+        stop,
+    ));
+    (pipeline, deriver)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn python_sdk_calls_every_tool_and_actions_materialize_exactly_once() {
     let _w = support::watchdog("mcp", Duration::from_secs(300));
@@ -50,20 +78,7 @@ async fn python_sdk_calls_every_tool_and_actions_materialize_exactly_once() {
     env.produce(&support::events("mcp", 20_000, 0.0)).await;
 
     let (stop_tx, stop) = watch::channel(false);
-    let opts = env.options("mcp", "mcp");
-    let pipeline = {
-        let (kafka, lake, stop) = (env.config.kafka.clone(), env.lake.clone(), stop.clone());
-        tokio::spawn(async move {
-            millstream::pipeline::run_with_restarts(&kafka, &lake, &opts, stop).await
-        })
-    };
-    let deriver = tokio::spawn(millstream::pipeline::derive::run(
-        env.lake.clone(),
-        Definitions::built_in().await.unwrap(),
-        Duration::from_millis(200),
-        None,
-        stop.clone(),
-    ));
+    let (pipeline, deriver) = start_pipelines(&env, "mcp", stop.clone()).await;
     // Tools answer from live tables: wait for the history and the first signals.
     let started = Instant::now();
     loop {
@@ -216,4 +231,167 @@ async fn catalog_serves_new_versions_as_they_are_committed() {
     assert!(as_of.committed_at.is_some() && as_of.lag_ms.is_some());
     // Reference tables have no event time, so no watermark.
     assert_eq!(as_of.watermark, None);
+}
+
+/// The loop closes on the simulated clock: a shortage signal → `create_order` → the order in
+/// `supply_chain.purchase_orders` → the simulated supplier's shipments carrying its `po_id` →
+/// the receipt at the warehouse → the position's shortage risk drops below HIGH.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_order_placed_on_a_shortage_arrives_and_clears_it() {
+    use millstream::mcp::actions::{OrderPriority, OrderRequest};
+    use millstream::mcp::tools::Risk;
+    use millstream::mcp::tools::supply::{OrderStatusArgs, PredictShortageArgs, ShortageRisksArgs};
+    use rmcp::handler::server::wrapper::Parameters;
+
+    let _w = support::watchdog("closed loop", Duration::from_secs(420));
+    let mut env = Env::new(2).await;
+    // A smaller world on a fast clock: twelve simulated hours per second.
+    env.config.simulate.parts = 300;
+    env.config.simulate.speed = 43_200.0;
+    env.config.serve.refresh_ms = 50;
+    let rate = 5_000;
+    env.lake.ensure_all().await.unwrap();
+    millstream::sim::write_reference(&env.lake, &env.config.simulate, false)
+        .await
+        .unwrap();
+
+    let (stop_tx, stop) = watch::channel(false);
+    let (pipeline, deriver) = start_pipelines(&env, "loop", stop.clone()).await;
+    let simulator = {
+        let (config, brokers, stop) = (env.config.clone(), env.brokers(), stop.clone());
+        tokio::spawn(async move {
+            let producer =
+                millstream::sim::EventProducer::new(&config.kafka, &brokers).expect("producer");
+            let orders =
+                millstream::sim::order_feed(&config.kafka, &brokers, "loop-sim").expect("feed");
+            let mut g = millstream::sim::stream::Generator::new(
+                &config.simulate,
+                "loop",
+                config.simulate.start,
+                rate,
+            )
+            .with_order_feed(orders);
+            millstream::sim::produce_live(&producer, &mut g, rate, None, stop)
+                .await
+                .expect("simulator")
+        })
+    };
+    let server = millstream::mcp::start(
+        &env.config,
+        env.lake.clone(),
+        Some(&env.brokers()),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+
+    async fn until<T>(
+        what: &str,
+        budget: Duration,
+        mut probe: impl AsyncFnMut() -> Option<T>,
+    ) -> T {
+        let started = Instant::now();
+        loop {
+            if let Some(v) = probe().await {
+                return v;
+            }
+            assert!(started.elapsed() < budget, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    // 1. A shortage appears.
+    let signal = until(
+        "a HIGH or CRITICAL shortage",
+        Duration::from_secs(180),
+        async || {
+            let args = ShortageRisksArgs {
+                min_risk: Some(Risk::High),
+                warehouse_id: None,
+                supplier_id: None,
+                limit: Some(1),
+            };
+            let r = server.list_shortage_risks(Parameters(args)).await.ok()?;
+            r.0.signals.into_iter().find(|s| s.suggested_order_qty > 0)
+        },
+    )
+    .await;
+
+    // 2. The agent orders what the signal suggests (twice it, to outrun demand meanwhile), rush.
+    let receipt = server
+        .create_order(Parameters(OrderRequest {
+            part_id: signal.part_id.clone(),
+            warehouse_id: signal.warehouse_id.clone(),
+            quantity: signal.suggested_order_qty * 2,
+            priority: Some(OrderPriority::Rush),
+            supplier_id: None,
+            idempotency_key: Some("closed-loop".into()),
+        }))
+        .await
+        .expect("create_order")
+        .0;
+    assert_eq!(receipt.outcome, "accepted");
+
+    // 3. The order is materialized, shipped and received.
+    let status = |server: millstream::mcp::Millstream, po: String| async move {
+        server
+            .get_order_status(Parameters(OrderStatusArgs { po_id: po }))
+            .await
+            .ok()
+            .map(|r| r.0)
+    };
+    until(
+        "the order in purchase_orders",
+        Duration::from_secs(60),
+        async || status(server.clone(), receipt.po_id.clone()).await,
+    )
+    .await;
+    let received = until("the order received", Duration::from_secs(240), async || {
+        status(server.clone(), receipt.po_id.clone())
+            .await
+            .filter(|s| s.order.status == "received")
+    })
+    .await;
+    assert!(!received.shipments.is_empty());
+    assert!(
+        received
+            .shipments
+            .iter()
+            .all(|s| s.po_id.as_deref() == Some(receipt.po_id.as_str()))
+    );
+    let shipment = &received.shipments[0].shipment_id;
+    let receipts = env
+        .lake
+        .sql_i64(&format!(
+            "SELECT coalesce(sum(quantity), 0) FROM supply_chain.inventory_movements \
+             WHERE movement_type = 'receipt' AND reference = '{shipment}'"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(receipts, receipt.quantity, "the receipt of {shipment}");
+
+    // 4. The shortage clears.
+    until(
+        "the shortage to clear",
+        Duration::from_secs(120),
+        async || {
+            let r = server
+                .predict_shortage(Parameters(PredictShortageArgs {
+                    part_id: signal.part_id.clone(),
+                    warehouse_id: Some(signal.warehouse_id.clone()),
+                }))
+                .await
+                .ok()?;
+            r.0.signals
+                .first()
+                .filter(|s| s.risk_level < Risk::High)
+                .map(|_| ())
+        },
+    )
+    .await;
+
+    stop_tx.send(true).unwrap();
+    pipeline.await.unwrap().unwrap();
+    deriver.await.unwrap();
+    simulator.await.unwrap();
 }

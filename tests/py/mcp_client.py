@@ -112,6 +112,15 @@ def as_of_ok(tool, sc, tables_expected=True):
         check(a["lag_ms"] is not None and a["lag_ms"] >= 0, f"{tool}: lag_ms {a['lag_ms']}")
 
 
+UPDATED = []  # resources/updated notifications received, by URI
+
+
+async def on_message(message):
+    root = getattr(message, "root", message)
+    if getattr(root, "method", None) == "notifications/resources/updated":
+        UPDATED.append(root.params.uri)
+
+
 async def full(session):
     c = Client(session)
     report = {}
@@ -258,6 +267,10 @@ async def full(session):
     report["resources"] = len(res)
     report["prompts"] = len(prompts)
 
+    # --- resource updates: shortage signals are recomputed when an order lands (purchase orders
+    # are one of their inputs), and the Change Data Feed of that commit triggers the update.
+    await session.subscribe_resource("millstream://signals/shortages")
+
     # --- actions: an order, twice with one idempotency key
     terms = (await c.sql(
         f"SELECT s.min_order_qty FROM supply_chain.parts p JOIN supply_chain.suppliers s "
@@ -285,6 +298,11 @@ async def full(session):
                          lambda: c.sql(f"SELECT count(*) AS n FROM supply_chain.order_actions WHERE idempotency_key = '{key}'"),
                          lambda rows: rows[0]["n"] >= 2)
     report["order"] = {"po_id": first["po_id"], "sends": sent[0]["n"], "orders": n}
+    deadline = time.monotonic() + MATERIALIZE_TIMEOUT_S
+    while "millstream://signals/shortages" not in UPDATED:
+        check(time.monotonic() < deadline, "no resources/updated for millstream://signals/shortages")
+        await asyncio.sleep(0.25)
+    report["resource_updates"] = len(UPDATED)
     await c.fails("get_order_status", {"po_id": "PO-NOPE"}, field="po_id")
 
     # --- actions: a ticket, then its resolution
@@ -351,7 +369,7 @@ async def main():
 
         async with streamable_http_client(sys.argv[2]) as streams:
             read, write = streams[0], streams[1]
-            async with ClientSession(read, write) as session:
+            async with ClientSession(read, write, message_handler=on_message) as session:
                 return await full(session)
     if mode == "stdio":
         return await stdio(sys.argv[2:])

@@ -8,60 +8,15 @@ use rmcp::{ErrorData, tool, tool_router};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// Anomaly and maintenance severities have the levels of signal risks.
+pub use super::Risk as Severity;
 use crate::mcp::catalog::{AsOf, rfc3339};
 use crate::mcp::server::{Millstream, Query, internal, invalid, limit, opt_id, opt_text};
-
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum SensorType {
-    Temperature,
-    Vibration,
-    Pressure,
-    Power,
-}
-
-impl SensorType {
-    fn as_str(self) -> &'static str {
-        match self {
-            SensorType::Temperature => "temperature",
-            SensorType::Vibration => "vibration",
-            SensorType::Pressure => "pressure",
-            SensorType::Power => "power",
-        }
-    }
-}
-
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
-)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Severity {
-    Low,
-    Medium,
-    High,
-    Critical,
-}
-
-impl Severity {
-    fn at_least(self) -> Vec<&'static str> {
-        [
-            (Severity::Low, "LOW"),
-            (Severity::Medium, "MEDIUM"),
-            (Severity::High, "HIGH"),
-            (Severity::Critical, "CRITICAL"),
-        ]
-        .into_iter()
-        .filter(|(s, _)| *s >= self)
-        .map(|(_, n)| n)
-        .collect()
-    }
-}
+pub use crate::model::events::SensorType;
 
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct SensorDataArgs {
-    /// One device (e.g. "D-0007"); or give machine_id.
+    /// One device (e.g. "DEV-0007"); or give machine_id.
     pub device_id: Option<String>,
     /// Every device of one machine.
     pub machine_id: Option<String>,
