@@ -303,7 +303,22 @@ async fn advance(table: &mut DeltaTable) -> Result<bool> {
     Ok(table.version() != before)
 }
 
-/// What a request needs of one table version: its provider, commit time and watermark.
+/// Tables of at most this many rows are held in memory, one copy per version, unless they are
+/// logs the pipeline appends to every micro-batch (re-reading a growing log whole at each of its
+/// versions would cost more than it saves). Signal, state and reference tables qualify: the
+/// tools that read them then never touch Parquet, which keeps their answers fast under load.
+const CACHE_MAX_ROWS: i64 = 250_000;
+
+fn is_log(name: &str) -> bool {
+    crate::model::EventKind::ALL
+        .iter()
+        .any(|k| k.bronze_table() == name)
+        || name == "ops.dead_letters"
+        || name == "iot.anomalies"
+}
+
+/// What a request needs of one table version: its provider (in memory when small), commit time
+/// and watermark.
 async fn load(name: &str, table: &DeltaTable) -> Result<Loaded> {
     let version = table.version().unwrap_or(0) as i64;
     let state = table.snapshot().map_err(|e| Error::delta(name, e))?;
@@ -311,20 +326,36 @@ async fn load(name: &str, table: &DeltaTable) -> Result<Loaded> {
         .version_timestamp(version as u64)
         .and_then(DateTime::<Utc>::from_timestamp_millis);
     let def = tables::get(name)?;
-    let watermark = match WATERMARK_COLUMNS.iter().find(|c| def.column(c).is_some()) {
-        Some(col) => {
-            let files = state
-                .add_actions_table(true)
-                .map_err(|e| Error::delta(name, e))?;
-            max_timestamp(&files, &format!("max.{col}"))
+    let files = state
+        .add_actions_table(true)
+        .map_err(|e| Error::delta(name, e))?;
+    let watermark = WATERMARK_COLUMNS
+        .iter()
+        .find(|c| def.column(c).is_some())
+        .and_then(|col| max_timestamp(&files, &format!("max.{col}")));
+    let rows = files
+        .column_by_name("num_records")
+        .and_then(|c| arrow::compute::cast(c, &DataType::Int64).ok())
+        .and_then(|c| arrow::compute::sum(c.as_primitive::<arrow::datatypes::Int64Type>()));
+    let provider: Arc<dyn TableProvider> = table.clone().table_provider().await?;
+    let provider = match rows {
+        Some(n) if n <= CACHE_MAX_ROWS && !is_log(name) => {
+            let batches = SessionContext::new()
+                .read_table(provider.clone())?
+                .collect()
+                .await?;
+            Arc::new(datafusion::datasource::MemTable::try_new(
+                provider.schema(),
+                vec![batches],
+            )?)
         }
-        None => None,
+        _ => provider,
     };
     Ok(Loaded {
         version,
         committed_at,
         watermark,
-        provider: table.clone().table_provider().await?,
+        provider,
     })
 }
 
