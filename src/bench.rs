@@ -437,22 +437,11 @@ pub async fn mcp(config: Config, clients: usize, seconds: u64, rate: f64) -> any
                     let Some(v) = catalog.version(t) else {
                         continue;
                     };
-                    if seen.insert(t, v).is_some_and(|old| old != v) {
-                        let s = match catalog.session().await {
-                            Ok(s) => s,
-                            Err(_) => continue,
-                        };
-                        let a = s.as_of_tables([t]);
-                        if let Some(c) = a
-                            .committed_at
-                            .and_then(|c| chrono::DateTime::parse_from_rfc3339(&c).ok())
-                        {
-                            let ms = (chrono::Utc::now() - c.with_timezone(&chrono::Utc))
-                                .num_microseconds()
-                                .unwrap_or(0) as f64
-                                / 1000.0;
-                            samples.push(ms);
-                        }
+                    if seen.insert(t, v).is_some_and(|old| old != v)
+                        && let Some(c) = catalog.committed_at(t)
+                    {
+                        let ms = (chrono::Utc::now() - c).num_microseconds().unwrap_or(0);
+                        samples.push(ms as f64 / 1000.0);
                     }
                 }
                 tokio::select! {

@@ -19,6 +19,7 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, TimestampMicrosecondType};
 use chrono::{DateTime, Utc};
 use datafusion::catalog::TableProvider;
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
@@ -181,21 +182,34 @@ impl LiveCatalog {
 
     /// The version of `table` the server currently serves, if it exists.
     pub fn version(&self, table: &str) -> Option<i64> {
+        self.loaded(table, |l| l.version)
+    }
+
+    /// The event-time watermark of the version of `table` served now.
+    pub fn watermark(&self, table: &str) -> Option<DateTime<Utc>> {
+        self.loaded(table, |l| l.watermark).flatten()
+    }
+
+    /// The commit time of the version of `table` served now.
+    pub fn committed_at(&self, table: &str) -> Option<DateTime<Utc>> {
+        self.loaded(table, |l| l.committed_at).flatten()
+    }
+
+    fn loaded<T>(&self, table: &str, f: impl FnOnce(&Loaded) -> T) -> Option<T> {
         self.current
             .read()
             .expect("poisoned")
             .tables
             .get(table)
-            .map(|l| l.version)
+            .map(f)
     }
 
     /// The pipeline's event-time clock: the newest event time in the source tables (the
     /// simulated clock under the simulator), or the wall clock before any event arrived.
     pub fn event_clock(&self) -> DateTime<Utc> {
-        let snapshot = self.current.read().expect("poisoned").clone();
         crate::model::EventKind::FACTORY
             .iter()
-            .filter_map(|k| snapshot.tables.get(k.bronze_table())?.watermark)
+            .filter_map(|k| self.watermark(k.bronze_table()))
             .max()
             .unwrap_or_else(Utc::now)
     }
@@ -260,11 +274,11 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// Base tables scanned by `plan` (views are inlined by the analyzer, so their tables count).
+/// Base tables scanned by `plan`, subqueries included. The plan is not yet analyzed, so a
+/// view is still a scan carrying the view's own plan: the tables under it count instead.
 fn collect_scans(plan: &LogicalPlan, out: &mut BTreeSet<String>) {
-    let _ = plan.apply(|node| {
+    let _ = plan.apply_with_subqueries(|node| {
         if let LogicalPlan::TableScan(scan) = node {
-            // A view's scan carries the view's own plan: count the tables under it instead.
             match scan.source.get_logical_plan() {
                 Some(view) => collect_scans(&view, out),
                 None => {
@@ -274,16 +288,9 @@ fn collect_scans(plan: &LogicalPlan, out: &mut BTreeSet<String>) {
                 }
             }
         }
-        // Subqueries are separate plans.
-        let _ = node.apply_subqueries(|sub| {
-            collect_scans(sub, out);
-            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
-        });
-        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        Ok(TreeNodeRecursion::Continue)
     });
 }
-
-use datafusion::common::tree_node::TreeNode;
 
 /// Loads commits newer than the table's version; true when there were any.
 async fn advance(table: &mut DeltaTable) -> Result<bool> {

@@ -107,6 +107,14 @@ impl Millstream {
         }
     }
 
+    /// Where a trailing time window over `table` ends: its event-time watermark (so windows
+    /// mean the same on the simulated clock), or now before it has any data.
+    pub(crate) fn window_end(&self, table: &str) -> chrono::DateTime<chrono::Utc> {
+        self.catalog
+            .watermark(table)
+            .unwrap_or_else(chrono::Utc::now)
+    }
+
     /// Fails with `invalid params` on `field` unless `sql` (one `$1` parameter) finds a row.
     pub(crate) async fn must_exist(
         &self,
@@ -257,6 +265,11 @@ impl Query {
         self.sql.push_str(tail);
         self
     }
+}
+
+/// A UTC timestamp parameter, typed like the tables' timestamp columns.
+pub(crate) fn timestamp(t: chrono::DateTime<chrono::Utc>) -> ScalarValue {
+    ScalarValue::TimestampMicrosecond(Some(t.timestamp_micros()), Some("UTC".into()))
 }
 
 pub(crate) fn text(v: &str) -> ScalarValue {

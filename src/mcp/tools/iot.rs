@@ -1,8 +1,6 @@
 //! IoT tools: raw readings, anomalies, maintenance alerts, per-sensor statistics. Time windows
 //! end at the telemetry's event-time watermark, so they mean the same under the simulator.
 
-use chrono::{DateTime, Utc};
-use datafusion::scalar::ScalarValue;
 use rmcp::handler::server::wrapper::{Json, Parameters};
 use rmcp::{ErrorData, tool, tool_router};
 use schemars::JsonSchema;
@@ -11,7 +9,7 @@ use serde::{Deserialize, Serialize};
 /// Anomaly and maintenance severities have the levels of signal risks.
 pub use super::Risk as Severity;
 use crate::mcp::catalog::{AsOf, rfc3339};
-use crate::mcp::server::{Millstream, Query, internal, invalid, limit, opt_id, opt_text};
+use crate::mcp::server::{Millstream, Query, invalid, limit, opt_id, opt_text, timestamp};
 pub use crate::model::events::SensorType;
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -152,29 +150,12 @@ pub struct SensorStatsAnswer {
     pub as_of: AsOf,
 }
 
-fn ts(t: DateTime<Utc>) -> ScalarValue {
-    ScalarValue::TimestampMicrosecond(Some(t.timestamp_micros()), Some("UTC".into()))
-}
-
 fn window(field: &str, given: Option<u32>, default: u32, max: u32) -> Result<i64, ErrorData> {
     let v = given.unwrap_or(default);
     if !(1..=max).contains(&v) {
         return Err(invalid(field, format!("{field} {v} is outside 1..={max}")));
     }
     Ok(i64::from(v))
-}
-
-impl Millstream {
-    /// The event-time watermark of `table` (now when it has none yet).
-    async fn watermark_of(&self, table: &str) -> Result<DateTime<Utc>, ErrorData> {
-        let session = self.catalog.session().await.map_err(internal)?;
-        Ok(session
-            .as_of_tables([table])
-            .watermark
-            .and_then(|w| DateTime::parse_from_rfc3339(&w).ok())
-            .map(|w| w.with_timezone(&Utc))
-            .unwrap_or_else(Utc::now))
-    }
 }
 
 #[tool_router(router = iot_router, vis = "pub(crate)")]
@@ -195,13 +176,13 @@ impl Millstream {
         }
         let minutes = window("minutes", a.minutes, 60, 7 * 24 * 60)?;
         let n = limit(a.limit)?;
-        let end = self.watermark_of("iot.telemetry").await?;
+        let end = self.window_end("iot.telemetry");
         let start = end - chrono::Duration::minutes(minutes);
         let q = Query::new(
             "SELECT device_id, machine_id, plant_id, sensor_type, value, unit, ts FROM iot.telemetry",
         )
-        .filter("ts > ?", Some(ts(start)))
-        .filter("ts <= ?", Some(ts(end)))
+        .filter("ts > ?", Some(timestamp(start)))
+        .filter("ts <= ?", Some(timestamp(end)))
         .filter("device_id = ?", opt_text(&a.device_id))
         .filter("machine_id = ?", opt_text(&a.machine_id))
         .filter(
@@ -251,14 +232,14 @@ impl Millstream {
         opt_id("device_id", &a.device_id)?;
         let hours = window("hours", a.hours, 24, 720)?;
         let n = limit(a.limit)?;
-        let end = self.watermark_of("iot.telemetry").await?;
+        let end = self.window_end("iot.telemetry");
         let start = end - chrono::Duration::hours(hours);
         let q = Query::new(
             "SELECT event_id, device_id, machine_id, plant_id, sensor_type, ts, value, expected, \
              rule, score, severity FROM iot.anomalies",
         )
-        .filter("ts > ?", Some(ts(start)))
-        .filter("ts <= ?", Some(ts(end)))
+        .filter("ts > ?", Some(timestamp(start)))
+        .filter("ts <= ?", Some(timestamp(end)))
         .filter("plant_id = ?", opt_text(&a.plant_id))
         .filter("machine_id = ?", opt_text(&a.machine_id))
         .filter("device_id = ?", opt_text(&a.device_id))
@@ -322,7 +303,7 @@ impl Millstream {
         opt_id("plant_id", &a.plant_id)?;
         let minutes = window("minutes", a.minutes, 60, 7 * 24 * 60)?;
         let n = limit(a.limit)?;
-        let end = self.watermark_of("iot.telemetry").await?;
+        let end = self.window_end("iot.telemetry");
         let start = end - chrono::Duration::minutes(minutes);
         let q = Query::new(
             "WITH w AS (SELECT * FROM iot.telemetry WHERE ts > $1 AND ts <= $2), \
@@ -336,8 +317,8 @@ impl Millstream {
              LEFT JOIN anomalies a ON a.device_id = s.device_id \
              LEFT JOIN iot.sensor_state st ON st.device_id = s.device_id",
         )
-        .bind(ts(start))
-        .bind(ts(end))
+        .bind(timestamp(start))
+        .bind(timestamp(end))
         .filter("s.device_id = ?", opt_text(&a.device_id))
         .filter("s.machine_id = ?", opt_text(&a.machine_id))
         .filter("s.plant_id = ?", opt_text(&a.plant_id))

@@ -1,6 +1,5 @@
 //! Sales tools: accounts, churn risk, KPIs.
 
-use datafusion::scalar::ScalarValue;
 use rmcp::handler::server::wrapper::{Json, Parameters};
 use rmcp::{ErrorData, tool, tool_router};
 use schemars::JsonSchema;
@@ -8,7 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{RISK_ORDER, Risk};
 use crate::mcp::catalog::AsOf;
-use crate::mcp::server::{Millstream, Query, id, invalid, limit, opt_id, opt_text, text};
+use crate::mcp::server::{
+    Millstream, Query, id, invalid, limit, opt_id, opt_text, text, timestamp,
+};
 
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct CustomerArgs {
@@ -252,22 +253,8 @@ impl Millstream {
             Some(KpiGroup::Product) => "t.product_id",
             Some(KpiGroup::Day) => "CAST(t.event_date AS VARCHAR)",
         };
-        let session = self
-            .catalog
-            .session()
-            .await
-            .map_err(crate::mcp::server::internal)?;
-        let end = session
-            .as_of_tables(["sales.transactions"])
-            .watermark
-            .and_then(|w| chrono::DateTime::parse_from_rfc3339(&w).ok())
-            .map(|w| w.with_timezone(&chrono::Utc))
-            .unwrap_or_else(chrono::Utc::now);
-        drop(session);
+        let end = self.window_end("sales.transactions");
         let start = end - chrono::Duration::days(i64::from(days));
-        let micros = |t: chrono::DateTime<chrono::Utc>| {
-            ScalarValue::TimestampMicrosecond(Some(t.timestamp_micros()), Some("UTC".into()))
-        };
         let q = Query::new(&format!(
             "SELECT {group} AS \"group\", coalesce(sum(t.amount), 0.0) AS revenue, \
              count(*) AS transactions, coalesce(sum(t.quantity), 0) AS units, \
@@ -275,8 +262,8 @@ impl Millstream {
              coalesce(sum(t.amount) / nullif(count(*), 0), 0.0) AS avg_order_value \
              FROM sales.transactions t LEFT JOIN sales.customers c ON c.customer_id = t.customer_id"
         ))
-        .filter("t.ts > ?", Some(micros(start)))
-        .filter("t.ts <= ?", Some(micros(end)))
+        .filter("t.ts > ?", Some(timestamp(start)))
+        .filter("t.ts <= ?", Some(timestamp(end)))
         .filter("t.region = ?", opt_text(&a.region))
         .filter("t.customer_id = ?", opt_text(&a.customer_id))
         .finish(&format!("GROUP BY 1 ORDER BY revenue DESC, 1 LIMIT {n}"));
