@@ -243,7 +243,7 @@ pub async fn create_order(server: &Millstream, a: OrderRequest) -> Result<OrderR
         warehouse_id: a.warehouse_id.clone(),
         supplier_id: terms.supplier_id.clone(),
         quantity: a.quantity,
-        priority: priority_str(priority).to_string(),
+        priority: wire_name(priority),
         unit_cost: terms.unit_cost,
         fee,
         total_cost: ((goods + fee) * 100.0).round() / 100.0,
@@ -274,10 +274,6 @@ pub async fn create_order(server: &Millstream, a: OrderRequest) -> Result<OrderR
         on_behalf_of: principal,
         table: "supply_chain.purchase_orders".into(),
     })
-}
-
-fn priority_str(p: OrderPriority) -> &'static str {
-    p.as_str()
 }
 
 fn existing_receipt(row: serde_json::Value, key: &str) -> Result<OrderReceipt, ErrorData> {
@@ -352,7 +348,8 @@ pub enum TicketStatus {
     Closed,
 }
 
-fn json_str<T: Serialize>(v: T) -> String {
+/// An argument enum's serde name, which is also how the tables store it (`rush`, `in_progress`).
+pub(crate) fn wire_name<T: Serialize>(v: T) -> String {
     serde_json::to_value(v)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
@@ -437,8 +434,8 @@ pub async fn create_ticket(
         customer_id: Some(a.customer_id),
         subject: Some(a.subject),
         description: Some(a.description),
-        category: Some(json_str(a.category)),
-        priority: Some(json_str(a.priority.unwrap_or(TicketPriority::Medium))),
+        category: Some(wire_name(a.category)),
+        priority: Some(wire_name(a.priority.unwrap_or(TicketPriority::Medium))),
         status: "open".into(),
         resolution: None,
         on_behalf_of: principal.clone(),
@@ -496,7 +493,7 @@ pub async fn update_ticket_resolution(
         description: None,
         category: None,
         priority: None,
-        status: json_str(a.status),
+        status: wire_name(a.status),
         resolution: a.resolution,
         on_behalf_of: principal.clone(),
         ts: server.catalog.event_clock(),

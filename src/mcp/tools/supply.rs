@@ -6,7 +6,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{RISK_ORDER, Risk};
-use crate::mcp::actions::{OrderPriority, OrderReceipt, OrderRequest};
+use crate::mcp::actions::{OrderReceipt, OrderRequest};
 use crate::mcp::catalog::AsOf;
 use crate::mcp::server::{Millstream, Query, id, limit, opt_id, opt_text, text};
 
@@ -387,15 +387,5 @@ impl Millstream {
             .await?;
         }
         Ok(())
-    }
-}
-
-impl OrderPriority {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OrderPriority::Standard => "standard",
-            OrderPriority::Expedited => "expedited",
-            OrderPriority::Rush => "rush",
-        }
     }
 }

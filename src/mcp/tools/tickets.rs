@@ -6,7 +6,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::mcp::actions::{
-    ResolutionRequest, TicketCategory, TicketReceipt, TicketRequest, TicketStatus,
+    ResolutionRequest, TicketCategory, TicketReceipt, TicketRequest, TicketStatus, wire_name,
 };
 use crate::mcp::catalog::AsOf;
 use crate::mcp::server::{Millstream, Query, id, invalid, limit, opt_id, opt_text, text};
@@ -56,13 +56,6 @@ pub struct SearchAnswer {
 
 const TICKET_COLUMNS: &str = "ticket_id, customer_id, subject, description, category, priority, \
      status, resolution, created_at, updated_at";
-
-fn enum_text<T: Serialize>(v: T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
-}
 
 #[tool_router(router = tickets_router, vis = "pub(crate)")]
 impl Millstream {
@@ -152,8 +145,8 @@ impl Millstream {
         }
         let mut q = Query::new(&format!("SELECT {TICKET_COLUMNS} FROM support.tickets"))
             .filter("customer_id = ?", opt_text(&a.customer_id))
-            .filter("status = ?", a.status.map(|s| text(&enum_text(s))))
-            .filter("category = ?", a.category.map(|c| text(&enum_text(c))));
+            .filter("status = ?", a.status.map(|s| text(&wire_name(s))))
+            .filter("category = ?", a.category.map(|c| text(&wire_name(c))));
         for w in &words {
             // strpos, not LIKE: the caller's % and _ stay literal.
             q = q.filter(
