@@ -5,7 +5,11 @@
 //! alerts; signals inserted, updated or deleted). One watcher per MCP session follows the
 //! catalog's versions and reads only the new commits' changes.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
+
+use deltalake::DeltaTable;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -113,7 +117,7 @@ pub async fn read(
 #[derive(Default)]
 pub struct Subscriptions {
     uris: Mutex<BTreeSet<String>>,
-    watching: Mutex<bool>,
+    watching: AtomicBool,
 }
 
 pub async fn subscribe(
@@ -127,11 +131,7 @@ pub async fn subscribe(
         .lock()
         .expect("poisoned")
         .insert(request.uri.clone());
-    let start = {
-        let mut w = subs.watching.lock().expect("poisoned");
-        !std::mem::replace(&mut *w, true)
-    };
-    if start {
+    if !subs.watching.swap(true, Ordering::SeqCst) {
         tokio::spawn(watch(server.clone(), subs, context.peer.clone()));
     }
     Ok(())
@@ -162,6 +162,7 @@ async fn watch(
         .iter()
         .filter_map(|f| Some((f.table, server.catalog.version(f.table)?)))
         .collect();
+    let mut opened: BTreeMap<&'static str, DeltaTable> = BTreeMap::new();
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         if peer.is_transport_closed() {
@@ -180,7 +181,7 @@ async fn watch(
                 continue;
             }
             seen.insert(f.table, now);
-            match changed_rows(&server, f.table, from, now).await {
+            match changed_rows(&server, &mut opened, f.table, from, now).await {
                 Ok(0) => {}
                 Ok(_) => {
                     if let Err(e) = peer
@@ -199,16 +200,29 @@ async fn watch(
     }
 }
 
-/// Rows in the Change Data Feed of `table` between two versions (inclusive).
+/// Rows in the Change Data Feed of `table` between two versions (inclusive). The table is
+/// opened once per watcher and afterwards only reads the commits it has not seen.
 async fn changed_rows(
     server: &Millstream,
-    table: &str,
+    opened: &mut BTreeMap<&'static str, DeltaTable>,
+    table: &'static str,
     from: i64,
     to: i64,
 ) -> Result<usize, ErrorData> {
-    let delta = server.catalog.lake().open(table).await.map_err(internal)?;
-    let batches = crate::lakehouse::cdf::read_changes(delta, table, from as u64, Some(to as u64))
-        .await
-        .map_err(internal)?;
+    let delta = match opened.entry(table) {
+        Entry::Occupied(e) => e.into_mut(),
+        Entry::Vacant(e) => e.insert(server.catalog.lake().open(table).await.map_err(internal)?),
+    };
+    // Forward only: a table opened just now may already be past `to`.
+    if delta.version().is_some_and(|v| (v as i64) < to) {
+        delta
+            .update_incremental(Some(to as u64))
+            .await
+            .map_err(|e| internal(crate::Error::delta(table, e)))?;
+    }
+    let batches =
+        crate::lakehouse::cdf::read_changes(delta.clone(), table, from as u64, Some(to as u64))
+            .await
+            .map_err(internal)?;
     Ok(batches.iter().map(|b| b.num_rows()).sum())
 }
