@@ -25,6 +25,23 @@ pub fn warehouse_id(i: usize) -> String {
 pub fn part_id(i: usize) -> String {
     format!("P-{:05}", i + 1)
 }
+
+/// The index behind a [`part_id`], for ids this module made.
+pub fn part_index(id: &str) -> Option<usize> {
+    index_of(id, "P-")
+}
+
+/// The index behind a [`warehouse_id`].
+pub fn warehouse_index(id: &str) -> Option<usize> {
+    index_of(id, "WH-")
+}
+
+fn index_of(id: &str, prefix: &str) -> Option<usize> {
+    id.strip_prefix(prefix)?
+        .parse::<usize>()
+        .ok()?
+        .checked_sub(1)
+}
 pub fn supplier_id(i: usize) -> String {
     format!("S-{:03}", i + 1)
 }
@@ -237,5 +254,22 @@ pub fn generate(cfg: &SimulateConfig) -> ReferenceData {
         inventory,
         customers,
         tickets,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_map_back_to_their_index_and_foreign_ids_do_not() {
+        for i in [0, 41, 2099] {
+            assert_eq!(part_index(&part_id(i)), Some(i));
+            assert_eq!(warehouse_index(&warehouse_id(i % 5)), Some(i % 5));
+        }
+        for bad in ["P-00000", "P-x", "WH-01x", "S-001", ""] {
+            assert_eq!(part_index(bad), None, "{bad}");
+        }
+        assert_eq!(warehouse_index("P-00001"), None);
     }
 }

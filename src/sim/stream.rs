@@ -120,15 +120,9 @@ impl Generator {
     /// (shipments carry the `po_id`) and receives it at the warehouse. Each order once; false
     /// for a repeat or a part × warehouse the world does not stock.
     pub fn place_order(&mut self, order: &crate::model::events::OrderAction) -> bool {
-        let index = |id: &str, prefix: &str| {
-            id.strip_prefix(prefix)?
-                .parse::<usize>()
-                .ok()?
-                .checked_sub(1)
-        };
         let (Some(part), Some(warehouse)) = (
-            index(&order.part_id, "P-"),
-            index(&order.warehouse_id, "WH-"),
+            super::reference::part_index(&order.part_id),
+            super::reference::warehouse_index(&order.warehouse_id),
         ) else {
             return false;
         };
