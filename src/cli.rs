@@ -365,7 +365,7 @@ pub fn pipeline_options(config: &Config, brokers: &str) -> PipelineOptions {
 }
 
 fn brokers_or_fail(flag: Option<String>, config: &Config, command: &str) -> anyhow::Result<String> {
-    match flag.or_else(|| Some(config.kafka.brokers.clone()).filter(|b| !b.is_empty())) {
+    match optional_brokers(flag, config) {
         Some(b) => Ok(b),
         None => bail!(
             "`millstream {command}` needs a broker: pass --brokers host:port or set kafka.brokers (`millstream up` runs an embedded one)"
@@ -488,7 +488,8 @@ async fn simulate(mut config: Config, args: SimulateArgs) -> anyhow::Result<()> 
     Ok(())
 }
 
-fn optional_brokers(flag: Option<String>, config: &Config) -> Option<String> {
+/// `--brokers`, else `kafka.brokers` when set.
+pub fn optional_brokers(flag: Option<String>, config: &Config) -> Option<String> {
     flag.or_else(|| Some(config.kafka.brokers.clone()).filter(|b| !b.is_empty()))
 }
 
@@ -496,6 +497,7 @@ async fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<()> {
     if let Some(a) = args.addr {
         config.serve.addr = a;
     }
+    // `--addr` came after the config was checked.
     let problems = config.validate();
     if !problems.is_empty() {
         return Err(crate::Error::Config(problems).into());
@@ -526,11 +528,6 @@ async fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn mcp_stdio(config: Config, args: McpArgs) -> anyhow::Result<()> {
-    debug_assert!(args.stdio);
-    let problems = config.validate();
-    if !problems.is_empty() {
-        return Err(crate::Error::Config(problems).into());
-    }
     let brokers = optional_brokers(args.brokers, &config);
     let lake = Lakehouse::new(&config.lakehouse.root)?;
     let (_stop_tx, stop) = watch::channel(false);

@@ -32,10 +32,7 @@ pub async fn run(config: Config, args: UpArgs) -> anyhow::Result<()> {
         });
     }
 
-    let external = args
-        .brokers
-        .clone()
-        .or_else(|| Some(config.kafka.brokers.clone()).filter(|b| !b.is_empty()));
+    let external = crate::cli::optional_brokers(args.brokers.clone(), &config);
     let embedded = match &external {
         Some(_) => None,
         None => Some(EmbeddedBroker::start(
