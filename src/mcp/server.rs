@@ -94,17 +94,27 @@ impl Millstream {
             let batches = df.collect().await?;
             Ok::<_, datafusion::error::DataFusionError>((batches, as_of))
         };
-        match tokio::time::timeout(self.query_timeout, work).await {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => Err(internal(format!("query failed: {e}"))),
-            Err(_) => Err(ErrorData::internal_error(
-                format!(
-                    "query did not finish within {} ms",
-                    self.query_timeout.as_millis()
-                ),
-                Some(json!({ "timeout_ms": self.query_timeout.as_millis() as u64 })),
-            )),
-        }
+        self.within_timeout(work)
+            .await?
+            .map_err(|e| internal(format!("query failed: {e}")))
+    }
+
+    /// Runs a query's `work` under the query timeout (dropping it cancels the query).
+    pub(crate) async fn within_timeout<T>(
+        &self,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<T, ErrorData> {
+        tokio::time::timeout(self.query_timeout, work)
+            .await
+            .map_err(|_| {
+                let ms = self.query_timeout.as_millis() as u64;
+                ErrorData::internal_error(
+                    format!(
+                        "query did not finish within {ms} ms (serve.query_timeout_ms); narrow it"
+                    ),
+                    Some(json!({ "timeout_ms": ms })),
+                )
+            })
     }
 
     /// Where a trailing time window over `table` ends: its event-time watermark (so windows

@@ -13,7 +13,6 @@ use rmcp::handler::server::wrapper::{Json, Parameters};
 use rmcp::{ErrorData, tool, tool_router};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use crate::mcp::catalog::AsOf;
 use crate::mcp::server::{Millstream, internal, invalid, rows_json};
@@ -310,24 +309,10 @@ impl Millstream {
             let batches = df.limit(0, Some(n + 1))?.collect().await?;
             Ok::<_, datafusion::error::DataFusionError>((schema, batches, as_of))
         };
-        let (schema, batches, as_of) = match tokio::time::timeout(self.query_timeout, work).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                return Err(ErrorData::invalid_params(
-                    format!("query failed: {e}"),
-                    Some(json!({ "field": "sql" })),
-                ));
-            }
-            Err(_) => {
-                return Err(ErrorData::internal_error(
-                    format!(
-                        "query did not finish within {} ms; narrow it or add a LIMIT",
-                        self.query_timeout.as_millis()
-                    ),
-                    Some(json!({ "timeout_ms": self.query_timeout.as_millis() as u64 })),
-                ));
-            }
-        };
+        let (schema, batches, as_of) = self
+            .within_timeout(work)
+            .await?
+            .map_err(|e| invalid("sql", format!("query failed: {e}")))?;
         let mut rows: Vec<serde_json::Map<String, serde_json::Value>> =
             serde_json::from_value(rows_json(&batches)?).map_err(internal)?;
         let truncated = rows.len() > n;
