@@ -82,6 +82,7 @@ pub struct MaintainConfig {
 pub struct ServeConfig {
     pub addr: String,
     pub refresh_ms: u64,
+    pub tail_rows: usize,
     pub query_timeout_ms: u64,
     pub allowed_hosts: Vec<String>,
     pub principal: String,
@@ -259,6 +260,10 @@ impl Config {
         check(
             (10..=60_000).contains(&self.serve.refresh_ms),
             "serve.refresh_ms must be in 10..=60000",
+        );
+        check(
+            self.serve.tail_rows <= 100_000_000,
+            "serve.tail_rows must be at most 100000000",
         );
         check(
             (100..=600_000).contains(&self.serve.query_timeout_ms),

@@ -77,6 +77,16 @@ fn describe() {
         Unit::Count,
         "Records behind the high watermark, per partition"
     );
+    describe_histogram!(
+        "millstream_catalog_load_seconds",
+        Unit::Seconds,
+        "Time for the MCP server to load a new table version, per table"
+    );
+    describe_histogram!(
+        "millstream_catalog_visible_seconds",
+        Unit::Seconds,
+        "From a table version's commit to the MCP server serving it, per table"
+    );
     describe_counter!(
         "millstream_events_produced_total",
         Unit::Count,
@@ -147,6 +157,34 @@ pub mod events {
                 .increment(1);
             histogram!("millstream_derived_seconds", "pipeline" => self.pipeline.to_string())
                 .record(self.millis as f64 / 1000.0);
+        }
+    }
+
+    /// The MCP server's catalog started serving a new table version.
+    pub struct TableServed<'a> {
+        pub table: &'a str,
+        pub version: i64,
+        /// Time to load it (log replay, statistics, in-memory copy).
+        pub load: Duration,
+        /// From its commit timestamp to now, when known.
+        pub since_commit: Option<Duration>,
+    }
+
+    impl TableServed<'_> {
+        pub fn emit(&self) {
+            tracing::debug!(
+                table = self.table,
+                version = self.version,
+                load_ms = self.load.as_millis() as u64,
+                since_commit_ms = self.since_commit.map(|d| d.as_millis() as u64),
+                "serving table version"
+            );
+            histogram!("millstream_catalog_load_seconds", "table" => self.table.to_string())
+                .record(self.load.as_secs_f64());
+            if let Some(d) = self.since_commit {
+                histogram!("millstream_catalog_visible_seconds", "table" => self.table.to_string())
+                    .record(d.as_secs_f64());
+            }
         }
     }
 

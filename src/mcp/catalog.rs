@@ -15,13 +15,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use arrow::array::{Array, AsArray};
+use arrow::array::AsArray;
 use arrow::datatypes::{DataType, TimestampMicrosecondType};
 use chrono::{DateTime, Utc};
 use datafusion::catalog::TableProvider;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
+use datafusion::scalar::ScalarValue;
 use deltalake::DeltaTable;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,8 @@ use crate::error::{Error, Result};
 use crate::lakehouse::Lakehouse;
 use crate::model::tables;
 use crate::pipeline::definition::Definitions;
+
+use super::tail::{Holds, Tail};
 
 /// Columns holding a table's event time, in order of preference: the first one a table has is
 /// its watermark column. Reference tables have none.
@@ -54,9 +57,22 @@ struct Loaded {
 }
 
 /// The versions every request of a moment reads.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Snapshot {
     tables: BTreeMap<String, Loaded>,
+    /// One session over these versions, built by the first request that needs it and shared by
+    /// the rest: a request cannot change it (tools run fixed queries; `query_sql` refuses DDL,
+    /// DML and statements such as SET), and views are planned once per snapshot, not per call.
+    session: std::sync::OnceLock<SessionContext>,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("tables", &self.tables)
+            .field("session", &self.session.get().map(|c| c.session_id()))
+            .finish()
+    }
 }
 
 /// Freshness of an answer.
@@ -89,7 +105,34 @@ pub struct TableVersion {
 pub struct LiveCatalog {
     lake: Lakehouse,
     defs: Definitions,
+    options: CatalogOptions,
     current: Arc<RwLock<Arc<Snapshot>>>,
+}
+
+/// How the catalog follows the lakehouse.
+#[derive(Debug, Clone, Copy)]
+pub struct CatalogOptions {
+    /// How often to look for new versions.
+    pub refresh: Duration,
+    /// Newest rows of each log to keep in memory ([`super::tail`]); 0 keeps none.
+    pub tail_rows: usize,
+}
+
+impl CatalogOptions {
+    pub fn from_config(serve: &crate::config::ServeConfig) -> CatalogOptions {
+        CatalogOptions {
+            refresh: Duration::from_millis(serve.refresh_ms),
+            tail_rows: serve.tail_rows,
+        }
+    }
+}
+
+/// A table the refresher follows: its Delta state, the in-memory tail of a log, and the
+/// watermark so far (kept up to date from the tail's new rows instead of re-reading statistics).
+struct Followed {
+    table: DeltaTable,
+    tail: Option<Tail>,
+    watermark: Option<DateTime<Utc>>,
 }
 
 /// A request's view: a session over one snapshot, and what it read.
@@ -103,19 +146,20 @@ impl LiveCatalog {
     pub async fn start(
         lake: Lakehouse,
         defs: Definitions,
-        refresh: Duration,
+        options: CatalogOptions,
         mut stop: watch::Receiver<bool>,
     ) -> Result<LiveCatalog> {
         let catalog = LiveCatalog {
             lake,
             defs,
+            options,
             current: Arc::new(RwLock::new(Arc::new(Snapshot::default()))),
         };
-        let mut open: BTreeMap<String, DeltaTable> = BTreeMap::new();
+        let mut open: BTreeMap<String, Followed> = BTreeMap::new();
         catalog.refresh(&mut open).await;
         let worker = catalog.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(refresh);
+            let mut tick = tokio::time::interval(options.refresh);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 let stopping = tokio::select! {
@@ -140,39 +184,92 @@ impl LiveCatalog {
         &self.defs
     }
 
-    /// One pass: open tables that appeared, load new versions of the others, publish.
-    async fn refresh(&self, open: &mut BTreeMap<String, DeltaTable>) {
-        let mut changed: Vec<(String, Loaded)> = Vec::new();
-        for def in tables::catalog() {
-            let name = &def.name;
-            let result = match open.get_mut(name) {
-                Some(table) => advance(table).await.map(|moved| moved.then_some(())),
-                None => match self.lake.exists(name).await {
-                    Ok(true) => match self.lake.open(name).await {
-                        Ok(t) => {
-                            open.insert(name.clone(), t);
-                            Ok(Some(()))
-                        }
-                        Err(e) => Err(e),
-                    },
-                    Ok(false) => Ok(None),
-                    Err(e) => Err(e),
-                },
+    /// One pass: open tables that appeared, load new versions of the others (all tables at
+    /// once, so one slow load does not hold up the rest), publish.
+    async fn refresh(&self, open: &mut BTreeMap<String, Followed>) {
+        let missing = tables::catalog()
+            .iter()
+            .map(|def| def.name.clone())
+            .filter(|name| !open.contains_key(name));
+        let opened = futures::future::join_all(missing.map(|name| async move {
+            let table = match self.lake.exists(&name).await {
+                Ok(true) => self.lake.open(&name).await.map(Some),
+                Ok(false) => Ok(None),
+                Err(e) => Err(e),
             };
-            match result {
-                Ok(Some(())) => match load(name, &open[name]).await {
-                    Ok(l) => changed.push((name.clone(), l)),
-                    Err(e) => tracing::warn!(table = %name, error = %e, "loading table version"),
-                },
+            (name, table)
+        }))
+        .await;
+        let mut fresh = BTreeSet::new();
+        for (name, table) in opened {
+            match table {
+                Ok(Some(table)) => {
+                    let followed = Followed {
+                        table,
+                        tail: None,
+                        watermark: None,
+                    };
+                    open.insert(name.clone(), followed);
+                    fresh.insert(name);
+                }
                 Ok(None) => {}
-                Err(e) => tracing::warn!(table = %name, error = %e, "refreshing table"),
+                Err(e) => tracing::warn!(table = %name, error = %e, "opening table"),
             }
         }
+        let tail_rows = self.options.tail_rows;
+        let changed = futures::future::join_all(open.iter_mut().map(|(name, followed)| {
+            let is_new = fresh.contains(name);
+            async move {
+                let started = std::time::Instant::now();
+                let before = followed.table.version();
+                let moved = if is_new {
+                    Ok(true)
+                } else {
+                    advance(&mut followed.table).await
+                };
+                let load = async {
+                    match (before, is_new) {
+                        (Some(before), false) => {
+                            load_appended(name, followed, before + 1, tail_rows).await
+                        }
+                        _ => load_full(name, followed, tail_rows).await,
+                    }
+                };
+                match moved {
+                    Ok(true) => match load.await {
+                        Ok(l) => {
+                            crate::telemetry::events::TableServed {
+                                table: name,
+                                version: l.version,
+                                load: started.elapsed(),
+                                since_commit: l
+                                    .committed_at
+                                    .and_then(|c| (Utc::now() - c).to_std().ok()),
+                            }
+                            .emit();
+                            Some((name.clone(), l))
+                        }
+                        Err(e) => {
+                            tracing::warn!(table = %name, error = %e, "loading table version");
+                            None
+                        }
+                    },
+                    Ok(false) => None,
+                    Err(e) => {
+                        tracing::warn!(table = %name, error = %e, "refreshing table");
+                        None
+                    }
+                }
+            }
+        }))
+        .await;
+        let changed: Vec<(String, Loaded)> = changed.into_iter().flatten().collect();
         if changed.is_empty() {
             return;
         }
         let mut next = Snapshot {
             tables: self.current.read().expect("poisoned").tables.clone(),
+            session: Default::default(),
         };
         for (name, loaded) in changed {
             next.tables.insert(name, loaded);
@@ -218,6 +315,12 @@ impl LiveCatalog {
     /// functions, and the views as `views.<name>`.
     pub async fn session(&self) -> Result<RequestSession> {
         let snapshot = self.current.read().expect("poisoned").clone();
+        if let Some(ctx) = snapshot.session.get() {
+            return Ok(RequestSession {
+                ctx: ctx.clone(),
+                snapshot,
+            });
+        }
         let ctx = crate::pipeline::session::with_tables(|def| {
             // A table with no Delta log yet reads as empty, so tools answer "nothing yet"
             // instead of failing before the pipeline's first commit.
@@ -229,6 +332,8 @@ impl LiveCatalog {
             })
         })?;
         crate::pipeline::session::with_functions_and_views(&ctx, &self.defs);
+        // Two first requests may race to build it; either session is the same.
+        let ctx = snapshot.session.get_or_init(|| ctx).clone();
         Ok(RequestSession { ctx, snapshot })
     }
 }
@@ -324,39 +429,104 @@ fn is_log(name: &str) -> bool {
         || name == "iot.anomalies"
 }
 
-/// What a request needs of one table version: its provider (in memory when small), commit time
-/// and watermark.
-async fn load(name: &str, table: &DeltaTable) -> Result<Loaded> {
-    let version = table.version().unwrap_or(0) as i64;
-    let state = table.snapshot().map_err(|e| Error::delta(name, e))?;
-    let committed_at = state
-        .version_timestamp(version as u64)
-        .and_then(DateTime::<Utc>::from_timestamp_millis);
+/// The event-time column of a table: the first of [`WATERMARK_COLUMNS`] it has.
+fn event_time_column(name: &str) -> Result<Option<&'static str>> {
     let def = tables::get(name)?;
-    let files = state
+    Ok(WATERMARK_COLUMNS
+        .iter()
+        .copied()
+        .find(|c| def.column(c).is_some()))
+}
+
+fn commit_time(name: &str, table: &DeltaTable, version: i64) -> Result<Option<DateTime<Utc>>> {
+    let state = table.snapshot().map_err(|e| Error::delta(name, e))?;
+    Ok(state
+        .version_timestamp(version as u64)
+        .and_then(DateTime::<Utc>::from_timestamp_millis))
+}
+
+/// Loads the current version from scratch: statistics for the watermark, then the table in
+/// memory (a small table whole; a log's newest `tail_rows` as its tail) or as a Delta scan.
+async fn load_full(name: &str, followed: &mut Followed, tail_rows: usize) -> Result<Loaded> {
+    let table = &followed.table;
+    let version = table.version().unwrap_or(0) as i64;
+    let committed_at = commit_time(name, table, version)?;
+    let files = table
+        .snapshot()
+        .map_err(|e| Error::delta(name, e))?
         .add_actions_table(true)
         .map_err(|e| Error::delta(name, e))?;
-    let watermark = WATERMARK_COLUMNS
-        .iter()
-        .find(|c| def.column(c).is_some())
-        .and_then(|col| max_timestamp(&files, &format!("max.{col}")));
-    let rows = files
+    let ts = event_time_column(name)?;
+    let watermark = ts.and_then(|col| max_timestamp(&files, &format!("max.{col}")));
+    let records = files
         .column_by_name("num_records")
-        .and_then(|c| arrow::compute::cast(c, &DataType::Int64).ok())
+        .and_then(|c| arrow::compute::cast(c, &DataType::Int64).ok());
+    let rows = records
+        .as_ref()
         .and_then(|c| arrow::compute::sum(c.as_primitive::<arrow::datatypes::Int64Type>()));
-    let provider: Arc<dyn TableProvider> = table.clone().table_provider().await?;
-    let provider = match rows {
-        Some(n) if n <= CACHE_MAX_ROWS && !is_log(name) => {
-            let batches = SessionContext::new()
-                .read_table(provider.clone())?
-                .collect()
-                .await?;
-            Arc::new(datafusion::datasource::MemTable::try_new(
-                provider.schema(),
-                vec![batches],
-            )?)
+    let delta: Arc<dyn TableProvider> = table.clone().table_provider().await?;
+    followed.watermark = watermark;
+    followed.tail = None;
+    let provider = if is_log(name) && tail_rows > 0 {
+        // The newest files whose rows fit the tail: every row after the newest event time of
+        // the first file that does not fit is in them.
+        let after = match (rows, ts, &records) {
+            (Some(n), _, _) if n <= tail_rows as i64 => None,
+            (_, Some(col), Some(records)) => {
+                let max = max_column(&files, &format!("max.{col}"));
+                let mut by_newest: Vec<(i64, i64)> = (0..files.num_rows())
+                    .map(|i| {
+                        let r = records.as_primitive::<arrow::datatypes::Int64Type>();
+                        (
+                            max.get(i).copied().flatten().unwrap_or(i64::MAX),
+                            r.value(i),
+                        )
+                    })
+                    .collect();
+                by_newest.sort_unstable_by(|a, b| b.cmp(a));
+                let mut kept = 0;
+                by_newest
+                    .into_iter()
+                    .find(|(_, n)| {
+                        kept += n;
+                        kept > tail_rows as i64
+                    })
+                    .map(|(t, _)| t)
+            }
+            _ => Some(i64::MAX),
+        };
+        match (after, ts) {
+            (Some(i64::MAX), _) | (Some(_), None) => delta,
+            (after, _) => {
+                let mut df = SessionContext::new().read_table(delta.clone())?;
+                if let (Some(t), Some(col)) = (after, ts) {
+                    let bound = ScalarValue::TimestampMicrosecond(Some(t), Some("UTC".into()));
+                    df = df.filter(
+                        datafusion::prelude::col(col).gt(datafusion::prelude::lit(bound)),
+                    )?;
+                }
+                let holds = after.map_or(Holds::All, Holds::After);
+                let mut tail = Tail::new(delta.schema(), ts, tail_rows, holds);
+                if tail.append(&df.collect().await?)? {
+                    let provider = tail.provider(delta)?;
+                    followed.tail = Some(tail);
+                    provider
+                } else {
+                    delta
+                }
+            }
         }
-        _ => provider,
+    } else if rows.is_some_and(|n| n <= CACHE_MAX_ROWS) && !is_log(name) {
+        let batches = SessionContext::new()
+            .read_table(delta.clone())?
+            .collect()
+            .await?;
+        Arc::new(datafusion::datasource::MemTable::try_new(
+            delta.schema(),
+            vec![batches],
+        )?)
+    } else {
+        delta
     };
     Ok(Loaded {
         version,
@@ -366,18 +536,77 @@ async fn load(name: &str, table: &DeltaTable) -> Result<Loaded> {
     })
 }
 
+/// Loads versions `from..` of a table that was loaded before: a log's tail grows by the rows
+/// the new commits inserted (read from the Change Data Feed). Anything else, or commits that
+/// updated or deleted rows, loads the version from scratch.
+async fn load_appended(
+    name: &str,
+    followed: &mut Followed,
+    from: u64,
+    tail_rows: usize,
+) -> Result<Loaded> {
+    let Some(tail) = followed.tail.as_mut() else {
+        return load_full(name, followed, tail_rows).await;
+    };
+    let table = &followed.table;
+    let version = table.version().unwrap_or(0) as i64;
+    let changes =
+        crate::lakehouse::cdf::read_changes(table.clone(), name, from, Some(version as u64))
+            .await?;
+    let inserts_only = changes.iter().all(|b| {
+        b.column_by_name("_change_type").is_some_and(|c| {
+            let c = arrow::compute::cast(c, &DataType::Utf8).expect("change type is text");
+            c.as_string::<i32>().iter().all(|t| t == Some("insert"))
+        })
+    });
+    if !inserts_only || !tail.append(&changes)? {
+        return load_full(name, followed, tail_rows).await;
+    }
+    if let Some(ts) = tail.ts_column() {
+        let newest = changes
+            .iter()
+            .filter_map(|b| super::tail::max_micros(b, ts))
+            .max()
+            .and_then(DateTime::<Utc>::from_timestamp_micros);
+        followed.watermark = followed.watermark.max(newest);
+    }
+    let delta: Arc<dyn TableProvider> = if tail.holds_all() {
+        // Not read: a tail holding every row answers every scan.
+        Arc::new(datafusion::datasource::empty::EmptyTable::new(
+            tail.schema(),
+        ))
+    } else {
+        table.clone().table_provider().await?
+    };
+    Ok(Loaded {
+        version,
+        committed_at: commit_time(name, table, version)?,
+        watermark: followed.watermark,
+        provider: tail.provider(delta)?,
+    })
+}
+
+/// A statistics column of the add-actions table as optional microseconds, one per file.
+fn max_column(files: &arrow::array::RecordBatch, column: &str) -> Vec<Option<i64>> {
+    let Some(col) = files.column_by_name(column).and_then(|c| {
+        arrow::compute::cast(
+            c,
+            &DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None),
+        )
+        .ok()
+    }) else {
+        return vec![None; files.num_rows()];
+    };
+    col.as_primitive::<TimestampMicrosecondType>()
+        .iter()
+        .collect()
+}
+
 /// The largest value of a timestamp statistics column of the add-actions table.
 fn max_timestamp(files: &arrow::array::RecordBatch, column: &str) -> Option<DateTime<Utc>> {
-    let col = files.column_by_name(column)?;
-    let col = arrow::compute::cast(
-        col,
-        &DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None),
-    )
-    .ok()?;
-    let micros = col.as_primitive::<TimestampMicrosecondType>();
-    let max = (0..micros.len())
-        .filter(|&i| micros.is_valid(i))
-        .map(|i| micros.value(i))
-        .max()?;
-    DateTime::<Utc>::from_timestamp_micros(max)
+    max_column(files, column)
+        .into_iter()
+        .flatten()
+        .max()
+        .and_then(DateTime::<Utc>::from_timestamp_micros)
 }

@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod prompts;
 pub mod resources;
 pub mod server;
+mod tail;
 pub mod tools;
 
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 
-pub use catalog::{AsOf, LiveCatalog};
+pub use catalog::{AsOf, CatalogOptions, LiveCatalog};
 pub use server::Millstream;
 
 /// The streamable HTTP endpoint: one [`Millstream`] per MCP session, sharing the catalog.
@@ -61,7 +62,7 @@ pub async fn start(
     let catalog = LiveCatalog::start(
         lake,
         defs,
-        std::time::Duration::from_millis(config.serve.refresh_ms),
+        catalog::CatalogOptions::from_config(&config.serve),
         stop,
     )
     .await?;

@@ -156,7 +156,10 @@ async fn catalog_serves_new_versions_as_they_are_committed() {
     let catalog = millstream::mcp::LiveCatalog::start(
         env.lake.clone(),
         Definitions::built_in().await.unwrap(),
-        Duration::from_millis(20),
+        millstream::mcp::CatalogOptions {
+            refresh: Duration::from_millis(20),
+            tail_rows: 1000,
+        },
         stop,
     )
     .await
@@ -231,6 +234,85 @@ async fn catalog_serves_new_versions_as_they_are_committed() {
     assert!(as_of.committed_at.is_some() && as_of.lag_ms.is_some());
     // Reference tables have no event time, so no watermark.
     assert_eq!(as_of.watermark, None);
+}
+
+/// The server keeps the newest rows of each log in memory and extends them from each commit's
+/// Change Data Feed. Whatever it holds, an answer equals the Delta table's: over several commits,
+/// with the tail over its row budget (so it has dropped old rows), with rows arriving out of
+/// event-time order, and for scans inside and outside the rows it holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_tails_answer_like_the_delta_tables() {
+    let _w = support::watchdog("mcp tails", Duration::from_secs(120));
+    let env = Env::new(1).await;
+    let (_stop_tx, stop) = watch::channel(false);
+    let catalog = millstream::mcp::LiveCatalog::start(
+        env.lake.clone(),
+        Definitions::built_in().await.unwrap(),
+        millstream::mcp::CatalogOptions {
+            refresh: Duration::from_millis(20),
+            tail_rows: 400,
+        },
+        stop,
+    )
+    .await
+    .unwrap();
+    let opts = env.options("tails", "tails");
+    for round in 0..4 {
+        // Each round's generator starts at the same simulated time: later rounds bring rows
+        // older than ones the tail has already dropped.
+        env.produce(&support::events(&format!("tails-{round}"), 1500, 0.0))
+            .await;
+        env.run_until(&opts, 1500).await;
+        for table in ["iot.telemetry", "supply_chain.inventory_movements"] {
+            let committed = env.lake.open(table).await.unwrap().version().unwrap() as i64;
+            let started = Instant::now();
+            while catalog.version(table) != Some(committed) {
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "{table} not served"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let times = support::rows(&env.lake, &format!("SELECT ts FROM {table}")).await;
+            if table == "iot.telemetry" {
+                assert!(
+                    times.len() > 400,
+                    "telemetry fits the tail: nothing dropped"
+                );
+            }
+            let mut queries = vec![format!(
+                "SELECT count(*), min(ts), max(ts), count(DISTINCT event_id) FROM {table}"
+            )];
+            for q in [0.0, 0.25, 0.5, 0.75, 0.9, 0.99]
+                .into_iter()
+                .filter(|_| !times.is_empty())
+            {
+                let t = &times[((times.len() - 1) as f64 * q) as usize];
+                for op in [">", ">="] {
+                    queries.push(format!(
+                        "SELECT count(*), min(ts), max(ts), count(DISTINCT event_id) \
+                         FROM {table} WHERE ts {op} TIMESTAMP '{t}'"
+                    ));
+                }
+            }
+            let session = catalog.session().await.unwrap();
+            for sql in queries {
+                let served = session
+                    .ctx
+                    .sql(&sql)
+                    .await
+                    .unwrap()
+                    .collect()
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    support::batch_rows(&served),
+                    support::rows(&env.lake, &sql).await,
+                    "round {round}: {sql}"
+                );
+            }
+        }
+    }
 }
 
 /// The loop closes on the simulated clock: a shortage signal → `create_order` → the order in

@@ -141,9 +141,13 @@ pub fn events_with_faults(
 
 /// The rows `sql` returns, each as its values joined by `|`, sorted: for comparing runs.
 pub async fn rows(lake: &Lakehouse, sql: &str) -> Vec<String> {
-    let batches = lake.sql(sql).await.unwrap();
+    batch_rows(&lake.sql(sql).await.unwrap())
+}
+
+/// Rows of `batches` as in [`rows`].
+pub fn batch_rows(batches: &[arrow::array::RecordBatch]) -> Vec<String> {
     let mut out = Vec::new();
-    for b in &batches {
+    for b in batches {
         let cols: Vec<Vec<String>> = b
             .columns()
             .iter()
