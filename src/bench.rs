@@ -355,6 +355,8 @@ pub async fn mcp(config: Config, clients: usize, seconds: u64, rate: f64) -> any
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let mut opts = pipeline_options(&config, &brokers);
     opts.group_id = "bench-mcp".into();
+    // As under `up`: stream processing yields the CPU to the server (crate::runtime).
+    let background = crate::runtime::background();
     let pipeline = {
         let (kafka, lake, opts, stop) = (
             config.kafka.clone(),
@@ -362,9 +364,9 @@ pub async fn mcp(config: Config, clients: usize, seconds: u64, rate: f64) -> any
             opts.clone(),
             stop.clone(),
         );
-        tokio::spawn(async move { crate::pipeline::run(&kafka, &lake, &opts, stop).await })
+        background.spawn(async move { crate::pipeline::run(&kafka, &lake, &opts, stop).await })
     };
-    let deriver = tokio::spawn(crate::pipeline::derive::run(
+    let deriver = background.spawn(crate::pipeline::derive::run(
         lake.clone(),
         Definitions::from_config(&config.pipeline.definitions).await?,
         Duration::from_millis(config.pipeline.derive_interval_ms),
@@ -374,7 +376,7 @@ pub async fn mcp(config: Config, clients: usize, seconds: u64, rate: f64) -> any
     // Live events all along: the server answers while tables change under it.
     let live = {
         let (config, brokers, stop) = (config.clone(), brokers.clone(), stop.clone());
-        tokio::spawn(async move {
+        background.spawn(async move {
             let producer = EventProducer::new(&config.kafka, &brokers)?;
             let rate = config.simulate.rate;
             let mut g = Generator::new(&config.simulate, "bench-mcp", config.simulate.start, rate);

@@ -76,7 +76,7 @@ pub enum Command {
     },
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct UpArgs {
     /// Stop after this many seconds (default: until Ctrl-C).
     #[arg(long)]

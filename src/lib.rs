@@ -24,6 +24,7 @@ pub mod lakehouse;
 pub mod mcp;
 pub mod model;
 pub mod pipeline;
+pub mod runtime;
 pub mod serve;
 pub mod signals;
 pub mod sim;

@@ -1,5 +1,11 @@
 use clap::Parser;
 
+/// mimalloc instead of glibc malloc: Arrow and DataFusion allocate and free many short-lived
+/// buffers across threads, and under glibc a fifth of `bench mcp`'s CPU went to malloc/free
+/// (`perf record` on `millstream bench mcp --clients 100`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     millstream::telemetry::init_logging();
     let cli = millstream::cli::Cli::parse();

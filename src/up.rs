@@ -89,6 +89,8 @@ pub async fn run(config: Config, args: UpArgs) -> anyhow::Result<()> {
         println!("  seeded {t}: {n} rows");
     }
 
+    // Stream processing yields the CPU to answers (crate::runtime).
+    let background = crate::runtime::background();
     let pipeline = {
         let (kafka, lake, opts, stop) = (
             config.kafka.clone(),
@@ -96,15 +98,15 @@ pub async fn run(config: Config, args: UpArgs) -> anyhow::Result<()> {
             opts.clone(),
             stop.clone(),
         );
-        tokio::spawn(
-            async move { crate::pipeline::run_with_restarts(&kafka, &lake, &opts, stop).await },
-        )
+        background.spawn(async move {
+            crate::pipeline::run_with_restarts(&kafka, &lake, &opts, stop).await
+        })
     };
     let definitions =
         crate::pipeline::definition::Definitions::from_config(&config.pipeline.definitions).await?;
     let (derive_stop, derive_rx) = tokio::sync::watch::channel(false);
     let publisher = AlertPublisher::new(lake.clone(), &config.kafka, &brokers)?;
-    let deriver = tokio::spawn(crate::pipeline::derive::run(
+    let deriver = background.spawn(crate::pipeline::derive::run(
         lake.clone(),
         definitions,
         Duration::from_millis(config.pipeline.derive_interval_ms),
@@ -114,7 +116,7 @@ pub async fn run(config: Config, args: UpArgs) -> anyhow::Result<()> {
     let maintenance = {
         let (lake, mopts, mut stop) = (lake.clone(), maintain_options(&config, true), stop.clone());
         let every = Duration::from_secs(config.maintain.interval_secs);
-        tokio::spawn(async move {
+        background.spawn(async move {
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(every) => {}
@@ -125,7 +127,19 @@ pub async fn run(config: Config, args: UpArgs) -> anyhow::Result<()> {
         })
     };
 
-    let simulated = simulate(&config, &args, &brokers, &run_id, stop.clone()).await;
+    let simulated = {
+        let (config, args, brokers, run_id, stop) = (
+            config.clone(),
+            args.clone(),
+            brokers.clone(),
+            run_id.clone(),
+            stop.clone(),
+        );
+        background
+            .spawn(async move { simulate(&config, &args, &brokers, &run_id, stop).await })
+            .await
+            .context("simulator task")?
+    };
     if let Err(e) = &simulated {
         tracing::error!(error = %e, "simulator failed; stopping");
         let _ = halt.send(true);

@@ -1,0 +1,64 @@
+//! Where work runs when one process both answers and processes (`millstream up`,
+//! `millstream bench mcp`).
+//!
+//! Answers to people and agents (HTTP, MCP tools, the catalog refresher) run on the main tokio
+//! runtime. Stream processing (the pipeline, the deriver, maintenance, the simulator) runs on
+//! [`background`], a second runtime whose threads run at a lower CPU priority. When both want
+//! the cores, the kernel serves the answers first; the pipeline catches up within its batch
+//! interval, since a burst of requests is short next to it. Kafka clients created on the
+//! background runtime start their own threads there, and those inherit the priority too.
+//!
+//! On a deployment where serving and processing are separate processes this changes nothing:
+//! `millstream pipeline` and `millstream serve` each run on their own main runtime.
+
+use std::sync::OnceLock;
+
+/// The nice value of background threads: CFS then weighs a runnable serving thread about ten
+/// times as heavily as a background one.
+const BACKGROUND_NICE: libc::c_int = 10;
+
+/// The background runtime, started on first use and kept for the life of the process.
+pub fn background() -> &'static tokio::runtime::Handle {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .thread_name("millstream-bg")
+                .on_thread_start(lower_priority)
+                .enable_all()
+                .build()
+                .expect("background tokio runtime")
+        })
+        .handle()
+}
+
+/// Lowers the calling thread's CPU priority (Linux: nice values are per thread).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid and setpriority only read their integer arguments; setpriority on the
+    // calling thread's own id cannot affect memory safety.
+    unsafe {
+        let tid = libc::gettid();
+        if libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, BACKGROUND_NICE) != 0 {
+            tracing::debug!(
+                error = %std::io::Error::last_os_error(),
+                "could not lower a background thread's priority"
+            );
+        }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    #[tokio::test]
+    async fn background_threads_run_at_a_lower_priority() {
+        let own = unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
+        let background = super::background()
+            .spawn(async {
+                unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+            })
+            .await
+            .unwrap();
+        assert_eq!(background, (own + super::BACKGROUND_NICE).min(19));
+    }
+}
