@@ -86,6 +86,7 @@ pub struct ServeConfig {
     pub query_timeout_ms: u64,
     pub allowed_hosts: Vec<String>,
     pub principal: String,
+    pub policies: String,
 }
 
 /// A string whose value never appears in `Debug` or logs. Numbers and booleans are accepted

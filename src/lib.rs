@@ -14,6 +14,7 @@
 //! - [`telemetry`]: logging and named internal events (metrics).
 //! - [`cli`], [`up`], [`bench`]: commands.
 
+pub mod auth;
 pub mod bench;
 pub mod broker;
 pub mod cli;

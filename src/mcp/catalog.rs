@@ -28,6 +28,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::auth::Access;
 use crate::error::{Error, Result};
 use crate::lakehouse::Lakehouse;
 use crate::model::tables;
@@ -60,17 +61,17 @@ struct Loaded {
 #[derive(Default)]
 struct Snapshot {
     tables: BTreeMap<String, Loaded>,
-    /// One session over these versions, built by the first request that needs it and shared by
-    /// the rest: a request cannot change it (tools run fixed queries; `query_sql` refuses DDL,
-    /// DML and statements such as SET), and views are planned once per snapshot, not per call.
-    session: std::sync::OnceLock<SessionContext>,
+    /// One session per principal over these versions, built by its first request and shared
+    /// by the rest: a request cannot change it (tools run fixed queries; `query_sql` refuses
+    /// DDL, DML and statements such as SET), and views are planned once per snapshot.
+    sessions: std::sync::Mutex<BTreeMap<String, SessionContext>>,
 }
 
 impl std::fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Snapshot")
             .field("tables", &self.tables)
-            .field("session", &self.session.get().map(|c| c.session_id()))
+            .field("sessions", &self.sessions.lock().expect("poisoned").len())
             .finish()
     }
 }
@@ -269,7 +270,7 @@ impl LiveCatalog {
         }
         let mut next = Snapshot {
             tables: self.current.read().expect("poisoned").tables.clone(),
-            session: Default::default(),
+            sessions: Default::default(),
         };
         for (name, loaded) in changed {
             next.tables.insert(name, loaded);
@@ -311,29 +312,71 @@ impl LiveCatalog {
             .unwrap_or_else(Utc::now)
     }
 
-    /// A session over the current snapshot: every table as `schema.table`, the millstream
-    /// functions, and the views as `views.<name>`.
-    pub async fn session(&self) -> Result<RequestSession> {
+    /// A session over the current snapshot as `access` may see it: the tables it may read as
+    /// `schema.table`, each with its row filters and masks ([`crate::auth::enforce`]), the
+    /// millstream functions, and the views it may read as `views.<name>` (planned over those
+    /// restricted tables).
+    pub async fn session(&self, access: &Access) -> Result<RequestSession> {
         let snapshot = self.current.read().expect("poisoned").clone();
-        if let Some(ctx) = snapshot.session.get() {
+        if let Some(ctx) = snapshot
+            .sessions
+            .lock()
+            .expect("poisoned")
+            .get(access.key())
+        {
             return Ok(RequestSession {
                 ctx: ctx.clone(),
-                snapshot,
+                snapshot: snapshot.clone(),
             });
         }
-        let ctx = crate::pipeline::session::with_tables(|def| {
-            // A table with no Delta log yet reads as empty, so tools answer "nothing yet"
-            // instead of failing before the pipeline's first commit.
-            Ok(match snapshot.tables.get(&def.name) {
+        // A table with no Delta log yet reads as empty, so tools answer "nothing yet" instead
+        // of failing before the pipeline's first commit.
+        let source = |def: &tables::TableDef| -> Arc<dyn TableProvider> {
+            match snapshot.tables.get(&def.name) {
                 Some(l) => l.provider.clone(),
                 None => Arc::new(datafusion::datasource::empty::EmptyTable::new(
                     def.arrow_schema(),
                 )),
-            })
-        })?;
-        crate::pipeline::session::with_functions_and_views(&ctx, &self.defs);
+            }
+        };
+        // Tables other filters read (`visible_in`) first, then the rest.
+        let readable: Vec<&tables::TableDef> = tables::catalog()
+            .iter()
+            .filter(|d| access.may_read(&d.name))
+            .collect();
+        let mut restricted: BTreeMap<String, Arc<dyn TableProvider>> = BTreeMap::new();
+        for pass in [false, true] {
+            for def in &readable {
+                let reads_others = access
+                    .filters(&def.name)?
+                    .iter()
+                    .any(|(_, f)| matches!(f, crate::auth::policy::ColumnFilter::VisibleIn(_)));
+                if reads_others == pass {
+                    let table = crate::auth::enforce::restrict(
+                        &def.name,
+                        source(def),
+                        access,
+                        &restricted,
+                    )?;
+                    restricted.insert(def.name.clone(), table);
+                }
+            }
+        }
+        let ctx =
+            crate::pipeline::session::with_tables(|def| Ok(restricted.get(&def.name).cloned()))?;
+        let mut defs = self.defs.clone();
+        defs.views.retain(|name, _| {
+            access.may_read(&format!("{}.{name}", crate::pipeline::session::VIEWS))
+        });
+        crate::pipeline::session::with_functions_and_views(&ctx, &defs);
         // Two first requests may race to build it; either session is the same.
-        let ctx = snapshot.session.get_or_init(|| ctx).clone();
+        let ctx = snapshot
+            .sessions
+            .lock()
+            .expect("poisoned")
+            .entry(access.key().to_string())
+            .or_insert(ctx)
+            .clone();
         Ok(RequestSession { ctx, snapshot })
     }
 }

@@ -59,6 +59,8 @@ pub async fn start(
 ) -> crate::Result<Millstream> {
     let defs =
         crate::pipeline::definition::Definitions::from_config(&config.pipeline.definitions).await?;
+    let access =
+        crate::auth::Policies::load(&config.serve.policies)?.access(&config.serve.principal)?;
     let catalog = LiveCatalog::start(
         lake,
         defs,
@@ -78,5 +80,6 @@ pub async fn start(
         catalog,
         actions,
         std::time::Duration::from_millis(config.serve.query_timeout_ms),
+        access,
     ))
 }

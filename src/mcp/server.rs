@@ -29,6 +29,9 @@ pub struct Millstream {
     pub(crate) catalog: LiveCatalog,
     pub(crate) actions: Option<Arc<ActionProducer>>,
     pub(crate) query_timeout: Duration,
+    /// Whom this server answers for: its tables, filters, masks and tools
+    /// (`config/policies.toml`).
+    pub(crate) access: Arc<crate::auth::Access>,
     /// This MCP session's resource subscriptions (fresh per session, see [`Self::for_session`]).
     pub(crate) subscriptions: Arc<super::resources::Subscriptions>,
     tool_router: ToolRouter<Self>,
@@ -39,17 +42,22 @@ impl Millstream {
         catalog: LiveCatalog,
         actions: Option<Arc<ActionProducer>>,
         query_timeout: Duration,
+        access: crate::auth::Access,
     ) -> Self {
+        // A persona's tools are the only ones listed or callable.
+        let mut tool_router = Self::routers();
+        for name in Self::tool_names() {
+            if !access.may_call(&name) {
+                tool_router.remove_route(&name);
+            }
+        }
         Millstream {
             catalog,
             actions,
             query_timeout,
+            access: Arc::new(access),
             subscriptions: Arc::default(),
-            tool_router: Self::supply_router()
-                + Self::sales_router()
-                + Self::iot_router()
-                + Self::tickets_router()
-                + Self::analytics_router(),
+            tool_router,
         }
     }
 
@@ -59,6 +67,23 @@ impl Millstream {
             subscriptions: Arc::default(),
             ..self.clone()
         }
+    }
+
+    /// The names of every tool (for checking the policies' tool grants).
+    pub fn tool_names() -> Vec<String> {
+        Self::routers()
+            .list_all()
+            .into_iter()
+            .map(|t| t.name.to_string())
+            .collect()
+    }
+
+    fn routers() -> ToolRouter<Self> {
+        Self::supply_router()
+            + Self::sales_router()
+            + Self::iot_router()
+            + Self::tickets_router()
+            + Self::analytics_router()
     }
 
     /// Every tool, as listed to clients.
@@ -78,13 +103,18 @@ impl Millstream {
         Ok((rows, as_of))
     }
 
+    /// A session over the current snapshot as this server's principal may see it.
+    pub(crate) async fn session(&self) -> Result<super::catalog::RequestSession, ErrorData> {
+        self.catalog.session(&self.access).await.map_err(internal)
+    }
+
     /// Runs one query with bound parameters under the query timeout.
     pub(crate) async fn run(
         &self,
         sql: &str,
         params: Vec<ScalarValue>,
     ) -> Result<(Vec<arrow::array::RecordBatch>, AsOf), ErrorData> {
-        let session = self.catalog.session().await.map_err(internal)?;
+        let session = self.session().await?;
         let work = async {
             let mut df = session.ctx.sql(sql).await?;
             if !params.is_empty() {

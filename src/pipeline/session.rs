@@ -30,21 +30,24 @@ pub const VIEWS: &str = "views";
 pub fn memory(data: &BTreeMap<String, Vec<RecordBatch>>) -> Result<SessionContext> {
     with_tables(|def| {
         let batches = data.get(&def.name).cloned().unwrap_or_default();
-        Ok(Arc::new(MemTable::try_new(
+        Ok(Some(Arc::new(MemTable::try_new(
             def.arrow_schema(),
             vec![batches],
-        )?))
+        )?)))
     })
 }
 
-/// A session whose catalog holds every table of the lakehouse as `provider(def)` gives it,
-/// with the millstream functions (no views).
+/// A session whose catalog holds the tables of the lakehouse as `provider(def)` gives them
+/// (`None` leaves a table out), with the millstream functions (no views).
 pub fn with_tables(
-    mut provider: impl FnMut(&TableDef) -> Result<Arc<dyn TableProvider>>,
+    mut provider: impl FnMut(&TableDef) -> Result<Option<Arc<dyn TableProvider>>>,
 ) -> Result<SessionContext> {
     let ctx = plain_context();
     let catalog = Arc::new(MemoryCatalogProvider::new());
     for def in tables::catalog() {
+        let Some(table) = provider(def)? else {
+            continue;
+        };
         let schema = match catalog.schema(def.schema_name()) {
             Some(s) => s,
             None => {
@@ -53,7 +56,7 @@ pub fn with_tables(
                 s
             }
         };
-        schema.register_table(def.table_name().to_string(), provider(def)?)?;
+        schema.register_table(def.table_name().to_string(), table)?;
     }
     ctx.register_catalog(CATALOG, catalog);
     super::udf::register(&ctx);

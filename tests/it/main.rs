@@ -15,3 +15,4 @@ mod mcp;
 mod scale_out;
 mod schemas;
 mod signals;
+mod tenancy;

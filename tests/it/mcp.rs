@@ -166,7 +166,7 @@ async fn catalog_serves_new_versions_as_they_are_committed() {
     .unwrap();
     assert_eq!(catalog.version("sales.customers"), None);
     let count = |catalog: millstream::mcp::LiveCatalog| async move {
-        let s = catalog.session().await.unwrap();
+        let s = catalog.session(&admin()).await.unwrap();
         let b = s
             .ctx
             .sql("SELECT count(*) FROM sales.customers")
@@ -228,7 +228,7 @@ async fn catalog_serves_new_versions_as_they_are_committed() {
         .unwrap() as i64;
     assert!(next > committed);
     wait_for(next).await;
-    let s = catalog.session().await.unwrap();
+    let s = catalog.session(&admin()).await.unwrap();
     let as_of = s.as_of_tables(["sales.customers"]);
     assert_eq!(as_of.tables[0].version, next);
     assert!(as_of.committed_at.is_some() && as_of.lag_ms.is_some());
@@ -295,7 +295,7 @@ async fn log_tails_answer_like_the_delta_tables() {
                     ));
                 }
             }
-            let session = catalog.session().await.unwrap();
+            let session = catalog.session(&admin()).await.unwrap();
             for sql in queries {
                 let served = session
                     .ctx
@@ -476,4 +476,12 @@ async fn an_order_placed_on_a_shortage_arrives_and_clears_it() {
     pipeline.await.unwrap().unwrap();
     deriver.await.unwrap();
     simulator.await.unwrap();
+}
+
+/// The built-in administrator: every table, unfiltered.
+fn admin() -> millstream::auth::Access {
+    millstream::auth::Policies::load("")
+        .unwrap()
+        .access("local-dev")
+        .unwrap()
 }

@@ -192,10 +192,11 @@ impl Millstream {
         &self,
         Parameters(a): Parameters<DescribeArgs>,
     ) -> Result<Json<DescribeAnswer>, ErrorData> {
-        let session = self.catalog.session().await.map_err(internal)?;
+        let session = self.session().await?;
         let mut out = Vec::new();
         for def in tables::catalog() {
-            if a.table.as_deref().is_some_and(|t| t != def.name) {
+            if a.table.as_deref().is_some_and(|t| t != def.name) || !self.access.may_read(&def.name)
+            {
                 continue;
             }
             out.push(TableInfo {
@@ -217,7 +218,7 @@ impl Millstream {
         }
         for (name, sql) in &self.catalog.definitions().views {
             let full = format!("views.{name}");
-            if a.table.as_deref().is_some_and(|t| t != full) {
+            if a.table.as_deref().is_some_and(|t| t != full) || !self.access.may_read(&full) {
                 continue;
             }
             let schema = session
@@ -297,7 +298,7 @@ impl Millstream {
                 ));
             }
         } as usize;
-        let session = self.catalog.session().await.map_err(internal)?;
+        let session = self.session().await?;
         let options = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)

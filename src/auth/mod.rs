@@ -1,0 +1,7 @@
+//! Who is calling and what they may see: policies ([`policy`]) and their enforcement inside the
+//! query engine ([`enforce`]).
+
+pub mod enforce;
+pub mod policy;
+
+pub use policy::{Access, Policies};
