@@ -152,18 +152,7 @@ async fn python_sdk_calls_every_tool_and_actions_materialize_exactly_once() {
 async fn catalog_serves_new_versions_as_they_are_committed() {
     let _w = support::watchdog("mcp catalog", Duration::from_secs(60));
     let env = Env::new(1).await;
-    let (_stop_tx, stop) = watch::channel(false);
-    let catalog = millstream::mcp::LiveCatalog::start(
-        env.lake.clone(),
-        Definitions::built_in().await.unwrap(),
-        millstream::mcp::CatalogOptions {
-            refresh: Duration::from_millis(20),
-            tail_rows: 1000,
-        },
-        stop,
-    )
-    .await
-    .unwrap();
+    let (catalog, _stop) = env.live_catalog(20, 1000).await;
     assert_eq!(catalog.version("sales.customers"), None);
     let count = |catalog: millstream::mcp::LiveCatalog| async move {
         let s = catalog.session(&admin()).await.unwrap();
@@ -244,18 +233,7 @@ async fn catalog_serves_new_versions_as_they_are_committed() {
 async fn log_tails_answer_like_the_delta_tables() {
     let _w = support::watchdog("mcp tails", Duration::from_secs(120));
     let env = Env::new(1).await;
-    let (_stop_tx, stop) = watch::channel(false);
-    let catalog = millstream::mcp::LiveCatalog::start(
-        env.lake.clone(),
-        Definitions::built_in().await.unwrap(),
-        millstream::mcp::CatalogOptions {
-            refresh: Duration::from_millis(20),
-            tail_rows: 400,
-        },
-        stop,
-    )
-    .await
-    .unwrap();
+    let (catalog, _stop) = env.live_catalog(20, 400).await;
     let opts = env.options("tails", "tails");
     for round in 0..4 {
         // Each round's generator starts at the same simulated time: later rounds bring rows

@@ -93,6 +93,30 @@ impl Env {
         drop(producer);
     }
 
+    /// The MCP server's catalog over this lakehouse, following it every `refresh_ms` and keeping
+    /// `tail_rows` rows of each log in memory. It stops when the returned sender is dropped.
+    pub async fn live_catalog(
+        &self,
+        refresh_ms: u64,
+        tail_rows: usize,
+    ) -> (millstream::mcp::LiveCatalog, watch::Sender<bool>) {
+        let (stop_tx, stop) = watch::channel(false);
+        let catalog = millstream::mcp::LiveCatalog::start(
+            self.lake.clone(),
+            millstream::pipeline::definition::Definitions::built_in()
+                .await
+                .unwrap(),
+            millstream::mcp::CatalogOptions {
+                refresh: Duration::from_millis(refresh_ms),
+                tail_rows,
+            },
+            stop,
+        )
+        .await
+        .unwrap();
+        (catalog, stop_tx)
+    }
+
     /// Runs the pipeline in-process until it has handled `records` source records.
     pub async fn run_until(&self, opts: &PipelineOptions, records: u64) -> RunStats {
         let mut opts = opts.clone();

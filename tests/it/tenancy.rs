@@ -10,7 +10,6 @@ use millstream::auth::Policies;
 use millstream::mcp::Millstream;
 use rmcp::handler::server::wrapper::Parameters;
 use serde_json::Value;
-use tokio::sync::watch;
 
 use crate::support::{self, Env};
 
@@ -54,20 +53,7 @@ async fn no_tool_or_sql_reaches_another_tenants_rows() {
     env.produce(&support::events("tenancy", 4000, 0.0)).await;
     env.run_until(&env.options("tenancy", "tenancy"), 4000)
         .await;
-    let (_stop_tx, stop) = watch::channel(false);
-    let catalog = millstream::mcp::LiveCatalog::start(
-        env.lake.clone(),
-        millstream::pipeline::definition::Definitions::built_in()
-            .await
-            .unwrap(),
-        millstream::mcp::CatalogOptions {
-            refresh: Duration::from_millis(50),
-            tail_rows: 100_000,
-        },
-        stop,
-    )
-    .await
-    .unwrap();
+    let (catalog, _stop) = env.live_catalog(50, 100_000).await;
     let policies = Policies::load("").unwrap();
     let server = |who: &str| {
         Millstream::new(
