@@ -412,10 +412,7 @@ pub async fn mcp(config: Config, clients: usize, seconds: u64, rate: f64) -> any
 
     let server = crate::mcp::start(&config, lake.clone(), Some(&brokers), stop.clone()).await?;
     let catalog = server.catalog.clone();
-    let mcp = crate::serve::Mcp {
-        server,
-        allowed_hosts: config.serve.allowed_hosts.clone(),
-    };
+    let mcp = crate::serve::Mcp::from_config(server, &config)?;
     let (addr, http) = crate::serve::spawn("127.0.0.1:0", stop.clone(), Some(mcp)).await?;
     let url = format!("http://{addr}/mcp");
 

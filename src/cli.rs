@@ -508,10 +508,7 @@ async fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<()> {
     let server = crate::mcp::start(&config, lake.clone(), brokers.as_deref(), stop.clone())
         .await
         .context("starting the MCP server")?;
-    let mcp = crate::serve::Mcp {
-        server,
-        allowed_hosts: config.serve.allowed_hosts.clone(),
-    };
+    let mcp = crate::serve::Mcp::from_config(server, &config)?;
     let (addr, task) = crate::serve::spawn(&config.serve.addr, stop, Some(mcp))
         .await
         .context("binding serve.addr")?;

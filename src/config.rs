@@ -27,6 +27,23 @@ pub struct Config {
     pub simulate: SimulateConfig,
     pub maintain: MaintainConfig,
     pub serve: ServeConfig,
+    pub auth: AuthConfig,
+}
+
+/// `[auth]`: how HTTP callers prove who they are (see `auth::identity`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthConfig {
+    /// "none" (every caller is serve.principal) or "bearer".
+    pub mode: String,
+    pub issuer: String,
+    pub audience: String,
+    pub jwks_url: String,
+    pub scope: String,
+    /// The resource identifier published in the protected-resource metadata ("" = this
+    /// server's /mcp URL as the request reached it).
+    pub resource: String,
+    /// principal → static token, for local use.
+    pub dev_tokens: BTreeMap<String, Secret>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -189,6 +206,7 @@ impl Config {
         let simulate = section::<SimulateConfig>(&mut table, "simulate", problems);
         let maintain = section::<MaintainConfig>(&mut table, "maintain", problems);
         let serve = section::<ServeConfig>(&mut table, "serve", problems);
+        let auth = section::<AuthConfig>(&mut table, "auth", problems);
         for unknown in table.keys() {
             problems.push(format!("unknown section [{unknown}]"));
         }
@@ -199,6 +217,7 @@ impl Config {
             simulate: simulate?,
             maintain: maintain?,
             serve: serve?,
+            auth: auth?,
         })
     }
 
@@ -261,6 +280,20 @@ impl Config {
         check(
             (10..=60_000).contains(&self.serve.refresh_ms),
             "serve.refresh_ms must be in 10..=60000",
+        );
+        check(
+            matches!(self.auth.mode.as_str(), "none" | "bearer"),
+            "auth.mode must be \"none\" or \"bearer\"",
+        );
+        check(
+            self.auth.mode == "none"
+                || !self.auth.issuer.is_empty()
+                || !self.auth.dev_tokens.is_empty(),
+            "auth.mode = \"bearer\" needs auth.issuer (JWTs) or auth.dev_tokens",
+        );
+        check(
+            self.auth.issuer.is_empty() || !self.auth.audience.is_empty(),
+            "auth.issuer needs auth.audience (this server's resource URL)",
         );
         check(
             self.serve.tail_rows <= 100_000_000,

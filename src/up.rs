@@ -60,10 +60,7 @@ pub async fn run(config: Config, args: UpArgs) -> anyhow::Result<()> {
     let mcp = crate::mcp::start(&config, lake.clone(), Some(&brokers), stop.clone())
         .await
         .context("starting the MCP server")?;
-    let mcp = crate::serve::Mcp {
-        server: mcp,
-        allowed_hosts: config.serve.allowed_hosts.clone(),
-    };
+    let mcp = crate::serve::Mcp::from_config(mcp, &config)?;
     let (addr, server) = crate::serve::spawn(&config.serve.addr, stop.clone(), Some(mcp))
         .await
         .context("binding serve.addr")?;

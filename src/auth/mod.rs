@@ -2,6 +2,8 @@
 //! query engine ([`enforce`]).
 
 pub mod enforce;
+pub mod identity;
 pub mod policy;
 
+pub use identity::{Authenticator, Caller, Refusal};
 pub use policy::{Access, Policies};

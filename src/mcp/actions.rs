@@ -95,23 +95,17 @@ struct PartTerms {
     min_order_qty: i64,
 }
 
-/// Produces actions; one per server process.
+/// Produces actions; one per server process. Each action records the principal it was made
+/// on behalf of: the caller the server answers for.
 pub struct ActionProducer {
     producer: FutureProducer,
-    /// Recorded on every action until callers are authenticated.
-    principal: String,
 }
 
 impl ActionProducer {
-    pub fn new(kafka: &KafkaConfig, brokers: &str, principal: &str) -> crate::Result<Self> {
+    pub fn new(kafka: &KafkaConfig, brokers: &str) -> crate::Result<Self> {
         Ok(ActionProducer {
             producer: crate::broker::producer_config(kafka, brokers).create()?,
-            principal: principal.to_string(),
         })
-    }
-
-    pub fn principal(&self) -> &str {
-        &self.principal
     }
 
     /// Sends one action and waits for Kafka's acknowledgement.
@@ -173,7 +167,7 @@ pub async fn create_order(server: &Millstream, a: OrderRequest) -> Result<OrderR
     }
     let key = checked_key(a.idempotency_key)?;
     let producer = server.producer()?;
-    let principal = producer.principal().to_string();
+    let principal = server.principal().to_string();
     let po_id = derived_id("PO", &principal, &key);
 
     // Already materialized: answer from the table, send nothing.
@@ -424,7 +418,7 @@ pub async fn create_ticket(
             "SELECT 1 FROM sales.customers WHERE customer_id = $1",
         )
         .await?;
-    let principal = producer.principal().to_string();
+    let principal = server.principal().to_string();
     let ticket_id = derived_id("TKT", &principal, &key);
     let action = TicketAction {
         event_id: derived_id("TICKET", &principal, &key),
@@ -482,7 +476,7 @@ pub async fn update_ticket_resolution(
             "SELECT 1 FROM support.tickets WHERE ticket_id = $1",
         )
         .await?;
-    let principal = producer.principal().to_string();
+    let principal = server.principal().to_string();
     let action = TicketAction {
         event_id: derived_id("TICKET", &principal, &format!("{}\0{key}", a.ticket_id)),
         ticket_id: a.ticket_id.clone(),

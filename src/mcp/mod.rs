@@ -59,8 +59,7 @@ pub async fn start(
 ) -> crate::Result<Millstream> {
     let defs =
         crate::pipeline::definition::Definitions::from_config(&config.pipeline.definitions).await?;
-    let access =
-        crate::auth::Policies::load(&config.serve.policies)?.access(&config.serve.principal)?;
+    let policies = Arc::new(crate::auth::Policies::load(&config.serve.policies)?);
     let catalog = LiveCatalog::start(
         lake,
         defs,
@@ -69,17 +68,14 @@ pub async fn start(
     )
     .await?;
     let actions = match brokers {
-        Some(b) => Some(Arc::new(actions::ActionProducer::new(
-            &config.kafka,
-            b,
-            &config.serve.principal,
-        )?)),
+        Some(b) => Some(Arc::new(actions::ActionProducer::new(&config.kafka, b)?)),
         None => None,
     };
     Ok(Millstream::new(
         catalog,
         actions,
         std::time::Duration::from_millis(config.serve.query_timeout_ms),
-        access,
-    ))
+        policies,
+        &config.serve.principal,
+    )?)
 }

@@ -29,9 +29,13 @@ pub struct Millstream {
     pub(crate) catalog: LiveCatalog,
     pub(crate) actions: Option<Arc<ActionProducer>>,
     pub(crate) query_timeout: Duration,
-    /// Whom this server answers for: its tables, filters, masks and tools
-    /// (`config/policies.toml`).
+    /// Whom this server answers for by default (stdio, or HTTP with `auth.mode = "none"`):
+    /// its tables, filters, masks and tools (`config/policies.toml`).
     pub(crate) access: Arc<crate::auth::Access>,
+    /// The policies, for HTTP callers who authenticated as someone else.
+    policies: Arc<crate::auth::Policies>,
+    /// One server per authenticated principal, built on its first request.
+    scoped: Arc<std::sync::Mutex<std::collections::BTreeMap<String, Millstream>>>,
     /// This MCP session's resource subscriptions (fresh per session, see [`Self::for_session`]).
     pub(crate) subscriptions: Arc<super::resources::Subscriptions>,
     tool_router: ToolRouter<Self>,
@@ -42,23 +46,82 @@ impl Millstream {
         catalog: LiveCatalog,
         actions: Option<Arc<ActionProducer>>,
         query_timeout: Duration,
-        access: crate::auth::Access,
-    ) -> Self {
-        // A persona's tools are the only ones listed or callable.
-        let mut tool_router = Self::routers();
-        for name in Self::tool_names() {
-            if !access.may_call(&name) {
-                tool_router.remove_route(&name);
-            }
-        }
-        Millstream {
+        policies: Arc<crate::auth::Policies>,
+        principal: &str,
+    ) -> crate::Result<Self> {
+        let access = policies.access(principal)?;
+        Ok(Millstream {
             catalog,
             actions,
             query_timeout,
+            tool_router: Self::router_for(&access),
             access: Arc::new(access),
+            policies,
+            scoped: Arc::default(),
             subscriptions: Arc::default(),
-            tool_router,
+        })
+    }
+
+    /// A persona's tools are the only ones listed or callable.
+    fn router_for(access: &crate::auth::Access) -> ToolRouter<Self> {
+        let mut router = Self::routers();
+        for name in Self::tool_names() {
+            if !access.may_call(&name) {
+                router.remove_route(&name);
+            }
         }
+        router
+    }
+
+    /// This server as the caller of `context` sees it: the authenticated principal of an HTTP
+    /// request (see `auth::identity`), else the default principal.
+    pub(crate) fn for_caller(
+        &self,
+        context: &rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<Millstream, ErrorData> {
+        let caller = context
+            .extensions
+            .get::<axum::http::request::Parts>()
+            .and_then(|p| p.extensions.get::<crate::auth::Caller>());
+        let Some(caller) = caller else {
+            return Ok(self.clone());
+        };
+        if caller.principal == self.access.principal {
+            return Ok(self.clone());
+        }
+        let mut scoped = self.scoped.lock().expect("poisoned");
+        if let Some(s) = scoped.get(&caller.principal) {
+            return Ok(Millstream {
+                subscriptions: self.subscriptions.clone(),
+                ..s.clone()
+            });
+        }
+        let access = self
+            .policies
+            .access(&caller.principal)
+            .map_err(|e| ErrorData::invalid_request(e.to_string(), None))?;
+        let server = Millstream {
+            tool_router: Self::router_for(&access),
+            access: Arc::new(access),
+            ..self.clone()
+        };
+        scoped.insert(caller.principal.clone(), server.clone());
+        Ok(server)
+    }
+
+    fn is_tool(name: &str) -> bool {
+        static ALL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+        ALL.get_or_init(Self::tool_names).iter().any(|t| t == name)
+    }
+
+    /// The policies callers are resolved against.
+    pub fn policies(&self) -> Arc<crate::auth::Policies> {
+        self.policies.clone()
+    }
+
+    /// Who this server answers for.
+    pub fn principal(&self) -> &str {
+        &self.access.principal
     }
 
     /// A server for a new MCP session: shares everything but the subscriptions.
@@ -173,6 +236,36 @@ impl Millstream {
 
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for Millstream {
+    async fn call_tool(
+        &self,
+        request: rmcp::model::CallToolRequestParams,
+        context: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<rmcp::model::CallToolResponse, ErrorData> {
+        let me = self.for_caller(&context)?;
+        if !me.tool_router.has_route(&request.name) && Self::is_tool(&request.name) {
+            return Err(ErrorData::invalid_params(
+                format!(
+                    "tool {} is not available to persona {}",
+                    request.name, me.access.persona
+                ),
+                Some(json!({ "field": "name" })),
+            ));
+        }
+        let tcc = rmcp::handler::server::tool::ToolCallContext::new(&me, request, context);
+        me.tool_router.call(tcc).await
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<rmcp::model::PaginatedRequestParams>,
+        context: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<rmcp::model::ListToolsResult, ErrorData> {
+        let me = self.for_caller(&context)?;
+        Ok(rmcp::model::ListToolsResult::with_all_items(
+            me.tool_router.list_all(),
+        ))
+    }
+
     fn get_info(&self) -> ServerConfig {
         let mut info = ServerConfig::new(
             ServerCapabilities::builder()
@@ -209,7 +302,7 @@ impl ServerHandler for Millstream {
         request: rmcp::model::ReadResourceRequestParams,
         context: rmcp::service::RequestContext<rmcp::RoleServer>,
     ) -> Result<rmcp::model::ReadResourceResponse, ErrorData> {
-        super::resources::read(self, request, context)
+        super::resources::read(&self.for_caller(&context)?, request, context)
             .await
             .map(Into::into)
     }

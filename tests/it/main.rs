@@ -5,6 +5,7 @@
 mod support;
 
 mod alerts_out;
+mod auth;
 mod cdf;
 mod crash;
 mod exactly_once;

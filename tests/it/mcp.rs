@@ -115,10 +115,7 @@ async fn python_sdk_calls_every_tool_and_actions_materialize_exactly_once() {
     )
     .await
     .unwrap();
-    let mcp = millstream::serve::Mcp {
-        server,
-        allowed_hosts: env.config.serve.allowed_hosts.clone(),
-    };
+    let mcp = millstream::serve::Mcp::from_config(server, &env.config).unwrap();
     let (addr, http) = millstream::serve::spawn("127.0.0.1:0", stop.clone(), Some(mcp))
         .await
         .unwrap();

@@ -54,14 +54,16 @@ async fn no_tool_or_sql_reaches_another_tenants_rows() {
     env.run_until(&env.options("tenancy", "tenancy"), 4000)
         .await;
     let (catalog, _stop) = env.live_catalog(50, 100_000).await;
-    let policies = Policies::load("").unwrap();
+    let policies = std::sync::Arc::new(Policies::load("").unwrap());
     let server = |who: &str| {
         Millstream::new(
             catalog.clone(),
             None,
             Duration::from_secs(30),
-            policies.access(who).unwrap(),
+            policies.clone(),
+            who,
         )
+        .unwrap()
     };
     let admin = server("local-dev");
     let all_warehouses = values(

@@ -1,0 +1,305 @@
+//! HTTP authentication against a real token issuer (in process: an ES256 key pair whose JWKS
+//! is served over HTTP). Missing, malformed, wrong-audience, expired, foreign-key, `alg: none`
+//! and HMAC-confusion tokens are refused with 401 and a `WWW-Authenticate` challenge naming the
+//! protected-resource metadata; a token without the scope, or for a principal the policies do
+//! not know, gets 403 `insufficient_scope`. Valid callers get their persona's tools and only
+//! their tenant's rows.
+
+use std::time::Duration;
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::support::{self, Env};
+
+const AUDIENCE: &str = "http://millstream.test/mcp";
+
+struct Issuer {
+    url: String,
+    key: EncodingKey,
+    /// Another key pair, not in the JWKS.
+    stranger: EncodingKey,
+    public: Vec<u8>,
+}
+
+fn keypair() -> (EncodingKey, Vec<u8>) {
+    let pkcs8 =
+        EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+            .unwrap();
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
+    (
+        EncodingKey::from_ec_der(pkcs8.as_ref()),
+        pair.public_key().as_ref().to_vec(),
+    )
+}
+
+async fn issuer() -> Issuer {
+    let (key, public) = keypair();
+    let (stranger, _) = keypair();
+    // Uncompressed point: 0x04 ‖ x ‖ y.
+    let jwks = json!({ "keys": [{
+        "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": "k1",
+        "x": B64.encode(&public[1..33]), "y": B64.encode(&public[33..65]),
+    }]});
+    let app = axum::Router::new().route(
+        "/.well-known/jwks.json",
+        axum::routing::get(move || std::future::ready(axum::Json(jwks.clone()))),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Issuer {
+        url,
+        key,
+        stranger,
+        public,
+    }
+}
+
+impl Issuer {
+    fn claims(&self, sub: &str) -> Value {
+        let now = chrono::Utc::now().timestamp();
+        json!({ "iss": self.url, "aud": AUDIENCE, "sub": sub, "exp": now + 600, "iat": now, "scope": "openid mcp" })
+    }
+
+    fn sign(&self, claims: &Value) -> String {
+        let mut h = Header::new(Algorithm::ES256);
+        h.kid = Some("k1".into());
+        jsonwebtoken::encode(&h, claims, &self.key).unwrap()
+    }
+
+    fn token(&self, sub: &str) -> String {
+        self.sign(&self.claims(sub))
+    }
+}
+
+/// The status, `WWW-Authenticate` header and body of an `initialize` POST with `token`.
+async fn initialize(url: &str, token: Option<&str>) -> (u16, String, String) {
+    let mut req = reqwest::Client::new()
+        .post(url)
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({
+            "jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": { "protocolVersion": "2025-06-18", "capabilities": {},
+                        "clientInfo": { "name": "auth-test", "version": "0" } }
+        }));
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let challenge = resp
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (status, challenge, resp.text().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_valid_tokens_get_in_and_each_caller_gets_its_own_view() {
+    let _w = support::watchdog("auth", Duration::from_secs(180));
+    let issuer = issuer().await;
+    let mut env = Env::new(1).await;
+    env.config.auth.mode = "bearer".into();
+    env.config.auth.issuer = issuer.url.clone();
+    env.config.auth.audience = AUDIENCE.into();
+    env.config.auth.scope = "mcp".into();
+    env.config.auth.dev_tokens.insert(
+        "alice@emea".into(),
+        millstream::config::Secret::new("dev-alice-token"),
+    );
+    env.lake.ensure_all().await.unwrap();
+    millstream::sim::write_reference(&env.lake, &env.config.simulate, false)
+        .await
+        .unwrap();
+    let (_stop_tx, stop) = watch::channel(false);
+    let server = millstream::mcp::start(&env.config, env.lake.clone(), None, stop.clone())
+        .await
+        .unwrap();
+    let mcp = millstream::serve::Mcp::from_config(server, &env.config).unwrap();
+    let (addr, _http) = millstream::serve::spawn("127.0.0.1:0", stop, Some(mcp))
+        .await
+        .unwrap();
+    let url = format!("http://{addr}/mcp");
+    let metadata_url = format!("http://{addr}/.well-known/oauth-protected-resource");
+
+    let metadata: Value = reqwest::get(&metadata_url)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(metadata["authorization_servers"], json!([issuer.url]));
+    assert_eq!(metadata["scopes_supported"], json!(["mcp"]));
+    assert!(metadata["resource"].as_str().unwrap().ends_with("/mcp"));
+
+    // Refused with 401 and a challenge naming the metadata.
+    let now = chrono::Utc::now().timestamp();
+    let mut wrong_audience = issuer.claims("maria@emea");
+    wrong_audience["aud"] = json!("http://somewhere.else/mcp");
+    let mut expired = issuer.claims("maria@emea");
+    expired["exp"] = json!(now - 3600);
+    let mut wrong_issuer = issuer.claims("maria@emea");
+    wrong_issuer["iss"] = json!("http://evil.example");
+    let foreign = {
+        let mut h = Header::new(Algorithm::ES256);
+        h.kid = Some("k1".into());
+        jsonwebtoken::encode(&h, &issuer.claims("maria@emea"), &issuer.stranger).unwrap()
+    };
+    let unsigned = format!(
+        "{}.{}.",
+        B64.encode(r#"{"alg":"none","kid":"k1","typ":"JWT"}"#),
+        B64.encode(issuer.claims("maria@emea").to_string())
+    );
+    let hmac_confusion = {
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = Some("k1".into());
+        jsonwebtoken::encode(
+            &h,
+            &issuer.claims("maria@emea"),
+            &EncodingKey::from_secret(&issuer.public),
+        )
+        .unwrap()
+    };
+    let tampered = {
+        let t = issuer.token("maria@emea");
+        let mut parts: Vec<String> = t.split('.').map(str::to_string).collect();
+        parts[1] = B64.encode(issuer.claims("local-dev").to_string());
+        parts.join(".")
+    };
+    for (case, token) in [
+        ("missing", None),
+        ("not a jwt", Some("garbage".to_string())),
+        ("wrong audience", Some(issuer.sign(&wrong_audience))),
+        ("wrong issuer", Some(issuer.sign(&wrong_issuer))),
+        ("expired", Some(issuer.sign(&expired))),
+        ("signed by another key", Some(foreign)),
+        ("alg none", Some(unsigned)),
+        ("HS256 with the public key", Some(hmac_confusion)),
+        ("payload swapped", Some(tampered)),
+    ] {
+        let (status, challenge, body) = initialize(&url, token.as_deref()).await;
+        assert_eq!(status, 401, "{case}: {body}");
+        assert!(challenge.starts_with("Bearer "), "{case}: {challenge}");
+        assert!(
+            challenge.contains(&format!("resource_metadata=\"{metadata_url}\"")),
+            "{case}: {challenge}"
+        );
+        if token.is_some() {
+            assert!(
+                challenge.contains("error=\"invalid_token\""),
+                "{case}: {challenge}"
+            );
+        }
+    }
+
+    // Valid signature, but no grants here: 403 insufficient_scope.
+    let mut no_scope = issuer.claims("maria@emea");
+    no_scope["scope"] = json!("openid");
+    for (case, token) in [
+        ("without the scope", issuer.sign(&no_scope)),
+        ("unknown principal", issuer.token("mallory@nowhere")),
+    ] {
+        let (status, challenge, body) = initialize(&url, Some(&token)).await;
+        assert_eq!(status, 403, "{case}: {body}");
+        assert!(
+            challenge.contains("error=\"insufficient_scope\""),
+            "{case}: {challenge}"
+        );
+    }
+
+    // Let in: a JWT for maria (supply chain, EMEA) and alice's dev token (sales, EMEA).
+    for (token, may, may_not) in [
+        (
+            issuer.token("maria@emea"),
+            "create_order",
+            "lookup_customer_info",
+        ),
+        (
+            "dev-alice-token".to_string(),
+            "lookup_customer_info",
+            "create_order",
+        ),
+    ] {
+        let (status, _, body) = initialize(&url, Some(&token)).await;
+        assert_eq!(status, 200, "{body}");
+        use rmcp::ServiceExt;
+        let transport = rmcp::transport::StreamableHttpClientTransport::from_config(
+            rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
+                url.clone(),
+            )
+            .auth_header(token.clone()),
+        );
+        let client = ().serve(transport).await.unwrap();
+        let tools: Vec<String> = client
+            .peer()
+            .list_all_tools()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name.to_string())
+            .collect();
+        assert!(
+            tools.contains(&may.to_string()) && !tools.contains(&may_not.to_string()),
+            "{tools:?}"
+        );
+        let refused = client
+            .peer()
+            .call_tool(
+                rmcp::model::CallToolRequestParams::new(may_not.to_string()).with_arguments(
+                    json!({ "part_id": "P-00001", "warehouse_id": "WH-01", "quantity": 10,
+                        "idempotency_key": "k", "customer_id": "C-00001" })
+                    .as_object()
+                    .cloned()
+                    .unwrap(),
+                ),
+            )
+            .await;
+        assert!(
+            refused.is_err() || refused.unwrap().is_error == Some(true),
+            "{may_not} allowed"
+        );
+        // query_sql answers from the caller's tenant only.
+        let column = if may == "create_order" {
+            "warehouse_id"
+        } else {
+            "region"
+        };
+        let table = if may == "create_order" {
+            "supply_chain.inventory"
+        } else {
+            "sales.customers"
+        };
+        let answer = client
+            .peer()
+            .call_tool(
+                rmcp::model::CallToolRequestParams::new("query_sql").with_arguments(
+                    json!({ "sql": format!("SELECT DISTINCT {column} FROM {table}") })
+                        .as_object()
+                        .cloned()
+                        .unwrap(),
+                ),
+            )
+            .await
+            .unwrap();
+        let rows = answer.structured_content.unwrap()["rows"].clone();
+        let seen: Vec<&str> = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r[column].as_str())
+            .collect();
+        let allowed = ["WH-01", "WH-02", "EMEA-North", "EMEA-South"];
+        assert!(
+            !seen.is_empty() && seen.iter().all(|v| allowed.contains(v)),
+            "{seen:?}"
+        );
+        let _ = client.cancel().await;
+    }
+}
