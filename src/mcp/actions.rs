@@ -95,6 +95,9 @@ struct PartTerms {
     min_order_qty: i64,
 }
 
+/// The tools that are actions (they send events), as audited.
+pub const ACTIONS: [&str; 3] = ["create_order", "create_ticket", "update_ticket_resolution"];
+
 /// Produces actions; one per server process. Each action records the principal it was made
 /// on behalf of: the caller the server answers for.
 pub struct ActionProducer {

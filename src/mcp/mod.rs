@@ -60,6 +60,11 @@ pub async fn start(
     let defs =
         crate::pipeline::definition::Definitions::from_config(&config.pipeline.definitions).await?;
     let policies = Arc::new(crate::auth::Policies::load(&config.serve.policies)?);
+    let auditor = crate::auth::audit::Auditor::start(
+        lake.clone(),
+        std::time::Duration::from_secs(1),
+        stop.clone(),
+    );
     let catalog = LiveCatalog::start(
         lake,
         defs,
@@ -77,5 +82,6 @@ pub async fn start(
         std::time::Duration::from_millis(config.serve.query_timeout_ms),
         policies,
         &config.serve.principal,
-    )?)
+    )?
+    .with_auditor(auditor))
 }

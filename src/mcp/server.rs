@@ -34,6 +34,8 @@ pub struct Millstream {
     pub(crate) access: Arc<crate::auth::Access>,
     /// The policies, for HTTP callers who authenticated as someone else.
     policies: Arc<crate::auth::Policies>,
+    /// Where tool calls, actions and resource reads are recorded (`ops.audit`).
+    auditor: Option<crate::auth::audit::Auditor>,
     /// One server per authenticated principal, built on its first request.
     scoped: Arc<std::sync::Mutex<std::collections::BTreeMap<String, Millstream>>>,
     /// This MCP session's resource subscriptions (fresh per session, see [`Self::for_session`]).
@@ -57,9 +59,44 @@ impl Millstream {
             tool_router: Self::router_for(&access),
             access: Arc::new(access),
             policies,
+            auditor: None,
             scoped: Arc::default(),
             subscriptions: Arc::default(),
         })
+    }
+
+    /// Records every tool call, action and resource read in `ops.audit` through `auditor`.
+    pub fn with_auditor(mut self, auditor: crate::auth::audit::Auditor) -> Self {
+        self.auditor = Some(auditor);
+        self
+    }
+
+    fn audit(
+        &self,
+        kind: &'static str,
+        name: &str,
+        arguments: Option<String>,
+        started: (chrono::DateTime<chrono::Utc>, std::time::Instant),
+        outcome: Result<(), (&'static str, String)>,
+    ) {
+        let Some(auditor) = &self.auditor else {
+            return;
+        };
+        let (outcome, error) = match outcome {
+            Ok(()) => ("ok", None),
+            Err((o, e)) => (o, Some(e)),
+        };
+        auditor.record(crate::auth::audit::AuditRecord {
+            ts: started.0,
+            principal: self.access.principal.clone(),
+            persona: self.access.persona.clone(),
+            kind,
+            name: name.to_string(),
+            arguments,
+            outcome,
+            error,
+            duration: started.1.elapsed(),
+        });
     }
 
     /// A persona's tools are the only ones listed or callable.
@@ -241,18 +278,51 @@ impl ServerHandler for Millstream {
         request: rmcp::model::CallToolRequestParams,
         context: rmcp::service::RequestContext<rmcp::RoleServer>,
     ) -> Result<rmcp::model::CallToolResponse, ErrorData> {
+        let started = (chrono::Utc::now(), std::time::Instant::now());
         let me = self.for_caller(&context)?;
-        if !me.tool_router.has_route(&request.name) && Self::is_tool(&request.name) {
+        let name = request.name.to_string();
+        let kind = if super::actions::ACTIONS.contains(&name.as_str()) {
+            "action"
+        } else {
+            "tool"
+        };
+        let arguments = request
+            .arguments
+            .as_ref()
+            .map(|a| serde_json::Value::Object(a.clone()).to_string());
+        if !me.tool_router.has_route(&name) && Self::is_tool(&name) {
+            let message = format!(
+                "tool {name} is not available to persona {}",
+                me.access.persona
+            );
+            me.audit(
+                kind,
+                &name,
+                arguments,
+                started,
+                Err(("refused", message.clone())),
+            );
             return Err(ErrorData::invalid_params(
-                format!(
-                    "tool {} is not available to persona {}",
-                    request.name, me.access.persona
-                ),
+                message,
                 Some(json!({ "field": "name" })),
             ));
         }
         let tcc = rmcp::handler::server::tool::ToolCallContext::new(&me, request, context);
-        me.tool_router.call(tcc).await
+        let result = me.tool_router.call(tcc).await;
+        let outcome = match &result {
+            Ok(rmcp::model::CallToolResponse::Complete(r)) if r.is_error == Some(true) => Err((
+                "error",
+                r.content
+                    .iter()
+                    .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            )),
+            Ok(_) => Ok(()),
+            Err(e) => Err(("error", e.message.to_string())),
+        };
+        me.audit(kind, &name, arguments, started, outcome);
+        result
     }
 
     async fn list_tools(
@@ -302,9 +372,16 @@ impl ServerHandler for Millstream {
         request: rmcp::model::ReadResourceRequestParams,
         context: rmcp::service::RequestContext<rmcp::RoleServer>,
     ) -> Result<rmcp::model::ReadResourceResponse, ErrorData> {
-        super::resources::read(&self.for_caller(&context)?, request, context)
-            .await
-            .map(Into::into)
+        let started = (chrono::Utc::now(), std::time::Instant::now());
+        let me = self.for_caller(&context)?;
+        let uri = request.uri.to_string();
+        let result = super::resources::read(&me, request, context).await;
+        let outcome = match &result {
+            Ok(_) => Ok(()),
+            Err(e) => Err(("error", e.message.to_string())),
+        };
+        me.audit("resource", &uri, None, started, outcome);
+        result.map(Into::into)
     }
 
     async fn subscribe(

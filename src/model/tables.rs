@@ -153,6 +153,10 @@ const SOURCES: &[(&str, &str)] = &[
         "ops.alerts.toml",
         include_str!("../../schemas/tables/ops.alerts.toml"),
     ),
+    (
+        "ops.audit.toml",
+        include_str!("../../schemas/tables/ops.audit.toml"),
+    ),
 ];
 
 /// Parses and checks every embedded definition. Problems from all files are reported together.

@@ -302,4 +302,44 @@ async fn only_valid_tokens_get_in_and_each_caller_gets_its_own_view() {
         );
         let _ = client.cancel().await;
     }
+
+    // Every call is audited under its caller, refusals included; tokens never are.
+    let want = [
+        "maria@emea|tool|query_sql|ok",
+        "maria@emea|tool|lookup_customer_info|refused",
+        "alice@emea|tool|query_sql|ok",
+        "alice@emea|action|create_order|refused",
+    ];
+    let started = std::time::Instant::now();
+    loop {
+        // The lakehouse's own reader may race the audit writer's commits: retry.
+        let rows = match env
+            .lake
+            .sql("SELECT principal, kind, name, outcome FROM ops.audit")
+            .await
+        {
+            Ok(b) => support::batch_rows(&b),
+            Err(e) => vec![e.to_string()],
+        };
+        if want.iter().all(|w| rows.iter().any(|r| r == w)) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "ops.audit has {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let leaked = support::rows(
+        &env.lake,
+        "SELECT audit_id FROM ops.audit WHERE arguments LIKE '%token%' OR error LIKE '%token%'",
+    )
+    .await;
+    assert!(leaked.is_empty(), "{leaked:?}");
+    let sql = support::rows(
+        &env.lake,
+        "SELECT arguments FROM ops.audit WHERE name = 'query_sql'",
+    )
+    .await;
+    assert!(sql.iter().all(|a| a.contains("SELECT DISTINCT")), "{sql:?}");
 }
