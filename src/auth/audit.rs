@@ -29,7 +29,7 @@ pub struct AuditRecord {
     pub ts: DateTime<Utc>,
     pub principal: String,
     pub persona: String,
-    /// "tool", "action" or "resource".
+    /// "tool", "action", "resource" (a read) or "subscribe".
     pub kind: &'static str,
     pub name: String,
     pub arguments: Option<String>,

@@ -4,6 +4,11 @@
 //! when its table's Change Data Feed shows rows that change what the resource holds (new
 //! alerts; signals inserted, updated or deleted). One watcher per MCP session follows the
 //! catalog's versions and reads only the new commits' changes.
+//!
+//! Tenancy: a caller lists, reads and subscribes to the resources whose table its persona may
+//! read, and a change notifies it only when a changed row passes its row filters (the same
+//! [`crate::auth::enforce::restrict`] the query engine uses), so notifications say nothing
+//! about another tenant's rows.
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
@@ -83,14 +88,31 @@ fn feed(uri: &str) -> Result<&'static Feed, ErrorData> {
     })
 }
 
+/// The feed at `uri`, if `server`'s principal may read its table.
+fn readable_feed(server: &Millstream, uri: &str) -> Result<&'static Feed, ErrorData> {
+    let f = feed(uri)?;
+    if server.access.may_read(f.table) {
+        Ok(f)
+    } else {
+        Err(ErrorData::invalid_params(
+            format!(
+                "resource {uri} is not available to persona {} (it reads {})",
+                server.access.persona, f.table
+            ),
+            Some(json!({ "field": "uri", "uri": uri })),
+        ))
+    }
+}
+
 pub async fn list(
-    _server: &Millstream,
+    server: &Millstream,
     _request: Option<PaginatedRequestParams>,
     _context: RequestContext<RoleServer>,
 ) -> Result<ListResourcesResult, ErrorData> {
     Ok(ListResourcesResult::with_all_items(
         FEEDS
             .iter()
+            .filter(|f| server.access.may_read(f.table))
             .map(|f| {
                 Resource::new(f.uri, f.name)
                     .with_description(f.description)
@@ -105,7 +127,7 @@ pub async fn read(
     request: ReadResourceRequestParams,
     _context: RequestContext<RoleServer>,
 ) -> Result<ReadResourceResult, ErrorData> {
-    let f = feed(&request.uri)?;
+    let f = readable_feed(server, &request.uri)?;
     let (batches, as_of) = server.run(f.sql, vec![]).await?;
     let body = json!({ "items": rows_json(&batches)?, "as_of": as_of });
     Ok(ReadResourceResult::new(vec![
@@ -125,7 +147,7 @@ pub async fn subscribe(
     request: SubscribeRequestParams,
     context: RequestContext<RoleServer>,
 ) -> Result<(), ErrorData> {
-    feed(&request.uri)?;
+    readable_feed(server, &request.uri)?;
     let subs = server.subscriptions.clone();
     subs.uris
         .lock()
@@ -200,8 +222,9 @@ async fn watch(
     }
 }
 
-/// Rows in the Change Data Feed of `table` between two versions (inclusive). The table is
-/// opened once per watcher and afterwards only reads the commits it has not seen.
+/// Rows in the Change Data Feed of `table` between two versions (inclusive) that `server`'s
+/// principal may see. The table is opened once per watcher and afterwards only reads the
+/// commits it has not seen.
 async fn changed_rows(
     server: &Millstream,
     opened: &mut BTreeMap<&'static str, DeltaTable>,
@@ -224,5 +247,38 @@ async fn changed_rows(
         crate::lakehouse::cdf::read_changes(delta.clone(), table, from as u64, Some(to as u64))
             .await
             .map_err(internal)?;
-    Ok(batches.iter().map(|b| b.num_rows()).sum())
+    visible_rows(server, table, batches).await
+}
+
+/// How many of `table`'s changed rows pass `server`'s row filters.
+async fn visible_rows(
+    server: &Millstream,
+    table: &str,
+    changes: Vec<arrow::array::RecordBatch>,
+) -> Result<usize, ErrorData> {
+    let filters = server.access.filters(table).map_err(internal)?;
+    let (Some(first), false) = (changes.first(), filters.is_empty()) else {
+        return Ok(changes.iter().map(|b| b.num_rows()).sum());
+    };
+    // `visible_in` filters read other tables as the caller sees them now.
+    let session = server.session().await?;
+    let mut visible = BTreeMap::new();
+    for (_, filter) in &filters {
+        if let crate::auth::policy::ColumnFilter::VisibleIn(other) = filter
+            && let Ok(provider) = session.ctx.table_provider(other.as_str()).await
+        {
+            visible.insert(other.clone(), provider);
+        }
+    }
+    let changed = datafusion::datasource::MemTable::try_new(first.schema(), vec![changes])
+        .map_err(internal)?;
+    let restricted =
+        crate::auth::enforce::restrict(table, Arc::new(changed), &server.access, &visible)
+            .map_err(internal)?;
+    datafusion::prelude::SessionContext::new()
+        .read_table(restricted)
+        .map_err(internal)?
+        .count()
+        .await
+        .map_err(internal)
 }

@@ -364,7 +364,8 @@ impl ServerHandler for Millstream {
         request: Option<rmcp::model::PaginatedRequestParams>,
         context: rmcp::service::RequestContext<rmcp::RoleServer>,
     ) -> Result<rmcp::model::ListResourcesResult, ErrorData> {
-        super::resources::list(self, request, context).await
+        let me = self.for_caller(&context)?;
+        super::resources::list(&me, request, context).await
     }
 
     async fn read_resource(
@@ -376,10 +377,7 @@ impl ServerHandler for Millstream {
         let me = self.for_caller(&context)?;
         let uri = request.uri.to_string();
         let result = super::resources::read(&me, request, context).await;
-        let outcome = match &result {
-            Ok(_) => Ok(()),
-            Err(e) => Err(("error", e.message.to_string())),
-        };
+        let outcome = resource_outcome(&me, &uri, result.as_ref().err());
         me.audit("resource", &uri, None, started, outcome);
         result.map(Into::into)
     }
@@ -389,7 +387,13 @@ impl ServerHandler for Millstream {
         request: rmcp::model::SubscribeRequestParams,
         context: rmcp::service::RequestContext<rmcp::RoleServer>,
     ) -> Result<(), ErrorData> {
-        super::resources::subscribe(self, request, context).await
+        let started = (chrono::Utc::now(), std::time::Instant::now());
+        let me = self.for_caller(&context)?;
+        let uri = request.uri.to_string();
+        let result = super::resources::subscribe(&me, request, context).await;
+        let outcome = resource_outcome(&me, &uri, result.as_ref().err());
+        me.audit("subscribe", &uri, None, started, outcome);
+        result
     }
 
     async fn unsubscribe(
@@ -475,6 +479,23 @@ impl Query {
         self.sql.push_str(tail);
         self
     }
+}
+
+/// How a resource read or subscription ended, for the audit: refused when the caller may not
+/// read the resource's table.
+fn resource_outcome(
+    me: &Millstream,
+    uri: &str,
+    error: Option<&ErrorData>,
+) -> Result<(), (&'static str, String)> {
+    let Some(e) = error else { return Ok(()) };
+    let refused = super::resources::FEEDS
+        .iter()
+        .any(|f| f.uri == uri && !me.access.may_read(f.table));
+    Err((
+        if refused { "refused" } else { "error" },
+        e.message.to_string(),
+    ))
 }
 
 /// A UTC timestamp parameter, typed like the tables' timestamp columns.

@@ -3,7 +3,8 @@
 //! and HMAC-confusion tokens are refused with 401 and a `WWW-Authenticate` challenge naming the
 //! protected-resource metadata; a token without the scope, or for a principal the policies do
 //! not know, gets 403 `insufficient_scope`. Valid callers get their persona's tools and only
-//! their tenant's rows.
+//! their tenant's rows, and an order placed with a token records the token's subject as
+//! `on_behalf_of`.
 
 use std::time::Duration;
 
@@ -119,9 +120,14 @@ async fn only_valid_tokens_get_in_and_each_caller_gets_its_own_view() {
         .await
         .unwrap();
     let (_stop_tx, stop) = watch::channel(false);
-    let server = millstream::mcp::start(&env.config, env.lake.clone(), None, stop.clone())
-        .await
-        .unwrap();
+    let server = millstream::mcp::start(
+        &env.config,
+        env.lake.clone(),
+        Some(&env.brokers()),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
     let mcp = millstream::serve::Mcp::from_config(server, &env.config).unwrap();
     let (addr, _http) = millstream::serve::spawn("127.0.0.1:0", stop, Some(mcp))
         .await
@@ -300,8 +306,37 @@ async fn only_valid_tokens_get_in_and_each_caller_gets_its_own_view() {
             !seen.is_empty() && seen.iter().all(|v| allowed.contains(v)),
             "{seen:?}"
         );
+        if may == "create_order" {
+            // The action records the token's subject, not anything the arguments say.
+            let receipt = client
+                .peer()
+                .call_tool(
+                    rmcp::model::CallToolRequestParams::new("create_order").with_arguments(
+                        json!({ "part_id": "P-00001", "warehouse_id": "WH-01", "quantity": 5000,
+                                "idempotency_key": "jwt-order", "on_behalf_of": "local-dev" })
+                        .as_object()
+                        .cloned()
+                        .unwrap(),
+                    ),
+                )
+                .await
+                .unwrap();
+            let receipt = receipt.structured_content.expect("a receipt");
+            assert_eq!(receipt["on_behalf_of"], json!("maria@emea"), "{receipt}");
+        }
         let _ = client.cancel().await;
     }
+
+    // The order event on Kafka carries maria's principal into the action log.
+    env.run_until(&env.options("auth", "auth"), 1).await;
+    assert_eq!(
+        support::rows(
+            &env.lake,
+            "SELECT on_behalf_of, warehouse_id FROM supply_chain.order_actions"
+        )
+        .await,
+        vec!["maria@emea|WH-01".to_string()]
+    );
 
     // Every call is audited under its caller, refusals included; tokens never are.
     let want = [
@@ -309,6 +344,7 @@ async fn only_valid_tokens_get_in_and_each_caller_gets_its_own_view() {
         "maria@emea|tool|lookup_customer_info|refused",
         "alice@emea|tool|query_sql|ok",
         "alice@emea|action|create_order|refused",
+        "maria@emea|action|create_order|ok",
     ];
     let started = std::time::Instant::now();
     loop {

@@ -1,7 +1,9 @@
 //! Isolation enforced in the engine: two tenants (EMEA, AMER) × two personas (supply-chain
 //! manager, sales rep). Through `query_sql` — with joins, subqueries, CTEs, UNIONs, views,
-//! comments and case tricks — no caller reaches another tenant's rows or a table its persona is
-//! not granted; masked columns stay masked; everything but one read-only query is refused.
+//! comments and case tricks — and through every tool, resource and subscription over a real MCP
+//! client, no caller reaches another tenant's rows or a table its persona is not granted;
+//! masked columns stay masked; actions on another tenant's ids are refused and the ones placed
+//! record who placed them; everything but one read-only query is refused.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -9,7 +11,7 @@ use std::time::Duration;
 use millstream::auth::Policies;
 use millstream::mcp::Millstream;
 use rmcp::handler::server::wrapper::Parameters;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::support::{self, Env};
 
@@ -44,21 +46,39 @@ fn set(v: &[&str]) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_tool_or_sql_reaches_another_tenants_rows() {
-    let _w = support::watchdog("tenancy", Duration::from_secs(180));
-    let env = Env::new(1).await;
+    let _w = support::watchdog("tenancy", Duration::from_secs(300));
+    let mut env = Env::new(1).await;
+    // History (sales for churn and KPIs, shipments, telemetry), then live events, then one
+    // round of the signal pipelines: every table the tools read has rows of both tenants.
+    env.config.simulate.seed_telemetry = 2_000;
+    env.config.simulate.seed_shipments = 100;
     env.lake.ensure_all().await.unwrap();
     millstream::sim::write_reference(&env.lake, &env.config.simulate, false)
         .await
         .unwrap();
-    env.produce(&support::events("tenancy", 4000, 0.0)).await;
-    env.run_until(&env.options("tenancy", "tenancy"), 4000)
+    let history = millstream::sim::stream::history(&env.config.simulate, "tenancy");
+    let live = support::events_with_faults("tenancy", 8000, 0.0, 200.0);
+    env.produce(&history).await;
+    env.produce(&live).await;
+    let opts = env.options("tenancy", "tenancy");
+    env.run_until(&opts, (history.len() + live.len()) as u64)
         .await;
+    let defs = millstream::pipeline::definition::Definitions::built_in()
+        .await
+        .unwrap();
+    millstream::pipeline::derive::Deriver::new(env.lake.clone(), defs.clone())
+        .round()
+        .await
+        .unwrap();
     let (catalog, _stop) = env.live_catalog(50, 100_000).await;
     let policies = std::sync::Arc::new(Policies::load("").unwrap());
+    let actions = std::sync::Arc::new(
+        millstream::mcp::actions::ActionProducer::new(&env.config.kafka, &env.brokers()).unwrap(),
+    );
     let server = |who: &str| {
         Millstream::new(
             catalog.clone(),
-            None,
+            Some(actions.clone()),
             Duration::from_secs(30),
             policies.clone(),
             who,
@@ -159,6 +179,7 @@ async fn no_tool_or_sql_reaches_another_tenants_rows() {
                 .await
                 .unwrap_or_else(|e| panic!("{who}: {q}: {e}"));
             let seen = values(&rows, "customer_id");
+            assert!(!seen.is_empty(), "{who} sees none of their own rows: {q}");
             assert!(
                 values(
                     &sql(
@@ -211,8 +232,533 @@ async fn no_tool_or_sql_reaches_another_tenants_rows() {
             "SELECT * FROM read_parquet('/etc/passwd')",
             "SELECT * FROM read_csv('/etc/passwd')",
             "DROP TABLE supply_chain.parts",
+            "SELECT * FROM generate_series(1, 3)",
+            "SELECT * FROM supply_chain.parts JOIN range(3) r ON true",
         ] {
             assert!(sql(&s, q).await.is_err(), "{who}: {q} was accepted");
         }
     }
+
+    tools_keep_to_the_callers_tenant(&env, &server, &admin).await;
+}
+
+/// What a sales rep's or manager's MCP client sees and may do, through every tool.
+async fn tools_keep_to_the_callers_tenant(
+    env: &Env,
+    server: &dyn Fn(&str) -> Millstream,
+    admin: &Millstream,
+) {
+    let first = |q: &'static str| async move {
+        let rows = sql(admin, q).await.unwrap();
+        let v = rows.first().unwrap_or_else(|| panic!("no rows: {q}"));
+        v.values().next().unwrap().as_str().unwrap().to_string()
+    };
+    // The other tenant's ids, which each caller must not reach.
+    let amer_customer =
+        first("SELECT customer_id FROM sales.customers WHERE account_manager = 'bruno' AND region LIKE 'AMER%' LIMIT 1")
+            .await;
+    let emea_customer =
+        first("SELECT customer_id FROM sales.customers WHERE account_manager = 'alice' AND region LIKE 'EMEA%' LIMIT 1")
+            .await;
+    let amer_ticket = first("SELECT t.ticket_id FROM support.tickets t JOIN sales.customers c USING (customer_id) WHERE c.account_manager = 'bruno' AND c.region LIKE 'AMER%' LIMIT 1").await;
+    let emea_ticket = first("SELECT t.ticket_id FROM support.tickets t JOIN sales.customers c USING (customer_id) WHERE c.account_manager = 'alice' AND c.region LIKE 'EMEA%' LIMIT 1").await;
+    let part = first("SELECT part_id FROM supply_chain.shortage_signals GROUP BY part_id HAVING count(DISTINCT warehouse_id) >= 4 LIMIT 1").await;
+    let emea_machine =
+        first("SELECT machine_id FROM iot.telemetry WHERE plant_id = 'PLANT-1' LIMIT 1").await;
+    let amer_machine =
+        first("SELECT machine_id FROM iot.telemetry WHERE plant_id = 'PLANT-2' LIMIT 1").await;
+
+    let mut orders = Vec::new();
+    for (who, warehouses, plants, foreign_warehouse, foreign_plant, own_machine, foreign_machine) in [
+        (
+            "maria@emea",
+            set(&["WH-01", "WH-02"]),
+            set(&["PLANT-1"]),
+            "WH-03",
+            "PLANT-2",
+            &emea_machine,
+            &amer_machine,
+        ),
+        (
+            "jon@amer",
+            set(&["WH-03", "WH-04"]),
+            set(&["PLANT-2", "PLANT-3"]),
+            "WH-01",
+            "PLANT-1",
+            &amer_machine,
+            &emea_machine,
+        ),
+    ] {
+        let (c, _) = connect(server(who)).await;
+        let own = |answer: &Value, list: &str, column: &str, allowed: &BTreeSet<String>| {
+            let seen = field_values(answer, list, column);
+            assert!(!seen.is_empty(), "{who}: {list} is empty");
+            assert!(seen.is_subset(allowed), "{who}: {list} reached {seen:?}");
+        };
+        for (tool, args, list, column, allowed) in [
+            (
+                "get_inventory_status",
+                json!({ "limit": 1000 }),
+                "positions",
+                "warehouse_id",
+                &warehouses,
+            ),
+            (
+                "list_shortage_risks",
+                json!({ "min_risk": "LOW", "limit": 1000 }),
+                "signals",
+                "warehouse_id",
+                &warehouses,
+            ),
+            (
+                "predict_shortage",
+                json!({ "part_id": part }),
+                "signals",
+                "warehouse_id",
+                &warehouses,
+            ),
+            (
+                "track_shipments",
+                json!({ "limit": 1000 }),
+                "shipments",
+                "warehouse_id",
+                &warehouses,
+            ),
+            (
+                "list_anomalies",
+                json!({ "hours": 720, "min_severity": "LOW", "limit": 1000 }),
+                "anomalies",
+                "plant_id",
+                &plants,
+            ),
+            (
+                "sensor_stats",
+                json!({ "minutes": 10080, "limit": 1000 }),
+                "sensors",
+                "plant_id",
+                &plants,
+            ),
+            (
+                "query_sensor_data",
+                json!({ "machine_id": own_machine, "minutes": 10080, "limit": 1000 }),
+                "readings",
+                "plant_id",
+                &plants,
+            ),
+        ] {
+            let answer = call(&c, tool, args.clone())
+                .await
+                .unwrap_or_else(|e| panic!("{who}: {tool} {args}: {e}"));
+            own(&answer, list, column, allowed);
+        }
+        // Asking for the other tenant by name finds nothing, or is told it does not exist.
+        for (tool, args, list) in [
+            (
+                "get_inventory_status",
+                json!({ "warehouse_id": foreign_warehouse }),
+                "positions",
+            ),
+            (
+                "list_shortage_risks",
+                json!({ "min_risk": "LOW", "warehouse_id": foreign_warehouse }),
+                "signals",
+            ),
+            (
+                "track_shipments",
+                json!({ "warehouse_id": foreign_warehouse }),
+                "shipments",
+            ),
+            (
+                "list_anomalies",
+                json!({ "hours": 720, "plant_id": foreign_plant }),
+                "anomalies",
+            ),
+            (
+                "sensor_stats",
+                json!({ "minutes": 10080, "plant_id": foreign_plant }),
+                "sensors",
+            ),
+            (
+                "query_sensor_data",
+                json!({ "machine_id": foreign_machine, "minutes": 10080 }),
+                "readings",
+            ),
+            (
+                "maintenance_alerts",
+                json!({ "plant_id": foreign_plant }),
+                "alerts",
+            ),
+            (
+                "predict_shortage",
+                json!({ "part_id": part, "warehouse_id": foreign_warehouse }),
+                "signals",
+            ),
+        ] {
+            match call(&c, tool, args.clone()).await {
+                Ok(answer) => assert!(
+                    field_values(&answer, list, "warehouse_id").is_empty()
+                        && field_values(&answer, list, "plant_id").is_empty(),
+                    "{who}: {tool} {args} answered {answer}"
+                ),
+                Err(e) => assert!(e.contains("unknown"), "{who}: {tool} {args}: {e}"),
+            }
+        }
+        let order = |warehouse: &str, key: &str| {
+            json!({ "part_id": part, "warehouse_id": warehouse, "quantity": 5000,
+                    "idempotency_key": format!("{who}-{key}") })
+        };
+        let e = call(&c, "create_order", order(foreign_warehouse, "theirs"))
+            .await
+            .unwrap_err();
+        assert!(e.contains("unknown warehouse_id"), "{who}: {e}");
+        let mine = warehouses.first().unwrap().clone();
+        let receipt = call(&c, "create_order", order(&mine, "mine"))
+            .await
+            .unwrap();
+        assert_eq!(receipt["on_behalf_of"], json!(who), "{receipt}");
+        orders.push((who, receipt["po_id"].as_str().unwrap().to_string()));
+        // Not this persona's: listed nowhere, refused by name, resources included.
+        let tools = tool_names(&c).await;
+        assert!(!tools.contains("lookup_customer_info") && tools.contains("create_order"));
+        let e = call(
+            &c,
+            "lookup_customer_info",
+            json!({ "customer_id": emea_customer }),
+        )
+        .await
+        .unwrap_err();
+        assert!(e.contains("not available to persona"), "{who}: {e}");
+        assert_eq!(
+            resource_uris(&c).await,
+            set(&[
+                "millstream://signals/maintenance",
+                "millstream://signals/shortages"
+            ])
+        );
+        let shortages = read_resource(&c, "millstream://signals/shortages")
+            .await
+            .unwrap();
+        let seen = field_values(&shortages, "items", "warehouse_id");
+        assert!(seen.is_subset(&warehouses), "{who}: {seen:?}");
+        for uri in ["millstream://signals/churn", "millstream://alerts/active"] {
+            let e = read_resource(&c, uri).await.unwrap_err();
+            assert!(e.contains("not available to persona"), "{who}: {uri}: {e}");
+            let e = subscribe(&c, uri).await.unwrap_err();
+            assert!(e.contains("not available to persona"), "{who}: {uri}: {e}");
+        }
+        let _ = c.cancel().await;
+    }
+
+    for (who, regions, rep, foreign_customer, foreign_ticket, own_customer) in [
+        (
+            "alice@emea",
+            set(&["EMEA-North", "EMEA-South"]),
+            "alice",
+            &amer_customer,
+            &amer_ticket,
+            &emea_customer,
+        ),
+        (
+            "bruno@amer",
+            set(&["AMER-East", "AMER-West"]),
+            "bruno",
+            &emea_customer,
+            &emea_ticket,
+            &amer_customer,
+        ),
+    ] {
+        let (c, _) = connect(server(who)).await;
+        let churn = call(
+            &c,
+            "list_churn_risks",
+            json!({ "min_risk": "LOW", "limit": 1000 }),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            field_values(&churn, "signals", "account_manager"),
+            set(&[rep]),
+            "{who}"
+        );
+        assert!(field_values(&churn, "signals", "region").is_subset(&regions));
+        let kpis = call(
+            &c,
+            "sales_kpis",
+            json!({ "days": 365, "group_by": "region" }),
+        )
+        .await
+        .unwrap();
+        let groups = field_values(&kpis, "rows", "group");
+        assert!(
+            !groups.is_empty() && groups.is_subset(&regions),
+            "{who}: {groups:?}"
+        );
+        let info = call(
+            &c,
+            "lookup_customer_info",
+            json!({ "customer_id": own_customer }),
+        )
+        .await
+        .unwrap();
+        assert_eq!(info["customer"]["account_manager"], json!(rep));
+        assert_eq!(
+            info["customer"]["email"],
+            json!(millstream::auth::enforce::REDACTED)
+        );
+        let tickets = call(&c, "search_tickets", json!({ "limit": 1000 }))
+            .await
+            .unwrap();
+        let mine: BTreeSet<String> = field_values(
+            &call(
+                &c,
+                "query_sql",
+                json!({ "sql": "SELECT customer_id FROM sales.customers", "limit": 10000 }),
+            )
+            .await
+            .unwrap(),
+            "rows",
+            "customer_id",
+        );
+        let seen = field_values(&tickets, "tickets", "customer_id");
+        assert!(!seen.is_empty() && seen.is_subset(&mine), "{who}: {seen:?}");
+        // The other tenant's customer and ticket do not exist for this caller, to read or act on.
+        for (tool, args, field) in [
+            (
+                "lookup_customer_info",
+                json!({ "customer_id": foreign_customer }),
+                "customer_id",
+            ),
+            (
+                "predict_churn",
+                json!({ "customer_id": foreign_customer }),
+                "customer_id",
+            ),
+            (
+                "get_ticket_status",
+                json!({ "ticket_id": foreign_ticket }),
+                "ticket_id",
+            ),
+            (
+                "create_ticket",
+                json!({ "customer_id": foreign_customer, "subject": "x",
+                "description": "y", "category": "billing", "idempotency_key": format!("{who}-t") }),
+                "customer_id",
+            ),
+            (
+                "update_ticket_resolution",
+                json!({ "ticket_id": foreign_ticket, "status": "resolved",
+                "resolution": "z", "idempotency_key": format!("{who}-u") }),
+                "ticket_id",
+            ),
+        ] {
+            let e = call(&c, tool, args).await.unwrap_err();
+            assert!(
+                e.contains(&format!("unknown {field}")),
+                "{who}: {tool}: {e}"
+            );
+        }
+        let kpis = call(
+            &c,
+            "sales_kpis",
+            json!({ "days": 365, "customer_id": foreign_customer }),
+        )
+        .await
+        .unwrap();
+        assert!(
+            kpis["rows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r["transactions"] == json!(0)),
+            "{who}: {kpis}"
+        );
+        let e = call(
+            &c,
+            "create_order",
+            json!({ "part_id": part, "warehouse_id": "WH-01",
+            "quantity": 5000, "idempotency_key": "k" }),
+        )
+        .await
+        .unwrap_err();
+        assert!(e.contains("not available to persona"), "{who}: {e}");
+        assert_eq!(
+            resource_uris(&c).await,
+            set(&["millstream://signals/churn"])
+        );
+        let churn = read_resource(&c, "millstream://signals/churn")
+            .await
+            .unwrap();
+        assert!(field_values(&churn, "items", "account_manager").is_subset(&set(&[rep])));
+        let _ = c.cancel().await;
+    }
+
+    // The orders materialize, each recording who placed it; each is the placer's alone.
+    env.run_until(&env.options("tenancy", "tenancy"), orders.len() as u64)
+        .await;
+    millstream::pipeline::derive::Deriver::new(
+        env.lake.clone(),
+        millstream::pipeline::definition::Definitions::built_in()
+            .await
+            .unwrap(),
+    )
+    .round()
+    .await
+    .unwrap();
+    let placed = support::rows(
+        &env.lake,
+        "SELECT on_behalf_of, po_id FROM supply_chain.purchase_orders ORDER BY on_behalf_of",
+    )
+    .await;
+    let mut want: Vec<String> = orders.iter().map(|(w, po)| format!("{w}|{po}")).collect();
+    want.sort();
+    assert_eq!(placed, want);
+    let (maria, jon) = (
+        connect(server("maria@emea")).await.0,
+        connect(server("jon@amer")).await.0,
+    );
+    let started = std::time::Instant::now();
+    let status = loop {
+        match call(&maria, "get_order_status", json!({ "po_id": orders[0].1 })).await {
+            Ok(s) => break s,
+            Err(e) if started.elapsed() < Duration::from_secs(20) => {
+                assert!(e.contains("unknown po_id"), "{e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("maria's order is not served: {e}"),
+        }
+    };
+    assert_eq!(status["order"]["on_behalf_of"], json!("maria@emea"));
+    let e = call(&jon, "get_order_status", json!({ "po_id": orders[0].1 }))
+        .await
+        .unwrap_err();
+    assert!(e.contains("unknown po_id"), "{e}");
+
+    // Subscriptions: a change to the other tenant's rows notifies no one but that tenant.
+    let (maria, maria_updates) = connect(server("maria@emea")).await;
+    let (jon, jon_updates) = connect(server("jon@amer")).await;
+    for c in [&maria, &jon] {
+        subscribe(c, "millstream://signals/shortages")
+            .await
+            .unwrap();
+    }
+    let touch = |warehouse: &'static str| async move {
+        let table = env
+            .lake
+            .open("supply_chain.shortage_signals")
+            .await
+            .unwrap();
+        table
+            .update()
+            .with_predicate(format!("warehouse_id = '{warehouse}'").as_str())
+            .with_update("reasons", "'reviewed'")
+            .await
+            .unwrap();
+    };
+    touch("WH-03").await;
+    jon_updates.wait_for(1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(maria_updates.count(), 0, "maria was told of an AMER change");
+    touch("WH-01").await;
+    maria_updates.wait_for(1).await;
+    assert_eq!(jon_updates.count(), 1, "jon was told of an EMEA change");
+}
+
+/// Resource update notifications a client received.
+#[derive(Clone, Default)]
+struct Updates(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Updates {
+    fn count(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    async fn wait_for(&self, n: usize) {
+        let started = std::time::Instant::now();
+        while self.count() < n {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "no resource update"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl rmcp::ClientHandler for Updates {
+    async fn on_resource_updated(
+        &self,
+        params: rmcp::model::ResourceUpdatedNotificationParam,
+        _: rmcp::service::NotificationContext<rmcp::RoleClient>,
+    ) {
+        self.0.lock().unwrap().push(params.uri.to_string());
+    }
+}
+
+type Client = rmcp::service::RunningService<rmcp::RoleClient, Updates>;
+
+/// A real MCP client (JSON-RPC over an in-memory pipe) talking to `server`.
+async fn connect(server: Millstream) -> (Client, Updates) {
+    use rmcp::ServiceExt;
+    let (a, b) = tokio::io::duplex(1 << 20);
+    tokio::spawn(async move {
+        if let Ok(running) = server.for_session().serve(a).await {
+            let _ = running.waiting().await;
+        }
+    });
+    let updates = Updates::default();
+    (updates.clone().serve(b).await.unwrap(), updates)
+}
+
+/// A tool's structured answer, or its error's text.
+async fn call(c: &Client, tool: &str, args: Value) -> Result<Value, String> {
+    let request = rmcp::model::CallToolRequestParams::new(tool.to_string())
+        .with_arguments(args.as_object().cloned().unwrap());
+    match c.peer().call_tool(request).await {
+        Ok(r) if r.is_error != Some(true) => Ok(r.structured_content.unwrap_or(Value::Null)),
+        Ok(r) => Err(format!("{:?}", r.content)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// `resources/subscribe`, which millstream serves (rmcp marks it legacy in favour of the
+/// 2026-07-28 subscriptions model).
+#[allow(deprecated)]
+async fn subscribe(c: &Client, uri: &str) -> Result<(), String> {
+    c.peer()
+        .subscribe(rmcp::model::SubscribeRequestParams::new(uri))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn tool_names(c: &Client) -> BTreeSet<String> {
+    let tools = c.peer().list_all_tools().await.unwrap();
+    tools.into_iter().map(|t| t.name.to_string()).collect()
+}
+
+async fn resource_uris(c: &Client) -> BTreeSet<String> {
+    let resources = c.peer().list_all_resources().await.unwrap();
+    resources.into_iter().map(|r| r.uri.to_string()).collect()
+}
+
+async fn read_resource(c: &Client, uri: &str) -> Result<Value, String> {
+    let r = c
+        .peer()
+        .read_resource(rmcp::model::ReadResourceRequestParams::new(uri))
+        .await
+        .map_err(|e| e.to_string())?;
+    match &r.contents[0] {
+        rmcp::model::ResourceContents::TextResourceContents { text, .. } => {
+            Ok(serde_json::from_str(text).unwrap())
+        }
+        other => panic!("{uri}: {other:?}"),
+    }
+}
+
+/// The distinct values of `column` in the rows of `answer[list]`.
+fn field_values(answer: &Value, list: &str, column: &str) -> BTreeSet<String> {
+    let rows: Vec<serde_json::Map<String, Value>> = answer[list]
+        .as_array()
+        .map(|a| a.iter().filter_map(|r| r.as_object().cloned()).collect())
+        .unwrap_or_default();
+    values(&rows, column)
 }

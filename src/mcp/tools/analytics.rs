@@ -2,8 +2,9 @@
 //! (`query_sql`).
 //!
 //! `query_sql` accepts exactly one statement and only a query (SELECT, WITH, VALUES …): the
-//! text is parsed first and anything else is refused, and the plan is made with DDL, DML and
-//! statements (SET, …) disabled as a second lock. The result is cut at `limit` rows (default
+//! text is parsed first and anything else is refused, table functions too (nothing reads
+//! files or makes rows out of thin air), and the plan is made with DDL, DML and statements
+//! (SET, …) disabled as a second lock. The result is cut at `limit` rows (default
 //! 100, at most 10,000) and the query at the server's timeout.
 
 use datafusion::execution::context::SQLOptions;
@@ -166,7 +167,9 @@ fn check_read_only(sql: &str) -> Result<(), ErrorData> {
         ));
     }
     match &statements[0] {
-        DfStatement::Statement(s) if matches!(s.as_ref(), Statement::Query(_)) => Ok(()),
+        DfStatement::Statement(s) if matches!(s.as_ref(), Statement::Query(_)) => {
+            no_table_functions(s)
+        }
         other => {
             let kind = format!("{other}");
             let first = kind.split_whitespace().next().unwrap_or("statement");
@@ -178,6 +181,38 @@ fn check_read_only(sql: &str) -> Result<(), ErrorData> {
                 ),
             ))
         }
+    }
+}
+
+/// Refuses table functions (`generate_series(…)`, `range(…)`, and any a future DataFusion
+/// registers, file readers included): a query reads the caller's tables and nothing else.
+fn no_table_functions(statement: &Statement) -> Result<(), ErrorData> {
+    use datafusion::sql::sqlparser::ast::{TableFactor, Visit, Visitor};
+    use std::ops::ControlFlow;
+    struct Refuse;
+    impl Visitor for Refuse {
+        type Break = String;
+        fn pre_visit_table_factor(&mut self, t: &TableFactor) -> ControlFlow<String> {
+            match t {
+                TableFactor::Table {
+                    name,
+                    args: Some(_),
+                    ..
+                } => ControlFlow::Break(name.to_string()),
+                TableFactor::Function { name, .. } => ControlFlow::Break(name.to_string()),
+                TableFactor::TableFunction { expr, .. } => ControlFlow::Break(expr.to_string()),
+                _ => ControlFlow::Continue(()),
+            }
+        }
+    }
+    match statement.visit(&mut Refuse) {
+        ControlFlow::Continue(()) => Ok(()),
+        ControlFlow::Break(f) => Err(invalid(
+            "sql",
+            format!(
+                "table functions are not available in query_sql (found {f}); read tables and views"
+            ),
+        )),
     }
 }
 
@@ -342,6 +377,10 @@ mod tests {
     fn only_one_read_only_query_passes() {
         assert!(check_read_only("SELECT 1").is_ok());
         assert!(check_read_only("WITH a AS (SELECT 1 AS x) SELECT x FROM a").is_ok());
+        assert!(
+            check_read_only("SELECT * FROM iot.telemetry t JOIN views.track_shipments s ON true")
+                .is_ok()
+        );
         for bad in [
             "",
             "SELECT 1; SELECT 2",
@@ -352,6 +391,10 @@ mod tests {
             "SET datafusion.execution.batch_size = 1",
             "DELETE FROM support.tickets",
             "EXPLAIN SELECT 1",
+            "SELECT * FROM generate_series(1, 10)",
+            "SELECT * FROM iot.telemetry t JOIN range(5) r ON true",
+            "WITH x AS (SELECT * FROM read_parquet('/etc/passwd')) SELECT * FROM x",
+            "SELECT * FROM (SELECT 1) a WHERE EXISTS (SELECT * FROM GENERATE_SERIES(1, 2))",
         ] {
             let e = check_read_only(bad).expect_err(bad);
             assert_eq!(e.code, rmcp::model::ErrorCode::INVALID_PARAMS, "{bad}");
