@@ -1,9 +1,13 @@
-//! `ops.audit`: one row per MCP tool call and action, appended to Delta in the background.
+//! `ops.audit`: one row per MCP tool call, action, resource read and subscription, appended to
+//! Delta in the background.
 //!
-//! Requests never wait on the audit log: a call's record goes into a bounded queue and a writer
-//! commits what has queued about once a second (and everything left on shutdown). If the queue
-//! is full, because storage is stalled, the record is counted in
-//! `millstream_audit_dropped_total` and logged instead of slowing the server down.
+//! Requests do not wait on the audit log: a call's record goes into a bounded queue and a writer
+//! commits what has queued about once a second (and everything left on shutdown). A failed
+//! commit keeps its rows for the next round. The log fails closed: when the backlog reaches its
+//! bound (storage stalled or failing), new calls are refused ([`Auditor::accepting`]) until it
+//! drains, rather than served unaudited. The one gap is a record queued by a call that began
+//! just as the backlog filled; it is counted in `millstream_audit_dropped_total` and logged.
+//! Records still queued when the process dies (at most about a second's) are lost.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +25,8 @@ use crate::model::tables;
 pub const TABLE: &str = "ops.audit";
 /// Arguments longer than this are truncated in the log.
 const MAX_ARGUMENTS: usize = 4096;
-const QUEUE: usize = 100_000;
+/// Records the log holds before it refuses calls (queued plus awaiting a commit).
+pub const BACKLOG: usize = 100_000;
 
 /// One audited call.
 #[derive(Debug, Clone)]
@@ -49,9 +54,17 @@ pub struct Auditor {
 }
 
 impl Auditor {
-    /// Starts the writer; it flushes every `every` and finishes when `stop` turns true.
-    pub fn start(lake: Lakehouse, every: Duration, mut stop: watch::Receiver<bool>) -> Auditor {
-        let (tx, mut rx) = mpsc::channel::<AuditRecord>(QUEUE);
+    /// Starts the writer; it flushes every `every` and finishes when `stop` turns true. At most
+    /// `backlog` records wait for storage before calls are refused.
+    pub fn start(
+        lake: Lakehouse,
+        every: Duration,
+        backlog: usize,
+        mut stop: watch::Receiver<bool>,
+    ) -> Auditor {
+        // Half waits in the queue, half in the writer's uncommitted rows.
+        let half = (backlog / 2).max(1);
+        let (tx, mut rx) = mpsc::channel::<AuditRecord>(half);
         let instance: Arc<str> =
             format!("{:x}-{}", Utc::now().timestamp_micros(), std::process::id()).into();
         let ids = instance.clone();
@@ -65,7 +78,11 @@ impl Auditor {
                     _ = tick.tick() => false,
                     _ = stop.wait_for(|s| *s) => true,
                 };
-                while let Ok(r) = rx.try_recv() {
+                // Taking no more than it can hold keeps the queue full while storage fails, so
+                // calls are refused instead of memory growing.
+                while pending.len() < half
+                    && let Ok(r) = rx.try_recv()
+                {
                     seq += 1;
                     pending.push((format!("{ids}-{seq}"), r));
                 }
@@ -88,6 +105,11 @@ impl Auditor {
             instance,
             dropped: Arc::default(),
         }
+    }
+
+    /// Whether the log can take another record. When it cannot, calls are refused.
+    pub fn accepting(&self) -> bool {
+        self.tx.capacity() > 0
     }
 
     /// Queues `record` (never waits).
@@ -157,4 +179,78 @@ async fn write(lake: &Lakehouse, rows: &[(String, AuditRecord)]) -> crate::Resul
     )
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(n: usize) -> AuditRecord {
+        AuditRecord {
+            ts: Utc::now(),
+            principal: "maria@emea".into(),
+            persona: "supply_chain_manager".into(),
+            kind: "tool",
+            name: format!("call-{n}"),
+            arguments: Some("x".repeat(MAX_ARGUMENTS + 10)),
+            outcome: "ok",
+            error: None,
+            duration: Duration::from_millis(1),
+        }
+    }
+
+    /// While storage fails, the log fills to its bound and then refuses calls instead of
+    /// dropping records or growing; when storage is back, every record it took is committed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_log_refuses_calls_then_commits_everything_it_took() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lakehouse::new(dir.path()).unwrap();
+        // A file where the table should be: every commit fails.
+        let blocked = lake.table_path(TABLE).unwrap();
+        std::fs::create_dir_all(blocked.parent().unwrap()).unwrap();
+        std::fs::write(&blocked, b"not a table").unwrap();
+        let (_stop_tx, stop) = watch::channel(false);
+        let auditor = Auditor::start(lake.clone(), Duration::from_millis(20), 10, stop);
+        let mut taken = 0;
+        while auditor.accepting() && taken < 1000 {
+            auditor.record(call(taken));
+            taken += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(
+            !auditor.accepting(),
+            "took {taken} records with storage failing"
+        );
+        assert!(
+            (5..=10).contains(&taken),
+            "took {taken} with a backlog of 10"
+        );
+        assert_eq!(auditor.dropped.load(Ordering::Relaxed), 0);
+
+        std::fs::remove_file(&blocked).unwrap();
+        let started = std::time::Instant::now();
+        loop {
+            let n = lake
+                .sql_i64("SELECT count(*) FROM ops.audit")
+                .await
+                .unwrap_or(0);
+            if n == taken as i64 && auditor.accepting() {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{n} of {taken} records committed after storage came back"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let longest = lake
+            .sql_i64("SELECT max(length(arguments)) FROM ops.audit")
+            .await
+            .unwrap();
+        assert_eq!(
+            longest as usize,
+            MAX_ARGUMENTS + 1,
+            "arguments are cut at 4 KB (plus …)"
+        );
+    }
 }

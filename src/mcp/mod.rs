@@ -63,6 +63,7 @@ pub async fn start(
     let auditor = crate::auth::audit::Auditor::start(
         lake.clone(),
         std::time::Duration::from_secs(1),
+        crate::auth::audit::BACKLOG,
         stop.clone(),
     );
     let catalog = LiveCatalog::start(

@@ -99,6 +99,21 @@ impl Millstream {
         });
     }
 
+    /// Refuses a call the audit log cannot take: it fails closed (see [`crate::auth::audit`]).
+    fn audit_ready(&self) -> Result<(), ErrorData> {
+        match &self.auditor {
+            Some(a) if !a.accepting() => {
+                metrics::counter!("millstream_audit_refused_total").increment(1);
+                Err(ErrorData::internal_error(
+                    "the audit log (ops.audit) is not keeping up, so calls are refused until it \
+                     does; the server log says why",
+                    None,
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// A persona's tools are the only ones listed or callable.
     fn router_for(access: &crate::auth::Access) -> ToolRouter<Self> {
         let mut router = Self::routers();
@@ -280,6 +295,7 @@ impl ServerHandler for Millstream {
     ) -> Result<rmcp::model::CallToolResponse, ErrorData> {
         let started = (chrono::Utc::now(), std::time::Instant::now());
         let me = self.for_caller(&context)?;
+        me.audit_ready()?;
         let name = request.name.to_string();
         let kind = if super::actions::ACTIONS.contains(&name.as_str()) {
             "action"
@@ -375,6 +391,7 @@ impl ServerHandler for Millstream {
     ) -> Result<rmcp::model::ReadResourceResponse, ErrorData> {
         let started = (chrono::Utc::now(), std::time::Instant::now());
         let me = self.for_caller(&context)?;
+        me.audit_ready()?;
         let uri = request.uri.to_string();
         let result = super::resources::read(&me, request, context).await;
         let outcome = resource_outcome(&me, &uri, result.as_ref().err());
@@ -389,6 +406,7 @@ impl ServerHandler for Millstream {
     ) -> Result<(), ErrorData> {
         let started = (chrono::Utc::now(), std::time::Instant::now());
         let me = self.for_caller(&context)?;
+        me.audit_ready()?;
         let uri = request.uri.to_string();
         let result = super::resources::subscribe(&me, request, context).await;
         let outcome = resource_outcome(&me, &uri, result.as_ref().err());
