@@ -508,7 +508,7 @@ async fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<()> {
     let server = crate::mcp::start(&config, lake.clone(), brokers.as_deref(), stop.clone())
         .await
         .context("starting the MCP server")?;
-    let mcp = crate::serve::Mcp::from_config(server, &config)?;
+    let mcp = crate::serve::Mcp::from_config(server.clone(), &config)?;
     let (addr, task) = crate::serve::spawn(&config.serve.addr, stop, Some(mcp))
         .await
         .context("binding serve.addr")?;
@@ -521,17 +521,24 @@ async fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<()> {
         None => println!("  actions   : disabled (no broker: pass --brokers or set kafka.brokers)"),
     }
     task.await?;
+    server.audit_flushed(AUDIT_FLUSH).await;
     Ok(())
 }
+
+/// How long a stopping server waits for its last audit records to be committed.
+pub(crate) const AUDIT_FLUSH: Duration = Duration::from_secs(10);
 
 async fn mcp_stdio(config: Config, args: McpArgs) -> anyhow::Result<()> {
     let brokers = optional_brokers(args.brokers, &config);
     let lake = Lakehouse::new(&config.lakehouse.root)?;
-    let (_stop_tx, stop) = watch::channel(false);
+    let (stop_tx, stop) = watch::channel(false);
     let server = crate::mcp::start(&config, lake, brokers.as_deref(), stop)
         .await
         .context("starting the MCP server")?;
-    crate::mcp::serve_stdio(server).await
+    let served = crate::mcp::serve_stdio(server.clone()).await;
+    let _ = stop_tx.send(true);
+    server.audit_flushed(AUDIT_FLUSH).await;
+    served
 }
 
 async fn broker(config: Config, args: BrokerArgs) -> anyhow::Result<()> {

@@ -60,6 +60,7 @@ pub async fn run(config: Config, args: UpArgs) -> anyhow::Result<()> {
     let mcp = crate::mcp::start(&config, lake.clone(), Some(&brokers), stop.clone())
         .await
         .context("starting the MCP server")?;
+    let audited = mcp.clone();
     let mcp = crate::serve::Mcp::from_config(mcp, &config)?;
     let (addr, server) = crate::serve::spawn(&config.serve.addr, stop.clone(), Some(mcp))
         .await
@@ -148,6 +149,7 @@ pub async fn run(config: Config, args: UpArgs) -> anyhow::Result<()> {
     deriver.await.context("deriver task")?;
     maintenance.abort();
     let _ = server.await;
+    audited.audit_flushed(crate::cli::AUDIT_FLUSH).await;
     drop(embedded);
 
     let live = simulated?;

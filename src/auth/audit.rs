@@ -51,6 +51,8 @@ pub struct Auditor {
     /// Distinguishes this process's ids from other servers'.
     instance: Arc<str>,
     dropped: Arc<AtomicU64>,
+    /// Turns true when the writer has committed its last records after the stop signal.
+    finished: watch::Receiver<bool>,
 }
 
 impl Auditor {
@@ -68,6 +70,7 @@ impl Auditor {
         let instance: Arc<str> =
             format!("{:x}-{}", Utc::now().timestamp_micros(), std::process::id()).into();
         let ids = instance.clone();
+        let (done, finished) = watch::channel(false);
         tokio::spawn(async move {
             let mut seq = 0u64;
             let mut pending: Vec<(String, AuditRecord)> = Vec::new();
@@ -96,6 +99,7 @@ impl Auditor {
                     }
                 }
                 if stopping {
+                    let _ = done.send(true);
                     return;
                 }
             }
@@ -104,7 +108,13 @@ impl Auditor {
             tx,
             instance,
             dropped: Arc::default(),
+            finished,
         }
+    }
+
+    /// Waits until the writer has committed what was queued when the stop signal came.
+    pub async fn finished(&self) {
+        let _ = self.finished.clone().wait_for(|done| *done).await;
     }
 
     /// Whether the log can take another record. When it cannot, calls are refused.

@@ -99,6 +99,19 @@ impl Millstream {
         });
     }
 
+    /// After the stop signal: waits (at most `budget`) for the audit log to commit its last
+    /// records, so a process that exits next loses none of them.
+    pub async fn audit_flushed(&self, budget: Duration) {
+        if let Some(a) = &self.auditor
+            && tokio::time::timeout(budget, a.finished()).await.is_err()
+        {
+            tracing::warn!(
+                ?budget,
+                "ops.audit: the last records were not committed in time"
+            );
+        }
+    }
+
     /// Refuses a call the audit log cannot take: it fails closed (see [`crate::auth::audit`]).
     fn audit_ready(&self) -> Result<(), ErrorData> {
         match &self.auditor {

@@ -1,7 +1,8 @@
 //! The MCP server against real clients: the official Python SDK over streamable HTTP calls every
 //! tool on live tables (the pipeline and the signal pipelines running), checks errors, reads
 //! resources and prompts, and places actions that the pipeline must materialize exactly once;
-//! then the same SDK drives `millstream mcp --stdio`. See `tests/py/mcp_client.py`.
+//! then the same SDK drives `millstream mcp --stdio`, as the default principal and as one named
+//! in the environment. See `tests/py/mcp_client.py`.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -136,6 +137,40 @@ async fn python_sdk_calls_every_tool_and_actions_materialize_exactly_once() {
     .await
     .unwrap();
     assert_eq!(report["tools"], 20, "{report}");
+
+    // stdio runs as the principal its config or environment names: maria's tools and rows.
+    let root = env.lake.root().display().to_string();
+    let report = tokio::task::spawn_blocking(move || {
+        run_client(&[
+            "stdio-as",
+            "maria@emea",
+            bin,
+            "--lakehouse",
+            &root,
+            "mcp",
+            "--stdio",
+        ])
+    })
+    .await
+    .unwrap();
+    let tools: Vec<&str> = report["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t.as_str())
+        .collect();
+    assert!(
+        tools.contains(&"create_order") && !tools.contains(&"lookup_customer_info"),
+        "{report}"
+    );
+    assert_eq!(report["warehouses"], serde_json::json!(["WH-01", "WH-02"]));
+    // The stdio process committed its audit records before it exited.
+    let audited = support::rows(
+        &env.lake,
+        "SELECT DISTINCT kind, name, outcome FROM ops.audit WHERE principal = 'maria@emea'",
+    )
+    .await;
+    assert_eq!(audited, vec!["tool|query_sql|ok".to_string()]);
 
     stop_tx.send(true).unwrap();
     pipeline.await.unwrap().unwrap();

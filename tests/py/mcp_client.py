@@ -3,6 +3,9 @@
 Usage:
     mcp_client.py http URL      every tool, errors, actions, resources, prompts (full check)
     mcp_client.py stdio CMD...  spawn CMD as a stdio server; tools listed and two tools called
+    mcp_client.py stdio-as PRINCIPAL CMD...
+                                spawn CMD with MILLSTREAM__SERVE__PRINCIPAL=PRINCIPAL; report
+                                its tools and the warehouses query_sql shows it
 
 Prints one JSON report on success; exits 1 with the reason on the first failed check. The SDK
 validates every structured result against the tool's output schema (after list_tools).
@@ -10,6 +13,7 @@ validates every structured result against the tool's output schema (after list_t
 
 import asyncio
 import json
+import os
 import sys
 import time
 import uuid
@@ -362,6 +366,24 @@ async def stdio(cmd):
             return {"tools": len(tools), "transport": "stdio"}
 
 
+async def stdio_as(principal, cmd):
+    """stdio takes its identity from the environment: the tools and rows it is given."""
+    from mcp.client.stdio import StdioServerParameters, stdio_client
+
+    env = {**os.environ, "MILLSTREAM__SERVE__PRINCIPAL": principal}
+    params = StdioServerParameters(command=cmd[0], args=cmd[1:], env=env)
+    async with stdio_client(params) as (read, write):
+        async with ClientSession(read, write) as session:
+            await session.initialize()
+            tools = sorted(t.name for t in (await session.list_tools()).tools)
+            r = await session.call_tool(
+                "query_sql", {"sql": "SELECT DISTINCT warehouse_id FROM supply_chain.inventory"}
+            )
+            check(not r.is_error, f"stdio-as {principal}: query_sql failed: {r.content}")
+            rows = r.structured_content["rows"]
+            return {"tools": tools, "warehouses": sorted(row["warehouse_id"] for row in rows)}
+
+
 async def main():
     mode = sys.argv[1]
     if mode == "http":
@@ -373,6 +395,8 @@ async def main():
                 return await full(session)
     if mode == "stdio":
         return await stdio(sys.argv[2:])
+    if mode == "stdio-as":
+        return await stdio_as(sys.argv[2], sys.argv[3:])
     raise SystemExit(f"unknown mode {mode}")
 
 
