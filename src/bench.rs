@@ -293,32 +293,50 @@ const SIGNAL_TOOLS: [&str; 9] = [
     "sensor_stats",
 ];
 
-fn tool_calls(part: &str, customer: &str, machine: &str) -> Vec<(&'static str, serde_json::Value)> {
-    vec![
-        ("get_inventory_status", json!({ "part_id": part })),
-        ("predict_shortage", json!({ "part_id": part })),
+/// The calls a bench client cycles through; those needing an id the caller has no row for are
+/// left out.
+fn tool_calls(
+    part: Option<String>,
+    customer: Option<String>,
+    machine: Option<String>,
+) -> Vec<(&'static str, serde_json::Value)> {
+    let mut calls = vec![
         ("list_shortage_risks", json!({ "limit": 20 })),
-        ("lookup_customer_info", json!({ "customer_id": customer })),
-        ("predict_churn", json!({ "customer_id": customer })),
         ("list_churn_risks", json!({ "limit": 20 })),
         ("list_anomalies", json!({ "hours": 1, "limit": 20 })),
         ("maintenance_alerts", json!({ "limit": 20 })),
-        (
-            "sensor_stats",
-            json!({ "machine_id": machine, "minutes": 60 }),
-        ),
         ("track_shipments", json!({ "open_only": true, "limit": 20 })),
-        (
-            "query_sensor_data",
-            json!({ "machine_id": machine, "minutes": 10, "limit": 50 }),
-        ),
         ("sales_kpis", json!({ "days": 30, "group_by": "region" })),
         ("search_tickets", json!({ "text": "delivery", "limit": 20 })),
-        (
+    ];
+    if let Some(part) = part {
+        calls.push(("get_inventory_status", json!({ "part_id": part })));
+        calls.push(("predict_shortage", json!({ "part_id": part })));
+        calls.push((
             "query_sql",
             json!({ "sql": "SELECT risk_level, count(*) AS n FROM supply_chain.shortage_signals GROUP BY risk_level" }),
-        ),
-    ]
+        ));
+    } else {
+        calls.push((
+            "query_sql",
+            json!({ "sql": "SELECT risk_level, count(*) AS n FROM sales.churn_signals GROUP BY risk_level" }),
+        ));
+    }
+    if let Some(customer) = customer {
+        calls.push(("lookup_customer_info", json!({ "customer_id": customer })));
+        calls.push(("predict_churn", json!({ "customer_id": customer })));
+    }
+    if let Some(machine) = machine {
+        calls.push((
+            "sensor_stats",
+            json!({ "machine_id": machine, "minutes": 60 }),
+        ));
+        calls.push((
+            "query_sensor_data",
+            json!({ "machine_id": machine, "minutes": 10, "limit": 50 }),
+        ));
+    }
+    calls
 }
 
 fn percentiles(mut v: Vec<f64>) -> serde_json::Value {
@@ -412,6 +430,7 @@ pub async fn mcp(config: Config, clients: usize, seconds: u64, rate: f64) -> any
 
     let server = crate::mcp::start(&config, lake.clone(), Some(&brokers), stop.clone()).await?;
     let catalog = server.catalog.clone();
+    let caller = server.clone();
     let mcp = crate::serve::Mcp::from_config(server, &config)?;
     let (addr, http) = crate::serve::spawn("127.0.0.1:0", stop.clone(), Some(mcp)).await?;
     let url = format!("http://{addr}/mcp");
@@ -452,27 +471,38 @@ pub async fn mcp(config: Config, clients: usize, seconds: u64, rate: f64) -> any
     };
 
     // Ids to ask about.
+    // Ids the principal can see (a persona without the table gets none, and no calls need it).
+    let session = caller.session().await?;
     let first = |sql: &'static str| {
-        let lake = lake.clone();
+        let ctx = session.ctx.clone();
         async move {
-            let b = lake.sql(sql).await?;
-            let col = b
-                .iter()
-                .find(|b| b.num_rows() > 0)
-                .map(|b| b.column(0).clone());
-            let col = col.ok_or_else(|| anyhow::anyhow!("no rows: {sql}"))?;
-            Ok::<String, anyhow::Error>(arrow::util::display::array_value_to_string(&col, 0)?)
+            let b = ctx.sql(sql).await.ok()?.collect().await.ok()?;
+            let col = b.iter().find(|b| b.num_rows() > 0)?.column(0).clone();
+            arrow::util::display::array_value_to_string(&col, 0).ok()
         }
     };
-    let part = first("SELECT part_id FROM supply_chain.shortage_signals ORDER BY days_of_cover NULLS LAST LIMIT 1").await?;
+    let part = first("SELECT part_id FROM supply_chain.shortage_signals ORDER BY days_of_cover NULLS LAST LIMIT 1").await;
     let customer = first(
         "SELECT customer_id FROM sales.churn_signals ORDER BY churn_probability DESC LIMIT 1",
     )
-    .await?;
-    let machine = first("SELECT machine_id FROM iot.telemetry LIMIT 1").await?;
-    let calls = Arc::new(tool_calls(&part, &customer, &machine));
+    .await;
+    let machine = first("SELECT machine_id FROM iot.telemetry LIMIT 1").await;
+    let calls: Vec<_> = tool_calls(part, customer, machine)
+        .into_iter()
+        .filter(|(tool, _)| caller.access.may_call(tool))
+        .collect();
+    anyhow::ensure!(
+        !calls.is_empty(),
+        "principal {} may call none of the benchmarked tools",
+        caller.principal()
+    );
+    let calls = Arc::new(calls);
 
-    eprintln!("bench mcp: {clients} clients × {rate}/s for {seconds} s against {url}");
+    eprintln!(
+        "bench mcp: {clients} clients × {rate}/s for {seconds} s against {url}, as {} ({} tools)",
+        caller.principal(),
+        calls.len()
+    );
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
     for c in 0..clients {
@@ -547,6 +577,7 @@ pub async fn mcp(config: Config, clients: usize, seconds: u64, rate: f64) -> any
             "bench": "mcp",
             "clients": clients,
             "rate_per_client": rate,
+            "principal": caller.principal(),
             "seconds": seconds,
             "calls": total,
             "errors": errors,

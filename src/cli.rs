@@ -235,6 +235,10 @@ pub enum BenchCommand {
         /// Calls per second per client (Poisson arrivals; 0 = back to back).
         #[arg(long, default_value_t = 1.0)]
         rate: f64,
+        /// Call as this principal of the policies (its persona's tools, its tenant's rows);
+        /// default `serve.principal`.
+        #[arg(long = "as", value_name = "PRINCIPAL")]
+        principal: Option<String>,
     },
 }
 
@@ -311,7 +315,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 clients,
                 seconds,
                 rate,
+                principal,
             } => {
+                if let Some(p) = principal {
+                    config.serve.principal = p;
+                }
                 anyhow::ensure!(
                     (1..=10_000).contains(&clients),
                     "--clients must be in 1..=10000"
