@@ -120,20 +120,9 @@ async fn only_valid_tokens_get_in_and_each_caller_gets_its_own_view() {
         .await
         .unwrap();
     let (_stop_tx, stop) = watch::channel(false);
-    let server = millstream::mcp::start(
-        &env.config,
-        env.lake.clone(),
-        Some(&env.brokers()),
-        stop.clone(),
-    )
-    .await
-    .unwrap();
-    let mcp = millstream::serve::Mcp::from_config(server, &env.config).unwrap();
-    let (addr, _http) = millstream::serve::spawn("127.0.0.1:0", stop, Some(mcp))
-        .await
-        .unwrap();
-    let url = format!("http://{addr}/mcp");
-    let metadata_url = format!("http://{addr}/.well-known/oauth-protected-resource");
+    let (base, _http) = env.serve_mcp(stop).await;
+    let url = format!("{base}/mcp");
+    let metadata_url = format!("{base}/.well-known/oauth-protected-resource");
 
     let metadata: Value = reqwest::get(&metadata_url)
         .await

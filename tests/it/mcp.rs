@@ -108,19 +108,8 @@ async fn python_sdk_calls_every_tool_and_actions_materialize_exactly_once() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
-    let server = millstream::mcp::start(
-        &env.config,
-        env.lake.clone(),
-        Some(&env.brokers()),
-        stop.clone(),
-    )
-    .await
-    .unwrap();
-    let mcp = millstream::serve::Mcp::from_config(server, &env.config).unwrap();
-    let (addr, http) = millstream::serve::spawn("127.0.0.1:0", stop.clone(), Some(mcp))
-        .await
-        .unwrap();
-    let url = format!("http://{addr}/mcp");
+    let (base, http) = env.serve_mcp(stop.clone()).await;
+    let url = format!("{base}/mcp");
     let report = tokio::task::spawn_blocking(move || run_client(&["http", &url]))
         .await
         .unwrap();

@@ -117,6 +117,27 @@ impl Env {
         (catalog, stop_tx)
     }
 
+    /// The MCP server over this lakehouse (actions to this broker), at `/mcp` on a free port,
+    /// as `self.config` sets it up (auth included); runs until `stop`.
+    pub async fn serve_mcp(
+        &self,
+        stop: watch::Receiver<bool>,
+    ) -> (String, tokio::task::JoinHandle<()>) {
+        let server = millstream::mcp::start(
+            &self.config,
+            self.lake.clone(),
+            Some(&self.brokers()),
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+        let mcp = millstream::serve::Mcp::from_config(server, &self.config).unwrap();
+        let (addr, http) = millstream::serve::spawn("127.0.0.1:0", stop, Some(mcp))
+            .await
+            .unwrap();
+        (format!("http://{addr}"), http)
+    }
+
     /// Runs the pipeline in-process until it has handled `records` source records.
     pub async fn run_until(&self, opts: &PipelineOptions, records: u64) -> RunStats {
         let mut opts = opts.clone();
