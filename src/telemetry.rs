@@ -166,7 +166,8 @@ pub mod events {
         pub version: i64,
         /// Time to load it (log replay, statistics, in-memory copy).
         pub load: Duration,
-        /// From its commit timestamp to now, when known.
+        /// From its commit timestamp to now, for a version committed while the catalog was
+        /// following the table (a table's first load at start has none).
         pub since_commit: Option<Duration>,
     }
 

@@ -243,8 +243,11 @@ impl LiveCatalog {
                                 table: name,
                                 version: l.version,
                                 load: started.elapsed(),
+                                // A table just opened (at start) was committed before
+                                // anyone followed it: its age is not a visibility delay.
                                 since_commit: l
                                     .committed_at
+                                    .filter(|_| !is_new)
                                     .and_then(|c| (Utc::now() - c).to_std().ok()),
                             }
                             .emit();
