@@ -10,7 +10,6 @@
 //! `insufficient_scope` when the token lacks `auth.scope`. With `auth.mode = "none"` (the local
 //! default) every caller is `serve.principal`.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,7 +45,9 @@ pub struct Authenticator {
 }
 
 struct Inner {
-    dev_tokens: BTreeMap<String, String>,
+    /// Dev tokens by their SHA-256, with their principals. Every one is compared, in constant
+    /// time, so how long a wrong token takes to refuse says nothing about the right ones.
+    dev_tokens: Vec<([u8; 32], String)>,
     issuer: String,
     audience: String,
     scope: String,
@@ -93,14 +94,24 @@ impl Authenticator {
         if auth.mode == "none" {
             return Ok(None);
         }
-        let mut dev_tokens = BTreeMap::new();
+        let mut dev_tokens: Vec<([u8; 32], String)> = Vec::new();
         for (principal, token) in &auth.dev_tokens {
-            if !policies.knows(principal) {
-                return Err(Error::Config(vec![format!(
-                    "auth.dev_tokens: no principal {principal:?} in the policies"
-                )]));
+            let problem = if !policies.knows(principal) {
+                Some(format!("no principal {principal:?} in the policies"))
+            } else if token.expose().trim().is_empty() {
+                Some(format!("the token of {principal:?} is empty"))
+            } else {
+                let d = digest(token.expose());
+                if let Some((_, other)) = dev_tokens.iter().find(|(seen, _)| *seen == d) {
+                    Some(format!("{other:?} and {principal:?} have the same token"))
+                } else {
+                    dev_tokens.push((d, principal.clone()));
+                    None
+                }
+            };
+            if let Some(p) = problem {
+                return Err(Error::Config(vec![format!("auth.dev_tokens: {p}")]));
             }
-            dev_tokens.insert(token.expose().to_string(), principal.clone());
         }
         let jwks_url = if !auth.jwks_url.is_empty() {
             auth.jwks_url.clone()
@@ -156,7 +167,14 @@ impl Authenticator {
                 }
             },
         };
-        if let Some(principal) = self.inner.dev_tokens.get(token) {
+        let presented = digest(token);
+        let mut dev = None;
+        for (d, principal) in &self.inner.dev_tokens {
+            if aws_lc_rs::constant_time::verify_slices_are_equal(d, &presented).is_ok() {
+                dev = Some(principal);
+            }
+        }
+        if let Some(principal) = dev {
             return Ok(Caller {
                 principal: principal.clone(),
             });
@@ -269,5 +287,62 @@ impl Authenticator {
             .error_for_status()
             .map_err(|e| e.to_string())?;
         resp.json::<JwkSet>().await.map_err(|e| e.to_string())
+    }
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn bearer(tokens: &[(&str, &str)]) -> Result<Option<Authenticator>> {
+        let mut auth = crate::config::Config::load_from(None, vec![]).unwrap().auth;
+        auth.mode = "bearer".into();
+        auth.dev_tokens = tokens
+            .iter()
+            .map(|(p, t)| (p.to_string(), Secret::new(*t)))
+            .collect();
+        Authenticator::new(&auth, Arc::new(crate::auth::Policies::load("").unwrap()))
+    }
+
+    /// Dev tokens name their principal, and only the exact token does; a config that would make
+    /// one token two principals, an empty token, or a token for nobody is refused at start.
+    #[tokio::test]
+    async fn dev_tokens_are_exact_distinct_and_for_known_principals() {
+        let a = bearer(&[("maria@emea", "tok-maria"), ("alice@emea", "tok-alice")])
+            .unwrap()
+            .unwrap();
+        let who = |t: &'static str| {
+            let a = a.clone();
+            async move {
+                a.authenticate(Some(&format!("Bearer {t}")))
+                    .await
+                    .map(|c| c.principal)
+                    .ok()
+            }
+        };
+        assert_eq!(who("tok-maria").await.as_deref(), Some("maria@emea"));
+        assert_eq!(who("tok-alice").await.as_deref(), Some("alice@emea"));
+        for wrong in ["tok-mari", "tok-mariaa", "TOK-MARIA", "tok-alice tok-maria"] {
+            assert_eq!(who(wrong).await, None, "{wrong}");
+        }
+        for (bad, want) in [
+            (
+                vec![("maria@emea", "same"), ("alice@emea", "same")],
+                "the same token",
+            ),
+            (vec![("maria@emea", " ")], "is empty"),
+            (vec![("mallory@nowhere", "x")], "no principal"),
+        ] {
+            let e = bearer(&bad).err().expect("refused").to_string();
+            assert!(e.contains(want), "{bad:?}: {e}");
+        }
     }
 }
