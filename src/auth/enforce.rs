@@ -61,6 +61,16 @@ pub fn restrict(
                 None => lit(false),
             },
         };
+        let predicate = if access.null_passes(name) {
+            Expr::Column(datafusion::common::Column::new(
+                Some(reference.clone()),
+                &column,
+            ))
+            .is_null()
+            .or(predicate)
+        } else {
+            predicate
+        };
         plan = plan.filter(predicate)?;
     }
     let columns = schema

@@ -24,6 +24,9 @@ pub struct Policies {
     personas: BTreeMap<String, Persona>,
     #[serde(default)]
     row_filters: BTreeMap<String, RowFilter>,
+    /// Tables where a filtered column that is NULL does not restrict the row.
+    #[serde(default)]
+    null_passes: BTreeSet<String>,
     #[serde(default)]
     masks: Vec<Mask>,
     #[serde(default)]
@@ -46,6 +49,8 @@ pub enum RowFilter {
     Attribute { attribute: String },
     /// The value must appear in this table's column of the same name, as the caller sees it.
     VisibleIn { visible_in: String },
+    /// The value names a table (`schema.table`) the caller may read.
+    Readable { readable: bool },
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -85,6 +90,7 @@ pub struct Access {
     read: BTreeSet<String>,
     attributes: BTreeMap<String, Vec<String>>,
     row_filters: BTreeMap<String, RowFilter>,
+    null_passes: BTreeSet<String>,
     masks: BTreeMap<(String, String), MaskKind>,
 }
 
@@ -152,6 +158,11 @@ impl Policies {
             if !tables::catalog().iter().any(|t| t.column(column).is_some()) {
                 out.push(format!("row_filters.{column}: no table has this column"));
             }
+            if *filter == (RowFilter::Readable { readable: false }) {
+                out.push(format!(
+                    "row_filters.{column}: `readable = false` filters nothing; leave the filter out"
+                ));
+            }
             if let RowFilter::VisibleIn { visible_in } = filter {
                 match tables::get(visible_in) {
                     Ok(def) if def.column(column).is_some() => {
@@ -170,6 +181,11 @@ impl Policies {
                         "row_filters.{column}: visible_in {visible_in:?} is not a table with column {column}"
                     )),
                 }
+            }
+        }
+        for t in &self.null_passes {
+            if tables::get(t).is_err() {
+                out.push(format!("null_passes: unknown table {t:?}"));
             }
         }
         for m in &self.masks {
@@ -242,6 +258,7 @@ impl Policies {
             read: persona.read.iter().cloned().collect(),
             attributes,
             row_filters: self.row_filters.clone(),
+            null_passes: self.null_passes.clone(),
             masks,
         })
     }
@@ -292,10 +309,29 @@ impl Access {
                     continue;
                 }
                 RowFilter::VisibleIn { visible_in } => ColumnFilter::VisibleIn(visible_in.clone()),
+                RowFilter::Readable { .. } if self.read.contains(ALL) => continue,
+                RowFilter::Readable { .. } => {
+                    let readable: Vec<String> = tables::catalog()
+                        .iter()
+                        .filter(|t| self.may_read(&t.name))
+                        .map(|t| t.name.clone())
+                        .collect();
+                    if readable.is_empty() {
+                        ColumnFilter::Nothing
+                    } else {
+                        ColumnFilter::In(readable)
+                    }
+                }
             };
             out.push((column.clone(), resolved));
         }
         Ok(out)
+    }
+
+    /// Whether a NULL in one of `table`'s filtered columns leaves the row to its other filters
+    /// (`null_passes`: tables whose rows each carry only the tenant columns that apply to them).
+    pub fn null_passes(&self, table: &str) -> bool {
+        self.null_passes.contains(table)
     }
 
     /// The masks on `table`'s columns.

@@ -73,16 +73,27 @@ impl Lakehouse {
         })
     }
 
-    /// Creates the table from its definition if it does not exist, then opens it. Safe to call
-    /// from several processes at once.
+    /// Creates the table from its definition if it does not exist, then opens it; an existing
+    /// table gets the nullable columns its definition has gained ([`Self::evolve`]). Safe to
+    /// call from several processes at once.
     pub async fn ensure(&self, name: &str) -> Result<DeltaTable> {
         let def = tables::get(name)?;
         let url = self.table_url(def)?;
         // Probe for the log first: opening a missing table makes the kernel log an error.
         if self.exists(name).await? {
-            return deltalake::open_table(url)
+            let table = deltalake::open_table(url.clone())
                 .await
-                .map_err(|e| Error::delta(name, e));
+                .map_err(|e| Error::delta(name, e))?;
+            return match evolve(def, table).await {
+                Ok(t) => Ok(t),
+                // Another process may have added them first: look again.
+                Err(_) => {
+                    let table = deltalake::open_table(url)
+                        .await
+                        .map_err(|e| Error::delta(name, e))?;
+                    evolve(def, table).await
+                }
+            };
         }
         // Parquet min/max stats of binary columns (raw dead-letter payloads) are useless and
         // make the writer warn on every file: collect stats only for the other columns.
@@ -121,7 +132,7 @@ impl Lakehouse {
         }
     }
 
-    /// Creates every table in the catalog that does not exist yet.
+    /// Creates every table in the catalog that does not exist yet (and evolves those that do).
     pub async fn ensure_all(&self) -> Result<Vec<DeltaTable>> {
         let mut out = Vec::new();
         for def in tables::catalog() {
@@ -129,4 +140,41 @@ impl Lakehouse {
         }
         Ok(out)
     }
+}
+
+/// Adds to `table` the columns its definition has and it lacks. Only nullable columns can be
+/// added: the rows already written read them as NULL. A missing non-nullable column is an
+/// error naming it, since no value could be given to the old rows.
+async fn evolve(def: &TableDef, table: DeltaTable) -> Result<DeltaTable> {
+    let schema = table
+        .snapshot()
+        .map_err(|e| Error::delta(&def.name, e))?
+        .schema();
+    let missing: Vec<&tables::ColumnDef> = def
+        .columns
+        .iter()
+        .filter(|c| schema.field(&c.name).is_none())
+        .collect();
+    if missing.is_empty() {
+        return Ok(table);
+    }
+    if let Some(c) = missing.iter().find(|c| !c.nullable) {
+        return Err(Error::Invalid(format!(
+            "table {} lacks the non-nullable column {} of its definition; existing rows have no \
+             value for it: migrate the table, or make the column nullable",
+            def.name, c.name
+        )));
+    }
+    let names: Vec<&str> = missing.iter().map(|c| c.name.as_str()).collect();
+    tracing::info!(table = %def.name, columns = ?names, "adding columns from the table definition");
+    table
+        .add_columns()
+        .with_fields(
+            missing
+                .iter()
+                .map(|c| deltalake::kernel::StructField::new(c.name.clone(), c.ty.delta(), true))
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .map_err(|e| Error::delta(&def.name, e))
 }

@@ -43,8 +43,8 @@ pub const FEEDS: [Feed; 4] = [
         name: "active-alerts",
         description: "HIGH and CRITICAL alerts of the last 24 event-time hours (ops.alerts), newest first",
         table: "ops.alerts",
-        sql: "SELECT alert_id, source, signal_key, severity, title, detail, signal_ts \
-              FROM ops.alerts \
+        sql: "SELECT alert_id, source, signal_key, severity, title, detail, signal_ts, \
+              warehouse_id, plant_id, region, customer_id, account_manager FROM ops.alerts \
               WHERE signal_ts > (SELECT max(signal_ts) FROM ops.alerts) - INTERVAL '24 hours' \
               ORDER BY signal_ts DESC, alert_id LIMIT 500",
     },

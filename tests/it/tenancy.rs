@@ -70,6 +70,33 @@ async fn no_tool_or_sql_reaches_another_tenants_rows() {
         .round()
         .await
         .unwrap();
+    // Alerts of every kind for both tenants: the simulated data may raise none of some kinds.
+    let alerts = [
+        ("supply_chain.shortage_signals", "P-1@WH-01", r#""warehouse_id": "WH-01", "region": "EMEA-North""#),
+        ("supply_chain.shortage_signals", "P-1@WH-03", r#""warehouse_id": "WH-03", "region": "AMER-East""#),
+        ("iot.maintenance_alerts", "M-001", r#""plant_id": "PLANT-1""#),
+        ("iot.maintenance_alerts", "M-009", r#""plant_id": "PLANT-2""#),
+    ]
+    .map(|(source, key, tenant)| {
+        format!(
+            r#"{{"alert_id": "{source}:{key}", "source": "{source}", "signal_key": "{key}", "severity": "CRITICAL", "title": "t", "detail": "d", "signal_ts": "2026-11-08T00:00:00Z", "alert_date": "2026-11-08", {tenant}}}"#
+        )
+    })
+    .join("\n");
+    let def = millstream::model::tables::get("ops.alerts").unwrap();
+    let batch = arrow::json::ReaderBuilder::new(def.arrow_schema())
+        .build(std::io::Cursor::new(alerts))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    env.lake
+        .ensure("ops.alerts")
+        .await
+        .unwrap()
+        .write(vec![batch])
+        .await
+        .unwrap();
     let (catalog, _stop) = env.live_catalog(50, 100_000).await;
     let policies = std::sync::Arc::new(Policies::load("").unwrap());
     let actions = std::sync::Arc::new(
@@ -431,6 +458,7 @@ async fn tools_keep_to_the_callers_tenant(
         assert_eq!(
             resource_uris(&c).await,
             set(&[
+                "millstream://alerts/active",
                 "millstream://signals/maintenance",
                 "millstream://signals/shortages"
             ])
@@ -440,7 +468,18 @@ async fn tools_keep_to_the_callers_tenant(
             .unwrap();
         let seen = field_values(&shortages, "items", "warehouse_id");
         assert!(seen.is_subset(&warehouses), "{who}: {seen:?}");
-        for uri in ["millstream://signals/churn", "millstream://alerts/active"] {
+        // Alerts: the caller's warehouses' and plants' only, no customer's.
+        let alerts = read_resource(&c, "millstream://alerts/active")
+            .await
+            .unwrap();
+        let seen = field_values(&alerts, "items", "warehouse_id");
+        assert!(
+            !seen.is_empty() && seen.is_subset(&warehouses),
+            "{who}: {seen:?}"
+        );
+        assert!(field_values(&alerts, "items", "plant_id").is_subset(&plants));
+        assert!(field_values(&alerts, "items", "customer_id").is_empty());
+        for uri in ["millstream://signals/churn"] {
             let e = read_resource(&c, uri).await.unwrap_err();
             assert!(e.contains("not available to persona"), "{who}: {uri}: {e}");
             let e = subscribe(&c, uri).await.unwrap_err();
@@ -583,12 +622,25 @@ async fn tools_keep_to_the_callers_tenant(
         assert!(e.contains("not available to persona"), "{who}: {e}");
         assert_eq!(
             resource_uris(&c).await,
-            set(&["millstream://signals/churn"])
+            set(&["millstream://alerts/active", "millstream://signals/churn"])
         );
         let churn = read_resource(&c, "millstream://signals/churn")
             .await
             .unwrap();
         assert!(field_values(&churn, "items", "account_manager").is_subset(&set(&[rep])));
+        // Alerts: churn alerts of the rep's own customers only, nothing of warehouses or plants.
+        let alerts = read_resource(&c, "millstream://alerts/active")
+            .await
+            .unwrap();
+        assert!(field_values(&alerts, "items", "account_manager").is_subset(&set(&[rep])));
+        let alerted = field_values(&alerts, "items", "customer_id");
+        assert!(
+            !alerted.is_empty() && alerted.is_subset(&mine),
+            "{who}: {alerted:?}"
+        );
+        assert!(field_values(&alerts, "items", "region").is_subset(&regions));
+        assert!(field_values(&alerts, "items", "warehouse_id").is_empty());
+        assert!(field_values(&alerts, "items", "plant_id").is_empty());
         let _ = c.cancel().await;
     }
 
