@@ -81,12 +81,7 @@ async fn older_alerts_table(lake: &millstream::lakehouse::Lakehouse, keep: impl 
             .collect::<Vec<_>>(),
     ));
     let row = r#"{"alert_id": "old", "source": "supply_chain.shortage_signals", "signal_key": "P-1@WH-01", "severity": "HIGH", "title": "t", "detail": "d", "signal_ts": "2026-11-08T00:00:00Z", "alert_date": "2026-11-08"}"#;
-    let batch = arrow::json::ReaderBuilder::new(schema)
-        .build(std::io::Cursor::new(row))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap();
+    let batch = crate::support::json_batch(schema, row);
     table.write(vec![batch]).await.unwrap();
 }
 
@@ -113,12 +108,7 @@ async fn an_older_table_gains_the_nullable_columns_its_definition_added() {
     }
     // Old rows read the new columns as NULL; new rows carry them.
     let row = r#"{"alert_id": "new", "source": "supply_chain.shortage_signals", "signal_key": "P-1@WH-02", "severity": "HIGH", "title": "t", "detail": "d", "signal_ts": "2026-11-08T00:00:00Z", "alert_date": "2026-11-08", "warehouse_id": "WH-02"}"#;
-    let batch = arrow::json::ReaderBuilder::new(tables::get("ops.alerts").unwrap().arrow_schema())
-        .build(std::io::Cursor::new(row))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap();
+    let batch = crate::support::json_batch(tables::get("ops.alerts").unwrap().arrow_schema(), row);
     table.write(vec![batch]).await.unwrap();
     assert_eq!(
         crate::support::rows(

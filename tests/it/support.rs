@@ -184,6 +184,16 @@ pub fn events_with_faults(
     (0..n).map(|_| g.next_event()).collect()
 }
 
+/// One record batch of `schema` from JSON lines (missing nullable fields are NULL).
+pub fn json_batch(schema: arrow::datatypes::SchemaRef, lines: &str) -> arrow::array::RecordBatch {
+    arrow::json::ReaderBuilder::new(schema)
+        .build(std::io::Cursor::new(lines.to_string()))
+        .unwrap()
+        .next()
+        .expect("at least one line")
+        .unwrap()
+}
+
 /// The rows `sql` returns, each as its values joined by `|`, sorted: for comparing runs.
 pub async fn rows(lake: &Lakehouse, sql: &str) -> Vec<String> {
     batch_rows(&lake.sql(sql).await.unwrap())

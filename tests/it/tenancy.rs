@@ -84,12 +84,7 @@ async fn no_tool_or_sql_reaches_another_tenants_rows() {
     })
     .join("\n");
     let def = millstream::model::tables::get("ops.alerts").unwrap();
-    let batch = arrow::json::ReaderBuilder::new(def.arrow_schema())
-        .build(std::io::Cursor::new(alerts))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap();
+    let batch = support::json_batch(def.arrow_schema(), &alerts);
     env.lake
         .ensure("ops.alerts")
         .await
