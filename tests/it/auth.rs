@@ -4,7 +4,7 @@
 //! protected-resource metadata; a token without the scope, or for a principal the policies do
 //! not know, gets 403 `insufficient_scope`. Valid callers get their persona's tools and only
 //! their tenant's rows, and an order placed with a token records the token's subject as
-//! `on_behalf_of`.
+//! `on_behalf_of`. The official Python SDK connects with a JWT and is refused with a wrong one.
 
 use std::time::Duration;
 
@@ -315,6 +315,22 @@ async fn only_valid_tokens_get_in_and_each_caller_gets_its_own_view() {
         }
         let _ = client.cancel().await;
     }
+
+    // The official Python SDK, as a client of an authenticated server: maria's JWT gets her
+    // tools and rows; a wrong token does not get in.
+    let token = issuer.token("maria@emea");
+    let report = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || support::mcp_client(&["bearer", &url, &token])
+    })
+    .await
+    .unwrap();
+    assert_eq!(report["warehouses"], json!(["WH-01", "WH-02"]), "{report}");
+    let tools = report["tools"].as_array().unwrap();
+    assert!(
+        tools.contains(&json!("create_order")) && !tools.contains(&json!("lookup_customer_info"))
+    );
+    assert_eq!(report["wrong_token_statuses"], json!([401]), "{report}");
 
     // The order event on Kafka carries maria's principal into the action log.
     env.run_until(&env.options("auth", "auth"), 1).await;

@@ -4,34 +4,12 @@
 //! then the same SDK drives `millstream mcp --stdio`, as the default principal and as one named
 //! in the environment. See `tests/py/mcp_client.py`.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use millstream::pipeline::definition::Definitions;
 use tokio::sync::watch;
 
 use crate::support::{self, Env};
-
-fn python() -> String {
-    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-fn run_client(args: &[&str]) -> serde_json::Value {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/mcp_client.py");
-    let out = Command::new(python())
-        .arg(&script)
-        .args(args)
-        .output()
-        .expect("run python3");
-    assert!(
-        out.status.success(),
-        "{} {args:?} failed (the Python MCP SDK comes with `pip install -r tests/requirements.txt`, \
-         or run scripts/test):\n{}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("the client prints JSON")
-}
 
 type Task<T> = tokio::task::JoinHandle<T>;
 
@@ -110,7 +88,7 @@ async fn python_sdk_calls_every_tool_and_actions_materialize_exactly_once() {
 
     let (base, http) = env.serve_mcp(stop.clone()).await;
     let url = format!("{base}/mcp");
-    let report = tokio::task::spawn_blocking(move || run_client(&["http", &url]))
+    let report = tokio::task::spawn_blocking(move || support::mcp_client(&["http", &url]))
         .await
         .unwrap();
     assert_eq!(report["tools"], 20, "{report}");
@@ -121,7 +99,7 @@ async fn python_sdk_calls_every_tool_and_actions_materialize_exactly_once() {
     let bin = env!("CARGO_BIN_EXE_millstream");
     let root = env.lake.root().display().to_string();
     let report = tokio::task::spawn_blocking(move || {
-        run_client(&["stdio", bin, "--lakehouse", &root, "mcp", "--stdio"])
+        support::mcp_client(&["stdio", bin, "--lakehouse", &root, "mcp", "--stdio"])
     })
     .await
     .unwrap();
@@ -130,7 +108,7 @@ async fn python_sdk_calls_every_tool_and_actions_materialize_exactly_once() {
     // stdio runs as the principal its config or environment names: maria's tools and rows.
     let root = env.lake.root().display().to_string();
     let report = tokio::task::spawn_blocking(move || {
-        run_client(&[
+        support::mcp_client(&[
             "stdio-as",
             "maria@emea",
             bin,

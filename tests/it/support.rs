@@ -412,3 +412,26 @@ pub fn bytes(col: &arrow::array::ArrayRef) -> Vec<Vec<u8>> {
         .map(|v| v.unwrap_or_default().to_vec())
         .collect()
 }
+
+fn python() -> String {
+    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Runs the official Python MCP SDK client (`tests/py/mcp_client.py`) with `args`; its JSON
+/// report.
+pub fn mcp_client(args: &[&str]) -> serde_json::Value {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/mcp_client.py");
+    let out = std::process::Command::new(python())
+        .arg(&script)
+        .args(args)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "{} {args:?} failed (the Python MCP SDK comes with `pip install -r tests/requirements.txt`, \
+         or run scripts/test):\n{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the client prints JSON")
+}

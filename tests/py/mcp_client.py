@@ -3,6 +3,9 @@
 Usage:
     mcp_client.py http URL      every tool, errors, actions, resources, prompts (full check)
     mcp_client.py stdio CMD...  spawn CMD as a stdio server; tools listed and two tools called
+    mcp_client.py bearer URL TOKEN
+                                connect with `Authorization: Bearer TOKEN`; report the tools and
+                                the warehouses query_sql shows, and that a wrong token is refused
     mcp_client.py stdio-as PRINCIPAL CMD...
                                 spawn CMD with MILLSTREAM__SERVE__PRINCIPAL=PRINCIPAL; report
                                 its tools and the warehouses query_sql shows it
@@ -375,13 +378,48 @@ async def stdio_as(principal, cmd):
     async with stdio_client(params) as (read, write):
         async with ClientSession(read, write) as session:
             await session.initialize()
-            tools = sorted(t.name for t in (await session.list_tools()).tools)
-            r = await session.call_tool(
-                "query_sql", {"sql": "SELECT DISTINCT warehouse_id FROM supply_chain.inventory"}
-            )
-            check(not r.is_error, f"stdio-as {principal}: query_sql failed: {r.content}")
-            rows = r.structured_content["rows"]
-            return {"tools": tools, "warehouses": sorted(row["warehouse_id"] for row in rows)}
+            return await tools_and_warehouses(session)
+
+
+async def tools_and_warehouses(session):
+    """The caller's tools, and the warehouses query_sql lets it see."""
+    tools = sorted(t.name for t in (await session.list_tools()).tools)
+    r = await session.call_tool(
+        "query_sql", {"sql": "SELECT DISTINCT warehouse_id FROM supply_chain.inventory"}
+    )
+    check(not r.is_error, f"query_sql failed: {r.content}")
+    rows = r.structured_content["rows"]
+    return {"tools": tools, "warehouses": sorted(row["warehouse_id"] for row in rows)}
+
+
+async def bearer(url, token):
+    """The SDK over streamable HTTP with a bearer token; a wrong token must not get in (the
+    statuses the server answered it with are reported: the SDK itself only says it failed)."""
+    import httpx2
+    from mcp.client.streamable_http import streamable_http_client
+
+    async def connect(t, statuses):
+        async def seen(response):
+            statuses.append(response.status_code)
+
+        headers = {"Authorization": f"Bearer {t}"}
+        hooks = {"response": [seen]}
+        async with httpx2.AsyncClient(headers=headers, event_hooks=hooks, timeout=30) as http:
+            async with streamable_http_client(url, http_client=http) as streams:
+                async with ClientSession(streams[0], streams[1]) as session:
+                    await session.initialize()
+                    return await tools_and_warehouses(session)
+
+    report = await connect(token, [])
+    statuses = []
+    try:
+        await asyncio.wait_for(connect(token + "x", statuses), 30)
+        raise CheckFailed("a wrong token got in")
+    except CheckFailed:
+        raise
+    except Exception:
+        report["wrong_token_statuses"] = statuses
+    return report
 
 
 async def main():
@@ -395,6 +433,8 @@ async def main():
                 return await full(session)
     if mode == "stdio":
         return await stdio(sys.argv[2:])
+    if mode == "bearer":
+        return await bearer(sys.argv[2], sys.argv[3])
     if mode == "stdio-as":
         return await stdio_as(sys.argv[2], sys.argv[3:])
     raise SystemExit(f"unknown mode {mode}")
