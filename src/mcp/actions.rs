@@ -51,6 +51,7 @@ impl OrderPriority {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct OrderRequest {
     pub part_id: String,
     /// Destination warehouse.
@@ -354,6 +355,7 @@ pub(crate) fn wire_name<T: Serialize>(v: T) -> String {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct TicketRequest {
     pub customer_id: String,
     /// One line, at most 200 characters.
@@ -368,6 +370,7 @@ pub struct TicketRequest {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ResolutionRequest {
     pub ticket_id: String,
     /// New status: in_progress, resolved or closed.

@@ -296,20 +296,26 @@ async fn only_valid_tokens_get_in_and_each_caller_gets_its_own_view() {
             "{seen:?}"
         );
         if may == "create_order" {
-            // The action records the token's subject, not anything the arguments say.
-            let receipt = client
-                .peer()
-                .call_tool(
-                    rmcp::model::CallToolRequestParams::new("create_order").with_arguments(
-                        json!({ "part_id": "P-00001", "warehouse_id": "WH-01", "quantity": 5000,
-                                "idempotency_key": "jwt-order", "on_behalf_of": "local-dev" })
-                        .as_object()
-                        .cloned()
-                        .unwrap(),
-                    ),
+            // The action records the token's subject. Arguments cannot say otherwise: a call
+            // naming its own on_behalf_of is refused as an argument the tool does not take.
+            let order = |extra: Option<&str>| {
+                let mut args = json!({ "part_id": "P-00001", "warehouse_id": "WH-01",
+                                       "quantity": 5000, "idempotency_key": "jwt-order" });
+                if let Some(who) = extra {
+                    args["on_behalf_of"] = json!(who);
+                }
+                client.peer().call_tool(
+                    rmcp::model::CallToolRequestParams::new("create_order")
+                        .with_arguments(args.as_object().cloned().unwrap()),
                 )
-                .await
-                .unwrap();
+            };
+            let spoofed = order(Some("local-dev")).await.unwrap();
+            assert_eq!(spoofed.is_error, Some(true), "{spoofed:?}");
+            assert!(
+                format!("{:?}", spoofed.content).contains("unknown field `on_behalf_of`"),
+                "{spoofed:?}"
+            );
+            let receipt = order(None).await.unwrap();
             let receipt = receipt.structured_content.expect("a receipt");
             assert_eq!(receipt["on_behalf_of"], json!("maria@emea"), "{receipt}");
         }

@@ -78,11 +78,12 @@ class Client:
 
     async def malformed(self, tool, args, mentions):
         """Arguments that do not match the input schema: rmcp refuses them before the tool runs,
-        as a tool error (isError) whose text says what did not parse."""
+        as invalid params (or a tool error) whose text says what did not parse."""
         try:
             r = await self.s.call_tool(tool, args)
         except MCPError as e:
             check(e.code == INVALID_PARAMS, f"{tool}({args}): code {e.code} {e.message}")
+            check(mentions in e.message, f"{tool}({args}): {e.message!r} lacks {mentions!r}")
             return e.message
         check(r.is_error, f"{tool}({args}) succeeded: {r.structured_content}")
         text = r.content[0].text
@@ -178,6 +179,9 @@ async def full(session):
     await c.fails("get_inventory_status", {"limit": 5000}, field="limit")
     # A malformed argument (wrong type) is refused by the schema, not half-run.
     await c.malformed("get_inventory_status", {"limit": "many"}, "many")
+    # A misspelt filter is refused, not ignored: ignored, it would answer for every position.
+    await c.malformed("get_inventory_status", {"part": part}, "unknown field `part`")
+    await c.malformed("query_sql", {"sql": "SELECT 1", "rows": 5}, "unknown field `rows`")
 
     ps = await c.call("predict_shortage", {"part_id": part})
     as_of_ok("predict_shortage", ps)

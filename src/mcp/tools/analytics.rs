@@ -24,6 +24,7 @@ pub const SQL_MAX_ROWS: u32 = 10_000;
 const SQL_MAX_CHARS: usize = 20_000;
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct DescribeArgs {
     /// One table or view (e.g. "supply_chain.shortage_signals"); all when absent.
     pub table: Option<String>,
@@ -69,6 +70,7 @@ pub struct DescribeAnswer {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SqlArgs {
     /// One read-only query (SELECT / WITH), DataFusion SQL. Tables as `schema.table`.
     pub sql: String,

@@ -13,6 +13,7 @@ use crate::mcp::server::{Millstream, Query, invalid, limit, opt_id, opt_text, ti
 pub use crate::model::events::SensorType;
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SensorDataArgs {
     /// One device (e.g. "DEV-0007"); or give machine_id.
     pub device_id: Option<String>,
@@ -45,6 +46,7 @@ pub struct ReadingsAnswer {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct AnomalyArgs {
     pub plant_id: Option<String>,
     pub machine_id: Option<String>,
@@ -83,6 +85,7 @@ pub struct AnomaliesAnswer {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct MaintenanceArgs {
     pub plant_id: Option<String>,
     pub machine_id: Option<String>,
@@ -113,6 +116,7 @@ pub struct MaintenanceAnswer {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SensorStatsArgs {
     pub device_id: Option<String>,
     pub machine_id: Option<String>,

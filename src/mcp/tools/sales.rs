@@ -12,6 +12,7 @@ use crate::mcp::server::{
 };
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CustomerArgs {
     /// e.g. "C-0042".
     pub customer_id: String,
@@ -86,6 +87,7 @@ pub struct ChurnAnswer {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ChurnRisksArgs {
     /// Lowest risk level to list (default HIGH).
     pub min_risk: Option<Risk>,
@@ -106,6 +108,7 @@ pub enum KpiGroup {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct KpiArgs {
     /// Trailing window in days, ending at the event-time watermark (default 30, at most 365).
     pub days: Option<u32>,

@@ -11,6 +11,7 @@ use crate::mcp::catalog::AsOf;
 use crate::mcp::server::{Millstream, Query, id, limit, opt_id, opt_text, text};
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct InventoryArgs {
     /// Only this part (e.g. "P-00042").
     pub part_id: Option<String>,
@@ -56,6 +57,7 @@ pub struct InventoryAnswer {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ShipmentArgs {
     pub shipment_id: Option<String>,
     pub part_id: Option<String>,
@@ -93,6 +95,7 @@ pub struct ShipmentsAnswer {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct PredictShortageArgs {
     pub part_id: String,
     /// One warehouse; every warehouse holding the part when absent.
@@ -127,6 +130,7 @@ pub struct ShortageAnswer {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ShortageRisksArgs {
     /// Lowest risk level to list (default HIGH).
     pub min_risk: Option<Risk>,
@@ -136,6 +140,7 @@ pub struct ShortageRisksArgs {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct OrderStatusArgs {
     pub po_id: String,
 }

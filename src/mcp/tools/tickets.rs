@@ -12,6 +12,7 @@ use crate::mcp::catalog::AsOf;
 use crate::mcp::server::{Millstream, Query, id, invalid, limit, opt_id, opt_text, text};
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct TicketArgs {
     pub ticket_id: String,
 }
@@ -37,6 +38,7 @@ pub struct TicketAnswer {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SearchArgs {
     /// Words to look for in subject, description and resolution (all must appear,
     /// case-insensitive). Empty or absent: every ticket matching the filters.
