@@ -10,10 +10,19 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// Installs the tracing subscriber (idempotent). `RUST_LOG` replaces the default filter, which
 /// keeps the Delta kernel's per-snapshot INFO lines out, and delta-rs' optimistic-concurrency
-/// retries too: several workers committing to one table retry each other routinely.
+/// retries too: several workers committing to one table retry each other routinely. delta-rs
+/// 1.1 also warns on every MERGE that DataFusion 55 no longer reports the scan metric it reads
+/// for its own operation metrics ("Missing target skipped-file metric"); those lines (merge's
+/// only other warnings are about the same metrics) are kept out, its source-filter one is not.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        "info,buoyant_kernel=warn,delta_kernel=warn,deltalake_core=warn,deltalake=warn,deltalake_core::kernel::transaction=error".into()
+        concat!(
+            "info,buoyant_kernel=warn,delta_kernel=warn,deltalake_core=warn,deltalake=warn,",
+            "deltalake_core::kernel::transaction=error,",
+            "deltalake_core::operations::merge=error,",
+            "deltalake_core::operations::merge::source_stats=warn",
+        )
+        .into()
     });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
