@@ -184,8 +184,12 @@ impl Policies {
             }
         }
         for t in &self.null_passes {
-            if tables::get(t).is_err() {
-                out.push(format!("null_passes: unknown table {t:?}"));
+            match tables::get(t) {
+                Err(_) => out.push(format!("null_passes: unknown table {t:?}")),
+                Ok(def) if tenant_columns(&self.row_filters, def).is_empty() => out.push(format!(
+                    "null_passes: {t} has no column a tenant filter (attribute or visible_in) applies to"
+                )),
+                Ok(_) => {}
             }
         }
         for m in &self.masks {
@@ -334,6 +338,12 @@ impl Access {
         self.null_passes.contains(table)
     }
 
+    /// `table`'s columns that say whose a row is: those an attribute or `visible_in` filter
+    /// applies to (a `readable` filter says where a row came from, not whose it is).
+    pub fn tenant_columns(&self, table: &str) -> Result<Vec<String>> {
+        Ok(tenant_columns(&self.row_filters, tables::get(table)?))
+    }
+
     /// The masks on `table`'s columns.
     pub fn masks(&self, table: &str) -> Vec<(String, MaskKind)> {
         self.masks
@@ -347,6 +357,16 @@ impl Access {
     pub fn key(&self) -> &str {
         &self.principal
     }
+}
+
+fn tenant_columns(filters: &BTreeMap<String, RowFilter>, def: &tables::TableDef) -> Vec<String> {
+    filters
+        .iter()
+        .filter(|(column, f)| {
+            def.column(column).is_some() && !matches!(f, RowFilter::Readable { .. })
+        })
+        .map(|(column, _)| column.clone())
+        .collect()
 }
 
 #[cfg(test)]
@@ -442,6 +462,7 @@ mod tests {
         let e = Policies::parse(
             "bad.toml",
             r#"
+            null_passes = ["ops.dead_letters"]
             [personas.x]
             tools = ["no_such_tool"]
             read = ["nope.table"]
@@ -466,6 +487,7 @@ mod tests {
             "sales.customers.shoe_size",
             "unknown persona \"y\"",
             "unknown group \"g\"",
+            "null_passes: ops.dead_letters has no column a tenant filter",
         ] {
             assert!(e.contains(want), "{want} missing from: {e}");
         }
