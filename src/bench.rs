@@ -293,47 +293,131 @@ const SIGNAL_TOOLS: [&str; 9] = [
     "sensor_stats",
 ];
 
-/// The calls a bench client cycles through; those needing an id the caller has no row for are
-/// left out.
-fn tool_calls(
-    part: Option<String>,
-    customer: Option<String>,
-    machine: Option<String>,
-) -> Vec<(&'static str, serde_json::Value)> {
+/// What a call asks about: an id drawn afresh for each call from the ids the caller can see,
+/// so point lookups are spread over the data instead of hitting one hot row.
+#[derive(Debug, Clone, Copy)]
+enum Subject {
+    Part,
+    Customer,
+    Machine,
+}
+
+impl Subject {
+    fn field(self) -> &'static str {
+        match self {
+            Subject::Part => "part_id",
+            Subject::Customer => "customer_id",
+            Subject::Machine => "machine_id",
+        }
+    }
+}
+
+/// The ids a caller can see, per subject (empty when its persona cannot read the table).
+#[derive(Default)]
+struct Ids {
+    parts: Vec<String>,
+    customers: Vec<String>,
+    machines: Vec<String>,
+}
+
+impl Ids {
+    fn of(&self, s: Subject) -> &[String] {
+        match s {
+            Subject::Part => &self.parts,
+            Subject::Customer => &self.customers,
+            Subject::Machine => &self.machines,
+        }
+    }
+}
+
+struct Call {
+    tool: &'static str,
+    args: serde_json::Value,
+    subject: Option<Subject>,
+}
+
+impl Call {
+    fn new(tool: &'static str, args: serde_json::Value) -> Self {
+        Call {
+            tool,
+            args,
+            subject: None,
+        }
+    }
+
+    fn about(tool: &'static str, subject: Subject, args: serde_json::Value) -> Self {
+        Call {
+            tool,
+            args,
+            subject: Some(subject),
+        }
+    }
+
+    /// The arguments for one call, with a random id of its subject.
+    fn arguments(
+        &self,
+        ids: &Ids,
+        rng: &mut impl rand::Rng,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        let mut args = self.args.as_object().cloned().unwrap_or_default();
+        if let Some(s) = self.subject {
+            let pool = ids.of(s);
+            args.insert(
+                s.field().into(),
+                json!(pool[rng.random_range(0..pool.len())]),
+            );
+        }
+        args
+    }
+}
+
+/// The calls a bench client cycles through; those about a subject the caller has no ids for
+/// are left out.
+fn tool_calls(ids: &Ids) -> Vec<Call> {
     let mut calls = vec![
-        ("list_shortage_risks", json!({ "limit": 20 })),
-        ("list_churn_risks", json!({ "limit": 20 })),
-        ("list_anomalies", json!({ "hours": 1, "limit": 20 })),
-        ("maintenance_alerts", json!({ "limit": 20 })),
-        ("track_shipments", json!({ "open_only": true, "limit": 20 })),
-        ("sales_kpis", json!({ "days": 30, "group_by": "region" })),
-        ("search_tickets", json!({ "text": "delivery", "limit": 20 })),
+        Call::new("list_shortage_risks", json!({ "limit": 20 })),
+        Call::new("list_churn_risks", json!({ "limit": 20 })),
+        Call::new("list_anomalies", json!({ "hours": 1, "limit": 20 })),
+        Call::new("maintenance_alerts", json!({ "limit": 20 })),
+        Call::new("track_shipments", json!({ "open_only": true, "limit": 20 })),
+        Call::new("sales_kpis", json!({ "days": 30, "group_by": "region" })),
+        Call::new("search_tickets", json!({ "text": "delivery", "limit": 20 })),
     ];
-    if let Some(part) = part {
-        calls.push(("get_inventory_status", json!({ "part_id": part })));
-        calls.push(("predict_shortage", json!({ "part_id": part })));
-        calls.push((
+    if !ids.parts.is_empty() {
+        calls.push(Call::about(
+            "get_inventory_status",
+            Subject::Part,
+            json!({}),
+        ));
+        calls.push(Call::about("predict_shortage", Subject::Part, json!({})));
+        calls.push(Call::new(
             "query_sql",
             json!({ "sql": "SELECT risk_level, count(*) AS n FROM supply_chain.shortage_signals GROUP BY risk_level" }),
         ));
     } else {
-        calls.push((
+        calls.push(Call::new(
             "query_sql",
             json!({ "sql": "SELECT risk_level, count(*) AS n FROM sales.churn_signals GROUP BY risk_level" }),
         ));
     }
-    if let Some(customer) = customer {
-        calls.push(("lookup_customer_info", json!({ "customer_id": customer })));
-        calls.push(("predict_churn", json!({ "customer_id": customer })));
-    }
-    if let Some(machine) = machine {
-        calls.push((
-            "sensor_stats",
-            json!({ "machine_id": machine, "minutes": 60 }),
+    if !ids.customers.is_empty() {
+        calls.push(Call::about(
+            "lookup_customer_info",
+            Subject::Customer,
+            json!({}),
         ));
-        calls.push((
+        calls.push(Call::about("predict_churn", Subject::Customer, json!({})));
+    }
+    if !ids.machines.is_empty() {
+        calls.push(Call::about(
+            "sensor_stats",
+            Subject::Machine,
+            json!({ "minutes": 60 }),
+        ));
+        calls.push(Call::about(
             "query_sensor_data",
-            json!({ "machine_id": machine, "minutes": 10, "limit": 50 }),
+            Subject::Machine,
+            json!({ "minutes": 10, "limit": 50 }),
         ));
     }
     calls
@@ -470,43 +554,53 @@ pub async fn mcp(config: Config, clients: usize, seconds: u64, rate: f64) -> any
         })
     };
 
-    // Ids to ask about.
     // Ids the principal can see (a persona without the table gets none, and no calls need it).
     let session = caller.session().await?;
-    let first = |sql: &'static str| {
+    let all = |sql: &'static str| {
         let ctx = session.ctx.clone();
         async move {
-            let b = ctx.sql(sql).await.ok()?.collect().await.ok()?;
-            let col = b.iter().find(|b| b.num_rows() > 0)?.column(0).clone();
-            arrow::util::display::array_value_to_string(&col, 0).ok()
+            let Ok(batches) = async { ctx.sql(sql).await?.collect().await }.await else {
+                return Vec::new();
+            };
+            let mut ids = Vec::new();
+            for b in batches.iter().filter(|b| b.num_columns() > 0) {
+                for row in 0..b.num_rows() {
+                    if let Ok(v) = arrow::util::display::array_value_to_string(b.column(0), row) {
+                        ids.push(v);
+                    }
+                }
+            }
+            ids
         }
     };
-    let part = first("SELECT part_id FROM supply_chain.shortage_signals ORDER BY days_of_cover NULLS LAST LIMIT 1").await;
-    let customer = first(
-        "SELECT customer_id FROM sales.churn_signals ORDER BY churn_probability DESC LIMIT 1",
-    )
-    .await;
-    let machine = first("SELECT machine_id FROM iot.telemetry LIMIT 1").await;
-    let calls: Vec<_> = tool_calls(part, customer, machine)
+    let ids = Ids {
+        parts: all("SELECT DISTINCT part_id FROM supply_chain.shortage_signals ORDER BY 1").await,
+        customers: all("SELECT DISTINCT customer_id FROM sales.churn_signals ORDER BY 1").await,
+        machines: all("SELECT DISTINCT machine_id FROM iot.telemetry ORDER BY 1").await,
+    };
+    let calls: Vec<_> = tool_calls(&ids)
         .into_iter()
-        .filter(|(tool, _)| caller.access.may_call(tool))
+        .filter(|c| caller.access.may_call(c.tool))
         .collect();
     anyhow::ensure!(
         !calls.is_empty(),
         "principal {} may call none of the benchmarked tools",
         caller.principal()
     );
-    let calls = Arc::new(calls);
+    let (calls, ids) = (Arc::new(calls), Arc::new(ids));
 
     eprintln!(
-        "bench mcp: {clients} clients × {rate}/s for {seconds} s against {url}, as {} ({} tools)",
+        "bench mcp: {clients} clients × {rate}/s for {seconds} s against {url}, as {} ({} tools; ids drawn from {} parts, {} customers, {} machines)",
         caller.principal(),
-        calls.len()
+        calls.len(),
+        ids.parts.len(),
+        ids.customers.len(),
+        ids.machines.len(),
     );
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let (url, calls) = (url.clone(), calls.clone());
+        let (url, calls, ids) = (url.clone(), calls.clone(), ids.clone());
         tasks.push(tokio::spawn(async move {
             let client = ().serve(StreamableHttpClientTransport::from_uri(url)).await?;
             let mut out: Vec<(&'static str, f64, bool)> = Vec::new();
@@ -520,10 +614,11 @@ pub async fn mcp(config: Config, clients: usize, seconds: u64, rate: f64) -> any
                         break;
                     }
                 }
-                let (name, args) = &calls[i % calls.len()];
+                let call = &calls[i % calls.len()];
                 i += 1;
-                let params = CallToolRequestParams::new(*name)
-                    .with_arguments(args.as_object().cloned().unwrap_or_default());
+                let name = call.tool;
+                let params =
+                    CallToolRequestParams::new(name).with_arguments(call.arguments(&ids, &mut rng));
                 let t0 = Instant::now();
                 let r = client.peer().call_tool(params).await;
                 let ms = t0.elapsed().as_secs_f64() * 1000.0;
@@ -583,6 +678,7 @@ pub async fn mcp(config: Config, clients: usize, seconds: u64, rate: f64) -> any
             "errors": errors,
             "failed_clients": failed_clients,
             "throughput_per_s": (total as f64 / seconds as f64).round(),
+            "ids": { "parts": ids.parts.len(), "customers": ids.customers.len(), "machines": ids.machines.len() },
             "signal_tools": percentiles(signal),
             "tools": tools,
             "version_visible_after_commit": percentiles(vis),
