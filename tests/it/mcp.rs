@@ -418,15 +418,22 @@ async fn an_order_placed_on_a_shortage_arrives_and_clears_it() {
             .iter()
             .all(|s| s.po_id.as_deref() == Some(receipt.po_id.as_str()))
     );
+    // The receipt is a movement on another topic, right behind the delivery: it may land in a
+    // later micro-batch than the delivery, but it must land, for exactly the ordered quantity.
     let shipment = &received.shipments[0].shipment_id;
-    let receipts = env
-        .lake
-        .sql_i64(&format!(
-            "SELECT coalesce(sum(quantity), 0) FROM supply_chain.inventory_movements \
-             WHERE movement_type = 'receipt' AND reference = '{shipment}'"
-        ))
-        .await
-        .unwrap();
+    let receipt_sql = format!(
+        "SELECT coalesce(sum(quantity), 0) FROM supply_chain.inventory_movements \
+         WHERE movement_type = 'receipt' AND reference = '{shipment}'"
+    );
+    let receipts = until(
+        "the receipt of the shipment",
+        Duration::from_secs(60),
+        async || {
+            let n = env.lake.sql_i64(&receipt_sql).await.unwrap();
+            (n != 0).then_some(n)
+        },
+    )
+    .await;
     assert_eq!(receipts, receipt.quantity, "the receipt of {shipment}");
 
     // 4. The shortage clears.
