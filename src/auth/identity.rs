@@ -341,7 +341,10 @@ mod tests {
             (vec![("maria@emea", " ")], "is empty"),
             (vec![("mallory@nowhere", "x")], "no principal"),
         ] {
-            let e = bearer(&bad).err().expect("refused").to_string();
+            let Err(e) = bearer(&bad) else {
+                panic!("{bad:?} accepted")
+            };
+            let e = e.to_string();
             assert!(e.contains(want), "{bad:?}: {e}");
         }
     }

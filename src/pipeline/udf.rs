@@ -186,7 +186,8 @@ impl std::hash::Hash for StructUdf {
 }
 
 impl StructUdf {
-    fn new(
+    /// A ScalarUDF computing `fields` as one struct from `arity` arguments.
+    fn udf(
         name: &'static str,
         arity: usize,
         fields: Vec<Field>,
@@ -233,7 +234,7 @@ fn get(a: &Float64Array, i: usize) -> Option<f64> {
 }
 
 fn predict_shortage() -> ScalarUDF {
-    StructUdf::new(
+    StructUdf::udf(
         "predict_shortage",
         4,
         vec![
@@ -264,7 +265,7 @@ fn predict_shortage() -> ScalarUDF {
 }
 
 fn predict_churn() -> ScalarUDF {
-    StructUdf::new(
+    StructUdf::udf(
         "predict_churn",
         2,
         vec![

@@ -97,7 +97,7 @@ impl FaultPlan {
         let days = horizon.num_seconds() as f64 / 86_400.0;
         let mut faults = Vec::new();
         let mut by_device = vec![Vec::new(); devices];
-        for device in 0..devices {
+        for (device, own) in by_device.iter_mut().enumerate() {
             let expected = rates.per_device_day * days;
             // Whole faults plus one more with the fractional probability.
             let mut n = expected.floor() as usize;
@@ -124,7 +124,7 @@ impl FaultPlan {
                     FaultKind::Stuck => 0.0,
                     FaultKind::OutOfRange => rng.random_range(1.1..1.5),
                 };
-                by_device[device].push(faults.len());
+                own.push(faults.len());
                 faults.push(Fault {
                     id: format!("F-{device:04}-{k}"),
                     kind,

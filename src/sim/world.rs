@@ -178,9 +178,13 @@ pub struct World {
     seq: u64,
     truth: GroundTruth,
     /// Surge windows per position, sorted by start.
-    surges: Vec<Vec<(DateTime<Utc>, DateTime<Utc>, f64)>>,
-    delays: Vec<Vec<(DateTime<Utc>, DateTime<Utc>, f64)>>,
+    surges: Vec<Windows>,
+    /// Delay windows per supplier, sorted by start.
+    delays: Vec<Windows>,
 }
+
+/// Fault windows: (start, end, size), sorted by start.
+type Windows = Vec<(DateTime<Utc>, DateTime<Utc>, f64)>;
 
 fn at_us(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
@@ -607,8 +611,8 @@ fn draw_windows(
     span: f64,
     length: impl Fn(&mut ChaCha8Rng) -> f64,
     size: std::ops::Range<f64>,
-) -> Vec<(DateTime<Utc>, DateTime<Utc>, f64)> {
-    let mut windows: Vec<(DateTime<Utc>, DateTime<Utc>, f64)> = Vec::new();
+) -> Windows {
+    let mut windows: Windows = Vec::new();
     for _ in 0..n {
         let s = start + days(rng.random_range(0.0..span));
         let e = s + days(length(rng));

@@ -123,7 +123,8 @@ async fn inventory_merges_show_update_pre_and_post_images() {
     .await
     .unwrap();
     // (version, part, warehouse) → on_hand before and after.
-    let mut images: std::collections::BTreeMap<(i64, String, String), (Option<i64>, Option<i64>)> =
+    type Key = (i64, String, String);
+    let mut images: std::collections::BTreeMap<Key, (Option<i64>, Option<i64>)> =
         Default::default();
     for b in &changes {
         let schema = b.schema();
