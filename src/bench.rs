@@ -293,47 +293,19 @@ const SIGNAL_TOOLS: [&str; 9] = [
     "sensor_stats",
 ];
 
-/// What a call asks about: an id drawn afresh for each call from the ids the caller can see,
-/// so point lookups are spread over the data instead of hitting one hot row.
-#[derive(Debug, Clone, Copy)]
-enum Subject {
-    Part,
-    Customer,
-    Machine,
-}
-
-impl Subject {
-    fn field(self) -> &'static str {
-        match self {
-            Subject::Part => "part_id",
-            Subject::Customer => "customer_id",
-            Subject::Machine => "machine_id",
-        }
-    }
-}
-
-/// The ids a caller can see, per subject (empty when its persona cannot read the table).
-#[derive(Default)]
+/// The ids a caller can see (empty where its persona cannot read the table). Each point lookup
+/// draws its id afresh from these, so lookups are spread over the data instead of one hot row.
 struct Ids {
-    parts: Vec<String>,
-    customers: Vec<String>,
-    machines: Vec<String>,
-}
-
-impl Ids {
-    fn of(&self, s: Subject) -> &[String] {
-        match s {
-            Subject::Part => &self.parts,
-            Subject::Customer => &self.customers,
-            Subject::Machine => &self.machines,
-        }
-    }
+    parts: Arc<[String]>,
+    customers: Arc<[String]>,
+    machines: Arc<[String]>,
 }
 
 struct Call {
     tool: &'static str,
     args: serde_json::Value,
-    subject: Option<Subject>,
+    /// The argument that names what the call asks about, and the ids to draw it from.
+    about: Option<(&'static str, Arc<[String]>)>,
 }
 
 impl Call {
@@ -341,29 +313,30 @@ impl Call {
         Call {
             tool,
             args,
-            subject: None,
+            about: None,
         }
     }
 
-    fn about(tool: &'static str, subject: Subject, args: serde_json::Value) -> Self {
-        Call {
+    /// A call about one id of `pool`, put in `field`; none when the pool is empty.
+    fn about(
+        tool: &'static str,
+        field: &'static str,
+        pool: &Arc<[String]>,
+        args: serde_json::Value,
+    ) -> Option<Self> {
+        (!pool.is_empty()).then(|| Call {
             tool,
             args,
-            subject: Some(subject),
-        }
+            about: Some((field, pool.clone())),
+        })
     }
 
-    /// The arguments for one call, with a random id of its subject.
-    fn arguments(
-        &self,
-        ids: &Ids,
-        rng: &mut impl rand::Rng,
-    ) -> serde_json::Map<String, serde_json::Value> {
+    /// The arguments for one call, with a random id where it asks about one.
+    fn arguments(&self, rng: &mut impl rand::Rng) -> serde_json::Map<String, serde_json::Value> {
         let mut args = self.args.as_object().cloned().unwrap_or_default();
-        if let Some(s) = self.subject {
-            let pool = ids.of(s);
+        if let Some((field, pool)) = &self.about {
             args.insert(
-                s.field().into(),
+                field.to_string(),
                 json!(pool[rng.random_range(0..pool.len())]),
             );
         }
@@ -371,9 +344,9 @@ impl Call {
     }
 }
 
-/// The calls a bench client cycles through; those about a subject the caller has no ids for
-/// are left out.
+/// The calls a bench client cycles through; those about ids the caller cannot see are left out.
 fn tool_calls(ids: &Ids) -> Vec<Call> {
+    let sql = |table: &str| json!({ "sql": format!("SELECT risk_level, count(*) AS n FROM {table} GROUP BY risk_level") });
     let mut calls = vec![
         Call::new("list_shortage_risks", json!({ "limit": 20 })),
         Call::new("list_churn_risks", json!({ "limit": 20 })),
@@ -382,44 +355,38 @@ fn tool_calls(ids: &Ids) -> Vec<Call> {
         Call::new("track_shipments", json!({ "open_only": true, "limit": 20 })),
         Call::new("sales_kpis", json!({ "days": 30, "group_by": "region" })),
         Call::new("search_tickets", json!({ "text": "delivery", "limit": 20 })),
+        Call::new(
+            "query_sql",
+            sql(if ids.parts.is_empty() {
+                "sales.churn_signals"
+            } else {
+                "supply_chain.shortage_signals"
+            }),
+        ),
     ];
-    if !ids.parts.is_empty() {
-        calls.push(Call::about(
-            "get_inventory_status",
-            Subject::Part,
-            json!({}),
-        ));
-        calls.push(Call::about("predict_shortage", Subject::Part, json!({})));
-        calls.push(Call::new(
-            "query_sql",
-            json!({ "sql": "SELECT risk_level, count(*) AS n FROM supply_chain.shortage_signals GROUP BY risk_level" }),
-        ));
-    } else {
-        calls.push(Call::new(
-            "query_sql",
-            json!({ "sql": "SELECT risk_level, count(*) AS n FROM sales.churn_signals GROUP BY risk_level" }),
-        ));
-    }
-    if !ids.customers.is_empty() {
-        calls.push(Call::about(
-            "lookup_customer_info",
-            Subject::Customer,
-            json!({}),
-        ));
-        calls.push(Call::about("predict_churn", Subject::Customer, json!({})));
-    }
-    if !ids.machines.is_empty() {
-        calls.push(Call::about(
-            "sensor_stats",
-            Subject::Machine,
-            json!({ "minutes": 60 }),
-        ));
-        calls.push(Call::about(
-            "query_sensor_data",
-            Subject::Machine,
-            json!({ "minutes": 10, "limit": 50 }),
-        ));
-    }
+    let (parts, customers, machines) = (&ids.parts, &ids.customers, &ids.machines);
+    calls.extend(
+        [
+            Call::about("get_inventory_status", "part_id", parts, json!({})),
+            Call::about("predict_shortage", "part_id", parts, json!({})),
+            Call::about("lookup_customer_info", "customer_id", customers, json!({})),
+            Call::about("predict_churn", "customer_id", customers, json!({})),
+            Call::about(
+                "sensor_stats",
+                "machine_id",
+                machines,
+                json!({ "minutes": 60 }),
+            ),
+            Call::about(
+                "query_sensor_data",
+                "machine_id",
+                machines,
+                json!({ "minutes": 10, "limit": 50 }),
+            ),
+        ]
+        .into_iter()
+        .flatten(),
+    );
     calls
 }
 
@@ -559,24 +526,23 @@ pub async fn mcp(config: Config, clients: usize, seconds: u64, rate: f64) -> any
     let all = |sql: &'static str| {
         let ctx = session.ctx.clone();
         async move {
-            let Ok(batches) = async { ctx.sql(sql).await?.collect().await }.await else {
-                return Vec::new();
-            };
-            let mut ids = Vec::new();
-            for b in batches.iter().filter(|b| b.num_columns() > 0) {
-                for row in 0..b.num_rows() {
-                    if let Ok(v) = arrow::util::display::array_value_to_string(b.column(0), row) {
-                        ids.push(v);
-                    }
-                }
-            }
-            ids
+            let batches = async { ctx.sql(sql).await?.collect().await }.await;
+            batches
+                .unwrap_or_default()
+                .iter()
+                .flat_map(|b| {
+                    (0..b.num_rows()).filter_map(|row| {
+                        arrow::util::display::array_value_to_string(b.column(0), row).ok()
+                    })
+                })
+                .collect::<Arc<[String]>>()
         }
     };
     let ids = Ids {
         parts: all("SELECT DISTINCT part_id FROM supply_chain.shortage_signals ORDER BY 1").await,
         customers: all("SELECT DISTINCT customer_id FROM sales.churn_signals ORDER BY 1").await,
-        machines: all("SELECT DISTINCT machine_id FROM iot.telemetry ORDER BY 1").await,
+        // The detector's state has a row per sensor: no scan of the telemetry log.
+        machines: all("SELECT DISTINCT machine_id FROM iot.sensor_state ORDER BY 1").await,
     };
     let calls: Vec<_> = tool_calls(&ids)
         .into_iter()
@@ -587,7 +553,7 @@ pub async fn mcp(config: Config, clients: usize, seconds: u64, rate: f64) -> any
         "principal {} may call none of the benchmarked tools",
         caller.principal()
     );
-    let (calls, ids) = (Arc::new(calls), Arc::new(ids));
+    let calls = Arc::new(calls);
 
     eprintln!(
         "bench mcp: {clients} clients × {rate}/s for {seconds} s against {url}, as {} ({} tools; ids drawn from {} parts, {} customers, {} machines)",
@@ -600,7 +566,7 @@ pub async fn mcp(config: Config, clients: usize, seconds: u64, rate: f64) -> any
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let (url, calls, ids) = (url.clone(), calls.clone(), ids.clone());
+        let (url, calls) = (url.clone(), calls.clone());
         tasks.push(tokio::spawn(async move {
             let client = ().serve(StreamableHttpClientTransport::from_uri(url)).await?;
             let mut out: Vec<(&'static str, f64, bool)> = Vec::new();
@@ -618,7 +584,7 @@ pub async fn mcp(config: Config, clients: usize, seconds: u64, rate: f64) -> any
                 i += 1;
                 let name = call.tool;
                 let params =
-                    CallToolRequestParams::new(name).with_arguments(call.arguments(&ids, &mut rng));
+                    CallToolRequestParams::new(name).with_arguments(call.arguments(&mut rng));
                 let t0 = Instant::now();
                 let r = client.peer().call_tool(params).await;
                 let ms = t0.elapsed().as_secs_f64() * 1000.0;
