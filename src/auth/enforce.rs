@@ -39,7 +39,8 @@ pub fn restrict(
         |c: &str| Expr::Column(datafusion::common::Column::new(Some(reference.clone()), c));
     let schema = provider.schema();
     let mut plan = LogicalPlanBuilder::scan(reference.clone(), provider_as_source(provider), None)?;
-    if access.null_passes(name) {
+    let null_passes = access.null_passes(name);
+    if null_passes {
         // NULL tenant columns pass below, so a row must say whose it is at all: one that sets
         // none (a writer's mistake) is seen only by callers no tenant filter restricts.
         let tenant = access.tenant_columns(name)?;
@@ -73,7 +74,7 @@ pub fn restrict(
                 None => lit(false),
             },
         };
-        let predicate = if access.null_passes(name) {
+        let predicate = if null_passes {
             column(&filtered).is_null().or(predicate)
         } else {
             predicate
