@@ -42,6 +42,7 @@ pub struct AuthConfig {
     /// The resource identifier published in the protected-resource metadata ("" = this
     /// server's /mcp URL as the request reached it).
     pub resource: String,
+    pub mask_key: Secret,
     /// principal → static token, for local use.
     pub dev_tokens: BTreeMap<String, Secret>,
 }
@@ -104,6 +105,12 @@ pub struct ServeConfig {
     pub allowed_hosts: Vec<String>,
     pub principal: String,
     pub policies: String,
+    pub query_memory_mb: u64,
+    pub query_result_mb: u64,
+    pub query_per_principal: usize,
+    pub query_concurrency: usize,
+    pub allowed_origins: Vec<String>,
+    pub metrics_auth: String,
 }
 
 /// A string whose value never appears in `Debug` or logs. Numbers and booleans are accepted
@@ -302,6 +309,37 @@ impl Config {
         check(
             (100..=600_000).contains(&self.serve.query_timeout_ms),
             "serve.query_timeout_ms must be in 100..=600000",
+        );
+        check(
+            (16..=65_536).contains(&self.serve.query_memory_mb),
+            "serve.query_memory_mb must be in 16..=65536",
+        );
+        check(
+            (1..=1024).contains(&self.serve.query_result_mb),
+            "serve.query_result_mb must be in 1..=1024",
+        );
+        check(
+            (1..=64).contains(&self.serve.query_per_principal),
+            "serve.query_per_principal must be in 1..=64",
+        );
+        check(
+            (1..=1024).contains(&self.serve.query_concurrency),
+            "serve.query_concurrency must be in 1..=1024",
+        );
+        check(
+            self.serve
+                .allowed_origins
+                .iter()
+                .all(|o| o == "null" || o.starts_with("http://") || o.starts_with("https://")),
+            "serve.allowed_origins entries must be scheme://host[:port] (or \"null\")",
+        );
+        check(
+            matches!(self.serve.metrics_auth.as_str(), "none" | "bearer"),
+            "serve.metrics_auth must be \"none\" or \"bearer\"",
+        );
+        check(
+            self.serve.metrics_auth == "none" || self.auth.mode == "bearer",
+            "serve.metrics_auth = \"bearer\" needs auth.mode = \"bearer\"",
         );
         check(
             !self.serve.allowed_hosts.is_empty(),

@@ -10,6 +10,8 @@
 //! - [`pipeline`]: the micro-batch runner.
 //! - [`sim`]: reference data and live streams on a simulated clock.
 //! - [`mcp`]: the MCP server: tools, resources, prompts, actions over the live tables.
+//! - [`auth`]: identity, policies, and their enforcement inside the query engine.
+//! - [`governed`]: callers' SQL as hostile code: checks, sandbox, limits.
 //! - [`serve`]: HTTP: `/mcp`, `/metrics`, `/healthz`.
 //! - [`telemetry`]: logging and named internal events (metrics).
 //! - [`cli`], [`up`], [`bench`]: commands.
@@ -21,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod decode;
 pub mod error;
+pub mod governed;
 pub mod lakehouse;
 pub mod mcp;
 pub mod model;

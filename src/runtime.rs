@@ -32,6 +32,31 @@ pub fn background() -> &'static tokio::runtime::Handle {
         .handle()
 }
 
+/// Threads that run callers' SQL ([`crate::governed`]).
+const SQL_THREADS: usize = 2;
+/// Their stacks: deep enough for the deepest expression `governed::check` lets through,
+/// however DataFusion recurses over it (only the pages touched are ever committed).
+const SQL_STACK: usize = 64 * 1024 * 1024;
+
+/// The runtime for callers' SQL: its own threads at the background priority, so a heavy query
+/// competes with other queries and stream processing, never with the HTTP runtime that answers
+/// tools and `/healthz`. Started on first use.
+pub fn sql() -> &'static tokio::runtime::Handle {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(SQL_THREADS)
+                .thread_name("millstream-sql")
+                .thread_stack_size(SQL_STACK)
+                .on_thread_start(lower_priority)
+                .enable_all()
+                .build()
+                .expect("sql tokio runtime")
+        })
+        .handle()
+}
+
 /// Lowers the calling thread's CPU priority (Linux: nice values are per thread).
 fn lower_priority() {
     #[cfg(target_os = "linux")]

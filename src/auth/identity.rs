@@ -216,6 +216,13 @@ impl Authenticator {
     async fn verify(&self, token: &str) -> Result<Claims, Refusal> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| Refusal::Invalid(format!("malformed token: {e}")))?;
+        // RFC 7515 §4.1.11: a recipient must refuse a token naming extensions it does not
+        // understand; millstream understands none.
+        if let Some(crit) = header.crit.as_ref().filter(|c| !c.is_empty()) {
+            return Err(Refusal::Invalid(format!(
+                "the token requires header extensions this server does not support: {crit:?}"
+            )));
+        }
         let kid = header
             .kid
             .ok_or_else(|| Refusal::Invalid("the token names no key (kid)".into()))?;
@@ -223,6 +230,28 @@ impl Authenticator {
             Some(k) => k,
             None => return Err(Refusal::Invalid(format!("unknown signing key {kid:?}"))),
         };
+        // A key published for encryption (or for signing only, not verifying) must not verify.
+        use jsonwebtoken::jwk::{KeyOperations, PublicKeyUse};
+        if jwk
+            .common
+            .public_key_use
+            .as_ref()
+            .is_some_and(|u| *u != PublicKeyUse::Signature)
+        {
+            return Err(Refusal::Invalid(format!(
+                "key {kid:?} is not a signing key (its `use` is not \"sig\")"
+            )));
+        }
+        if jwk
+            .common
+            .key_operations
+            .as_ref()
+            .is_some_and(|ops| !ops.contains(&KeyOperations::Verify))
+        {
+            return Err(Refusal::Invalid(format!(
+                "key {kid:?} may not verify signatures (its `key_ops` lack \"verify\")"
+            )));
+        }
         // The algorithm is the key's, never the token's choice (no `none`, no HMAC-with-a-
         // public-key confusion).
         let alg = jwk
@@ -240,6 +269,8 @@ impl Authenticator {
             .map_err(|e| Refusal::Invalid(format!("unusable signing key {kid:?}: {e}")))?;
         let mut v = Validation::new(alg);
         v.leeway = LEEWAY_SECS;
+        // A token not valid yet is not valid.
+        v.validate_nbf = true;
         v.set_issuer(&[&self.inner.issuer]);
         v.set_audience(&[&self.inner.audience]);
         v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);

@@ -10,6 +10,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use super::enforce::MaskKey;
 use crate::error::{Error, Result};
 use crate::model::tables;
 
@@ -32,6 +33,10 @@ pub struct Policies {
     #[serde(default)]
     groups: BTreeMap<String, BTreeMap<String, Vec<String>>>,
     principals: BTreeMap<String, PrincipalDef>,
+    /// The key of `hash` masks (`auth.mask_key`, or one for this process; see
+    /// [`Policies::with_mask_key`]).
+    #[serde(skip, default = "MaskKey::random")]
+    mask_key: MaskKey,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -92,6 +97,9 @@ pub struct Access {
     row_filters: BTreeMap<String, RowFilter>,
     null_passes: BTreeSet<String>,
     masks: BTreeMap<(String, String), MaskKind>,
+    mask_key: MaskKey,
+    /// Whether any table it reads is filtered or masked for it.
+    restricted: bool,
 }
 
 /// A filter on one column of one table, resolved for a principal.
@@ -222,6 +230,18 @@ impl Policies {
         out
     }
 
+    /// `hash` masks digest under `secret` (HMAC-SHA256) instead of a key made for this process,
+    /// so digests stay the same across restarts and replicas.
+    pub fn with_mask_key(mut self, secret: &[u8]) -> Policies {
+        self.mask_key = MaskKey::new(secret);
+        self
+    }
+
+    /// Whether some mask digests values (then `auth.mask_key` should be set).
+    pub fn hashes(&self) -> bool {
+        self.masks.iter().any(|m| m.with == MaskKind::Hash)
+    }
+
     /// Whether `principal` is known.
     pub fn knows(&self, principal: &str) -> bool {
         self.principals.contains_key(principal)
@@ -255,7 +275,7 @@ impl Policies {
             .filter(|m| !m.except.contains(&def.persona))
             .map(|m| ((m.table.clone(), m.column.clone()), m.with))
             .collect();
-        Ok(Access {
+        let mut access = Access {
             principal: principal.to_string(),
             persona: def.persona.clone(),
             tools: persona.tools.iter().cloned().collect(),
@@ -264,7 +284,18 @@ impl Policies {
             row_filters: self.row_filters.clone(),
             null_passes: self.null_passes.clone(),
             masks,
-        })
+            mask_key: self.mask_key.clone(),
+            restricted: false,
+        };
+        let mut restricted = false;
+        for t in tables::catalog()
+            .iter()
+            .filter(|t| access.may_read(&t.name))
+        {
+            restricted |= !access.filters(&t.name)?.is_empty() || !access.masks(&t.name).is_empty();
+        }
+        access.restricted = restricted;
+        Ok(access)
     }
 }
 
@@ -282,6 +313,11 @@ impl Access {
     /// Whether the principal may call `tool`.
     pub fn may_call(&self, tool: &str) -> bool {
         self.tools.contains(ALL) || self.tools.contains(tool)
+    }
+
+    /// Whether the principal's persona may read every table (an operator's).
+    pub fn reads_everything(&self) -> bool {
+        self.read.contains(ALL)
     }
 
     /// Whether the principal may read `name` (`schema.table`, or `views.<name>`).
@@ -351,6 +387,17 @@ impl Access {
             .filter(|((t, _), _)| t == table)
             .map(|((_, c), k)| (c.clone(), *k))
             .collect()
+    }
+
+    /// Whether some table this principal reads is filtered or masked for it: then errors it
+    /// gets from running a query carry no data values.
+    pub fn restricted(&self) -> bool {
+        self.restricted
+    }
+
+    /// The key `hash` masks digest under.
+    pub fn mask_key(&self) -> &MaskKey {
+        &self.mask_key
     }
 
     /// A key identifying everything that shapes this principal's view (for caching sessions).

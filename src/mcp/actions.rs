@@ -23,6 +23,7 @@ use rmcp::ErrorData;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::catalog::AsOf;
 use super::server::{Millstream, Query, id, internal, invalid, text};
 use crate::broker::topics;
 use crate::config::KafkaConfig;
@@ -86,6 +87,9 @@ pub struct OrderReceipt {
     pub on_behalf_of: String,
     /// Where the order will appear.
     pub table: String,
+    /// The table versions the order was checked against (part, supplier terms, warehouse,
+    /// earlier orders).
+    pub as_of: AsOf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -181,9 +185,9 @@ pub async fn create_order(server: &Millstream, a: OrderRequest) -> Result<OrderR
     )
     .filter("po_id = ?", Some(text(&po_id)))
     .finish("");
-    let (existing, _) = server.fetch::<serde_json::Value>(q).await?;
+    let (existing, as_of) = server.fetch::<serde_json::Value>(q).await?;
     if let Some(row) = existing.into_iter().next() {
-        return existing_receipt(row, &key);
+        return existing_receipt(row, &key, as_of);
     }
 
     let q = Query::new(
@@ -193,20 +197,23 @@ pub async fn create_order(server: &Millstream, a: OrderRequest) -> Result<OrderR
     )
     .filter("p.part_id = ?", Some(text(&a.part_id)))
     .finish("");
-    let (terms, _) = server.fetch::<PartTerms>(q).await?;
+    let (terms, terms_as_of) = server.fetch::<PartTerms>(q).await?;
+    let as_of = as_of.merge(terms_as_of);
     let Some(terms) = terms.into_iter().next() else {
         return Err(invalid(
             "part_id",
             format!("unknown part_id {:?}", a.part_id),
         ));
     };
-    server
-        .must_exist(
-            "warehouse_id",
-            &a.warehouse_id,
-            "SELECT 1 FROM supply_chain.inventory WHERE warehouse_id = $1 LIMIT 1",
-        )
-        .await?;
+    let as_of = as_of.merge(
+        server
+            .must_exist(
+                "warehouse_id",
+                &a.warehouse_id,
+                "SELECT 1 FROM supply_chain.inventory WHERE warehouse_id = $1 LIMIT 1",
+            )
+            .await?,
+    );
     if let Some(s) = &a.supplier_id
         && *s != terms.supplier_id
     {
@@ -271,10 +278,15 @@ pub async fn create_order(server: &Millstream, a: OrderRequest) -> Result<OrderR
         expected_at: super::catalog::rfc3339(expected_at),
         on_behalf_of: principal,
         table: "supply_chain.purchase_orders".into(),
+        as_of,
     })
 }
 
-fn existing_receipt(row: serde_json::Value, key: &str) -> Result<OrderReceipt, ErrorData> {
+fn existing_receipt(
+    row: serde_json::Value,
+    key: &str,
+    as_of: AsOf,
+) -> Result<OrderReceipt, ErrorData> {
     #[derive(Deserialize)]
     struct Row {
         po_id: String,
@@ -313,6 +325,7 @@ fn existing_receipt(row: serde_json::Value, key: &str) -> Result<OrderReceipt, E
         expected_at: r.expected_at.unwrap_or_default(),
         on_behalf_of: r.on_behalf_of,
         table: "supply_chain.purchase_orders".into(),
+        as_of,
     })
 }
 
@@ -390,6 +403,8 @@ pub struct TicketReceipt {
     pub status: TicketStatus,
     pub on_behalf_of: String,
     pub table: String,
+    /// The table versions the action was checked against (the customer or the ticket).
+    pub as_of: AsOf,
 }
 
 fn bounded(field: &str, v: &str, max: usize) -> Result<(), ErrorData> {
@@ -417,7 +432,7 @@ pub async fn create_ticket(
     bounded("description", &a.description, 5000)?;
     let key = checked_key(a.idempotency_key)?;
     let producer = server.producer()?;
-    server
+    let as_of = server
         .must_exist(
             "customer_id",
             &a.customer_id,
@@ -449,6 +464,7 @@ pub async fn create_ticket(
         status: TicketStatus::Open,
         on_behalf_of: principal,
         table: "support.tickets".into(),
+        as_of,
     })
 }
 
@@ -475,7 +491,7 @@ pub async fn update_ticket_resolution(
     }
     let key = checked_key(a.idempotency_key)?;
     let producer = server.producer()?;
-    server
+    let as_of = server
         .must_exist(
             "ticket_id",
             &a.ticket_id,
@@ -506,6 +522,7 @@ pub async fn update_ticket_resolution(
         status: a.status,
         on_behalf_of: principal,
         table: "support.tickets".into(),
+        as_of,
     })
 }
 

@@ -91,6 +91,32 @@ pub struct AsOf {
     pub lag_ms: Option<i64>,
 }
 
+impl AsOf {
+    /// Freshness of an answer built from two reads: every table of both (the newer version of
+    /// one read twice), the newest commit, the earliest watermark, the smaller lag.
+    pub fn merge(mut self, other: AsOf) -> AsOf {
+        for t in other.tables {
+            match self.tables.iter_mut().find(|s| s.table == t.table) {
+                Some(s) if s.version >= t.version => {}
+                Some(s) => *s = t,
+                None => self.tables.push(t),
+            }
+        }
+        self.tables.sort_by(|a, b| a.table.cmp(&b.table));
+        // RFC 3339 in UTC with fixed precision: text order is time order.
+        self.committed_at = self.committed_at.max(other.committed_at);
+        self.watermark = match (self.watermark, other.watermark) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.lag_ms = match (self.lag_ms, other.lag_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 pub struct TableVersion {
     pub table: String,
@@ -342,12 +368,14 @@ impl LiveCatalog {
                 )),
             }
         };
-        // Tables other filters read (`visible_in`) first, then the rest.
+        // Tables other filters read (`visible_in`) first, then the rest. Each behind its
+        // barrier twice: as the caller's SQL sees it, and as views (trusted SQL) read it.
         let readable: Vec<&tables::TableDef> = tables::catalog()
             .iter()
             .filter(|d| access.may_read(&d.name))
             .collect();
-        let mut restricted: BTreeMap<String, Arc<dyn TableProvider>> = BTreeMap::new();
+        let mut caller: BTreeMap<String, Arc<dyn TableProvider>> = BTreeMap::new();
+        let mut trusted: BTreeMap<String, Arc<dyn TableProvider>> = BTreeMap::new();
         for pass in [false, true] {
             for def in &readable {
                 let reads_others = access
@@ -355,23 +383,25 @@ impl LiveCatalog {
                     .iter()
                     .any(|(_, f)| matches!(f, crate::auth::policy::ColumnFilter::VisibleIn(_)));
                 if reads_others == pass {
-                    let table = crate::auth::enforce::restrict(
+                    let both = crate::auth::enforce::restrict_both(
                         &def.name,
                         source(def),
                         access,
-                        &restricted,
+                        &trusted,
                     )?;
-                    restricted.insert(def.name.clone(), table);
+                    caller.insert(def.name.clone(), both.caller);
+                    trusted.insert(def.name.clone(), both.trusted);
                 }
             }
         }
-        let ctx =
-            crate::pipeline::session::with_tables(|def| Ok(restricted.get(&def.name).cloned()))?;
+        let ctx = crate::pipeline::session::with_tables(|def| Ok(caller.get(&def.name).cloned()))?;
+        let view_tables =
+            crate::pipeline::session::tables_catalog(|def| Ok(trusted.get(&def.name).cloned()))?;
         let mut defs = self.defs.clone();
         defs.views.retain(|name, _| {
             access.may_read(&format!("{}.{name}", crate::pipeline::session::VIEWS))
         });
-        crate::pipeline::session::with_functions_and_views(&ctx, &defs);
+        crate::pipeline::session::with_functions_and_views_over(&ctx, &defs, view_tables);
         // Two first requests may race to build it; either session is the same.
         let ctx = snapshot
             .sessions

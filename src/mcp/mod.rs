@@ -24,21 +24,32 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 pub use catalog::{AsOf, CatalogOptions, LiveCatalog};
 pub use server::Millstream;
 
-/// The streamable HTTP endpoint: one [`Millstream`] per MCP session, sharing the catalog.
-/// `allowed_hosts` guards against DNS rebinding (loopback names by default).
+/// Browser origins `/mcp` accepts when `serve.allowed_origins` is empty: the loopback ones.
+pub const LOOPBACK_ORIGINS: [&str; 3] =
+    ["http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*"];
+
+/// The streamable HTTP endpoint: one [`Millstream`] per MCP session, sharing the catalog, its
+/// sessions kept by `sessions`. `allowed_hosts` guards against DNS rebinding (loopback names by
+/// default); a request carrying an `Origin` header must name one of `allowed_origins` (the
+/// MCP transport spec's MUST), or one of [`LOOPBACK_ORIGINS`] when that is empty.
 pub fn http_service(
     server: Millstream,
+    sessions: Arc<LocalSessionManager>,
     allowed_hosts: Vec<String>,
+    allowed_origins: Vec<String>,
     cancel: tokio_util::sync::CancellationToken,
 ) -> StreamableHttpService<Millstream, LocalSessionManager> {
-    let mut config = StreamableHttpServerConfig::default();
-    config.allowed_hosts = allowed_hosts;
-    config.cancellation_token = cancel;
-    StreamableHttpService::new(
-        move || Ok(server.for_session()),
-        Arc::new(LocalSessionManager::default()),
-        config,
-    )
+    let origins = if allowed_origins.is_empty() {
+        LOOPBACK_ORIGINS.iter().map(|o| o.to_string()).collect()
+    } else {
+        allowed_origins
+    };
+    let config = StreamableHttpServerConfig::default()
+        .with_allowed_hosts(allowed_hosts)
+        .with_allowed_origins(origins)
+        .enforce_origin_validation()
+        .with_cancellation_token(cancel);
+    StreamableHttpService::new(move || Ok(server.for_session()), sessions, config)
 }
 
 /// Serves one client on stdin/stdout until it disconnects.
@@ -59,7 +70,16 @@ pub async fn start(
 ) -> crate::Result<Millstream> {
     let defs =
         crate::pipeline::definition::Definitions::from_config(&config.pipeline.definitions).await?;
-    let policies = Arc::new(crate::auth::Policies::load(&config.serve.policies)?);
+    let mut policies = crate::auth::Policies::load(&config.serve.policies)?;
+    if !config.auth.mask_key.expose().is_empty() {
+        policies = policies.with_mask_key(config.auth.mask_key.expose().as_bytes());
+    } else if policies.hashes() {
+        tracing::warn!(
+            "hash masks use a key made for this process: set auth.mask_key for digests that \
+             stay the same across restarts and replicas"
+        );
+    }
+    let policies = Arc::new(policies);
     let auditor = crate::auth::audit::Auditor::start(
         lake.clone(),
         std::time::Duration::from_secs(1),
@@ -84,5 +104,6 @@ pub async fn start(
         policies,
         &config.serve.principal,
     )?
+    .with_query_limits(crate::governed::Limits::from_config(&config.serve))
     .with_auditor(auditor))
 }

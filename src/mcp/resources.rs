@@ -272,9 +272,14 @@ async fn visible_rows(
     }
     let changed = datafusion::datasource::MemTable::try_new(first.schema(), vec![changes])
         .map_err(internal)?;
-    let restricted =
-        crate::auth::enforce::restrict(table, Arc::new(changed), &server.access, &visible)
-            .map_err(internal)?;
+    let restricted = crate::auth::enforce::restrict(
+        table,
+        Arc::new(changed),
+        &server.access,
+        &visible,
+        crate::auth::enforce::Internal::Hidden,
+    )
+    .map_err(internal)?;
     datafusion::prelude::SessionContext::new()
         .read_table(restricted)
         .map_err(internal)?

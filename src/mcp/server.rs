@@ -29,6 +29,8 @@ pub struct Millstream {
     pub(crate) catalog: LiveCatalog,
     pub(crate) actions: Option<Arc<ActionProducer>>,
     pub(crate) query_timeout: Duration,
+    /// Where `query_sql` runs callers' SQL, and its limits ([`crate::governed`]).
+    pub(crate) sandbox: Arc<crate::governed::Sandbox>,
     /// Whom this server answers for by default (stdio, or HTTP with `auth.mode = "none"`):
     /// its tables, filters, masks and tools (`config/policies.toml`).
     pub(crate) access: Arc<crate::auth::Access>,
@@ -56,6 +58,9 @@ impl Millstream {
             catalog,
             actions,
             query_timeout,
+            sandbox: Arc::new(crate::governed::Sandbox::new(
+                crate::governed::Limits::with_timeout(query_timeout),
+            )),
             tool_router: Self::router_for(&access),
             access: Arc::new(access),
             policies,
@@ -63,6 +68,13 @@ impl Millstream {
             scoped: Arc::default(),
             subscriptions: Arc::default(),
         })
+    }
+
+    /// Runs callers' SQL under `limits` (instead of the defaults with the query timeout).
+    pub fn with_query_limits(mut self, limits: crate::governed::Limits) -> Self {
+        self.query_timeout = limits.timeout;
+        self.sandbox = Arc::new(crate::governed::Sandbox::new(limits));
+        self
     }
 
     /// Records every tool call, action and resource read in `ops.audit` through `auditor`.
@@ -252,9 +264,15 @@ impl Millstream {
             let batches = df.collect().await?;
             Ok::<_, datafusion::error::DataFusionError>((batches, as_of))
         };
-        self.within_timeout(work)
-            .await?
-            .map_err(|e| internal(format!("query failed: {e}")))
+        let restricted = self.access.restricted();
+        self.within_timeout(work).await?.map_err(|e| {
+            tracing::warn!(error = %e, principal = %self.access.principal, "tool query failed");
+            failed(&crate::governed::describe(
+                &e,
+                self.sandbox.limits(),
+                restricted,
+            ))
+        })
     }
 
     /// Runs a query's `work` under the query timeout (dropping it cancels the query).
@@ -283,16 +301,17 @@ impl Millstream {
             .unwrap_or_else(chrono::Utc::now)
     }
 
-    /// Fails with `invalid params` on `field` unless `sql` (one `$1` parameter) finds a row.
+    /// Fails with `invalid params` on `field` unless `sql` (one `$1` parameter) finds a row;
+    /// else says which versions it looked at.
     pub(crate) async fn must_exist(
         &self,
         field: &str,
         value: &str,
         sql: &str,
-    ) -> Result<(), ErrorData> {
-        let (batches, _) = self.run(sql, vec![text(value)]).await?;
+    ) -> Result<AsOf, ErrorData> {
+        let (batches, as_of) = self.run(sql, vec![text(value)]).await?;
         if batches.iter().any(|b| b.num_rows() > 0) {
-            Ok(())
+            Ok(as_of)
         } else {
             Err(invalid(field, format!("unknown {field} {value:?}")))
         }
@@ -575,6 +594,21 @@ pub(crate) fn opt_id(field: &str, v: &Option<String>) -> Result<(), ErrorData> {
 /// The caller's fault, on `field`.
 pub(crate) fn invalid(field: &str, message: impl Into<String>) -> ErrorData {
     ErrorData::invalid_params(message.into(), Some(json!({ "field": field })))
+}
+
+/// A query that did not answer, as an MCP error: the caller's fault (`invalid params` on the
+/// SQL), too busy or out of time or memory (with what to do), or a failure whose text
+/// [`crate::governed::describe`] made safe for the caller.
+pub(crate) fn failed(f: &crate::governed::Failure) -> ErrorData {
+    use crate::governed::Failure;
+    let kind = match f {
+        Failure::Refused(_) => return invalid("sql", f.to_string()),
+        Failure::Busy(_) => "busy",
+        Failure::Timeout(_) => "timeout",
+        Failure::Memory(_) => "memory",
+        Failure::Failed(_) => "failed",
+    };
+    ErrorData::internal_error(f.to_string(), Some(json!({ "reason": kind })))
 }
 
 /// Our fault or a dependency's; logged here with the full error.

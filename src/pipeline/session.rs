@@ -40,9 +40,18 @@ pub fn memory(data: &BTreeMap<String, Vec<RecordBatch>>) -> Result<SessionContex
 /// A session whose catalog holds the tables of the lakehouse as `provider(def)` gives them
 /// (`None` leaves a table out), with the millstream functions (no views).
 pub fn with_tables(
-    mut provider: impl FnMut(&TableDef) -> Result<Option<Arc<dyn TableProvider>>>,
+    provider: impl FnMut(&TableDef) -> Result<Option<Arc<dyn TableProvider>>>,
 ) -> Result<SessionContext> {
     let ctx = plain_context();
+    ctx.register_catalog(CATALOG, tables_catalog(provider)?);
+    super::udf::register(&ctx);
+    Ok(ctx)
+}
+
+/// The `manufacturing` catalog holding the tables as `provider(def)` gives them.
+pub fn tables_catalog(
+    mut provider: impl FnMut(&TableDef) -> Result<Option<Arc<dyn TableProvider>>>,
+) -> Result<Arc<dyn CatalogProvider>> {
     let catalog = Arc::new(MemoryCatalogProvider::new());
     for def in tables::catalog() {
         let Some(table) = provider(def)? else {
@@ -58,9 +67,7 @@ pub fn with_tables(
         };
         schema.register_table(def.table_name().to_string(), table)?;
     }
-    ctx.register_catalog(CATALOG, catalog);
-    super::udf::register(&ctx);
-    Ok(ctx)
+    Ok(catalog)
 }
 
 /// Adds `views.<name>` for every view, planned now against `ctx`'s tables.
@@ -122,10 +129,27 @@ pub async fn lake(lake: &Lakehouse, defs: &Definitions) -> Result<SessionContext
 /// when a query first names it, against the very tables of `ctx`'s catalog (so a view reads the
 /// same versions as the query around it).
 pub fn with_functions_and_views(ctx: &SessionContext, defs: &Definitions) {
+    if let Some(catalog) = ctx.catalog(CATALOG) {
+        register_views(ctx, defs, ViewTables::Own(Arc::downgrade(&catalog)));
+    }
+}
+
+/// Like [`with_functions_and_views`], but the views are planned against `tables` instead of
+/// `ctx`'s own catalog (a principal's views read tables that keep their internal columns,
+/// which its own queries do not see).
+pub fn with_functions_and_views_over(
+    ctx: &SessionContext,
+    defs: &Definitions,
+    tables: Arc<dyn CatalogProvider>,
+) {
+    register_views(ctx, defs, ViewTables::Other(tables));
+}
+
+fn register_views(ctx: &SessionContext, defs: &Definitions, tables: ViewTables) {
     super::udf::register(ctx);
     if let Some(catalog) = ctx.catalog(CATALOG) {
         let views = LazyViews {
-            tables: Arc::downgrade(&catalog),
+            tables,
             defs: defs.clone(),
             planned: Mutex::new(HashMap::new()),
         };
@@ -134,11 +158,20 @@ pub fn with_functions_and_views(ctx: &SessionContext, defs: &Definitions) {
     }
 }
 
+/// The tables views are planned against.
+#[derive(Debug)]
+enum ViewTables {
+    /// The catalog holding the views themselves. Weak: a strong reference would be a cycle
+    /// and leak every session.
+    Own(Weak<dyn CatalogProvider>),
+    /// Another catalog (which does not hold the views).
+    Other(Arc<dyn CatalogProvider>),
+}
+
 /// Views planned when a query first names them.
 #[derive(Debug)]
 struct LazyViews {
-    /// Weak: the catalog holds this schema, so a strong reference would leak every session.
-    tables: Weak<dyn CatalogProvider>,
+    tables: ViewTables,
     defs: Definitions,
     planned: Mutex<HashMap<String, Arc<dyn TableProvider>>>,
 }
@@ -159,9 +192,12 @@ impl SchemaProvider for LazyViews {
         let Some(sql) = self.defs.views.get(name) else {
             return Ok(None);
         };
-        let tables = self.tables.upgrade().ok_or_else(|| {
-            DataFusionError::Internal("view planned after its session was dropped".into())
-        })?;
+        let tables = match &self.tables {
+            ViewTables::Own(weak) => weak.upgrade().ok_or_else(|| {
+                DataFusionError::Internal("view planned after its session was dropped".into())
+            })?,
+            ViewTables::Other(tables) => tables.clone(),
+        };
         let ctx = plain_context();
         ctx.register_catalog(CATALOG, tables);
         super::udf::register(&ctx);

@@ -1,5 +1,11 @@
 //! The HTTP side: the MCP endpoint at `/mcp` (streamable HTTP), `/metrics` (Prometheus) and
 //! `/healthz`.
+//!
+//! In front of `/mcp`, in this order: the `Host` must be one of `serve.allowed_hosts` (before
+//! anything echoes it into a URL); the bearer token names the caller; an `Mcp-Session-Id` must
+//! be one the caller's own principal created (anyone else's is answered 404, as an unknown
+//! session), so a stolen session id yields neither its notifications nor its deletion; then
+//! rmcp checks `Origin` and serves the session.
 
 use std::net::SocketAddr;
 
@@ -9,6 +15,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use rmcp::transport::streamable_http_server::session::SessionManager;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -21,10 +31,14 @@ use crate::mcp::Millstream;
 pub struct Mcp {
     pub server: Millstream,
     pub allowed_hosts: Vec<String>,
+    /// Browser origins `/mcp` accepts (empty: the loopback ones).
+    pub allowed_origins: Vec<String>,
     /// `None`: every caller is the server's default principal (`auth.mode = "none"`).
     pub auth: Option<Authenticator>,
     /// The resource identifier in the protected-resource metadata ("" = derived per request).
     pub resource: String,
+    /// `/metrics` needs an operator's bearer token (`serve.metrics_auth = "bearer"`).
+    pub metrics_auth: bool,
 }
 
 impl Mcp {
@@ -34,7 +48,9 @@ impl Mcp {
             auth: Authenticator::new(&config.auth, server.policies())?,
             server,
             allowed_hosts: config.serve.allowed_hosts.clone(),
+            allowed_origins: config.serve.allowed_origins.clone(),
             resource: config.auth.resource.clone(),
+            metrics_auth: config.serve.metrics_auth == "bearer",
         })
     }
 }
@@ -43,48 +59,212 @@ impl Mcp {
 struct AuthState {
     auth: Authenticator,
     resource: String,
+    policies: Arc<crate::auth::Policies>,
 }
 
 pub fn router(mcp: Option<Mcp>, cancel: CancellationToken) -> Router {
     let metrics = crate::telemetry::metrics();
-    let router = Router::new()
-        .route(
-            "/metrics",
-            get(move || std::future::ready(metrics.render())),
-        )
-        .route("/healthz", get(|| async { "ok\n" }));
+    let metrics = Router::new().route(
+        "/metrics",
+        get(move || std::future::ready(metrics.render())),
+    );
+    let healthz = Router::new().route("/healthz", get(|| async { "ok\n" }));
     let Some(m) = mcp else {
-        return router;
+        return healthz.merge(metrics);
     };
-    let service = crate::mcp::http_service(m.server, m.allowed_hosts, cancel);
+    let sessions = Arc::new(LocalSessionManager::default());
+    let hosts = Arc::new(m.allowed_hosts.clone());
+    let policies = m.server.policies();
+    let service = crate::mcp::http_service(
+        m.server,
+        sessions.clone(),
+        m.allowed_hosts,
+        m.allowed_origins,
+        cancel,
+    );
     match m.auth {
-        None => router.nest_service("/mcp", service),
+        None => healthz.merge(metrics).nest_service("/mcp", service),
         Some(auth) => {
             let state = AuthState {
                 auth,
                 resource: m.resource,
+                policies,
             };
-            let mcp =
-                Router::new()
-                    .nest_service("/mcp", service)
-                    .layer(middleware::from_fn_with_state(
-                        state.clone(),
-                        require_bearer,
-                    ));
+            let owners = SessionOwners {
+                owners: Arc::default(),
+                sessions,
+            };
+            let mcp = Router::new()
+                .nest_service("/mcp", service)
+                .layer(middleware::from_fn_with_state(owners, bind_sessions))
+                .layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    require_bearer,
+                ));
             let metadata = Router::new()
                 .route(METADATA_PATH, get(metadata))
                 .route(&format!("{METADATA_PATH}/mcp"), get(metadata))
-                .with_state(state);
-            router.merge(metadata).merge(mcp)
+                .with_state(state.clone());
+            let metrics = if m.metrics_auth {
+                metrics.layer(middleware::from_fn_with_state(state, require_operator))
+            } else {
+                metrics
+            };
+            healthz.merge(metrics).merge(
+                metadata
+                    .merge(mcp)
+                    .layer(middleware::from_fn_with_state(hosts, require_allowed_host)),
+            )
         }
+    }
+}
+
+/// Refuses a request whose `Host` is not one of `serve.allowed_hosts` (403), before anything
+/// could echo it back (the protected-resource metadata, a 401 challenge).
+async fn require_allowed_host(
+    State(hosts): State<Arc<Vec<String>>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if host_allowed(host, &hosts) {
+        next.run(req).await
+    } else {
+        (
+            StatusCode::FORBIDDEN,
+            "Forbidden: Host header is not allowed (serve.allowed_hosts)",
+        )
+            .into_response()
+    }
+}
+
+/// Whether `host` (a Host header: `name`, `name:port`, `[v6]:port`) is allowed: its whole
+/// authority or its name alone is in `allowed`.
+fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(n, _)| n),
+    };
+    !host.is_empty()
+        && allowed
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(host) || a.eq_ignore_ascii_case(name))
+}
+
+/// Which principal created each live MCP session.
+#[derive(Clone)]
+struct SessionOwners {
+    owners: Arc<Mutex<HashMap<String, String>>>,
+    sessions: Arc<LocalSessionManager>,
+}
+
+/// Sessions created between two sweeps of ended sessions out of [`SessionOwners`].
+const SWEEP_EVERY: usize = 256;
+
+/// A session belongs to the principal that created it: a request naming another principal's
+/// session is answered as if the session did not exist (404, what the MCP spec says for an
+/// unknown session), so it can neither read that session's notifications nor end it.
+async fn bind_sessions(State(s): State<SessionOwners>, req: Request, next: Next) -> Response {
+    let caller = req
+        .extensions()
+        .get::<crate::auth::Caller>()
+        .map(|c| c.principal.clone());
+    let session = req
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let (Some(caller), method) = (caller, req.method().clone()) else {
+        return next.run(req).await;
+    };
+    if let Some(id) = &session {
+        let owner = s.owners.lock().expect("poisoned").get(id).cloned();
+        if owner.as_ref().is_some_and(|o| *o != caller) {
+            metrics::counter!("millstream_mcp_session_refused_total").increment(1);
+            tracing::warn!(principal = %caller, "refused a request naming another principal's MCP session");
+            return (StatusCode::NOT_FOUND, "Not Found: Session not found").into_response();
+        }
+    }
+    let response = next.run(req).await;
+    match &session {
+        None => {
+            if let Some(new) = response
+                .headers()
+                .get("mcp-session-id")
+                .and_then(|v| v.to_str().ok())
+            {
+                let swept = {
+                    let mut owners = s.owners.lock().expect("poisoned");
+                    owners.insert(new.to_string(), caller);
+                    owners.len().is_multiple_of(SWEEP_EVERY)
+                };
+                if swept {
+                    sweep(&s).await;
+                }
+            }
+        }
+        Some(id) if method == axum::http::Method::DELETE && response.status().is_success() => {
+            s.owners.lock().expect("poisoned").remove(id);
+        }
+        Some(_) => {}
+    }
+    response
+}
+
+/// Forgets the owners of sessions that ended (idle timeout, transport closed).
+async fn sweep(s: &SessionOwners) {
+    let ids: Vec<String> = s.owners.lock().expect("poisoned").keys().cloned().collect();
+    for id in ids {
+        let live = s
+            .sessions
+            .has_session(&id.as_str().into())
+            .await
+            .unwrap_or(true);
+        if !live {
+            s.owners.lock().expect("poisoned").remove(&id);
+        }
+    }
+}
+
+/// `/metrics` for operators only: a bearer token (as for `/mcp`) of a principal whose persona
+/// may read every table.
+async fn require_operator(State(s): State<AuthState>, req: Request, next: Next) -> Response {
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    match s.auth.authenticate(authorization.as_deref()).await {
+        Ok(caller)
+            if s.policies
+                .access(&caller.principal)
+                .is_ok_and(|a| a.reads_everything()) =>
+        {
+            next.run(req).await
+        }
+        Ok(_) => (
+            StatusCode::FORBIDDEN,
+            "Forbidden: /metrics is for principals who may read every table",
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "Unauthorized: /metrics needs a bearer token (serve.metrics_auth)",
+        )
+            .into_response(),
     }
 }
 
 /// RFC 9728 protected-resource metadata.
 const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 
-/// `http://host` as the request reached us (the Host header; validated by rmcp's allowed-hosts
-/// check before any MCP handling, and only echoed into URLs here).
+/// `http://host` as the request reached us (the Host header, already checked against
+/// `serve.allowed_hosts` by [`require_allowed_host`]).
 fn origin(headers: &HeaderMap) -> String {
     let host = headers
         .get(header::HOST)
@@ -129,7 +309,11 @@ async fn require_bearer(State(s): State<AuthState>, mut req: Request, next: Next
             next.run(req).await
         }
         Err(refusal) => {
-            let metadata = format!("{}{METADATA_PATH}", origin(req.headers()));
+            let metadata = if s.resource.is_empty() {
+                format!("{}{METADATA_PATH}", origin(req.headers()))
+            } else {
+                metadata_url(&s.resource)
+            };
             let (status, challenge, error, description) = match &refusal {
                 Refusal::Missing => (
                     StatusCode::UNAUTHORIZED,
@@ -164,6 +348,22 @@ async fn require_bearer(State(s): State<AuthState>, mut req: Request, next: Next
             }
             resp
         }
+    }
+}
+
+/// The metadata URL of a configured resource identifier (`https://host/mcp` →
+/// `https://host/.well-known/oauth-protected-resource/mcp`, RFC 9728 §3.1).
+fn metadata_url(resource: &str) -> String {
+    match url::Url::parse(resource) {
+        Ok(u) => {
+            let path = u.path().trim_end_matches('/');
+            format!(
+                "{}://{}{METADATA_PATH}{path}",
+                u.scheme(),
+                &u[url::Position::BeforeHost..url::Position::AfterPort]
+            )
+        }
+        Err(_) => format!("{resource}{METADATA_PATH}"),
     }
 }
 

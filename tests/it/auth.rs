@@ -43,10 +43,23 @@ async fn issuer() -> Issuer {
     let (key, public) = keypair();
     let (stranger, _) = keypair();
     // Uncompressed point: 0x04 ‖ x ‖ y.
-    let jwks = json!({ "keys": [{
-        "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": "k1",
-        "x": B64.encode(&public[1..33]), "y": B64.encode(&public[33..65]),
-    }]});
+    // The same public key three times: for signatures (k1), published for encryption (k2),
+    // and allowed only to sign, not to verify (k3). Only k1 may verify a token.
+    let point = |kid: &str, extra: Value| {
+        let mut k = json!({
+            "kty": "EC", "crv": "P-256", "alg": "ES256", "kid": kid,
+            "x": B64.encode(&public[1..33]), "y": B64.encode(&public[33..65]),
+        });
+        k.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        k
+    };
+    let jwks = json!({ "keys": [
+        point("k1", json!({ "use": "sig" })),
+        point("k2", json!({ "use": "enc" })),
+        point("k3", json!({ "key_ops": ["sign"] })),
+    ]});
     let app = axum::Router::new().route(
         "/.well-known/jwks.json",
         axum::routing::get(move || std::future::ready(axum::Json(jwks.clone()))),
@@ -76,6 +89,11 @@ impl Issuer {
 
     fn token(&self, sub: &str) -> String {
         self.sign(&self.claims(sub))
+    }
+
+    /// `claims` signed with k1's private key under another header.
+    fn sign_with(&self, header: Header, claims: &Value) -> String {
+        jsonwebtoken::encode(&header, claims, &self.key).unwrap()
     }
 }
 
@@ -168,7 +186,31 @@ async fn only_valid_tokens_get_in_and_each_caller_gets_its_own_view() {
         parts[1] = B64.encode(issuer.claims("local-dev").to_string());
         parts.join(".")
     };
+    let not_yet = {
+        let mut c = issuer.claims("maria@emea");
+        c["nbf"] = json!(now + 3600);
+        issuer.sign(&c)
+    };
+    let with_header = |kid: &str, crit: Option<Vec<String>>| {
+        let mut h = Header::new(Algorithm::ES256);
+        h.kid = Some(kid.into());
+        h.crit = crit;
+        issuer.sign_with(h, &issuer.claims("maria@emea"))
+    };
     for (case, token) in [
+        ("not valid before an hour from now", Some(not_yet)),
+        (
+            "an unknown critical header",
+            Some(with_header(
+                "k1",
+                Some(vec!["x-millstream-unheard-of".into()]),
+            )),
+        ),
+        (
+            "verified by an encryption key",
+            Some(with_header("k2", None)),
+        ),
+        ("verified by a sign-only key", Some(with_header("k3", None))),
         ("missing", None),
         ("not a jwt", Some("garbage".to_string())),
         ("wrong audience", Some(issuer.sign(&wrong_audience))),
@@ -318,6 +360,18 @@ async fn only_valid_tokens_get_in_and_each_caller_gets_its_own_view() {
             let receipt = order(None).await.unwrap();
             let receipt = receipt.structured_content.expect("a receipt");
             assert_eq!(receipt["on_behalf_of"], json!("maria@emea"), "{receipt}");
+            // Like every answer, a receipt says which versions it was checked against.
+            let checked: Vec<&str> = receipt["as_of"]["tables"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["table"].as_str().unwrap())
+                .collect();
+            assert!(
+                checked.contains(&"supply_chain.parts")
+                    && checked.contains(&"supply_chain.inventory"),
+                "{receipt}"
+            );
         }
         let _ = client.cancel().await;
     }
@@ -389,4 +443,150 @@ async fn only_valid_tokens_get_in_and_each_caller_gets_its_own_view() {
     )
     .await;
     assert!(sql.iter().all(|a| a.contains("SELECT DISTINCT")), "{sql:?}");
+}
+
+/// Everything around a request in bearer mode: an MCP session belongs to the principal that
+/// created it (another caller naming it gets 404 and can neither read its stream nor end it);
+/// a browser Origin outside `serve.allowed_origins` is refused; a Host outside
+/// `serve.allowed_hosts` is refused before anything could echo it; `/metrics` needs an
+/// operator's token when `serve.metrics_auth = "bearer"`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_origins_hosts_and_metrics_are_guarded() {
+    let _w = support::watchdog("auth guards", Duration::from_secs(120));
+    let mut env = Env::new(1).await;
+    env.config.auth.mode = "bearer".into();
+    env.config.serve.metrics_auth = "bearer".into();
+    for (who, token) in [
+        ("maria@emea", "tok-maria"),
+        ("jon@amer", "tok-jon"),
+        ("local-dev", "tok-ops"),
+    ] {
+        env.config
+            .auth
+            .dev_tokens
+            .insert(who.into(), millstream::config::Secret::new(token));
+    }
+    env.lake.ensure_all().await.unwrap();
+    let (_stop_tx, stop) = watch::channel(false);
+    let (base, _http) = env.serve_mcp(stop).await;
+    let url = format!("{base}/mcp");
+    let http = reqwest::Client::new();
+    let rpc = |token: &str, session: Option<&str>, body: Value| {
+        let mut req = http
+            .post(&url)
+            .header("accept", "application/json, text/event-stream")
+            .header("authorization", format!("Bearer {token}"))
+            .header("mcp-protocol-version", "2025-06-18")
+            .json(&body);
+        if let Some(s) = session {
+            req = req.header("mcp-session-id", s);
+        }
+        req.send()
+    };
+    let init = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": { "protocolVersion": "2025-06-18", "capabilities": {},
+                    "clientInfo": { "name": "guards", "version": "0" } }
+    });
+    let list = json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {} });
+    let resp = rpc("tok-maria", None, init.clone()).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let session = resp.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let _ = resp.text().await;
+    let initialized = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
+    assert_eq!(
+        rpc("tok-maria", Some(&session), initialized)
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+
+    // jon holds maria's session id: her stream, her tools and her session's end are not his.
+    let stream = http
+        .get(&url)
+        .header("accept", "text/event-stream")
+        .header("authorization", "Bearer tok-jon")
+        .header("mcp-session-id", &session)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 404);
+    assert_eq!(
+        rpc("tok-jon", Some(&session), list.clone())
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let delete = |token: &str| {
+        http.delete(&url)
+            .header("authorization", format!("Bearer {token}"))
+            .header("mcp-session-id", &session)
+            .send()
+    };
+    assert_eq!(delete("tok-jon").await.unwrap().status(), 404);
+    let mine = rpc("tok-maria", Some(&session), list.clone())
+        .await
+        .unwrap();
+    assert_eq!(mine.status(), 200);
+    assert!(mine.text().await.unwrap().contains("create_order"));
+    assert!(delete("tok-maria").await.unwrap().status().is_success());
+    assert_eq!(
+        rpc("tok-maria", Some(&session), list)
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+
+    // Origin: a foreign page's script is refused; a local one is served.
+    for (origin, want) in [("http://evil.example", 403), ("http://localhost:5173", 200)] {
+        let resp = http
+            .post(&url)
+            .header("accept", "application/json, text/event-stream")
+            .header("authorization", "Bearer tok-maria")
+            .header("origin", origin)
+            .json(&init)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), want, "{origin}");
+    }
+
+    // Host: refused before the metadata or a challenge could echo it.
+    for path in ["/.well-known/oauth-protected-resource", "/mcp"] {
+        let resp = http
+            .get(format!("{base}{path}"))
+            .header("host", "evil.example")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403, "{path}");
+        assert!(resp.headers().get("www-authenticate").is_none());
+        assert!(!resp.text().await.unwrap().contains("evil.example"));
+    }
+
+    // /metrics: operators only.
+    let metrics = |token: Option<&str>| {
+        let mut req = http.get(format!("{base}/metrics"));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        req.send()
+    };
+    assert_eq!(metrics(None).await.unwrap().status(), 401);
+    assert_eq!(metrics(Some("tok-maria")).await.unwrap().status(), 403);
+    assert_eq!(metrics(Some("tok-ops")).await.unwrap().status(), 200);
+    assert_eq!(
+        reqwest::get(format!("{base}/healthz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }

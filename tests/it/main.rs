@@ -10,6 +10,7 @@ mod cdf;
 mod crash;
 mod exactly_once;
 mod golden;
+mod governed;
 mod independent_reader;
 mod maintain;
 mod mcp;

@@ -44,69 +44,112 @@ fn set(v: &[&str]) -> BTreeSet<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_tool_or_sql_reaches_another_tenants_rows() {
-    let _w = support::watchdog("tenancy", Duration::from_secs(300));
-    let mut env = Env::new(1).await;
-    // History (sales for churn and KPIs, shipments, telemetry), then live events, then one
-    // round of the signal pipelines: every table the tools read has rows of both tenants.
-    env.config.simulate.seed_telemetry = 2_000;
-    env.config.simulate.seed_shipments = 100;
-    env.lake.ensure_all().await.unwrap();
-    millstream::sim::write_reference(&env.lake, &env.config.simulate, false)
-        .await
-        .unwrap();
-    let history = millstream::sim::stream::history(&env.config.simulate, "tenancy");
-    let live = support::events_with_faults("tenancy", 8000, 0.0, 200.0);
-    env.produce(&history).await;
-    env.produce(&live).await;
-    let opts = env.options("tenancy", "tenancy");
-    env.run_until(&opts, (history.len() + live.len()) as u64)
-        .await;
-    let defs = millstream::pipeline::definition::Definitions::built_in()
-        .await
-        .unwrap();
-    millstream::pipeline::derive::Deriver::new(env.lake.clone(), defs.clone())
-        .round()
-        .await
-        .unwrap();
-    // Alerts of every kind for both tenants: the simulated data may raise none of some kinds.
-    let alerts = [
-        ("supply_chain.shortage_signals", "P-1@WH-01", r#""warehouse_id": "WH-01", "region": "EMEA-North""#),
-        ("supply_chain.shortage_signals", "P-1@WH-03", r#""warehouse_id": "WH-03", "region": "AMER-East""#),
-        ("iot.maintenance_alerts", "M-001", r#""plant_id": "PLANT-1""#),
-        ("iot.maintenance_alerts", "M-009", r#""plant_id": "PLANT-2""#),
-    ]
-    .map(|(source, key, tenant)| {
-        format!(
-            r#"{{"alert_id": "{source}:{key}", "source": "{source}", "signal_key": "{key}", "severity": "CRITICAL", "title": "t", "detail": "d", "signal_ts": "2026-11-08T00:00:00Z", "alert_date": "2026-11-08", {tenant}}}"#
-        )
-    })
-    .join("\n");
-    let def = millstream::model::tables::get("ops.alerts").unwrap();
-    let batch = support::json_batch(def.arrow_schema(), &alerts);
-    env.lake
-        .ensure("ops.alerts")
-        .await
-        .unwrap()
-        .write(vec![batch])
-        .await
-        .unwrap();
-    let (catalog, _stop) = env.live_catalog(50, 100_000).await;
-    let policies = std::sync::Arc::new(Policies::load("").unwrap());
-    let actions = std::sync::Arc::new(
-        millstream::mcp::actions::ActionProducer::new(&env.config.kafka, &env.brokers()).unwrap(),
-    );
-    let server = |who: &str| {
+/// A lakehouse with both tenants' rows in every table the tools read, and MCP servers over it.
+struct Seeded {
+    env: Env,
+    catalog: millstream::mcp::LiveCatalog,
+    _stop: tokio::sync::watch::Sender<bool>,
+    policies: std::sync::Arc<Policies>,
+    actions: std::sync::Arc<millstream::mcp::actions::ActionProducer>,
+}
+
+impl Seeded {
+    /// History (sales for churn and KPIs, shipments, telemetry), then live events, then one
+    /// round of the signal pipelines, then alerts of every kind for both tenants (the
+    /// simulated data may raise none of some kinds).
+    async fn new(name: &str) -> Seeded {
+        let mut env = Env::new(1).await;
+        env.config.simulate.seed_telemetry = 2_000;
+        env.config.simulate.seed_shipments = 100;
+        env.lake.ensure_all().await.unwrap();
+        millstream::sim::write_reference(&env.lake, &env.config.simulate, false)
+            .await
+            .unwrap();
+        let history = millstream::sim::stream::history(&env.config.simulate, name);
+        let live = support::events_with_faults(name, 8000, 0.0, 200.0);
+        env.produce(&history).await;
+        env.produce(&live).await;
+        let opts = env.options(name, name);
+        env.run_until(&opts, (history.len() + live.len()) as u64)
+            .await;
+        let defs = millstream::pipeline::definition::Definitions::built_in()
+            .await
+            .unwrap();
+        millstream::pipeline::derive::Deriver::new(env.lake.clone(), defs.clone())
+            .round()
+            .await
+            .unwrap();
+        let alerts = [
+            ("supply_chain.shortage_signals", "P-1@WH-01", r#""warehouse_id": "WH-01", "region": "EMEA-North""#),
+            ("supply_chain.shortage_signals", "P-1@WH-03", r#""warehouse_id": "WH-03", "region": "AMER-East""#),
+            ("iot.maintenance_alerts", "M-001", r#""plant_id": "PLANT-1""#),
+            ("iot.maintenance_alerts", "M-009", r#""plant_id": "PLANT-2""#),
+        ]
+        .map(|(source, key, tenant)| {
+            format!(
+                r#"{{"alert_id": "{source}:{key}", "source": "{source}", "signal_key": "{key}", "severity": "CRITICAL", "title": "t", "detail": "d", "signal_ts": "2026-11-08T00:00:00Z", "alert_date": "2026-11-08", {tenant}}}"#
+            )
+        })
+        .join("\n");
+        let def = millstream::model::tables::get("ops.alerts").unwrap();
+        let batch = support::json_batch(def.arrow_schema(), &alerts);
+        env.lake
+            .ensure("ops.alerts")
+            .await
+            .unwrap()
+            .write(vec![batch])
+            .await
+            .unwrap();
+        // Maintenance alerts of both tenants (the seeded faults may not persist long enough
+        // to raise one).
+        let maintenance = ["PLANT-1", "PLANT-2"]
+            .map(|plant| {
+                format!(
+                    r#"{{"alert_id": "MA-{plant}", "machine_id": "M-{plant}", "plant_id": "{plant}", "window_start": "2026-11-08T00:00:00Z", "window_end": "2026-11-08T01:00:00Z", "anomalies": 9, "active_windows": 4, "sensors": "vibration", "severity": "HIGH", "first_ts": "2026-11-08T00:01:00Z", "last_ts": "2026-11-08T00:59:00Z"}}"#
+                )
+            })
+            .join("\n");
+        let def = millstream::model::tables::get("iot.maintenance_alerts").unwrap();
+        env.lake
+            .ensure("iot.maintenance_alerts")
+            .await
+            .unwrap()
+            .write(vec![support::json_batch(def.arrow_schema(), &maintenance)])
+            .await
+            .unwrap();
+        let (catalog, stop) = env.live_catalog(50, 100_000).await;
+        let actions = std::sync::Arc::new(
+            millstream::mcp::actions::ActionProducer::new(&env.config.kafka, &env.brokers())
+                .unwrap(),
+        );
+        Seeded {
+            env,
+            catalog,
+            _stop: stop,
+            policies: std::sync::Arc::new(Policies::load("").unwrap()),
+            actions,
+        }
+    }
+
+    /// The MCP server as `who` (a principal of the built-in policies).
+    fn server(&self, who: &str) -> Millstream {
         Millstream::new(
-            catalog.clone(),
-            Some(actions.clone()),
+            self.catalog.clone(),
+            Some(self.actions.clone()),
             Duration::from_secs(30),
-            policies.clone(),
+            self.policies.clone(),
             who,
         )
         .unwrap()
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_tool_or_sql_reaches_another_tenants_rows() {
+    let _w = support::watchdog("tenancy", Duration::from_secs(300));
+    let seeded = Seeded::new("tenancy").await;
+    let env = &seeded.env;
+    let server = |who: &str| seeded.server(who);
     let admin = server("local-dev");
     let all_warehouses = values(
         &sql(
@@ -261,7 +304,7 @@ async fn no_tool_or_sql_reaches_another_tenants_rows() {
         }
     }
 
-    tools_keep_to_the_callers_tenant(&env, &server, &admin).await;
+    tools_keep_to_the_callers_tenant(env, &server, &admin).await;
 }
 
 /// What a sales rep's or manager's MCP client sees and may do, through every tool.
@@ -808,4 +851,218 @@ fn field_values(answer: &Value, list: &str, column: &str) -> BTreeSet<String> {
         .map(|a| a.iter().filter_map(|r| r.as_object().cloned()).collect())
         .unwrap_or_default();
     values(&rows, column)
+}
+
+/// tests/tenancy/attacks.toml.
+#[derive(serde::Deserialize)]
+struct Attacks {
+    value: Vec<Named>,
+    placement: Vec<Named>,
+    tables: std::collections::BTreeMap<String, Shape>,
+}
+
+#[derive(serde::Deserialize)]
+struct Named {
+    name: String,
+    sql: String,
+}
+
+#[derive(serde::Deserialize)]
+struct Shape {
+    tenant: String,
+    c: String,
+    k: String,
+    s: String,
+}
+
+/// The error-channel attack matrix (tests/tenancy/attacks.toml): for every restricted
+/// principal and every table and view it reads through a row filter, expressions that fail on
+/// any hidden row — in WHERE, JOIN ON, HAVING, CASE, subqueries, windows and ORDER BY — answer
+/// exactly as if they were the constant 1, so no hidden row ever reached them; turned around
+/// to fail on a visible row, they fail with an error naming no value of the table. Then the
+/// smaller channels: internal columns, row counts from file statistics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hidden_rows_never_reach_a_callers_expression() {
+    let _w = support::watchdog("tenancy attacks", Duration::from_secs(900));
+    let seeded = Seeded::new("attacks").await;
+    let attacks: Attacks = toml::from_str(include_str!("../tenancy/attacks.toml")).unwrap();
+    let admin = seeded.server("local-dev");
+    let mut attacked = Vec::new();
+    let mut empty = Vec::new();
+    for who in ["maria@emea", "jon@amer", "alice@emea", "bruno@amer"] {
+        let me = seeded.server(who);
+        let access = seeded.policies.access(who).unwrap();
+        for (table, shape) in &attacks.tables {
+            if !access.may_read(table) {
+                continue;
+            }
+            let tenant = &shape.tenant;
+            let distinct = format!("SELECT DISTINCT {tenant} AS v FROM {table}");
+            let seen = values(&sql(&me, &distinct).await.unwrap(), "v");
+            let all = values(&sql(&admin, &distinct).await.unwrap(), "v");
+            if all.is_empty() {
+                empty.push(table.clone());
+                continue;
+            }
+            if seen == all {
+                // Nothing hidden from this caller here (e.g. reference data).
+                continue;
+            }
+            let list = seen
+                .iter()
+                .map(|v| format!("'{v}'"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let hidden = if seen.is_empty() {
+                "TRUE".to_string()
+            } else {
+                format!("({tenant} IS NULL OR {tenant} NOT IN ({list}))")
+            };
+            // `hidden` is exactly the rows the caller does not see: what the administrator
+            // sees outside it is what the caller sees.
+            let count = |rows: Vec<serde_json::Map<String, Value>>| rows[0]["n"].clone();
+            assert_eq!(
+                count(
+                    sql(
+                        &admin,
+                        &format!("SELECT count(*) AS n FROM {table} WHERE NOT {hidden}")
+                    )
+                    .await
+                    .unwrap()
+                ),
+                count(
+                    sql(&me, &format!("SELECT count(*) AS n FROM {table}"))
+                        .await
+                        .unwrap()
+                ),
+                "{who}: {table}: the test's idea of hidden rows is off"
+            );
+            let samples = values(
+                &sql(
+                    &admin,
+                    &format!("SELECT DISTINCT {} AS v FROM {table} LIMIT 300", shape.s),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{table}: {e}")),
+                "v",
+            );
+            for placement in &attacks.placement {
+                let fill = |q: &str, v: &str| {
+                    q.replace("{v}", v)
+                        .replace("{t}", table)
+                        .replace("{c}", &shape.c)
+                        .replace("{k}", &shape.k)
+                        .replace("{s}", &shape.s)
+                };
+                let want = sql(&me, &fill(&placement.sql, "1"))
+                    .await
+                    .unwrap_or_else(|e| panic!("{who}: {table}: {}: {e}", placement.name));
+                for value in &attacks.value {
+                    let v = value.sql.replace("{h}", &hidden);
+                    let q = fill(&placement.sql, &v);
+                    let got = sql(&me, &q).await;
+                    assert_eq!(
+                        got.as_ref(),
+                        Ok(&want),
+                        "{who}: {table}: {} in {}: a hidden row reached the caller's expression\n{q}",
+                        value.name,
+                        placement.name
+                    );
+                }
+            }
+            // Turned around, failing on visible rows: an error, and one that names no value.
+            for value in &attacks.value {
+                let v = value.sql.replace("{h}", &format!("NOT {hidden}"));
+                let q = attacks.placement[0]
+                    .sql
+                    .replace("{v}", &v)
+                    .replace("{t}", table)
+                    .replace("{c}", &shape.c)
+                    .replace("{s}", &shape.s);
+                let e = sql(&me, &q).await.expect_err(&format!(
+                    "{who}: {table}: {} did not fail on visible rows: {q}",
+                    value.name
+                ));
+                for leaked in all.iter().chain(&samples) {
+                    assert!(
+                        leaked.len() < 3 || !e.contains(leaked.as_str()),
+                        "{who}: {table}: {}: the error names {leaked:?}: {e}",
+                        value.name
+                    );
+                }
+            }
+            attacked.push(format!("{who} {table}"));
+        }
+    }
+    // Every filtered table of each persona was attacked, unless it holds no rows at all.
+    assert!(
+        attacked.len() >= 20,
+        "attacked only {attacked:?} (empty: {empty:?})"
+    );
+    assert!(
+        empty.iter().all(|t| t == "supply_chain.purchase_orders"),
+        "tables without rows: {empty:?}"
+    );
+
+    // Internal columns: a caller whose rows are filtered cannot count other tenants' rows from
+    // offset gaps, so the columns are not there for it; views still use them, and an
+    // administrator still sees them.
+    let maria = seeded.server("maria@emea");
+    for q in [
+        "SELECT _offset FROM supply_chain.shipments",
+        "SELECT max(_partition) FROM iot.telemetry",
+        "SELECT _ingested_at FROM supply_chain.inventory_movements",
+    ] {
+        let e = sql(&maria, q).await.unwrap_err();
+        assert!(e.contains("_"), "{q}: {e}");
+    }
+    let row = &sql(&maria, "SELECT * FROM supply_chain.shipments LIMIT 1")
+        .await
+        .unwrap()[0];
+    assert!(
+        row.keys().all(|k| !k.starts_with('_')) && row.contains_key("shipment_id"),
+        "{row:?}"
+    );
+    assert!(
+        !sql(&maria, "SELECT * FROM views.track_shipments")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        sql(
+            &admin,
+            "SELECT max(_offset) AS o FROM supply_chain.shipments"
+        )
+        .await
+        .unwrap()[0]
+            .contains_key("o")
+    );
+    let described = maria
+        .describe_tables(rmcp::handler::server::wrapper::Parameters(
+            serde_json::from_value(json!({ "table": "supply_chain.shipments" })).unwrap(),
+        ))
+        .await
+        .unwrap()
+        .0;
+    let columns: Vec<&str> = described.tables[0]
+        .columns
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert!(
+        columns.iter().all(|c| !c.starts_with('_')) && columns.contains(&"shipment_id"),
+        "{columns:?}"
+    );
+    // count(*) counts the caller's rows, never the table's from its file statistics.
+    let mine = sql(
+        &admin,
+        "SELECT count(*) AS n FROM supply_chain.shipments WHERE warehouse_id IN ('WH-01', 'WH-02')",
+    )
+    .await
+    .unwrap();
+    let theirs = sql(&maria, "SELECT count(*) AS n FROM supply_chain.shipments")
+        .await
+        .unwrap();
+    assert_eq!(mine, theirs);
 }

@@ -1,27 +1,23 @@
 //! Analytics tools: what the tables hold (`describe_tables`) and one read-only query at a time
 //! (`query_sql`).
 //!
-//! `query_sql` accepts exactly one statement and only a query (SELECT, WITH, VALUES …): the
-//! text is parsed first and anything else is refused, table functions too (nothing reads
-//! files or makes rows out of thin air), and the plan is made with DDL, DML and statements
-//! (SET, …) disabled as a second lock. The result is cut at `limit` rows (default
-//! 100, at most 10,000) and the query at the server's timeout.
+//! `query_sql` is governed SQL ([`crate::governed`]): exactly one read-only query over the
+//! caller's own tables (row filters and masks inside the scans), allowed functions only, on
+//! its own threads with a memory limit, a timeout that cancels and per-principal concurrency
+//! limits. The answer is cut at `limit` rows (default 100, at most 10,000) or at
+//! `serve.query_result_mb` of JSON, whichever comes first, and says which.
 
-use datafusion::execution::context::SQLOptions;
-use datafusion::sql::parser::{DFParser, Statement as DfStatement};
-use datafusion::sql::sqlparser::ast::Statement;
 use rmcp::handler::server::wrapper::{Json, Parameters};
 use rmcp::{ErrorData, tool, tool_router};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::mcp::catalog::AsOf;
-use crate::mcp::server::{Millstream, internal, invalid, rows_json};
+use crate::mcp::server::{Millstream, internal, invalid};
 use crate::model::tables;
 
 pub const SQL_DEFAULT_ROWS: u32 = 100;
 pub const SQL_MAX_ROWS: u32 = 10_000;
-const SQL_MAX_CHARS: usize = 20_000;
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -91,8 +87,12 @@ pub struct SqlAnswer {
     pub columns: Vec<ResultColumn>,
     /// One object per row; NULL columns are left out.
     pub rows: Vec<serde_json::Map<String, serde_json::Value>>,
-    /// True when the query had more rows than `limit`.
+    /// True when the query had more rows than it returns.
     pub truncated: bool,
+    /// Why rows were left out: "rows" (`limit`) or "bytes" (the server's answer size limit,
+    /// serve.query_result_mb). Absent when nothing was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truncated_by: Option<String>,
     pub as_of: AsOf,
 }
 
@@ -146,78 +146,6 @@ fn kpis() -> Vec<Kpi> {
     ]
 }
 
-/// Exactly one statement, and a query.
-fn check_read_only(sql: &str) -> Result<(), ErrorData> {
-    if sql.trim().is_empty() {
-        return Err(invalid("sql", "sql is empty"));
-    }
-    if sql.len() > SQL_MAX_CHARS {
-        return Err(invalid(
-            "sql",
-            format!("sql is longer than {SQL_MAX_CHARS} characters"),
-        ));
-    }
-    let statements = DFParser::parse_sql(sql)
-        .map_err(|e| invalid("sql", format!("cannot parse the query: {e}")))?;
-    if statements.len() != 1 {
-        return Err(invalid(
-            "sql",
-            format!(
-                "exactly one statement is accepted, found {}",
-                statements.len()
-            ),
-        ));
-    }
-    match &statements[0] {
-        DfStatement::Statement(s) if matches!(s.as_ref(), Statement::Query(_)) => {
-            no_table_functions(s)
-        }
-        other => {
-            let kind = format!("{other}");
-            let first = kind.split_whitespace().next().unwrap_or("statement");
-            Err(invalid(
-                "sql",
-                format!(
-                    "only read-only queries (SELECT, WITH) are accepted, not {}",
-                    first.to_uppercase()
-                ),
-            ))
-        }
-    }
-}
-
-/// Refuses table functions (`generate_series(…)`, `range(…)`, and any a future DataFusion
-/// registers, file readers included): a query reads the caller's tables and nothing else.
-fn no_table_functions(statement: &Statement) -> Result<(), ErrorData> {
-    use datafusion::sql::sqlparser::ast::{TableFactor, Visit, Visitor};
-    use std::ops::ControlFlow;
-    struct Refuse;
-    impl Visitor for Refuse {
-        type Break = String;
-        fn pre_visit_table_factor(&mut self, t: &TableFactor) -> ControlFlow<String> {
-            match t {
-                TableFactor::Table {
-                    name,
-                    args: Some(_),
-                    ..
-                } => ControlFlow::Break(name.to_string()),
-                TableFactor::Function { name, .. } => ControlFlow::Break(name.to_string()),
-                TableFactor::TableFunction { expr, .. } => ControlFlow::Break(expr.to_string()),
-                _ => ControlFlow::Continue(()),
-            }
-        }
-    }
-    match statement.visit(&mut Refuse) {
-        ControlFlow::Continue(()) => Ok(()),
-        ControlFlow::Break(f) => Err(invalid(
-            "sql",
-            format!(
-                "table functions are not available in query_sql (found {f}); read tables and views"
-            ),
-        )),
-    }
-}
-
 #[tool_router(router = analytics_router, vis = "pub(crate)")]
 impl Millstream {
     #[tool(
@@ -236,6 +164,9 @@ impl Millstream {
             {
                 continue;
             }
+            // Where the caller's rows are filtered, internal columns are not its to see
+            // (crate::auth::enforce).
+            let filtered = !self.access.filters(&def.name).map_err(internal)?.is_empty();
             out.push(TableInfo {
                 name: def.name.clone(),
                 kind: "table".into(),
@@ -243,6 +174,7 @@ impl Millstream {
                 columns: def
                     .columns
                     .iter()
+                    .filter(|c| !(filtered && c.name.starts_with('_')))
                     .map(|c| Column {
                         name: c.name.clone(),
                         ty: format!("{:?}", c.ty).to_lowercase(),
@@ -324,7 +256,6 @@ impl Millstream {
         &self,
         Parameters(a): Parameters<SqlArgs>,
     ) -> Result<Json<SqlAnswer>, ErrorData> {
-        check_read_only(&a.sql)?;
         let n = match a.limit {
             None => SQL_DEFAULT_ROWS,
             Some(n) if (1..=SQL_MAX_ROWS).contains(&n) => n,
@@ -336,25 +267,21 @@ impl Millstream {
             }
         } as usize;
         let session = self.session().await?;
-        let options = SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false);
-        let work = async {
-            let df = session.ctx.sql_with_options(&a.sql, options).await?;
-            let as_of = session.as_of(df.logical_plan());
-            let schema = df.schema().as_arrow().clone();
-            let batches = df.limit(0, Some(n + 1))?.collect().await?;
-            Ok::<_, datafusion::error::DataFusionError>((schema, batches, as_of))
-        };
-        let (schema, batches, as_of) = self
-            .within_timeout(work)
-            .await?
-            .map_err(|e| invalid("sql", format!("query failed: {e}")))?;
-        let mut rows: Vec<serde_json::Map<String, serde_json::Value>> =
-            serde_json::from_value(rows_json(&batches)?).map_err(internal)?;
-        let truncated = rows.len() > n;
-        rows.truncate(n);
+        let answer = crate::governed::query(
+            &self.sandbox,
+            &self.access.principal,
+            self.access.restricted(),
+            session.ctx.clone(),
+            a.sql,
+            n,
+        )
+        .await
+        .map_err(|f| match f {
+            crate::governed::Failure::Refused(why) => invalid("sql", why),
+            other => crate::mcp::server::failed(&other),
+        })?;
+        let as_of = session.as_of(&answer.plan);
+        let (schema, rows) = (answer.schema, answer.rows);
         Ok(Json(SqlAnswer {
             columns: schema
                 .fields()
@@ -365,41 +292,9 @@ impl Millstream {
                 })
                 .collect(),
             rows,
-            truncated,
+            truncated: answer.truncated_by.is_some(),
+            truncated_by: answer.truncated_by.map(str::to_string),
             as_of,
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::check_read_only;
-
-    #[test]
-    fn only_one_read_only_query_passes() {
-        assert!(check_read_only("SELECT 1").is_ok());
-        assert!(check_read_only("WITH a AS (SELECT 1 AS x) SELECT x FROM a").is_ok());
-        assert!(
-            check_read_only("SELECT * FROM iot.telemetry t JOIN views.track_shipments s ON true")
-                .is_ok()
-        );
-        for bad in [
-            "",
-            "SELECT 1; SELECT 2",
-            "DROP TABLE iot.telemetry",
-            "INSERT INTO ops.alerts VALUES (1)",
-            "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '/etc/passwd'",
-            "COPY (SELECT 1) TO '/tmp/x.csv'",
-            "SET datafusion.execution.batch_size = 1",
-            "DELETE FROM support.tickets",
-            "EXPLAIN SELECT 1",
-            "SELECT * FROM generate_series(1, 10)",
-            "SELECT * FROM iot.telemetry t JOIN range(5) r ON true",
-            "WITH x AS (SELECT * FROM read_parquet('/etc/passwd')) SELECT * FROM x",
-            "SELECT * FROM (SELECT 1) a WHERE EXISTS (SELECT * FROM GENERATE_SERIES(1, 2))",
-        ] {
-            let e = check_read_only(bad).expect_err(bad);
-            assert_eq!(e.code, rmcp::model::ErrorCode::INVALID_PARAMS, "{bad}");
-        }
     }
 }
