@@ -142,6 +142,13 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
+impl KafkaConfig {
+    /// `flag` (a `--brokers` value), else `kafka.brokers` when set.
+    pub fn brokers_or(&self, flag: Option<String>) -> Option<String> {
+        flag.or_else(|| Some(self.brokers.clone()).filter(|b| !b.is_empty()))
+    }
+}
+
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
         Secret(value.into())

@@ -97,6 +97,31 @@ fn describe() {
         "From a table version's commit to the MCP server serving it, per table"
     );
     describe_counter!(
+        "millstream_task_restarts_total",
+        Unit::Count,
+        "Supervised tasks restarted after a failure, per task"
+    );
+    describe_gauge!(
+        "millstream_queries_running",
+        Unit::Count,
+        "Callers' queries (query_sql) running now"
+    );
+    describe_histogram!(
+        "millstream_query_seconds",
+        Unit::Seconds,
+        "Wall time of callers' queries (query_sql)"
+    );
+    describe_counter!(
+        "millstream_queries_failed_total",
+        Unit::Count,
+        "Callers' queries that did not answer, per reason"
+    );
+    describe_counter!(
+        "millstream_mcp_session_refused_total",
+        Unit::Count,
+        "Requests naming another principal's MCP session"
+    );
+    describe_counter!(
         "millstream_events_produced_total",
         Unit::Count,
         "Events produced by the simulator, per topic"
@@ -253,6 +278,60 @@ pub mod events {
         pub fn emit(&self) {
             counter!("millstream_events_produced_total", "topic" => self.topic)
                 .increment(self.count);
+        }
+    }
+
+    /// A supervised task failed and is being restarted.
+    pub struct TaskRestarted<'a> {
+        pub task: &'a str,
+    }
+
+    impl TaskRestarted<'_> {
+        pub fn emit(&self) {
+            counter!("millstream_task_restarts_total", "task" => self.task.to_string())
+                .increment(1);
+        }
+    }
+
+    /// A caller's query (`query_sql`) started.
+    pub struct QueryStarted;
+
+    impl QueryStarted {
+        pub fn emit(&self) {
+            gauge!("millstream_queries_running").increment(1.0);
+        }
+    }
+
+    /// A caller's query ended; `failure` is why it did not answer (refused, busy, timeout,
+    /// memory, failed).
+    pub struct QueryFinished<'a> {
+        pub seconds: f64,
+        pub failure: Option<&'a str>,
+    }
+
+    impl QueryFinished<'_> {
+        pub fn emit(&self) {
+            gauge!("millstream_queries_running").decrement(1.0);
+            histogram!("millstream_query_seconds").record(self.seconds);
+            if let Some(reason) = self.failure {
+                counter!("millstream_queries_failed_total", "reason" => reason.to_string())
+                    .increment(1);
+            }
+        }
+    }
+
+    /// A request named an MCP session another principal created, and was answered 404.
+    pub struct SessionRefused<'a> {
+        pub principal: &'a str,
+    }
+
+    impl SessionRefused<'_> {
+        pub fn emit(&self) {
+            tracing::warn!(
+                principal = self.principal,
+                "refused a request naming another principal's MCP session"
+            );
+            counter!("millstream_mcp_session_refused_total").increment(1);
         }
     }
 }

@@ -17,7 +17,7 @@ use arrow::array::{
     ArrayRef, Date32Array, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use chrono::{DateTime, Utc};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use crate::lakehouse::Lakehouse;
 use crate::model::tables;
@@ -51,70 +51,40 @@ pub struct Auditor {
     /// Distinguishes this process's ids from other servers'.
     instance: Arc<str>,
     dropped: Arc<AtomicU64>,
-    /// Turns true when the writer has committed its last records after the stop signal.
-    finished: watch::Receiver<bool>,
+}
+
+/// Commits queued audit records to `ops.audit` (see [`Auditor::new`]).
+pub struct AuditWriter {
+    lake: Lakehouse,
+    every: Duration,
+    half: usize,
+    rx: mpsc::Receiver<AuditRecord>,
+    ids: Arc<str>,
 }
 
 impl Auditor {
-    /// Starts the writer; it flushes every `every` and finishes when `stop` turns true. At most
-    /// `backlog` records wait for storage before calls are refused.
-    pub fn start(
-        lake: Lakehouse,
-        every: Duration,
-        backlog: usize,
-        mut stop: watch::Receiver<bool>,
-    ) -> Auditor {
+    /// An auditor and its writer, which flushes every `every` and, once stopped, commits what
+    /// is queued and returns. At most `backlog` records wait for storage before calls are
+    /// refused.
+    pub fn new(lake: Lakehouse, every: Duration, backlog: usize) -> (Auditor, AuditWriter) {
         // Half waits in the queue, half in the writer's uncommitted rows.
         let half = (backlog / 2).max(1);
-        let (tx, mut rx) = mpsc::channel::<AuditRecord>(half);
+        let (tx, rx) = mpsc::channel::<AuditRecord>(half);
         let instance: Arc<str> =
             format!("{:x}-{}", Utc::now().timestamp_micros(), std::process::id()).into();
-        let ids = instance.clone();
-        let (done, finished) = watch::channel(false);
-        tokio::spawn(async move {
-            let mut seq = 0u64;
-            let mut pending: Vec<(String, AuditRecord)> = Vec::new();
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                let stopping = tokio::select! {
-                    _ = tick.tick() => false,
-                    _ = stop.wait_for(|s| *s) => true,
-                };
-                // Taking no more than it can hold keeps the queue full while storage fails, so
-                // calls are refused instead of memory growing.
-                while pending.len() < half
-                    && let Ok(r) = rx.try_recv()
-                {
-                    seq += 1;
-                    pending.push((format!("{ids}-{seq}"), r));
-                }
-                if !pending.is_empty() {
-                    match write(&lake, &pending).await {
-                        Ok(()) => pending.clear(),
-                        // Kept for the next round; storage may come back.
-                        Err(e) => {
-                            tracing::warn!(error = %e, rows = pending.len(), "writing ops.audit")
-                        }
-                    }
-                }
-                if stopping {
-                    let _ = done.send(true);
-                    return;
-                }
-            }
-        });
-        Auditor {
+        let writer = AuditWriter {
+            lake,
+            every,
+            half,
+            rx,
+            ids: instance.clone(),
+        };
+        let auditor = Auditor {
             tx,
             instance,
             dropped: Arc::default(),
-            finished,
-        }
-    }
-
-    /// Waits until the writer has committed what was queued when the stop signal came.
-    pub async fn finished(&self) {
-        let _ = self.finished.clone().wait_for(|done| *done).await;
+        };
+        (auditor, writer)
     }
 
     /// Whether the log can take another record. When it cannot, calls are refused.
@@ -138,6 +108,46 @@ impl Auditor {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             metrics::counter!("millstream_audit_dropped_total").increment(1);
             tracing::warn!(instance = %self.instance, dropped, "audit queue full: a record was dropped");
+        }
+    }
+}
+
+impl AuditWriter {
+    /// Commits every `every` until `stop`, then what is still queued, and returns. Run it as the
+    /// last task to stop, so the calls of a stopping server are recorded too.
+    pub async fn run(mut self, stop: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
+        let mut seq = 0u64;
+        let mut pending: Vec<(String, AuditRecord)> = Vec::new();
+        let mut tick = tokio::time::interval(self.every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let stopping = tokio::select! {
+                _ = tick.tick() => false,
+                _ = stop.cancelled() => true,
+            };
+            // Taking no more than it can hold keeps the queue full while storage fails, so
+            // calls are refused instead of memory growing.
+            while pending.len() < self.half
+                && let Ok(r) = self.rx.try_recv()
+            {
+                seq += 1;
+                pending.push((format!("{}-{seq}", self.ids), r));
+            }
+            if !pending.is_empty() {
+                match write(&self.lake, &pending).await {
+                    Ok(()) => pending.clear(),
+                    // Kept for the next round; storage may come back.
+                    Err(e) => {
+                        tracing::warn!(error = %e, rows = pending.len(), "writing ops.audit")
+                    }
+                }
+            }
+            if stopping {
+                if !pending.is_empty() {
+                    anyhow::bail!("{} audit records could not be committed", pending.len());
+                }
+                return Ok(());
+            }
         }
     }
 }
@@ -219,8 +229,10 @@ mod tests {
         let blocked = lake.table_path(TABLE).unwrap();
         std::fs::create_dir_all(blocked.parent().unwrap()).unwrap();
         std::fs::write(&blocked, b"not a table").unwrap();
-        let (_stop_tx, stop) = watch::channel(false);
-        let auditor = Auditor::start(lake.clone(), Duration::from_millis(20), 10, stop);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (auditor, writer) = Auditor::new(lake.clone(), Duration::from_millis(20), 10);
+        let _stop = stop.clone().drop_guard();
+        tokio::spawn(writer.run(stop));
         let mut taken = 0;
         while auditor.accepting() && taken < 1000 {
             auditor.record(call(taken));

@@ -50,7 +50,7 @@ use datafusion::prelude::lit;
 use datafusion::scalar::ScalarValue;
 use futures::StreamExt;
 
-use super::policy::{Access, ColumnFilter, MaskKind};
+use super::policy::{Access, ColumnFilter, MaskKey, MaskKind};
 use crate::error::Result;
 
 /// What a redacted text reads as.
@@ -63,44 +63,6 @@ pub enum Internal {
     Hidden,
     /// Kept (for views, trusted SQL that may order by offsets but never returns them).
     Kept,
-}
-
-/// The key of `hash` masks: HMAC-SHA256 under it, so a digest cannot be reversed by hashing
-/// every value of a small domain. Its `Debug` never shows it.
-#[derive(Clone)]
-pub struct MaskKey(Arc<aws_lc_rs::hmac::Key>);
-
-impl MaskKey {
-    pub fn new(secret: &[u8]) -> MaskKey {
-        MaskKey(Arc::new(aws_lc_rs::hmac::Key::new(
-            aws_lc_rs::hmac::HMAC_SHA256,
-            secret,
-        )))
-    }
-
-    /// A key for this process only: digests are stable until it restarts.
-    pub fn random() -> MaskKey {
-        let mut secret = [0u8; 32];
-        aws_lc_rs::rand::fill(&mut secret).expect("system randomness");
-        MaskKey::new(&secret)
-    }
-
-    fn digest_hex(&self, value: &[u8]) -> String {
-        let tag = aws_lc_rs::hmac::sign(&self.0, value);
-        tag.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-    }
-}
-
-impl fmt::Debug for MaskKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("MaskKey(..)")
-    }
-}
-
-impl PartialEq for MaskKey {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
 }
 
 /// How one output column is derived from the inner table's column.

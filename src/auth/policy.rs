@@ -1,16 +1,19 @@
 //! `config/policies.toml`: personas (tools and read grants), row filters by column, column
 //! masks, tenant groups and principals. Loaded and checked once at start: a policy naming an
-//! unknown persona, group, table, column or tool fails with the file and what is wrong.
+//! unknown persona, group, table or column fails with the file and what is wrong, and one
+//! naming an unknown tool fails when the MCP server checks it against its tools
+//! ([`Policies::check_tools`]).
 //!
 //! [`Policies::access`] resolves one principal to an [`Access`]: what it may call and read, and
 //! with which filters and masks. Anything a principal is not granted is denied.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::enforce::MaskKey;
 use crate::error::{Error, Result};
 use crate::model::tables;
 
@@ -102,6 +105,45 @@ pub struct Access {
     restricted: bool,
 }
 
+/// The key of `hash` masks: HMAC-SHA256 under it, so a digest cannot be reversed by hashing
+/// every value of a small domain. Its `Debug` never shows it.
+#[derive(Clone)]
+pub struct MaskKey(Arc<aws_lc_rs::hmac::Key>);
+
+impl MaskKey {
+    pub fn new(secret: &[u8]) -> MaskKey {
+        MaskKey(Arc::new(aws_lc_rs::hmac::Key::new(
+            aws_lc_rs::hmac::HMAC_SHA256,
+            secret,
+        )))
+    }
+
+    /// A key for this process only: digests are stable until it restarts.
+    pub fn random() -> MaskKey {
+        let mut secret = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut secret).expect("system randomness");
+        MaskKey::new(&secret)
+    }
+
+    /// The hex HMAC-SHA256 of `value`.
+    pub fn digest_hex(&self, value: &[u8]) -> String {
+        let tag = aws_lc_rs::hmac::sign(&self.0, value);
+        tag.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl fmt::Debug for MaskKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MaskKey(..)")
+    }
+}
+
+impl PartialEq for MaskKey {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
 /// A filter on one column of one table, resolved for a principal.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ColumnFilter {
@@ -147,13 +189,7 @@ impl Policies {
 
     fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
-        let tools: BTreeSet<String> = crate::mcp::Millstream::tool_names().into_iter().collect();
         for (name, persona) in &self.personas {
-            for t in &persona.tools {
-                if t != ALL && !tools.contains(t) {
-                    out.push(format!("persona {name}: unknown tool {t:?}"));
-                }
-            }
             for r in &persona.read {
                 if !readable_name(r) {
                     out.push(format!(
@@ -230,6 +266,26 @@ impl Policies {
         out
     }
 
+    /// Every tool a persona is granted must be one of `known` (the server's tools).
+    pub fn check_tools(&self, known: &[String]) -> Result<()> {
+        let problems: Vec<String> = self
+            .personas
+            .iter()
+            .flat_map(|(name, persona)| {
+                persona
+                    .tools
+                    .iter()
+                    .filter(|t| *t != ALL && !known.contains(t))
+                    .map(move |t| format!("policies: persona {name}: unknown tool {t:?}"))
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Config(problems))
+        }
+    }
+
     /// `hash` masks digest under `secret` (HMAC-SHA256) instead of a key made for this process,
     /// so digests stay the same across restarts and replicas.
     pub fn with_mask_key(mut self, secret: &[u8]) -> Policies {
@@ -302,7 +358,7 @@ impl Policies {
 /// A schema, table or view name a grant may use.
 fn readable_name(r: &str) -> bool {
     r == ALL
-        || r == crate::pipeline::session::VIEWS
+        || r == tables::VIEWS
         || r.starts_with("views.")
         || tables::catalog()
             .iter()
@@ -506,6 +562,21 @@ mod tests {
 
     #[test]
     fn mistakes_in_the_policies_are_named() {
+        let tools = Policies::parse(
+            "t",
+            r#"
+            [personas.x]
+            tools = ["no_such_tool", "query_sql"]
+            read = []
+            [principals.p]
+            persona = "x"
+            "#,
+        )
+        .unwrap()
+        .check_tools(&["query_sql".to_string()])
+        .unwrap_err()
+        .to_string();
+        assert!(tools.contains("unknown tool \"no_such_tool\""), "{tools}");
         let e = Policies::parse(
             "bad.toml",
             r#"
@@ -528,7 +599,6 @@ mod tests {
         .to_string();
         for want in [
             "bad.toml",
-            "unknown tool \"no_such_tool\"",
             "\"nope.table\"",
             "row_filters.colour",
             "sales.customers.shoe_size",

@@ -19,6 +19,9 @@ use crate::error::{Error, Result};
 use crate::model::{EventKind, TableDef, tables};
 use crate::source::RawRecord;
 
+/// The table rejected records go to, with their raw bytes and why.
+pub const DEAD_LETTERS: &str = "ops.dead_letters";
+
 /// Bronze columns that are not event fields.
 pub const META_COLUMNS: [&str; 4] = ["event_date", "_partition", "_offset", "_ingested_at"];
 

@@ -108,6 +108,19 @@ pub enum Failure {
     Failed(String),
 }
 
+impl Failure {
+    /// One word for the kind of failure (metrics, MCP error data).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Failure::Refused(_) => "refused",
+            Failure::Busy(_) => "busy",
+            Failure::Timeout(_) => "timeout",
+            Failure::Memory(_) => "memory",
+            Failure::Failed(_) => "failed",
+        }
+    }
+}
+
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -181,7 +194,7 @@ impl Sandbox {
             pooled: pooled.clone(),
         };
         let mut task = crate::runtime::sql().spawn(work(budget));
-        metrics::gauge!("millstream_queries_running").increment(1.0);
+        crate::telemetry::events::QueryStarted.emit();
         let outcome = match tokio::time::timeout(self.limits.timeout, &mut task).await {
             Ok(Ok(result)) => result,
             Ok(Err(join)) => Err(Failure::Failed(format!(
@@ -211,18 +224,11 @@ impl Sandbox {
         while pooled.load(Ordering::Relaxed) > 0 && released.elapsed() < Duration::from_secs(2) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        metrics::gauge!("millstream_queries_running").decrement(1.0);
-        metrics::histogram!("millstream_query_seconds").record(started.elapsed().as_secs_f64());
-        if let Err(f) = &outcome {
-            let kind = match f {
-                Failure::Refused(_) => "refused",
-                Failure::Busy(_) => "busy",
-                Failure::Timeout(_) => "timeout",
-                Failure::Memory(_) => "memory",
-                Failure::Failed(_) => "failed",
-            };
-            metrics::counter!("millstream_queries_failed_total", "reason" => kind).increment(1);
+        crate::telemetry::events::QueryFinished {
+            seconds: started.elapsed().as_secs_f64(),
+            failure: outcome.as_ref().err().map(Failure::reason),
         }
+        .emit();
         outcome
     }
 

@@ -180,6 +180,15 @@ fn classify(table_name: &str, e: deltalake::DeltaTableError) -> Error {
     }
 }
 
+/// How a MERGE applies a source to its table: matched on `key`, matched rows updated with
+/// `update` (column → expression over `target` and `source`), the others inserted with `insert`.
+#[derive(Debug, Clone, Default)]
+pub struct MergeSpec {
+    pub key: Vec<String>,
+    pub update: BTreeMap<String, String>,
+    pub insert: BTreeMap<String, String>,
+}
+
 /// Merges `source` into the table by the sink's key (matched rows updated, others inserted) and
 /// records `offsets` in the same commit. A concurrent commit that touched the same files makes
 /// delta-rs refuse the merge; it is rerun on the new version (a few times), unless the conflict
@@ -188,7 +197,7 @@ fn classify(table_name: &str, e: deltalake::DeltaTableError) -> Error {
 pub async fn merge(
     mut table: DeltaTable,
     table_name: &str,
-    sink: &crate::pipeline::definition::Sink,
+    sink: &MergeSpec,
     pipeline: &str,
     source: datafusion::prelude::DataFrame,
     offsets: &Offsets,

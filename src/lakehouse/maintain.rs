@@ -41,6 +41,17 @@ pub struct MaintainOptions {
     pub zorder: bool,
 }
 
+impl MaintainOptions {
+    /// From `[maintain]`; `zorder` false compacts by plain bin-packing.
+    pub fn from_config(maintain: &crate::config::MaintainConfig, zorder: bool) -> Self {
+        MaintainOptions {
+            target_file_bytes: maintain.target_file_mb * 1024 * 1024,
+            vacuum_retention: Duration::from_secs(maintain.vacuum_retention_hours * 3600),
+            zorder,
+        }
+    }
+}
+
 /// Maintains every existing table in the catalog; a failure on one table is reported in its
 /// row and does not stop the others.
 pub async fn run(lake: &Lakehouse, opts: &MaintainOptions) -> Vec<TableReport> {

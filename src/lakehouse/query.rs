@@ -113,6 +113,12 @@ impl Lakehouse {
     }
 
     /// A query returning a single integer (e.g. `SELECT count(*) …`).
+    /// Rows in a table at its latest version.
+    pub async fn count_rows(&self, name: &str) -> Result<i64> {
+        crate::model::tables::get(name)?;
+        self.sql_i64(&format!("SELECT count(*) FROM {name}")).await
+    }
+
     pub async fn sql_i64(&self, query: &str) -> Result<i64> {
         let batches = self.sql(query).await?;
         let col = batches

@@ -1,4 +1,5 @@
-//! Agent actions: validated here, produced to `mfg.actions.*`, materialized by the pipeline.
+//! Agent actions as MCP tools: validated here against the caller's live view, produced to
+//! `mfg.actions.*` ([`crate::actions`]), materialized by the pipeline.
 //!
 //! An action is accepted once Kafka has acknowledged it (idempotent producer, `acks=all`); the
 //! pipeline then writes it to `supply_chain.purchase_orders` or `support.tickets` exactly once,
@@ -15,41 +16,21 @@
 //! pipeline's event-time clock (the newest event time it has seen), so orders fit the
 //! simulated clock as well as a real one.
 
-use std::time::Duration;
-
 use chrono::DateTime;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rmcp::ErrorData;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::args::{id, internal, invalid, text};
 use super::catalog::AsOf;
-use super::server::{Millstream, Query, id, internal, invalid, text};
+use super::query::Query;
+use super::server::Millstream;
+use crate::actions::{
+    ActionProducer, MAX_ORDER_QTY, OrderPriority, TicketCategory, TicketPriority, TicketStatus,
+    derived_id, new_key, wire_name,
+};
 use crate::broker::topics;
-use crate::config::KafkaConfig;
 use crate::model::events::{OrderAction, TicketAction};
-
-/// Most units one order may ask for.
-pub const MAX_ORDER_QTY: i64 = 1_000_000;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum OrderPriority {
-    Standard,
-    Expedited,
-    Rush,
-}
-
-impl OrderPriority {
-    /// Lead time in days for a supplier's standard `lead_days`, and the fee rate.
-    pub fn terms(self, lead_days: i64) -> (i64, f64) {
-        match self {
-            OrderPriority::Standard => (lead_days.max(1), 0.0),
-            OrderPriority::Expedited => (((lead_days * 6) + 9) / 10, 0.10),
-            OrderPriority::Rush => (((lead_days + 2) / 3).max(1), 0.25),
-        }
-    }
-}
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -98,51 +79,6 @@ struct PartTerms {
     unit_cost: f64,
     lead_time_days: i64,
     min_order_qty: i64,
-}
-
-/// The tools that are actions (they send events), as audited.
-pub const ACTIONS: [&str; 3] = ["create_order", "create_ticket", "update_ticket_resolution"];
-
-/// Produces actions; one per server process. Each action records the principal it was made
-/// on behalf of: the caller the server answers for.
-pub struct ActionProducer {
-    producer: FutureProducer,
-}
-
-impl ActionProducer {
-    pub fn new(kafka: &KafkaConfig, brokers: &str) -> crate::Result<Self> {
-        Ok(ActionProducer {
-            producer: crate::broker::producer_config(kafka, brokers).create()?,
-        })
-    }
-
-    /// Sends one action and waits for Kafka's acknowledgement.
-    async fn send(&self, topic: &str, key: &str, payload: &[u8]) -> Result<(), ErrorData> {
-        self.producer
-            .send(
-                FutureRecord::to(topic).key(key).payload(payload),
-                Duration::from_secs(10),
-            )
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| internal(format!("producing to {topic}: {e}")))
-    }
-}
-
-/// A stable id from the principal and the caller's key: one key, one id, per principal.
-fn derived_id(prefix: &str, principal: &str, key: &str) -> String {
-    // FNV-1a over both: stable across builds and platforms (std's hasher is not promised to
-    // be), 64 bits are plenty for ids scoped to one principal's keys.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in principal.bytes().chain([0u8]).chain(key.bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{prefix}-{h:016x}")
-}
-
-fn new_key() -> String {
-    format!("{:032x}", rand::random::<u128>())
 }
 
 fn checked_key(key: Option<String>) -> Result<String, ErrorData> {
@@ -260,7 +196,8 @@ pub async fn create_order(server: &Millstream, a: OrderRequest) -> Result<OrderR
     let payload = serde_json::to_vec(&action).map_err(internal)?;
     producer
         .send(topics::ACTION_ORDERS, &action.po_id, &payload)
-        .await?;
+        .await
+        .map_err(|e| internal(format!("producing to {}: {e}", topics::ACTION_ORDERS)))?;
     tracing::info!(po_id = %action.po_id, part = %action.part_id, qty = action.quantity, on_behalf_of = %principal, "order accepted");
     Ok(OrderReceipt {
         po_id,
@@ -331,41 +268,6 @@ fn existing_receipt(
 
 // ---------------------------------------------------------------------------------------------
 // Tickets
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum TicketCategory {
-    Delivery,
-    Quality,
-    Billing,
-    Technical,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum TicketPriority {
-    Low,
-    Medium,
-    High,
-    Urgent,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum TicketStatus {
-    Open,
-    InProgress,
-    Resolved,
-    Closed,
-}
-
-/// An argument enum's serde name, which is also how the tables store it (`rush`, `in_progress`).
-pub(crate) fn wire_name<T: Serialize>(v: T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
-}
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -531,33 +433,8 @@ async fn send_ticket(producer: &ActionProducer, action: &TicketAction) -> Result
     let payload = serde_json::to_vec(action).map_err(internal)?;
     producer
         .send(topics::ACTION_TICKETS, &action.ticket_id, &payload)
-        .await?;
+        .await
+        .map_err(|e| internal(format!("producing to {}: {e}", topics::ACTION_TICKETS)))?;
     tracing::info!(ticket_id = %action.ticket_id, action = %action.action, on_behalf_of = %action.on_behalf_of, "ticket action accepted");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn priorities_shorten_lead_time_and_add_fees() {
-        assert_eq!(OrderPriority::Standard.terms(14), (14, 0.0));
-        assert_eq!(OrderPriority::Expedited.terms(14), (9, 0.10));
-        assert_eq!(OrderPriority::Rush.terms(14), (5, 0.25));
-        // Never under a day.
-        assert_eq!(OrderPriority::Rush.terms(1), (1, 0.25));
-        assert_eq!(OrderPriority::Expedited.terms(1), (1, 0.10));
-    }
-
-    #[test]
-    fn ids_are_stable_per_principal_and_key() {
-        let a = derived_id("PO", "alice", "k1");
-        assert_eq!(a, derived_id("PO", "alice", "k1"));
-        assert_ne!(a, derived_id("PO", "bob", "k1"));
-        assert_ne!(a, derived_id("PO", "alice", "k2"));
-        // The separator keeps ("ab", "c") and ("a", "bc") apart.
-        assert_ne!(derived_id("PO", "ab", "c"), derived_id("PO", "a", "bc"));
-        assert_eq!(a.len(), "PO-".len() + 16);
-    }
 }

@@ -26,7 +26,6 @@ use datafusion::scalar::ScalarValue;
 use deltalake::DeltaTable;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 
 use crate::auth::Access;
 use crate::error::{Error, Result};
@@ -35,18 +34,6 @@ use crate::model::tables;
 use crate::pipeline::definition::Definitions;
 
 use super::tail::{Holds, Tail};
-
-/// Columns holding a table's event time, in order of preference: the first one a table has is
-/// its watermark column. Reference tables have none.
-const WATERMARK_COLUMNS: [&str; 7] = [
-    "as_of",
-    "signal_ts",
-    "ts",
-    "last_ts",
-    "window_end",
-    "updated_at",
-    "created_at",
-];
 
 /// One table as the server currently sees it.
 #[derive(Debug, Clone)]
@@ -127,13 +114,24 @@ pub struct TableVersion {
     pub watermark: Option<String>,
 }
 
-/// The lakehouse as the server sees it, refreshed in the background.
-#[derive(Debug, Clone)]
+/// The lakehouse as the server sees it, refreshed in the background ([`LiveCatalog::follow`]).
+#[derive(Clone)]
 pub struct LiveCatalog {
     lake: Lakehouse,
     defs: Definitions,
     options: CatalogOptions,
     current: Arc<RwLock<Arc<Snapshot>>>,
+    /// The tables the refresher follows (one refresher at a time holds them).
+    followed: Arc<tokio::sync::Mutex<BTreeMap<String, Followed>>>,
+}
+
+impl std::fmt::Debug for LiveCatalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveCatalog")
+            .field("lake", &self.lake)
+            .field("options", &self.options)
+            .finish()
+    }
 }
 
 /// How the catalog follows the lakehouse.
@@ -169,36 +167,49 @@ pub struct RequestSession {
 }
 
 impl LiveCatalog {
-    /// Loads every existing table once, then keeps them current until `stop`.
-    pub async fn start(
+    /// Loads every existing table once. [`LiveCatalog::follow`] keeps them current.
+    pub async fn open(
         lake: Lakehouse,
         defs: Definitions,
         options: CatalogOptions,
-        mut stop: watch::Receiver<bool>,
     ) -> Result<LiveCatalog> {
         let catalog = LiveCatalog {
             lake,
             defs,
             options,
             current: Arc::new(RwLock::new(Arc::new(Snapshot::default()))),
+            followed: Arc::default(),
         };
-        let mut open: BTreeMap<String, Followed> = BTreeMap::new();
-        catalog.refresh(&mut open).await;
-        let worker = catalog.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(options.refresh);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                let stopping = tokio::select! {
-                    _ = tick.tick() => false,
-                    _ = stop.wait_for(|s| *s) => true,
-                };
-                if stopping {
-                    return;
-                }
-                worker.refresh(&mut open).await;
+        catalog.refresh(&mut *catalog.followed.lock().await).await;
+        Ok(catalog)
+    }
+
+    /// The refresher: loads new versions every `options.refresh` until `stop`. Run it as a
+    /// supervised task; restarted, it goes on from the tables it already follows.
+    pub async fn follow(&self, stop: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
+        let mut followed = self.followed.lock().await;
+        let mut tick = tokio::time::interval(self.options.refresh);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => return Ok(()),
             }
-        });
+            self.refresh(&mut followed).await;
+        }
+    }
+
+    /// [`LiveCatalog::open`], with its refresher spawned on the current runtime until `stop`
+    /// (for tests and tools outside a supervised process).
+    pub async fn start(
+        lake: Lakehouse,
+        defs: Definitions,
+        options: CatalogOptions,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Result<LiveCatalog> {
+        let catalog = Self::open(lake, defs, options).await?;
+        let follower = catalog.clone();
+        tokio::spawn(async move { follower.follow(stop).await });
         Ok(catalog)
     }
 
@@ -334,9 +345,8 @@ impl LiveCatalog {
     /// The pipeline's event-time clock: the newest event time in the source tables (the
     /// simulated clock under the simulator), or the wall clock before any event arrived.
     pub fn event_clock(&self) -> DateTime<Utc> {
-        crate::model::EventKind::FACTORY
-            .iter()
-            .filter_map(|k| self.watermark(k.bronze_table()))
+        tables::TableDef::with_role(&[tables::Role::Bronze])
+            .filter_map(|t| self.watermark(&t.name))
             .max()
             .unwrap_or_else(Utc::now)
     }
@@ -358,6 +368,27 @@ impl LiveCatalog {
                 snapshot: snapshot.clone(),
             });
         }
+        let ctx = self.build_session(&snapshot, access)?;
+        // Two first requests may race to build it; either session is the same.
+        let ctx = snapshot
+            .sessions
+            .lock()
+            .expect("poisoned")
+            .entry(access.key().to_string())
+            .or_insert(ctx)
+            .clone();
+        Ok(RequestSession { ctx, snapshot })
+    }
+
+    /// A session built anew, not kept for the snapshot's other requests (for measuring what
+    /// building one costs; requests use [`LiveCatalog::session`]).
+    pub async fn session_uncached(&self, access: &Access) -> Result<RequestSession> {
+        let snapshot = self.current.read().expect("poisoned").clone();
+        let ctx = self.build_session(&snapshot, access)?;
+        Ok(RequestSession { ctx, snapshot })
+    }
+
+    fn build_session(&self, snapshot: &Snapshot, access: &Access) -> Result<SessionContext> {
         // A table with no Delta log yet reads as empty, so tools answer "nothing yet" instead
         // of failing before the pipeline's first commit.
         let source = |def: &tables::TableDef| -> Arc<dyn TableProvider> {
@@ -397,20 +428,12 @@ impl LiveCatalog {
         let ctx = crate::pipeline::session::with_tables(|def| Ok(caller.get(&def.name).cloned()))?;
         let view_tables =
             crate::pipeline::session::tables_catalog(|def| Ok(trusted.get(&def.name).cloned()))?;
-        let mut defs = self.defs.clone();
-        defs.views.retain(|name, _| {
+        let mut views = self.defs.views.clone();
+        views.retain(|name, _| {
             access.may_read(&format!("{}.{name}", crate::pipeline::session::VIEWS))
         });
-        crate::pipeline::session::with_functions_and_views_over(&ctx, &defs, view_tables);
-        // Two first requests may race to build it; either session is the same.
-        let ctx = snapshot
-            .sessions
-            .lock()
-            .expect("poisoned")
-            .entry(access.key().to_string())
-            .or_insert(ctx)
-            .clone();
-        Ok(RequestSession { ctx, snapshot })
+        crate::pipeline::session::with_functions_and_views_over(&ctx, &views, view_tables);
+        Ok(ctx)
     }
 }
 
@@ -497,21 +520,15 @@ async fn advance(table: &mut DeltaTable) -> Result<bool> {
 /// tools that read them then never touch Parquet, which keeps their answers fast under load.
 const CACHE_MAX_ROWS: i64 = 250_000;
 
+/// Whether a table only ever grows at its end (its definition's role says so): then the server
+/// follows its tail instead of reloading it.
 fn is_log(name: &str) -> bool {
-    crate::model::EventKind::ALL
-        .iter()
-        .any(|k| k.bronze_table() == name)
-        || name == "ops.dead_letters"
-        || name == "iot.anomalies"
+    tables::get(name).is_ok_and(|d| d.role.append_only())
 }
 
-/// The event-time column of a table: the first of [`WATERMARK_COLUMNS`] it has.
+/// The event-time column of a table, as its definition names it.
 fn event_time_column(name: &str) -> Result<Option<&'static str>> {
-    let def = tables::get(name)?;
-    Ok(WATERMARK_COLUMNS
-        .iter()
-        .copied()
-        .find(|c| def.column(c).is_some()))
+    Ok(tables::get(name)?.event_time.as_deref())
 }
 
 fn commit_time(name: &str, table: &DeltaTable, version: i64) -> Result<Option<DateTime<Utc>>> {

@@ -3,18 +3,26 @@
 //! to Kafka. Served over streamable HTTP at `/mcp` (see [`crate::serve`]) and over stdio.
 //!
 //! - [`catalog`]: the tables at their latest versions, refreshed in the background; `as_of`.
-//! - [`server`]: the server object, the query helper, errors.
+//! - [`server`]: the server object: principal, persona's tools, queries under the timeout.
+//! - [`handler`]: the MCP protocol: calls, listings, resources, prompts, per caller, audited.
+//! - [`args`], [`query`]: argument checks and errors; the parameterized query builder.
 //! - [`tools`]: one file per tool family.
-//! - [`actions`]: orders and tickets → `mfg.actions.*`, idempotent.
+//! - [`actions`]: the action tools (orders, tickets), checked and sent ([`crate::actions`]).
 //! - [`resources`], [`prompts`].
 
 pub mod actions;
+pub mod args;
 pub mod catalog;
+mod handler;
 pub mod prompts;
+pub mod query;
 pub mod resources;
 pub mod server;
 mod tail;
 pub mod tools;
+
+/// The tools that are actions (they send events), as audited.
+pub const ACTION_TOOLS: [&str; 3] = ["create_order", "create_ticket", "update_ticket_resolution"];
 
 use std::sync::Arc;
 
@@ -60,13 +68,22 @@ pub async fn serve_stdio(server: Millstream) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts the server's catalog (loading every table once) and, with a broker, its action
-/// producer. Runs until `stop`.
+/// Where the MCP server's background tasks run: the catalog refresher stops with `serving`,
+/// the audit writer with `last` (after the HTTP server, so its last calls are recorded).
+pub struct Stages<'a> {
+    pub serving: &'a crate::supervise::Stage,
+    pub last: &'a crate::supervise::Stage,
+}
+
+/// The MCP server over `lake`: its catalog (every table loaded once, then followed), its audit
+/// log and, with a broker, its action producer; the refresher and the audit writer run under
+/// `sup` in `stages`.
 pub async fn start(
     config: &crate::config::Config,
     lake: crate::lakehouse::Lakehouse,
     brokers: Option<&str>,
-    stop: tokio::sync::watch::Receiver<bool>,
+    sup: &mut crate::supervise::Supervisor,
+    stages: Stages<'_>,
 ) -> crate::Result<Millstream> {
     let defs =
         crate::pipeline::definition::Definitions::from_config(&config.pipeline.definitions).await?;
@@ -80,21 +97,37 @@ pub async fn start(
         );
     }
     let policies = Arc::new(policies);
-    let auditor = crate::auth::audit::Auditor::start(
+    let (auditor, writer) = crate::auth::audit::Auditor::new(
         lake.clone(),
         std::time::Duration::from_secs(1),
         crate::auth::audit::BACKLOG,
-        stop.clone(),
     );
-    let catalog = LiveCatalog::start(
+    let here = tokio::runtime::Handle::current();
+    sup.spawn_once("audit writer", stages.last, &here, move |stop| {
+        writer.run(stop)
+    });
+    let catalog = LiveCatalog::open(
         lake,
         defs,
         catalog::CatalogOptions::from_config(&config.serve),
-        stop,
     )
     .await?;
+    let follower = catalog.clone();
+    sup.spawn(
+        "catalog refresher",
+        stages.serving,
+        crate::supervise::Policy::Restart { max: 5 },
+        &here,
+        move |stop| {
+            let follower = follower.clone();
+            async move { follower.follow(stop).await }
+        },
+    );
     let actions = match brokers {
-        Some(b) => Some(Arc::new(actions::ActionProducer::new(&config.kafka, b)?)),
+        Some(b) => Some(Arc::new(crate::actions::ActionProducer::new(
+            &config.kafka,
+            b,
+        )?)),
         None => None,
     };
     Ok(Millstream::new(

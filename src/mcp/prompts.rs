@@ -89,7 +89,7 @@ pub async fn get(
     }
     let scope = match args.get(p.scope.0).and_then(|v| v.as_str()) {
         Some(v) => {
-            crate::mcp::server::id(p.scope.0, v)?;
+            super::args::id(p.scope.0, v)?;
             format!(
                 " ({} {v}: pass it as {} to the tools that take it)",
                 p.scope.0, p.scope.0

@@ -10,12 +10,12 @@
 //! [`crate::auth::enforce::restrict`] the query engine uses), so notifications say nothing
 //! about another tenant's rows.
 
+use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, BTreeSet};
 
 use deltalake::DeltaTable;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rmcp::model::{
@@ -26,7 +26,9 @@ use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer};
 use serde_json::json;
 
-use super::server::{Millstream, internal, rows_json};
+use super::args::internal;
+use super::query::rows_json;
+use super::server::{Millstream, Subscriptions};
 
 /// A resource: its URI, the table whose changes update it, and the query that reads it.
 pub struct Feed {
@@ -133,13 +135,6 @@ pub async fn read(
     Ok(ReadResourceResult::new(vec![
         ResourceContents::text(body.to_string(), f.uri).with_mime_type("application/json"),
     ]))
-}
-
-/// Subscriptions of one MCP session, and its watcher.
-#[derive(Default)]
-pub struct Subscriptions {
-    uris: Mutex<BTreeSet<String>>,
-    watching: AtomicBool,
 }
 
 pub async fn subscribe(

@@ -1,27 +1,31 @@
-//! The MCP server object: tools from every family (`tools/<family>.rs`), the query helper they
-//! share, and the transports (streamable HTTP at `/mcp`, stdio).
-//!
-//! Tools never splice arguments into SQL: filters are `$n` parameters bound by DataFusion
-//! ([`Query`]). Arguments are checked before anything runs, and a bad one is a JSON-RPC
-//! `invalid params` error naming the field; anything else that fails is an `internal error`
-//! whose message says what failed (never a secret). No tool panics the server.
+//! The MCP server object: whom it answers for, the catalog it reads, the tools of that
+//! principal's persona (`tools/<family>.rs`), and how a tool runs a query under the query
+//! timeout. The protocol side is [`super::handler`]; argument checks and errors are
+//! [`super::args`]; the query builder is [`super::query`]. No tool panics the server.
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use datafusion::scalar::ScalarValue;
+use rmcp::ErrorData;
 use rmcp::handler::server::router::tool::ToolRouter;
-use rmcp::model::{Implementation, ServerCapabilities, ServerConfig};
-use rmcp::{ErrorData, ServerHandler, tool_handler};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::actions::ActionProducer;
+use super::args::{failed, internal, invalid, text};
 use super::catalog::{AsOf, LiveCatalog};
+use super::query::{Query, rows_json};
+use crate::actions::ActionProducer;
 
-/// Rows returned by a tool when the caller gives no `limit`, and the most it may ask for.
-pub const DEFAULT_LIMIT: u32 = 50;
-pub const MAX_LIMIT: u32 = 1000;
+/// One MCP session's resource subscriptions, and whether its watcher runs
+/// ([`super::resources`]).
+#[derive(Default)]
+pub struct Subscriptions {
+    pub(crate) uris: Mutex<BTreeSet<String>>,
+    pub(crate) watching: AtomicBool,
+}
 
 /// The millstream MCP server. Cheap to clone: one per MCP session.
 #[derive(Clone)]
@@ -41,8 +45,8 @@ pub struct Millstream {
     /// One server per authenticated principal, built on its first request.
     scoped: Arc<std::sync::Mutex<std::collections::BTreeMap<String, Millstream>>>,
     /// This MCP session's resource subscriptions (fresh per session, see [`Self::for_session`]).
-    pub(crate) subscriptions: Arc<super::resources::Subscriptions>,
-    tool_router: ToolRouter<Self>,
+    pub(crate) subscriptions: Arc<Subscriptions>,
+    pub(crate) tool_router: ToolRouter<Self>,
 }
 
 impl Millstream {
@@ -53,6 +57,7 @@ impl Millstream {
         policies: Arc<crate::auth::Policies>,
         principal: &str,
     ) -> crate::Result<Self> {
+        policies.check_tools(&Self::tool_names())?;
         let access = policies.access(principal)?;
         Ok(Millstream {
             catalog,
@@ -83,7 +88,7 @@ impl Millstream {
         self
     }
 
-    fn audit(
+    pub(crate) fn audit(
         &self,
         kind: &'static str,
         name: &str,
@@ -111,21 +116,8 @@ impl Millstream {
         });
     }
 
-    /// After the stop signal: waits (at most `budget`) for the audit log to commit its last
-    /// records, so a process that exits next loses none of them.
-    pub async fn audit_flushed(&self, budget: Duration) {
-        if let Some(a) = &self.auditor
-            && tokio::time::timeout(budget, a.finished()).await.is_err()
-        {
-            tracing::warn!(
-                ?budget,
-                "ops.audit: the last records were not committed in time"
-            );
-        }
-    }
-
     /// Refuses a call the audit log cannot take: it fails closed (see [`crate::auth::audit`]).
-    fn audit_ready(&self) -> Result<(), ErrorData> {
+    pub(crate) fn audit_ready(&self) -> Result<(), ErrorData> {
         match &self.auditor {
             Some(a) if !a.accepting() => {
                 metrics::counter!("millstream_audit_refused_total").increment(1);
@@ -186,7 +178,7 @@ impl Millstream {
         Ok(server)
     }
 
-    fn is_tool(name: &str) -> bool {
+    pub(crate) fn is_tool(name: &str) -> bool {
         static ALL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
         ALL.get_or_init(Self::tool_names).iter().any(|t| t == name)
     }
@@ -316,319 +308,4 @@ impl Millstream {
             Err(invalid(field, format!("unknown {field} {value:?}")))
         }
     }
-}
-
-#[tool_handler(router = self.tool_router)]
-impl ServerHandler for Millstream {
-    async fn call_tool(
-        &self,
-        request: rmcp::model::CallToolRequestParams,
-        context: rmcp::service::RequestContext<rmcp::RoleServer>,
-    ) -> Result<rmcp::model::CallToolResponse, ErrorData> {
-        let started = (chrono::Utc::now(), std::time::Instant::now());
-        let me = self.for_caller(&context)?;
-        me.audit_ready()?;
-        let name = request.name.to_string();
-        let kind = if super::actions::ACTIONS.contains(&name.as_str()) {
-            "action"
-        } else {
-            "tool"
-        };
-        let arguments = request
-            .arguments
-            .as_ref()
-            .map(|a| serde_json::Value::Object(a.clone()).to_string());
-        if !me.tool_router.has_route(&name) && Self::is_tool(&name) {
-            let message = format!(
-                "tool {name} is not available to persona {}",
-                me.access.persona
-            );
-            me.audit(
-                kind,
-                &name,
-                arguments,
-                started,
-                Err(("refused", message.clone())),
-            );
-            return Err(ErrorData::invalid_params(
-                message,
-                Some(json!({ "field": "name" })),
-            ));
-        }
-        let tcc = rmcp::handler::server::tool::ToolCallContext::new(&me, request, context);
-        let result = me.tool_router.call(tcc).await;
-        let outcome = match &result {
-            Ok(rmcp::model::CallToolResponse::Complete(r)) if r.is_error == Some(true) => Err((
-                "error",
-                r.content
-                    .iter()
-                    .filter_map(|c| c.as_text().map(|t| t.text.clone()))
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            )),
-            Ok(_) => Ok(()),
-            Err(e) => Err(("error", e.message.to_string())),
-        };
-        me.audit(kind, &name, arguments, started, outcome);
-        result
-    }
-
-    async fn list_tools(
-        &self,
-        _request: Option<rmcp::model::PaginatedRequestParams>,
-        context: rmcp::service::RequestContext<rmcp::RoleServer>,
-    ) -> Result<rmcp::model::ListToolsResult, ErrorData> {
-        let me = self.for_caller(&context)?;
-        Ok(rmcp::model::ListToolsResult::with_all_items(
-            me.tool_router.list_all(),
-        ))
-    }
-
-    fn get_info(&self) -> ServerConfig {
-        let mut info = ServerConfig::new(
-            ServerCapabilities::builder()
-                .enable_tools()
-                .enable_resources()
-                .enable_resources_subscribe()
-                .enable_prompts()
-                .build(),
-        )
-        .with_server_info(Implementation::new("millstream", env!("CARGO_PKG_VERSION")));
-        info = info.with_instructions(
-            "Live factory signals from millstream's Delta tables. Supply chain: \
-             get_inventory_status, list_shortage_risks, predict_shortage, track_shipments, \
-             create_order, get_order_status. Sales: lookup_customer_info, list_churn_risks, \
-             predict_churn, sales_kpis. IoT: list_anomalies, maintenance_alerts, sensor_stats, \
-             query_sensor_data. Tickets: search_tickets, get_ticket_status, create_ticket, \
-             update_ticket_resolution. Anything else: describe_tables, then query_sql. Every \
-             answer carries `as_of` (table versions, commit time, event-time watermark, lag); \
-             actions are events that the pipeline materializes within seconds.",
-        );
-        info
-    }
-
-    async fn list_resources(
-        &self,
-        request: Option<rmcp::model::PaginatedRequestParams>,
-        context: rmcp::service::RequestContext<rmcp::RoleServer>,
-    ) -> Result<rmcp::model::ListResourcesResult, ErrorData> {
-        let me = self.for_caller(&context)?;
-        super::resources::list(&me, request, context).await
-    }
-
-    async fn read_resource(
-        &self,
-        request: rmcp::model::ReadResourceRequestParams,
-        context: rmcp::service::RequestContext<rmcp::RoleServer>,
-    ) -> Result<rmcp::model::ReadResourceResponse, ErrorData> {
-        let started = (chrono::Utc::now(), std::time::Instant::now());
-        let me = self.for_caller(&context)?;
-        me.audit_ready()?;
-        let uri = request.uri.to_string();
-        let result = super::resources::read(&me, request, context).await;
-        let outcome = resource_outcome(&me, &uri, result.as_ref().err());
-        me.audit("resource", &uri, None, started, outcome);
-        result.map(Into::into)
-    }
-
-    async fn subscribe(
-        &self,
-        request: rmcp::model::SubscribeRequestParams,
-        context: rmcp::service::RequestContext<rmcp::RoleServer>,
-    ) -> Result<(), ErrorData> {
-        let started = (chrono::Utc::now(), std::time::Instant::now());
-        let me = self.for_caller(&context)?;
-        me.audit_ready()?;
-        let uri = request.uri.to_string();
-        let result = super::resources::subscribe(&me, request, context).await;
-        let outcome = resource_outcome(&me, &uri, result.as_ref().err());
-        me.audit("subscribe", &uri, None, started, outcome);
-        result
-    }
-
-    async fn unsubscribe(
-        &self,
-        request: rmcp::model::UnsubscribeRequestParams,
-        context: rmcp::service::RequestContext<rmcp::RoleServer>,
-    ) -> Result<(), ErrorData> {
-        super::resources::unsubscribe(self, request, context).await
-    }
-
-    async fn list_prompts(
-        &self,
-        request: Option<rmcp::model::PaginatedRequestParams>,
-        context: rmcp::service::RequestContext<rmcp::RoleServer>,
-    ) -> Result<rmcp::model::ListPromptsResult, ErrorData> {
-        super::prompts::list(request, context).await
-    }
-
-    async fn get_prompt(
-        &self,
-        request: rmcp::model::GetPromptRequestParams,
-        context: rmcp::service::RequestContext<rmcp::RoleServer>,
-    ) -> Result<rmcp::model::GetPromptResponse, ErrorData> {
-        super::prompts::get(request, context).await.map(Into::into)
-    }
-}
-
-/// A query with positional parameters, built from optional filters.
-pub(crate) struct Query {
-    sql: String,
-    params: Vec<ScalarValue>,
-    filters: Vec<String>,
-}
-
-impl Query {
-    /// `select` is everything before the WHERE clause.
-    pub fn new(select: &str) -> Query {
-        Query {
-            sql: select.to_string(),
-            params: Vec::new(),
-            filters: Vec::new(),
-        }
-    }
-
-    /// Binds the next `$n` for SQL that names it itself (`$1` is the first `bind`).
-    pub fn bind(mut self, value: ScalarValue) -> Query {
-        self.params.push(value);
-        self
-    }
-
-    /// Adds `condition` (with `?` standing for the value) when `value` is given.
-    pub fn filter(mut self, condition: &str, value: Option<ScalarValue>) -> Query {
-        if let Some(v) = value {
-            self.params.push(v);
-            self.filters
-                .push(condition.replace('?', &format!("${}", self.params.len())));
-        }
-        self
-    }
-
-    /// Adds `column IN (…)` over `values`; nothing when there are none.
-    pub fn any_of(mut self, column: &str, values: &[&str]) -> Query {
-        if values.is_empty() {
-            return self;
-        }
-        let mut marks = Vec::new();
-        for v in values {
-            self.params.push(text(v));
-            marks.push(format!("${}", self.params.len()));
-        }
-        self.filters
-            .push(format!("{column} IN ({})", marks.join(", ")));
-        self
-    }
-
-    /// Closes the WHERE clause and appends `tail` (ORDER BY, LIMIT …).
-    pub fn finish(mut self, tail: &str) -> Query {
-        if !self.filters.is_empty() {
-            self.sql.push_str(" WHERE ");
-            self.sql.push_str(&self.filters.join(" AND "));
-        }
-        self.sql.push(' ');
-        self.sql.push_str(tail);
-        self
-    }
-}
-
-/// How a resource read or subscription ended, for the audit: refused when the caller may not
-/// read the resource's table.
-fn resource_outcome(
-    me: &Millstream,
-    uri: &str,
-    error: Option<&ErrorData>,
-) -> Result<(), (&'static str, String)> {
-    let Some(e) = error else { return Ok(()) };
-    let refused = super::resources::FEEDS
-        .iter()
-        .any(|f| f.uri == uri && !me.access.may_read(f.table));
-    Err((
-        if refused { "refused" } else { "error" },
-        e.message.to_string(),
-    ))
-}
-
-/// A UTC timestamp parameter, typed like the tables' timestamp columns.
-pub(crate) fn timestamp(t: chrono::DateTime<chrono::Utc>) -> ScalarValue {
-    ScalarValue::TimestampMicrosecond(Some(t.timestamp_micros()), Some("UTC".into()))
-}
-
-pub(crate) fn text(v: &str) -> ScalarValue {
-    ScalarValue::Utf8(Some(v.to_string()))
-}
-
-pub(crate) fn opt_text(v: &Option<String>) -> Option<ScalarValue> {
-    v.as_deref().map(text)
-}
-
-/// A caller's `limit`, checked: default [`DEFAULT_LIMIT`], at most [`MAX_LIMIT`].
-pub(crate) fn limit(requested: Option<u32>) -> Result<u32, ErrorData> {
-    match requested {
-        None => Ok(DEFAULT_LIMIT),
-        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-        Some(n) => Err(invalid(
-            "limit",
-            format!("limit {n} is outside 1..={MAX_LIMIT}"),
-        )),
-    }
-}
-
-/// An id argument: non-empty, printable, at most 128 characters.
-pub(crate) fn id(field: &str, v: &str) -> Result<(), ErrorData> {
-    if v.trim().is_empty() {
-        return Err(invalid(field, format!("{field} is empty")));
-    }
-    if v.len() > 128 || v.chars().any(char::is_control) {
-        return Err(invalid(
-            field,
-            format!("{field} must be at most 128 printable characters"),
-        ));
-    }
-    Ok(())
-}
-
-pub(crate) fn opt_id(field: &str, v: &Option<String>) -> Result<(), ErrorData> {
-    v.as_deref().map_or(Ok(()), |v| id(field, v))
-}
-
-/// The caller's fault, on `field`.
-pub(crate) fn invalid(field: &str, message: impl Into<String>) -> ErrorData {
-    ErrorData::invalid_params(message.into(), Some(json!({ "field": field })))
-}
-
-/// A query that did not answer, as an MCP error: the caller's fault (`invalid params` on the
-/// SQL), too busy or out of time or memory (with what to do), or a failure whose text
-/// [`crate::governed::describe`] made safe for the caller.
-pub(crate) fn failed(f: &crate::governed::Failure) -> ErrorData {
-    use crate::governed::Failure;
-    let kind = match f {
-        Failure::Refused(_) => return invalid("sql", f.to_string()),
-        Failure::Busy(_) => "busy",
-        Failure::Timeout(_) => "timeout",
-        Failure::Memory(_) => "memory",
-        Failure::Failed(_) => "failed",
-    };
-    ErrorData::internal_error(f.to_string(), Some(json!({ "reason": kind })))
-}
-
-/// Our fault or a dependency's; logged here with the full error.
-pub(crate) fn internal(e: impl std::fmt::Display) -> ErrorData {
-    tracing::warn!(error = %e, "tool failed");
-    ErrorData::internal_error(e.to_string(), None)
-}
-
-/// Record batches as a JSON array of row objects (NULL columns left out).
-pub(crate) fn rows_json(
-    batches: &[arrow::array::RecordBatch],
-) -> Result<serde_json::Value, ErrorData> {
-    let mut writer = arrow::json::ArrayWriter::new(Vec::new());
-    for b in batches {
-        writer.write(b).map_err(internal)?;
-    }
-    writer.finish().map_err(internal)?;
-    let bytes = writer.into_inner();
-    if bytes.is_empty() {
-        return Ok(serde_json::Value::Array(vec![]));
-    }
-    serde_json::from_slice(&bytes).map_err(internal)
 }

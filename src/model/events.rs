@@ -242,16 +242,12 @@ impl EventKind {
         Self::ALL.into_iter().find(|k| k.topic() == topic)
     }
 
-    /// The bronze table this stream lands in.
+    /// The bronze table (or action log) this stream lands in: the table whose definition
+    /// names this stream's topic as its source.
     pub fn bronze_table(self) -> &'static str {
-        match self {
-            EventKind::Telemetry => "iot.telemetry",
-            EventKind::Shipment => "supply_chain.shipments",
-            EventKind::Inventory => "supply_chain.inventory_movements",
-            EventKind::Sales => "sales.transactions",
-            EventKind::OrderAction => "supply_chain.order_actions",
-            EventKind::TicketAction => "support.ticket_actions",
-        }
+        crate::model::tables::TableDef::fed_by(self.topic())
+            .map(|t| t.name.as_str())
+            .expect("every event stream feeds a table (model::tables tests check it)")
     }
 
     /// File stem under `schemas/events/`.
@@ -264,6 +260,11 @@ impl EventKind {
             EventKind::OrderAction => "order_action",
             EventKind::TicketAction => "ticket_action",
         }
+    }
+
+    /// The exact text of `schemas/events/<name>.schema.json`.
+    pub fn schema_text(self) -> String {
+        serde_json::to_string_pretty(&self.json_schema()).expect("schema serializes") + "\n"
     }
 
     pub fn json_schema(self) -> serde_json::Value {

@@ -1,7 +1,9 @@
-//! Table definitions: `schemas/tables/<schema>.<table>.toml`, embedded at build time. Each gives
-//! columns (Delta primitive types), partition columns and the Z-order keys used by maintenance.
-//! The Delta schema and the Arrow schema both derive from the definition, so writers and
-//! readers cannot disagree about a table's shape.
+//! Table definitions: `schemas/tables/<schema>.<table>.toml`, every file of the folder embedded
+//! at build time (`build.rs`). Each gives what the table is ([`Role`]), its event-time column
+//! and source topic where it has them, columns (Delta primitive types), partition columns and
+//! the Z-order keys used by maintenance. The Delta schema and the Arrow schema both derive from
+//! the definition, so writers and readers cannot disagree about a table's shape, and the
+//! runner, the serving catalog and `up` read a table's role from here instead of keeping lists.
 
 use std::sync::{Arc, OnceLock};
 
@@ -17,9 +19,65 @@ pub struct TableDef {
     /// `schema.table`, e.g. `iot.telemetry`.
     pub name: String,
     pub comment: String,
+    pub role: Role,
+    /// The column holding a row's event time (the table's watermark), if it has one.
+    #[serde(default)]
+    pub event_time: Option<String>,
+    /// The topic a log of events is read from (bronze and action logs).
+    #[serde(default)]
+    pub source_topic: Option<String>,
     pub partition_by: Vec<String>,
     pub zorder_by: Vec<String>,
     pub columns: Vec<ColumnDef>,
+}
+
+/// What a table is, which decides who writes it and how it is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Every valid event of one source topic, appended by the pipeline.
+    Bronze,
+    /// Every action of one `mfg.actions.*` topic, appended by the pipeline.
+    ActionLog,
+    /// An operational log, appended (dead letters, audit).
+    Log,
+    /// A signal appended as it is detected (anomalies).
+    SignalLog,
+    /// A signal recomputed from its inputs (shortages, churn, maintenance alerts, alerts).
+    Signal,
+    /// Current state, kept by MERGE or replaced per partition (inventory, detector state,
+    /// purchase orders, tickets).
+    State,
+    /// Reference data written by the simulator or loaded from outside.
+    Reference,
+}
+
+impl Role {
+    /// The role as written in the definition files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Bronze => "bronze",
+            Role::ActionLog => "action_log",
+            Role::Log => "log",
+            Role::SignalLog => "signal_log",
+            Role::Signal => "signal",
+            Role::State => "state",
+            Role::Reference => "reference",
+        }
+    }
+
+    /// Whether rows are only ever appended (so a reader can follow the table's tail).
+    pub fn append_only(self) -> bool {
+        matches!(
+            self,
+            Role::Bronze | Role::ActionLog | Role::Log | Role::SignalLog
+        )
+    }
+
+    /// Whether the table is fed from a source topic.
+    pub fn from_topic(self) -> bool {
+        matches!(self, Role::Bronze | Role::ActionLog)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -75,95 +133,17 @@ impl ColumnType {
     }
 }
 
-/// The embedded definition files, in a fixed order.
-const SOURCES: &[(&str, &str)] = &[
-    (
-        "iot.telemetry.toml",
-        include_str!("../../schemas/tables/iot.telemetry.toml"),
-    ),
-    (
-        "supply_chain.shipments.toml",
-        include_str!("../../schemas/tables/supply_chain.shipments.toml"),
-    ),
-    (
-        "supply_chain.inventory_movements.toml",
-        include_str!("../../schemas/tables/supply_chain.inventory_movements.toml"),
-    ),
-    (
-        "sales.transactions.toml",
-        include_str!("../../schemas/tables/sales.transactions.toml"),
-    ),
-    (
-        "iot.sensor_state.toml",
-        include_str!("../../schemas/tables/iot.sensor_state.toml"),
-    ),
-    (
-        "iot.anomalies.toml",
-        include_str!("../../schemas/tables/iot.anomalies.toml"),
-    ),
-    (
-        "ops.dead_letters.toml",
-        include_str!("../../schemas/tables/ops.dead_letters.toml"),
-    ),
-    (
-        "supply_chain.suppliers.toml",
-        include_str!("../../schemas/tables/supply_chain.suppliers.toml"),
-    ),
-    (
-        "supply_chain.parts.toml",
-        include_str!("../../schemas/tables/supply_chain.parts.toml"),
-    ),
-    (
-        "supply_chain.inventory.toml",
-        include_str!("../../schemas/tables/supply_chain.inventory.toml"),
-    ),
-    (
-        "sales.customers.toml",
-        include_str!("../../schemas/tables/sales.customers.toml"),
-    ),
-    (
-        "support.tickets.toml",
-        include_str!("../../schemas/tables/support.tickets.toml"),
-    ),
-    (
-        "supply_chain.purchase_orders.toml",
-        include_str!("../../schemas/tables/supply_chain.purchase_orders.toml"),
-    ),
-    (
-        "supply_chain.order_actions.toml",
-        include_str!("../../schemas/tables/supply_chain.order_actions.toml"),
-    ),
-    (
-        "support.ticket_actions.toml",
-        include_str!("../../schemas/tables/support.ticket_actions.toml"),
-    ),
-    (
-        "supply_chain.shortage_signals.toml",
-        include_str!("../../schemas/tables/supply_chain.shortage_signals.toml"),
-    ),
-    (
-        "sales.churn_signals.toml",
-        include_str!("../../schemas/tables/sales.churn_signals.toml"),
-    ),
-    (
-        "iot.maintenance_alerts.toml",
-        include_str!("../../schemas/tables/iot.maintenance_alerts.toml"),
-    ),
-    (
-        "ops.alerts.toml",
-        include_str!("../../schemas/tables/ops.alerts.toml"),
-    ),
-    (
-        "ops.audit.toml",
-        include_str!("../../schemas/tables/ops.audit.toml"),
-    ),
-];
+/// The schema of the views (`pipelines/views/<name>.sql` → `views.<name>`).
+pub const VIEWS: &str = "views";
+
+// `TABLE_FILES`: every `schemas/tables/*.toml`, found by build.rs.
+include!(concat!(env!("OUT_DIR"), "/table_files.rs"));
 
 /// Parses and checks every embedded definition. Problems from all files are reported together.
 pub fn parse_all() -> Result<Vec<TableDef>> {
     let mut defs = Vec::new();
     let mut problems = Vec::new();
-    for (file, text) in SOURCES {
+    for (file, text) in TABLE_FILES {
         match toml::from_str::<TableDef>(text) {
             Ok(def) => {
                 problems.extend(def.check(file));
@@ -218,7 +198,41 @@ impl TableDef {
                 ));
             }
         }
+        if let Some(t) = &self.event_time
+            && self.column(t).is_none_or(|c| c.ty != ColumnType::Timestamp)
+        {
+            p.push(format!(
+                "schemas/tables/{file}: event_time {t:?} is not a timestamp column"
+            ));
+        }
+        match (&self.source_topic, self.role.from_topic()) {
+            (None, true) => p.push(format!(
+                "schemas/tables/{file}: a {:?} table needs source_topic",
+                self.role
+            )),
+            (Some(t), false) => p.push(format!(
+                "schemas/tables/{file}: source_topic {t:?} on a {:?} table, which no topic feeds",
+                self.role
+            )),
+            (Some(t), true) if !crate::broker::topics::ALL.contains(&t.as_str()) => p.push(
+                format!("schemas/tables/{file}: source_topic {t:?} is not a millstream topic"),
+            ),
+            _ => {}
+        }
         p
+    }
+
+    /// The table fed from `topic`, if any.
+    pub fn fed_by(topic: &str) -> Option<&'static TableDef> {
+        catalog()
+            .iter()
+            .find(|t| t.source_topic.as_deref() == Some(topic))
+    }
+
+    /// The tables of these roles, in catalog order.
+    pub fn with_role(roles: &[Role]) -> impl Iterator<Item = &'static TableDef> {
+        let roles = roles.to_vec();
+        catalog().iter().filter(move |t| roles.contains(&t.role))
     }
 
     pub fn schema_name(&self) -> &str {
@@ -274,26 +288,27 @@ mod tests {
     #[test]
     fn embedded_definitions_parse_and_check() {
         let defs = parse_all().unwrap();
-        assert_eq!(defs.len(), SOURCES.len());
+        assert_eq!(defs.len(), TABLE_FILES.len());
         for d in &defs {
             assert!(!d.columns.is_empty(), "{}", d.name);
         }
     }
 
     #[test]
-    fn every_definition_file_is_embedded() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/tables");
-        let mut on_disk: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| n.ends_with(".toml"))
-            .collect();
-        on_disk.sort();
-        let mut embedded: Vec<String> = SOURCES.iter().map(|(f, _)| f.to_string()).collect();
-        embedded.sort();
-        assert_eq!(
-            on_disk, embedded,
-            "add new files in schemas/tables to SOURCES"
-        );
+    fn every_source_topic_feeds_one_table() {
+        for topic in crate::broker::topics::ALL {
+            let fed: Vec<&str> = catalog()
+                .iter()
+                .filter(|t| t.source_topic.as_deref() == Some(topic))
+                .map(|t| t.name.as_str())
+                .collect();
+            assert!(fed.len() <= 1, "{topic} feeds {fed:?}");
+        }
+        for kind in crate::model::EventKind::ALL {
+            assert_eq!(
+                TableDef::fed_by(kind.topic()).map(|t| t.name.as_str()),
+                Some(kind.bronze_table())
+            );
+        }
     }
 }

@@ -29,69 +29,9 @@ use toml::Spanned;
 use crate::error::{Error, Result};
 use crate::model::tables;
 
-/// The embedded `pipelines/` directory: (file name, contents).
-const BUILT_IN: &[(&str, &str)] = &[
-    (
-        "inventory.toml",
-        include_str!("../../pipelines/inventory.toml"),
-    ),
-    (
-        "purchase_orders.toml",
-        include_str!("../../pipelines/purchase_orders.toml"),
-    ),
-    (
-        "purchase_orders.sql",
-        include_str!("../../pipelines/purchase_orders.sql"),
-    ),
-    ("tickets.toml", include_str!("../../pipelines/tickets.toml")),
-    ("tickets.sql", include_str!("../../pipelines/tickets.sql")),
-    (
-        "inventory.sql",
-        include_str!("../../pipelines/inventory.sql"),
-    ),
-    (
-        "shortage_signals.toml",
-        include_str!("../../pipelines/shortage_signals.toml"),
-    ),
-    (
-        "shortage_signals.sql",
-        include_str!("../../pipelines/shortage_signals.sql"),
-    ),
-    (
-        "churn_signals.toml",
-        include_str!("../../pipelines/churn_signals.toml"),
-    ),
-    (
-        "churn_signals.sql",
-        include_str!("../../pipelines/churn_signals.sql"),
-    ),
-    (
-        "maintenance_alerts.toml",
-        include_str!("../../pipelines/maintenance_alerts.toml"),
-    ),
-    (
-        "maintenance_alerts.sql",
-        include_str!("../../pipelines/maintenance_alerts.sql"),
-    ),
-    ("alerts.toml", include_str!("../../pipelines/alerts.toml")),
-    ("alerts.sql", include_str!("../../pipelines/alerts.sql")),
-    (
-        "views/get_inventory_status.sql",
-        include_str!("../../pipelines/views/get_inventory_status.sql"),
-    ),
-    (
-        "views/track_shipments.sql",
-        include_str!("../../pipelines/views/track_shipments.sql"),
-    ),
-    (
-        "views/lookup_customer_info.sql",
-        include_str!("../../pipelines/views/lookup_customer_info.sql"),
-    ),
-    (
-        "views/order_status.sql",
-        include_str!("../../pipelines/views/order_status.sql"),
-    ),
-];
+// `PIPELINE_FILES` and `VIEW_FILES`: the files of `pipelines/` and `pipelines/views/`, found by
+// build.rs.
+include!(concat!(env!("OUT_DIR"), "/pipeline_files.rs"));
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -136,13 +76,14 @@ pub enum SinkMode {
     Merge,
 }
 
-/// What a pipeline reads.
+/// What kind of pipeline a definition is, by what it reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Input {
-    /// Recomputed from these tables when any of them changes.
-    Tables(Vec<String>),
-    /// Each micro-batch's new rows of this bronze table, registered as `batch`.
+pub enum Kind {
+    /// Run by the micro-batch worker on each micro-batch's new rows of this table (registered
+    /// as `batch`), its result merged into the sink in the batch's commit.
     Batch(String),
+    /// Recomputed by the deriver from these tables when any of them changes.
+    Derived(Vec<String>),
 }
 
 #[derive(Debug, Clone)]
@@ -154,12 +95,23 @@ pub struct Sink {
     pub insert: BTreeMap<String, String>,
 }
 
+impl Sink {
+    /// How a `merge` sink applies its result.
+    pub fn merge_spec(&self) -> crate::lakehouse::commit::MergeSpec {
+        crate::lakehouse::commit::MergeSpec {
+            key: self.key.clone(),
+            update: self.update.clone(),
+            insert: self.insert.clone(),
+        }
+    }
+}
+
 /// One checked pipeline definition.
 #[derive(Debug, Clone)]
 pub struct Definition {
     pub name: String,
     pub description: String,
-    pub input: Input,
+    pub kind: Kind,
     pub after: Vec<String>,
     /// The SQL file name, for messages.
     pub sql_file: String,
@@ -219,8 +171,9 @@ impl Definitions {
         static CHECKED: tokio::sync::OnceCell<Definitions> = tokio::sync::OnceCell::const_new();
         CHECKED
             .get_or_try_init(|| async {
-                let files: BTreeMap<String, String> = BUILT_IN
+                let files: BTreeMap<String, String> = PIPELINE_FILES
                     .iter()
+                    .chain(VIEW_FILES)
                     .map(|(n, t)| (n.to_string(), t.to_string()))
                     .collect();
                 Self::from_files(&files).await
@@ -300,17 +253,29 @@ impl Definitions {
     pub fn batch_pipeline(&self, table: &str) -> Option<&Definition> {
         self.pipelines
             .iter()
-            .find(|d| d.input == Input::Batch(table.to_string()))
+            .find(|d| d.kind == Kind::Batch(table.to_string()))
     }
 
-    /// Plans every SQL file against an empty copy of the catalog, and checks its result against
-    /// the sink table, without touching any data.
+    /// Plans every SQL file against empty copies of the tables it may read — its input tables
+    /// (or its micro-batch) and its sink, as it will run — and checks its result against the
+    /// sink table, without touching any data. SQL naming any other table fails here.
     async fn check_sql(&self) -> Vec<String> {
         let mut problems = Vec::new();
         for def in &self.pipelines {
             let result: Result<SchemaRef> = async {
-                let mut ctx = super::session::memory(&BTreeMap::new())?;
-                if let Input::Batch(t) = &def.input {
+                let mut readable: Vec<&str> = vec![def.sink.table.as_str()];
+                if let Kind::Derived(inputs) = &def.kind {
+                    readable.extend(inputs.iter().map(String::as_str));
+                }
+                let mut ctx = super::session::with_tables(|t| {
+                    Ok(readable.contains(&t.name.as_str()).then(|| {
+                        std::sync::Arc::new(datafusion::datasource::empty::EmptyTable::new(
+                            t.arrow_schema(),
+                        ))
+                            as std::sync::Arc<dyn datafusion::catalog::TableProvider>
+                    }))
+                })?;
+                if let Kind::Batch(t) = &def.kind {
                     let schema = tables::get(t)?.arrow_schema();
                     ctx = super::session::with_batch(&ctx, schema, Vec::new())?;
                 }
@@ -435,8 +400,8 @@ fn parse(
         known_table(t, &mut problems);
     }
     let input = match (&raw.input.batch, raw.input.tables.is_empty()) {
-        (Some(b), true) => Input::Batch(b.get_ref().clone()),
-        (None, false) => Input::Tables(
+        (Some(b), true) => Kind::Batch(b.get_ref().clone()),
+        (None, false) => Kind::Derived(
             raw.input
                 .tables
                 .iter()
@@ -447,7 +412,7 @@ fn parse(
             problems.push(format!(
                 "{path}: [input] needs exactly one of `tables` or `batch`"
             ));
-            Input::Tables(Vec::new())
+            Kind::Derived(Vec::new())
         }
     };
     known_table(&raw.sink.table, &mut problems);
@@ -488,7 +453,7 @@ fn parse(
             at(raw.sink.mode.span())
         ));
     }
-    if let (SinkMode::Merge, Input::Tables(_)) = (mode, &input) {
+    if let (SinkMode::Merge, Kind::Derived(_)) = (mode, &input) {
         problems.push(format!(
             "{}: mode \"merge\" needs a `batch` input",
             at(raw.sink.mode.span())
@@ -516,7 +481,7 @@ fn parse(
     Ok(Definition {
         name: file.trim_end_matches(".toml").to_string(),
         description: raw.description,
-        input,
+        kind: input,
         after: raw
             .input
             .after
@@ -540,8 +505,9 @@ mod tests {
     use super::*;
 
     fn files(extra: &[(&str, &str)]) -> BTreeMap<String, String> {
-        let mut f: BTreeMap<String, String> = BUILT_IN
+        let mut f: BTreeMap<String, String> = PIPELINE_FILES
             .iter()
+            .chain(VIEW_FILES)
             .map(|(n, t)| (n.to_string(), t.to_string()))
             .collect();
         for (n, t) in extra {

@@ -1,11 +1,12 @@
 //! Derived pipelines: the `pipelines/` definitions with a `tables` input (signals, alerts).
 //!
 //! Each round, a pipeline whose input tables have a new version since its last run is
-//! recomputed: its SQL runs over the latest versions and the result replaces (or is appended to)
-//! the sink table. The SQL only uses event time, so a result depends on the input versions alone:
-//! a restart recomputes the same rows, and a replaced table never holds a mix of two runs. The
-//! input versions a run saw go into the commit's metadata (`millstream.inputs`), so anyone can
-//! tell what a signal was computed from.
+//! recomputed: its SQL runs over exactly the input versions it records — the deriver's own open
+//! tables, not "latest" looked up again — plus its sink as the run starts from, and nothing else
+//! of the lake; the result replaces (or is appended to) the sink table. The SQL only uses event
+//! time, so a result depends on the input versions alone: a restart recomputes the same rows,
+//! and a replaced table never holds a mix of two runs. The input versions a run saw go into the
+//! commit's metadata (`millstream.inputs`), so anyone can tell what a signal was computed from.
 //!
 //! One deriver per lakehouse is enough (they are cheap); with several, replace-mode runs are
 //! idempotent and delta-rs serialises the commits.
@@ -18,9 +19,8 @@ use deltalake::DeltaTable;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
 use serde::Serialize;
-use tokio::sync::watch;
 
-use super::definition::{Definition, Definitions, Input, SinkMode};
+use super::definition::{Definition, Definitions, Kind, SinkMode};
 use super::publish::AlertPublisher;
 use crate::error::{Error, Result};
 use crate::lakehouse::Lakehouse;
@@ -58,7 +58,7 @@ impl Deriver {
     pub async fn round(&mut self) -> Result<Vec<DeriveRun>> {
         let mut runs = Vec::new();
         for def in self.defs.pipelines.clone() {
-            let Input::Tables(inputs) = &def.input else {
+            let Kind::Derived(inputs) = &def.kind else {
                 continue;
             };
             // Refreshed per pipeline: a later one may read what an earlier one just wrote.
@@ -111,7 +111,20 @@ impl Deriver {
         let started = Instant::now();
         // Before planning: an append pipeline may read its own sink (alerts dedupe against it).
         let table = self.lake.ensure(&def.sink.table).await?;
-        let ctx = super::session::lake(&self.lake, &self.defs).await?;
+        // Exactly the versions recorded below, and nothing else of the lake: the inputs as the
+        // last refresh left them, and the sink as this run starts from.
+        let mut read: BTreeMap<&str, std::sync::Arc<dyn datafusion::catalog::TableProvider>> =
+            BTreeMap::new();
+        for name in inputs.keys() {
+            let input = self.inputs.get(name).ok_or_else(|| {
+                Error::Internal(format!("{}: input {name} was not refreshed", def.name))
+            })?;
+            read.insert(name, input.clone().table_provider().await?);
+        }
+        if !read.contains_key(def.sink.table.as_str()) {
+            read.insert(&def.sink.table, table.clone().table_provider().await?);
+        }
+        let ctx = super::session::with_tables(|t| Ok(read.get(t.name.as_str()).cloned()))?;
         let batches = ctx.sql(&def.sql).await?.collect().await?;
         let batches = conform(&batches, &def.sink.table)?;
         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
@@ -205,12 +218,12 @@ pub async fn run(
     defs: Definitions,
     interval: Duration,
     mut publisher: Option<AlertPublisher>,
-    mut stop: watch::Receiver<bool>,
+    stop: tokio_util::sync::CancellationToken,
 ) -> DeriveSummary {
     let mut deriver = Deriver::new(lake, defs);
     let mut summary = DeriveSummary::default();
     loop {
-        let stopping = *stop.borrow();
+        let stopping = stop.is_cancelled();
         summary.rounds += 1;
         match deriver.round().await {
             Ok(runs) => {
@@ -247,7 +260,7 @@ pub async fn run(
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
-            _ = stop.changed() => {}
+            _ = stop.cancelled() => {}
         }
     }
 }

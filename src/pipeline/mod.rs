@@ -1,11 +1,14 @@
-//! Pipelines: the micro-batch runner ([`runner`]) that turns source partitions into exactly-once
-//! commits on the sink tables.
+//! Pipelines: the micro-batch [`worker`] that turns source partitions into exactly-once commits
+//! on the sink tables; the [`definition`]s of `pipelines/` (micro-batch MERGEs and derived
+//! signals); the [`derive`]r that recomputes derived signals when their inputs change; the
+//! alerts [`publish`]er; the DataFusion [`session`]s and millstream functions ([`udf`]) their
+//! SQL runs in.
 
 pub mod definition;
 pub mod derive;
 pub mod publish;
-pub mod runner;
 pub mod session;
 pub mod udf;
+pub mod worker;
 
-pub use runner::{PipelineOptions, RunStats, run, run_with_restarts};
+pub use worker::{Observer, PipelineOptions, RunStats, StopAfter, run, run_with_restarts};

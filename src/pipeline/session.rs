@@ -2,8 +2,9 @@
 //! `schema.table`), the millstream functions ([`super::udf`]) and the views of
 //! `pipelines/views/` as `views.<name>`.
 //!
-//! [`lake`] reads the Delta tables (opened when a query names them); [`memory`] holds in-memory
-//! batches under the same names, so checks, golden tests and `eval` run the very same SQL.
+//! [`memory`] holds in-memory batches under the tables' names, so checks, golden tests and
+//! `eval` run the very same SQL as [`with_tables`] over Delta versions. Views are given as
+//! their SQL by name (`pipelines/views/<name>.sql`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, Weak};
@@ -17,13 +18,14 @@ use datafusion::datasource::{MemTable, ViewTable};
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 
-use super::definition::Definitions;
 use crate::error::Result;
-use crate::lakehouse::Lakehouse;
 use crate::lakehouse::query::CATALOG;
 use crate::model::{TableDef, tables};
 
-pub const VIEWS: &str = "views";
+pub use crate::model::tables::VIEWS;
+
+/// Views by name → their SQL.
+pub type Views = BTreeMap<String, String>;
 
 /// A session over in-memory tables: `data` holds rows for some tables (by `schema.table`);
 /// every other table of the catalog is empty. Views are not registered (see [`with_views`]).
@@ -71,9 +73,9 @@ pub fn tables_catalog(
 }
 
 /// Adds `views.<name>` for every view, planned now against `ctx`'s tables.
-pub async fn with_views(ctx: &SessionContext, defs: &Definitions) -> Result<()> {
+pub async fn with_views(ctx: &SessionContext, views: &Views) -> Result<()> {
     let schema = Arc::new(MemorySchemaProvider::new());
-    for (name, sql) in &defs.views {
+    for (name, sql) in views {
         let plan = ctx.sql(sql).await?.into_optimized_plan()?;
         schema.register_table(
             name.clone(),
@@ -118,19 +120,12 @@ pub fn with_batch(
     Ok(out)
 }
 
-/// A session over the lakehouse's latest table versions, with functions and views.
-pub async fn lake(lake: &Lakehouse, defs: &Definitions) -> Result<SessionContext> {
-    let ctx = lake.session().await?;
-    with_functions_and_views(&ctx, defs);
-    Ok(ctx)
-}
-
 /// Registers the millstream functions on `ctx` and its views as `views.<name>`, each planned
 /// when a query first names it, against the very tables of `ctx`'s catalog (so a view reads the
 /// same versions as the query around it).
-pub fn with_functions_and_views(ctx: &SessionContext, defs: &Definitions) {
+pub fn with_functions_and_views(ctx: &SessionContext, views: &Views) {
     if let Some(catalog) = ctx.catalog(CATALOG) {
-        register_views(ctx, defs, ViewTables::Own(Arc::downgrade(&catalog)));
+        register_views(ctx, views, ViewTables::Own(Arc::downgrade(&catalog)));
     }
 }
 
@@ -139,18 +134,18 @@ pub fn with_functions_and_views(ctx: &SessionContext, defs: &Definitions) {
 /// which its own queries do not see).
 pub fn with_functions_and_views_over(
     ctx: &SessionContext,
-    defs: &Definitions,
+    views: &Views,
     tables: Arc<dyn CatalogProvider>,
 ) {
-    register_views(ctx, defs, ViewTables::Other(tables));
+    register_views(ctx, views, ViewTables::Other(tables));
 }
 
-fn register_views(ctx: &SessionContext, defs: &Definitions, tables: ViewTables) {
+fn register_views(ctx: &SessionContext, views: &Views, tables: ViewTables) {
     super::udf::register(ctx);
     if let Some(catalog) = ctx.catalog(CATALOG) {
         let views = LazyViews {
             tables,
-            defs: defs.clone(),
+            views: views.clone(),
             planned: Mutex::new(HashMap::new()),
         };
         // Registering a schema on a memory catalog cannot fail.
@@ -172,14 +167,14 @@ enum ViewTables {
 #[derive(Debug)]
 struct LazyViews {
     tables: ViewTables,
-    defs: Definitions,
+    views: Views,
     planned: Mutex<HashMap<String, Arc<dyn TableProvider>>>,
 }
 
 #[async_trait]
 impl SchemaProvider for LazyViews {
     fn table_names(&self) -> Vec<String> {
-        self.defs.views.keys().cloned().collect()
+        self.views.keys().cloned().collect()
     }
 
     async fn table(
@@ -189,7 +184,7 @@ impl SchemaProvider for LazyViews {
         if let Some(t) = self.planned.lock().expect("poisoned").get(name) {
             return Ok(Some(t.clone()));
         }
-        let Some(sql) = self.defs.views.get(name) else {
+        let Some(sql) = self.views.get(name) else {
             return Ok(None);
         };
         let tables = match &self.tables {
@@ -211,6 +206,6 @@ impl SchemaProvider for LazyViews {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.defs.views.contains_key(name)
+        self.views.contains_key(name)
     }
 }

@@ -1,5 +1,6 @@
-//! The HTTP side: the MCP endpoint at `/mcp` (streamable HTTP), `/metrics` (Prometheus) and
-//! `/healthz`.
+//! The HTTP side: the MCP endpoint at `/mcp` (streamable HTTP), `/metrics` (Prometheus),
+//! `/healthz` (liveness: every supervised task alive; 503 with the failing tasks otherwise) and
+//! `/readyz` (readiness: data is being served).
 //!
 //! In front of `/mcp`, in this order: the `Host` must be one of `serve.allowed_hosts` (before
 //! anything echoes it into a URL); the bearer token names the caller; an `Mcp-Session-Id` must
@@ -20,12 +21,12 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Authenticator, Refusal};
 use crate::error::Result;
 use crate::mcp::Millstream;
+use crate::supervise::Health;
 
 /// What `/mcp` serves, which Host headers it accepts, and how callers authenticate.
 pub struct Mcp {
@@ -62,13 +63,16 @@ struct AuthState {
     policies: Arc<crate::auth::Policies>,
 }
 
-pub fn router(mcp: Option<Mcp>, cancel: CancellationToken) -> Router {
+pub fn router(mcp: Option<Mcp>, health: Health, cancel: CancellationToken) -> Router {
     let metrics = crate::telemetry::metrics();
     let metrics = Router::new().route(
         "/metrics",
         get(move || std::future::ready(metrics.render())),
     );
-    let healthz = Router::new().route("/healthz", get(|| async { "ok\n" }));
+    let healthz = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(health);
     let Some(m) = mcp else {
         return healthz.merge(metrics);
     };
@@ -116,6 +120,27 @@ pub fn router(mcp: Option<Mcp>, cancel: CancellationToken) -> Router {
                     .layer(middleware::from_fn_with_state(hosts, require_allowed_host)),
             )
         }
+    }
+}
+
+/// Liveness: 200 when every supervised task is alive, 503 when one failed or is restarting;
+/// the body says which.
+async fn healthz(State(health): State<Health>) -> Response {
+    let report = health.report();
+    let status = if report.status == "ok" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(report)).into_response()
+}
+
+/// Readiness: 200 once data is served, 503 before and while stopping.
+async fn readyz(State(health): State<Health>) -> Response {
+    if health.ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
     }
 }
 
@@ -184,8 +209,7 @@ async fn bind_sessions(State(s): State<SessionOwners>, req: Request, next: Next)
     if let Some(id) = &session {
         let owner = s.owners.lock().expect("poisoned").get(id).cloned();
         if owner.as_ref().is_some_and(|o| *o != caller) {
-            metrics::counter!("millstream_mcp_session_refused_total").increment(1);
-            tracing::warn!(principal = %caller, "refused a request naming another principal's MCP session");
+            crate::telemetry::events::SessionRefused { principal: &caller }.emit();
             return (StatusCode::NOT_FOUND, "Not Found: Session not found").into_response();
         }
     }
@@ -367,28 +391,41 @@ fn metadata_url(resource: &str) -> String {
     }
 }
 
-/// Binds `addr` (port 0 picks one) and serves until `stop`. Returns the bound address.
-pub async fn spawn(
-    addr: &str,
-    mut stop: watch::Receiver<bool>,
-    mcp: Option<Mcp>,
-) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+/// The HTTP server, bound; [`Server::run`] serves until its token is cancelled.
+pub struct Server {
+    listener: TcpListener,
+    app: Router,
+    /// Ends open MCP streams when the server stops, or graceful shutdown would wait on them.
+    streams: CancellationToken,
+}
+
+/// Binds `addr` (port 0 picks one) for `mcp` (if any), `/metrics`, `/healthz` and `/readyz`.
+pub async fn bind(addr: &str, mcp: Option<Mcp>, health: Health) -> Result<(SocketAddr, Server)> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let cancel = CancellationToken::new();
-    let app = router(mcp, cancel.clone());
-    let task = tokio::spawn(async move {
+    let streams = CancellationToken::new();
+    let app = router(mcp, health, streams.clone());
+    Ok((
+        bound,
+        Server {
+            listener,
+            app,
+            streams,
+        },
+    ))
+}
+
+impl Server {
+    /// Serves until `stop`, then lets requests in flight finish.
+    pub async fn run(self, stop: CancellationToken) -> anyhow::Result<()> {
+        let streams = self.streams;
         let shutdown = async move {
-            let _ = stop.wait_for(|s| *s).await;
-            // Ends open MCP streams too, or graceful shutdown would wait on them forever.
-            cancel.cancel();
+            stop.cancelled().await;
+            streams.cancel();
         };
-        if let Err(e) = axum::serve(listener, app)
+        axum::serve(self.listener, self.app)
             .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "http server failed");
-        }
-    });
-    Ok((bound, task))
+            .await?;
+        Ok(())
+    }
 }

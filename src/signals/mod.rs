@@ -1,7 +1,7 @@
-//! Signals computed from the event streams: anomalies on machine sensors ([`anomaly`]), and the
-//! measurement of their quality against the simulator's injected faults ([`eval`]).
+//! Signals computed from the event streams inside the micro-batch worker: anomalies on machine
+//! sensors ([`anomaly`]: the detector; [`iot`]: its pipeline stage, state and tables). Signals
+//! written as SQL are `pipelines/` definitions ([`crate::pipeline`]); their quality is measured
+//! in [`crate::eval`].
 
 pub mod anomaly;
-pub mod eval;
-pub mod eval_supply;
 pub mod iot;

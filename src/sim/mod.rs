@@ -14,7 +14,6 @@ use deltalake::protocol::SaveMode;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use serde::Serialize;
-use tokio::sync::watch;
 
 use crate::config::{KafkaConfig, SimulateConfig};
 use crate::error::{Error, Result};
@@ -242,7 +241,7 @@ pub async fn produce_live(
     generator: &mut Generator,
     rate: u64,
     limit: Option<u64>,
-    mut stop: watch::Receiver<bool>,
+    stop: tokio_util::sync::CancellationToken,
 ) -> Result<Produced> {
     let mut produced = Produced::default();
     let started = Instant::now();
@@ -253,10 +252,7 @@ pub async fn produce_live(
     loop {
         tokio::select! {
             _ = interval.tick() => {}
-            _ = stop.changed() => break,
-        }
-        if *stop.borrow() {
-            break;
+            _ = stop.cancelled() => break,
         }
         // Catch up to where the rate says we should be, so the average holds under jitter.
         let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;

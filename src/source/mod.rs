@@ -245,7 +245,7 @@ impl Source {
         &self,
         max_events: usize,
         max_wait: Duration,
-        stop: &mut tokio::sync::watch::Receiver<bool>,
+        stop: &tokio_util::sync::CancellationToken,
     ) -> Result<(Vec<RawRecord>, Option<Instant>)> {
         let mut out = Vec::with_capacity(max_events.min(65_536));
         let mut first_at = None;
@@ -253,13 +253,13 @@ impl Source {
         let mut topics: BTreeMap<String, Arc<str>> = BTreeMap::new();
         while out.len() < max_events {
             let now = Instant::now();
-            if now >= deadline || *stop.borrow() {
+            if now >= deadline || stop.is_cancelled() {
                 break;
             }
             let msg = tokio::select! {
                 m = self.consumer.recv() => m,
                 _ = tokio::time::sleep(deadline - now) => break,
-                _ = stop.changed() => break,
+                _ = stop.cancelled() => break,
             };
             let msg = match msg {
                 Ok(m) => m,

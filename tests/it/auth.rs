@@ -14,7 +14,6 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use tokio::sync::watch;
 
 use crate::support::{self, Env};
 
@@ -137,8 +136,8 @@ async fn only_valid_tokens_get_in_and_each_caller_gets_its_own_view() {
     millstream::sim::write_reference(&env.lake, &env.config.simulate, false)
         .await
         .unwrap();
-    let (_stop_tx, stop) = watch::channel(false);
-    let (base, _http) = env.serve_mcp(stop).await;
+    let served = env.serve_mcp().await;
+    let base = &served.base;
     let url = format!("{base}/mcp");
     let metadata_url = format!("{base}/.well-known/oauth-protected-resource");
 
@@ -467,8 +466,8 @@ async fn sessions_origins_hosts_and_metrics_are_guarded() {
             .insert(who.into(), millstream::config::Secret::new(token));
     }
     env.lake.ensure_all().await.unwrap();
-    let (_stop_tx, stop) = watch::channel(false);
-    let (base, _http) = env.serve_mcp(stop).await;
+    let served = env.serve_mcp().await;
+    let base = &served.base;
     let url = format!("{base}/mcp");
     let http = reqwest::Client::new();
     let rpc = |token: &str, session: Option<&str>, body: Value| {

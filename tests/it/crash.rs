@@ -233,9 +233,7 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     // was saved and restored exactly, however the kills fell.
     let reference =
         millstream::lakehouse::Lakehouse::new(env.dir.path().join("reference")).unwrap();
-    let mut opts = env.options("reference", "reference");
-    opts.stop_after = Some(events.len() as u64);
-    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let opts = env.options("reference", "reference");
     millstream::sim::write_reference_tables(
         &reference,
         &env.config.simulate,
@@ -244,9 +242,17 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     )
     .await
     .expect("reference data");
-    millstream::pipeline::run(&env.config.kafka, &reference, &opts, rx)
-        .await
-        .expect("reference run");
+    millstream::pipeline::run(
+        &env.config.kafka,
+        &reference,
+        &opts,
+        tokio_util::sync::CancellationToken::new(),
+        Some(std::sync::Arc::new(millstream::pipeline::StopAfter(
+            events.len() as u64,
+        ))),
+    )
+    .await
+    .expect("reference run");
     let defs = millstream::pipeline::definition::Definitions::built_in()
         .await
         .unwrap();

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use arrow::array::RecordBatch;
 use millstream::model::tables;
-use millstream::pipeline::definition::{Definitions, Input};
+use millstream::pipeline::definition::{Definitions, Kind};
 use millstream::pipeline::session;
 
 fn cases_root() -> PathBuf {
@@ -118,77 +118,89 @@ async fn run_case(subject: &Subject, dir: &Path) -> Result<String, String> {
     Ok(render(&batches))
 }
 
-#[tokio::test]
-async fn every_pipeline_and_view_sql_matches_its_golden_outputs() {
+/// The SQL under test: a pipeline, or a view (`views/<name>`).
+async fn subject(name: &str) -> Subject {
     let defs = Definitions::built_in().await.unwrap();
-    let pipelines = defs.pipelines.iter().map(|def| Subject {
+    if let Some(view) = name.strip_prefix("views/") {
+        let sql = defs
+            .views
+            .get(view)
+            .unwrap_or_else(|| panic!("tests/pipelines/{name}: no pipelines/{name}.sql"));
+        return Subject {
+            name: name.to_string(),
+            sql: sql.clone(),
+            batch: None,
+        };
+    }
+    let def = defs
+        .get(name)
+        .unwrap_or_else(|| panic!("tests/pipelines/{name}: no pipelines/{name}.toml"));
+    Subject {
         name: def.name.clone(),
         sql: def.sql.clone(),
-        batch: match &def.input {
-            Input::Batch(source) => Some(source.clone()),
+        batch: match &def.kind {
+            Kind::Batch(source) => Some(source.clone()),
             _ => None,
         },
-    });
-    let views = defs.views.iter().map(|(name, sql)| Subject {
-        name: format!("views/{name}"),
-        sql: sql.clone(),
-        batch: None,
-    });
-    let update = std::env::var("UPDATE_GOLDEN").is_ok();
-    let mut failures = Vec::new();
-    for def in pipelines.chain(views) {
-        let dir = cases_root().join(&def.name);
-        let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|_| {
-                panic!(
-                    "pipelines/{}.sql has no cases in {}",
-                    def.name,
-                    dir.display()
-                )
-            })
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.is_dir())
-            .collect();
-        cases.sort();
-        assert!(!cases.is_empty(), "pipelines/{}.sql has no cases", def.name);
-        for case in cases {
-            let label = format!(
-                "{}/{}",
-                def.name,
-                case.file_name().unwrap().to_string_lossy()
-            );
-            let got = run_case(&def, &case).await;
-            let error_file = case.join("error.txt");
-            if error_file.exists() {
-                let want = std::fs::read_to_string(&error_file).unwrap();
-                match got {
-                    Err(e) if e.contains(want.trim()) => {}
-                    other => failures.push(format!(
-                        "{label}: expected an error with {want:?}, got {other:?}"
-                    )),
-                }
-                continue;
-            }
-            let got = match got {
-                Ok(g) => g,
-                Err(e) => {
-                    failures.push(format!("{label}: {e}"));
-                    continue;
-                }
-            };
-            let golden = case.join("expected.txt");
-            if update {
-                std::fs::write(&golden, &got).unwrap();
-                continue;
-            }
-            let want = std::fs::read_to_string(&golden)
-                .unwrap_or_else(|_| panic!("{label}: no expected.txt (run with UPDATE_GOLDEN=1)"));
-            if want != got {
-                failures.push(format!(
-                    "{label}: output differs\n--- expected\n{want}--- got\n{got}"
-                ));
-            }
+    }
+}
+
+/// Runs one case against its golden output (or expected error); `UPDATE_GOLDEN=1` rewrites it.
+async fn golden_case(name: &str, case: &str) {
+    let subject = subject(name).await;
+    let dir = cases_root().join(name).join(case);
+    let label = format!("{}/{case}", subject.name);
+    let got = run_case(&subject, &dir).await;
+    let error_file = dir.join("error.txt");
+    if error_file.exists() {
+        let want = std::fs::read_to_string(&error_file).unwrap();
+        match got {
+            Err(e) if e.contains(want.trim()) => return,
+            other => panic!("{label}: expected an error with {want:?}, got {other:?}"),
         }
     }
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    let got = got.unwrap_or_else(|e| panic!("{label}: {e}"));
+    let golden = dir.join("expected.txt");
+    if std::env::var("UPDATE_GOLDEN").is_ok() {
+        std::fs::write(&golden, &got).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&golden)
+        .unwrap_or_else(|_| panic!("{label}: no expected.txt (run with UPDATE_GOLDEN=1)"));
+    assert!(
+        want == got,
+        "{label}: output differs\n--- expected\n{want}--- got\n{got}"
+    );
+}
+
+/// One test per case directory, generated by build.rs: `golden::cases::<pipeline>::<case>`.
+mod cases {
+    use super::golden_case;
+    include!(concat!(env!("OUT_DIR"), "/golden_cases.rs"));
+}
+
+/// Every pipeline and view has at least one golden case.
+#[tokio::test]
+async fn every_pipeline_and_view_has_golden_cases() {
+    let defs = Definitions::built_in().await.unwrap();
+    let names = defs
+        .pipelines
+        .iter()
+        .map(|d| d.name.clone())
+        .chain(defs.views.keys().map(|v| format!("views/{v}")));
+    for name in names {
+        let dir = cases_root().join(&name);
+        let cases = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.path().is_dir())
+                    .count()
+            })
+            .unwrap_or(0);
+        assert!(
+            cases > 0,
+            "pipelines/{name}.sql has no cases in {}",
+            dir.display()
+        );
+    }
 }

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use rmcp::ServiceExt;
 use serde_json::{Value, json};
-use tokio::sync::watch;
 
 use crate::support::{self, Env};
 
@@ -66,8 +65,8 @@ async fn one_query_can_neither_crash_hold_nor_exhaust_the_server() {
     .round()
     .await
     .unwrap();
-    let (_stop_tx, stop) = watch::channel(false);
-    let (base, _http) = env.serve_mcp(stop).await;
+    let served = env.serve_mcp().await;
+    let base = &served.base;
     let url = format!("{base}/mcp");
     let jon = client(&url, "tok-jon").await;
     let maria = client(&url, "tok-maria").await;

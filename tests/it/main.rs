@@ -14,6 +14,7 @@ mod governed;
 mod independent_reader;
 mod maintain;
 mod mcp;
+mod modules;
 mod scale_out;
 mod schemas;
 mod signals;

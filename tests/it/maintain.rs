@@ -29,7 +29,7 @@ async fn maintenance_compacts_and_preserves_rows_cdf_and_offsets() {
 
     let reports = millstream::lakehouse::maintain::run(
         &env.lake,
-        &millstream::cli::maintain_options(&env.config, true),
+        &millstream::lakehouse::maintain::MaintainOptions::from_config(&env.config.maintain, true),
     )
     .await;
     let telemetry = reports

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use millstream::pipeline::definition::Definitions;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::support::{self, Env};
 
@@ -17,7 +17,7 @@ type Task<T> = tokio::task::JoinHandle<T>;
 async fn start_pipelines(
     env: &Env,
     name: &str,
-    stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) -> (
     Task<millstream::Result<millstream::pipeline::RunStats>>,
     Task<millstream::pipeline::derive::DeriveSummary>,
@@ -26,7 +26,7 @@ async fn start_pipelines(
     let pipeline = {
         let (kafka, lake, stop) = (env.config.kafka.clone(), env.lake.clone(), stop.clone());
         tokio::spawn(async move {
-            millstream::pipeline::run_with_restarts(&kafka, &lake, &opts, stop).await
+            millstream::pipeline::run_with_restarts(&kafka, &lake, &opts, stop, None).await
         })
     };
     let deriver = tokio::spawn(millstream::pipeline::derive::run(
@@ -56,7 +56,7 @@ async fn python_sdk_calls_every_tool_and_actions_materialize_exactly_once() {
     // Then live events: stock movements give the shortage signals their event-time clock.
     env.produce(&support::events("mcp", 20_000, 0.0)).await;
 
-    let (stop_tx, stop) = watch::channel(false);
+    let stop = CancellationToken::new();
     let (pipeline, deriver) = start_pipelines(&env, "mcp", stop.clone()).await;
     // Tools answer from live tables: wait for the history and the first signals.
     let started = Instant::now();
@@ -86,7 +86,8 @@ async fn python_sdk_calls_every_tool_and_actions_materialize_exactly_once() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
-    let (base, http) = env.serve_mcp(stop.clone()).await;
+    let served = env.serve_mcp().await;
+    let base = &served.base;
     let url = format!("{base}/mcp");
     let report = tokio::task::spawn_blocking(move || support::mcp_client(&["http", &url]))
         .await
@@ -139,10 +140,11 @@ async fn python_sdk_calls_every_tool_and_actions_materialize_exactly_once() {
     .await;
     assert_eq!(audited, vec!["tool|query_sql|ok".to_string()]);
 
-    stop_tx.send(true).unwrap();
+    stop.cancel();
     pipeline.await.unwrap().unwrap();
     deriver.await.unwrap();
-    http.await.unwrap();
+    let mut served = served;
+    served.sup.shutdown().await;
 }
 
 /// The server follows new table versions without a restart: a table that did not exist when it
@@ -297,7 +299,8 @@ async fn log_tails_answer_like_the_delta_tables() {
 /// the receipt at the warehouse → the position's shortage risk drops below HIGH.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_order_placed_on_a_shortage_arrives_and_clears_it() {
-    use millstream::mcp::actions::{OrderPriority, OrderRequest};
+    use millstream::actions::OrderPriority;
+    use millstream::mcp::actions::OrderRequest;
     use millstream::mcp::tools::Risk;
     use millstream::mcp::tools::supply::{OrderStatusArgs, PredictShortageArgs, ShortageRisksArgs};
     use rmcp::handler::server::wrapper::Parameters;
@@ -314,7 +317,7 @@ async fn an_order_placed_on_a_shortage_arrives_and_clears_it() {
         .await
         .unwrap();
 
-    let (stop_tx, stop) = watch::channel(false);
+    let stop = CancellationToken::new();
     let (pipeline, deriver) = start_pipelines(&env, "loop", stop.clone()).await;
     let simulator = {
         let (config, brokers, stop) = (env.config.clone(), env.brokers(), stop.clone());
@@ -335,11 +338,17 @@ async fn an_order_placed_on_a_shortage_arrives_and_clears_it() {
                 .expect("simulator")
         })
     };
+    let mut sup = millstream::supervise::Supervisor::new();
+    let (serving, last) = (sup.stage("serve"), sup.stage("audit"));
     let server = millstream::mcp::start(
         &env.config,
         env.lake.clone(),
         Some(&env.brokers()),
-        stop.clone(),
+        &mut sup,
+        millstream::mcp::Stages {
+            serving: &serving,
+            last: &last,
+        },
     )
     .await
     .unwrap();
@@ -456,7 +465,7 @@ async fn an_order_placed_on_a_shortage_arrives_and_clears_it() {
     )
     .await;
 
-    stop_tx.send(true).unwrap();
+    stop.cancel();
     pipeline.await.unwrap().unwrap();
     deriver.await.unwrap();
     simulator.await.unwrap();

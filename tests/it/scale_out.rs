@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::support::{self, Env};
 
@@ -18,10 +18,16 @@ async fn workers_joining_and_leaving_a_group_keep_the_tables_exact() {
     opts.batch_max_events = 2_000;
 
     let spawn = |name: &'static str| {
-        let (tx, rx) = watch::channel(false);
-        let (kafka, lake, opts) = (env.config.kafka.clone(), env.lake.clone(), opts.clone());
+        let tx = CancellationToken::new();
+        let (kafka, lake, opts, rx) = (
+            env.config.kafka.clone(),
+            env.lake.clone(),
+            opts.clone(),
+            tx.clone(),
+        );
         let handle = tokio::spawn(async move {
-            let stats = millstream::pipeline::run_with_restarts(&kafka, &lake, &opts, rx).await;
+            let stats =
+                millstream::pipeline::run_with_restarts(&kafka, &lake, &opts, rx, None).await;
             (name, stats)
         });
         (tx, handle)
@@ -51,7 +57,7 @@ async fn workers_joining_and_leaving_a_group_keep_the_tables_exact() {
         send_chunk(&mut chunks).await;
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
-    stop_a.send(true).unwrap(); // a leaves cleanly; its partitions move
+    stop_a.cancel(); // a leaves cleanly; its partitions move
     let (_, ra) = a.await.unwrap();
     ra.expect("worker a");
     while chunks.len() > 0 {
@@ -70,7 +76,7 @@ async fn workers_joining_and_leaving_a_group_keep_the_tables_exact() {
     )
     .await;
     for (tx, h) in [(stop_b, b), (stop_c, c)] {
-        tx.send(true).unwrap();
+        tx.cancel();
         let (name, r) = h.await.unwrap();
         r.unwrap_or_else(|e| panic!("worker {name}: {e}"));
     }

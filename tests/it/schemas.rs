@@ -13,7 +13,7 @@ fn committed_event_schemas_match_the_types() {
             .unwrap_or_else(|e| panic!("{}: {e}; run `cargo run -- schemas`", path.display()));
         assert_eq!(
             committed,
-            millstream::cli::schema_text(kind),
+            kind.schema_text(),
             "{} drifted from the Rust type; run `cargo run -- schemas` and commit the result",
             path.display()
         );

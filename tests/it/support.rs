@@ -9,10 +9,18 @@ use std::time::{Duration, Instant};
 use millstream::broker::{EmbeddedBroker, topics};
 use millstream::config::Config;
 use millstream::lakehouse::Lakehouse;
+use millstream::pipeline::StopAfter;
 use millstream::pipeline::{PipelineOptions, RunStats};
 use millstream::sim::EventProducer;
 use millstream::sim::stream::{Generator, SimEvent};
-use tokio::sync::watch;
+use millstream::supervise::Supervisor;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+/// The MCP server of [`Env::serve_mcp`]: its base URL, running until dropped.
+pub struct Served {
+    pub base: String,
+    pub sup: Supervisor,
+}
 
 /// Kills the test process if the guarded test runs longer than its budget. Each nextest test
 /// is its own process, so this fails exactly the hung test.
@@ -78,7 +86,8 @@ impl Env {
     }
 
     pub fn options(&self, name: &str, group: &str) -> PipelineOptions {
-        let mut o = millstream::cli::pipeline_options(&self.config, &self.brokers());
+        let mut o =
+            millstream::pipeline::PipelineOptions::from_config(&self.config, &self.brokers());
         o.name = name.to_string();
         o.group_id = group.to_string();
         o
@@ -94,13 +103,13 @@ impl Env {
     }
 
     /// The MCP server's catalog over this lakehouse, following it every `refresh_ms` and keeping
-    /// `tail_rows` rows of each log in memory. It stops when the returned sender is dropped.
+    /// `tail_rows` rows of each log in memory. It stops when the returned guard is dropped.
     pub async fn live_catalog(
         &self,
         refresh_ms: u64,
         tail_rows: usize,
-    ) -> (millstream::mcp::LiveCatalog, watch::Sender<bool>) {
-        let (stop_tx, stop) = watch::channel(false);
+    ) -> (millstream::mcp::LiveCatalog, DropGuard) {
+        let stop = CancellationToken::new();
         let catalog = millstream::mcp::LiveCatalog::start(
             self.lake.clone(),
             millstream::pipeline::definition::Definitions::built_in()
@@ -110,42 +119,60 @@ impl Env {
                 refresh: Duration::from_millis(refresh_ms),
                 tail_rows,
             },
-            stop,
-        )
-        .await
-        .unwrap();
-        (catalog, stop_tx)
-    }
-
-    /// The MCP server over this lakehouse (actions to this broker), at `/mcp` on a free port,
-    /// as `self.config` sets it up (auth included); runs until `stop`.
-    pub async fn serve_mcp(
-        &self,
-        stop: watch::Receiver<bool>,
-    ) -> (String, tokio::task::JoinHandle<()>) {
-        let server = millstream::mcp::start(
-            &self.config,
-            self.lake.clone(),
-            Some(&self.brokers()),
             stop.clone(),
         )
         .await
         .unwrap();
+        (catalog, stop.drop_guard())
+    }
+
+    /// The MCP server over this lakehouse (actions to this broker), at `/mcp` on a free port,
+    /// as `self.config` sets it up (auth included), supervised as `serve` supervises it; runs
+    /// until the returned [`Served`] is dropped.
+    pub async fn serve_mcp(&self) -> Served {
+        let mut sup = Supervisor::new();
+        let serving = sup.stage("serve");
+        let last = sup.stage("audit");
+        let server = millstream::mcp::start(
+            &self.config,
+            self.lake.clone(),
+            Some(&self.brokers()),
+            &mut sup,
+            millstream::mcp::Stages {
+                serving: &serving,
+                last: &last,
+            },
+        )
+        .await
+        .unwrap();
         let mcp = millstream::serve::Mcp::from_config(server, &self.config).unwrap();
-        let (addr, http) = millstream::serve::spawn("127.0.0.1:0", stop, Some(mcp))
+        let (addr, http) = millstream::serve::bind("127.0.0.1:0", Some(mcp), sup.health())
             .await
             .unwrap();
-        (format!("http://{addr}"), http)
+        sup.spawn_once(
+            "http",
+            &serving,
+            &tokio::runtime::Handle::current(),
+            move |t| http.run(t),
+        );
+        sup.health().set_ready(true);
+        Served {
+            base: format!("http://{addr}"),
+            sup,
+        }
     }
 
     /// Runs the pipeline in-process until it has handled `records` source records.
     pub async fn run_until(&self, opts: &PipelineOptions, records: u64) -> RunStats {
-        let mut opts = opts.clone();
-        opts.stop_after = Some(records);
-        let (_tx, rx) = watch::channel(false);
-        millstream::pipeline::run(&self.config.kafka, &self.lake, &opts, rx)
-            .await
-            .expect("pipeline run")
+        millstream::pipeline::run(
+            &self.config.kafka,
+            &self.lake,
+            opts,
+            CancellationToken::new(),
+            Some(Arc::new(StopAfter(records))),
+        )
+        .await
+        .expect("pipeline run")
     }
 }
 

@@ -48,9 +48,9 @@ fn set(v: &[&str]) -> BTreeSet<String> {
 struct Seeded {
     env: Env,
     catalog: millstream::mcp::LiveCatalog,
-    _stop: tokio::sync::watch::Sender<bool>,
+    _stop: tokio_util::sync::DropGuard,
     policies: std::sync::Arc<Policies>,
-    actions: std::sync::Arc<millstream::mcp::actions::ActionProducer>,
+    actions: std::sync::Arc<millstream::actions::ActionProducer>,
 }
 
 impl Seeded {
@@ -119,8 +119,7 @@ impl Seeded {
             .unwrap();
         let (catalog, stop) = env.live_catalog(50, 100_000).await;
         let actions = std::sync::Arc::new(
-            millstream::mcp::actions::ActionProducer::new(&env.config.kafka, &env.brokers())
-                .unwrap(),
+            millstream::actions::ActionProducer::new(&env.config.kafka, &env.brokers()).unwrap(),
         );
         Seeded {
             env,

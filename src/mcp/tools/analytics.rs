@@ -12,8 +12,9 @@ use rmcp::{ErrorData, tool, tool_router};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::mcp::args::{failed, internal, invalid};
 use crate::mcp::catalog::AsOf;
-use crate::mcp::server::{Millstream, internal, invalid};
+use crate::mcp::server::Millstream;
 use crate::model::tables;
 
 pub const SQL_DEFAULT_ROWS: u32 = 100;
@@ -278,7 +279,7 @@ impl Millstream {
         .await
         .map_err(|f| match f {
             crate::governed::Failure::Refused(why) => invalid("sql", why),
-            other => crate::mcp::server::failed(&other),
+            other => failed(&other),
         })?;
         let as_of = session.as_of(&answer.plan);
         let (schema, rows) = (answer.schema, answer.rows);

@@ -8,8 +8,10 @@ use serde::{Deserialize, Serialize};
 
 /// Anomaly and maintenance severities have the levels of signal risks.
 pub use super::Risk as Severity;
+use crate::mcp::args::{invalid, limit, opt_id, opt_text, text, timestamp};
 use crate::mcp::catalog::{AsOf, rfc3339};
-use crate::mcp::server::{Millstream, Query, invalid, limit, opt_id, opt_text, timestamp};
+use crate::mcp::query::Query;
+use crate::mcp::server::Millstream;
 pub use crate::model::events::SensorType;
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -191,7 +193,7 @@ impl Millstream {
         .filter("machine_id = ?", opt_text(&a.machine_id))
         .filter(
             "sensor_type = ?",
-            a.sensor_type.map(|s| crate::mcp::server::text(s.as_str())),
+            a.sensor_type.map(|s| text(s.as_str())),
         )
         .finish(&format!("ORDER BY ts DESC, device_id LIMIT {n}"));
         let (readings, as_of): (Vec<Reading>, _) = self.fetch(q).await?;
@@ -247,10 +249,7 @@ impl Millstream {
         .filter("plant_id = ?", opt_text(&a.plant_id))
         .filter("machine_id = ?", opt_text(&a.machine_id))
         .filter("device_id = ?", opt_text(&a.device_id))
-        .filter(
-            "sensor_type = ?",
-            a.sensor_type.map(|s| crate::mcp::server::text(s.as_str())),
-        )
+        .filter("sensor_type = ?", a.sensor_type.map(|s| text(s.as_str())))
         .any_of(
             "severity",
             &a.min_severity.map(Severity::at_least).unwrap_or_default(),
@@ -326,10 +325,7 @@ impl Millstream {
         .filter("s.device_id = ?", opt_text(&a.device_id))
         .filter("s.machine_id = ?", opt_text(&a.machine_id))
         .filter("s.plant_id = ?", opt_text(&a.plant_id))
-        .filter(
-            "s.sensor_type = ?",
-            a.sensor_type.map(|s| crate::mcp::server::text(s.as_str())),
-        )
+        .filter("s.sensor_type = ?", a.sensor_type.map(|s| text(s.as_str())))
         .finish(&format!("ORDER BY anomalies DESC, s.device_id LIMIT {n}"));
         let (sensors, as_of) = self.fetch(q).await?;
         Ok(Json(SensorStatsAnswer {

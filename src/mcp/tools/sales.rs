@@ -6,10 +6,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{RISK_ORDER, Risk};
+use crate::mcp::args::{id, invalid, limit, opt_id, opt_text, text, timestamp};
 use crate::mcp::catalog::AsOf;
-use crate::mcp::server::{
-    Millstream, Query, id, invalid, limit, opt_id, opt_text, text, timestamp,
-};
+use crate::mcp::query::Query;
+use crate::mcp::server::Millstream;
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

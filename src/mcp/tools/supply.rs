@@ -7,8 +7,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{RISK_ORDER, Risk};
 use crate::mcp::actions::{OrderReceipt, OrderRequest};
+use crate::mcp::args::{id, invalid, limit, opt_id, opt_text, text};
 use crate::mcp::catalog::AsOf;
-use crate::mcp::server::{Millstream, Query, id, limit, opt_id, opt_text, text};
+use crate::mcp::query::Query;
+use crate::mcp::server::Millstream;
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -249,10 +251,7 @@ impl Millstream {
         if shipments.is_empty()
             && let Some(s) = &a.shipment_id
         {
-            return Err(crate::mcp::server::invalid(
-                "shipment_id",
-                format!("unknown shipment_id {s:?}"),
-            ));
+            return Err(invalid("shipment_id", format!("unknown shipment_id {s:?}")));
         }
         Ok(Json(ShipmentsAnswer { shipments, as_of }))
     }
@@ -346,7 +345,7 @@ impl Millstream {
         .finish("");
         let (mut orders, order_as_of): (Vec<PurchaseOrder>, AsOf) = self.fetch(q).await?;
         let Some(order) = orders.pop() else {
-            return Err(crate::mcp::server::invalid(
+            return Err(invalid(
                 "po_id",
                 format!(
                     "unknown po_id {:?} (an order just placed appears once the pipeline has \

@@ -5,11 +5,12 @@ use rmcp::{ErrorData, tool, tool_router};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::mcp::actions::{
-    ResolutionRequest, TicketCategory, TicketReceipt, TicketRequest, TicketStatus, wire_name,
-};
+use crate::actions::{TicketCategory, TicketStatus, wire_name};
+use crate::mcp::actions::{ResolutionRequest, TicketReceipt, TicketRequest};
+use crate::mcp::args::{id, invalid, limit, opt_id, opt_text, text};
 use crate::mcp::catalog::AsOf;
-use crate::mcp::server::{Millstream, Query, id, invalid, limit, opt_id, opt_text, text};
+use crate::mcp::query::Query;
+use crate::mcp::server::Millstream;
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -12,10 +12,10 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
-use super::anomaly::{Params, Rule, SensorState};
 use crate::broker::topics;
 use crate::config::SimulateConfig;
 use crate::model::events::TelemetryReading;
+use crate::signals::anomaly::{Params, Rule, SensorState};
 use crate::sim::faults::{FaultKind, FaultPlan, FaultRates};
 use crate::sim::stream::Generator;
 

@@ -10,16 +10,93 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use clap::Subcommand;
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 use crate::broker::{EmbeddedBroker, topics};
-use crate::cli::pipeline_options;
 use crate::config::Config;
 use crate::lakehouse::Lakehouse;
 use crate::pipeline::definition::Definitions;
 use crate::pipeline::publish::AlertPublisher;
+use crate::pipeline::{Observer, PipelineOptions, RunStats, StopAfter};
 use crate::sim::stream::Generator;
 use crate::sim::{EventProducer, produce_all};
+use crate::source::RawRecord;
+use crate::supervise::{Policy, Supervisor};
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Preload the embedded broker, then time the pipeline from first fetch to last commit.
+    Ingest {
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+    },
+    /// Steady produce rate; measures produce time → committed latency.
+    Freshness {
+        #[arg(long, default_value_t = 20_000)]
+        rate: u64,
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
+    /// MCP clients over streamable HTTP calling the read tools against live tables (the
+    /// pipeline ingesting meanwhile); latency per tool and how soon the server sees commits.
+    Mcp {
+        /// Concurrent MCP sessions.
+        #[arg(long, default_value_t = 100)]
+        clients: usize,
+        /// Measured seconds.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Calls per second per client (Poisson arrivals; 0 = back to back).
+        #[arg(long, default_value_t = 1.0)]
+        rate: f64,
+        /// Call as this principal of the policies (its persona's tools, its tenant's rows);
+        /// default `serve.principal`.
+        #[arg(long = "as", value_name = "PRINCIPAL")]
+        principal: Option<String>,
+    },
+}
+
+pub async fn run(mut config: Config, command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Ingest { events } => ingest(config, events).await,
+        BenchCommand::Freshness { rate, seconds } => freshness(config, rate, seconds).await,
+        BenchCommand::Mcp {
+            clients,
+            seconds,
+            rate,
+            principal,
+        } => {
+            if let Some(p) = principal {
+                config.serve.principal = p;
+            }
+            anyhow::ensure!(
+                (1..=10_000).contains(&clients),
+                "--clients must be in 1..=10000"
+            );
+            anyhow::ensure!(seconds >= 1, "--seconds must be at least 1");
+            anyhow::ensure!(rate.is_finite() && rate >= 0.0, "--rate must be >= 0");
+            mcp(config, clients, seconds, rate).await
+        }
+    }
+}
+
+/// Records, per committed record, commit time minus its Kafka timestamp (ms).
+struct Freshness(Mutex<Vec<u32>>);
+
+impl Observer for Freshness {
+    fn polled(&self, committed: &[RawRecord], _stats: &RunStats) -> bool {
+        let now = chrono::Utc::now().timestamp_millis();
+        self.0.lock().expect("poisoned").extend(
+            committed
+                .iter()
+                .filter_map(|r| r.timestamp_ms)
+                .map(|t| (now - t).max(0) as u32),
+        );
+        true
+    }
+}
 
 struct Scratch(std::path::PathBuf);
 
@@ -102,7 +179,7 @@ fn scratch_setup(config: &Config) -> anyhow::Result<(Scratch, Lakehouse, Embedde
     Ok((scratch, lake, broker))
 }
 
-pub async fn ingest(config: Config, events: u64) -> anyhow::Result<()> {
+async fn ingest(config: Config, events: u64) -> anyhow::Result<()> {
     let (_scratch, lake, broker) = scratch_setup(&config)?;
     let brokers = broker.bootstrap_servers().to_string();
     // Reference data, so the inventory MERGE and the shortage and churn pipelines have their
@@ -124,32 +201,38 @@ pub async fn ingest(config: Config, events: u64) -> anyhow::Result<()> {
     drop(batch);
     check_nothing_evicted(&config, &brokers)?;
 
-    let mut opts = pipeline_options(&config, &brokers);
-    opts.stop_after = Some(events);
+    let mut opts = PipelineOptions::from_config(&config, &brokers);
     opts.group_id = "bench".into();
-    let (_tx, stop) = tokio::sync::watch::channel(false);
+    let stop = CancellationToken::new();
     // The in-process broker holds the whole preloaded log in this process's memory too.
     let rss_before_pipeline = rss_mb();
     // Every signal on: the derived pipelines and the alerts publisher run beside ingest as
     // they do under `up`, competing for the same two cores.
     let definitions = Definitions::from_config(&config.pipeline.definitions).await?;
-    let (derive_stop, derive_rx) = tokio::sync::watch::channel(false);
+    let derive_stop = CancellationToken::new();
     let deriver = tokio::spawn(crate::pipeline::derive::run(
         lake.clone(),
         definitions,
         Duration::from_millis(config.pipeline.derive_interval_ms),
         Some(AlertPublisher::new(lake.clone(), &config.kafka, &brokers)?),
-        derive_rx,
+        derive_stop.clone(),
     ));
     eprintln!("bench ingest: running the pipeline with every signal pipeline on");
-    let stats = crate::pipeline::run(&config.kafka, &lake, &opts, stop).await?;
+    let stats = crate::pipeline::run(
+        &config.kafka,
+        &lake,
+        &opts,
+        stop,
+        Some(Arc::new(StopAfter(events))),
+    )
+    .await?;
     let secs = match (stats.first_fetch, stats.last_commit) {
         (Some(a), Some(b)) => (b - a).as_secs_f64(),
         _ => anyhow::bail!("pipeline committed nothing"),
     };
     // The final derive round brings every signal up to the last commit: that is when the
     // signals are as fresh as the bronze tables, so it counts towards the end-to-end time.
-    let _ = derive_stop.send(true);
+    derive_stop.cancel();
     let derived = deriver.await?;
     let secs_with_signals = match stats.first_fetch {
         Some(a) => a.elapsed().as_secs_f64(),
@@ -212,16 +295,15 @@ fn check_nothing_evicted(config: &Config, brokers: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn freshness(config: Config, rate: u64, seconds: u64) -> anyhow::Result<()> {
+async fn freshness(config: Config, rate: u64, seconds: u64) -> anyhow::Result<()> {
     let (_scratch, lake, broker) = scratch_setup(&config)?;
     let brokers = broker.bootstrap_servers().to_string();
     lake.ensure_all().await?;
 
-    let samples = Arc::new(Mutex::new(Vec::<u32>::new()));
-    let mut opts = pipeline_options(&config, &brokers);
+    let samples = Arc::new(Freshness(Mutex::new(Vec::new())));
+    let mut opts = PipelineOptions::from_config(&config, &brokers);
     opts.group_id = "bench-freshness".into();
-    opts.freshness = Some(samples.clone());
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let stop = CancellationToken::new();
     let pipeline = {
         let (kafka, lake, opts, stop) = (
             config.kafka.clone(),
@@ -229,30 +311,37 @@ pub async fn freshness(config: Config, rate: u64, seconds: u64) -> anyhow::Resul
             opts.clone(),
             stop.clone(),
         );
-        tokio::spawn(async move { crate::pipeline::run(&kafka, &lake, &opts, stop).await })
+        let observer: Arc<dyn Observer> = samples.clone();
+        tokio::spawn(async move {
+            crate::pipeline::run(&kafka, &lake, &opts, stop, Some(observer)).await
+        })
     };
     // Let the consumer join before measuring.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let warmup = samples.lock().expect("poisoned").len();
+    let warmup = samples.0.lock().expect("poisoned").len();
 
     let producer = EventProducer::new(&config.kafka, &brokers)?;
     let mut generator = Generator::new(&config.simulate, "fresh", config.simulate.start, rate);
     eprintln!("bench freshness: {rate} events/s for {seconds}s");
-    let (ptx, prx) = tokio::sync::watch::channel(false);
-    let timer = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(seconds)).await;
-        let _ = ptx.send(true);
-    });
-    let produced = crate::sim::produce_live(&producer, &mut generator, rate, None, prx).await?;
+    let produce_stop = CancellationToken::new();
+    let timer = {
+        let produce_stop = produce_stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(seconds)).await;
+            produce_stop.cancel();
+        })
+    };
+    let produced =
+        crate::sim::produce_live(&producer, &mut generator, rate, None, produce_stop).await?;
     timer.abort();
     // Give the pipeline time to commit the tail.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let _ = stop_tx.send(true);
+    stop.cancel();
     let stats = pipeline.await??;
     drop(producer);
     drop(broker);
 
-    let mut v = samples.lock().expect("poisoned").split_off(warmup);
+    let mut v = samples.0.lock().expect("poisoned").split_off(warmup);
     v.sort_unstable();
     let pct = |q: f64| {
         v.get(((v.len() as f64 * q) as usize).min(v.len().saturating_sub(1)))
@@ -407,7 +496,7 @@ fn percentiles(mut v: Vec<f64>) -> serde_json::Value {
     })
 }
 
-pub async fn mcp(config: Config, clients: usize, seconds: u64, rate: f64) -> anyhow::Result<()> {
+async fn mcp(config: Config, clients: usize, seconds: u64, rate: f64) -> anyhow::Result<()> {
     use rmcp::ServiceExt;
     use rmcp::model::CallToolRequestParams;
     use rmcp::transport::StreamableHttpClientTransport;
@@ -421,37 +510,60 @@ pub async fn mcp(config: Config, clients: usize, seconds: u64, rate: f64) -> any
     eprintln!("bench mcp: {} history events", history.len());
     produce_all(&producer, &history, "history").await?;
 
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let mut opts = pipeline_options(&config, &brokers);
-    opts.group_id = "bench-mcp".into();
-    // As under `up`: stream processing yields the CPU to the server (crate::runtime).
-    let background = crate::runtime::background();
-    let pipeline = {
-        let (kafka, lake, opts, stop) = (
-            config.kafka.clone(),
-            lake.clone(),
-            opts.clone(),
-            stop.clone(),
+    // As under `up`: one supervisor, stream processing yielding the CPU to the server
+    // (crate::runtime), stopped in order at the end.
+    let mut sup = Supervisor::new();
+    let simulate = sup.stage("simulate");
+    let ingest = sup.stage("ingest");
+    let derive = sup.stage("derive");
+    let serving = sup.stage("serve");
+    let last = sup.stage("audit");
+    let background = crate::runtime::background().clone();
+    let stats = Arc::new(Mutex::new(None));
+    let produced = Arc::new(Mutex::new(None));
+    {
+        let mut opts = PipelineOptions::from_config(&config, &brokers);
+        opts.group_id = "bench-mcp".into();
+        let (kafka, lake, stats) = (config.kafka.clone(), lake.clone(), stats.clone());
+        sup.spawn(
+            "pipeline",
+            &ingest,
+            Policy::Critical,
+            &background,
+            move |t| {
+                let (kafka, lake, opts, stats) =
+                    (kafka.clone(), lake.clone(), opts.clone(), stats.clone());
+                async move {
+                    let run = crate::pipeline::run(&kafka, &lake, &opts, t, None).await?;
+                    *stats.lock().expect("poisoned") = Some(run);
+                    Ok(())
+                }
+            },
         );
-        background.spawn(async move { crate::pipeline::run(&kafka, &lake, &opts, stop).await })
-    };
-    let deriver = background.spawn(crate::pipeline::derive::run(
-        lake.clone(),
-        Definitions::from_config(&config.pipeline.definitions).await?,
-        Duration::from_millis(config.pipeline.derive_interval_ms),
-        None,
-        stop.clone(),
-    ));
+    }
+    {
+        let (lake, defs) = (
+            lake.clone(),
+            Definitions::from_config(&config.pipeline.definitions).await?,
+        );
+        let every = Duration::from_millis(config.pipeline.derive_interval_ms);
+        sup.spawn_once("deriver", &derive, &background, move |t| async move {
+            crate::pipeline::derive::run(lake, defs, every, None, t).await;
+            Ok(())
+        });
+    }
     // Live events all along: the server answers while tables change under it.
-    let live = {
-        let (config, brokers, stop) = (config.clone(), brokers.clone(), stop.clone());
-        background.spawn(async move {
+    {
+        let (config, brokers, produced) = (config.clone(), brokers.clone(), produced.clone());
+        sup.spawn_once("simulator", &simulate, &background, move |t| async move {
             let producer = EventProducer::new(&config.kafka, &brokers)?;
             let rate = config.simulate.rate;
             let mut g = Generator::new(&config.simulate, "bench-mcp", config.simulate.start, rate);
-            crate::sim::produce_live(&producer, &mut g, rate, None, stop).await
-        })
-    };
+            let live = crate::sim::produce_live(&producer, &mut g, rate, None, t).await?;
+            *produced.lock().expect("poisoned") = Some(live);
+            Ok(())
+        });
+    }
     let started = Instant::now();
     loop {
         let n = |t: &'static str| {
@@ -479,17 +591,34 @@ pub async fn mcp(config: Config, clients: usize, seconds: u64, rate: f64) -> any
         started.elapsed().as_secs_f64()
     );
 
-    let server = crate::mcp::start(&config, lake.clone(), Some(&brokers), stop.clone()).await?;
+    let server = crate::mcp::start(
+        &config,
+        lake.clone(),
+        Some(&brokers),
+        &mut sup,
+        crate::mcp::Stages {
+            serving: &serving,
+            last: &last,
+        },
+    )
+    .await?;
     let catalog = server.catalog.clone();
     let caller = server.clone();
     let mcp = crate::serve::Mcp::from_config(server, &config)?;
-    let (addr, http) = crate::serve::spawn("127.0.0.1:0", stop.clone(), Some(mcp)).await?;
+    let (addr, http) = crate::serve::bind("127.0.0.1:0", Some(mcp), sup.health()).await?;
+    sup.spawn_once(
+        "http",
+        &serving,
+        &tokio::runtime::Handle::current(),
+        move |t| http.run(t),
+    );
     let url = format!("http://{addr}/mcp");
+    let measured = CancellationToken::new();
 
     // Visibility: for each new version of a table the pipeline commits, the time from its
     // commit timestamp to the server publishing it.
     let visibility = {
-        let (catalog, mut stop) = (catalog.clone(), stop.clone());
+        let (catalog, stop) = (catalog.clone(), measured.clone());
         tokio::spawn(async move {
             let mut seen: std::collections::BTreeMap<&str, i64> = Default::default();
             let mut samples = Vec::new();
@@ -499,7 +628,7 @@ pub async fn mcp(config: Config, clients: usize, seconds: u64, rate: f64) -> any
                 "supply_chain.shortage_signals",
             ];
             loop {
-                if *stop.borrow() {
+                if stop.is_cancelled() {
                     return samples;
                 }
                 for t in tables {
@@ -515,7 +644,7 @@ pub async fn mcp(config: Config, clients: usize, seconds: u64, rate: f64) -> any
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(2)) => {}
-                    _ = stop.changed() => {}
+                    _ = stop.cancelled() => {}
                 }
             }
         })
@@ -615,12 +744,19 @@ pub async fn mcp(config: Config, clients: usize, seconds: u64, rate: f64) -> any
             }
         }
     }
-    let _ = stop_tx.send(true);
+    measured.cancel();
     let vis = visibility.await?;
-    let stats = pipeline.await??;
-    deriver.await?;
-    let produced = live.await??;
-    let _ = http.await;
+    sup.shutdown().await;
+    let stats = stats
+        .lock()
+        .expect("poisoned")
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("the pipeline did not finish"))?;
+    let produced = produced
+        .lock()
+        .expect("poisoned")
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("the simulator did not finish"))?;
     drop(producer);
     drop(broker);
 

@@ -1,0 +1,6 @@
+//! `millstream eval`: signal quality measured against the simulator's ground truth — the anomaly
+//! detector against injected sensor faults ([`anomalies`]), and the shortage and churn pipelines
+//! of `pipelines/` against a simulated world's stockouts and quiet customers ([`supply`]).
+
+pub mod anomalies;
+pub mod supply;

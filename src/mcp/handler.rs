@@ -1,0 +1,178 @@
+//! The MCP protocol side of [`Millstream`]: tool calls (checked against the caller's persona and
+//! audited), listings, resources, subscriptions and prompts, each for the caller of the request.
+
+use rmcp::model::{Implementation, ServerCapabilities, ServerConfig};
+use rmcp::{ErrorData, ServerHandler, tool_handler};
+use serde_json::json;
+
+use super::server::Millstream;
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for Millstream {
+    async fn call_tool(
+        &self,
+        request: rmcp::model::CallToolRequestParams,
+        context: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<rmcp::model::CallToolResponse, ErrorData> {
+        let started = (chrono::Utc::now(), std::time::Instant::now());
+        let me = self.for_caller(&context)?;
+        me.audit_ready()?;
+        let name = request.name.to_string();
+        let kind = if super::ACTION_TOOLS.contains(&name.as_str()) {
+            "action"
+        } else {
+            "tool"
+        };
+        let arguments = request
+            .arguments
+            .as_ref()
+            .map(|a| serde_json::Value::Object(a.clone()).to_string());
+        if !me.tool_router.has_route(&name) && Self::is_tool(&name) {
+            let message = format!(
+                "tool {name} is not available to persona {}",
+                me.access.persona
+            );
+            me.audit(
+                kind,
+                &name,
+                arguments,
+                started,
+                Err(("refused", message.clone())),
+            );
+            return Err(ErrorData::invalid_params(
+                message,
+                Some(json!({ "field": "name" })),
+            ));
+        }
+        let tcc = rmcp::handler::server::tool::ToolCallContext::new(&me, request, context);
+        let result = me.tool_router.call(tcc).await;
+        let outcome = match &result {
+            Ok(rmcp::model::CallToolResponse::Complete(r)) if r.is_error == Some(true) => Err((
+                "error",
+                r.content
+                    .iter()
+                    .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            )),
+            Ok(_) => Ok(()),
+            Err(e) => Err(("error", e.message.to_string())),
+        };
+        me.audit(kind, &name, arguments, started, outcome);
+        result
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<rmcp::model::PaginatedRequestParams>,
+        context: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<rmcp::model::ListToolsResult, ErrorData> {
+        let me = self.for_caller(&context)?;
+        Ok(rmcp::model::ListToolsResult::with_all_items(
+            me.tool_router.list_all(),
+        ))
+    }
+
+    fn get_info(&self) -> ServerConfig {
+        let mut info = ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .enable_resources_subscribe()
+                .enable_prompts()
+                .build(),
+        )
+        .with_server_info(Implementation::new("millstream", env!("CARGO_PKG_VERSION")));
+        info = info.with_instructions(
+            "Live factory signals from millstream's Delta tables. Supply chain: \
+             get_inventory_status, list_shortage_risks, predict_shortage, track_shipments, \
+             create_order, get_order_status. Sales: lookup_customer_info, list_churn_risks, \
+             predict_churn, sales_kpis. IoT: list_anomalies, maintenance_alerts, sensor_stats, \
+             query_sensor_data. Tickets: search_tickets, get_ticket_status, create_ticket, \
+             update_ticket_resolution. Anything else: describe_tables, then query_sql. Every \
+             answer carries `as_of` (table versions, commit time, event-time watermark, lag); \
+             actions are events that the pipeline materializes within seconds.",
+        );
+        info
+    }
+
+    async fn list_resources(
+        &self,
+        request: Option<rmcp::model::PaginatedRequestParams>,
+        context: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<rmcp::model::ListResourcesResult, ErrorData> {
+        let me = self.for_caller(&context)?;
+        super::resources::list(&me, request, context).await
+    }
+
+    async fn read_resource(
+        &self,
+        request: rmcp::model::ReadResourceRequestParams,
+        context: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<rmcp::model::ReadResourceResponse, ErrorData> {
+        let started = (chrono::Utc::now(), std::time::Instant::now());
+        let me = self.for_caller(&context)?;
+        me.audit_ready()?;
+        let uri = request.uri.to_string();
+        let result = super::resources::read(&me, request, context).await;
+        let outcome = resource_outcome(&me, &uri, result.as_ref().err());
+        me.audit("resource", &uri, None, started, outcome);
+        result.map(Into::into)
+    }
+
+    async fn subscribe(
+        &self,
+        request: rmcp::model::SubscribeRequestParams,
+        context: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let started = (chrono::Utc::now(), std::time::Instant::now());
+        let me = self.for_caller(&context)?;
+        me.audit_ready()?;
+        let uri = request.uri.to_string();
+        let result = super::resources::subscribe(&me, request, context).await;
+        let outcome = resource_outcome(&me, &uri, result.as_ref().err());
+        me.audit("subscribe", &uri, None, started, outcome);
+        result
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: rmcp::model::UnsubscribeRequestParams,
+        context: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<(), ErrorData> {
+        super::resources::unsubscribe(self, request, context).await
+    }
+
+    async fn list_prompts(
+        &self,
+        request: Option<rmcp::model::PaginatedRequestParams>,
+        context: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<rmcp::model::ListPromptsResult, ErrorData> {
+        super::prompts::list(request, context).await
+    }
+
+    async fn get_prompt(
+        &self,
+        request: rmcp::model::GetPromptRequestParams,
+        context: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<rmcp::model::GetPromptResponse, ErrorData> {
+        super::prompts::get(request, context).await.map(Into::into)
+    }
+}
+
+/// How a resource read or subscription ended, for the audit: refused when the caller may not
+/// read the resource's table.
+fn resource_outcome(
+    me: &Millstream,
+    uri: &str,
+    error: Option<&ErrorData>,
+) -> Result<(), (&'static str, String)> {
+    let Some(e) = error else { return Ok(()) };
+    let refused = super::resources::FEEDS
+        .iter()
+        .any(|f| f.uri == uri && !me.access.may_read(f.table));
+    Err((
+        if refused { "refused" } else { "error" },
+        e.message.to_string(),
+    ))
+}

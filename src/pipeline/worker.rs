@@ -1,0 +1,1011 @@
+//! The micro-batch worker of the bronze pipeline.
+//!
+//! Each iteration: read a batch (bounded by count and time) → keep only records some sink still
+//! needs → [decode](Worker::decode) per stream, dead letters aside → [detect](Worker::detect)
+//! anomalies → [write](Worker::write) every sink that has rows, each commit carrying the
+//! batch's last offset per source partition as `txn` actions → [acknowledge](Worker::acknowledge)
+//! the offsets to Kafka (for lag only) and tell the [`Observer`].
+//!
+//! Exactly once, per sink table (DESIGN §3): a sink's txn version for a partition is the last
+//! offset it holds. A record is written to a sink only if its offset is above that version, so a
+//! crash between the commits of two sinks is repaired by replay without duplicates. A sink with
+//! nothing to write still has its version advanced by a txn-only commit once it has been idle
+//! for `idle_commit`, which bounds replay after a restart. Nothing is acknowledged to Kafka
+//! before it is durable in Delta, and Kafka's offsets are never trusted for correctness.
+//!
+//! The sinks come from the table definitions (every bronze table and action log, fed from its
+//! `source_topic`), the pipeline definitions (MERGE-kept tables fed by a micro-batch), the dead
+//! letters and the anomaly detector's two tables. Each writes one way ([`Write`]).
+//!
+//! The loop is deliberately sequential: commits never overlap polling, so a rebalance callback
+//! never races an in-flight commit. librdkafka keeps prefetching in its own threads meanwhile,
+//! and decoding and the per-table commits run in parallel within a batch.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{BooleanArray, Int32Array, Int64Array, RecordBatch};
+use deltalake::DeltaTable;
+use futures::FutureExt;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, KafkaConfig};
+use crate::decode::{self, BronzeDecoder, Rejection};
+use crate::error::{Error, Result};
+use crate::lakehouse::Lakehouse;
+use crate::lakehouse::commit::{self, Offsets, SourcePartition};
+use crate::model::EventKind;
+use crate::model::tables::{Role, TableDef};
+use crate::pipeline::definition::{Definition, Definitions};
+use crate::signals::iot::{self, IotSignals};
+use crate::source::{AssignmentChange, PositionResolver, RawRecord, Source};
+use crate::telemetry::events;
+
+/// How a worker reads and writes, from the `[pipeline]` and `[kafka]` config.
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    pub name: String,
+    pub brokers: String,
+    pub group_id: String,
+    pub batch_max_events: usize,
+    pub batch_max_wait: Duration,
+    pub idle_commit: Duration,
+    pub target_file_bytes: u64,
+    /// Pipeline definitions directory; empty for the built-in ones.
+    pub definitions: String,
+}
+
+impl PipelineOptions {
+    pub fn from_config(config: &Config, brokers: &str) -> PipelineOptions {
+        PipelineOptions {
+            name: config.pipeline.name.clone(),
+            brokers: brokers.to_string(),
+            group_id: config.kafka.group_id.clone(),
+            batch_max_events: config.pipeline.batch_max_events,
+            batch_max_wait: Duration::from_millis(config.pipeline.batch_max_ms),
+            idle_commit: Duration::from_secs(config.pipeline.idle_commit_secs),
+            target_file_bytes: config.pipeline.target_file_mb * 1024 * 1024,
+            definitions: config.pipeline.definitions.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct RunStats {
+    pub records: u64,
+    pub bytes: u64,
+    pub rows: u64,
+    pub dead_letters: u64,
+    pub skipped: u64,
+    pub batches: u64,
+    pub commits: u64,
+    #[serde(skip)]
+    pub first_fetch: Option<Instant>,
+    #[serde(skip)]
+    pub last_commit: Option<Instant>,
+}
+
+/// Watches a worker from outside (benchmarks, tests): told after every poll what became
+/// durable, it may end the run.
+pub trait Observer: Send + Sync {
+    /// `committed`: the source records of the batch just committed (empty when the poll
+    /// brought nothing to write). False stops the worker, as a cancelled token would.
+    fn polled(&self, committed: &[RawRecord], stats: &RunStats) -> bool;
+}
+
+/// Stops the worker once it has handled (committed or skipped) `n` source records.
+pub struct StopAfter(pub u64);
+
+impl Observer for StopAfter {
+    fn polled(&self, _committed: &[RawRecord], stats: &RunStats) -> bool {
+        stats.records + stats.skipped < self.0
+    }
+}
+
+/// How a sink takes its rows.
+#[derive(Debug, Clone)]
+enum Write {
+    /// Appended.
+    Append,
+    /// Run through a `pipelines/` definition's SQL (the rows as `batch`) and merged by key.
+    Merge(Arc<Definition>),
+    /// Replacing the rows of the source partitions the batch touched (`_partition IN …`).
+    ReplacePartitions,
+}
+
+/// Where a sink's rows come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Feed {
+    /// The valid events of one stream.
+    Events(EventKind),
+    /// Every stream's rejected records.
+    Rejected,
+    /// The anomaly detector's findings.
+    Anomalies,
+    /// The anomaly detector's state (committed after the anomalies it explains).
+    DetectorState,
+}
+
+impl Feed {
+    /// The one topic this feed reads; `None` for the dead letters, fed by every topic.
+    fn topic(self) -> Option<&'static str> {
+        match self {
+            Feed::Events(k) => Some(k.topic()),
+            Feed::Rejected => None,
+            Feed::Anomalies | Feed::DetectorState => Some(EventKind::Telemetry.topic()),
+        }
+    }
+
+    fn feeds_from(self, topic: &str) -> bool {
+        match self.topic() {
+            Some(t) => t == topic,
+            None => EventKind::from_topic(topic).is_some(),
+        }
+    }
+
+    /// The columns holding a row's source partition and offset.
+    fn position_columns(self) -> (&'static str, &'static str) {
+        match self {
+            Feed::Rejected => ("partition", "offset"),
+            _ => ("_partition", "_offset"),
+        }
+    }
+}
+
+/// A sink table and what this worker knows is durable in it.
+struct Sink {
+    name: &'static str,
+    table: DeltaTable,
+    feed: Feed,
+    write: Write,
+    durable: Offsets,
+    /// Offsets processed with nothing to write here, not yet recorded in the table.
+    pending: Offsets,
+    last_commit: Instant,
+}
+
+/// One sink, before it is opened.
+#[derive(Debug, Clone)]
+struct SinkSpec {
+    name: &'static str,
+    feed: Feed,
+    write: Write,
+}
+
+/// Every sink, in commit order: the detector's state last, so it never runs ahead of the
+/// anomalies derived from it.
+fn sinks(defs: &Definitions) -> Result<Vec<SinkSpec>> {
+    let mut out = Vec::new();
+    for table in TableDef::with_role(&[Role::Bronze, Role::ActionLog]) {
+        let topic = table.source_topic.as_deref().unwrap_or_default();
+        let kind = EventKind::from_topic(topic).ok_or_else(|| {
+            Error::Internal(format!("{}: no event type for topic {topic}", table.name))
+        })?;
+        out.push(SinkSpec {
+            name: &table.name,
+            feed: Feed::Events(kind),
+            write: Write::Append,
+        });
+    }
+    for spec in out.clone() {
+        let Feed::Events(kind) = spec.feed else {
+            continue;
+        };
+        if let Some(def) = defs.batch_pipeline(spec.name) {
+            out.push(SinkSpec {
+                name: &crate::model::tables::get(&def.sink.table)?.name,
+                feed: Feed::Events(kind),
+                write: Write::Merge(Arc::new(def.clone())),
+            });
+        }
+    }
+    out.extend([
+        SinkSpec {
+            name: decode::DEAD_LETTERS,
+            feed: Feed::Rejected,
+            write: Write::Append,
+        },
+        SinkSpec {
+            name: iot::ANOMALIES_TABLE,
+            feed: Feed::Anomalies,
+            write: Write::Append,
+        },
+        SinkSpec {
+            name: iot::STATE_TABLE,
+            feed: Feed::DetectorState,
+            write: Write::ReplacePartitions,
+        },
+    ]);
+    Ok(out)
+}
+
+impl Sink {
+    async fn open(lake: &Lakehouse, spec: SinkSpec) -> Result<Sink> {
+        Ok(Sink {
+            name: spec.name,
+            table: lake.ensure(spec.name).await?,
+            feed: spec.feed,
+            write: spec.write,
+            durable: Offsets::new(),
+            pending: Offsets::new(),
+            last_commit: Instant::now(),
+        })
+    }
+
+    fn feeds_from(&self, topic: &str) -> bool {
+        self.feed.feeds_from(topic)
+    }
+
+    /// Durable offset per partition of `topic`.
+    fn floors(&self, topic: &str) -> HashMap<i32, i64> {
+        self.durable
+            .iter()
+            .filter(|(p, _)| p.topic == topic)
+            .map(|(p, o)| (p.partition, *o))
+            .collect()
+    }
+}
+
+/// Reads where each partition must resume: one past the lowest txn version over the sinks it
+/// feeds; from the beginning when any of them has never recorded it.
+fn resolver(lake: Lakehouse, pipeline: String, specs: Vec<SinkSpec>) -> PositionResolver {
+    Arc::new(move |parts: Vec<SourcePartition>| {
+        let lake = lake.clone();
+        let pipeline = pipeline.clone();
+        let specs = specs.clone();
+        async move {
+            let mut tables: HashMap<&'static str, DeltaTable> = HashMap::new();
+            let mut out = BTreeMap::new();
+            for p in parts {
+                let mut next: Option<i64> = None;
+                let mut missing = false;
+                for spec in specs.iter().filter(|s| s.feed.feeds_from(&p.topic)) {
+                    let name = spec.name;
+                    if !tables.contains_key(name) {
+                        tables.insert(name, lake.ensure(name).await?);
+                    }
+                    let v =
+                        commit::txn_versions(&tables[name], name, &pipeline, [p.clone()]).await?;
+                    match v.get(&p) {
+                        Some(v) => next = Some(next.map_or(v + 1, |n: i64| n.min(v + 1))),
+                        None => missing = true,
+                    }
+                }
+                out.insert(p, if missing { None } else { next });
+            }
+            Ok(out)
+        }
+        .boxed()
+    })
+}
+
+/// Runs the pipeline until `stop` is cancelled (finishing the batch in hand) or the
+/// `observer` says so. Errors that a fresh start from the Delta log can cure are retried by
+/// [`run_with_restarts`].
+pub async fn run(
+    kafka: &KafkaConfig,
+    lake: &Lakehouse,
+    opts: &PipelineOptions,
+    stop: CancellationToken,
+    observer: Option<Arc<dyn Observer>>,
+) -> Result<RunStats> {
+    let defs = Definitions::from_config(&opts.definitions).await?;
+    let specs = sinks(&defs)?;
+    let mut opened = Vec::new();
+    for spec in specs.iter().cloned() {
+        opened.push(Sink::open(lake, spec).await?);
+    }
+    let topics: Vec<&str> = EventKind::ALL.iter().map(|k| k.topic()).collect();
+    let source = Source::new(
+        kafka,
+        &opts.brokers,
+        &opts.group_id,
+        &topics,
+        resolver(lake.clone(), opts.name.clone(), specs),
+    )?;
+    tracing::info!(pipeline = %opts.name, brokers = %opts.brokers, group = %opts.group_id, lakehouse = %lake.root().display(), "pipeline started");
+    let mut worker = Worker {
+        opts: opts.clone(),
+        sinks: opened,
+        detector: IotSignals::new(),
+        decoders: Arc::new(
+            EventKind::ALL
+                .into_iter()
+                .map(|k| BronzeDecoder::new(k).map(|d| (k, d)))
+                .collect::<Result<_>>()?,
+        ),
+        owned: BTreeSet::new(),
+        stats: RunStats::default(),
+        observer,
+    };
+    let result = worker.run_loop(&source, &stop).await;
+    // Record every pending offset so a restart does not replay what was already handled.
+    if result.is_ok() {
+        worker.commit_pending().await?;
+    }
+    source.close()?;
+    let stats = worker.stats;
+    tracing::info!(
+        records = stats.records,
+        rows = stats.rows,
+        dead_letters = stats.dead_letters,
+        commits = stats.commits,
+        "pipeline stopped"
+    );
+    result.map(|()| stats)
+}
+
+/// [`run`], restarted from the Delta log after retryable failures (Kafka hiccups, another
+/// worker committing a partition we thought we owned), with capped exponential backoff.
+pub async fn run_with_restarts(
+    kafka: &KafkaConfig,
+    lake: &Lakehouse,
+    opts: &PipelineOptions,
+    stop: CancellationToken,
+    observer: Option<Arc<dyn Observer>>,
+) -> Result<RunStats> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match run(kafka, lake, opts, stop.clone(), observer.clone()).await {
+            Err(e) if e.retryable() && !stop.is_cancelled() => {
+                tracing::warn!(error = %e, domain = %e.domain(), ?backoff, "pipeline failed; resetting from the Delta log");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.cancelled() => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// One worker of the pipeline: its sinks, its share of the detector, what it owns.
+struct Worker {
+    opts: PipelineOptions,
+    sinks: Vec<Sink>,
+    detector: IotSignals,
+    decoders: Arc<BTreeMap<EventKind, BronzeDecoder>>,
+    /// Source partitions assigned to this worker.
+    owned: BTreeSet<SourcePartition>,
+    stats: RunStats,
+    observer: Option<Arc<dyn Observer>>,
+}
+
+/// A batch of source records and what it covers.
+struct Batch {
+    records: Arc<Vec<RawRecord>>,
+    /// The last offset of each source partition in the batch.
+    last: Offsets,
+    /// Record indices per stream.
+    by_kind: BTreeMap<EventKind, Vec<usize>>,
+    bytes: u64,
+    started: Instant,
+    now_us: i64,
+}
+
+/// A batch decoded: rows per table, and the rejected records.
+struct Decoded {
+    rows: BTreeMap<&'static str, Vec<RecordBatch>>,
+    rejected: Vec<Rejection>,
+    at: Instant,
+}
+
+/// What writing a batch recorded.
+struct Written {
+    dead_letters: u64,
+    decode: Duration,
+}
+
+/// What the detector made of a batch's telemetry.
+struct Detected {
+    detector: IotSignals,
+    anomalies: Vec<RecordBatch>,
+    state: Vec<RecordBatch>,
+    touched: BTreeSet<i32>,
+}
+
+impl Worker {
+    async fn run_loop(&mut self, source: &Source, stop: &CancellationToken) -> Result<()> {
+        loop {
+            let stopping = stop.is_cancelled();
+            let polled = Instant::now();
+            let (records, first_at) = if stopping {
+                (Vec::new(), None)
+            } else {
+                source
+                    .next_batch(self.opts.batch_max_events, self.opts.batch_max_wait, stop)
+                    .await?
+            };
+            tracing::debug!(
+                records = records.len(),
+                poll_ms = polled.elapsed().as_millis() as u64,
+                "polled"
+            );
+            self.apply_changes(&source.take_changes()).await?;
+            if self.stats.first_fetch.is_none() {
+                self.stats.first_fetch = first_at;
+            }
+            let kept = self.select(records);
+            let committed = if kept.is_empty() {
+                Vec::new()
+            } else {
+                let batch = Batch::new(kept);
+                let decoded = self.decode(&batch).await?;
+                let written = self.write(&batch, decoded).await?;
+                self.acknowledge(&batch, written, source);
+                Arc::try_unwrap(batch.records).unwrap_or_else(|r| (*r).clone())
+            };
+            self.commit_idle().await?;
+            let go_on = self
+                .observer
+                .as_ref()
+                .is_none_or(|o| o.polled(&committed, &self.stats));
+            if stopping || !go_on {
+                // The batch in hand when the stop arrived was committed by the previous pass.
+                return Ok(());
+            }
+        }
+    }
+
+    async fn apply_changes(&mut self, changes: &[AssignmentChange]) -> Result<()> {
+        let pipeline = self.opts.name.clone();
+        for change in changes {
+            match change {
+                AssignmentChange::Assigned(parts) => {
+                    // Another worker may have committed these partitions: start from the log.
+                    for sink in self.sinks.iter_mut() {
+                        let mine: Vec<_> = parts
+                            .iter()
+                            .filter(|p| sink.feeds_from(&p.topic))
+                            .cloned()
+                            .collect();
+                        if mine.is_empty() {
+                            continue;
+                        }
+                        sink.table
+                            .update_state()
+                            .await
+                            .map_err(|e| Error::delta(sink.name, e))?;
+                        for p in &mine {
+                            sink.durable.remove(p);
+                            sink.pending.remove(p);
+                        }
+                        sink.durable.extend(
+                            commit::txn_versions(&sink.table, sink.name, &pipeline, mine.clone())
+                                .await?,
+                        );
+                        if sink.feed == Feed::DetectorState {
+                            let partitions: BTreeSet<i32> =
+                                mine.iter().map(|p| p.partition).collect();
+                            self.detector.forget(&partitions);
+                            for batch in load_state(&sink.table, &partitions).await? {
+                                self.detector.restore(&batch)?;
+                            }
+                            tracing::info!(
+                                sensors = self.detector.sensors(),
+                                "detector state restored"
+                            );
+                        }
+                    }
+                    self.owned.extend(parts.iter().cloned());
+                }
+                AssignmentChange::Revoked(parts) => {
+                    let telemetry: BTreeSet<i32> = parts
+                        .iter()
+                        .filter(|p| Feed::DetectorState.feeds_from(&p.topic))
+                        .map(|p| p.partition)
+                        .collect();
+                    self.detector.forget(&telemetry);
+                    for p in parts {
+                        self.owned.remove(p);
+                        for sink in self.sinks.iter_mut() {
+                            sink.durable.remove(p);
+                            sink.pending.remove(p);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps the records of owned partitions that at least one sink does not hold yet, each
+    /// offset once and in order (a re-assignment may make the consumer fetch a range again).
+    fn select(&mut self, records: Vec<RawRecord>) -> Vec<RawRecord> {
+        let mut floor: HashMap<SourcePartition, i64> = HashMap::new();
+        let mut kept = Vec::with_capacity(records.len());
+        for r in records {
+            let p = r.source_partition();
+            let min = *floor.entry(p.clone()).or_insert_with(|| {
+                if !self.owned.contains(&p) {
+                    return i64::MAX;
+                }
+                self.sinks
+                    .iter()
+                    .filter(|s| s.feeds_from(&p.topic))
+                    .map(|s| s.durable.get(&p).copied().unwrap_or(-1))
+                    .min()
+                    .unwrap_or(i64::MAX)
+            });
+            if r.offset <= min {
+                self.stats.skipped += 1;
+                continue;
+            }
+            floor.insert(p, r.offset);
+            kept.push(r);
+        }
+        kept
+    }
+
+    /// Stage 1: each stream's records to Arrow, in parallel chunks off the async threads; the
+    /// records that fail to decode or validate become dead letters.
+    async fn decode(&self, batch: &Batch) -> Result<Decoded> {
+        const CHUNK: usize = 16_384;
+        let mut jobs = Vec::new();
+        for (kind, indices) in &batch.by_kind {
+            for chunk in indices.chunks(CHUNK) {
+                let (records, decoders, chunk, kind, now_us) = (
+                    batch.records.clone(),
+                    self.decoders.clone(),
+                    chunk.to_vec(),
+                    *kind,
+                    batch.now_us,
+                );
+                jobs.push(tokio::task::spawn_blocking(move || {
+                    decoders[&kind]
+                        .decode(&records, &chunk, now_us)
+                        .map(|(b, r)| (kind, b, r))
+                }));
+            }
+        }
+        let mut rows: BTreeMap<&'static str, Vec<RecordBatch>> = BTreeMap::new();
+        let mut rejected: Vec<Rejection> = Vec::new();
+        for job in jobs {
+            let (kind, decoded, rej) = job
+                .await
+                .map_err(|e| Error::Internal(format!("decode task: {e}")))??;
+            rows.entry(kind.bronze_table()).or_default().push(decoded);
+            rejected.extend(rej);
+        }
+        rejected.sort_by_key(|r| r.index);
+        if !rejected.is_empty() {
+            for r in &rejected {
+                let record = &batch.records[r.index];
+                events::RecordRejected {
+                    topic: &record.topic,
+                    partition: record.partition,
+                    offset: record.offset,
+                    reason: &r.reason,
+                }
+                .emit();
+            }
+            rows.entry(decode::DEAD_LETTERS)
+                .or_default()
+                .push(decode::dead_letters(
+                    &self.opts.name,
+                    &batch.records,
+                    &rejected,
+                    batch.now_us,
+                )?);
+        }
+        Ok(Decoded {
+            rows,
+            rejected,
+            at: Instant::now(),
+        })
+    }
+
+    /// Stage 2: the batch's telemetry through the anomaly detector, on a blocking thread
+    /// (started while the data sinks commit).
+    fn detect(
+        &mut self,
+        decoded: &Decoded,
+        now_us: i64,
+    ) -> tokio::task::JoinHandle<Result<Detected>> {
+        let telemetry: Vec<RecordBatch> = decoded
+            .rows
+            .get(EventKind::Telemetry.bronze_table())
+            .cloned()
+            .unwrap_or_default();
+        let floor = |feed: Feed| -> HashMap<i32, i64> {
+            self.sinks
+                .iter()
+                .find(|s| s.feed == feed)
+                .map(|s| s.floors(EventKind::Telemetry.topic()))
+                .unwrap_or_default()
+        };
+        let (state_floor, anomaly_floor) = (floor(Feed::DetectorState), floor(Feed::Anomalies));
+        let mut detector = std::mem::take(&mut self.detector);
+        tokio::task::spawn_blocking(move || -> Result<Detected> {
+            let mut anomalies = Vec::new();
+            let mut touched = BTreeSet::new();
+            for b in &telemetry {
+                let observed = detector.observe(
+                    b,
+                    |p| state_floor.get(&p).copied().unwrap_or(-1),
+                    |p| anomaly_floor.get(&p).copied().unwrap_or(-1),
+                    now_us,
+                )?;
+                anomalies.push(observed.anomalies);
+                touched.extend(observed.touched);
+            }
+            let state = if touched.is_empty() {
+                Vec::new()
+            } else {
+                vec![detector.state_batch(&touched, now_us)?]
+            };
+            Ok(Detected {
+                detector,
+                anomalies,
+                state,
+                touched,
+            })
+        })
+    }
+
+    /// Stage 3: every sink with something to record commits, data sinks in parallel with the
+    /// detector; then the anomalies, then the detector state.
+    async fn write(&mut self, batch: &Batch, mut decoded: Decoded) -> Result<Written> {
+        let detection = self.detect(&decoded, batch.now_us);
+        let (pipeline, target) = (self.opts.name.clone(), self.opts.target_file_bytes);
+        let (mut data, mut signals): (Vec<&mut Sink>, Vec<&mut Sink>) = self
+            .sinks
+            .iter_mut()
+            .partition(|s| !matches!(s.feed, Feed::Anomalies | Feed::DetectorState));
+        // A merge reads the same stream's rows as the stream's bronze table, which takes them.
+        let merge_rows: BTreeMap<&'static str, Vec<RecordBatch>> = data
+            .iter()
+            .filter_map(|s| match (&s.write, s.feed) {
+                (Write::Merge(_), Feed::Events(kind)) => Some((
+                    s.name,
+                    decoded
+                        .rows
+                        .get(kind.bronze_table())
+                        .cloned()
+                        .unwrap_or_default(),
+                )),
+                _ => None,
+            })
+            .collect();
+        let mut commits = Vec::new();
+        for sink in data.iter_mut() {
+            let rows = match merge_rows.get(sink.name) {
+                Some(rows) => rows.clone(),
+                None => decoded.rows.remove(sink.name).unwrap_or_default(),
+            };
+            if let Some((rows, n)) = prepare(sink, &batch.last, rows)? {
+                let pipeline = pipeline.as_str();
+                commits.push(
+                    async move {
+                        commit_sink(sink, pipeline, rows, target, None)
+                            .await
+                            .map(|()| (sink.name, n))
+                    }
+                    .boxed(),
+                );
+            }
+        }
+        let signal_commits = async {
+            let Detected {
+                detector,
+                anomalies,
+                state,
+                touched,
+            } = detection
+                .await
+                .map_err(|e| Error::Internal(format!("detector task: {e}")))??;
+            let mut done = Vec::new();
+            for sink in signals.iter_mut() {
+                let (rows, replace) = match sink.feed {
+                    Feed::Anomalies => (anomalies.clone(), None),
+                    _ => (state.clone(), Some(replace_partitions(&touched))),
+                };
+                if let Some((rows, n)) = prepare(sink, &batch.last, rows)? {
+                    commit_sink(sink, &pipeline, rows, target, replace).await?;
+                    done.push((sink.name, n));
+                }
+            }
+            Ok::<_, Error>((detector, done))
+        };
+        let (results, signals) = futures::join!(futures::future::join_all(commits), signal_commits);
+        let (detector, signal_results) = signals?;
+        self.detector = detector;
+        let mut written = 0u64;
+        for (name, n) in results
+            .into_iter()
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .chain(signal_results)
+        {
+            events::TableCommitted {
+                table: name,
+                rows: n as u64,
+            }
+            .emit();
+            if crate::model::tables::get(name).is_ok_and(|t| t.role.from_topic()) {
+                written += n as u64;
+            }
+            self.stats.commits += 1;
+        }
+        self.stats.rows += written;
+        Ok(Written {
+            dead_letters: decoded.rejected.len() as u64,
+            decode: decoded.at - batch.started,
+        })
+    }
+
+    /// Stage 4: what is durable goes to Kafka (for lag only), the stats and the metrics.
+    fn acknowledge(&mut self, batch: &Batch, written: Written, source: &Source) {
+        source.commit_offsets(&batch.last);
+        let done = Instant::now();
+        self.stats.records += batch.records.len() as u64;
+        self.stats.bytes += batch.bytes;
+        self.stats.dead_letters += written.dead_letters;
+        self.stats.batches += 1;
+        self.stats.last_commit = Some(done);
+        events::BatchCommitted {
+            records: batch.records.len() as u64,
+            bytes: batch.bytes,
+            dead_letters: written.dead_letters,
+            latency: done - batch.started,
+            decode: written.decode,
+            lag: source.lag(),
+            by_topic: batch
+                .by_kind
+                .iter()
+                .map(|(k, v)| (k.topic(), v.len() as u64))
+                .collect(),
+        }
+        .emit();
+    }
+
+    /// Txn-only commits for sinks that have had nothing to write for `idle_commit`.
+    async fn commit_idle(&mut self) -> Result<()> {
+        for sink in self.sinks.iter_mut() {
+            if !sink.pending.is_empty() && sink.last_commit.elapsed() >= self.opts.idle_commit {
+                commit_sink(
+                    sink,
+                    &self.opts.name,
+                    Vec::new(),
+                    self.opts.target_file_bytes,
+                    None,
+                )
+                .await?;
+                self.stats.commits += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Txn-only commits of every pending offset (at the end of a run).
+    async fn commit_pending(&mut self) -> Result<()> {
+        for sink in self.sinks.iter_mut() {
+            if !sink.pending.is_empty() {
+                commit_sink(
+                    sink,
+                    &self.opts.name,
+                    Vec::new(),
+                    self.opts.target_file_bytes,
+                    None,
+                )
+                .await?;
+                self.stats.commits += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Batch {
+    fn new(records: Vec<RawRecord>) -> Batch {
+        let mut last = Offsets::new();
+        let mut by_kind: BTreeMap<EventKind, Vec<usize>> = BTreeMap::new();
+        let mut bytes = 0u64;
+        for (i, r) in records.iter().enumerate() {
+            bytes += r.payload.as_ref().map_or(0, |p| p.len() as u64);
+            last.insert(r.source_partition(), r.offset);
+            if let Some(kind) = EventKind::from_topic(&r.topic) {
+                by_kind.entry(kind).or_default().push(i);
+            }
+        }
+        Batch {
+            records: Arc::new(records),
+            last,
+            by_kind,
+            bytes,
+            started: Instant::now(),
+            now_us: chrono::Utc::now().timestamp_micros(),
+        }
+    }
+}
+
+/// The saved detector state of `partitions`, read from the state table's current version.
+async fn load_state(table: &DeltaTable, partitions: &BTreeSet<i32>) -> Result<Vec<RecordBatch>> {
+    if table.snapshot().is_err() || partitions.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ctx = datafusion::prelude::SessionContext::new();
+    ctx.register_table("state", table.table_provider().await?)?;
+    let list = partitions
+        .iter()
+        .map(i32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let df = ctx
+        .sql(&format!("SELECT * FROM state WHERE _partition IN ({list})"))
+        .await?;
+    Ok(df.collect().await?)
+}
+
+/// Drops rows the sink already holds (only after a crash between two sinks' commits).
+fn not_yet_durable(batch: RecordBatch, sink: &Sink) -> Result<RecordBatch> {
+    if sink.durable.is_empty() || batch.num_rows() == 0 {
+        return Ok(batch);
+    }
+    if let Write::ReplacePartitions = sink.write {
+        // Replaced per partition, not appended.
+        return Ok(batch);
+    }
+    let (pcol, ocol) = sink.feed.position_columns();
+    let parts = batch
+        .column_by_name(pcol)
+        .and_then(|c| c.as_any().downcast_ref::<Int32Array>());
+    let offs = batch
+        .column_by_name(ocol)
+        .and_then(|c| c.as_any().downcast_ref::<Int64Array>());
+    let (Some(parts), Some(offs)) = (parts, offs) else {
+        return Err(Error::Internal(format!(
+            "{} rows lack partition/offset",
+            sink.name
+        )));
+    };
+    // Dead letters carry their topic per row; every other sink has one topic.
+    let topics = match sink.feed.topic() {
+        Some(_) => None,
+        None => Some(
+            batch
+                .column_by_name("topic")
+                .and_then(|c| c.as_any().downcast_ref::<arrow::array::StringArray>())
+                .ok_or_else(|| Error::Internal("dead letters lack topic".into()))?,
+        ),
+    };
+    let fixed = sink.feed.topic().unwrap_or_default();
+    let floor: HashMap<(&str, i32), i64> = sink
+        .durable
+        .iter()
+        .map(|(p, o)| ((p.topic.as_str(), p.partition), *o))
+        .collect();
+    let mask: BooleanArray = (0..batch.num_rows())
+        .map(|i| {
+            let topic = topics.map_or(fixed, |t| t.value(i));
+            Some(offs.value(i) > floor.get(&(topic, parts.value(i))).copied().unwrap_or(-1))
+        })
+        .collect();
+    Ok(arrow::compute::filter_record_batch(&batch, &mask)?)
+}
+
+/// What a sink must commit for this batch: its rows not yet durable, with the batch's offsets
+/// added to its pending ones; `None` when it has nothing to write (the offsets stay pending).
+fn prepare(
+    sink: &mut Sink,
+    last: &Offsets,
+    batches: Vec<RecordBatch>,
+) -> Result<Option<(Vec<RecordBatch>, usize)>> {
+    // Only partitions that moved past what this sink already holds: a replay for another
+    // sink must never move this sink's txn version backwards.
+    let offsets: Offsets = last
+        .iter()
+        .filter(|(p, o)| {
+            sink.feeds_from(&p.topic) && **o > sink.durable.get(*p).copied().unwrap_or(-1)
+        })
+        .map(|(p, o)| (p.clone(), *o))
+        .collect();
+    if offsets.is_empty() {
+        return Ok(None);
+    }
+    let batches: Vec<RecordBatch> = batches
+        .into_iter()
+        .map(|b| not_yet_durable(b, sink))
+        .collect::<Result<_>>()?;
+    let n: usize = batches.iter().map(|b| b.num_rows()).sum();
+    sink.pending.extend(offsets);
+    // The anomaly table moves in lockstep with the state table (a txn-only commit when a batch
+    // found nothing), so a restart never replays far for it.
+    if n == 0 && sink.feed != Feed::Anomalies {
+        return Ok(None);
+    }
+    Ok(Some((batches, n)))
+}
+
+/// `_partition IN (…)`: the rows of the state table a batch replaces.
+fn replace_partitions(partitions: &BTreeSet<i32>) -> String {
+    let list = partitions
+        .iter()
+        .map(i32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("_partition IN ({list})")
+}
+
+/// Commits `batches` the sink's way (appended, merged, or replacing the rows matching
+/// `replace`) with the sink's pending offsets.
+async fn commit_sink(
+    sink: &mut Sink,
+    pipeline: &str,
+    batches: Vec<RecordBatch>,
+    target_file_bytes: u64,
+    replace: Option<String>,
+) -> Result<()> {
+    let offsets = std::mem::take(&mut sink.pending);
+    let result = match (&sink.write, batches.is_empty()) {
+        (Write::Merge(def), false) => {
+            merge(&sink.table, sink.name, def, pipeline, batches, &offsets).await
+        }
+        _ => {
+            commit::write(
+                sink.table.clone(),
+                sink.name,
+                pipeline,
+                batches,
+                &offsets,
+                target_file_bytes,
+                replace,
+            )
+            .await
+        }
+    };
+    settle(sink, offsets, result)
+}
+
+/// After a commit attempt with `offsets`: on success they are durable (durable offsets only
+/// grow); on failure they are pending again.
+fn settle(sink: &mut Sink, offsets: Offsets, result: Result<DeltaTable>) -> Result<()> {
+    match result {
+        Ok(table) => {
+            sink.table = table;
+            for (p, o) in offsets {
+                let d = sink.durable.entry(p).or_insert(o);
+                *d = (*d).max(o);
+            }
+            sink.last_commit = Instant::now();
+            Ok(())
+        }
+        Err(e) => {
+            sink.pending = offsets;
+            Err(e)
+        }
+    }
+}
+
+/// Runs `def`'s SQL over the batch's new rows (as `batch`) and the sink table at the version the
+/// merge commits on — nothing else of the lake — and merges the result by key.
+async fn merge(
+    table: &DeltaTable,
+    name: &str,
+    def: &Definition,
+    pipeline: &str,
+    batches: Vec<RecordBatch>,
+    offsets: &Offsets,
+) -> Result<DeltaTable> {
+    let schema = batches
+        .first()
+        .map(|b| b.schema())
+        .ok_or_else(|| Error::Internal("merge without rows".into()))?;
+    let own: std::sync::Arc<dyn datafusion::catalog::TableProvider> =
+        table.clone().table_provider().await?;
+    let ctx = super::session::with_tables(|t| Ok((t.name == name).then(|| own.clone())))?;
+    let ctx = super::session::with_batch(&ctx, schema, batches)?;
+    let source = ctx.sql(&def.sql).await?;
+    commit::merge(
+        table.clone(),
+        name,
+        &def.sink.merge_spec(),
+        pipeline,
+        source,
+        offsets,
+    )
+    .await
+}
