@@ -109,6 +109,7 @@ pub struct ServeConfig {
     pub query_result_mb: u64,
     pub query_per_principal: usize,
     pub query_concurrency: usize,
+    pub query_wait_ms: u64,
     pub allowed_origins: Vec<String>,
     pub metrics_auth: String,
 }
@@ -332,6 +333,10 @@ impl Config {
         check(
             (1..=1024).contains(&self.serve.query_concurrency),
             "serve.query_concurrency must be in 1..=1024",
+        );
+        check(
+            self.serve.query_wait_ms <= 60_000,
+            "serve.query_wait_ms must be at most 60000",
         );
         check(
             self.serve

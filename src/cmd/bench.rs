@@ -757,6 +757,9 @@ async fn mcp(config: Config, clients: usize, seconds: u64, rate: f64) -> anyhow:
         .expect("poisoned")
         .take()
         .ok_or_else(|| anyhow::anyhow!("the simulator did not finish"))?;
+    let principal = caller.principal().to_string();
+    drop(caller);
+    drop(catalog);
     drop(producer);
     drop(broker);
 
@@ -774,7 +777,7 @@ async fn mcp(config: Config, clients: usize, seconds: u64, rate: f64) -> anyhow:
             "bench": "mcp",
             "clients": clients,
             "rate_per_client": rate,
-            "principal": caller.principal(),
+            "principal": principal,
             "seconds": seconds,
             "calls": total,
             "errors": errors,

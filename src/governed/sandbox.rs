@@ -14,7 +14,7 @@
 //!   expressions could build from the batch (a projection that concatenates a column with
 //!   itself a thousand times is refused before it allocates).
 //! - **Fair shares.** At most `per_principal` queries of one principal and `total` in all run
-//!   at once; more are refused at once with a clear error, not queued.
+//!   at once; a query waits at most `wait` for a slot, then is refused with a clear error.
 //! - **Errors without data.** [`describe`] turns an execution error into text; for a caller
 //!   whose rows are filtered or masked it names the kind of failure, never a value.
 
@@ -59,6 +59,8 @@ pub struct Limits {
     pub per_principal: usize,
     /// Queries that may run at once in all.
     pub total: usize,
+    /// How long a query waits for a free slot before it is refused as busy.
+    pub wait: Duration,
 }
 
 impl Limits {
@@ -69,6 +71,7 @@ impl Limits {
             result: serve.query_result_mb as usize * MB,
             per_principal: serve.query_per_principal,
             total: serve.query_concurrency,
+            wait: Duration::from_millis(serve.query_wait_ms),
         }
     }
 
@@ -178,14 +181,18 @@ impl Sandbox {
         W: FnOnce(Budget) -> F,
         F: Future<Output = Result<T, Failure>> + Send + 'static,
     {
-        let _mine = self.permit(principal)?;
-        let _any = self.total.clone().try_acquire_owned().map_err(|_| {
-            Failure::Busy(format!(
-                "the server is running its limit of {} queries (serve.query_concurrency); retry \
-                 shortly",
-                self.limits.total
-            ))
-        })?;
+        let _mine = self.permit(principal).await?;
+        let _any = tokio::time::timeout(self.limits.wait, self.total.clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| {
+                Failure::Busy(format!(
+                    "the server is running its limit of {} queries (serve.query_concurrency); \
+                     retry shortly",
+                    self.limits.total
+                ))
+            })?;
         let started = Instant::now();
         let pooled = Arc::new(AtomicUsize::new(0));
         let budget = Budget {
@@ -232,7 +239,7 @@ impl Sandbox {
         outcome
     }
 
-    fn permit(&self, principal: &str) -> Result<OwnedSemaphorePermit, Failure> {
+    async fn permit(&self, principal: &str) -> Result<OwnedSemaphorePermit, Failure> {
         let semaphore = self
             .principals
             .lock()
@@ -240,13 +247,18 @@ impl Sandbox {
             .entry(principal.to_string())
             .or_insert_with(|| Arc::new(Semaphore::new(self.limits.per_principal)))
             .clone();
-        semaphore.try_acquire_owned().map_err(|_| {
-            Failure::Busy(format!(
-                "{principal} already runs {} queries at once (serve.query_per_principal); wait \
-                 for one to finish",
-                self.limits.per_principal
-            ))
-        })
+        tokio::time::timeout(self.limits.wait, semaphore.acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| {
+                Failure::Busy(format!(
+                    "{principal} already runs {} queries at once (serve.query_per_principal) \
+                     and none finished within {} ms; try again when one has",
+                    self.limits.per_principal,
+                    self.limits.wait.as_millis()
+                ))
+            })
     }
 }
 

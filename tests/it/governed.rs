@@ -52,6 +52,7 @@ async fn one_query_can_neither_crash_hold_nor_exhaust_the_server() {
     }
     env.config.serve.query_timeout_ms = 3000;
     env.config.serve.query_per_principal = 1;
+    env.config.serve.query_wait_ms = 500;
     env.lake.ensure_all().await.unwrap();
     millstream::sim::write_reference(&env.lake, &env.config.simulate, false)
         .await
@@ -138,8 +139,8 @@ async fn one_query_can_neither_crash_hold_nor_exhaust_the_server() {
     assert_eq!(millstream::governed::pooled_bytes(), 0);
 
     // A cartesian count from jon runs into its 3 s timeout. Meanwhile maria's signal tool and
-    // /healthz answer at their usual speed, and a second query of jon's is refused at once
-    // (one at a time per principal here).
+    // /healthz answer at their usual speed, and a second query of jon's waits its 0.5 s for a
+    // slot and is refused (one at a time per principal here).
     let heavy = {
         let jon = client(&url, "tok-jon").await;
         tokio::spawn(async move {
@@ -155,8 +156,13 @@ async fn one_query_can_neither_crash_hold_nor_exhaust_the_server() {
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!heavy.is_finished(), "{:?}", heavy.await);
+    let refused = Instant::now();
     let e = sql(&jon, "SELECT 1").await.unwrap_err();
     assert!(e.contains("already runs 1 queries"), "{e}");
+    assert!(
+        refused.elapsed() >= Duration::from_millis(500),
+        "refused without waiting"
+    );
     let http = reqwest::Client::new();
     let mut latencies = Vec::new();
     let until = Instant::now() + Duration::from_millis(2400);
