@@ -57,7 +57,7 @@ fn decoded(kind: EventKind, n: usize) -> RecordBatch {
         .unwrap()
         .decode(&records, &indices, 0)
         .unwrap()
-        .0
+        .rows
 }
 
 #[divan::bench(args = [EventKind::Telemetry, EventKind::Sales, EventKind::Shipment])]

@@ -51,6 +51,7 @@ pub struct AuthConfig {
 pub struct KafkaConfig {
     pub brokers: String,
     pub group_id: String,
+    pub instance_id: String,
     pub partitions: i32,
     pub embedded_brokers: i32,
     pub properties: BTreeMap<String, Secret>,
@@ -70,6 +71,9 @@ pub struct PipelineConfig {
     pub target_file_mb: u64,
     pub definitions: String,
     pub derive_interval_ms: u64,
+    pub offsets_out_of_range: String,
+    pub dedup_window: usize,
+    pub strict_fields: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -249,6 +253,15 @@ impl Config {
             "kafka.group_id must not be empty",
         );
         check(
+            self.kafka.instance_id.len() <= 249
+                && self
+                    .kafka
+                    .instance_id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
+            "kafka.instance_id must be at most 249 characters of [A-Za-z0-9._-]",
+        );
+        check(
             (1..=1000).contains(&self.kafka.partitions),
             "kafka.partitions must be in 1..=1000",
         );
@@ -287,6 +300,17 @@ impl Config {
         check(
             self.pipeline.idle_commit_secs >= 1,
             "pipeline.idle_commit_secs must be >= 1",
+        );
+        check(
+            matches!(
+                self.pipeline.offsets_out_of_range.as_str(),
+                "stop" | "reset-to-earliest"
+            ),
+            "pipeline.offsets_out_of_range must be \"stop\" or \"reset-to-earliest\"",
+        );
+        check(
+            self.pipeline.dedup_window <= 10_000_000,
+            "pipeline.dedup_window must be at most 10000000",
         );
         check(
             (1..=4096).contains(&self.pipeline.target_file_mb),
@@ -411,17 +435,50 @@ fn section<T: DeserializeOwned>(
         .unwrap_or_else(|| toml::Value::Table(Default::default()));
     let mut unknown = Vec::new();
     let result: Result<T, _> =
-        serde_ignored::deserialize(value, |path| unknown.push(path.to_string()));
+        serde_ignored::deserialize(value.clone(), |path| unknown.push(path.to_string()));
     for key in &unknown {
         problems.push(format!("unknown key {name}.{key}"));
     }
     match result {
         Ok(v) => Some(v),
         Err(e) => {
-            problems.push(format!("[{name}]: {}", e.to_string().trim()));
-            None
+            // Name each key whose value does not fit, then go on with the embedded default in its
+            // place, so every other key is still checked (ranges included).
+            let defaults: toml::Table = toml::from_str::<toml::Table>(DEFAULTS)
+                .ok()
+                .and_then(|mut d| d.remove(name))
+                .and_then(|v| v.as_table().cloned())
+                .unwrap_or_default();
+            let given = value_table(&value);
+            let mut repaired = given.clone();
+            let mut named = false;
+            for (key, v) in &given {
+                let mut alone = defaults.clone();
+                alone.insert(key.clone(), v.clone());
+                if let Err(e) = T::deserialize(toml::Value::Table(alone)) {
+                    // The message's first line says what is wrong; the rest repeats the key.
+                    let e = e.to_string();
+                    problems.push(format!(
+                        "{name}.{key}: {}",
+                        e.lines().next().unwrap_or("").trim()
+                    ));
+                    named = true;
+                    match defaults.get(key) {
+                        Some(d) => repaired.insert(key.clone(), d.clone()),
+                        None => repaired.remove(key),
+                    };
+                }
+            }
+            if !named {
+                problems.push(format!("[{name}]: {}", e.to_string().trim()));
+            }
+            T::deserialize(toml::Value::Table(repaired)).ok()
         }
     }
+}
+
+fn value_table(v: &toml::Value) -> toml::Table {
+    v.as_table().cloned().unwrap_or_default()
 }
 
 fn merge(base: &mut toml::Table, over: toml::Table) {
@@ -516,12 +573,17 @@ mod tests {
         assert!(all.contains("unknown section [nope]"), "{all}");
         assert!(all.contains("unknown key serve.bogus"), "{all}");
         assert!(
-            all.contains("[simulate]"),
-            "type error in simulate.rate: {all}"
+            problems
+                .iter()
+                .any(|p| p.starts_with("simulate.rate: invalid type")),
+            "the type error names its key: {all}"
         );
-        // kafka parsed fine, so its semantic check runs only when the rest parses; the type error
-        // in [simulate] stops building, but unknown keys and type errors are all still listed.
-        assert!(problems.len() >= 4, "{all}");
+        // The type error does not stop the range checks of the other keys.
+        assert!(
+            all.contains("kafka.partitions must be in 1..=1000"),
+            "{all}"
+        );
+        assert_eq!(problems.len(), 5, "{all}");
     }
 
     #[test]

@@ -53,6 +53,19 @@ pub enum Error {
         expected: Option<i64>,
         found: Option<i64>,
     },
+    /// The Kafka log does not hold what Delta says comes next: a broker restarted without its
+    /// data, a topic re-created, or retention deleted records never ingested. Not retried.
+    #[error(
+        "{topic}[{partition}]: Delta says the next record is at offset {next}, but the log holds offsets {low}..{high} — {why}. Set pipeline.offsets_out_of_range = \"reset-to-earliest\" to ingest the log from its start (records the old log had beyond what Delta stores are gone)"
+    )]
+    LogMismatch {
+        topic: String,
+        partition: i32,
+        next: i64,
+        low: i64,
+        high: i64,
+        why: &'static str,
+    },
     #[error("{0}")]
     Invalid(String),
     #[error("internal: {0}")]
@@ -70,6 +83,7 @@ impl Error {
     pub fn domain(&self) -> Domain {
         match self {
             Error::Config(_) | Error::Invalid(_) => Domain::User,
+            Error::LogMismatch { .. } => Domain::External,
             Error::Kafka(_)
             | Error::Delta { .. }
             | Error::Io(_)

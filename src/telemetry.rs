@@ -126,6 +126,26 @@ fn describe() {
         Unit::Count,
         "Events produced by the simulator, per topic"
     );
+    describe_counter!(
+        "millstream_offsets_out_of_range_total",
+        Unit::Count,
+        "Partitions whose next offset from Delta is not in the Kafka log (log behind the lakehouse)"
+    );
+    describe_counter!(
+        "millstream_commit_conflicts_total",
+        Unit::Count,
+        "Delta commit conflicts handled by retrying or fencing, per table"
+    );
+    describe_counter!(
+        "millstream_duplicates_dropped_total",
+        Unit::Count,
+        "Events dropped because their event_id was already ingested, per topic"
+    );
+    describe_counter!(
+        "millstream_unknown_fields_total",
+        Unit::Count,
+        "Events carrying fields their type does not have, per topic"
+    );
 }
 
 pub mod events {
@@ -332,6 +352,82 @@ pub mod events {
                 "refused a request naming another principal's MCP session"
             );
             counter!("millstream_mcp_session_refused_total").increment(1);
+        }
+    }
+
+    /// Delta's next offset for a partition is not in its Kafka log.
+    pub struct LogMismatch<'a> {
+        pub topic: &'a str,
+        pub partition: i32,
+        pub next: i64,
+        pub low: i64,
+        pub high: i64,
+        /// Whether the partition is ingested again from its earliest offset (else the worker
+        /// stops).
+        pub reset: bool,
+    }
+
+    impl LogMismatch<'_> {
+        pub fn emit(&self) {
+            tracing::error!(
+                topic = self.topic,
+                partition = self.partition,
+                delta_next = self.next,
+                log_low = self.low,
+                log_high = self.high,
+                action = if self.reset {
+                    "reset to earliest"
+                } else {
+                    "stop"
+                },
+                "the Kafka log does not hold what Delta says comes next"
+            );
+            counter!("millstream_offsets_out_of_range_total", "topic" => self.topic.to_string())
+                .increment(1);
+        }
+    }
+
+    /// A worker found another writer's commit on offsets it was about to write, and resets
+    /// from the Delta log.
+    pub struct CommitConflict<'a> {
+        pub table: &'a str,
+    }
+
+    impl CommitConflict<'_> {
+        pub fn emit(&self) {
+            counter!("millstream_commit_conflicts_total", "table" => self.table.to_string())
+                .increment(1);
+        }
+    }
+
+    /// Later copies of event ids already ingested, dropped.
+    pub struct DuplicatesDropped<'a> {
+        pub topic: &'a str,
+        pub count: u64,
+    }
+
+    impl DuplicatesDropped<'_> {
+        pub fn emit(&self) {
+            tracing::debug!(
+                topic = self.topic,
+                count = self.count,
+                "duplicate events dropped"
+            );
+            counter!("millstream_duplicates_dropped_total", "topic" => self.topic.to_string())
+                .increment(self.count);
+        }
+    }
+
+    /// Fields the event type does not have, seen in valid records (ignored).
+    pub struct UnknownFields<'a> {
+        pub topic: &'a str,
+        pub count: u64,
+    }
+
+    impl UnknownFields<'_> {
+        pub fn emit(&self) {
+            counter!("millstream_unknown_fields_total", "topic" => self.topic.to_string())
+                .increment(self.count);
         }
     }
 }

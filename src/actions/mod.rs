@@ -74,6 +74,14 @@ pub fn derived_id(prefix: &str, principal: &str, key: &str) -> String {
     format!("{prefix}-{h:016x}")
 }
 
+/// The event id of one send of an action: unique per send. A call retried with the same
+/// idempotency key is a new event of the same action (the action log keeps both; the po_id or
+/// ticket_id derived from the key makes the materialization idempotent), while a producer
+/// re-sending one event repeats its id and is dropped by the pipeline's event-id dedup.
+pub fn send_id(prefix: &str) -> String {
+    format!("{prefix}-{}", new_key())
+}
+
 pub fn new_key() -> String {
     format!("{:032x}", rand::random::<u128>())
 }

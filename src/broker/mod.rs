@@ -49,6 +49,38 @@ pub fn watermarks(
 
 /// Settings for the producers millstream runs (simulator, actions): idempotent, so a retried
 /// send never duplicates an event in the log.
+/// Fails with a clear error unless the cluster at `brokers` answers a metadata request within
+/// `timeout`: commands check at start instead of retrying a broker that is not there.
+pub async fn check_reachable(kafka: &KafkaConfig, brokers: &str, timeout: Duration) -> Result<()> {
+    if brokers.trim().is_empty() {
+        return Err(crate::Error::Config(vec![
+            "kafka.brokers is empty: pass --brokers host:port or set kafka.brokers".into(),
+        ]));
+    }
+    let consumer: rdkafka::consumer::BaseConsumer = client_config(kafka, brokers)
+        .create()
+        .map_err(|e| crate::Error::Config(vec![format!("kafka {brokers}: {e}")]))?;
+    let metadata = tokio::task::spawn_blocking(move || {
+        let metadata = consumer.fetch_metadata(None, timeout);
+        (metadata.map(|m| m.brokers().len()), consumer)
+    })
+    .await
+    .map_err(|e| crate::Error::Internal(format!("kafka check: {e}")))?;
+    // Dropped here, after the answer: a consumer that never connected drops at once.
+    let (metadata, _consumer) = metadata;
+    match metadata {
+        Ok(n) if n > 0 => Ok(()),
+        Ok(_) => Err(crate::Error::Config(vec![format!(
+            "kafka {brokers} answered with no brokers"
+        )])),
+        Err(e) => Err(crate::Error::Config(vec![format!(
+            "cannot reach Kafka at {brokers} within {} s: {e} (check --brokers / kafka.brokers \
+             and that the cluster is up)",
+            timeout.as_secs()
+        )])),
+    }
+}
+
 pub fn producer_config(kafka: &KafkaConfig, brokers: &str) -> ClientConfig {
     let mut c = client_config(kafka, brokers);
     c.set("enable.idempotence", "true")

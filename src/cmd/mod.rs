@@ -26,6 +26,25 @@ fn brokers_or_fail(flag: Option<String>, config: &Config, command: &str) -> anyh
     }
 }
 
+/// How long a command waits at start for the broker to answer.
+const BROKER_CHECK: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The broker answers and the lakehouse takes writes — checked at start, so a wrong address or
+/// a read-only lakehouse is a clear error now, not a retry loop later.
+async fn check_dependencies(
+    config: &Config,
+    brokers: Option<&str>,
+    lake: Option<&crate::lakehouse::Lakehouse>,
+) -> anyhow::Result<()> {
+    if let Some(lake) = lake {
+        lake.check_writable()?;
+    }
+    if let Some(b) = brokers {
+        crate::broker::check_reachable(&config.kafka, b, BROKER_CHECK).await?;
+    }
+    Ok(())
+}
+
 /// Checks the config again after flags changed it.
 fn revalidate(config: &Config) -> anyhow::Result<()> {
     let problems = config.validate();

@@ -27,10 +27,39 @@ pub struct PipelineArgs {
     /// Pipeline name, part of every txn appId (overrides pipeline.name).
     #[arg(long)]
     pub name: Option<String>,
+    /// Static group membership: this worker's stable id in the group (overrides
+    /// kafka.instance_id); restarted with the same id, it takes its partitions back at once.
+    #[arg(long)]
+    pub instance: Option<String>,
     /// Do not run the derived pipelines (signals, alerts) nor the mfg.alerts publisher in this
     /// process: for extra workers of a scaled-out group, where one per lakehouse is enough.
     #[arg(long)]
     pub no_derive: bool,
+}
+
+/// `/metrics` and the health endpoints on `addr`; when another worker on this host holds that
+/// port, on a free one of the same address instead (said at WARN), so a second worker starts.
+async fn bind_metrics(
+    addr: &str,
+    sup: &Supervisor,
+) -> anyhow::Result<(std::net::SocketAddr, crate::serve::Server)> {
+    match crate::serve::bind(addr, None, sup.health()).await {
+        Err(crate::Error::Io(e)) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            let ip = addr.rsplit_once(':').map_or(addr, |(ip, _)| ip);
+            let any = format!("{ip}:0");
+            let bound = crate::serve::bind(&any, None, sup.health())
+                .await
+                .context("binding a free port for /metrics")?;
+            tracing::warn!(
+                configured = addr,
+                using = %bound.0,
+                "serve.addr is in use (another worker on this host?); /metrics is on a free port \
+                 instead: set serve.addr per worker to choose it"
+            );
+            Ok(bound)
+        }
+        other => other.context("binding serve.addr"),
+    }
 }
 
 pub async fn run(mut config: Config, args: PipelineArgs) -> anyhow::Result<()> {
@@ -41,8 +70,12 @@ pub async fn run(mut config: Config, args: PipelineArgs) -> anyhow::Result<()> {
     if let Some(n) = args.name {
         config.pipeline.name = n;
     }
+    if let Some(i) = args.instance {
+        config.kafka.instance_id = i;
+    }
     super::revalidate(&config)?;
     let lake = Lakehouse::new(&config.lakehouse.root)?;
+    super::check_dependencies(&config, Some(&brokers), Some(&lake)).await?;
     let definitions =
         crate::pipeline::definition::Definitions::from_config(&config.pipeline.definitions).await?;
     let publisher = if args.no_derive {
@@ -57,9 +90,7 @@ pub async fn run(mut config: Config, args: PipelineArgs) -> anyhow::Result<()> {
     let derive = sup.stage("derive");
     let http = sup.stage("http");
     let here = tokio::runtime::Handle::current();
-    let (addr, server) = crate::serve::bind(&config.serve.addr, None, sup.health())
-        .await
-        .context("binding serve.addr")?;
+    let (addr, server) = bind_metrics(&config.serve.addr, &sup).await?;
     sup.spawn_once("http", &http, &here, move |t| server.run(t));
     tracing::info!("metrics at http://{addr}/metrics");
 

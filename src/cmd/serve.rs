@@ -44,6 +44,8 @@ pub async fn run(mut config: Config, args: ServeArgs) -> anyhow::Result<()> {
     super::revalidate(&config)?;
     let brokers = config.kafka.brokers_or(args.brokers);
     let lake = Lakehouse::new(&config.lakehouse.root)?;
+    // The audit log is written: the lakehouse must take writes.
+    super::check_dependencies(&config, brokers.as_deref(), Some(&lake)).await?;
     let mut sup = Supervisor::new();
     let stop = stop_token(args.duration.map(Duration::from_secs), sup.root());
     let serving = sup.stage("serve");

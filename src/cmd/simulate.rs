@@ -54,12 +54,14 @@ pub async fn run(mut config: Config, args: SimulateArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| format!("{:x}", chrono::Utc::now().timestamp_millis()));
     if args.reference {
         let lake = Lakehouse::new(&config.lakehouse.root)?;
+        super::check_dependencies(&config, None, Some(&lake)).await?;
         crate::sim::write_reference(&lake, &config.simulate, args.reseed).await?;
     }
     if !args.history && (rate == 0 || args.events == Some(0)) {
         return Ok(());
     }
     let brokers = super::brokers_or_fail(args.brokers, &config, "simulate")?;
+    super::check_dependencies(&config, Some(&brokers), None).await?;
     crate::broker::ensure_topics(&config.kafka, &brokers, &crate::broker::topics::ALL).await?;
     let producer = crate::sim::EventProducer::new(&config.kafka, &brokers)?;
     let mut summary = serde_json::Map::new();

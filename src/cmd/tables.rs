@@ -109,6 +109,7 @@ pub async fn run(config: Config, command: TablesCommand) -> anyhow::Result<()> {
 
 pub async fn maintain(config: Config, args: MaintainArgs) -> anyhow::Result<()> {
     let lake = Lakehouse::new(&config.lakehouse.root)?;
+    super::check_dependencies(&config, None, Some(&lake)).await?;
     let options = MaintainOptions::from_config(&config.maintain, !args.no_zorder);
     let reports = crate::lakehouse::maintain::run(&lake, &options).await;
     for r in &reports {

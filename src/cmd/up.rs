@@ -61,8 +61,9 @@ pub async fn run(mut config: Config, args: UpArgs) -> anyhow::Result<()> {
     }
     super::revalidate(&config)?;
     let lake = Lakehouse::new(&config.lakehouse.root)?;
-    lake.ensure_all().await.context("creating tables")?;
     let external = config.kafka.brokers_or(args.brokers.clone());
+    super::check_dependencies(&config, external.as_deref(), Some(&lake)).await?;
+    lake.ensure_all().await.context("creating tables")?;
     let embedded = match &external {
         Some(_) => None,
         None => Some(EmbeddedBroker::start(

@@ -36,6 +36,16 @@ pub struct BronzeDecoder {
     kind: EventKind,
     table: SchemaRef,
     events: SchemaRef,
+    /// Reject records with fields the event type does not have (else count and ignore them).
+    strict: bool,
+}
+
+/// One chunk decoded: the bronze rows, the records rejected, and how many fields of the valid
+/// records the event type does not have.
+pub struct Decoded {
+    pub rows: RecordBatch,
+    pub rejected: Vec<Rejection>,
+    pub unknown_fields: u64,
 }
 
 impl BronzeDecoder {
@@ -45,7 +55,14 @@ impl BronzeDecoder {
             kind,
             table: def.arrow_schema(),
             events: def.arrow_projection(|c| !META_COLUMNS.contains(&c)),
+            strict: false,
         })
+    }
+
+    /// Fields an event type does not have reject the record (`pipeline.strict_fields`).
+    pub fn strict(mut self, strict: bool) -> Self {
+        self.strict = strict;
+        self
     }
 
     pub fn kind(&self) -> EventKind {
@@ -59,17 +76,21 @@ impl BronzeDecoder {
         records: &[RawRecord],
         indices: &[usize],
         ingested_at_us: i64,
-    ) -> Result<(RecordBatch, Vec<Rejection>)> {
+    ) -> Result<Decoded> {
         let mut rejected = Vec::new();
         let mut valid = Vec::with_capacity(indices.len());
+        let mut unknown_fields = 0u64;
         for &i in indices {
             match records[i].payload.as_deref() {
                 None => rejected.push(Rejection {
                     index: i,
                     reason: "empty payload".into(),
                 }),
-                Some(bytes) => match self.kind.check(bytes) {
-                    Ok(()) => valid.push(i),
+                Some(bytes) => match self.kind.check_fields(bytes, self.strict) {
+                    Ok(unknown) => {
+                        unknown_fields += unknown as u64;
+                        valid.push(i);
+                    }
                     Err(reason) => rejected.push(Rejection { index: i, reason }),
                 },
             }
@@ -93,10 +114,11 @@ impl BronzeDecoder {
             }
         };
         rejected.sort_by_key(|r| r.index);
-        Ok((
-            self.with_meta(events, records, &valid, ingested_at_us)?,
+        Ok(Decoded {
+            rows: self.with_meta(events, records, &valid, ingested_at_us)?,
             rejected,
-        ))
+            unknown_fields,
+        })
     }
 
     fn decode_json(&self, records: &[RawRecord], indices: &[usize]) -> Result<RecordBatch> {
@@ -234,7 +256,8 @@ mod tests {
             rec(12, &good.replace("e1", "e2")),
         ];
         let d = BronzeDecoder::new(EventKind::Telemetry).unwrap();
-        let (batch, rejected) = d.decode(&records, &[0, 1, 2], 0).unwrap();
+        let decoded = d.decode(&records, &[0, 1, 2], 0).unwrap();
+        let (batch, rejected) = (decoded.rows, decoded.rejected);
         assert_eq!(batch.num_rows(), 2);
         assert_eq!(rejected.len(), 1);
         assert_eq!(rejected[0].index, 1);

@@ -346,7 +346,8 @@ fn flush(
         if idx.is_empty() {
             continue;
         }
-        let (batch, rejected) = decoders[&kind].decode(pending, &idx, now_us)?;
+        let decoded = decoders[&kind].decode(pending, &idx, now_us)?;
+        let (batch, rejected) = (decoded.rows, decoded.rejected);
         if let Some(r) = rejected.first() {
             return Err(Error::Internal(format!(
                 "simulated event rejected: {}",

@@ -163,6 +163,30 @@ async fn commit_offsets_only(
     Ok(table)
 }
 
+/// Fails with [`Error::ConflictingOffsets`] unless the table's current version stores, for every
+/// partition of `offsets`, exactly the version in `expected` (none where `expected` has none).
+pub async fn fence(
+    table: &DeltaTable,
+    table_name: &str,
+    pipeline: &str,
+    offsets: &Offsets,
+    expected: &Offsets,
+) -> Result<()> {
+    let stored = txn_versions(table, table_name, pipeline, offsets.keys().cloned()).await?;
+    for p in offsets.keys() {
+        let (want, found) = (expected.get(p).copied(), stored.get(p).copied());
+        if want != found {
+            return Err(Error::ConflictingOffsets {
+                table: table_name.to_string(),
+                app_id: p.app_id(pipeline),
+                expected: want,
+                found,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Turns delta-rs's "someone else committed this app id" into [`Error::ConflictingOffsets`], the
 /// signal to reset from the log.
 fn classify(table_name: &str, e: deltalake::DeltaTableError) -> Error {
@@ -191,9 +215,11 @@ pub struct MergeSpec {
 
 /// Merges `source` into the table by the sink's key (matched rows updated, others inserted) and
 /// records `offsets` in the same commit. A concurrent commit that touched the same files makes
-/// delta-rs refuse the merge; it is rerun on the new version (a few times), unless the conflict
-/// is on our own app ids, which means another worker owns the partition
-/// ([`Error::ConflictingOffsets`]).
+/// delta-rs refuse the merge; it is rerun on the new version (a few times) — but only after
+/// checking that the new version still stores `expected` for every partition of `offsets` (what
+/// this writer last committed, or nothing). A version that moved them means another writer
+/// merged these records already: [`Error::ConflictingOffsets`], and the worker resets from the
+/// log instead of applying them twice. A conflict on our own app ids means the same.
 pub async fn merge(
     mut table: DeltaTable,
     table_name: &str,
@@ -201,6 +227,7 @@ pub async fn merge(
     pipeline: &str,
     source: datafusion::prelude::DataFrame,
     offsets: &Offsets,
+    expected: &Offsets,
 ) -> Result<DeltaTable> {
     let predicate = sink
         .key
@@ -261,6 +288,7 @@ pub async fn merge(
                         .update_state()
                         .await
                         .map_err(|e| Error::delta(table_name, e))?;
+                    fence(&table, table_name, pipeline, offsets, expected).await?;
                 }
                 e => return Err(e),
             },

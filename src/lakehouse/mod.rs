@@ -25,10 +25,34 @@ pub struct Lakehouse {
 impl Lakehouse {
     /// Opens (creating the folder if needed) the lakehouse at `root`.
     pub fn new(root: impl AsRef<Path>) -> Result<Self> {
-        std::fs::create_dir_all(root.as_ref())?;
+        let root = root.as_ref();
+        let unusable = |e: std::io::Error| {
+            Error::Config(vec![format!(
+                "lakehouse {}: {e} (check lakehouse.root / --lakehouse)",
+                root.display()
+            )])
+        };
+        std::fs::create_dir_all(root).map_err(unusable)?;
         Ok(Lakehouse {
-            root: std::fs::canonicalize(root.as_ref())?,
+            root: std::fs::canonicalize(root).map_err(unusable)?,
         })
+    }
+
+    /// Fails, naming the root, unless a file can be written to it and removed: checked by the
+    /// commands that write, at start, instead of failing on the first commit and retrying it.
+    pub fn check_writable(&self) -> Result<()> {
+        let probe = self
+            .root
+            .join(format!(".millstream-write-check-{}", std::process::id()));
+        std::fs::write(&probe, b"millstream")
+            .and_then(|()| std::fs::remove_file(&probe))
+            .map_err(|e| {
+                Error::Config(vec![format!(
+                    "lakehouse {} is not writable: {e} (check lakehouse.root / --lakehouse and \
+                     its permissions)",
+                    self.root.display()
+                )])
+            })
     }
 
     pub fn root(&self) -> &Path {

@@ -27,7 +27,7 @@ use super::query::Query;
 use super::server::Millstream;
 use crate::actions::{
     ActionProducer, MAX_ORDER_QTY, OrderPriority, TicketCategory, TicketPriority, TicketStatus,
-    derived_id, new_key, wire_name,
+    derived_id, new_key, send_id, wire_name,
 };
 use crate::broker::topics;
 use crate::model::events::{OrderAction, TicketAction};
@@ -177,7 +177,7 @@ pub async fn create_order(server: &Millstream, a: OrderRequest) -> Result<OrderR
     let now = server.catalog.event_clock();
     let expected_at = now + chrono::Duration::days(lead);
     let action = OrderAction {
-        event_id: derived_id("ORDER", &principal, &key),
+        event_id: send_id("ORDER"),
         po_id: po_id.clone(),
         idempotency_key: key.clone(),
         part_id: a.part_id.clone(),
@@ -344,7 +344,7 @@ pub async fn create_ticket(
     let principal = server.principal().to_string();
     let ticket_id = derived_id("TKT", &principal, &key);
     let action = TicketAction {
-        event_id: derived_id("TICKET", &principal, &key),
+        event_id: send_id("TICKET"),
         ticket_id: ticket_id.clone(),
         idempotency_key: key.clone(),
         action: "create".into(),
@@ -402,7 +402,7 @@ pub async fn update_ticket_resolution(
         .await?;
     let principal = server.principal().to_string();
     let action = TicketAction {
-        event_id: derived_id("TICKET", &principal, &format!("{}\0{key}", a.ticket_id)),
+        event_id: send_id("TICKET"),
         ticket_id: a.ticket_id.clone(),
         idempotency_key: key.clone(),
         action: "update".into(),

@@ -151,7 +151,7 @@ pub enum SalesChannel {
 /// `create_order` after validation and materialized into `supply_chain.purchase_orders`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderAction {
-    /// Equal for every send of one order (derived from the idempotency key).
+    /// Unique per send ([`crate::actions::send_id`]); the order is `po_id`.
     pub event_id: String,
     /// Derived from the caller and their idempotency key: one key, one order.
     pub po_id: String,
@@ -282,17 +282,43 @@ impl EventKind {
     /// Parses and validates one raw record. `Err` carries the reason that goes to the
     /// dead-letter table.
     pub fn check(self, bytes: &[u8]) -> Result<(), String> {
-        fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, String> {
-            serde_json::from_slice(bytes).map_err(|e| format!("invalid json: {e}"))
+        self.check_fields(bytes, false).map(|_| ())
+    }
+
+    /// [`EventKind::check`], also counting fields the event type does not have (they are
+    /// ignored); with `strict`, such a field rejects the record instead.
+    pub fn check_fields(self, bytes: &[u8], strict: bool) -> Result<usize, String> {
+        fn parse<'a, T: Deserialize<'a>>(
+            bytes: &'a [u8],
+            strict: bool,
+            unknown: &mut usize,
+        ) -> Result<T, String> {
+            let mut first = None;
+            let mut de = serde_json::Deserializer::from_slice(bytes);
+            let value = serde_ignored::deserialize(&mut de, |path| {
+                *unknown += 1;
+                first.get_or_insert_with(|| path.to_string());
+            })
+            .map_err(|e| format!("invalid json: {e}"))?;
+            de.end().map_err(|e| format!("invalid json: {e}"))?;
+            match first {
+                Some(field) if strict => Err(format!(
+                    "unknown field {field:?} (pipeline.strict_fields is on)"
+                )),
+                _ => Ok(value),
+            }
         }
+        let mut unknown = 0;
+        let u = &mut unknown;
         match self {
-            EventKind::Telemetry => parse::<TelemetryReading>(bytes)?.validate(),
-            EventKind::Shipment => parse::<ShipmentEvent>(bytes)?.validate(),
-            EventKind::Inventory => parse::<InventoryMovement>(bytes)?.validate(),
-            EventKind::Sales => parse::<SalesTransaction>(bytes)?.validate(),
-            EventKind::OrderAction => parse::<OrderAction>(bytes)?.validate(),
-            EventKind::TicketAction => parse::<TicketAction>(bytes)?.validate(),
-        }
+            EventKind::Telemetry => parse::<TelemetryReading>(bytes, strict, u)?.validate(),
+            EventKind::Shipment => parse::<ShipmentEvent>(bytes, strict, u)?.validate(),
+            EventKind::Inventory => parse::<InventoryMovement>(bytes, strict, u)?.validate(),
+            EventKind::Sales => parse::<SalesTransaction>(bytes, strict, u)?.validate(),
+            EventKind::OrderAction => parse::<OrderAction>(bytes, strict, u)?.validate(),
+            EventKind::TicketAction => parse::<TicketAction>(bytes, strict, u)?.validate(),
+        }?;
+        Ok(unknown)
     }
 }
 
@@ -328,15 +354,35 @@ impl TelemetryReading {
     }
 }
 
+/// The most units one event may carry. Far above any real movement, and low enough that
+/// summing quantities cannot overflow `i64`: a position would need 9.2 billion movements of
+/// this size (and `+` in the inventory MERGE is checked, an error instead of a sign flip).
+pub const MAX_QUANTITY: i64 = 1_000_000_000;
+
+/// `quantity` as a positive count (or, with `signed`, any non-zero count) within
+/// [`MAX_QUANTITY`].
+fn quantity(q: i64, signed: bool) -> Result<(), String> {
+    if q.unsigned_abs() > MAX_QUANTITY as u64 {
+        return Err(format!(
+            "quantity {q} is beyond ±{MAX_QUANTITY}, the most one event may carry"
+        ));
+    }
+    if signed && q == 0 {
+        return Err("adjustment quantity is zero".into());
+    }
+    if !signed && q <= 0 {
+        return Err(format!("quantity {q} must be positive"));
+    }
+    Ok(())
+}
+
 impl ShipmentEvent {
     pub fn validate(&self) -> Result<(), String> {
         non_empty("event_id", &self.event_id)?;
         non_empty("shipment_id", &self.shipment_id)?;
         non_empty("part_id", &self.part_id)?;
         non_empty("warehouse_id", &self.warehouse_id)?;
-        if self.quantity <= 0 {
-            return Err(format!("quantity {} must be positive", self.quantity));
-        }
+        quantity(self.quantity, false)?;
         sane_time(&self.ts)
     }
 }
@@ -346,16 +392,10 @@ impl InventoryMovement {
         non_empty("event_id", &self.event_id)?;
         non_empty("part_id", &self.part_id)?;
         non_empty("warehouse_id", &self.warehouse_id)?;
-        match self.movement_type {
-            MovementType::Adjustment if self.quantity == 0 => {
-                return Err("adjustment quantity is zero".into());
-            }
-            MovementType::Adjustment => {}
-            _ if self.quantity <= 0 => {
-                return Err(format!("quantity {} must be positive", self.quantity));
-            }
-            _ => {}
-        }
+        quantity(
+            self.quantity,
+            self.movement_type == MovementType::Adjustment,
+        )?;
         sane_time(&self.ts)
     }
 }
@@ -366,9 +406,7 @@ impl SalesTransaction {
         non_empty("transaction_id", &self.transaction_id)?;
         non_empty("customer_id", &self.customer_id)?;
         non_empty("product_id", &self.product_id)?;
-        if self.quantity <= 0 {
-            return Err(format!("quantity {} must be positive", self.quantity));
-        }
+        quantity(self.quantity, false)?;
         if !(self.unit_price.is_finite() && self.unit_price >= 0.0) {
             return Err("unit_price must be a non-negative number".into());
         }
@@ -400,9 +438,7 @@ impl OrderAction {
         ] {
             non_empty(f, v)?;
         }
-        if self.quantity <= 0 {
-            return Err(format!("quantity {} must be positive", self.quantity));
-        }
+        quantity(self.quantity, false)?;
         if !["standard", "expedited", "rush"].contains(&self.priority.as_str()) {
             return Err(format!("unknown priority {:?}", self.priority));
         }
@@ -475,5 +511,40 @@ mod tests {
     fn sales_amount_must_match() {
         let bad = br#"{"event_id":"e","transaction_id":"t","customer_id":"c","product_id":"p","quantity":2,"unit_price":10.0,"amount":25.0,"currency":"EUR","channel":"online","region":"EMEA","ts":"2026-11-01T00:00:00Z"}"#;
         assert!(EventKind::Sales.check(bad).unwrap_err().contains("amount"));
+    }
+
+    /// A quantity that could overflow a sum is refused (so dead-lettered), at either sign;
+    /// the largest allowed one passes.
+    #[test]
+    fn quantities_are_bounded() {
+        let movement = |q: i64, kind: &str| {
+            format!(
+                r#"{{"event_id":"e","part_id":"P","warehouse_id":"W","movement_type":"{kind}","quantity":{q},"reference":"r","ts":"2026-11-01T00:00:00Z"}}"#
+            )
+        };
+        let check = |q: i64, kind: &str| EventKind::Inventory.check(movement(q, kind).as_bytes());
+        assert!(check(MAX_QUANTITY, "receipt").is_ok());
+        assert!(check(-MAX_QUANTITY, "adjustment").is_ok());
+        for (q, kind) in [
+            (MAX_QUANTITY + 1, "receipt"),
+            (i64::MAX, "consumption"),
+            (i64::MIN, "adjustment"),
+            (-(MAX_QUANTITY + 1), "adjustment"),
+        ] {
+            let e = check(q, kind).unwrap_err();
+            assert!(e.contains("beyond"), "{q}: {e}");
+        }
+    }
+
+    /// Fields the event type lacks are counted and ignored, or, strict, reject the record.
+    #[test]
+    fn unknown_fields_are_counted_or_refused() {
+        let movement = br#"{"event_id":"e","part_id":"P","warehouse_id":"W","movement_type":"receipt","quantity":3,"reference":"r","ts":"2026-11-01T00:00:00Z","colour":"red","size":2}"#;
+        assert_eq!(EventKind::Inventory.check_fields(movement, false), Ok(2));
+        let e = EventKind::Inventory
+            .check_fields(movement, true)
+            .unwrap_err();
+        assert!(e.contains("unknown field \"colour\""), "{e}");
+        assert!(EventKind::Inventory.check(movement).is_ok());
     }
 }

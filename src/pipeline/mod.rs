@@ -4,6 +4,7 @@
 //! alerts [`publish`]er; the DataFusion [`session`]s and millstream functions ([`udf`]) their
 //! SQL runs in.
 
+pub mod dedup;
 pub mod definition;
 pub mod derive;
 pub mod publish;

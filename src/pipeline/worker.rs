@@ -40,7 +40,7 @@ use crate::model::EventKind;
 use crate::model::tables::{Role, TableDef};
 use crate::pipeline::definition::{Definition, Definitions};
 use crate::signals::iot::{self, IotSignals};
-use crate::source::{AssignmentChange, PositionResolver, RawRecord, Source};
+use crate::source::{AssignmentChange, OutOfRange, PositionResolver, RawRecord, Source};
 use crate::telemetry::events;
 
 /// How a worker reads and writes, from the `[pipeline]` and `[kafka]` config.
@@ -55,6 +55,12 @@ pub struct PipelineOptions {
     pub target_file_bytes: u64,
     /// Pipeline definitions directory; empty for the built-in ones.
     pub definitions: String,
+    /// What to do when Delta's next offset is not in a partition's log.
+    pub out_of_range: OutOfRange,
+    /// Event ids remembered per source partition to drop duplicates (0: off).
+    pub dedup_window: usize,
+    /// Fields an event type does not have dead-letter the record (else they are counted).
+    pub strict_fields: bool,
 }
 
 impl PipelineOptions {
@@ -68,6 +74,9 @@ impl PipelineOptions {
             idle_commit: Duration::from_secs(config.pipeline.idle_commit_secs),
             target_file_bytes: config.pipeline.target_file_mb * 1024 * 1024,
             definitions: config.pipeline.definitions.clone(),
+            out_of_range: OutOfRange::from_config(&config.pipeline.offsets_out_of_range),
+            dedup_window: config.pipeline.dedup_window,
+            strict_fields: config.pipeline.strict_fields,
         }
     }
 }
@@ -79,6 +88,8 @@ pub struct RunStats {
     pub rows: u64,
     pub dead_letters: u64,
     pub skipped: u64,
+    /// Records dropped as later copies of an event id already ingested.
+    pub duplicates: u64,
     pub batches: u64,
     pub commits: u64,
     #[serde(skip)]
@@ -304,6 +315,7 @@ pub async fn run(
         &opts.group_id,
         &topics,
         resolver(lake.clone(), opts.name.clone(), specs),
+        opts.out_of_range,
     )?;
     tracing::info!(pipeline = %opts.name, brokers = %opts.brokers, group = %opts.group_id, lakehouse = %lake.root().display(), "pipeline started");
     let mut worker = Worker {
@@ -313,10 +325,11 @@ pub async fn run(
         decoders: Arc::new(
             EventKind::ALL
                 .into_iter()
-                .map(|k| BronzeDecoder::new(k).map(|d| (k, d)))
+                .map(|k| BronzeDecoder::new(k).map(|d| (k, d.strict(opts.strict_fields))))
                 .collect::<Result<_>>()?,
         ),
         owned: BTreeSet::new(),
+        dedup: super::dedup::Dedup::new(opts.dedup_window),
         stats: RunStats::default(),
         observer,
     };
@@ -337,8 +350,15 @@ pub async fn run(
     result.map(|()| stats)
 }
 
+/// Restarts in a row (each failing within [`HEALTHY_RUN`] of its start) after which the worker
+/// gives up: a failure that many restarts did not cure is not transient.
+pub const MAX_RESTARTS: u32 = 10;
+/// A run this long resets the restart count.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
 /// [`run`], restarted from the Delta log after retryable failures (Kafka hiccups, another
-/// worker committing a partition we thought we owned), with capped exponential backoff.
+/// worker committing a partition we thought we owned), with capped exponential backoff; a
+/// non-retryable error, or [`MAX_RESTARTS`] failures in a row, ends it with the error.
 pub async fn run_with_restarts(
     kafka: &KafkaConfig,
     lake: &Lakehouse,
@@ -347,9 +367,29 @@ pub async fn run_with_restarts(
     observer: Option<Arc<dyn Observer>>,
 ) -> Result<RunStats> {
     let mut backoff = Duration::from_millis(200);
+    let mut failures = 0u32;
     loop {
-        match run(kafka, lake, opts, stop.clone(), observer.clone()).await {
+        let started = Instant::now();
+        let result = run(kafka, lake, opts, stop.clone(), observer.clone()).await;
+        if started.elapsed() >= HEALTHY_RUN {
+            failures = 0;
+            backoff = Duration::from_millis(200);
+        }
+        match result {
+            Err(e) if e.retryable() && !stop.is_cancelled() && failures >= MAX_RESTARTS => {
+                tracing::error!(error = %e, restarts = failures, "pipeline keeps failing; giving up");
+                return Err(Error::Invalid(format!(
+                    "the pipeline failed {} times in a row, each within {} s of starting; last \
+                     error: {e}",
+                    failures + 1,
+                    HEALTHY_RUN.as_secs()
+                )));
+            }
             Err(e) if e.retryable() && !stop.is_cancelled() => {
+                failures += 1;
+                if let Error::ConflictingOffsets { table, .. } = &e {
+                    events::CommitConflict { table }.emit();
+                }
                 tracing::warn!(error = %e, domain = %e.domain(), ?backoff, "pipeline failed; resetting from the Delta log");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -370,6 +410,8 @@ struct Worker {
     decoders: Arc<BTreeMap<EventKind, BronzeDecoder>>,
     /// Source partitions assigned to this worker.
     owned: BTreeSet<SourcePartition>,
+    /// Recent event ids per partition, to drop duplicates.
+    dedup: super::dedup::Dedup,
     stats: RunStats,
     observer: Option<Arc<dyn Observer>>,
 }
@@ -433,7 +475,8 @@ impl Worker {
                 Vec::new()
             } else {
                 let batch = Batch::new(kept);
-                let decoded = self.decode(&batch).await?;
+                let mut decoded = self.decode(&batch).await?;
+                self.deduplicate(&mut decoded)?;
                 let written = self.write(&batch, decoded).await?;
                 self.acknowledge(&batch, written, source);
                 Arc::try_unwrap(batch.records).unwrap_or_else(|r| (*r).clone())
@@ -477,6 +520,22 @@ impl Worker {
                             commit::txn_versions(&sink.table, sink.name, &pipeline, mine.clone())
                                 .await?,
                         );
+                        if let (Feed::Events(kind), Write::Append) = (sink.feed, &sink.write)
+                            && kind.bronze_table() == sink.name
+                            && self.dedup.enabled()
+                        {
+                            for p in &mine {
+                                let stored = sink.durable.get(p).copied();
+                                let rows = recent_ids(
+                                    &sink.table,
+                                    p.partition,
+                                    stored,
+                                    self.dedup.capacity(),
+                                )
+                                .await?;
+                                self.dedup.restore(p, &rows)?;
+                            }
+                        }
                         if sink.feed == Feed::DetectorState {
                             let partitions: BTreeSet<i32> =
                                 mine.iter().map(|p| p.partition).collect();
@@ -492,6 +551,19 @@ impl Worker {
                     }
                     self.owned.extend(parts.iter().cloned());
                 }
+                AssignmentChange::ResetTo(p, low) => {
+                    // The log starts over: what the sinks store for this partition describes
+                    // another log. The next commits record the new offsets.
+                    for sink in self.sinks.iter_mut().filter(|s| s.feeds_from(&p.topic)) {
+                        sink.durable.insert(p.clone(), low - 1);
+                        sink.pending.remove(p);
+                    }
+                    if Feed::DetectorState.feeds_from(&p.topic) {
+                        self.detector.forget(&BTreeSet::from([p.partition]));
+                    }
+                    self.dedup.forget(p);
+                    tracing::warn!(topic = %p.topic, partition = p.partition, from = low, "ingesting the partition's log again from its earliest offset");
+                }
                 AssignmentChange::Revoked(parts) => {
                     let telemetry: BTreeSet<i32> = parts
                         .iter()
@@ -501,6 +573,7 @@ impl Worker {
                     self.detector.forget(&telemetry);
                     for p in parts {
                         self.owned.remove(p);
+                        self.dedup.forget(p);
                         for sink in self.sinks.iter_mut() {
                             sink.durable.remove(p);
                             sink.pending.remove(p);
@@ -557,18 +630,29 @@ impl Worker {
                 jobs.push(tokio::task::spawn_blocking(move || {
                     decoders[&kind]
                         .decode(&records, &chunk, now_us)
-                        .map(|(b, r)| (kind, b, r))
+                        .map(|d| (kind, d))
                 }));
             }
         }
         let mut rows: BTreeMap<&'static str, Vec<RecordBatch>> = BTreeMap::new();
         let mut rejected: Vec<Rejection> = Vec::new();
+        let mut unknown: BTreeMap<EventKind, u64> = BTreeMap::new();
         for job in jobs {
-            let (kind, decoded, rej) = job
+            let (kind, decoded) = job
                 .await
                 .map_err(|e| Error::Internal(format!("decode task: {e}")))??;
-            rows.entry(kind.bronze_table()).or_default().push(decoded);
-            rejected.extend(rej);
+            rows.entry(kind.bronze_table())
+                .or_default()
+                .push(decoded.rows);
+            rejected.extend(decoded.rejected);
+            *unknown.entry(kind).or_default() += decoded.unknown_fields;
+        }
+        for (kind, count) in unknown.into_iter().filter(|(_, n)| *n > 0) {
+            events::UnknownFields {
+                topic: kind.topic(),
+                count,
+            }
+            .emit();
         }
         rejected.sort_by_key(|r| r.index);
         if !rejected.is_empty() {
@@ -596,6 +680,34 @@ impl Worker {
             rejected,
             at: Instant::now(),
         })
+    }
+
+    /// Stage 1b: later copies of event ids already ingested leave the rows (their offsets still
+    /// count as handled), so no sink, MERGE or detector sees an event twice.
+    fn deduplicate(&mut self, decoded: &mut Decoded) -> Result<()> {
+        if !self.dedup.enabled() {
+            return Ok(());
+        }
+        for kind in EventKind::ALL {
+            let Some(batches) = decoded.rows.get_mut(kind.bronze_table()) else {
+                continue;
+            };
+            let mut dropped = 0;
+            for b in batches.iter_mut() {
+                let (kept, n) = self.dedup.filter(kind.topic(), b)?;
+                *b = kept;
+                dropped += n;
+            }
+            if dropped > 0 {
+                self.stats.duplicates += dropped;
+                events::DuplicatesDropped {
+                    topic: kind.topic(),
+                    count: dropped,
+                }
+                .emit();
+            }
+        }
+        Ok(())
     }
 
     /// Stage 2: the batch's telemetry through the anomaly detector, on a blocking thread
@@ -822,6 +934,31 @@ impl Batch {
     }
 }
 
+/// The event ids and offsets of a bronze table's newest rows of `partition`: those after
+/// `stored - window` (none when nothing is stored).
+async fn recent_ids(
+    table: &DeltaTable,
+    partition: i32,
+    stored: Option<i64>,
+    window: usize,
+) -> Result<Vec<RecordBatch>> {
+    let Some(stored) = stored else {
+        return Ok(Vec::new());
+    };
+    if table.snapshot().is_err() {
+        return Ok(Vec::new());
+    }
+    let ctx = datafusion::prelude::SessionContext::new();
+    ctx.register_table("bronze", table.table_provider().await?)?;
+    let from = stored.saturating_sub(window as i64);
+    let df = ctx
+        .sql(&format!(
+            "SELECT event_id, _offset FROM bronze WHERE _partition = {partition} AND _offset > {from}"
+        ))
+        .await?;
+    Ok(df.collect().await?)
+}
+
 /// The saved detector state of `partitions`, read from the state table's current version.
 async fn load_state(table: &DeltaTable, partitions: &BTreeSet<i32>) -> Result<Vec<RecordBatch>> {
     if table.snapshot().is_err() || partitions.is_empty() {
@@ -942,7 +1079,20 @@ async fn commit_sink(
     let offsets = std::mem::take(&mut sink.pending);
     let result = match (&sink.write, batches.is_empty()) {
         (Write::Merge(def), false) => {
-            merge(&sink.table, sink.name, def, pipeline, batches, &offsets).await
+            let expected: Offsets = offsets
+                .keys()
+                .filter_map(|p| sink.durable.get(p).map(|o| (p.clone(), *o)))
+                .collect();
+            merge(
+                &sink.table,
+                sink.name,
+                def,
+                pipeline,
+                batches,
+                &offsets,
+                &expected,
+            )
+            .await
         }
         _ => {
             commit::write(
@@ -989,6 +1139,7 @@ async fn merge(
     pipeline: &str,
     batches: Vec<RecordBatch>,
     offsets: &Offsets,
+    expected: &Offsets,
 ) -> Result<DeltaTable> {
     let schema = batches
         .first()
@@ -1006,6 +1157,7 @@ async fn merge(
         pipeline,
         source,
         offsets,
+        expected,
     )
     .await
 }

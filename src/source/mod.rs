@@ -60,10 +60,35 @@ pub type PositionResolver = Arc<
 pub enum AssignmentChange {
     Assigned(Vec<SourcePartition>),
     Revoked(Vec<SourcePartition>),
+    /// The log of this partition does not hold what Delta says comes next, and the policy says
+    /// to ingest it from its earliest offset: what the sinks store for it no longer counts.
+    ResetTo(SourcePartition, i64),
+}
+
+/// What to do when Delta's next offset for a partition is not in its Kafka log
+/// (`pipeline.offsets_out_of_range`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutOfRange {
+    /// Stop the worker with an error naming the partition and the offsets.
+    Stop,
+    /// Ingest the partition's log from its earliest offset.
+    ResetToEarliest,
+}
+
+impl OutOfRange {
+    pub fn from_config(value: &str) -> OutOfRange {
+        match value {
+            "reset-to-earliest" => OutOfRange::ResetToEarliest,
+            _ => OutOfRange::Stop,
+        }
+    }
 }
 
 pub struct SourceContext {
     resolver: PositionResolver,
+    out_of_range: OutOfRange,
+    /// A mismatch under [`OutOfRange::Stop`], reported by the next poll.
+    fatal: Mutex<Option<crate::Error>>,
     changes: Mutex<Vec<AssignmentChange>>,
     /// Per-partition consumer lag from librdkafka's periodic statistics.
     lag: Mutex<BTreeMap<SourcePartition, i64>>,
@@ -122,6 +147,61 @@ impl SourceContext {
     }
 }
 
+impl SourceContext {
+    /// Checks that the log of `p` holds `next` (Delta's next offset) or ends just before it.
+    /// On a mismatch: logged and counted; under [`OutOfRange::Stop`] the worker is told to stop,
+    /// under [`OutOfRange::ResetToEarliest`] the log's earliest offset is returned.
+    fn check_range(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        p: &SourcePartition,
+        next: i64,
+    ) -> std::result::Result<(), i64> {
+        let (low, high) = match consumer.fetch_watermarks(
+            &p.topic,
+            p.partition,
+            Duration::from_secs(10),
+        ) {
+            Ok(marks) => marks,
+            Err(e) => {
+                tracing::warn!(topic = %p.topic, partition = p.partition, error = %e, "could not read the log's offsets to check Delta's position");
+                return Ok(());
+            }
+        };
+        let why = if next > high {
+            "the log is behind the lakehouse (the broker lost its data or the topic was re-created)"
+        } else if next < low {
+            "records Delta has not ingested were deleted from the log (retention)"
+        } else {
+            return Ok(());
+        };
+        let mismatch = crate::Error::LogMismatch {
+            topic: p.topic.clone(),
+            partition: p.partition,
+            next,
+            low,
+            high,
+            why,
+        };
+        crate::telemetry::events::LogMismatch {
+            topic: &p.topic,
+            partition: p.partition,
+            next,
+            low,
+            high,
+            reset: self.out_of_range == OutOfRange::ResetToEarliest,
+        }
+        .emit();
+        match self.out_of_range {
+            OutOfRange::Stop => {
+                self.fatal.lock().expect("poisoned").get_or_insert(mismatch);
+                Ok(())
+            }
+            OutOfRange::ResetToEarliest => Err(low),
+        }
+    }
+}
+
 impl ClientContext for SourceContext {
     fn stats(&self, statistics: Statistics) {
         let mut lag = self.lag.lock().expect("poisoned");
@@ -151,10 +231,17 @@ impl ConsumerContext for SourceContext {
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let parts = partitions_of(tpl);
+                let mut resets = Vec::new();
                 if let Some(positions) = self.resolve(parts.clone()) {
                     for (p, next) in &positions {
                         let offset = match next {
-                            Some(o) => Offset::Offset(*o),
+                            Some(o) => match self.check_range(consumer, p, *o) {
+                                Ok(()) => Offset::Offset(*o),
+                                Err(low) => {
+                                    resets.push(AssignmentChange::ResetTo(p.clone(), low));
+                                    Offset::Beginning
+                                }
+                            },
                             None => Offset::Beginning,
                         };
                         let _ = tpl.set_partition_offset(&p.topic, p.partition, offset);
@@ -162,6 +249,9 @@ impl ConsumerContext for SourceContext {
                     tracing::info!(partitions = %describe(positions.keys()), "assigned at positions from Delta");
                 }
                 self.record(AssignmentChange::Assigned(parts));
+                for reset in resets {
+                    self.record(reset);
+                }
                 if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
@@ -192,7 +282,15 @@ impl ConsumerContext for SourceContext {
 
 pub struct Source {
     consumer: StreamConsumer<SourceContext>,
+    /// Since when every poll has failed, and how many failures (reset by a record).
+    failing: Mutex<Option<(Instant, u64)>>,
 }
+
+/// How long consume errors may go on without a single record before the source gives up
+/// (the worker then restarts, a bounded number of times).
+const FAILING_FOR: Duration = Duration::from_secs(60);
+/// How long closing the consumer may take before the process stops waiting for it.
+const CLOSE_BUDGET: Duration = Duration::from_secs(5);
 
 impl Source {
     pub fn new(
@@ -201,6 +299,7 @@ impl Source {
         group_id: &str,
         topics: &[&str],
         resolver: PositionResolver,
+        out_of_range: OutOfRange,
     ) -> Result<Self> {
         let mut cfg = rdkafka::ClientConfig::new();
         cfg.set("bootstrap.servers", brokers)
@@ -219,18 +318,26 @@ impl Source {
             .set("fetch.queue.backoff.ms", "10")
             .set("queued.max.messages.kbytes", "262144")
             .set("statistics.interval.ms", "1000");
+        if !kafka.instance_id.is_empty() {
+            cfg.set("group.instance.id", &kafka.instance_id);
+        }
         // User properties last: they may tune anything above.
         for (k, v) in &kafka.properties {
             cfg.set(k, v.expose());
         }
         let ctx = SourceContext {
             resolver,
+            out_of_range,
+            fatal: Mutex::new(None),
             changes: Mutex::new(Vec::new()),
             lag: Mutex::new(BTreeMap::new()),
         };
         let consumer: StreamConsumer<SourceContext> = cfg.create_with_context(ctx)?;
         consumer.subscribe(topics)?;
-        Ok(Source { consumer })
+        Ok(Source {
+            consumer,
+            failing: Mutex::new(None),
+        })
     }
 
     /// Assignment changes since the last call, in order.
@@ -252,6 +359,16 @@ impl Source {
         let mut deadline = Instant::now() + max_wait;
         let mut topics: BTreeMap<String, Arc<str>> = BTreeMap::new();
         while out.len() < max_events {
+            if let Some(e) = self
+                .consumer
+                .context()
+                .fatal
+                .lock()
+                .expect("poisoned")
+                .take()
+            {
+                return Err(e);
+            }
             let now = Instant::now();
             if now >= deadline || stop.is_cancelled() {
                 break;
@@ -262,9 +379,14 @@ impl Source {
                 _ = stop.cancelled() => break,
             };
             let msg = match msg {
-                Ok(m) => m,
+                Ok(m) => {
+                    *self.failing.lock().expect("poisoned") = None;
+                    m
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "kafka consume error");
+                    self.consume_failed(e)?;
+                    // Errors arrive as fast as they are polled: do not spin on them.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
@@ -315,10 +437,39 @@ impl Source {
             .clone()
     }
 
-    /// Leaves the group cleanly. Call before dropping, and before any embedded broker is dropped.
+    /// Counts a consume error: warned about once every 10 s; past [`FAILING_FOR`] without a
+    /// record, the error is returned.
+    fn consume_failed(&self, e: rdkafka::error::KafkaError) -> Result<()> {
+        let mut failing = self.failing.lock().expect("poisoned");
+        let (since, n) = failing.get_or_insert((Instant::now(), 0));
+        *n += 1;
+        if *n == 1 || (*n).is_multiple_of(100) {
+            tracing::warn!(error = %e, failures = *n, for_s = since.elapsed().as_secs(), "kafka consume error");
+        }
+        if since.elapsed() >= FAILING_FOR {
+            tracing::error!(error = %e, failures = *n, "kafka has failed every poll for {} s; giving up", FAILING_FOR.as_secs());
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Leaves the group cleanly. Call before dropping, and before any embedded broker is
+    /// dropped. Waits at most a few seconds: with the broker gone, librdkafka would otherwise
+    /// hold the process on its own request timeouts.
     pub fn close(self) -> KafkaResult<()> {
         self.consumer.unsubscribe();
-        drop(self.consumer);
+        let (done, waited) = std::sync::mpsc::channel();
+        let consumer = self.consumer;
+        std::thread::spawn(move || {
+            drop(consumer);
+            let _ = done.send(());
+        });
+        if waited.recv_timeout(CLOSE_BUDGET).is_err() {
+            tracing::warn!(
+                "the Kafka consumer did not close within {} s (broker unreachable?); not waiting",
+                CLOSE_BUDGET.as_secs()
+            );
+        }
         Ok(())
     }
 }

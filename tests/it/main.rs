@@ -15,6 +15,7 @@ mod independent_reader;
 mod maintain;
 mod mcp;
 mod modules;
+mod reliability;
 mod scale_out;
 mod schemas;
 mod signals;
