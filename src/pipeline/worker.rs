@@ -385,6 +385,14 @@ pub async fn run_with_restarts(
                     HEALTHY_RUN.as_secs()
                 )));
             }
+            // Another writer committed the batch in hand as the stop came: nothing of it is ours
+            // in Delta, and the next start reads it again from the offsets stored there. A
+            // clean stop, not a failure.
+            Err(Error::ConflictingOffsets { table, .. }) if stop.is_cancelled() => {
+                events::CommitConflict { table: &table }.emit();
+                tracing::info!(%table, "stopping: the batch in hand was committed by another writer");
+                return Ok(RunStats::default());
+            }
             Err(e) if e.retryable() && !stop.is_cancelled() => {
                 failures += 1;
                 if let Error::ConflictingOffsets { table, .. } = &e {
