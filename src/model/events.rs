@@ -32,6 +32,14 @@ pub enum SensorType {
 }
 
 impl SensorType {
+    /// In device order: device `d` measures `ALL[d % 4]`.
+    pub const ALL: [SensorType; 4] = [
+        SensorType::Temperature,
+        SensorType::Vibration,
+        SensorType::Pressure,
+        SensorType::Power,
+    ];
+
     /// The safe operating range of the machines' sensors (°C, mm/s, bar, kW). A reading outside
     /// it is an anomaly whatever the sensor's own history says.
     pub fn operating_range(self) -> (f64, f64) {

@@ -101,10 +101,24 @@ pub enum ColumnType {
     Timestamp,
     Date,
     Binary,
+    /// An embedding: [`crate::knowledge::embed::DIM`] 32-bit floats. Delta has no fixed-size
+    /// list type, so it is an `array<float>` whose length the writer checks.
+    Vector,
 }
 
 impl ColumnType {
+    /// Columns whose min/max statistics say nothing (raw payloads, embeddings).
+    pub fn is_bulk(self) -> bool {
+        matches!(self, ColumnType::Binary | ColumnType::Vector)
+    }
+
     pub fn delta(self) -> DeltaType {
+        if self == ColumnType::Vector {
+            return DeltaType::Array(Box::new(deltalake::kernel::ArrayType::new(
+                DeltaType::Primitive(PrimitiveType::Float),
+                false,
+            )));
+        }
         DeltaType::Primitive(match self {
             ColumnType::String => PrimitiveType::String,
             ColumnType::Long => PrimitiveType::Long,
@@ -114,6 +128,7 @@ impl ColumnType {
             ColumnType::Timestamp => PrimitiveType::Timestamp,
             ColumnType::Date => PrimitiveType::Date,
             ColumnType::Binary => PrimitiveType::Binary,
+            ColumnType::Vector => unreachable!("handled above"),
         })
     }
 
@@ -129,6 +144,9 @@ impl ColumnType {
             }
             ColumnType::Date => ArrowType::Date32,
             ColumnType::Binary => ArrowType::Binary,
+            ColumnType::Vector => {
+                ArrowType::List(Arc::new(Field::new("element", ArrowType::Float32, false)))
+            }
         }
     }
 }

@@ -2,6 +2,7 @@
 //! ([`stream`]), deterministic for a seed, on a simulated clock that can run faster than real
 //! time. It stands in for the factory's devices, WMS, ERP and CRM.
 
+pub mod documents;
 pub mod faults;
 pub mod reference;
 pub mod stream;
@@ -74,12 +75,15 @@ pub fn order_feed(
 }
 
 /// The reference tables [`write_reference`] writes.
-pub const REFERENCE_TABLES: [&str; 5] = [
+pub const REFERENCE_TABLES: [&str; 8] = [
     "supply_chain.suppliers",
     "supply_chain.parts",
     "supply_chain.inventory",
     "sales.customers",
     "support.tickets",
+    "knowledge.sops",
+    "knowledge.incidents",
+    "knowledge.proposals",
 ];
 
 /// Writes the reference tables. Tables that already hold data are left alone unless `reseed`.
@@ -100,6 +104,10 @@ pub async fn write_reference_tables(
     names: &[&str],
 ) -> Result<Vec<(String, usize)>> {
     let data = reference::generate(cfg);
+    let corpus = names
+        .iter()
+        .any(|n| n.starts_with("knowledge."))
+        .then(|| documents::generate(cfg));
     let mut written = Vec::new();
     for &name in names {
         match name {
@@ -117,6 +125,13 @@ pub async fn write_reference_tables(
             }
             "support.tickets" => {
                 write_rows(lake, name, &data.tickets, reseed, &mut written).await?
+            }
+            name if name.starts_with("knowledge.") => {
+                let rows = corpus
+                    .as_ref()
+                    .and_then(|c| c.table(name))
+                    .ok_or_else(|| Error::Invalid(format!("{name} is not a reference table")))?;
+                write_rows(lake, name, rows, reseed, &mut written).await?
             }
             other => return Err(Error::Invalid(format!("{other} is not a reference table"))),
         }

@@ -315,12 +315,7 @@ impl Generator {
             .sum::<f64>()
             * sd
             / 1.7;
-        let sensor_type = [
-            SensorType::Temperature,
-            SensorType::Vibration,
-            SensorType::Pressure,
-            SensorType::Power,
-        ][d % 4];
+        let sensor_type = SensorType::ALL[d % 4];
         let mut value = self.baselines[d] + noise;
         // Real sensors have benign transients (a door opens, a load starts): rare excursions of
         // 2.5–4.5 noise scales (≈ 4–8 σ of the noise) that are not faults and that a detector

@@ -12,6 +12,7 @@ mod exactly_once;
 mod golden;
 mod governed;
 mod independent_reader;
+mod knowledge;
 mod maintain;
 mod mcp;
 mod modules;

@@ -1,0 +1,61 @@
+//! Retrieval quality against the corpus's ground truth ([`crate::sim::documents`]): every
+//! labelled question is asked in keyword-only, vector-only and hybrid mode and scored by
+//! recall@5, recall@10 and MRR@10.
+//!
+//! recall@k of one question is the share of its answers among the top k, capped by k (a
+//! question with 12 matching incidents is fully answered by any 10 of them at k = 10); MRR@10 is
+//! 1 / rank of the first answer within the top 10, else 0. Both are averaged over questions.
+
+use std::collections::HashSet;
+
+use serde::Serialize;
+
+use crate::Result;
+use crate::knowledge::{Knowledge, Mode, SearchRequest};
+use crate::sim::documents::Question;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Scores {
+    pub queries: usize,
+    pub recall_at_5: f64,
+    pub recall_at_10: f64,
+    pub mrr_at_10: f64,
+}
+
+/// Scores of `questions` in one mode, searching every document (the evaluation reads as an
+/// admin would: tenancy has its own tests).
+pub async fn score(
+    knowledge: &Knowledge,
+    questions: &[Question],
+    visible: &HashSet<String>,
+    mode: Mode,
+) -> Result<Scores> {
+    let mut s = Scores {
+        queries: questions.len(),
+        ..Default::default()
+    };
+    for q in questions {
+        let mut request = SearchRequest::new(q.query.clone(), 10);
+        request.mode = mode;
+        let hits = knowledge.search(&request, visible).await?;
+        let ranked: Vec<&str> = hits.iter().map(|h| h.doc.doc_id.as_str()).collect();
+        let answers: HashSet<&str> = q.answers.iter().map(String::as_str).collect();
+        let found = |k: usize| {
+            ranked
+                .iter()
+                .take(k)
+                .filter(|d| answers.contains(**d))
+                .count()
+        };
+        s.recall_at_5 += found(5) as f64 / answers.len().min(5) as f64;
+        s.recall_at_10 += found(10) as f64 / answers.len().min(10) as f64;
+        if let Some(rank) = ranked.iter().position(|d| answers.contains(d)) {
+            s.mrr_at_10 += 1.0 / (rank + 1) as f64;
+        }
+    }
+    let n = questions.len().max(1) as f64;
+    s.recall_at_5 /= n;
+    s.recall_at_10 /= n;
+    s.mrr_at_10 /= n;
+    Ok(s)
+}
