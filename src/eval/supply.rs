@@ -447,16 +447,7 @@ async fn risks(
     let batches = ctx.sql(sql).await?.collect().await?;
     let mut out = Vec::new();
     for b in &batches {
-        let s = |n: &str| -> Result<StringArray> {
-            let c = b
-                .column_by_name(n)
-                .ok_or_else(|| Error::Internal(format!("signal without {n}")))?;
-            let c = arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8)?;
-            Ok(c.as_any()
-                .downcast_ref::<StringArray>()
-                .expect("utf8")
-                .clone())
-        };
+        let s = |n: &str| crate::lakehouse::query::strings(b, n);
         let (a, bb, r) = (s(k1)?, s(k2)?, s("risk_level")?);
         for i in 0..b.num_rows() {
             out.push((

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use arrow::array::{Array, Int64Array, RecordBatch};
+use arrow::array::{Array, AsArray, Int64Array, RecordBatch, StringArray};
 use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, SchemaProvider, TableProvider};
 use datafusion::error::DataFusionError;
@@ -85,6 +85,28 @@ pub fn session_config(default_schema: &str) -> SessionConfig {
     // limit"). The soft limit only saves work for DISTINCT with LIMIT: turn it off.
     optimizer.enable_distinct_aggregation_soft_limit = false;
     config
+}
+
+/// A text column of a query result, whatever string encoding the scan chose (`Utf8View` from
+/// DataFusion's Parquet scan, `Utf8` elsewhere), as `Utf8`.
+pub fn strings(batch: &RecordBatch, name: &str) -> Result<StringArray> {
+    let c = batch
+        .column_by_name(name)
+        .ok_or_else(|| Error::Internal(format!("column {name} missing")))?;
+    let c = arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8)?;
+    Ok(c.as_string::<i32>().clone())
+}
+
+/// Runs `sql` over the snapshot an opened `table` holds, the table named `t` in it — not over
+/// the latest version, so what a reader records having read is what it read. A table with no
+/// snapshot yet (nothing committed) has no rows.
+pub async fn snapshot_sql(table: &deltalake::DeltaTable, sql: &str) -> Result<Vec<RecordBatch>> {
+    if table.snapshot().is_err() {
+        return Ok(Vec::new());
+    }
+    let ctx = SessionContext::new();
+    ctx.register_table("t", table.table_provider().await?)?;
+    Ok(ctx.sql(sql).await?.collect().await?)
 }
 
 impl Lakehouse {

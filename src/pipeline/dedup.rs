@@ -12,8 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use arrow::array::{Array, AsArray, BooleanArray, Int32Array, Int64Array, RecordBatch};
-use arrow::datatypes::DataType;
+use arrow::array::{Array, BooleanArray, Int32Array, Int64Array, RecordBatch};
 
 use crate::error::{Error, Result};
 use crate::lakehouse::commit::SourcePartition;
@@ -66,23 +65,35 @@ impl Dedup {
         self.capacity
     }
 
-    /// Starts `p`'s window from `rows` (`event_id`, `_offset`), e.g. the bronze table's newest
-    /// rows of the partition.
-    pub fn restore(&mut self, p: &SourcePartition, rows: &[RecordBatch]) -> Result<()> {
-        let mut seen: Vec<(i64, String)> = Vec::new();
+    /// Starts the windows of `partitions` (of `topic`) from `rows` (`event_id`, `_partition`,
+    /// `_offset`), e.g. the bronze table's newest rows of each.
+    pub fn restore(
+        &mut self,
+        topic: &str,
+        partitions: &[SourcePartition],
+        rows: &[RecordBatch],
+    ) -> Result<()> {
+        let mut seen: Vec<(i32, i64, String)> = Vec::new();
         for b in rows {
             let (ids, offsets) = id_columns(b)?;
+            let parts = partition_column(b)?;
             for i in 0..b.num_rows() {
                 if ids.is_valid(i) {
-                    seen.push((offsets.value(i), ids.value(i).to_string()));
+                    seen.push((parts.value(i), offsets.value(i), ids.value(i).to_string()));
                 }
             }
         }
         seen.sort();
-        let window = self.windows.entry(p.clone()).or_default();
-        *window = Window::default();
-        for (offset, id) in seen {
-            window.remember(&id, offset, self.capacity);
+        for p in partitions {
+            self.windows.insert(p.clone(), Window::default());
+        }
+        for (partition, offset, id) in seen {
+            if let Some(window) = self
+                .windows
+                .get_mut(&SourcePartition::new(topic, partition))
+            {
+                window.remember(&id, offset, self.capacity);
+            }
         }
         Ok(())
     }
@@ -99,10 +110,7 @@ impl Dedup {
             return Ok((batch.clone(), 0));
         }
         let (ids, offsets) = id_columns(batch)?;
-        let partitions = batch
-            .column_by_name("_partition")
-            .and_then(|c| c.as_any().downcast_ref::<Int32Array>())
-            .ok_or_else(|| Error::Internal("bronze rows lack _partition".into()))?;
+        let partitions = partition_column(batch)?;
         let mut dropped = 0u64;
         let mut keep = Vec::with_capacity(batch.num_rows());
         let capacity = self.capacity;
@@ -145,24 +153,27 @@ impl Dedup {
     }
 }
 
+fn partition_column(b: &RecordBatch) -> Result<&Int32Array> {
+    b.column_by_name("_partition")
+        .and_then(|c| c.as_any().downcast_ref::<Int32Array>())
+        .ok_or_else(|| Error::Internal("bronze rows lack _partition".into()))
+}
+
 /// A batch's `event_id` (as text) and `_offset` columns.
 fn id_columns(b: &RecordBatch) -> Result<(arrow::array::StringArray, Int64Array)> {
-    let ids = b
-        .column_by_name("event_id")
-        .ok_or_else(|| Error::Internal("rows lack event_id".into()))?;
-    let ids = arrow::compute::cast(ids, &DataType::Utf8)?;
+    let ids = crate::lakehouse::query::strings(b, "event_id")?;
     let offsets = b
         .column_by_name("_offset")
         .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
         .ok_or_else(|| Error::Internal("rows lack _offset".into()))?
         .clone();
-    Ok((ids.as_string::<i32>().clone(), offsets))
+    Ok((ids, offsets))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::datatypes::{Field, Schema};
+    use arrow::datatypes::{DataType, Field, Schema};
     use std::sync::Arc;
 
     fn rows(rows: &[(i32, i64, &str)]) -> RecordBatch {
@@ -218,7 +229,8 @@ mod tests {
     fn a_restored_window_catches_copies_across_restarts() {
         let mut d = Dedup::new(10);
         let p = SourcePartition::new("t", 0);
-        d.restore(&p, &[rows(&[(0, 1, "a"), (0, 2, "b")])]).unwrap();
+        d.restore("t", &[p], &[rows(&[(0, 1, "a"), (0, 2, "b")])])
+            .unwrap();
         let (b, n) = d.filter("t", &rows(&[(0, 3, "b"), (0, 4, "c")])).unwrap();
         assert_eq!((ids(&b), n), (vec!["c".to_string()], 1));
         let mut off = Dedup::new(0);

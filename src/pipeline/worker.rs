@@ -336,7 +336,7 @@ pub async fn run(
     let result = worker.run_loop(&source, &stop).await;
     // Record every pending offset so a restart does not replay what was already handled.
     if result.is_ok() {
-        worker.commit_pending().await?;
+        worker.commit_pending(Duration::ZERO).await?;
     }
     source.close()?;
     let stats = worker.stats;
@@ -376,28 +376,27 @@ pub async fn run_with_restarts(
             backoff = Duration::from_millis(200);
         }
         match result {
-            Err(e) if e.retryable() && !stop.is_cancelled() && failures >= MAX_RESTARTS => {
-                tracing::error!(error = %e, restarts = failures, "pipeline keeps failing; giving up");
-                return Err(Error::Invalid(format!(
-                    "the pipeline failed {} times in a row, each within {} s of starting; last \
-                     error: {e}",
-                    failures + 1,
-                    HEALTHY_RUN.as_secs()
-                )));
-            }
-            // Another writer committed the batch in hand as the stop came: nothing of it is ours
-            // in Delta, and the next start reads it again from the offsets stored there. A
-            // clean stop, not a failure.
-            Err(Error::ConflictingOffsets { table, .. }) if stop.is_cancelled() => {
-                events::CommitConflict { table: &table }.emit();
-                tracing::info!(%table, "stopping: the batch in hand was committed by another writer");
-                return Ok(RunStats::default());
-            }
-            Err(e) if e.retryable() && !stop.is_cancelled() => {
-                failures += 1;
+            Err(e) if e.retryable() => {
                 if let Error::ConflictingOffsets { table, .. } = &e {
                     events::CommitConflict { table }.emit();
                 }
+                // A transient failure as the stop comes (another writer committed the batch in
+                // hand, Kafka went away): nothing of the batch is ours in Delta and the next
+                // start reads it again from the offsets stored there. A clean stop.
+                if stop.is_cancelled() {
+                    tracing::info!(error = %e, "stopping; the batch in hand is read again on the next start");
+                    return Ok(RunStats::default());
+                }
+                if failures >= MAX_RESTARTS {
+                    tracing::error!(error = %e, restarts = failures, "pipeline keeps failing; giving up");
+                    return Err(Error::Invalid(format!(
+                        "the pipeline failed {} times in a row, each within {} s of starting; \
+                         last error: {e}",
+                        failures + 1,
+                        HEALTHY_RUN.as_secs()
+                    )));
+                }
+                failures += 1;
                 tracing::warn!(error = %e, domain = %e.domain(), ?backoff, "pipeline failed; resetting from the Delta log");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -489,7 +488,7 @@ impl Worker {
                 self.acknowledge(&batch, written, source);
                 Arc::try_unwrap(batch.records).unwrap_or_else(|r| (*r).clone())
             };
-            self.commit_idle().await?;
+            self.commit_pending(self.opts.idle_commit).await?;
             let go_on = self
                 .observer
                 .as_ref()
@@ -532,17 +531,13 @@ impl Worker {
                             && kind.bronze_table() == sink.name
                             && self.dedup.enabled()
                         {
-                            for p in &mine {
-                                let stored = sink.durable.get(p).copied();
-                                let rows = recent_ids(
-                                    &sink.table,
-                                    p.partition,
-                                    stored,
-                                    self.dedup.capacity(),
-                                )
-                                .await?;
-                                self.dedup.restore(p, &rows)?;
-                            }
+                            let stored: Vec<(i32, i64)> = mine
+                                .iter()
+                                .filter_map(|p| sink.durable.get(p).map(|o| (p.partition, *o)))
+                                .collect();
+                            let rows =
+                                recent_ids(&sink.table, &stored, self.dedup.capacity()).await?;
+                            self.dedup.restore(kind.topic(), &mine, &rows)?;
                         }
                         if sink.feed == Feed::DetectorState {
                             let partitions: BTreeSet<i32> =
@@ -882,28 +877,11 @@ impl Worker {
         .emit();
     }
 
-    /// Txn-only commits for sinks that have had nothing to write for `idle_commit`.
-    async fn commit_idle(&mut self) -> Result<()> {
+    /// Txn-only commits for sinks whose pending offsets have waited at least `idle`
+    /// (`opts.idle_commit` while running; zero at the end of a run, so every one is recorded).
+    async fn commit_pending(&mut self, idle: Duration) -> Result<()> {
         for sink in self.sinks.iter_mut() {
-            if !sink.pending.is_empty() && sink.last_commit.elapsed() >= self.opts.idle_commit {
-                commit_sink(
-                    sink,
-                    &self.opts.name,
-                    Vec::new(),
-                    self.opts.target_file_bytes,
-                    None,
-                )
-                .await?;
-                self.stats.commits += 1;
-            }
-        }
-        Ok(())
-    }
-
-    /// Txn-only commits of every pending offset (at the end of a run).
-    async fn commit_pending(&mut self) -> Result<()> {
-        for sink in self.sinks.iter_mut() {
-            if !sink.pending.is_empty() {
+            if !sink.pending.is_empty() && sink.last_commit.elapsed() >= idle {
                 commit_sink(
                     sink,
                     &self.opts.name,
@@ -942,47 +920,48 @@ impl Batch {
     }
 }
 
-/// The event ids and offsets of a bronze table's newest rows of `partition`: those after
-/// `stored - window` (none when nothing is stored).
+/// The event ids, partitions and offsets of a bronze table's newest rows of each partition
+/// (partition, stored offset): those after `stored - window`. One scan for all of them.
 async fn recent_ids(
     table: &DeltaTable,
-    partition: i32,
-    stored: Option<i64>,
+    stored: &[(i32, i64)],
     window: usize,
 ) -> Result<Vec<RecordBatch>> {
-    let Some(stored) = stored else {
-        return Ok(Vec::new());
-    };
-    if table.snapshot().is_err() {
+    if stored.is_empty() {
         return Ok(Vec::new());
     }
-    let ctx = datafusion::prelude::SessionContext::new();
-    ctx.register_table("bronze", table.table_provider().await?)?;
-    let from = stored.saturating_sub(window as i64);
-    let df = ctx
-        .sql(&format!(
-            "SELECT event_id, _offset FROM bronze WHERE _partition = {partition} AND _offset > {from}"
-        ))
-        .await?;
-    Ok(df.collect().await?)
+    let ranges = stored
+        .iter()
+        .map(|(p, offset)| {
+            format!(
+                "(_partition = {p} AND _offset > {})",
+                offset.saturating_sub(window as i64)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    crate::lakehouse::query::snapshot_sql(
+        table,
+        &format!("SELECT event_id, _partition, _offset FROM t WHERE {ranges}"),
+    )
+    .await
 }
 
 /// The saved detector state of `partitions`, read from the state table's current version.
 async fn load_state(table: &DeltaTable, partitions: &BTreeSet<i32>) -> Result<Vec<RecordBatch>> {
-    if table.snapshot().is_err() || partitions.is_empty() {
+    if partitions.is_empty() {
         return Ok(Vec::new());
     }
-    let ctx = datafusion::prelude::SessionContext::new();
-    ctx.register_table("state", table.table_provider().await?)?;
     let list = partitions
         .iter()
         .map(i32::to_string)
         .collect::<Vec<_>>()
         .join(",");
-    let df = ctx
-        .sql(&format!("SELECT * FROM state WHERE _partition IN ({list})"))
-        .await?;
-    Ok(df.collect().await?)
+    crate::lakehouse::query::snapshot_sql(
+        table,
+        &format!("SELECT * FROM t WHERE _partition IN ({list})"),
+    )
+    .await
 }
 
 /// Drops rows the sink already holds (only after a crash between two sinks' commits).

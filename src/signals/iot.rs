@@ -16,11 +16,10 @@ use arrow::array::{
     Array, ArrayRef, BooleanArray, Date32Array, Float64Array, Int32Array, Int64Array, RecordBatch,
     StringArray, TimestampMicrosecondArray,
 };
-use arrow::compute::cast;
-use arrow::datatypes::DataType;
 
 use super::anomaly::{Params, SensorState};
 use crate::error::{Error, Result};
+use crate::lakehouse::query::strings;
 use crate::model::events::SensorType;
 use crate::model::tables;
 
@@ -56,18 +55,6 @@ fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T> {
         .column_by_name(name)
         .and_then(|c| c.as_any().downcast_ref::<T>())
         .ok_or_else(|| Error::Internal(format!("column {name} missing or of an unexpected type")))
-}
-
-/// A string column of any string encoding as `Utf8`.
-fn strings(batch: &RecordBatch, name: &str) -> Result<StringArray> {
-    let c = batch
-        .column_by_name(name)
-        .ok_or_else(|| Error::Internal(format!("column {name} missing")))?;
-    let c = cast(c, &DataType::Utf8)?;
-    Ok(c.as_any()
-        .downcast_ref::<StringArray>()
-        .expect("cast to Utf8")
-        .clone())
 }
 
 impl IotSignals {
