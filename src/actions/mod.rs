@@ -64,13 +64,8 @@ impl ActionProducer {
 
 /// A stable id from the principal and the caller's key: one key, one id, per principal.
 pub fn derived_id(prefix: &str, principal: &str, key: &str) -> String {
-    // FNV-1a over both: stable across builds and platforms (std's hasher is not promised to
-    // be), 64 bits are plenty for ids scoped to one principal's keys.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in principal.bytes().chain([0u8]).chain(key.bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    // 64 bits are plenty for ids scoped to one principal's keys.
+    let h = crate::model::stable_hash(&[principal, key]);
     format!("{prefix}-{h:016x}")
 }
 

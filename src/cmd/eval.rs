@@ -84,7 +84,10 @@ async fn search(config: Config) -> anyhow::Result<()> {
         ],
     )
     .await?;
-    let corpus = crate::sim::documents::generate(&config.simulate);
+    let corpus = crate::sim::documents::generate(
+        &config.simulate,
+        &crate::sim::reference::generate(&config.simulate),
+    );
     let knowledge = Knowledge::open(lake, &config.knowledge)?;
     eprintln!("eval search: indexing (embeddings stored by an earlier run are reused)");
     let synced = knowledge.sync().await?;

@@ -63,6 +63,8 @@ pub struct Links {
 pub struct IndexedChunk {
     pub no: i32,
     pub text: String,
+    /// Hash of `text`: an unchanged chunk's vector is found by it ([`Index::vector`]).
+    pub hash: u64,
     pub vector: [f32; DIM],
 }
 
@@ -70,6 +72,7 @@ struct Slot {
     doc: Arc<DocMeta>,
     no: i32,
     text: String,
+    hash: u64,
     /// Tokens of `text` as the keyword analyzer sees them (for BM25's average length).
     tokens: u64,
 }
@@ -102,6 +105,8 @@ pub struct Index {
     vectors: Vec<f32>,
     free: Vec<usize>,
     by_doc: HashMap<String, (Arc<DocMeta>, Vec<usize>)>,
+    /// A live slot per chunk-text hash.
+    by_hash: HashMap<u64, usize>,
     keyword: tantivy::Index,
     writer: IndexWriter,
     reader: IndexReader,
@@ -147,6 +152,7 @@ impl Index {
             vectors: Vec::new(),
             free: Vec::new(),
             by_doc: HashMap::new(),
+            by_hash: HashMap::new(),
             keyword,
             writer,
             reader,
@@ -169,11 +175,25 @@ impl Index {
         self.by_doc.get(doc_id).map(|(d, _)| d)
     }
 
-    /// Every indexed document id with its content hash.
-    pub fn hashes(&self) -> impl Iterator<Item = (&str, u64)> {
+    /// Every indexed document id.
+    pub fn document_ids(&self) -> impl Iterator<Item = &str> {
+        self.by_doc.keys().map(String::as_str)
+    }
+
+    /// The ids of the documents indexed from `source`.
+    pub fn documents_of(&self, source: &str) -> impl Iterator<Item = &str> {
         self.by_doc
-            .iter()
-            .map(|(id, (d, _))| (id.as_str(), d.content_hash))
+            .values()
+            .filter(move |(d, _)| d.source == source)
+            .map(|(d, _)| d.doc_id.as_str())
+    }
+
+    /// The vector of an indexed chunk whose text hashes to `hash`.
+    pub fn vector(&self, hash: u64) -> Option<[f32; DIM]> {
+        let slot = *self.by_hash.get(&hash)?;
+        let mut v = [0f32; DIM];
+        v.copy_from_slice(&self.vectors[slot * DIM..(slot + 1) * DIM]);
+        Some(v)
     }
 
     fn terms(&self, text: &str) -> Vec<String> {
@@ -211,10 +231,12 @@ impl Index {
             d.add_text(self.f_doc, &doc.doc_id);
             d.add_text(self.f_text, &c.text);
             self.writer.add_document(d).map_err(tantivy_err)?;
+            self.by_hash.insert(c.hash, slot);
             self.slots[slot] = Some(Slot {
                 doc: doc.clone(),
                 no: c.no,
                 text: c.text,
+                hash: c.hash,
                 tokens,
             });
             slots.push(slot);
@@ -230,7 +252,11 @@ impl Index {
             return false;
         };
         for s in slots {
-            self.slots[s] = None;
+            if let Some(old) = self.slots[s].take()
+                && self.by_hash.get(&old.hash) == Some(&s)
+            {
+                self.by_hash.remove(&old.hash);
+            }
             self.free.push(s);
         }
         self.writer
@@ -466,6 +492,7 @@ mod tests {
     fn chunk(text: &str, v: usize) -> Vec<IndexedChunk> {
         vec![IndexedChunk {
             no: 0,
+            hash: crate::model::stable_hash(&[text]),
             text: text.into(),
             vector: unit(v),
         }]

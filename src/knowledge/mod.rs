@@ -25,11 +25,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{
-    Array, AsArray, Float32Builder, Int32Builder, ListBuilder, RecordBatch, StringBuilder,
-    TimestampMicrosecondBuilder,
-};
-use arrow::datatypes::{DataType, Field, Float32Type, TimestampMicrosecondType};
+use arrow::array::{Array, AsArray, StringArray};
+use arrow::datatypes::{Float32Type, TimestampMicrosecondType};
 use chrono::{DateTime, Utc};
 use deltalake::protocol::SaveMode;
 use tokio::sync::RwLock;
@@ -77,9 +74,12 @@ pub struct Knowledge {
     index: RwLock<index::Index>,
     /// Source table → version the index reflects.
     versions: std::sync::Mutex<BTreeMap<&'static str, i64>>,
-    /// Vectors already in `knowledge.chunks`, by chunk-text hash (loaded once, then kept).
-    stored: tokio::sync::Mutex<Option<HashMap<u64, [f32; embed::DIM]>>>,
+    /// One sync at a time.
+    syncing: tokio::sync::Mutex<()>,
 }
+
+/// Vectors by chunk-text hash.
+type Vectors = HashMap<u64, [f32; embed::DIM]>;
 
 impl std::fmt::Debug for Knowledge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -98,7 +98,7 @@ impl Knowledge {
             embedder,
             index: RwLock::new(index::Index::new()?),
             versions: Default::default(),
-            stored: Default::default(),
+            syncing: Default::default(),
         }))
     }
 
@@ -111,8 +111,8 @@ impl Knowledge {
         self.index
             .read()
             .await
-            .hashes()
-            .map(|(id, _)| id.to_string())
+            .document_ids()
+            .map(str::to_string)
             .collect()
     }
 
@@ -125,23 +125,28 @@ impl Knowledge {
     /// documents are chunked and embedded (or their stored vectors reused), removed ones
     /// disappear. Tables at the version already reflected are skipped.
     pub async fn sync(&self) -> Result<SyncStats> {
+        let _one = self.syncing.lock().await;
         let started = Instant::now();
         let mut stats = SyncStats::default();
+        // A fresh index (a start) takes the vectors stored by earlier runs; later syncs find an
+        // unchanged chunk's vector in the index itself.
+        let mut stored = if self.index.read().await.documents() == 0 {
+            self.load_stored().await?
+        } else {
+            Vectors::new()
+        };
         for (table, kind) in SOURCES {
             if !self.lake.exists(table).await? {
                 continue;
             }
-            let version = self
-                .lake
-                .open(table)
-                .await?
-                .version()
-                .map_or(-1, |v| v as i64);
+            // One snapshot per table: the documents read are those of the version recorded.
+            let snapshot = self.lake.open(table).await?;
+            let version = snapshot.version().map_or(-1, |v| v as i64);
             if self.versions().get(table) == Some(&version) {
                 continue;
             }
-            let docs = self.read_documents(table, kind).await?;
-            self.apply(table, docs, &mut stats).await?;
+            let docs = read_documents(&snapshot, table, kind).await?;
+            self.apply(table, docs, &mut stored, &mut stats).await?;
             self.versions
                 .lock()
                 .expect("poisoned")
@@ -154,115 +159,58 @@ impl Knowledge {
         Ok(stats)
     }
 
-    async fn read_documents(
-        &self,
-        table: &'static str,
-        kind: &'static str,
-    ) -> Result<Vec<(DocMeta, String)>> {
-        let sql = if table == "support.tickets" {
-            "SELECT ticket_id AS doc_id, subject AS title, \
-             concat(description, CASE WHEN resolution IS NULL THEN '' ELSE concat('\n\nResolution: ', resolution) END) AS body, \
-             CAST(NULL AS VARCHAR) AS plant_id, CAST(NULL AS VARCHAR) AS warehouse_id, customer_id, \
-             CAST(NULL AS VARCHAR) AS machine_id, CAST(NULL AS VARCHAR) AS machine_type, \
-             CAST(NULL AS VARCHAR) AS sensor_type, CAST(NULL AS VARCHAR) AS part_id, \
-             CAST(NULL AS VARCHAR) AS supplier_id, updated_at FROM support.tickets"
-                .to_string()
-        } else {
-            format!(
-                "SELECT doc_id, title, body, plant_id, warehouse_id, customer_id, machine_id, \
-                 machine_type, sensor_type, part_id, supplier_id, updated_at FROM {table}"
-            )
-        };
-        let batches = self.lake.sql(&sql).await?;
-        let mut out = Vec::new();
-        for b in &batches {
-            // Strings may come as Utf8View (DataFusion's scan) or Utf8: read them as Utf8.
-            let s = |i: usize| {
-                arrow::compute::cast(b.column(i), &DataType::Utf8)
-                    .ok()
-                    .and_then(|c| c.as_string_opt::<i32>().cloned())
-            };
-            let cols: Vec<_> = (0..11).map(s).collect();
-            let col = |i: usize, row: usize| -> Option<String> {
-                cols[i]
-                    .as_ref()
-                    .filter(|c| c.is_valid(row))
-                    .map(|c| c.value(row).to_string())
-            };
-            let at = b
-                .column(11)
-                .as_primitive_opt::<TimestampMicrosecondType>()
-                .cloned()
-                .ok_or_else(|| {
-                    Error::Internal(format!("{table}: updated_at is not a timestamp"))
-                })?;
-            for row in 0..b.num_rows() {
-                let title = col(1, row).unwrap_or_default();
-                let body = col(2, row).unwrap_or_default();
-                let doc = DocMeta {
-                    doc_id: col(0, row).unwrap_or_default(),
-                    source: table,
-                    kind,
-                    content_hash: hash(&[&title, &body]),
-                    title,
-                    links: Links {
-                        plant_id: col(3, row),
-                        warehouse_id: col(4, row),
-                        customer_id: col(5, row),
-                        machine_id: col(6, row),
-                        machine_type: col(7, row),
-                        sensor_type: col(8, row),
-                        part_id: col(9, row),
-                        supplier_id: col(10, row),
-                    },
-                    updated_at: DateTime::from_timestamp_micros(at.value(row)).unwrap_or_default(),
-                };
-                out.push((doc, body));
-            }
-        }
-        Ok(out)
-    }
-
+    /// Brings the index's documents of `table` to `docs`.
     async fn apply(
         &self,
         table: &'static str,
         docs: Vec<(DocMeta, String)>,
+        stored: &mut Vectors,
         stats: &mut SyncStats,
     ) -> Result<()> {
-        // What changed against the index.
-        let (changed, gone) = {
+        // What changed against the index: chunked, each chunk with its text hash.
+        let (pending, gone) = {
             let index = self.index.read().await;
             let now: HashSet<&str> = docs.iter().map(|(d, _)| d.doc_id.as_str()).collect();
-            let known: HashMap<&str, u64> = index.hashes().collect();
-            let changed: Vec<&(DocMeta, String)> = docs
+            let pending: Vec<(DocMeta, Vec<(chunk::Chunk, u64)>)> = docs
                 .iter()
-                .filter(|(d, _)| known.get(d.doc_id.as_str()) != Some(&d.content_hash))
+                .filter(|(d, _)| {
+                    index.get(&d.doc_id).map(|i| i.content_hash) != Some(d.content_hash)
+                })
+                .map(|(d, body)| {
+                    let chunks =
+                        chunk::chunks(&d.title, body, self.cfg.chunk_words, self.cfg.chunk_overlap)
+                            .into_iter()
+                            .map(|c| {
+                                let h = crate::model::stable_hash(&[&c.text]);
+                                (c, h)
+                            })
+                            .collect();
+                    (d.clone(), chunks)
+                })
                 .collect();
             let gone: Vec<String> = index
-                .hashes()
-                .filter(|(id, _)| !now.contains(id))
-                .filter(|(id, _)| index.get(id).is_some_and(|d| d.source == table))
-                .map(|(id, _)| id.to_string())
+                .documents_of(table)
+                .filter(|id| !now.contains(id))
+                .map(str::to_string)
                 .collect();
-            (changed, gone)
+            // Vectors of unchanged chunks of changed documents are in the index already.
+            for (_, chunks) in &pending {
+                for (_, h) in chunks {
+                    if let Some(v) = index.vector(*h) {
+                        stored.entry(*h).or_insert(v);
+                    }
+                }
+            }
+            (pending, gone)
         };
-        // Chunk, then find or compute every chunk's vector.
-        let mut pending: Vec<(DocMeta, Vec<chunk::Chunk>)> = changed
-            .iter()
-            .map(|(d, body)| {
-                (
-                    d.clone(),
-                    chunk::chunks(&d.title, body, self.cfg.chunk_words, self.cfg.chunk_overlap),
-                )
-            })
-            .collect();
-        let vectors = self.vectors_for(table, &mut pending, stats).await?;
+        self.embed_missing(table, &pending, stored, stats).await?;
         let mut index = self.index.write().await;
         for (doc, chunks) in pending {
             let indexed = chunks
                 .into_iter()
-                .map(|c| index::IndexedChunk {
-                    vector: vectors[&hash(&[&c.text])],
+                .map(|(c, hash)| index::IndexedChunk {
+                    vector: stored[&hash],
+                    hash,
                     no: c.no,
                     text: c.text,
                 })
@@ -278,37 +226,31 @@ impl Knowledge {
         Ok(())
     }
 
-    /// Vectors for every chunk of `pending`: stored ones reused, the rest embedded in batches
-    /// (off the async threads) and appended to `knowledge.chunks`.
-    async fn vectors_for(
+    /// Embeds the chunks of `pending` that `known` has no vector for, in batches off the async
+    /// threads; appends them to `knowledge.chunks` and adds them to `known`.
+    async fn embed_missing(
         &self,
         table: &'static str,
-        pending: &mut [(DocMeta, Vec<chunk::Chunk>)],
+        pending: &[(DocMeta, Vec<(chunk::Chunk, u64)>)],
+        known: &mut Vectors,
         stats: &mut SyncStats,
-    ) -> Result<HashMap<u64, [f32; embed::DIM]>> {
-        let mut stored = self.stored.lock().await;
-        if stored.is_none() {
-            *stored = Some(self.load_stored().await?);
-        }
-        let stored = stored.as_mut().expect("loaded above");
-        let mut out = HashMap::new();
+    ) -> Result<()> {
         let mut missing: Vec<(&DocMeta, &chunk::Chunk, u64)> = Vec::new();
         let mut queued = HashSet::new();
-        for (doc, chunks) in pending.iter() {
-            for c in chunks {
-                let h = hash(&[&c.text]);
-                if let Some(v) = stored.get(&h) {
-                    out.insert(h, *v);
+        for (doc, chunks) in pending {
+            for (c, h) in chunks {
+                if known.contains_key(h) {
                     stats.reused += 1;
-                } else if queued.insert(h) {
-                    missing.push((doc, c, h));
+                } else if queued.insert(*h) {
+                    missing.push((doc, c, *h));
                 }
             }
         }
-        for batch in missing.chunks(self.cfg.embed_batch.max(1) * 8) {
+        let size = self.cfg.embed_batch.max(1);
+        // Several forward passes per Delta commit, so the commits stay few.
+        for batch in missing.chunks(size * 8) {
             let texts: Vec<String> = batch.iter().map(|(_, c, _)| c.text.clone()).collect();
             let embedder = self.embedder.clone();
-            let size = self.cfg.embed_batch.max(1);
             let vectors = tokio::task::spawn_blocking(move || {
                 let mut all = Vec::with_capacity(texts.len());
                 for group in texts.chunks(size) {
@@ -319,24 +261,40 @@ impl Knowledge {
             })
             .await
             .map_err(|e| Error::Internal(format!("embedding task: {e}")))??;
-            let rows: Vec<(&DocMeta, &chunk::Chunk, u64, [f32; embed::DIM])> = batch
+            let now = Utc::now();
+            let rows: Vec<ChunkRow> = batch
                 .iter()
-                .zip(vectors)
-                .map(|((d, c, h), v)| (*d, *c, *h, v))
+                .zip(&vectors)
+                .map(|((d, c, h), v)| ChunkRow {
+                    chunk_id: format!("{}#{}", d.doc_id, c.no),
+                    doc_id: &d.doc_id,
+                    source: table,
+                    chunk_no: c.no,
+                    text: &c.text,
+                    content_hash: format!("{h:016x}"),
+                    model: embed::MODEL_ID,
+                    vector: v,
+                    embedded_at: now,
+                })
                 .collect();
-            self.store(table, &rows).await?;
-            for (_, _, h, v) in rows {
-                stored.insert(h, v);
-                out.insert(h, v);
+            self.lake
+                .ensure(CHUNKS)
+                .await?
+                .write(vec![crate::lakehouse::rows_batch(CHUNKS, &rows)?])
+                .with_save_mode(SaveMode::Append)
+                .await
+                .map_err(|e| Error::delta(CHUNKS, e))?;
+            for ((_, _, h), v) in batch.iter().zip(vectors) {
+                known.insert(*h, v);
                 stats.embedded += 1;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
-    /// Every stored vector of this model, by chunk-text hash.
-    async fn load_stored(&self) -> Result<HashMap<u64, [f32; embed::DIM]>> {
-        let mut out = HashMap::new();
+    /// Every vector of this model stored in `knowledge.chunks`, by chunk-text hash.
+    async fn load_stored(&self) -> Result<Vectors> {
+        let mut out = Vectors::new();
         if !self.lake.exists(CHUNKS).await? {
             return Ok(out);
         }
@@ -348,78 +306,21 @@ impl Knowledge {
             ))
             .await?;
         for b in &batches {
-            let hashes = arrow::compute::cast(b.column(0), &DataType::Utf8)?;
-            let hashes = hashes.as_string::<i32>();
+            let hashes = crate::lakehouse::query::strings(b, "content_hash")?;
             let lists = b.column(1).as_list::<i32>();
             for row in 0..b.num_rows() {
                 let values = lists.value(row);
                 let floats = values.as_primitive::<Float32Type>();
-                let (Ok(h), true) = (
+                let (Ok(h), Ok(v)) = (
                     u64::from_str_radix(hashes.value(row), 16),
-                    floats.len() == embed::DIM,
+                    <[f32; embed::DIM]>::try_from(floats.values().as_ref()),
                 ) else {
                     continue;
                 };
-                let mut v = [0f32; embed::DIM];
-                v.copy_from_slice(floats.values());
                 out.insert(h, v);
             }
         }
         Ok(out)
-    }
-
-    async fn store(
-        &self,
-        table: &str,
-        rows: &[(&DocMeta, &chunk::Chunk, u64, [f32; embed::DIM])],
-    ) -> Result<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let schema = crate::model::tables::get(CHUNKS)?.arrow_schema();
-        let mut chunk_id = StringBuilder::new();
-        let mut doc_id = StringBuilder::new();
-        let mut source = StringBuilder::new();
-        let mut no = Int32Builder::new();
-        let mut text = StringBuilder::new();
-        let mut content = StringBuilder::new();
-        let mut model = StringBuilder::new();
-        let mut vector = ListBuilder::new(Float32Builder::with_capacity(rows.len() * embed::DIM))
-            .with_field(Arc::new(Field::new("element", DataType::Float32, false)));
-        let mut at = TimestampMicrosecondBuilder::new().with_timezone("UTC");
-        let now = Utc::now().timestamp_micros();
-        for (d, c, h, v) in rows {
-            chunk_id.append_value(format!("{}#{}", d.doc_id, c.no));
-            doc_id.append_value(&d.doc_id);
-            source.append_value(table);
-            no.append_value(c.no);
-            text.append_value(&c.text);
-            content.append_value(format!("{h:016x}"));
-            model.append_value(embed::MODEL_ID);
-            vector.values().append_slice(v);
-            vector.append(true);
-            at.append_value(now);
-        }
-        let batch = RecordBatch::try_new(
-            schema,
-            vec![
-                Arc::new(chunk_id.finish()),
-                Arc::new(doc_id.finish()),
-                Arc::new(source.finish()),
-                Arc::new(no.finish()),
-                Arc::new(text.finish()),
-                Arc::new(content.finish()),
-                Arc::new(model.finish()),
-                Arc::new(vector.finish()),
-                Arc::new(at.finish()),
-            ],
-        )?;
-        let t = self.lake.ensure(CHUNKS).await?;
-        t.write(vec![batch])
-            .with_save_mode(SaveMode::Append)
-            .await
-            .map_err(|e| Error::delta(CHUNKS, e))?;
-        Ok(())
     }
 
     /// The `k` best documents for `request` among those `visible` (document ids the caller's
@@ -442,6 +343,92 @@ impl Knowledge {
         index.search(&request.query, &vector, &mask, request.k, request.mode)
     }
 }
+
+/// One row of `knowledge.chunks`.
+#[derive(serde::Serialize)]
+struct ChunkRow<'a> {
+    chunk_id: String,
+    doc_id: &'a str,
+    source: &'a str,
+    chunk_no: i32,
+    text: &'a str,
+    content_hash: String,
+    model: &'a str,
+    vector: &'a [f32],
+    embedded_at: DateTime<Utc>,
+}
+
+/// The documents of one source table's snapshot, with their body text.
+async fn read_documents(
+    snapshot: &deltalake::DeltaTable,
+    table: &'static str,
+    kind: &'static str,
+) -> Result<Vec<(DocMeta, String)>> {
+    let sql = if table == "support.tickets" {
+        "SELECT ticket_id AS doc_id, subject AS title, \
+         concat(description, CASE WHEN resolution IS NULL THEN '' ELSE concat('\n\nResolution: ', resolution) END) AS body, \
+         CAST(NULL AS VARCHAR) AS plant_id, CAST(NULL AS VARCHAR) AS warehouse_id, customer_id, \
+         CAST(NULL AS VARCHAR) AS machine_id, CAST(NULL AS VARCHAR) AS machine_type, \
+         CAST(NULL AS VARCHAR) AS sensor_type, CAST(NULL AS VARCHAR) AS part_id, \
+         CAST(NULL AS VARCHAR) AS supplier_id, updated_at FROM t"
+    } else {
+        "SELECT doc_id, title, body, plant_id, warehouse_id, customer_id, machine_id, \
+         machine_type, sensor_type, part_id, supplier_id, updated_at FROM t"
+    };
+    let mut out = Vec::new();
+    for b in &crate::lakehouse::query::snapshot_sql(snapshot, sql).await? {
+        let column = |name: &str| crate::lakehouse::query::strings(b, name);
+        let (id, title, body) = (column("doc_id")?, column("title")?, column("body")?);
+        let links: Vec<StringArray> = LINK_COLUMNS
+            .iter()
+            .map(|c| column(c))
+            .collect::<Result<_>>()?;
+        let at = b
+            .column_by_name("updated_at")
+            .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
+            .ok_or_else(|| Error::Internal(format!("{table}: updated_at is not a timestamp")))?;
+        for row in 0..b.num_rows() {
+            let link = |i: usize| {
+                links[i]
+                    .is_valid(row)
+                    .then(|| links[i].value(row).to_string())
+            };
+            let (title, body) = (title.value(row).to_string(), body.value(row).to_string());
+            let doc = DocMeta {
+                doc_id: id.value(row).to_string(),
+                source: table,
+                kind,
+                content_hash: crate::model::stable_hash(&[&title, &body]),
+                title,
+                links: Links {
+                    plant_id: link(0),
+                    warehouse_id: link(1),
+                    customer_id: link(2),
+                    machine_id: link(3),
+                    machine_type: link(4),
+                    sensor_type: link(5),
+                    part_id: link(6),
+                    supplier_id: link(7),
+                },
+                updated_at: DateTime::from_timestamp_micros(at.value(row)).unwrap_or_default(),
+            };
+            out.push((doc, body));
+        }
+    }
+    Ok(out)
+}
+
+/// The entity columns of a document table, in [`Links`]' order.
+const LINK_COLUMNS: [&str; 8] = [
+    "plant_id",
+    "warehouse_id",
+    "customer_id",
+    "machine_id",
+    "machine_type",
+    "sensor_type",
+    "part_id",
+    "supplier_id",
+];
 
 /// A search: the query, how many documents, and filters by kind, linked entity and time.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -513,16 +500,4 @@ impl SearchRequest {
             && self.since.is_none_or(|t| d.updated_at >= t)
             && self.until.is_none_or(|t| d.updated_at < t)
     }
-}
-
-/// FNV-1a over the parts (stable across builds and platforms).
-fn hash(parts: &[&str]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in parts {
-        for b in p.bytes().chain([0xff]) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h
 }

@@ -22,6 +22,21 @@ pub struct Lakehouse {
     root: PathBuf,
 }
 
+/// `rows` (serde structs named like the table's columns) as one record batch of table `name`'s
+/// Arrow schema.
+pub fn rows_batch<T: serde::Serialize>(
+    name: &str,
+    rows: &[T],
+) -> Result<arrow::array::RecordBatch> {
+    let mut decoder = arrow::json::ReaderBuilder::new(tables::get(name)?.arrow_schema())
+        .with_batch_size(rows.len().max(1))
+        .build_decoder()?;
+    decoder.serialize(rows)?;
+    decoder
+        .flush()?
+        .ok_or_else(|| Error::Internal(format!("{name}: no rows")))
+}
+
 impl Lakehouse {
     /// Opens (creating the folder if needed) the lakehouse at `root`.
     pub fn new(root: impl AsRef<Path>) -> Result<Self> {

@@ -97,14 +97,6 @@ pub fn machine_type(machine: usize) -> &'static str {
     MACHINE_TYPES[machine % MACHINE_TYPES.len()]
 }
 
-fn machine_id(machine: usize) -> String {
-    format!("M-{:03}", machine + 1)
-}
-
-fn plant_of(machine: usize) -> String {
-    format!("PLANT-{}", machine % 3 + 1)
-}
-
 /// How a failure mode is named in engineering documents, and how someone who sees it asks.
 struct Failure {
     sensor: SensorType,
@@ -407,10 +399,11 @@ const FAILURES: [Failure; 16] = [
     },
 ];
 
-fn failure(sensor: SensorType, kind: FaultKind) -> &'static Failure {
+/// The index in [`FAILURES`] of a sensor type's fault kind.
+fn failure_index(sensor: SensorType, kind: FaultKind) -> usize {
     FAILURES
         .iter()
-        .find(|f| f.sensor == sensor && f.kind == kind)
+        .position(|f| f.sensor == sensor && f.kind == kind)
         .expect("every sensor type × fault kind has a failure mode")
 }
 
@@ -502,15 +495,14 @@ const PRODUCT_LINES: [(&str, &str, &str); 6] = [
     ),
 ];
 
-/// The whole corpus for `cfg`.
-pub fn generate(cfg: &SimulateConfig) -> Corpus {
-    let data = reference::generate(cfg);
+/// The whole corpus for `cfg`, about the world of `data` (`reference::generate(cfg)`).
+pub fn generate(cfg: &SimulateConfig, data: &ReferenceData) -> Corpus {
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xd0c5_0000_0000_0017);
     let mut corpus = Corpus::default();
-    let machines = cfg.devices.div_ceil(4);
+    let machines = cfg.devices.div_ceil(SensorType::ALL.len());
     sops(cfg, machines, &mut rng, &mut corpus);
     incidents(cfg, &mut rng, &mut corpus);
-    proposals(cfg, &data, &mut rng, &mut corpus);
+    proposals(cfg, data, &mut rng, &mut corpus);
     corpus
 }
 
@@ -536,7 +528,9 @@ fn blank(doc_id: String, kind: &str, title: String, body: String, at: DateTime<U
 }
 
 fn sops(cfg: &SimulateConfig, machines: usize, rng: &mut ChaCha8Rng, corpus: &mut Corpus) {
-    let plants = (0..machines.min(3)).map(plant_of).collect::<Vec<_>>();
+    let plants = (0..machines.min(3))
+        .map(reference::plant_id)
+        .collect::<Vec<_>>();
     let issued = cfg.start - Duration::days(400);
     for plant in &plants {
         for (t, mtype) in MACHINE_TYPES.iter().enumerate() {
@@ -642,12 +636,13 @@ fn incidents(cfg: &SimulateConfig, rng: &mut ChaCha8Rng, corpus: &mut Corpus) {
     let mut by_machine_failure: std::collections::BTreeMap<(usize, usize), Vec<String>> =
         Default::default();
     for fault in plan.faults() {
-        let machine = fault.device / 4;
-        let sensor = SensorType::ALL[fault.device % 4];
-        let f = failure(sensor, fault.kind);
-        let mid = machine_id(machine);
+        let machine = reference::machine_of(fault.device);
+        let sensor = SensorType::ALL[fault.device % SensorType::ALL.len()];
+        let fi = failure_index(sensor, fault.kind);
+        let f = &FAILURES[fi];
+        let mid = reference::machine_id(machine);
         let mtype = machine_type(machine);
-        let plant = plant_of(machine);
+        let plant = reference::plant_id(machine);
         let doc_id = format!("INC-{}", fault.id.trim_start_matches("F-"));
         let minutes = (fault.end - fault.start).num_minutes().max(1);
         let tech = technicians[rng.random_range(0..technicians.len())];
@@ -683,10 +678,7 @@ fn incidents(cfg: &SimulateConfig, rng: &mut ChaCha8Rng, corpus: &mut Corpus) {
         d.machine_type = Some(mtype.to_string());
         d.sensor_type = Some(sensor.as_str().to_string());
         by_machine_failure
-            .entry((
-                machine,
-                FAILURES.iter().position(|x| std::ptr::eq(x, f)).unwrap(),
-            ))
+            .entry((machine, fi))
             .or_default()
             .push(doc_id);
         corpus.incidents.push(d);
@@ -696,7 +688,7 @@ fn incidents(cfg: &SimulateConfig, rng: &mut ChaCha8Rng, corpus: &mut Corpus) {
     for ((machine, fi), docs) in pairs.choose_multiple(rng, 150) {
         let f = &FAILURES[*fi];
         let lay = f.lay[rng.random_range(0..f.lay.len())];
-        let mid = machine_id(*machine);
+        let mid = reference::machine_id(*machine);
         let query = match rng.random_range(0..3) {
             0 => format!("Has {mid} had this before: {lay}?"),
             1 => format!("{mid} — {lay}. Did that happen earlier and what did we do?"),
@@ -719,9 +711,8 @@ fn proposals(
     let mut asked = Vec::new();
     for (i, c) in data.customers.iter().enumerate() {
         let n = 1 + usize::from(rng.random_bool(0.4));
-        let mut lines: Vec<usize> = (0..PRODUCT_LINES.len()).collect();
-        lines.shuffle_deterministic(rng);
-        for (k, &line) in lines.iter().take(n).enumerate() {
+        let lines = rand::seq::index::sample(rng, PRODUCT_LINES.len(), n);
+        for (k, line) in lines.into_iter().enumerate() {
             let (category, programme, _) = PRODUCT_LINES[line];
             let doc_id = format!("PROP-{}-{}", c.customer_id.trim_start_matches("C-"), k + 1);
             let discount = rng.random_range(3..15);
@@ -783,21 +774,6 @@ fn proposals(
     }
 }
 
-/// A Fisher–Yates shuffle drawing from the corpus RNG (kept here so the corpus does not depend
-/// on a library's shuffle staying the same across versions).
-trait ShuffleDeterministic {
-    fn shuffle_deterministic(&mut self, rng: &mut ChaCha8Rng);
-}
-
-impl<T> ShuffleDeterministic for Vec<T> {
-    fn shuffle_deterministic(&mut self, rng: &mut ChaCha8Rng) {
-        for i in (1..self.len()).rev() {
-            let j = rng.random_range(0..=i);
-            self.swap(i, j);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -805,12 +781,13 @@ mod tests {
     #[test]
     fn the_default_corpus_has_the_sizes_the_brief_asks_for_and_is_deterministic() {
         let cfg = crate::config::Config::defaults().simulate;
-        let a = generate(&cfg);
+        let data = reference::generate(&cfg);
+        let a = generate(&cfg, &data);
         assert!(a.sops.len() >= 200, "{} SOPs", a.sops.len());
         assert!(a.incidents.len() >= 2000, "{} incidents", a.incidents.len());
         assert!(a.proposals.len() >= 600, "{} proposals", a.proposals.len());
         assert!(a.questions.len() >= 300, "{} questions", a.questions.len());
-        let b = generate(&cfg);
+        let b = generate(&cfg, &data);
         assert_eq!(a.sops, b.sops);
         assert_eq!(a.incidents, b.incidents);
         assert_eq!(a.proposals, b.proposals);

@@ -10,7 +10,6 @@ pub mod world;
 
 use std::time::{Duration, Instant};
 
-use arrow::json::ReaderBuilder;
 use deltalake::protocol::SaveMode;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
@@ -18,8 +17,7 @@ use serde::Serialize;
 
 use crate::config::{KafkaConfig, SimulateConfig};
 use crate::error::{Error, Result};
-use crate::lakehouse::Lakehouse;
-use crate::model::tables;
+use crate::lakehouse::{Lakehouse, rows_batch};
 use crate::telemetry::events::EventsProduced;
 use stream::{Generator, SimEvent};
 
@@ -96,84 +94,58 @@ pub async fn write_reference(
     write_reference_tables(lake, cfg, reseed, &REFERENCE_TABLES).await
 }
 
-/// Like [`write_reference`], for the `names` among [`REFERENCE_TABLES`] only.
+/// Like [`write_reference`], for the `names` among [`REFERENCE_TABLES`] only. The data is
+/// generated only when a table needs writing (a restart over a seeded lakehouse generates none).
 pub async fn write_reference_tables(
     lake: &Lakehouse,
     cfg: &SimulateConfig,
     reseed: bool,
     names: &[&str],
 ) -> Result<Vec<(String, usize)>> {
-    let data = reference::generate(cfg);
-    let corpus = names
-        .iter()
-        .any(|n| n.starts_with("knowledge."))
-        .then(|| documents::generate(cfg));
+    let mut data: Option<reference::ReferenceData> = None;
+    let mut corpus: Option<documents::Corpus> = None;
     let mut written = Vec::new();
     for &name in names {
-        match name {
-            "supply_chain.suppliers" => {
-                write_rows(lake, name, &data.suppliers, reseed, &mut written).await?
-            }
-            "supply_chain.parts" => {
-                write_rows(lake, name, &data.parts, reseed, &mut written).await?
-            }
-            "supply_chain.inventory" => {
-                write_rows(lake, name, &data.inventory, reseed, &mut written).await?
-            }
-            "sales.customers" => {
-                write_rows(lake, name, &data.customers, reseed, &mut written).await?
-            }
-            "support.tickets" => {
-                write_rows(lake, name, &data.tickets, reseed, &mut written).await?
-            }
-            name if name.starts_with("knowledge.") => {
-                let rows = corpus
-                    .as_ref()
-                    .and_then(|c| c.table(name))
-                    .ok_or_else(|| Error::Invalid(format!("{name} is not a reference table")))?;
-                write_rows(lake, name, rows, reseed, &mut written).await?
-            }
-            other => return Err(Error::Invalid(format!("{other} is not a reference table"))),
+        if !REFERENCE_TABLES.contains(&name) {
+            return Err(Error::Invalid(format!("{name} is not a reference table")));
         }
+        let table = lake.ensure(name).await?;
+        let has_data = table
+            .get_file_uris()
+            .map(|mut f| f.next().is_some())
+            .unwrap_or(false);
+        if has_data && !reseed {
+            tracing::info!(
+                table = name,
+                "reference data present; skipped (use --reseed to rewrite)"
+            );
+            continue;
+        }
+        let data = data.get_or_insert_with(|| reference::generate(cfg));
+        let batch = match name {
+            "supply_chain.suppliers" => rows_batch(name, &data.suppliers),
+            "supply_chain.parts" => rows_batch(name, &data.parts),
+            "supply_chain.inventory" => rows_batch(name, &data.inventory),
+            "sales.customers" => rows_batch(name, &data.customers),
+            "support.tickets" => rows_batch(name, &data.tickets),
+            _ => {
+                let corpus = corpus.get_or_insert_with(|| documents::generate(cfg, data));
+                let rows = corpus
+                    .table(name)
+                    .ok_or_else(|| Error::Internal(format!("no generator for {name}")))?;
+                rows_batch(name, rows)
+            }
+        }?;
+        let rows = batch.num_rows();
+        table
+            .write(vec![batch])
+            .with_save_mode(SaveMode::Overwrite)
+            .await
+            .map_err(|e| Error::delta(name, e))?;
+        tracing::info!(table = name, rows, "reference data written");
+        written.push((name.to_string(), rows));
     }
     Ok(written)
-}
-
-async fn write_rows<T: Serialize>(
-    lake: &Lakehouse,
-    name: &str,
-    rows: &[T],
-    reseed: bool,
-    out: &mut Vec<(String, usize)>,
-) -> Result<()> {
-    let table = lake.ensure(name).await?;
-    let has_data = table
-        .get_file_uris()
-        .map(|mut f| f.next().is_some())
-        .unwrap_or(false);
-    if has_data && !reseed {
-        tracing::info!(
-            table = name,
-            "reference data present; skipped (use --reseed to rewrite)"
-        );
-        return Ok(());
-    }
-    let schema = tables::get(name)?.arrow_schema();
-    let mut decoder = ReaderBuilder::new(schema)
-        .with_batch_size(rows.len().max(1))
-        .build_decoder()?;
-    decoder.serialize(rows)?;
-    let batch = decoder
-        .flush()?
-        .ok_or_else(|| Error::Internal(format!("{name}: no rows")))?;
-    table
-        .write(vec![batch])
-        .with_save_mode(SaveMode::Overwrite)
-        .await
-        .map_err(|e| Error::delta(name, e))?;
-    tracing::info!(table = name, rows = rows.len(), "reference data written");
-    out.push((name.to_string(), rows.len()));
-    Ok(())
 }
 
 /// Counts of what a producer run sent.

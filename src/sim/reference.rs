@@ -22,6 +22,18 @@ const COUNTRIES: [&str; 8] = ["DE", "PL", "CZ", "US", "MX", "CN", "VN", "IN"];
 pub fn warehouse_id(i: usize) -> String {
     format!("WH-{:02}", i + 1)
 }
+/// The machine a device (sensor) belongs to: four sensors each, one per sensor type.
+pub fn machine_of(device: usize) -> usize {
+    device / crate::model::events::SensorType::ALL.len()
+}
+/// `M-001`… for machine index `m`.
+pub fn machine_id(m: usize) -> String {
+    format!("M-{:03}", m + 1)
+}
+/// The plant machine `m` stands in (machines are spread over three plants).
+pub fn plant_id(m: usize) -> String {
+    format!("PLANT-{}", m % 3 + 1)
+}
 pub fn part_id(i: usize) -> String {
     format!("P-{:05}", i + 1)
 }

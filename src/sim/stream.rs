@@ -336,8 +336,8 @@ impl Generator {
         let reading = TelemetryReading {
             event_id: self.event_id("tel"),
             device_id: device_id(d),
-            machine_id: format!("M-{:03}", d / 4 + 1),
-            plant_id: format!("PLANT-{}", (d / 4) % 3 + 1),
+            machine_id: super::reference::machine_id(super::reference::machine_of(d)),
+            plant_id: super::reference::plant_id(super::reference::machine_of(d)),
             sensor_type,
             value: (value * 1000.0).round() / 1000.0,
             unit: unit.to_string(),
