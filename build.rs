@@ -88,27 +88,24 @@ fn embedded(name: &str, dir: &str, root: &Path, files: &[String], prefix: &str) 
 }
 
 fn files(dir: &Path, suffixes: &[&str]) -> Vec<String> {
-    let mut out: Vec<String> = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .filter(|e| e.path().is_file())
-                .map(|e| e.file_name().to_string_lossy().to_string())
-                .filter(|n| suffixes.iter().any(|s| n.ends_with(s)))
-                .collect()
-        })
-        .unwrap_or_default();
-    out.sort();
-    out
+    entries(dir, |path, name| {
+        path.is_file() && suffixes.iter().any(|s| name.ends_with(s))
+    })
 }
 
 fn dirs(dir: &Path) -> Vec<String> {
+    entries(dir, |path, _| path.is_dir())
+}
+
+/// The names of `dir`'s entries that `keep` accepts, sorted (none when it cannot be read).
+fn entries(dir: &Path, keep: impl Fn(&Path, &str) -> bool) -> Vec<String> {
     let mut out: Vec<String> = std::fs::read_dir(dir)
         .map(|entries| {
             entries
                 .filter_map(|e| e.ok())
-                .filter(|e| e.path().is_dir())
-                .map(|e| e.file_name().to_string_lossy().to_string())
+                .map(|e| (e.path(), e.file_name().to_string_lossy().to_string()))
+                .filter(|(path, name)| keep(path, name))
+                .map(|(_, name)| name)
                 .collect()
         })
         .unwrap_or_default();

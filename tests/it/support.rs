@@ -163,6 +163,28 @@ impl Env {
     }
 
     /// Runs the pipeline in-process until it has handled `records` source records.
+    /// A pipeline worker (restarted after transient failures) as a task, and the token that
+    /// stops it.
+    pub fn spawn_pipeline(
+        &self,
+        opts: &PipelineOptions,
+    ) -> (
+        CancellationToken,
+        tokio::task::JoinHandle<millstream::Result<RunStats>>,
+    ) {
+        let stop = CancellationToken::new();
+        let (kafka, lake, opts, token) = (
+            self.config.kafka.clone(),
+            self.lake.clone(),
+            opts.clone(),
+            stop.clone(),
+        );
+        let handle = tokio::spawn(async move {
+            millstream::pipeline::run_with_restarts(&kafka, &lake, &opts, token, None).await
+        });
+        (stop, handle)
+    }
+
     pub async fn run_until(&self, opts: &PipelineOptions, records: u64) -> RunStats {
         millstream::pipeline::run(
             &self.config.kafka,
@@ -301,15 +323,16 @@ pub fn topic_alert_ids(env: &Env, partitions: usize) -> BTreeMap<String, usize> 
     ids
 }
 
-/// Waits until the bronze tables plus the dead letters hold `want` rows in all, or fails after
-/// `budget` naming `context`.
+/// Waits until the bronze tables plus the dead letters hold the rows [`expected`] counts
+/// (`per_table` and `bad`) in all, or fails after `budget` naming `context`.
 pub async fn wait_for_rows(
     lake: &Lakehouse,
     per_table: &BTreeMap<&'static str, i64>,
-    want: i64,
+    bad: i64,
     budget: Duration,
     context: &str,
 ) {
+    let want = per_table.values().sum::<i64>() + bad;
     let started = Instant::now();
     loop {
         let mut n = lake
