@@ -54,6 +54,9 @@ pub enum Command {
         #[command(subcommand)]
         command: cmd::eval::EvalCommand,
     },
+    /// Search SOPs, incident reports, proposals and tickets (hybrid semantic + keyword), as a
+    /// principal of the policies: `millstream search "pressure keeps dropping" --kind sop`.
+    Search(cmd::search::SearchArgs),
     /// Benchmarks (release build recommended).
     Bench {
         #[command(subcommand)]
@@ -78,6 +81,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tables { command } => cmd::tables::run(config, command).await,
         Command::Maintain(args) => cmd::tables::maintain(config, args).await,
         Command::Eval { command } => cmd::eval::run(config, command).await,
+        Command::Search(args) => cmd::search::run(config, args).await,
         Command::Bench { command } => cmd::bench::run(config, command).await,
         Command::Schemas(args) => cmd::tables::schemas(args),
     }

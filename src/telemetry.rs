@@ -96,6 +96,11 @@ fn describe() {
         Unit::Seconds,
         "From a table version's commit to the MCP server serving it, per table"
     );
+    describe_histogram!(
+        "millstream_knowledge_searchable_seconds",
+        Unit::Seconds,
+        "From a document table version's commit to its changes being searchable, per table"
+    );
     describe_counter!(
         "millstream_task_restarts_total",
         Unit::Count,

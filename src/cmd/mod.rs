@@ -7,6 +7,7 @@ pub mod bench;
 pub mod broker;
 pub mod eval;
 pub mod pipeline;
+pub mod search;
 pub mod serve;
 pub mod simulate;
 pub mod tables;

@@ -39,7 +39,9 @@ pub struct DocMeta {
 }
 
 /// The entities a document concerns.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 pub struct Links {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plant_id: Option<String>,

@@ -20,31 +20,27 @@
 pub mod chunk;
 pub mod embed;
 pub mod index;
+pub mod source;
+pub mod visible;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{Array, AsArray, StringArray};
-use arrow::datatypes::{Float32Type, TimestampMicrosecondType};
+use arrow::array::AsArray;
+use arrow::datatypes::Float32Type;
 use chrono::{DateTime, Utc};
 use deltalake::protocol::SaveMode;
 use tokio::sync::RwLock;
 
 pub use embed::Embedder;
 pub use index::{DocMeta, Hit, Links, Mode};
+pub use source::{SOURCES, Source};
+pub use visible::{Narrow, Visible, searchable, visible};
 
 use crate::config::KnowledgeConfig;
 use crate::lakehouse::Lakehouse;
 use crate::{Error, Result};
-
-/// The tables whose rows are searchable documents, with the kind each holds.
-pub const SOURCES: [(&str, &str); 4] = [
-    ("knowledge.sops", "sop"),
-    ("knowledge.incidents", "incident"),
-    ("knowledge.proposals", "proposal"),
-    ("support.tickets", "ticket"),
-];
 
 /// Where embedded chunks are kept.
 pub const CHUNKS: &str = "knowledge.chunks";
@@ -63,6 +59,9 @@ pub struct SyncStats {
     pub reused: usize,
     /// Chunks embedded now (and appended to `knowledge.chunks`).
     pub embedded: usize,
+    /// Tables read whole (a first sync, or a rebuild when the Change Data Feed is gone);
+    /// the others' new versions were read from their Change Data Feed.
+    pub snapshots: usize,
     pub seconds: f64,
 }
 
@@ -71,11 +70,25 @@ pub struct Knowledge {
     lake: Lakehouse,
     cfg: KnowledgeConfig,
     embedder: Embedder,
+    /// Where documents are embedded: `knowledge.embed_threads` threads at the background
+    /// priority (a query is embedded on the caller's blocking thread instead).
+    pool: Arc<rayon::ThreadPool>,
     index: RwLock<index::Index>,
-    /// Source table → version the index reflects.
-    versions: std::sync::Mutex<BTreeMap<&'static str, i64>>,
+    /// Source table → the Delta table as last read (followed with incremental log reads).
+    tables: tokio::sync::Mutex<BTreeMap<&'static str, deltalake::DeltaTable>>,
+    /// Source table → the version the index reflects.
+    versions: std::sync::Mutex<BTreeMap<&'static str, Reflected>>,
     /// One sync at a time.
     syncing: tokio::sync::Mutex<()>,
+    /// Whether a sync has gone through every source table once (the index is built).
+    built: std::sync::atomic::AtomicBool,
+}
+
+/// A table version the index reflects, and when it was committed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reflected {
+    pub version: i64,
+    pub committed_at: Option<DateTime<Utc>>,
 }
 
 /// Vectors by chunk-text hash.
@@ -92,13 +105,18 @@ impl Knowledge {
     /// starts empty: [`Self::sync`] fills it.
     pub fn open(lake: Lakehouse, cfg: &KnowledgeConfig) -> Result<Arc<Knowledge>> {
         let embedder = Embedder::load(&cfg.model_dir)?;
+        let pool = crate::runtime::background_pool("millstream-embed", cfg.embed_threads)
+            .map_err(|e| Error::Internal(format!("embedding threads: {e}")))?;
         Ok(Arc::new(Knowledge {
             lake,
             cfg: cfg.clone(),
             embedder,
+            pool: Arc::new(pool),
             index: RwLock::new(index::Index::new()?),
+            tables: Default::default(),
             versions: Default::default(),
             syncing: Default::default(),
+            built: Default::default(),
         }))
     }
 
@@ -116,14 +134,22 @@ impl Knowledge {
             .collect()
     }
 
+    /// Whether the index has been built: a sync went through every source table once (before,
+    /// searches see only the documents indexed so far).
+    pub fn built(&self) -> bool {
+        self.built.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// The version of each source table the index reflects.
-    pub fn versions(&self) -> BTreeMap<&'static str, i64> {
+    pub fn versions(&self) -> BTreeMap<&'static str, Reflected> {
         self.versions.lock().expect("poisoned").clone()
     }
 
-    /// Brings the index up to the latest version of every source table: new and changed
-    /// documents are chunked and embedded (or their stored vectors reused), removed ones
-    /// disappear. Tables at the version already reflected are skipped.
+    /// Brings the index up to the latest version of every source table. The first sync of a
+    /// table reads its snapshot; later ones read only the Change Data Feed of the new versions
+    /// (and fall back to the snapshot when that history is gone, e.g. vacuumed). New and changed
+    /// documents are chunked and embedded (or their stored vectors reused); deleted ones
+    /// disappear. Tables at the version already reflected cost one log listing.
     pub async fn sync(&self) -> Result<SyncStats> {
         let _one = self.syncing.lock().await;
         let started = Instant::now();
@@ -135,23 +161,68 @@ impl Knowledge {
         } else {
             Vectors::new()
         };
-        for (table, kind) in SOURCES {
-            if !self.lake.exists(table).await? {
+        let mut tables = self.tables.lock().await;
+        for source in &SOURCES {
+            let table = match tables.entry(source.table) {
+                std::collections::btree_map::Entry::Occupied(t) => {
+                    let t = t.into_mut();
+                    crate::lakehouse::advance(t).await?;
+                    t
+                }
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    if !self.lake.exists(source.table).await? {
+                        continue;
+                    }
+                    v.insert(self.lake.open(source.table).await?)
+                }
+            };
+            let version = table.version().map_or(-1, |v| v as i64);
+            let reflected = self.versions().get(source.table).map(|r| r.version);
+            if reflected == Some(version) {
                 continue;
             }
-            // One snapshot per table: the documents read are those of the version recorded.
-            let snapshot = self.lake.open(table).await?;
-            let version = snapshot.version().map_or(-1, |v| v as i64);
-            if self.versions().get(table) == Some(&version) {
-                continue;
+            let change = match reflected {
+                Some(from) if from < version => {
+                    match self.changes(source, table, from + 1, version).await {
+                        Ok(changed) => Change::Some(changed),
+                        Err(e) => {
+                            tracing::warn!(
+                                table = source.table, from = from + 1, to = version, error = %e,
+                                "the Change Data Feed of these versions cannot be read \
+                                 (vacuumed?): rebuilding from the table's snapshot"
+                            );
+                            stats.snapshots += 1;
+                            Change::All(source.snapshot(table).await?)
+                        }
+                    }
+                }
+                _ => {
+                    stats.snapshots += 1;
+                    Change::All(source.snapshot(table).await?)
+                }
+            };
+            self.apply(source.table, change, &mut stored, &mut stats)
+                .await?;
+            let committed_at = crate::lakehouse::commit_time(source.table, table, version)?;
+            // A version committed while the index was following the table (not the state found
+            // at a start): how long until its changes could be found.
+            if let (Some(_), Some(at)) = (reflected, committed_at) {
+                let delay = (Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0;
+                metrics::histogram!(
+                    "millstream_knowledge_searchable_seconds",
+                    "table" => source.table
+                )
+                .record(delay);
             }
-            let docs = read_documents(&snapshot, table, kind).await?;
-            self.apply(table, docs, &mut stored, &mut stats).await?;
-            self.versions
-                .lock()
-                .expect("poisoned")
-                .insert(table, version);
+            self.versions.lock().expect("poisoned").insert(
+                source.table,
+                Reflected {
+                    version,
+                    committed_at,
+                },
+            );
         }
+        self.built.store(true, std::sync::atomic::Ordering::Release);
         let index = self.index.read().await;
         stats.documents = index.documents();
         stats.chunks = index.chunks();
@@ -159,39 +230,108 @@ impl Knowledge {
         Ok(stats)
     }
 
-    /// Brings the index's documents of `table` to `docs`.
+    /// What versions `from..=to` of `source` changed, from its Change Data Feed.
+    async fn changes(
+        &self,
+        source: &Source,
+        table: &deltalake::DeltaTable,
+        from: i64,
+        to: i64,
+    ) -> Result<source::Changed> {
+        let rows = crate::lakehouse::cdf::read_changes(
+            table.clone(),
+            source.table,
+            from as u64,
+            Some(to as u64),
+        )
+        .await?;
+        source.changes(rows).await
+    }
+
+    /// Keeps the index at the latest version of every source table until `stop`: syncs every
+    /// `every`, logging what each sync that changed something did (the first one, which may
+    /// embed the whole corpus, says so before it starts). A failed sync is logged and retried.
+    pub async fn follow(
+        self: Arc<Self>,
+        every: std::time::Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<()> {
+        tracing::info!("knowledge index: building (vectors stored by earlier runs are reused)");
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut first = true;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => return Ok(()),
+            }
+            let synced = tokio::select! {
+                s = self.sync() => s,
+                _ = stop.cancelled() => return Ok(()),
+            };
+            match synced {
+                Ok(s) if first || s.upserted + s.removed > 0 => {
+                    tracing::info!(
+                        documents = s.documents,
+                        chunks = s.chunks,
+                        upserted = s.upserted,
+                        removed = s.removed,
+                        embedded = s.embedded,
+                        reused = s.reused,
+                        seconds = s.seconds,
+                        "knowledge index synced"
+                    );
+                    first = false;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "knowledge index sync failed; retrying"),
+            }
+        }
+    }
+
+    /// Applies `change` to the index's documents of `table`.
     async fn apply(
         &self,
         table: &'static str,
-        docs: Vec<(DocMeta, String)>,
+        change: Change,
         stored: &mut Vectors,
         stats: &mut SyncStats,
     ) -> Result<()> {
         // What changed against the index: chunked, each chunk with its text hash.
         let (pending, gone) = {
             let index = self.index.read().await;
-            let now: HashSet<&str> = docs.iter().map(|(d, _)| d.doc_id.as_str()).collect();
+            let (docs, gone): (Vec<(DocMeta, String)>, Vec<String>) = match change {
+                Change::All(docs) => {
+                    let now: HashSet<&str> = docs.iter().map(|(d, _)| d.doc_id.as_str()).collect();
+                    let gone = index
+                        .documents_of(table)
+                        .filter(|id| !now.contains(id))
+                        .map(str::to_string)
+                        .collect();
+                    (docs, gone)
+                }
+                Change::Some(c) => (c.upserted, c.removed),
+            };
+            // A document whose text and metadata (tenant columns, links, update time) are as
+            // indexed is left alone; a metadata change alone re-indexes without embedding.
             let pending: Vec<(DocMeta, Vec<(chunk::Chunk, u64)>)> = docs
-                .iter()
-                .filter(|(d, _)| {
-                    index.get(&d.doc_id).map(|i| i.content_hash) != Some(d.content_hash)
-                })
+                .into_iter()
+                .filter(|(d, _)| index.get(&d.doc_id).is_none_or(|i| **i != *d))
                 .map(|(d, body)| {
-                    let chunks =
-                        chunk::chunks(&d.title, body, self.cfg.chunk_words, self.cfg.chunk_overlap)
-                            .into_iter()
-                            .map(|c| {
-                                let h = crate::model::stable_hash(&[&c.text]);
-                                (c, h)
-                            })
-                            .collect();
-                    (d.clone(), chunks)
+                    let chunks = chunk::chunks(
+                        &d.title,
+                        &body,
+                        self.cfg.chunk_words,
+                        self.cfg.chunk_overlap,
+                    )
+                    .into_iter()
+                    .map(|c| {
+                        let h = crate::model::stable_hash(&[&c.text]);
+                        (c, h)
+                    })
+                    .collect();
+                    (d, chunks)
                 })
-                .collect();
-            let gone: Vec<String> = index
-                .documents_of(table)
-                .filter(|id| !now.contains(id))
-                .map(str::to_string)
                 .collect();
             // Vectors of unchanged chunks of changed documents are in the index already.
             for (_, chunks) in &pending {
@@ -219,8 +359,9 @@ impl Knowledge {
             stats.upserted += 1;
         }
         for id in gone {
-            index.remove(&id);
-            stats.removed += 1;
+            if index.remove(&id) {
+                stats.removed += 1;
+            }
         }
         index.commit()?;
         Ok(())
@@ -246,18 +387,40 @@ impl Knowledge {
                 }
             }
         }
+        // Texts of like length together: a batch is padded to its longest text.
+        missing.sort_by_key(|(_, c, _)| c.text.len());
         let size = self.cfg.embed_batch.max(1);
+        let (total, started, before) = (missing.len(), Instant::now(), stats.embedded);
+        let mut told = Instant::now();
+        if total > size * 8 {
+            tracing::info!(
+                table,
+                chunks = total,
+                "knowledge index: embedding new chunks"
+            );
+        }
         // Several forward passes per Delta commit, so the commits stay few.
         for batch in missing.chunks(size * 8) {
+            if told.elapsed() > std::time::Duration::from_secs(10) {
+                told = Instant::now();
+                let done = stats.embedded - before;
+                tracing::info!(
+                    table,
+                    "knowledge index: embedded {done}/{total} chunks ({:.0} chunks/s)",
+                    done as f64 / started.elapsed().as_secs_f64()
+                );
+            }
             let texts: Vec<String> = batch.iter().map(|(_, c, _)| c.text.clone()).collect();
-            let embedder = self.embedder.clone();
+            let (embedder, pool) = (self.embedder.clone(), self.pool.clone());
             let vectors = tokio::task::spawn_blocking(move || {
-                let mut all = Vec::with_capacity(texts.len());
-                for group in texts.chunks(size) {
-                    let refs: Vec<&str> = group.iter().map(String::as_str).collect();
-                    all.extend(embedder.embed(&refs)?);
-                }
-                Ok::<_, Error>(all)
+                pool.install(|| {
+                    let mut all = Vec::with_capacity(texts.len());
+                    for group in texts.chunks(size) {
+                        let refs: Vec<&str> = group.iter().map(String::as_str).collect();
+                        all.extend(embedder.embed(&refs)?);
+                    }
+                    Ok::<_, Error>(all)
+                })
             })
             .await
             .map_err(|e| Error::Internal(format!("embedding task: {e}")))??;
@@ -323,25 +486,40 @@ impl Knowledge {
         Ok(out)
     }
 
-    /// The `k` best documents for `request` among those `visible` (document ids the caller's
-    /// governed session returned), embedding the query first.
-    pub async fn search(
-        &self,
-        request: &SearchRequest,
-        visible: &HashSet<String>,
-    ) -> Result<Vec<Hit>> {
+    /// The `k` best documents for `request` among those `visible` (see [`visible`]: what the
+    /// caller's governed session returns), embedding the query first.
+    pub async fn search(&self, request: &SearchRequest, visible: &Visible) -> Result<Vec<Hit>> {
+        use tracing::Instrument;
         request.check()?;
         let text = request.query.clone();
         let embedder = self.embedder.clone();
         let vector = tokio::task::spawn_blocking(move || embedder.embed(&[&text]))
+            .instrument(tracing::debug_span!("knowledge.embed_query"))
             .await
             .map_err(|e| Error::Internal(format!("embedding task: {e}")))??
             .pop()
             .ok_or_else(|| Error::Internal("no query vector".into()))?;
         let index = self.index.read().await;
-        let mask = index.mask(|d| visible.contains(&d.doc_id) && request.accepts(d));
+        let _rank =
+            tracing::debug_span!("knowledge.rank", k = request.k, mode = ?request.mode).entered();
+        let mask = index.mask(|d| visible.admits(d) && request.accepts(d));
         index.search(&request.query, &vector, &mask, request.k, request.mode)
     }
+
+    /// The documents a caller may open by id (`millstream://documents/{id}`) are read from the
+    /// tables through its governed session, not from the index; this says which source an id
+    /// is indexed from, to read only that table.
+    pub async fn source_of(&self, doc_id: &str) -> Option<&'static str> {
+        self.index.read().await.get(doc_id).map(|d| d.source)
+    }
+}
+
+/// What one sync applies to a source's documents.
+enum Change {
+    /// The whole table: documents not in it disappear.
+    All(Vec<(DocMeta, String)>),
+    /// Only these documents changed.
+    Some(source::Changed),
 }
 
 /// One row of `knowledge.chunks`.
@@ -357,78 +535,6 @@ struct ChunkRow<'a> {
     vector: &'a [f32],
     embedded_at: DateTime<Utc>,
 }
-
-/// The documents of one source table's snapshot, with their body text.
-async fn read_documents(
-    snapshot: &deltalake::DeltaTable,
-    table: &'static str,
-    kind: &'static str,
-) -> Result<Vec<(DocMeta, String)>> {
-    let sql = if table == "support.tickets" {
-        "SELECT ticket_id AS doc_id, subject AS title, \
-         concat(description, CASE WHEN resolution IS NULL THEN '' ELSE concat('\n\nResolution: ', resolution) END) AS body, \
-         CAST(NULL AS VARCHAR) AS plant_id, CAST(NULL AS VARCHAR) AS warehouse_id, customer_id, \
-         CAST(NULL AS VARCHAR) AS machine_id, CAST(NULL AS VARCHAR) AS machine_type, \
-         CAST(NULL AS VARCHAR) AS sensor_type, CAST(NULL AS VARCHAR) AS part_id, \
-         CAST(NULL AS VARCHAR) AS supplier_id, updated_at FROM t"
-    } else {
-        "SELECT doc_id, title, body, plant_id, warehouse_id, customer_id, machine_id, \
-         machine_type, sensor_type, part_id, supplier_id, updated_at FROM t"
-    };
-    let mut out = Vec::new();
-    for b in &crate::lakehouse::query::snapshot_sql(snapshot, sql).await? {
-        let column = |name: &str| crate::lakehouse::query::strings(b, name);
-        let (id, title, body) = (column("doc_id")?, column("title")?, column("body")?);
-        let links: Vec<StringArray> = LINK_COLUMNS
-            .iter()
-            .map(|c| column(c))
-            .collect::<Result<_>>()?;
-        let at = b
-            .column_by_name("updated_at")
-            .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
-            .ok_or_else(|| Error::Internal(format!("{table}: updated_at is not a timestamp")))?;
-        for row in 0..b.num_rows() {
-            let link = |i: usize| {
-                links[i]
-                    .is_valid(row)
-                    .then(|| links[i].value(row).to_string())
-            };
-            let (title, body) = (title.value(row).to_string(), body.value(row).to_string());
-            let doc = DocMeta {
-                doc_id: id.value(row).to_string(),
-                source: table,
-                kind,
-                content_hash: crate::model::stable_hash(&[&title, &body]),
-                title,
-                links: Links {
-                    plant_id: link(0),
-                    warehouse_id: link(1),
-                    customer_id: link(2),
-                    machine_id: link(3),
-                    machine_type: link(4),
-                    sensor_type: link(5),
-                    part_id: link(6),
-                    supplier_id: link(7),
-                },
-                updated_at: DateTime::from_timestamp_micros(at.value(row)).unwrap_or_default(),
-            };
-            out.push((doc, body));
-        }
-    }
-    Ok(out)
-}
-
-/// The entity columns of a document table, in [`Links`]' order.
-const LINK_COLUMNS: [&str; 8] = [
-    "plant_id",
-    "warehouse_id",
-    "customer_id",
-    "machine_id",
-    "machine_type",
-    "sensor_type",
-    "part_id",
-    "supplier_id",
-];
 
 /// A search: the query, how many documents, and filters by kind, linked entity and time.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -461,25 +567,31 @@ impl SearchRequest {
 
     /// Refuses what cannot be searched, naming the argument.
     pub fn check(&self) -> Result<()> {
+        match self.problem() {
+            Some((_, message)) => Err(Error::Invalid(message)),
+            None => Ok(()),
+        }
+    }
+
+    /// What is wrong with this request, if anything: the argument and why.
+    pub fn problem(&self) -> Option<(&'static str, String)> {
         let chars = self.query.chars().count();
         if self.query.trim().is_empty() || chars > MAX_QUERY_CHARS {
-            return Err(Error::Invalid(format!(
-                "query: give 1..={MAX_QUERY_CHARS} characters (got {chars})"
-            )));
+            return Some((
+                "query",
+                format!("query: give 1..={MAX_QUERY_CHARS} characters (got {chars})"),
+            ));
         }
         if !(1..=MAX_K).contains(&self.k) {
-            return Err(Error::Invalid(format!(
-                "k {} is outside 1..={MAX_K}",
-                self.k
-            )));
+            return Some(("k", format!("k {} is outside 1..={MAX_K}", self.k)));
         }
         if let Some(bad) = self.kinds.iter().find(|k| !KINDS.contains(&k.as_str())) {
-            return Err(Error::Invalid(format!(
-                "kinds: {bad:?} is not one of {}",
-                KINDS.join(", ")
-            )));
+            return Some((
+                "kinds",
+                format!("kinds: {bad:?} is not one of {}", KINDS.join(", ")),
+            ));
         }
-        Ok(())
+        None
     }
 
     /// Whether a document passes the kind, entity and time filters.

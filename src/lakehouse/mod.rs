@@ -214,3 +214,33 @@ async fn evolve(def: &TableDef, table: DeltaTable) -> Result<DeltaTable> {
         .await
         .map_err(|e| Error::delta(&def.name, e))
 }
+
+/// Loads the commits newer than the version `table` holds; true when there were any.
+pub async fn advance(table: &mut DeltaTable) -> Result<bool> {
+    let before = table.version();
+    let name = table.table_url().to_string();
+    let latest = table
+        .get_latest_version()
+        .await
+        .map_err(|e| Error::delta(&name, e))?;
+    if Some(latest) == before {
+        return Ok(false);
+    }
+    table
+        .update_incremental(None)
+        .await
+        .map_err(|e| Error::delta(&name, e))?;
+    Ok(table.version() != before)
+}
+
+/// When `version` of `table` was committed.
+pub fn commit_time(
+    name: &str,
+    table: &DeltaTable,
+    version: i64,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+    let state = table.snapshot().map_err(|e| Error::delta(name, e))?;
+    Ok(state
+        .version_timestamp(version as u64)
+        .and_then(chrono::DateTime::<chrono::Utc>::from_timestamp_millis))
+}

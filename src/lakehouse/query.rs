@@ -109,6 +109,22 @@ pub async fn snapshot_sql(table: &deltalake::DeltaTable, sql: &str) -> Result<Ve
     Ok(ctx.sql(sql).await?.collect().await?)
 }
 
+/// Runs `sql` over `batches` registered as table `t` (nothing when there are none).
+pub async fn batches_sql(batches: Vec<RecordBatch>, sql: &str) -> Result<Vec<RecordBatch>> {
+    let Some(schema) = batches.first().map(|b| b.schema()) else {
+        return Ok(Vec::new());
+    };
+    let ctx = SessionContext::new();
+    ctx.register_table(
+        "t",
+        Arc::new(datafusion::datasource::MemTable::try_new(
+            schema,
+            vec![batches],
+        )?),
+    )?;
+    Ok(ctx.sql(sql).await?.collect().await?)
+}
+
 impl Lakehouse {
     /// A DataFusion session over the latest version of the tables its queries name.
     pub async fn session(&self) -> Result<SessionContext> {

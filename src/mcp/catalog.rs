@@ -263,7 +263,7 @@ impl LiveCatalog {
                 let moved = if is_new {
                     Ok(true)
                 } else {
-                    advance(&mut followed.table).await
+                    crate::lakehouse::advance(&mut followed.table).await
                 };
                 let load = async {
                     match (before, is_new) {
@@ -447,22 +447,32 @@ impl RequestSession {
 
     /// Freshness of an answer that read `names`.
     pub fn as_of_tables<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> AsOf {
+        AsOf::of_versions(names.into_iter().filter_map(|name| {
+            let l = self.snapshot.tables.get(name)?;
+            Some((name.to_string(), l.version, l.committed_at, l.watermark))
+        }))
+    }
+}
+
+impl AsOf {
+    /// Freshness of an answer that read these tables: (name, version, commit time, event-time
+    /// watermark).
+    pub fn of_versions(
+        read: impl IntoIterator<Item = (String, i64, Option<DateTime<Utc>>, Option<DateTime<Utc>>)>,
+    ) -> AsOf {
         let mut tables = Vec::new();
         let mut committed: Option<DateTime<Utc>> = None;
         let mut watermark: Option<DateTime<Utc>> = None;
-        for name in names {
-            let Some(l) = self.snapshot.tables.get(name) else {
-                continue;
-            };
-            committed = committed.max(l.committed_at);
-            if let Some(w) = l.watermark {
+        for (table, version, committed_at, mark) in read {
+            committed = committed.max(committed_at);
+            if let Some(w) = mark {
                 watermark = Some(watermark.map_or(w, |m| m.min(w)));
             }
             tables.push(TableVersion {
-                table: name.to_string(),
-                version: l.version,
-                committed_at: l.committed_at.map(rfc3339),
-                watermark: l.watermark.map(rfc3339),
+                table,
+                version,
+                committed_at: committed_at.map(rfc3339),
+                watermark: mark.map(rfc3339),
             });
         }
         AsOf {
@@ -496,24 +506,6 @@ fn collect_scans(plan: &LogicalPlan, out: &mut BTreeSet<String>) {
     });
 }
 
-/// Loads commits newer than the table's version; true when there were any.
-async fn advance(table: &mut DeltaTable) -> Result<bool> {
-    let before = table.version();
-    let name = table.table_url().to_string();
-    let latest = table
-        .get_latest_version()
-        .await
-        .map_err(|e| Error::delta(&name, e))?;
-    if Some(latest) == before {
-        return Ok(false);
-    }
-    table
-        .update_incremental(None)
-        .await
-        .map_err(|e| Error::delta(&name, e))?;
-    Ok(table.version() != before)
-}
-
 /// Tables of at most this many rows are held in memory, one copy per version, unless they are
 /// logs the pipeline appends to every micro-batch (re-reading a growing log whole at each of its
 /// versions would cost more than it saves). Signal, state and reference tables qualify: the
@@ -531,19 +523,12 @@ fn event_time_column(name: &str) -> Result<Option<&'static str>> {
     Ok(tables::get(name)?.event_time.as_deref())
 }
 
-fn commit_time(name: &str, table: &DeltaTable, version: i64) -> Result<Option<DateTime<Utc>>> {
-    let state = table.snapshot().map_err(|e| Error::delta(name, e))?;
-    Ok(state
-        .version_timestamp(version as u64)
-        .and_then(DateTime::<Utc>::from_timestamp_millis))
-}
-
 /// Loads the current version from scratch: statistics for the watermark, then the table in
 /// memory (a small table whole; a log's newest `tail_rows` as its tail) or as a Delta scan.
 async fn load_full(name: &str, followed: &mut Followed, tail_rows: usize) -> Result<Loaded> {
     let table = &followed.table;
     let version = table.version().unwrap_or(0) as i64;
-    let committed_at = commit_time(name, table, version)?;
+    let committed_at = crate::lakehouse::commit_time(name, table, version)?;
     let files = table
         .snapshot()
         .map_err(|e| Error::delta(name, e))?
@@ -673,7 +658,7 @@ async fn load_appended(
     };
     Ok(Loaded {
         version,
-        committed_at: commit_time(name, table, version)?,
+        committed_at: crate::lakehouse::commit_time(name, table, version)?,
         watermark: followed.watermark,
         provider: tail.provider(delta)?,
     })

@@ -45,7 +45,8 @@ impl ServerHandler for Millstream {
             ));
         }
         let tcc = rmcp::handler::server::tool::ToolCallContext::new(&me, request, context);
-        let result = me.tool_router.call(tcc).await;
+        let span = tracing::info_span!("mcp.tool", tool = %name, principal = %me.access.principal);
+        let result = tracing::Instrument::instrument(me.tool_router.call(tcc), span).await;
         let outcome = match &result {
             Ok(rmcp::model::CallToolResponse::Complete(r)) if r.is_error == Some(true) => Err((
                 "error",
@@ -89,7 +90,9 @@ impl ServerHandler for Millstream {
              create_order, get_order_status. Sales: lookup_customer_info, list_churn_risks, \
              predict_churn, sales_kpis. IoT: list_anomalies, maintenance_alerts, sensor_stats, \
              query_sensor_data. Tickets: search_tickets, get_ticket_status, create_ticket, \
-             update_ticket_resolution. Anything else: describe_tables, then query_sql. Every \
+             update_ticket_resolution. Documents (SOPs, incident reports, proposals, tickets): \
+             search_knowledge, then read millstream://documents/{id}. Anything else: \
+             describe_tables, then query_sql. Every \
              answer carries `as_of` (table versions, commit time, event-time watermark, lag); \
              actions are events that the pipeline materializes within seconds.",
         );
@@ -103,6 +106,17 @@ impl ServerHandler for Millstream {
     ) -> Result<rmcp::model::ListResourcesResult, ErrorData> {
         let me = self.for_caller(&context)?;
         super::resources::list(&me, request, context).await
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<rmcp::model::PaginatedRequestParams>,
+        context: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<rmcp::model::ListResourceTemplatesResult, ErrorData> {
+        let me = self.for_caller(&context)?;
+        Ok(rmcp::model::ListResourceTemplatesResult::with_all_items(
+            super::resources::templates(&me),
+        ))
     }
 
     async fn read_resource(

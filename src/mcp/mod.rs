@@ -123,6 +123,7 @@ pub async fn start(
             async move { follower.follow(stop).await }
         },
     );
+    let knowledge = start_knowledge(config, &catalog, sup, stages.serving);
     let actions = match brokers {
         Some(b) => Some(Arc::new(crate::actions::ActionProducer::new(
             &config.kafka,
@@ -138,5 +139,42 @@ pub async fn start(
         &config.serve.principal,
     )?
     .with_query_limits(crate::governed::Limits::from_config(&config.serve))
+    .with_knowledge(knowledge)
     .with_auditor(auditor))
+}
+
+/// Knowledge search for the server (`knowledge.enabled`): the model, and the index followed on
+/// the background runtime under `sup` (building it may embed a whole corpus once). Without the
+/// model the server still starts, and callers of the knowledge tools are told what to install.
+fn start_knowledge(
+    config: &crate::config::Config,
+    catalog: &LiveCatalog,
+    sup: &mut crate::supervise::Supervisor,
+    stage: &crate::supervise::Stage,
+) -> Result<Arc<crate::knowledge::Knowledge>, Arc<str>> {
+    if !config.knowledge.enabled {
+        return Err(
+            "knowledge search is turned off on this server (knowledge.enabled = false)".into(),
+        );
+    }
+    let knowledge =
+        match crate::knowledge::Knowledge::open(catalog.lake().clone(), &config.knowledge) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(error = %e, "knowledge search is not available");
+                return Err(
+                    format!("knowledge search is not available on this server: {e}").into(),
+                );
+            }
+        };
+    let every = std::time::Duration::from_millis(config.serve.refresh_ms);
+    let follower = knowledge.clone();
+    sup.spawn(
+        "knowledge index",
+        stage,
+        crate::supervise::Policy::Restart { max: 5 },
+        crate::runtime::background(),
+        move |stop| follower.clone().follow(every, stop),
+    );
+    Ok(knowledge)
 }

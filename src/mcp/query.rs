@@ -54,6 +54,17 @@ impl Query {
         self
     }
 
+    /// The conditions added so far, joined by AND (`TRUE` when there are none), and their
+    /// parameters: a predicate for SQL built elsewhere.
+    pub fn predicate(self) -> (String, Vec<ScalarValue>) {
+        let sql = if self.filters.is_empty() {
+            "TRUE".to_string()
+        } else {
+            self.filters.join(" AND ")
+        };
+        (sql, self.params)
+    }
+
     /// Closes the WHERE clause and appends `tail` (ORDER BY, LIMIT …).
     pub fn finish(mut self, tail: &str) -> Query {
         if !self.filters.is_empty() {

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use rmcp::model::{
     ListResourcesResult, PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResult,
-    Resource, ResourceContents, SubscribeRequestParams, UnsubscribeRequestParams,
+    Resource, ResourceContents, ResourceTemplate, SubscribeRequestParams, UnsubscribeRequestParams,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer};
@@ -81,6 +81,54 @@ pub const FEEDS: [Feed; 4] = [
     },
 ];
 
+/// Documents (SOPs, incident reports, proposals, tickets) by id: `millstream://documents/{id}`.
+pub const DOCUMENTS: &str = "millstream://documents/";
+
+/// The resource templates: documents by id.
+pub fn templates(server: &Millstream) -> Vec<ResourceTemplate> {
+    if crate::knowledge::searchable(&server.access, &[]).is_empty() {
+        return Vec::new();
+    }
+    vec![
+        ResourceTemplate::new(format!("{DOCUMENTS}{{id}}"), "document")
+            .with_description(
+                "A knowledge document by id (search_knowledge gives the URIs): standard \
+                 operating procedure, incident report, proposal or support ticket, whole, with \
+                 its entities and as_of",
+            )
+            .with_mime_type("application/json"),
+    ]
+}
+
+/// A document by id, read through the caller's governed session from the tables it may read:
+/// one it may not read is "not found", exactly as one that does not exist.
+async fn read_document(server: &Millstream, uri: &str) -> Result<ReadResourceResult, ErrorData> {
+    let id = &uri[DOCUMENTS.len()..];
+    let not_found = || {
+        ErrorData::resource_not_found(format!("no document {id:?}"), Some(json!({ "uri": uri })))
+    };
+    if super::args::id("uri", id).is_err() {
+        return Err(not_found());
+    }
+    for source in crate::knowledge::SOURCES
+        .iter()
+        .filter(|s| server.access.may_read(s.table))
+    {
+        let sql = format!("SELECT * FROM {} WHERE {} = $1", source.table, source.id);
+        let (batches, as_of) = server.run(&sql, vec![super::args::text(id)]).await?;
+        if let Some(row) = rows_json(&batches)?
+            .as_array_mut()
+            .and_then(|rows| rows.pop())
+        {
+            let body = json!({ "kind": source.kind, "document": row, "as_of": as_of });
+            return Ok(ReadResourceResult::new(vec![
+                ResourceContents::text(body.to_string(), uri).with_mime_type("application/json"),
+            ]));
+        }
+    }
+    Err(not_found())
+}
+
 fn feed(uri: &str) -> Result<&'static Feed, ErrorData> {
     FEEDS.iter().find(|f| f.uri == uri).ok_or_else(|| {
         ErrorData::resource_not_found(
@@ -129,6 +177,9 @@ pub async fn read(
     request: ReadResourceRequestParams,
     _context: RequestContext<RoleServer>,
 ) -> Result<ReadResourceResult, ErrorData> {
+    if request.uri.starts_with(DOCUMENTS) {
+        return read_document(server, &request.uri).await;
+    }
     let f = readable_feed(server, &request.uri)?;
     let (batches, as_of) = server.run(f.sql, vec![]).await?;
     let body = json!({ "items": rows_json(&batches)?, "as_of": as_of });

@@ -32,6 +32,8 @@ pub struct Subscriptions {
 pub struct Millstream {
     pub(crate) catalog: LiveCatalog,
     pub(crate) actions: Option<Arc<ActionProducer>>,
+    /// Knowledge search, or why this server has none (said to callers who ask for it).
+    pub(crate) knowledge: Result<Arc<crate::knowledge::Knowledge>, Arc<str>>,
     pub(crate) query_timeout: Duration,
     /// Where `query_sql` runs callers' SQL, and its limits ([`crate::governed`]).
     pub(crate) sandbox: Arc<crate::governed::Sandbox>,
@@ -62,6 +64,7 @@ impl Millstream {
         Ok(Millstream {
             catalog,
             actions,
+            knowledge: Err("knowledge search is not configured on this server".into()),
             query_timeout,
             sandbox: Arc::new(crate::governed::Sandbox::new(
                 crate::governed::Limits::with_timeout(query_timeout),
@@ -79,6 +82,15 @@ impl Millstream {
     pub fn with_query_limits(mut self, limits: crate::governed::Limits) -> Self {
         self.query_timeout = limits.timeout;
         self.sandbox = Arc::new(crate::governed::Sandbox::new(limits));
+        self
+    }
+
+    /// Answers knowledge searches from `knowledge`, or says why there is none.
+    pub fn with_knowledge(
+        mut self,
+        knowledge: Result<Arc<crate::knowledge::Knowledge>, Arc<str>>,
+    ) -> Self {
+        self.knowledge = knowledge;
         self
     }
 
@@ -216,6 +228,7 @@ impl Millstream {
             + Self::iot_router()
             + Self::tickets_router()
             + Self::analytics_router()
+            + Self::knowledge_router()
     }
 
     /// Every tool, as listed to clients.

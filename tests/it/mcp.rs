@@ -92,7 +92,7 @@ async fn python_sdk_calls_every_tool_and_actions_materialize_exactly_once() {
     let report = tokio::task::spawn_blocking(move || support::mcp_client(&["http", &url]))
         .await
         .unwrap();
-    assert_eq!(report["tools"], 20, "{report}");
+    assert_eq!(report["tools"], 21, "{report}");
     assert_eq!(report["order"]["orders"], 1, "{report}");
     assert_eq!(report["order"]["sends"], 2, "{report}");
 
@@ -104,7 +104,7 @@ async fn python_sdk_calls_every_tool_and_actions_materialize_exactly_once() {
     })
     .await
     .unwrap();
-    assert_eq!(report["tools"], 20, "{report}");
+    assert_eq!(report["tools"], 21, "{report}");
 
     // stdio runs as the principal its config or environment names: maria's tools and rows.
     let root = env.lake.root().display().to_string();

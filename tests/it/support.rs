@@ -52,6 +52,9 @@ impl Drop for Watchdog {
 pub fn config() -> Config {
     let mut c = Config::defaults();
     c.pipeline.batch_max_ms = 100;
+    // Servers in tests index documents only where a test asks for it (tests/it/knowledge.rs):
+    // building an index embeds every document of the lakehouse.
+    c.knowledge.enabled = false;
     c
 }
 

@@ -4,6 +4,7 @@
 
 pub mod analytics;
 pub mod iot;
+pub mod knowledge;
 pub mod sales;
 pub mod supply;
 pub mod tickets;

@@ -41,8 +41,9 @@ pub struct TicketAnswer {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SearchArgs {
-    /// Words to look for in subject, description and resolution (all must appear,
-    /// case-insensitive). Empty or absent: every ticket matching the filters.
+    /// What to look for in subject, description and resolution, in your own words: tickets are
+    /// ranked by meaning and keywords (at most 50). Empty or absent: every ticket matching the
+    /// filters, most recent first.
     pub text: Option<String>,
     pub customer_id: Option<String>,
     pub status: Option<TicketStatus>,
@@ -52,8 +53,12 @@ pub struct SearchArgs {
 
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct SearchAnswer {
-    /// Most recently updated first.
+    /// Most relevant first when `text` is given (`ranked_by` = relevance), else most recently
+    /// updated first.
     pub tickets: Vec<Ticket>,
+    /// "relevance" (knowledge search: meaning and keywords), "words" (every word must appear;
+    /// when the server has no knowledge search) or "recency" (no text).
+    pub ranked_by: String,
     pub as_of: AsOf,
 }
 
@@ -125,9 +130,9 @@ impl Millstream {
     }
 
     #[tool(
-        description = "Search support tickets by words (all must appear in subject, description \
-                       or resolution) and filter by customer, status, category; most recently \
-                       updated first.",
+        description = "Search support tickets: by what they are about (ranked by meaning and \
+                       keywords, like search_knowledge) and/or filtered by customer, status, \
+                       category; without text, most recently updated first.",
         annotations(read_only_hint = true)
     )]
     pub async fn search_tickets(
@@ -136,6 +141,18 @@ impl Millstream {
     ) -> Result<Json<SearchAnswer>, ErrorData> {
         opt_id("customer_id", &a.customer_id)?;
         let n = limit(a.limit)?;
+        let text_given = a.text.as_deref().is_some_and(|t| !t.trim().is_empty());
+        let filters = |q: Query| {
+            q.filter("customer_id = ?", opt_text(&a.customer_id))
+                .filter("status = ?", a.status.map(|s| text(&wire_name(s))))
+                .filter("category = ?", a.category.map(|c| text(&wire_name(c))))
+        };
+        if text_given && let Ok(knowledge) = self.knowledge() {
+            return self
+                .rank_tickets(&knowledge, a.text.unwrap_or_default(), n, filters)
+                .await
+                .map(Json);
+        }
         let words: Vec<String> = a
             .text
             .as_deref()
@@ -146,10 +163,9 @@ impl Millstream {
         if words.len() > 16 || words.iter().any(|w| w.chars().count() > 64) {
             return Err(invalid("text", "at most 16 words of at most 64 characters"));
         }
-        let mut q = Query::new(&format!("SELECT {TICKET_COLUMNS} FROM support.tickets"))
-            .filter("customer_id = ?", opt_text(&a.customer_id))
-            .filter("status = ?", a.status.map(|s| text(&wire_name(s))))
-            .filter("category = ?", a.category.map(|c| text(&wire_name(c))));
+        let mut q = filters(Query::new(&format!(
+            "SELECT {TICKET_COLUMNS} FROM support.tickets"
+        )));
         for w in &words {
             // strpos, not LIKE: the caller's % and _ stay literal.
             q = q.filter(
@@ -159,6 +175,55 @@ impl Millstream {
         }
         let q = q.finish(&format!("ORDER BY updated_at DESC, ticket_id LIMIT {n}"));
         let (tickets, as_of) = self.fetch(q).await?;
-        Ok(Json(SearchAnswer { tickets, as_of }))
+        Ok(Json(SearchAnswer {
+            tickets,
+            ranked_by: if words.is_empty() { "recency" } else { "words" }.into(),
+            as_of,
+        }))
+    }
+}
+
+impl Millstream {
+    /// Tickets passing `filters`, ranked for `query` by knowledge search (the same engine and
+    /// tenancy as `search_knowledge`), then read whole through the caller's session.
+    async fn rank_tickets(
+        &self,
+        knowledge: &crate::knowledge::Knowledge,
+        query: String,
+        n: u32,
+        filters: impl FnOnce(Query) -> Query,
+    ) -> Result<SearchAnswer, ErrorData> {
+        let sources = self.searchable(&["ticket".to_string()])?;
+        let mut request =
+            crate::knowledge::SearchRequest::new(query, (n as usize).min(crate::knowledge::MAX_K));
+        request.kinds = vec!["ticket".into()];
+        let (predicate, params) = filters(Query::new("")).predicate();
+        let narrow = crate::knowledge::Narrow {
+            table: "support.tickets",
+            predicate: &predicate,
+            params,
+        };
+        let (hits, _, ranked_as_of) = self
+            .search_documents(knowledge, &request, &sources, Some(narrow))
+            .await?;
+        if hits.is_empty() {
+            return Ok(SearchAnswer {
+                tickets: Vec::new(),
+                ranked_by: "relevance".into(),
+                as_of: ranked_as_of,
+            });
+        }
+        let ids: Vec<&str> = hits.iter().map(|h| h.doc.doc_id.as_str()).collect();
+        let q = Query::new(&format!("SELECT {TICKET_COLUMNS} FROM support.tickets"))
+            .any_of("ticket_id", &ids)
+            .finish("");
+        let (mut tickets, as_of): (Vec<Ticket>, AsOf) = self.fetch(q).await?;
+        let rank = |t: &Ticket| ids.iter().position(|id| *id == t.ticket_id);
+        tickets.sort_by_key(rank);
+        Ok(SearchAnswer {
+            tickets,
+            ranked_by: "relevance".into(),
+            as_of: as_of.merge(ranked_as_of),
+        })
     }
 }
