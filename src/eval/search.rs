@@ -20,15 +20,34 @@ pub struct Scores {
     pub recall_at_5: f64,
     pub recall_at_10: f64,
     pub mrr_at_10: f64,
+    /// The same, per kind of document asked for.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub by_kind: std::collections::BTreeMap<String, Scores>,
+}
+
+impl Scores {
+    fn add(&mut self, at_5: f64, at_10: f64, rr: f64) {
+        self.queries += 1;
+        self.recall_at_5 += at_5;
+        self.recall_at_10 += at_10;
+        self.mrr_at_10 += rr;
+    }
+
+    fn average(&mut self) {
+        let n = self.queries.max(1) as f64;
+        self.recall_at_5 /= n;
+        self.recall_at_10 /= n;
+        self.mrr_at_10 /= n;
+        for s in self.by_kind.values_mut() {
+            s.average();
+        }
+    }
 }
 
 /// Scores of `questions` in one mode, searching every document (the evaluation reads as an
 /// admin would: tenancy has its own tests).
 pub async fn score(knowledge: &Knowledge, questions: &[Question], mode: Mode) -> Result<Scores> {
-    let mut s = Scores {
-        queries: questions.len(),
-        ..Default::default()
-    };
+    let mut s = Scores::default();
     for q in questions {
         let mut request = SearchRequest::new(q.query.clone(), 10);
         request.mode = mode;
@@ -42,15 +61,15 @@ pub async fn score(knowledge: &Knowledge, questions: &[Question], mode: Mode) ->
                 .filter(|d| answers.contains(**d))
                 .count()
         };
-        s.recall_at_5 += found(5) as f64 / answers.len().min(5) as f64;
-        s.recall_at_10 += found(10) as f64 / answers.len().min(10) as f64;
-        if let Some(rank) = ranked.iter().position(|d| answers.contains(d)) {
-            s.mrr_at_10 += 1.0 / (rank + 1) as f64;
-        }
+        let at_5 = found(5) as f64 / answers.len().min(5) as f64;
+        let at_10 = found(10) as f64 / answers.len().min(10) as f64;
+        let rr = ranked
+            .iter()
+            .position(|d| answers.contains(d))
+            .map_or(0.0, |rank| 1.0 / (rank + 1) as f64);
+        s.add(at_5, at_10, rr);
+        s.by_kind.entry(q.kind.clone()).or_default().add(at_5, at_10, rr);
     }
-    let n = questions.len().max(1) as f64;
-    s.recall_at_5 /= n;
-    s.recall_at_10 /= n;
-    s.mrr_at_10 /= n;
+    s.average();
     Ok(s)
 }

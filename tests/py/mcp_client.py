@@ -261,6 +261,15 @@ async def full(session):
     as_of_ok("get_ticket_status", ts)
     await c.fails("get_ticket_status", {"ticket_id": "TKT-NOPE"}, field="ticket_id")
 
+    # --- knowledge search: this server runs without it, and the tool says which setting.
+    started = time.perf_counter()
+    try:
+        await c.s.call_tool("search_knowledge", {"query": "bearing noise on the spindle"})
+        raise CheckFailed("search_knowledge succeeded on a server without knowledge search")
+    except MCPError as e:
+        check("knowledge.enabled" in e.message, f"search_knowledge: {e.message}")
+    c.calls.setdefault("search_knowledge", []).append(round((time.perf_counter() - started) * 1000, 1))
+
     # --- resources and prompts
     res = (await session.list_resources()).resources
     check(len(res) == 4, f"{len(res)} resources")
