@@ -56,12 +56,38 @@ pub enum BenchCommand {
         #[arg(long = "as", value_name = "PRINCIPAL")]
         principal: Option<String>,
     },
+    /// Knowledge search: latency per query (embedding included) at 1 and 16 concurrent
+    /// callers over an index of --docs documents, indexing throughput, peak RSS. Pass
+    /// --lakehouse to keep the corpus's embeddings for the next run (embedding it takes minutes).
+    Search {
+        #[arg(long, default_value_t = 10_000)]
+        docs: usize,
+        /// Measured seconds per number of callers.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Documents per answer.
+        #[arg(long, default_value_t = 10)]
+        k: usize,
+    },
 }
 
 pub async fn run(mut config: Config, command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Ingest { events } => ingest(config, events).await,
         BenchCommand::Freshness { rate, seconds } => freshness(config, rate, seconds).await,
+        BenchCommand::Search { docs, seconds, k } => {
+            anyhow::ensure!(
+                (1..=10_000_000).contains(&docs),
+                "--docs must be in 1..=10000000"
+            );
+            anyhow::ensure!(seconds >= 1, "--seconds must be at least 1");
+            anyhow::ensure!(
+                (1..=crate::knowledge::MAX_K).contains(&k),
+                "--k must be in 1..={}",
+                crate::knowledge::MAX_K
+            );
+            super::bench_search::run(config, docs, seconds, k).await
+        }
         BenchCommand::Mcp {
             clients,
             seconds,
@@ -479,7 +505,7 @@ fn tool_calls(ids: &Ids) -> Vec<Call> {
     calls
 }
 
-fn percentiles(mut v: Vec<f64>) -> serde_json::Value {
+pub(crate) fn percentiles(mut v: Vec<f64>) -> serde_json::Value {
     v.sort_by(f64::total_cmp);
     let pct = |q: f64| {
         v.get(((v.len() as f64 * q) as usize).min(v.len().saturating_sub(1)))

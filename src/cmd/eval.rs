@@ -68,11 +68,14 @@ pub async fn run(config: Config, command: EvalCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn search(config: Config) -> anyhow::Result<()> {
-    use crate::knowledge::{Knowledge, Mode};
-    let lake = crate::lakehouse::Lakehouse::new(&config.lakehouse.root)?;
+/// The document tables (and the customers tickets belong to) as `simulate` writes them, unless
+/// they exist; the corpus with its ground truth.
+pub async fn write_corpus(
+    lake: &crate::lakehouse::Lakehouse,
+    config: &Config,
+) -> anyhow::Result<crate::sim::documents::Corpus> {
     crate::sim::write_reference_tables(
-        &lake,
+        lake,
         &config.simulate,
         false,
         &[
@@ -84,11 +87,26 @@ async fn search(config: Config) -> anyhow::Result<()> {
         ],
     )
     .await?;
-    let corpus = crate::sim::documents::generate(
+    Ok(crate::sim::documents::generate(
         &config.simulate,
         &crate::sim::reference::generate(&config.simulate),
-    );
-    let knowledge = Knowledge::open(lake, &config.knowledge)?;
+    ))
+}
+
+/// Knowledge settings for a command that people wait on: embedding uses every core.
+pub fn all_cores(cfg: &crate::config::KnowledgeConfig) -> crate::config::KnowledgeConfig {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    crate::config::KnowledgeConfig {
+        embed_threads: cfg.embed_threads.max(cores),
+        ..cfg.clone()
+    }
+}
+
+async fn search(config: Config) -> anyhow::Result<()> {
+    use crate::knowledge::{Knowledge, Mode};
+    let lake = crate::lakehouse::Lakehouse::new(&config.lakehouse.root)?;
+    let corpus = write_corpus(&lake, &config).await?;
+    let knowledge = Knowledge::open(lake, &all_cores(&config.knowledge))?;
     eprintln!("eval search: indexing (embeddings stored by an earlier run are reused)");
     let synced = knowledge.sync().await?;
     eprintln!(
@@ -105,13 +123,17 @@ async fn search(config: Config) -> anyhow::Result<()> {
         ("vector", Mode::Vector),
         ("hybrid", Mode::Hybrid),
     ] {
-        let started = std::time::Instant::now();
-        let scores = crate::eval::search::score(&knowledge, &corpus.questions, mode).await?;
-        eprintln!(
-            "eval search: {name} in {:.1}s",
-            started.elapsed().as_secs_f64()
-        );
-        report[name] = serde_json::to_value(scores)?;
+        for (suffix, within_kind) in [("", false), ("_within_kind", true)] {
+            let started = std::time::Instant::now();
+            let scores =
+                crate::eval::search::score(&knowledge, &corpus.questions, mode, within_kind)
+                    .await?;
+            eprintln!(
+                "eval search: {name}{suffix} in {:.1}s",
+                started.elapsed().as_secs_f64()
+            );
+            report[format!("{name}{suffix}")] = serde_json::to_value(scores)?;
+        }
     }
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())

@@ -67,7 +67,10 @@ pub async fn run(config: Config, args: SearchArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| config.serve.principal.clone());
     let policies = std::sync::Arc::new(crate::auth::Policies::load(&config.serve.policies)?);
-    let knowledge = crate::knowledge::Knowledge::open(lake.clone(), &config.knowledge)?;
+    let knowledge = crate::knowledge::Knowledge::open(
+        lake.clone(),
+        &super::eval::all_cores(&config.knowledge),
+    )?;
     eprintln!("search: indexing (vectors stored by earlier runs are reused)");
     let synced = knowledge.sync().await.context("indexing the documents")?;
     eprintln!(

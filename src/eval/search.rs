@@ -45,12 +45,22 @@ impl Scores {
 }
 
 /// Scores of `questions` in one mode, searching every document (the evaluation reads as an
-/// admin would: tenancy has its own tests).
-pub async fn score(knowledge: &Knowledge, questions: &[Question], mode: Mode) -> Result<Scores> {
+/// admin would: tenancy has its own tests). `within_kind` asks each question of the kind of
+/// document that answers it (as an agent does when it passes `kinds`: SOPs for "how do we fix
+/// it", incidents for "has this happened before"); otherwise every kind competes.
+pub async fn score(
+    knowledge: &Knowledge,
+    questions: &[Question],
+    mode: Mode,
+    within_kind: bool,
+) -> Result<Scores> {
     let mut s = Scores::default();
     for q in questions {
         let mut request = SearchRequest::new(q.query.clone(), 10);
         request.mode = mode;
+        if within_kind {
+            request.kinds = vec![q.kind.clone()];
+        }
         let hits = knowledge.search(&request, &Visible::Everything).await?;
         let ranked: Vec<&str> = hits.iter().map(|h| h.doc.doc_id.as_str()).collect();
         let answers: HashSet<&str> = q.answers.iter().map(String::as_str).collect();
@@ -68,7 +78,10 @@ pub async fn score(knowledge: &Knowledge, questions: &[Question], mode: Mode) ->
             .position(|d| answers.contains(d))
             .map_or(0.0, |rank| 1.0 / (rank + 1) as f64);
         s.add(at_5, at_10, rr);
-        s.by_kind.entry(q.kind.clone()).or_default().add(at_5, at_10, rr);
+        s.by_kind
+            .entry(q.kind.clone())
+            .or_default()
+            .add(at_5, at_10, rr);
     }
     s.average();
     Ok(s)

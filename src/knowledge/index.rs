@@ -61,6 +61,22 @@ pub struct Links {
     pub supplier_id: Option<String>,
 }
 
+impl Links {
+    /// The ids of the entities linked (machine types and sensor types are kinds, not ids).
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        [
+            &self.machine_id,
+            &self.plant_id,
+            &self.warehouse_id,
+            &self.customer_id,
+            &self.part_id,
+            &self.supplier_id,
+        ]
+        .into_iter()
+        .filter_map(|v| v.as_deref())
+    }
+}
+
 /// One chunk ready for the index.
 pub struct IndexedChunk {
     pub no: i32,
@@ -109,6 +125,9 @@ pub struct Index {
     by_doc: HashMap<String, (Arc<DocMeta>, Vec<usize>)>,
     /// A live slot per chunk-text hash.
     by_hash: HashMap<u64, usize>,
+    /// The entity ids documents are linked to (machine, plant, warehouse, customer, part,
+    /// supplier), as keyword terms, with how many documents link each.
+    entities: HashMap<String, usize>,
     keyword: tantivy::Index,
     writer: IndexWriter,
     reader: IndexReader,
@@ -155,6 +174,7 @@ impl Index {
             free: Vec::new(),
             by_doc: HashMap::new(),
             by_hash: HashMap::new(),
+            entities: HashMap::new(),
             keyword,
             writer,
             reader,
@@ -190,6 +210,30 @@ impl Index {
             .map(|(d, _)| d.doc_id.as_str())
     }
 
+    /// Every indexed document with its chunks (for building another index from this one).
+    pub fn export(&self) -> Vec<(DocMeta, Vec<IndexedChunk>)> {
+        self.by_doc
+            .values()
+            .map(|(doc, slots)| {
+                let chunks = slots
+                    .iter()
+                    .filter_map(|&slot| {
+                        let s = self.slots[slot].as_ref()?;
+                        let mut vector = [0f32; DIM];
+                        vector.copy_from_slice(&self.vectors[slot * DIM..(slot + 1) * DIM]);
+                        Some(IndexedChunk {
+                            no: s.no,
+                            text: s.text.clone(),
+                            hash: s.hash,
+                            vector,
+                        })
+                    })
+                    .collect();
+                ((**doc).clone(), chunks)
+            })
+            .collect()
+    }
+
     /// The vector of an indexed chunk whose text hashes to `hash`.
     pub fn vector(&self, hash: u64) -> Option<[f32; DIM]> {
         let slot = *self.by_hash.get(&hash)?;
@@ -198,13 +242,15 @@ impl Index {
         Some(v)
     }
 
+    /// The keyword terms of `text`, as the index holds them.
     fn terms(&self, text: &str) -> Vec<String> {
+        let text = identifiers_whole(text);
         let mut analyzer = self
             .keyword
             .tokenizers()
             .get(ANALYZER)
             .expect("tantivy registers en_stem");
-        let mut stream = analyzer.token_stream(text);
+        let mut stream = analyzer.token_stream(&text);
         let mut out = Vec::new();
         while stream.advance() {
             out.push(stream.token().text.clone());
@@ -231,7 +277,7 @@ impl Index {
             let mut d = TantivyDocument::default();
             d.add_u64(self.f_slot, slot as u64);
             d.add_text(self.f_doc, &doc.doc_id);
-            d.add_text(self.f_text, &c.text);
+            d.add_text(self.f_text, identifiers_whole(&c.text));
             self.writer.add_document(d).map_err(tantivy_err)?;
             self.by_hash.insert(c.hash, slot);
             self.slots[slot] = Some(Slot {
@@ -244,15 +290,27 @@ impl Index {
             slots.push(slot);
         }
         if !slots.is_empty() {
+            for e in doc.links.ids() {
+                *self.entities.entry(entity_term(e)).or_default() += 1;
+            }
             self.by_doc.insert(doc.doc_id.clone(), (doc, slots));
         }
         Ok(())
     }
 
     pub fn remove(&mut self, doc_id: &str) -> bool {
-        let Some((_, slots)) = self.by_doc.remove(doc_id) else {
+        let Some((doc, slots)) = self.by_doc.remove(doc_id) else {
             return false;
         };
+        for e in doc.links.ids() {
+            let term = entity_term(e);
+            if let Some(n) = self.entities.get_mut(&term) {
+                *n -= 1;
+                if *n == 0 {
+                    self.entities.remove(&term);
+                }
+            }
+        }
         for s in slots {
             if let Some(old) = self.slots[s].take()
                 && self.by_hash.get(&old.hash) == Some(&s)
@@ -305,10 +363,19 @@ impl Index {
         } else {
             self.keyword_top(text, mask, depth)?
         };
+        // Entities the query names by id ("M-012", "PLANT-2", "WH-03"): the documents linked
+        // to them, ranked by meaning. Named ids are the most precise thing a question says,
+        // and neither half alone weighs them (the vectors hardly see them; BM25 trades them
+        // off against every other word).
+        let by_entity = if mode == Mode::Hybrid {
+            self.entity_top(text, vector, mask, depth)
+        } else {
+            Vec::new()
+        };
         // Collapse each list to documents (a document's best chunk), then fuse by rank. The
         // chunk shown is the vector half's best one when it found the document.
         let mut fused: HashMap<&str, (f32, usize)> = HashMap::new();
-        for list in [&by_vector, &by_keyword] {
+        for list in [&by_vector, &by_keyword, &by_entity] {
             let mut seen = std::collections::HashSet::new();
             for &(slot, score) in list.iter() {
                 let s = self.slots[slot].as_ref().expect("ranked slots are live");
@@ -345,6 +412,48 @@ impl Index {
         });
         hits.truncate(k);
         Ok(hits)
+    }
+
+    /// The visible chunks of documents linked to every entity `text` names by id (or, when
+    /// no document is linked to all, to any of them), nearest to `q` first.
+    fn entity_top(
+        &self,
+        text: &str,
+        q: &[f32; DIM],
+        mask: &[bool],
+        depth: usize,
+    ) -> Vec<(usize, f32)> {
+        let named: Vec<String> = identifiers_whole(text)
+            .split(|c: char| !c.is_alphanumeric())
+            .map(str::to_lowercase)
+            .filter(|t| self.entities.contains_key(t))
+            .collect();
+        if named.is_empty() {
+            return Vec::new();
+        }
+        let linked = |slot: usize| {
+            let s = self.slots[slot].as_ref().expect("masked slots are live");
+            let terms: Vec<String> = s.doc.links.ids().map(entity_term).collect();
+            named.iter().filter(|n| terms.contains(n)).count()
+        };
+        let counts: Vec<(usize, usize)> = mask
+            .iter()
+            .enumerate()
+            .filter(|(_, ok)| **ok)
+            .map(|(slot, _)| (slot, linked(slot)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        let most = counts.iter().map(|(_, n)| *n).max().unwrap_or(0);
+        let mut scored: Vec<(usize, f32)> = counts
+            .into_iter()
+            .filter(|(_, n)| *n == most)
+            .map(|(slot, _)| {
+                let v = &self.vectors[slot * DIM..(slot + 1) * DIM];
+                (slot, v.iter().zip(q).map(|(a, b)| a * b).sum::<f32>())
+            })
+            .collect();
+        top(&mut scored, depth);
+        scored
     }
 
     /// Exact nearest chunks by cosine (vectors are unit length).
@@ -427,6 +536,34 @@ impl Index {
     }
 }
 
+/// `text` with the hyphen of identifiers such as `M-0012`, `PLANT-2` or `WH-03` (letters, a
+/// hyphen, a digit) taken out, so the keyword index holds each as one term (`m0012`) instead of
+/// a common letter and a number shared by every kind of id.
+fn identifiers_whole(text: &str) -> std::borrow::Cow<'_, str> {
+    let bytes = text.as_bytes();
+    let joins = |i: usize| {
+        bytes[i] == b'-'
+            && i > 0
+            && bytes[i - 1].is_ascii_alphabetic()
+            && bytes.get(i + 1).is_some_and(u8::is_ascii_digit)
+    };
+    if !(0..bytes.len()).any(joins) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    for (i, ch) in text.char_indices() {
+        if !(ch == '-' && joins(i)) {
+            out.push(ch);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// An entity id as a keyword term: `M-012` → `m012`.
+fn entity_term(id: &str) -> String {
+    identifiers_whole(id).to_lowercase()
+}
+
 /// BM25 statistics of the visible chunks (not of the whole index).
 struct VisibleStats<'a, P> {
     searcher: &'a tantivy::Searcher,
@@ -498,6 +635,21 @@ mod tests {
             text: text.into(),
             vector: unit(v),
         }]
+    }
+
+    #[test]
+    fn identifiers_are_single_keyword_terms() {
+        assert_eq!(identifiers_whole("M-0012 at PLANT-2"), "M0012 at PLANT2");
+        assert_eq!(
+            identifiers_whole("re-run the well-known 3-step check"),
+            "re-run the well-known 3-step check"
+        );
+        let ix = Index::new().unwrap();
+        let terms = ix.terms("Has M-0012 had this?");
+        assert!(
+            terms.contains(&"m0012".to_string()) && !terms.contains(&"0012".to_string()),
+            "{terms:?}"
+        );
     }
 
     #[test]

@@ -140,6 +140,12 @@ impl Knowledge {
         self.built.load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// Every indexed document with its chunks and vectors (benchmarks build larger indexes
+    /// from it).
+    pub async fn export(&self) -> Vec<(DocMeta, Vec<index::IndexedChunk>)> {
+        self.index.read().await.export()
+    }
+
     /// The version of each source table the index reflects.
     pub fn versions(&self) -> BTreeMap<&'static str, Reflected> {
         self.versions.lock().expect("poisoned").clone()
