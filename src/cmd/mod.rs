@@ -4,7 +4,6 @@
 //! the same order.
 
 pub mod bench;
-mod bench_search;
 pub mod broker;
 pub mod eval;
 pub mod pipeline;

@@ -39,23 +39,15 @@ pub enum KindArg {
     Ticket,
 }
 
-const ENTITIES: [&str; 8] = [
-    "plant_id",
-    "warehouse_id",
-    "customer_id",
-    "machine_id",
-    "machine_type",
-    "sensor_type",
-    "part_id",
-    "supplier_id",
-];
-
 fn parse_about(s: &str) -> Result<(String, String), String> {
     let (k, v) = s
         .split_once('=')
         .ok_or_else(|| format!("expected ENTITY=ID, got {s:?}"))?;
-    if !ENTITIES.contains(&k) {
-        return Err(format!("{k:?} is not one of {}", ENTITIES.join(", ")));
+    if !crate::knowledge::source::LINK_COLUMNS.contains(&k) {
+        return Err(format!(
+            "{k:?} is not one of {}",
+            crate::knowledge::source::LINK_COLUMNS.join(", ")
+        ));
     }
     Ok((k.to_string(), v.to_string()))
 }

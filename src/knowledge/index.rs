@@ -447,25 +447,25 @@ impl Index {
         let mut scored: Vec<(usize, f32)> = counts
             .into_iter()
             .filter(|(_, n)| *n == most)
-            .map(|(slot, _)| {
-                let v = &self.vectors[slot * DIM..(slot + 1) * DIM];
-                (slot, v.iter().zip(q).map(|(a, b)| a * b).sum::<f32>())
-            })
+            .map(|(slot, _)| (slot, self.similarity(slot, q)))
             .collect();
         top(&mut scored, depth);
         scored
     }
 
-    /// Exact nearest chunks by cosine (vectors are unit length).
+    /// Cosine similarity of a chunk to `q` (vectors are unit length).
+    fn similarity(&self, slot: usize, q: &[f32; DIM]) -> f32 {
+        let v = &self.vectors[slot * DIM..(slot + 1) * DIM];
+        v.iter().zip(q).map(|(a, b)| a * b).sum()
+    }
+
+    /// Exact nearest chunks by cosine.
     fn vector_top(&self, q: &[f32; DIM], mask: &[bool], depth: usize) -> Vec<(usize, f32)> {
         let mut scored: Vec<(usize, f32)> = mask
             .iter()
             .enumerate()
             .filter(|(_, ok)| **ok)
-            .map(|(slot, _)| {
-                let v = &self.vectors[slot * DIM..(slot + 1) * DIM];
-                (slot, v.iter().zip(q).map(|(a, b)| a * b).sum::<f32>())
-            })
+            .map(|(slot, _)| (slot, self.similarity(slot, q)))
             .collect();
         top(&mut scored, depth);
         scored

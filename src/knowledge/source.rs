@@ -60,7 +60,7 @@ pub fn of_table(table: &str) -> Option<&'static Source> {
 }
 
 /// The entity columns of a document table, in [`Links`]' order.
-const LINK_COLUMNS: [&str; 8] = [
+pub const LINK_COLUMNS: [&str; 8] = [
     "plant_id",
     "warehouse_id",
     "customer_id",

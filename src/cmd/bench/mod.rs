@@ -6,6 +6,9 @@
 //!   from each record's Kafka timestamp to the end of the commit that made it durable.
 //! - `mcp`: MCP clients (rmcp over streamable HTTP) calling the read tools while the pipeline
 //!   ingests live events; latency per tool, and how long after a commit the server serves it.
+//! - `search` ([`search`]): knowledge search latency at 1 and 16 callers, indexing throughput.
+
+mod search;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -86,7 +89,7 @@ pub async fn run(mut config: Config, command: BenchCommand) -> anyhow::Result<()
                 "--k must be in 1..={}",
                 crate::knowledge::MAX_K
             );
-            super::bench_search::run(config, docs, seconds, k).await
+            search::run(config, docs, seconds, k).await
         }
         BenchCommand::Mcp {
             clients,

@@ -25,8 +25,8 @@ use crate::knowledge::{Knowledge, SearchRequest};
 
 pub async fn run(config: Config, docs: usize, seconds: u64, k: usize) -> anyhow::Result<()> {
     let lake = crate::lakehouse::Lakehouse::new(&config.lakehouse.root)?;
-    let corpus = super::eval::write_corpus(&lake, &config).await?;
-    let knowledge = Knowledge::open(lake, &super::eval::all_cores(&config.knowledge))?;
+    let corpus = crate::cmd::eval::write_corpus(&lake, &config).await?;
+    let knowledge = Knowledge::open(lake, &crate::cmd::eval::all_cores(&config.knowledge))?;
     eprintln!("bench search: embedding the corpus (vectors stored by an earlier run are reused)");
     let synced = knowledge.sync().await?;
     let embedding = json!({
@@ -93,7 +93,7 @@ pub async fn run(config: Config, docs: usize, seconds: u64, k: usize) -> anyhow:
             all.extend(t.await??);
         }
         let qps = all.len() as f64 / seconds as f64;
-        let mut p = super::bench::percentiles(all);
+        let mut p = super::percentiles(all);
         p["queries_per_s"] = json!(round(qps));
         latency.insert(callers.to_string(), p);
     }
@@ -109,7 +109,7 @@ pub async fn run(config: Config, docs: usize, seconds: u64, k: usize) -> anyhow:
             "chunks_per_s": round(chunks as f64 / index_seconds),
         },
         "latency_by_callers": latency,
-        "peak_rss_mb": super::bench::peak_rss_mb(),
+        "peak_rss_mb": super::peak_rss_mb(),
     });
     println!("{report}");
     Ok(())
