@@ -205,13 +205,34 @@ fn installed_package_dir() -> Option<PathBuf> {
 }
 
 /// Dot product of two unit vectors: their cosine similarity.
+///
+/// Summed in 16 independent lanes: a single running sum is one long chain of dependent
+/// additions that the compiler may not reorder (floating point), and it made the exact vector
+/// search of 100,000 documents take tens of milliseconds; lanes let it use SIMD registers.
 pub fn cosine(a: &[f32; DIM], b: &[f32; DIM]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    const LANES: usize = 16;
+    const _: () = assert!(DIM % LANES == 0);
+    let mut acc = [0f32; LANES];
+    for (x, y) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
+        for i in 0..LANES {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cosine_is_the_dot_product() {
+        let a: [f32; DIM] = std::array::from_fn(|i| ((i * 7) % 13) as f32 / 13.0 - 0.5);
+        let b: [f32; DIM] = std::array::from_fn(|i| ((i * 5) % 11) as f32 / 11.0 - 0.4);
+        let plain: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+        assert!((cosine(&a, &b) as f64 - plain).abs() < 1e-4, "{plain}");
+        assert_eq!(cosine(&a, &[0.0; DIM]), 0.0);
+    }
 
     #[test]
     fn a_configured_folder_that_is_missing_names_the_setting() {

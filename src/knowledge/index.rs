@@ -126,8 +126,8 @@ pub struct Index {
     /// A live slot per chunk-text hash.
     by_hash: HashMap<u64, usize>,
     /// The entity ids documents are linked to (machine, plant, warehouse, customer, part,
-    /// supplier), as keyword terms, with how many documents link each.
-    entities: HashMap<String, usize>,
+    /// supplier), as keyword terms, with the documents linked to each.
+    entities: HashMap<String, std::collections::BTreeSet<Arc<str>>>,
     keyword: tantivy::Index,
     writer: IndexWriter,
     reader: IndexReader,
@@ -290,8 +290,12 @@ impl Index {
             slots.push(slot);
         }
         if !slots.is_empty() {
+            let id: Arc<str> = Arc::from(doc.doc_id.as_str());
             for e in doc.links.ids() {
-                *self.entities.entry(entity_term(e)).or_default() += 1;
+                self.entities
+                    .entry(entity_term(e))
+                    .or_default()
+                    .insert(id.clone());
             }
             self.by_doc.insert(doc.doc_id.clone(), (doc, slots));
         }
@@ -304,9 +308,9 @@ impl Index {
         };
         for e in doc.links.ids() {
             let term = entity_term(e);
-            if let Some(n) = self.entities.get_mut(&term) {
-                *n -= 1;
-                if *n == 0 {
+            if let Some(docs) = self.entities.get_mut(&term) {
+                docs.remove(doc_id);
+                if docs.is_empty() {
                     self.entities.remove(&term);
                 }
             }
@@ -423,31 +427,30 @@ impl Index {
         mask: &[bool],
         depth: usize,
     ) -> Vec<(usize, f32)> {
-        let named: Vec<String> = identifiers_whole(text)
+        let mut named: Vec<String> = identifiers_whole(text)
             .split(|c: char| !c.is_alphanumeric())
             .map(str::to_lowercase)
             .filter(|t| self.entities.contains_key(t))
             .collect();
-        if named.is_empty() {
-            return Vec::new();
+        named.sort();
+        named.dedup();
+        // Per linked document, how many of the named entities it is linked to.
+        let mut linked: HashMap<&str, usize> = HashMap::new();
+        for docs in named.iter().filter_map(|t| self.entities.get(t)) {
+            for d in docs {
+                *linked.entry(d).or_default() += 1;
+            }
         }
-        let linked = |slot: usize| {
-            let s = self.slots[slot].as_ref().expect("masked slots are live");
-            let terms: Vec<String> = s.doc.links.ids().map(entity_term).collect();
-            named.iter().filter(|n| terms.contains(n)).count()
+        let Some(&most) = linked.values().max() else {
+            return Vec::new();
         };
-        let counts: Vec<(usize, usize)> = mask
-            .iter()
-            .enumerate()
-            .filter(|(_, ok)| **ok)
-            .map(|(slot, _)| (slot, linked(slot)))
-            .filter(|(_, n)| *n > 0)
-            .collect();
-        let most = counts.iter().map(|(_, n)| *n).max().unwrap_or(0);
-        let mut scored: Vec<(usize, f32)> = counts
+        let mut scored: Vec<(usize, f32)> = linked
             .into_iter()
             .filter(|(_, n)| *n == most)
-            .map(|(slot, _)| (slot, self.similarity(slot, q)))
+            .filter_map(|(d, _)| self.by_doc.get(d))
+            .flat_map(|(_, slots)| slots.iter().copied())
+            .filter(|&slot| mask.get(slot).copied().unwrap_or(false))
+            .map(|slot| (slot, self.similarity(slot, q)))
             .collect();
         top(&mut scored, depth);
         scored
@@ -455,8 +458,10 @@ impl Index {
 
     /// Cosine similarity of a chunk to `q` (vectors are unit length).
     fn similarity(&self, slot: usize, q: &[f32; DIM]) -> f32 {
-        let v = &self.vectors[slot * DIM..(slot + 1) * DIM];
-        v.iter().zip(q).map(|(a, b)| a * b).sum()
+        let v: &[f32; DIM] = self.vectors[slot * DIM..(slot + 1) * DIM]
+            .try_into()
+            .expect("a slot holds one vector");
+        super::embed::cosine(v, q)
     }
 
     /// Exact nearest chunks by cosine.

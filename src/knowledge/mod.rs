@@ -418,15 +418,20 @@ impl Knowledge {
             }
             let texts: Vec<String> = batch.iter().map(|(_, c, _)| c.text.clone()).collect();
             let (embedder, pool) = (self.embedder.clone(), self.pool.clone());
+            // Building the index (or rebuilding it) is bulk work for the background threads; a
+            // live edit of a few documents is embedded at once at normal priority, so it is
+            // searchable within a second even while ingest keeps the cores busy.
+            let live = self.built.load(std::sync::atomic::Ordering::Relaxed) && total <= size;
             let vectors = tokio::task::spawn_blocking(move || {
-                pool.install(|| {
+                let embed = || {
                     let mut all = Vec::with_capacity(texts.len());
                     for group in texts.chunks(size) {
                         let refs: Vec<&str> = group.iter().map(String::as_str).collect();
                         all.extend(embedder.embed(&refs)?);
                     }
                     Ok::<_, Error>(all)
-                })
+                };
+                if live { embed() } else { pool.install(embed) }
             })
             .await
             .map_err(|e| Error::Internal(format!("embedding task: {e}")))??;
