@@ -78,13 +78,17 @@ pub async fn run(mut config: Config, args: SimulateArgs) -> anyhow::Result<()> {
             &brokers,
             &format!("{}-sim-{run_id}", config.kafka.group_id),
         )?;
+        let alerts =
+            crate::sim::alert_feed(&config.kafka, &brokers, &super::up::technicians(&config))?;
+        let authors = crate::sim::documents::Authors::new(&config.simulate, &run_id, None);
         let mut generator = crate::sim::stream::Generator::new(
             &config.simulate,
             &run_id,
             config.simulate.start,
             rate,
         )
-        .with_order_feed(orders);
+        .with_order_feed(orders)
+        .with_authors(authors, Some(alerts));
         let produced =
             crate::sim::produce_live(&producer, &mut generator, rate, args.events, stop).await?;
         summary.insert("live".into(), serde_json::to_value(produced)?);

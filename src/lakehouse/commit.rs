@@ -211,6 +211,9 @@ pub struct MergeSpec {
     pub key: Vec<String>,
     pub update: BTreeMap<String, String>,
     pub insert: BTreeMap<String, String>,
+    /// Matched rows this predicate holds for are deleted; source rows it holds for are not
+    /// inserted.
+    pub delete: Option<String>,
 }
 
 /// Merges `source` into the table by the sink's key (matched rows updated, others inserted) and
@@ -243,6 +246,13 @@ pub async fn merge(
             .merge(source.clone(), predicate.as_str())
             .with_source_alias("source")
             .with_target_alias("target");
+        // Deletes first: the first matched clause whose predicate holds decides a row.
+        let builder = match &sink.delete {
+            Some(p) => builder
+                .when_matched_delete(|d| d.predicate(p.as_str()))
+                .map_err(|e| Error::delta(table_name, e))?,
+            None => builder,
+        };
         // No updates: matched rows are left as they are. No inserts: unmatched ones dropped.
         let builder = if sink.update.is_empty() {
             Ok(builder)
@@ -260,6 +270,9 @@ pub async fn merge(
                     return Ok(b);
                 }
                 b.when_not_matched_insert(|mut i| {
+                    if let Some(p) = &sink.delete {
+                        i = i.predicate(format!("NOT ({p})"));
+                    }
                     for (c, e) in &sink.insert {
                         i = i.set(c.as_str(), e.as_str());
                     }

@@ -206,6 +206,59 @@ pub struct TicketAction {
     pub ts: DateTime<Utc>,
 }
 
+/// A document written, revised or withdrawn in an authoring system — the maintenance system's
+/// incident reports, the CRM's sales proposals (`mfg.knowledge.documents`, key = doc_id);
+/// materialized into `knowledge.incidents` and `knowledge.proposals` by
+/// `pipelines/incident_documents` and `pipelines/proposal_documents`, where knowledge search
+/// picks them up from the Change Data Feed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DocumentEvent {
+    pub event_id: String,
+    pub doc_id: String,
+    /// upsert (insert or replace the whole document) | delete
+    pub op: String,
+    /// incident | proposal
+    pub kind: String,
+    /// For `upsert`: the document. At most 512 characters.
+    #[serde(default)]
+    pub title: Option<String>,
+    /// For `upsert`: the full text. At most [`MAX_DOCUMENT_BYTES`] bytes.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Tenant columns: an incident needs its plant, a proposal its customer, region and
+    /// account manager (who may read a document depends on them).
+    #[serde(default)]
+    pub plant_id: Option<String>,
+    #[serde(default)]
+    pub warehouse_id: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub customer_id: Option<String>,
+    #[serde(default)]
+    pub account_manager: Option<String>,
+    /// Entities the document concerns.
+    #[serde(default)]
+    pub machine_id: Option<String>,
+    #[serde(default)]
+    pub machine_type: Option<String>,
+    #[serde(default)]
+    pub sensor_type: Option<String>,
+    #[serde(default)]
+    pub part_id: Option<String>,
+    #[serde(default)]
+    pub supplier_id: Option<String>,
+    /// When the document was first written (default: `ts`).
+    #[serde(default)]
+    pub created_at: Option<DateTime<Utc>>,
+    /// Event time of the change.
+    pub ts: DateTime<Utc>,
+}
+
+/// The largest document body one event may carry: longer texts belong in several documents
+/// (and would hold up the embedding of everything behind them).
+pub const MAX_DOCUMENT_BYTES: usize = 64 * 1024;
+
 /// The source streams, with everything the pipeline needs to route and check them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EventKind {
@@ -215,16 +268,18 @@ pub enum EventKind {
     Sales,
     OrderAction,
     TicketAction,
+    Document,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 6] = [
+    pub const ALL: [EventKind; 7] = [
         EventKind::Telemetry,
         EventKind::Shipment,
         EventKind::Inventory,
         EventKind::Sales,
         EventKind::OrderAction,
         EventKind::TicketAction,
+        EventKind::Document,
     ];
 
     /// The factory's streams (not the agents' actions).
@@ -243,6 +298,7 @@ impl EventKind {
             EventKind::Sales => crate::broker::topics::SALES,
             EventKind::OrderAction => crate::broker::topics::ACTION_ORDERS,
             EventKind::TicketAction => crate::broker::topics::ACTION_TICKETS,
+            EventKind::Document => crate::broker::topics::DOCUMENTS,
         }
     }
 
@@ -267,6 +323,7 @@ impl EventKind {
             EventKind::Sales => "sales_transaction",
             EventKind::OrderAction => "order_action",
             EventKind::TicketAction => "ticket_action",
+            EventKind::Document => "document_event",
         }
     }
 
@@ -283,6 +340,7 @@ impl EventKind {
             EventKind::Sales => schemars::schema_for!(SalesTransaction),
             EventKind::OrderAction => schemars::schema_for!(OrderAction),
             EventKind::TicketAction => schemars::schema_for!(TicketAction),
+            EventKind::Document => schemars::schema_for!(DocumentEvent),
         };
         serde_json::to_value(schema).expect("schemas serialize")
     }
@@ -325,6 +383,7 @@ impl EventKind {
             EventKind::Sales => parse::<SalesTransaction>(bytes, strict, u)?.validate(),
             EventKind::OrderAction => parse::<OrderAction>(bytes, strict, u)?.validate(),
             EventKind::TicketAction => parse::<TicketAction>(bytes, strict, u)?.validate(),
+            EventKind::Document => parse::<DocumentEvent>(bytes, strict, u)?.validate(),
         }?;
         Ok(unknown)
     }
@@ -493,6 +552,55 @@ impl TicketAction {
     }
 }
 
+impl DocumentEvent {
+    pub fn validate(&self) -> Result<(), String> {
+        non_empty("event_id", &self.event_id)?;
+        non_empty("doc_id", &self.doc_id)?;
+        if self.doc_id.len() > 128 || self.doc_id.chars().any(char::is_control) {
+            return Err("doc_id must be at most 128 printable characters".into());
+        }
+        // Which tenant column scopes a document of this kind (row filters read it; a NULL there
+        // would make the document visible to everyone).
+        let tenant: &[(&str, &Option<String>)] = match self.kind.as_str() {
+            "incident" => &[("plant_id", &self.plant_id)],
+            "proposal" => &[
+                ("customer_id", &self.customer_id),
+                ("region", &self.region),
+                ("account_manager", &self.account_manager),
+            ],
+            other => {
+                return Err(format!(
+                    "unknown document kind {other:?} (incident | proposal)"
+                ));
+            }
+        };
+        match self.op.as_str() {
+            "upsert" => {
+                non_empty("title", self.title.as_deref().unwrap_or(""))?;
+                non_empty("body", self.body.as_deref().unwrap_or(""))?;
+                for (f, v) in tenant {
+                    non_empty(f, v.as_deref().unwrap_or(""))?;
+                }
+                if self.title.as_ref().is_some_and(|t| t.chars().count() > 512) {
+                    return Err("title is longer than 512 characters".into());
+                }
+                let body = self.body.as_ref().map_or(0, String::len);
+                if body > MAX_DOCUMENT_BYTES {
+                    return Err(format!(
+                        "body is {body} bytes, more than the {MAX_DOCUMENT_BYTES} a document may have"
+                    ));
+                }
+            }
+            "delete" => {}
+            other => return Err(format!("unknown document op {other:?} (upsert | delete)")),
+        }
+        if let Some(c) = &self.created_at {
+            sane_time(c)?;
+        }
+        sane_time(&self.ts)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -554,5 +662,40 @@ mod tests {
             .unwrap_err();
         assert!(e.contains("unknown field \"colour\""), "{e}");
         assert!(EventKind::Inventory.check(movement).is_ok());
+    }
+
+    #[test]
+    fn document_events_need_their_tenant_columns_and_bounded_text() {
+        let doc = |extra: &str| {
+            format!(
+                r#"{{"event_id":"e1","doc_id":"INC-1","kind":"incident","ts":"2026-01-01T00:00:00Z"{extra}}}"#
+            )
+        };
+        let check = |extra: &str| EventKind::Document.check(doc(extra).as_bytes());
+        let full = r#","op":"upsert","title":"Pump leak","body":"It leaked.","plant_id":"PLANT-1""#;
+        assert_eq!(check(full), Ok(()));
+        // An incident without its plant would be visible to every plant's readers.
+        let e = check(r#","op":"upsert","title":"Pump leak","body":"It leaked.""#).unwrap_err();
+        assert!(e.contains("plant_id"), "{e}");
+        let e = check(r#","op":"upsert","body":"x","plant_id":"PLANT-1""#).unwrap_err();
+        assert!(e.contains("title"), "{e}");
+        // A delete needs only the id.
+        assert_eq!(check(r#","op":"delete""#), Ok(()));
+        assert!(check(r#","op":"purge""#).unwrap_err().contains("purge"));
+        let big = format!(
+            r#","op":"upsert","title":"t","body":"{}","plant_id":"PLANT-1""#,
+            "x".repeat(MAX_DOCUMENT_BYTES + 1)
+        );
+        assert!(check(&big).unwrap_err().contains("bytes"));
+        let proposal = r#"{"event_id":"e1","doc_id":"P-1","op":"upsert","kind":"proposal","title":"t","body":"b","customer_id":"C-0001","region":"EMEA","ts":"2026-01-01T00:00:00Z"}"#;
+        let e = EventKind::Document.check(proposal.as_bytes()).unwrap_err();
+        assert!(e.contains("account_manager"), "{e}");
+        let sop = doc(r#","op":"delete""#).replace("incident", "sop");
+        assert!(
+            EventKind::Document
+                .check(sop.as_bytes())
+                .unwrap_err()
+                .contains("sop")
+        );
     }
 }

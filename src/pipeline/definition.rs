@@ -10,6 +10,7 @@
 //! [sink]
 //! table = "supply_chain.shortage_signals"
 //! mode = "replace"                          # replace | append | merge (with key, update, insert)
+//! # delete = "source.op = 'delete'"         # merge only: matched rows this holds for are deleted
 //! ```
 //!
 //! Loading checks everything before anything runs, and reports every problem at once with the
@@ -63,6 +64,9 @@ struct RawSink {
     update: BTreeMap<Spanned<String>, String>,
     #[serde(default)]
     insert: BTreeMap<Spanned<String>, String>,
+    /// Merge only: a predicate over `source` and `target`; matched rows it holds for are
+    /// deleted (before any update), and source rows it holds for are never inserted.
+    delete: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -93,6 +97,7 @@ pub struct Sink {
     pub key: Vec<String>,
     pub update: BTreeMap<String, String>,
     pub insert: BTreeMap<String, String>,
+    pub delete: Option<String>,
 }
 
 impl Sink {
@@ -102,6 +107,7 @@ impl Sink {
             key: self.key.clone(),
             update: self.update.clone(),
             insert: self.insert.clone(),
+            delete: self.delete.clone(),
         }
     }
 }
@@ -249,11 +255,11 @@ impl Definitions {
         self.pipelines.iter().find(|d| d.name == name)
     }
 
-    /// The pipeline fed by micro-batches of `table`, if any.
-    pub fn batch_pipeline(&self, table: &str) -> Option<&Definition> {
+    /// The pipelines fed by micro-batches of `table` (each merges into its own sink).
+    pub fn batch_pipelines<'a>(&'a self, table: &'a str) -> impl Iterator<Item = &'a Definition> {
         self.pipelines
             .iter()
-            .find(|d| d.kind == Kind::Batch(table.to_string()))
+            .filter(move |d| matches!(&d.kind, Kind::Batch(t) if t == table))
     }
 
     /// Plans every SQL file against empty copies of the tables it may read — its input tables
@@ -438,6 +444,32 @@ fn parse(
     for c in raw.sink.insert.keys() {
         column(c, "insert column", &mut problems);
     }
+    // Merge expressions are planned only when a merge runs: parse them now.
+    let expressions = raw
+        .sink
+        .update
+        .iter()
+        .chain(&raw.sink.insert)
+        .map(|(c, e)| (c.span(), e.as_str()))
+        .chain(
+            raw.sink
+                .delete
+                .iter()
+                .map(|d| (d.span(), d.get_ref().as_str())),
+        );
+    for (span, e) in expressions {
+        let parsed = datafusion::sql::sqlparser::parser::Parser::new(
+            &datafusion::sql::sqlparser::dialect::GenericDialect {},
+        )
+        .try_with_sql(e)
+        .and_then(|mut p| p.parse_expr());
+        if let Err(err) = parsed {
+            problems.push(format!(
+                "{}: expression {e:?} does not parse: {err}",
+                at(span)
+            ));
+        }
+    }
     let mode = *raw.sink.mode.get_ref();
     if mode == SinkMode::Merge
         && (raw.sink.key.is_empty() || (raw.sink.update.is_empty() && raw.sink.insert.is_empty()))
@@ -447,9 +479,11 @@ fn parse(
             at(raw.sink.mode.span())
         ));
     }
-    if mode != SinkMode::Merge && !(raw.sink.update.is_empty() && raw.sink.insert.is_empty()) {
+    if mode != SinkMode::Merge
+        && !(raw.sink.update.is_empty() && raw.sink.insert.is_empty() && raw.sink.delete.is_none())
+    {
         problems.push(format!(
-            "{}: [sink.update] and [sink.insert] apply only to mode \"merge\"",
+            "{}: [sink.update], [sink.insert] and `delete` apply only to mode \"merge\"",
             at(raw.sink.mode.span())
         ));
     }
@@ -496,6 +530,7 @@ fn parse(
             key: raw.sink.key.iter().map(|k| k.get_ref().clone()).collect(),
             update: plain(&raw.sink.update),
             insert: plain(&raw.sink.insert),
+            delete: raw.sink.delete.map(|d| d.into_inner()),
         },
     })
 }
@@ -530,20 +565,19 @@ mod tests {
         let pos = |n| names.iter().position(|x| *x == n).unwrap();
         assert!(pos("alerts") > pos("shortage_signals"));
         assert!(pos("alerts") > pos("churn_signals"));
+        let fed_by = |table| {
+            d.batch_pipelines(table)
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(fed_by("supply_chain.inventory_movements"), ["inventory"]);
+        // Agents' actions and document events are materialized by batch pipelines too, one
+        // stream into two tables where it carries two kinds of document.
+        assert_eq!(fed_by("supply_chain.order_actions"), ["purchase_orders"]);
+        assert_eq!(fed_by("support.ticket_actions"), ["tickets"]);
         assert_eq!(
-            d.batch_pipeline("supply_chain.inventory_movements")
-                .unwrap()
-                .name,
-            "inventory"
-        );
-        // Agents' actions are materialized by batch pipelines too.
-        assert_eq!(
-            d.batch_pipeline("supply_chain.order_actions").unwrap().name,
-            "purchase_orders"
-        );
-        assert_eq!(
-            d.batch_pipeline("support.ticket_actions").unwrap().name,
-            "tickets"
+            fed_by("knowledge.document_events"),
+            ["incident_documents", "proposal_documents"]
         );
         assert_eq!(d.views.len(), 4);
     }
@@ -567,6 +601,23 @@ mod tests {
             e.contains("pipelines/x.toml:2: SQL file \"y.sql\" not found"),
             "{e}"
         );
+        // Merge expressions are planned only when a merge runs: they are parsed at load.
+        let merge = "description = \"x\"\nsql = \"x.sql\"\n[input]\nbatch = \"support.ticket_actions\"\n\
+                     [sink]\ntable = \"support.tickets\"\nmode = \"merge\"\nkey = [\"ticket_id\"]\n\
+                     delete = \"source.status = \"\n[sink.insert]\nticket_id = \"source.ticket_id\"\n";
+        let e = problems(&[("x.toml", merge), ("x.sql", "SELECT ticket_id FROM batch")]).await;
+        assert!(
+            e.contains("pipelines/x.toml:9: expression \"source.status = \" does not parse"),
+            "{e}"
+        );
+        // `delete` belongs to merges.
+        let replace = merge.replace("\"merge\"", "\"replace\"");
+        let e = problems(&[
+            ("x.toml", &replace),
+            ("x.sql", "SELECT ticket_id FROM batch"),
+        ])
+        .await;
+        assert!(e.contains("`delete` apply only to mode \"merge\""), "{e}");
     }
 
     #[tokio::test]

@@ -204,7 +204,7 @@ fn sinks(defs: &Definitions) -> Result<Vec<SinkSpec>> {
         let Feed::Events(kind) = spec.feed else {
             continue;
         };
-        if let Some(def) = defs.batch_pipeline(spec.name) {
+        for def in defs.batch_pipelines(spec.name) {
             out.push(SinkSpec {
                 name: &crate::model::tables::get(&def.sink.table)?.name,
                 feed: Feed::Events(kind),

@@ -15,7 +15,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use super::faults::{FaultKind, FaultPlan, FaultRates};
+use super::faults::{Fault, FaultKind, FaultPlan, FaultRates};
 use super::reference::{self, ReferenceData};
 use crate::config::SimulateConfig;
 use crate::model::events::SensorType;
@@ -625,60 +625,13 @@ fn incidents(cfg: &SimulateConfig, rng: &mut ChaCha8Rng, corpus: &mut Corpus) {
         Duration::days(HISTORY_DAYS),
         &FaultRates::default(),
     );
-    let technicians = [
-        "K. Nowak",
-        "R. Silva",
-        "J. Weber",
-        "M. Rossi",
-        "T. Okafor",
-        "L. Chen",
-    ];
     let mut by_machine_failure: std::collections::BTreeMap<(usize, usize), Vec<String>> =
         Default::default();
     for fault in plan.faults() {
-        let machine = reference::machine_of(fault.device);
-        let sensor = SensorType::ALL[fault.device % SensorType::ALL.len()];
-        let fi = failure_index(sensor, fault.kind);
-        let f = &FAILURES[fi];
-        let mid = reference::machine_id(machine);
-        let mtype = machine_type(machine);
-        let plant = reference::plant_id(machine);
         let doc_id = format!("INC-{}", fault.id.trim_start_matches("F-"));
-        let minutes = (fault.end - fault.start).num_minutes().max(1);
-        let tech = technicians[rng.random_range(0..technicians.len())];
-        let action = f.steps[rng.random_range(0..f.steps.len())];
-        let outcome = [
-            "The asset returned to normal operation the same shift.",
-            "Production resumed after a short stop; no parts were scrapped.",
-            "The line ran at reduced speed until the end of the shift.",
-            "A follow-up work order was opened for the next planned stop.",
-        ][rng.random_range(0..4)];
-        let body = format!(
-            "Incident report {doc_id}. Asset {mid} ({mtype}) at {plant}, sensor {device} \
-             ({sensor}). Detected {start} and lasted about {minutes} minutes.\n\n\
-             Observation: monitoring showed {technical}. Likely cause: {cause}.\n\n\
-             Action taken by {tech}: {action}. {outcome}\n\n\
-             Lessons: see the standard operating procedure for {title_lower} on the {mtype}.",
-            device = super::stream::device_id(fault.device),
-            sensor = sensor.as_str(),
-            start = fault.start.format("%Y-%m-%d %H:%M UTC"),
-            technical = f.technical,
-            cause = f.cause,
-            title_lower = f.title.to_lowercase(),
-        );
-        let mut d = blank(
-            doc_id.clone(),
-            "incident",
-            format!("{} on {mid} ({mtype}, {plant})", f.title),
-            body,
-            fault.end,
-        );
-        d.plant_id = Some(plant);
-        d.machine_id = Some(mid);
-        d.machine_type = Some(mtype.to_string());
-        d.sensor_type = Some(sensor.as_str().to_string());
+        let d = fault_report(doc_id.clone(), fault, None, rng);
         by_machine_failure
-            .entry((machine, fi))
+            .entry((reference::machine_of(fault.device), fault_failure(fault)))
             .or_default()
             .push(doc_id);
         corpus.incidents.push(d);
@@ -702,6 +655,76 @@ fn incidents(cfg: &SimulateConfig, rng: &mut ChaCha8Rng, corpus: &mut Corpus) {
     }
 }
 
+const TECHNICIANS: [&str; 6] = [
+    "K. Nowak",
+    "R. Silva",
+    "J. Weber",
+    "M. Rossi",
+    "T. Okafor",
+    "L. Chen",
+];
+
+/// The index in [`FAILURES`] of what `fault` is.
+fn fault_failure(fault: &Fault) -> usize {
+    failure_index(
+        SensorType::ALL[fault.device % SensorType::ALL.len()],
+        fault.kind,
+    )
+}
+
+/// A technician's report of `fault`, once it is over; `alert` is the maintenance alert that
+/// called the technician out, when one did (severity and what it said).
+fn fault_report(
+    doc_id: String,
+    fault: &Fault,
+    alert: Option<(&str, &str)>,
+    rng: &mut ChaCha8Rng,
+) -> Document {
+    let machine = reference::machine_of(fault.device);
+    let sensor = SensorType::ALL[fault.device % SensorType::ALL.len()];
+    let f = &FAILURES[fault_failure(fault)];
+    let mid = reference::machine_id(machine);
+    let mtype = machine_type(machine);
+    let plant = reference::plant_id(machine);
+    let minutes = (fault.end - fault.start).num_minutes().max(1);
+    let tech = TECHNICIANS[rng.random_range(0..TECHNICIANS.len())];
+    let action = f.steps[rng.random_range(0..f.steps.len())];
+    let outcome = [
+        "The asset returned to normal operation the same shift.",
+        "Production resumed after a short stop; no parts were scrapped.",
+        "The line ran at reduced speed until the end of the shift.",
+        "A follow-up work order was opened for the next planned stop.",
+    ][rng.random_range(0..4)];
+    let called = alert.map_or(String::new(), |(severity, detail)| {
+        format!(" Raised by a {severity} maintenance alert ({detail}).")
+    });
+    let body = format!(
+        "Incident report {doc_id}. Asset {mid} ({mtype}) at {plant}, sensor {device} \
+         ({sensor}). Detected {start} and lasted about {minutes} minutes.{called}\n\n\
+         Observation: monitoring showed {technical}. Likely cause: {cause}.\n\n\
+         Action taken by {tech}: {action}. {outcome}\n\n\
+         Lessons: see the standard operating procedure for {title_lower} on the {mtype}.",
+        device = reference::device_id(fault.device),
+        sensor = sensor.as_str(),
+        start = fault.start.format("%Y-%m-%d %H:%M UTC"),
+        technical = f.technical,
+        cause = f.cause,
+        title_lower = f.title.to_lowercase(),
+    );
+    let mut d = blank(
+        doc_id,
+        "incident",
+        format!("{} on {mid} ({mtype}, {plant})", f.title),
+        body,
+        fault.end,
+    );
+    d.plant_id = Some(plant);
+    d.machine_id = Some(mid);
+    d.machine_type = Some(mtype.to_string());
+    d.sensor_type = Some(sensor.as_str().to_string());
+    d
+}
+
 fn proposals(
     cfg: &SimulateConfig,
     data: &ReferenceData,
@@ -713,48 +736,12 @@ fn proposals(
         let n = 1 + usize::from(rng.random_bool(0.4));
         let lines = rand::seq::index::sample(rng, PRODUCT_LINES.len(), n);
         for (k, line) in lines.into_iter().enumerate() {
-            let (category, programme, _) = PRODUCT_LINES[line];
             let doc_id = format!("PROP-{}-{}", c.customer_id.trim_start_matches("C-"), k + 1);
-            let discount = rng.random_range(3..15);
-            let volume = rng.random_range(2..40) * 500;
-            let months = [12, 24, 36][rng.random_range(0..3)];
+            let terms = Terms::draw(rng);
             let at = cfg.start - Duration::days(rng.random_range(1..540));
-            let part = data
-                .parts
-                .iter()
-                .filter(|p| p.category == category)
-                .nth(rng.random_range(0..20))
-                .or_else(|| data.parts.first());
-            let body = format!(
-                "Commercial proposal {doc_id} for {name} ({segment}, {region}), prepared by \
-                 account manager {am}.\n\n\
-                 We propose a {months}-month {programme} covering an annual volume of {volume} \
-                 units in the {category} range, led by {part_name}. Pricing: {discount}% below \
-                 list on the whole range, fixed for the first twelve months, with quarterly \
-                 volume reviews.\n\n\
-                 Service: consignment stock at the customer's site, replenished weekly; a named \
-                 contact for escalations; delivery performance reported monthly.\n\n\
-                 Valid for 60 days from {date}.",
-                name = c.name,
-                segment = c.segment,
-                region = c.region,
-                am = c.account_manager,
-                part_name = part.map(|p| p.name.as_str()).unwrap_or(category),
-                date = at.format("%Y-%m-%d"),
-            );
-            let mut d = blank(
-                doc_id.clone(),
-                "proposal",
-                format!("{programme} for {}", c.name),
-                body,
-                at,
-            );
-            d.region = Some(c.region.clone());
-            d.customer_id = Some(c.customer_id.clone());
-            d.account_manager = Some(c.account_manager.clone());
-            d.part_id = part.map(|p| p.part_id.clone());
-            d.supplier_id = part.map(|p| p.supplier_id.clone());
-            corpus.proposals.push(d);
+            corpus
+                .proposals
+                .push(proposal(doc_id.clone(), data, c, line, terms, at, rng));
             asked.push((i, line, doc_id));
         }
     }
@@ -771,6 +758,223 @@ fn proposals(
             kind: "proposal".into(),
             answers: vec![doc_id.clone()],
         });
+    }
+}
+
+/// The commercial terms of a proposal.
+struct Terms {
+    discount: u32,
+    volume: u32,
+    months: u32,
+}
+
+impl Terms {
+    fn draw(rng: &mut ChaCha8Rng) -> Terms {
+        Terms {
+            discount: rng.random_range(3..15),
+            volume: rng.random_range(2..40) * 500,
+            months: [12, 24, 36][rng.random_range(0..3)],
+        }
+    }
+}
+
+/// Account manager's proposal to customer `c` for product line `line`, written at `at`.
+fn proposal(
+    doc_id: String,
+    data: &ReferenceData,
+    c: &reference::Customer,
+    line: usize,
+    Terms {
+        discount,
+        volume,
+        months,
+    }: Terms,
+    at: DateTime<Utc>,
+    rng: &mut ChaCha8Rng,
+) -> Document {
+    let (category, programme, _) = PRODUCT_LINES[line];
+    let part = data
+        .parts
+        .iter()
+        .filter(|p| p.category == category)
+        .nth(rng.random_range(0..20))
+        .or_else(|| data.parts.first());
+    let body = format!(
+        "Commercial proposal {doc_id} for {name} ({segment}, {region}), prepared by \
+         account manager {am}.\n\n\
+         We propose a {months}-month {programme} covering an annual volume of {volume} \
+         units in the {category} range, led by {part_name}. Pricing: {discount}% below \
+         list on the whole range, fixed for the first twelve months, with quarterly \
+         volume reviews.\n\n\
+         Service: consignment stock at the customer's site, replenished weekly; a named \
+         contact for escalations; delivery performance reported monthly.\n\n\
+         Valid for 60 days from {date}.",
+        name = c.name,
+        segment = c.segment,
+        region = c.region,
+        am = c.account_manager,
+        part_name = part.map(|p| p.name.as_str()).unwrap_or(category),
+        date = at.format("%Y-%m-%d"),
+    );
+    let mut d = blank(
+        doc_id,
+        "proposal",
+        format!("{programme} for {}", c.name),
+        body,
+        at,
+    );
+    d.region = Some(c.region.clone());
+    d.customer_id = Some(c.customer_id.clone());
+    d.account_manager = Some(c.account_manager.clone());
+    d.part_id = part.map(|p| p.part_id.clone());
+    d.supplier_id = part.map(|p| p.supplier_id.clone());
+    d
+}
+
+/// One sale in this many is followed by a proposal from the customer's account manager.
+pub const PROPOSAL_EVERY_SALES: u32 = 8;
+
+/// How long after a fault's end its maintenance alert can still be traced back to it.
+const ALERT_TRACE: Duration = Duration::hours(2);
+
+/// A maintenance alert as `mfg.alerts` carries it (the fields the technicians read).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Alert {
+    pub alert_id: String,
+    pub source: String,
+    /// For maintenance alerts, the machine.
+    pub signal_key: String,
+    pub severity: String,
+    pub detail: String,
+    pub signal_ts: DateTime<Utc>,
+}
+
+/// The people who write documents while the simulation runs: technicians answer maintenance
+/// alerts with incident reports (diagnosing the injected fault behind the alert, if there is
+/// one), and account managers follow one sale in [`PROPOSAL_EVERY_SALES`] up with a proposal.
+/// Deterministic for a seed and a sequence of sales and alerts.
+pub struct Authors {
+    rng: ChaCha8Rng,
+    data: ReferenceData,
+    run_id: String,
+    faults: Option<FaultPlan>,
+    proposals: u64,
+}
+
+impl Authors {
+    /// `faults`: the faults injected into the live telemetry, which technicians find.
+    pub fn new(cfg: &SimulateConfig, run_id: &str, faults: Option<FaultPlan>) -> Authors {
+        Authors {
+            rng: ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xa07_4025),
+            data: reference::generate(cfg),
+            run_id: run_id.to_string(),
+            faults,
+            proposals: 0,
+        }
+    }
+
+    /// The proposal that follows a sale to customer index `customer` at `at`, if this sale
+    /// gets one.
+    pub fn after_sale(&mut self, customer: usize, at: DateTime<Utc>) -> Option<Document> {
+        if !self.rng.random_ratio(1, PROPOSAL_EVERY_SALES) {
+            return None;
+        }
+        let c = self.data.customers.get(customer)?.clone();
+        self.proposals += 1;
+        let doc_id = format!(
+            "PROP-{}-{}-{}",
+            c.customer_id.trim_start_matches("C-"),
+            self.run_id,
+            self.proposals
+        );
+        let line = self.rng.random_range(0..PRODUCT_LINES.len());
+        let terms = Terms::draw(&mut self.rng);
+        Some(proposal(
+            doc_id,
+            &self.data,
+            &c,
+            line,
+            terms,
+            at,
+            &mut self.rng,
+        ))
+    }
+
+    /// The incident report answering a maintenance alert (other alerts: none). Reports are
+    /// keyed by the alert, so an alert seen twice gives the same document id.
+    pub fn answer_alert(&mut self, alert: &Alert) -> Option<Document> {
+        if alert.source != "iot.maintenance_alerts" {
+            return None;
+        }
+        let machine = reference::machine_index(&alert.signal_key)?;
+        // `iot.maintenance_alerts:M-012:HIGH:2026-11-01` → `INC-M-012-HIGH-2026-11-01`.
+        let key = alert
+            .alert_id
+            .strip_prefix(alert.source.as_str())
+            .unwrap_or(&alert.alert_id);
+        let doc_id = format!("INC-{}", key.trim_start_matches(':').replace(':', "-"));
+        let called = Some((alert.severity.as_str(), alert.detail.as_str()));
+        let sensors = SensorType::ALL.len();
+        let fault = self.faults.as_ref().and_then(|plan| {
+            (machine * sensors..(machine + 1) * sensors)
+                .find_map(|d| plan.near(d, alert.signal_ts, ALERT_TRACE))
+        });
+        if let Some(fault) = fault {
+            return Some(fault_report(doc_id, fault, called, &mut self.rng));
+        }
+        // Nothing injected behind it: the technician finds nothing wrong.
+        let mid = reference::machine_id(machine);
+        let mtype = machine_type(machine);
+        let plant = reference::plant_id(machine);
+        let tech = TECHNICIANS[self.rng.random_range(0..TECHNICIANS.len())];
+        let body = format!(
+            "Incident report {doc_id}. Asset {mid} ({mtype}) at {plant}. A {severity} \
+             maintenance alert ({detail}) was raised at {at}.\n\n\
+             Observation: {tech} inspected the asset on site; readings were back inside the \
+             control band and no mechanical or instrumentation defect was found.\n\n\
+             Action taken: none beyond the inspection; the asset stayed in production. The \
+             alert is recorded as unconfirmed so that a recurrence can be compared with it.",
+            severity = alert.severity,
+            detail = alert.detail,
+            at = alert.signal_ts.format("%Y-%m-%d %H:%M UTC"),
+        );
+        let mut d = blank(
+            doc_id,
+            "incident",
+            format!("Unconfirmed maintenance alert on {mid} ({mtype}, {plant})"),
+            body,
+            alert.signal_ts,
+        );
+        d.plant_id = Some(plant);
+        d.machine_id = Some(mid);
+        d.machine_type = Some(mtype.to_string());
+        Some(d)
+    }
+}
+
+impl Document {
+    /// The document as an upsert on `mfg.knowledge.documents`.
+    pub fn upsert(&self, event_id: String) -> crate::model::events::DocumentEvent {
+        crate::model::events::DocumentEvent {
+            event_id,
+            doc_id: self.doc_id.clone(),
+            op: "upsert".into(),
+            kind: self.kind.clone(),
+            title: Some(self.title.clone()),
+            body: Some(self.body.clone()),
+            plant_id: self.plant_id.clone(),
+            warehouse_id: self.warehouse_id.clone(),
+            region: self.region.clone(),
+            customer_id: self.customer_id.clone(),
+            account_manager: self.account_manager.clone(),
+            machine_id: self.machine_id.clone(),
+            machine_type: self.machine_type.clone(),
+            sensor_type: self.sensor_type.clone(),
+            part_id: self.part_id.clone(),
+            supplier_id: self.supplier_id.clone(),
+            created_at: Some(self.created_at),
+            ts: self.updated_at,
+        }
     }
 }
 
@@ -821,6 +1025,121 @@ mod tests {
                 "{} is too short",
                 d.doc_id
             );
+        }
+    }
+
+    fn maintenance_alert(machine: &str, at: DateTime<Utc>) -> Alert {
+        Alert {
+            alert_id: format!(
+                "iot.maintenance_alerts:{machine}:HIGH:{}",
+                at.format("%Y-%m-%d")
+            ),
+            source: "iot.maintenance_alerts".into(),
+            signal_key: machine.into(),
+            severity: "HIGH".into(),
+            detail: "14 anomalies in 4 of 6 ten-minute windows (vibration)".into(),
+            signal_ts: at,
+        }
+    }
+
+    #[test]
+    fn technicians_answer_maintenance_alerts_with_the_fault_they_find() {
+        let cfg = crate::config::Config::defaults().simulate;
+        let plan = FaultPlan::draw(
+            cfg.seed,
+            cfg.devices,
+            cfg.start,
+            Duration::days(30),
+            &FaultRates::default(),
+        );
+        // A fault alone on its machine at its start (so the technician has one thing to find).
+        let sensors = SensorType::ALL.len();
+        let fault = plan
+            .faults()
+            .iter()
+            .find(|f| {
+                let m = reference::machine_of(f.device);
+                (m * sensors..(m + 1) * sensors)
+                    .filter(|&d| d != f.device)
+                    .all(|d| plan.near(d, f.start, ALERT_TRACE).is_none())
+            })
+            .expect("a fault alone on its machine")
+            .clone();
+        let machine = reference::machine_id(reference::machine_of(fault.device));
+        let failure = &FAILURES[fault_failure(&fault)];
+        let mut authors = Authors::new(&cfg, "r1", Some(plan));
+        // An alert while the fault is on: the report is about that fault, at the machine's plant.
+        let alert = maintenance_alert(&machine, fault.start);
+        let report = authors.answer_alert(&alert).expect("a report");
+        assert_eq!(report.kind, "incident");
+        assert_eq!(
+            report.doc_id,
+            format!("INC-{machine}-HIGH-{}", fault.start.format("%Y-%m-%d"))
+        );
+        assert!(report.title.starts_with(failure.title), "{}", report.title);
+        assert!(report.body.contains(failure.technical), "{}", report.body);
+        assert!(
+            report.body.contains("HIGH maintenance alert"),
+            "{}",
+            report.body
+        );
+        assert_eq!(report.machine_id.as_deref(), Some(machine.as_str()));
+        assert_eq!(
+            report.plant_id,
+            Some(reference::plant_id(reference::machine_of(fault.device)))
+        );
+        // The same alert again (a restarted feed) is the same document.
+        assert_eq!(authors.answer_alert(&alert).unwrap().doc_id, report.doc_id);
+        // Before any injected fault: nothing found, said so.
+        let later = maintenance_alert(&machine, cfg.start - Duration::days(1));
+        let quiet = authors.answer_alert(&later).expect("a report");
+        assert!(quiet.title.starts_with("Unconfirmed"), "{}", quiet.title);
+        assert_ne!(quiet.doc_id, report.doc_id);
+        // Shortage and churn alerts are not the technicians' business; unknown machines neither.
+        let mut shortage = maintenance_alert(&machine, fault.start);
+        shortage.source = "supply_chain.shortage_signals".into();
+        assert!(authors.answer_alert(&shortage).is_none());
+        assert!(
+            authors
+                .answer_alert(&maintenance_alert("X-1", fault.start))
+                .is_none()
+        );
+        // What they write passes the document event's own validation.
+        for d in [&report, &quiet] {
+            let event = d.upsert("e-1".into());
+            let bytes = serde_json::to_vec(&event).unwrap();
+            assert_eq!(crate::model::EventKind::Document.check(&bytes), Ok(()));
+        }
+    }
+
+    #[test]
+    fn account_managers_follow_some_sales_with_a_proposal_for_that_customer() {
+        let cfg = crate::config::Config::defaults().simulate;
+        let data = reference::generate(&cfg);
+        let mut authors = Authors::new(&cfg, "r1", None);
+        let sales = 800;
+        let proposals: Vec<Document> = (0..sales)
+            .filter_map(|i| authors.after_sale(i % data.customers.len(), cfg.start))
+            .collect();
+        let expected = sales as f64 / PROPOSAL_EVERY_SALES as f64;
+        assert!(
+            (proposals.len() as f64 - expected).abs() < expected * 0.35,
+            "{} proposals after {sales} sales",
+            proposals.len()
+        );
+        let ids: std::collections::HashSet<_> = proposals.iter().map(|p| &p.doc_id).collect();
+        assert_eq!(ids.len(), proposals.len(), "ids unique");
+        for p in &proposals {
+            let c = data
+                .customers
+                .iter()
+                .find(|c| Some(&c.customer_id) == p.customer_id.as_ref())
+                .expect("a known customer");
+            assert_eq!(p.account_manager.as_ref(), Some(&c.account_manager));
+            assert_eq!(p.region.as_ref(), Some(&c.region));
+            assert!(p.body.contains(&c.name), "{}", p.body);
+            let bytes = serde_json::to_vec(&p.upsert("e".into())).unwrap();
+            assert_eq!(crate::model::EventKind::Document.check(&bytes), Ok(()));
         }
     }
 }

@@ -155,6 +155,12 @@ impl FaultPlan {
         self.of_device(device).find(|f| f.covers(ts))
     }
 
+    /// The fault of `device` active at `ts` or ended less than `grace` before it.
+    pub fn near(&self, device: usize, ts: DateTime<Utc>, grace: Duration) -> Option<&Fault> {
+        self.of_device(device)
+            .find(|f| ts >= f.start && ts < f.end + grace)
+    }
+
     /// Whether a fault of `device` ended less than `grace` before `ts` (the sensor returning to
     /// normal).
     pub fn just_ended(&self, device: usize, ts: DateTime<Utc>, grace: Duration) -> bool {

@@ -30,6 +30,40 @@ pub fn order_feed(
     brokers: &str,
     group: &str,
 ) -> Result<tokio::sync::mpsc::UnboundedReceiver<crate::model::events::OrderAction>> {
+    feed(
+        kafka,
+        brokers,
+        group,
+        crate::broker::topics::ACTION_ORDERS,
+        |p| {
+            serde_json::from_slice::<crate::model::events::OrderAction>(p)
+                .map_err(|e| e.to_string())
+                .and_then(|o| o.validate().map(|_| o))
+        },
+    )
+}
+
+/// The alerts on `mfg.alerts`, read by their own consumer group, for the simulated technicians
+/// to answer (see [`documents::Authors`]). Ends when the receiver is dropped.
+pub fn alert_feed(
+    kafka: &KafkaConfig,
+    brokers: &str,
+    group: &str,
+) -> Result<tokio::sync::mpsc::UnboundedReceiver<documents::Alert>> {
+    feed(kafka, brokers, group, crate::broker::topics::ALERTS, |p| {
+        serde_json::from_slice::<documents::Alert>(p).map_err(|e| e.to_string())
+    })
+}
+
+/// The records of `topic` parsed by `parse`, from the start of the topic, as a channel. Records
+/// that do not parse are skipped with a warning.
+fn feed<T: Send + 'static>(
+    kafka: &KafkaConfig,
+    brokers: &str,
+    group: &str,
+    topic: &'static str,
+    parse: fn(&[u8]) -> std::result::Result<T, String>,
+) -> Result<tokio::sync::mpsc::UnboundedReceiver<T>> {
     use rdkafka::Message;
     use rdkafka::consumer::{Consumer, StreamConsumer};
     let consumer: StreamConsumer = crate::broker::client_config(kafka, brokers)
@@ -37,32 +71,25 @@ pub fn order_feed(
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "true")
         .create()?;
-    consumer.subscribe(&[crate::broker::topics::ACTION_ORDERS])?;
+    consumer.subscribe(&[topic])?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = tx.closed() => return,
                 m = consumer.recv() => match m {
-                    Ok(m) => {
-                        let parsed = m.payload().map(|p| {
-                            serde_json::from_slice::<crate::model::events::OrderAction>(p)
-                                .map_err(|e| e.to_string())
-                                .and_then(|o| o.validate().map(|_| o))
-                        });
-                        match parsed {
-                            Some(Ok(order)) => {
-                                let receiver_gone = tx.send(order).is_err();
-                                if receiver_gone {
-                                    return;
-                                }
+                    Ok(m) => match m.payload().map(parse) {
+                        Some(Ok(item)) => {
+                            let receiver_gone = tx.send(item).is_err();
+                            if receiver_gone {
+                                return;
                             }
-                            Some(Err(e)) => tracing::warn!(offset = m.offset(), error = %e, "simulator: skipping an invalid order"),
-                            None => {}
                         }
-                    }
+                        Some(Err(e)) => tracing::warn!(topic, offset = m.offset(), error = %e, "simulator: skipping an invalid record"),
+                        None => {}
+                    },
                     Err(e) => {
-                        tracing::warn!(error = %e, "simulator: reading orders");
+                        tracing::warn!(topic, error = %e, "simulator: reading");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 },

@@ -22,6 +22,10 @@ const COUNTRIES: [&str; 8] = ["DE", "PL", "CZ", "US", "MX", "CN", "VN", "IN"];
 pub fn warehouse_id(i: usize) -> String {
     format!("WH-{:02}", i + 1)
 }
+/// Device id of device index `d` (`DEV-0001`…).
+pub fn device_id(d: usize) -> String {
+    format!("DEV-{:04}", d + 1)
+}
 /// The machine a device (sensor) belongs to: four sensors each, one per sensor type.
 pub fn machine_of(device: usize) -> usize {
     device / crate::model::events::SensorType::ALL.len()
@@ -41,6 +45,11 @@ pub fn part_id(i: usize) -> String {
 /// The index behind a [`part_id`], for ids this module made.
 pub fn part_index(id: &str) -> Option<usize> {
     index_of(id, "P-")
+}
+
+/// The index behind a [`machine_id`].
+pub fn machine_index(id: &str) -> Option<usize> {
+    index_of(id, "M-")
 }
 
 /// The index behind a [`warehouse_id`].

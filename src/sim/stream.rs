@@ -9,8 +9,9 @@ use chrono::{DateTime, Duration, Utc};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::documents::{Alert, Authors, Document};
 use super::faults::{FaultPlan, InjectorState, Normal};
-use super::reference::{REGIONS, customer_id, part_id, supplier_id, warehouse_id};
+use super::reference::{REGIONS, customer_id, device_id, part_id, supplier_id, warehouse_id};
 use super::world::{GroundTruth, Happening, World, WorldRates};
 use crate::broker::topics;
 use crate::config::SimulateConfig;
@@ -35,11 +36,6 @@ struct Shipment {
     stage: u8,
 }
 
-/// Device id of device index `d` (`DEV-0001`…).
-pub fn device_id(d: usize) -> String {
-    format!("DEV-{:04}", d + 1)
-}
-
 pub struct Generator {
     rng: ChaCha8Rng,
     cfg: SimulateConfig,
@@ -58,6 +54,11 @@ pub struct Generator {
     orders: std::collections::HashSet<String>,
     /// Where agent orders arrive from (see [`super::order_feed`]).
     order_feed: Option<tokio::sync::mpsc::UnboundedReceiver<crate::model::events::OrderAction>>,
+    /// Who writes documents as the stream runs, and the alerts they answer.
+    authors: Option<Authors>,
+    alert_feed: Option<tokio::sync::mpsc::UnboundedReceiver<Alert>>,
+    /// Events due before anything else (documents written in response to something).
+    pending: std::collections::VecDeque<SimEvent>,
 }
 
 /// Fault injection attached to a generator, with its own RNG so the event stream stays the same.
@@ -104,6 +105,47 @@ impl Generator {
             telemetry: true,
             orders: std::collections::HashSet::new(),
             order_feed: None,
+            authors: None,
+            alert_feed: None,
+            pending: Default::default(),
+        }
+    }
+
+    /// Documents written live on `mfg.knowledge.documents`: a proposal after some sales, an
+    /// incident report for each maintenance alert arriving on `alerts`.
+    pub fn with_authors(
+        mut self,
+        authors: Authors,
+        alerts: Option<tokio::sync::mpsc::UnboundedReceiver<Alert>>,
+    ) -> Self {
+        self.authors = Some(authors);
+        self.alert_feed = alerts;
+        self
+    }
+
+    /// Queues `doc` as an upsert on the documents topic, to go out next.
+    fn publish(&mut self, doc: Document) {
+        let event = doc.upsert(self.event_id("doc"));
+        self.pending.push_back(SimEvent {
+            topic: topics::DOCUMENTS,
+            key: event.doc_id.clone(),
+            payload: json(&event),
+            malformed: false,
+        });
+    }
+
+    /// Incident reports for the alerts that arrived since the last look.
+    pub fn answer_alerts(&mut self) {
+        let (Some(authors), Some(feed)) = (&mut self.authors, &mut self.alert_feed) else {
+            return;
+        };
+        let mut reports = Vec::new();
+        while let Ok(alert) = feed.try_recv() {
+            reports.extend(authors.answer_alert(&alert));
+        }
+        for doc in reports {
+            tracing::info!(doc_id = %doc.doc_id, "simulator: a technician filed an incident report");
+            self.publish(doc);
         }
     }
 
@@ -202,7 +244,13 @@ impl Generator {
                 }
             }
         }
+        if self.seq.is_multiple_of(256) {
+            self.answer_alerts();
+        }
         let mut ev = loop {
+            if let Some(e) = self.pending.pop_front() {
+                break e;
+            }
             if let Some((at, h)) = self.world.pop_due(self.now) {
                 break self.happening(at, h);
             }
@@ -288,6 +336,13 @@ impl Generator {
                 let saved = std::mem::replace(&mut self.now, at);
                 let e = self.sale_for(customer);
                 self.now = saved;
+                if let Some(doc) = self
+                    .authors
+                    .as_mut()
+                    .and_then(|a| a.after_sale(customer, at))
+                {
+                    self.publish(doc);
+                }
                 e
             }
         }

@@ -588,3 +588,139 @@ async fn read_error(c: &rmcp::service::RunningService<rmcp::RoleClient, ()>, uri
         .unwrap_err()
         .to_string()
 }
+
+/// Documents written live: events on `mfg.knowledge.documents` become rows of the document
+/// tables through the pipeline — a new report, its revision (keeping the date it was first
+/// written), a withdrawn proposal — a malformed one goes to the dead letters naming what is
+/// missing, and knowledge search follows: the revision is found, the withdrawn proposal is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn document_events_are_materialized_and_searched() {
+    use millstream::model::events::DocumentEvent;
+    let _w = support::watchdog("document events", Duration::from_secs(600));
+    let env = support::Env::new(2).await;
+    let at = |h: u32| {
+        chrono::DateTime::parse_from_rfc3339(&format!("2026-11-02T{h:02}:00:00Z"))
+            .unwrap()
+            .to_utc()
+    };
+    let doc = |event: &str, doc_id: &str, op: &str, kind: &str, body: &str, ts| DocumentEvent {
+        event_id: event.into(),
+        doc_id: doc_id.into(),
+        op: op.into(),
+        kind: kind.into(),
+        title: (op == "upsert").then(|| format!("{doc_id} title")),
+        body: (op == "upsert").then(|| body.to_string()),
+        plant_id: (kind == "incident").then(|| "PLANT-1".into()),
+        warehouse_id: None,
+        region: (kind == "proposal").then(|| "EMEA".into()),
+        customer_id: (kind == "proposal").then(|| "C-0001".into()),
+        account_manager: (kind == "proposal").then(|| "am.emea@example.com".into()),
+        machine_id: (kind == "incident").then(|| "M-001".into()),
+        machine_type: None,
+        sensor_type: None,
+        part_id: None,
+        supplier_id: None,
+        created_at: None,
+        ts,
+    };
+    let events = [
+        doc(
+            "e1",
+            "INC-LIVE-1",
+            "upsert",
+            "incident",
+            "The conveyor belt tracked off its rollers; the operator realigned the tail pulley.",
+            at(1),
+        ),
+        doc(
+            "e2",
+            "PROP-LIVE-1",
+            "upsert",
+            "proposal",
+            "We offer a glacier-blue livery for the customer's delivery vans at cost.",
+            at(1),
+        ),
+        doc(
+            "e3",
+            "INC-LIVE-1",
+            "upsert",
+            "incident",
+            "Revised: the hydraulic accumulator lost its nitrogen precharge and was refilled.",
+            at(3),
+        ),
+        doc("e4", "PROP-LIVE-1", "delete", "proposal", "", at(4)),
+    ];
+    let to_sim = |e: &DocumentEvent, malformed: bool| millstream::sim::stream::SimEvent {
+        topic: millstream::broker::topics::DOCUMENTS,
+        key: e.doc_id.clone(),
+        payload: serde_json::to_vec(e).unwrap(),
+        malformed,
+    };
+    // An incident report without its plant: nobody could be kept from reading it.
+    let mut orphan = doc("e5", "INC-LIVE-2", "upsert", "incident", "Text.", at(5));
+    orphan.plant_id = None;
+    // Two runs, so that the revision and the delete meet documents already in the tables.
+    let opts = env.options("documents", "g-documents");
+    env.produce(
+        &events[..2]
+            .iter()
+            .map(|e| to_sim(e, false))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let first = env.run_until(&opts, 2).await;
+    assert_eq!(first.dead_letters, 0, "{first:?}");
+    let proposals = support::rows(&env.lake, "SELECT doc_id FROM knowledge.proposals").await;
+    assert_eq!(proposals, ["PROP-LIVE-1"]);
+    let mut rest: Vec<_> = events[2..].iter().map(|e| to_sim(e, false)).collect();
+    rest.push(to_sim(&orphan, true));
+    env.produce(&rest).await;
+    let second = env.run_until(&opts, rest.len() as u64).await;
+    assert_eq!(second.dead_letters, 1, "{second:?}");
+
+    let incidents = support::rows(
+        &env.lake,
+        "SELECT doc_id, body, CAST(created_at AS VARCHAR), CAST(updated_at AS VARCHAR) \
+         FROM knowledge.incidents",
+    )
+    .await;
+    assert_eq!(
+        incidents,
+        [
+            "INC-LIVE-1|Revised: the hydraulic accumulator lost its nitrogen precharge and was \
+          refilled.|2026-11-02T01:00:00Z|2026-11-02T03:00:00Z"
+        ],
+        "the revision replaced the text and kept the first date"
+    );
+    let proposals = support::rows(&env.lake, "SELECT doc_id FROM knowledge.proposals").await;
+    assert!(
+        proposals.is_empty(),
+        "the withdrawn proposal is gone: {proposals:?}"
+    );
+    let bronze = support::rows(&env.lake, "SELECT count(*) FROM knowledge.document_events").await;
+    assert_eq!(
+        bronze,
+        ["4"],
+        "every valid change is kept in the bronze table"
+    );
+    let reasons = support::rows(&env.lake, "SELECT topic, reason FROM ops.dead_letters").await;
+    assert_eq!(reasons.len(), 1);
+    assert!(
+        reasons[0].starts_with("mfg.knowledge.documents|") && reasons[0].contains("plant_id"),
+        "{reasons:?}"
+    );
+
+    // Knowledge search over these tables.
+    let mut cfg = support::config();
+    cfg.knowledge.enabled = true;
+    let k = Knowledge::open(env.lake.clone(), &cfg.knowledge).unwrap();
+    k.sync().await.unwrap();
+    let hits = ids(&k, "accumulator nitrogen precharge refilled").await;
+    assert_eq!(
+        hits.first().map(String::as_str),
+        Some("INC-LIVE-1"),
+        "{hits:?}"
+    );
+    let hits = ids(&k, "glacier-blue livery for delivery vans").await;
+    assert!(!hits.iter().any(|h| h == "PROP-LIVE-1"), "{hits:?}");
+}
