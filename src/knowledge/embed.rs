@@ -211,7 +211,7 @@ fn installed_package_dir() -> Option<PathBuf> {
 /// search of 100,000 documents take tens of milliseconds; lanes let it use SIMD registers.
 pub fn cosine(a: &[f32; DIM], b: &[f32; DIM]) -> f32 {
     const LANES: usize = 16;
-    const _: () = assert!(DIM % LANES == 0);
+    const _: () = assert!(DIM.is_multiple_of(LANES));
     let mut acc = [0f32; LANES];
     for (x, y) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
         for i in 0..LANES {
