@@ -1,8 +1,8 @@
 """Independent reader for millstream's Delta tables, using the Python `deltalake` package.
 
-Usage: read_delta.py LAKEHOUSE_ROOT
-Prints one JSON object: for every bronze table and ops.dead_letters, the latest version, row
-count, distinct event ids, and the Change Data Feed from version 0 split by change type.
+Usage: read_delta.py LAKEHOUSE_ROOT TABLE...
+Prints one JSON object: for every table named (schema.table), the latest version, row count,
+distinct event ids, and the Change Data Feed from version 0 split by change type.
 """
 
 import json
@@ -12,17 +12,6 @@ import sys
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable
-
-TABLES = [
-    "iot.telemetry",
-    "supply_chain.shipments",
-    "supply_chain.inventory_movements",
-    "sales.transactions",
-    "supply_chain.order_actions",
-    "support.ticket_actions",
-    "ops.dead_letters",
-]
-
 
 def read(root: str, name: str) -> dict:
     schema, table = name.split(".")
@@ -43,8 +32,8 @@ def read(root: str, name: str) -> dict:
 
 
 def main() -> None:
-    root = sys.argv[1]
-    print(json.dumps({name: read(root, name) for name in TABLES}))
+    root, tables = sys.argv[1], sys.argv[2:]
+    print(json.dumps({name: read(root, name) for name in tables}))
 
 
 if __name__ == "__main__":
