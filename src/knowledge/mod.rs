@@ -349,7 +349,7 @@ impl Knowledge {
             }
             (pending, gone)
         };
-        self.embed_missing(table, &pending, stored, stats).await?;
+        let deferred = self.embed_missing(table, &pending, stored, stats).await?;
         let mut index = self.index.write().await;
         for (doc, chunks) in pending {
             let indexed = chunks
@@ -370,18 +370,38 @@ impl Knowledge {
             }
         }
         index.commit()?;
+        drop(index);
+        // A live edit's vectors are stored once it is searchable (losing them in a crash only
+        // means embedding them again).
+        if let Some(batch) = deferred {
+            self.store_chunks(batch).await?;
+        }
+        Ok(())
+    }
+
+    /// Appends embedded chunks to `knowledge.chunks`.
+    async fn store_chunks(&self, batch: arrow::array::RecordBatch) -> Result<()> {
+        self.lake
+            .ensure(CHUNKS)
+            .await?
+            .write(vec![batch])
+            .with_save_mode(SaveMode::Append)
+            .await
+            .map_err(|e| Error::delta(CHUNKS, e))?;
         Ok(())
     }
 
     /// Embeds the chunks of `pending` that `known` has no vector for, in batches off the async
-    /// threads; appends them to `knowledge.chunks` and adds them to `known`.
+    /// threads, and adds them to `known`. Bulk work (building the index) appends each batch to
+    /// `knowledge.chunks` as it goes, so an interrupted build resumes; a live edit's few
+    /// chunks are returned instead, to be stored after they are searchable.
     async fn embed_missing(
         &self,
         table: &'static str,
         pending: &[(DocMeta, Vec<(chunk::Chunk, u64)>)],
         known: &mut Vectors,
         stats: &mut SyncStats,
-    ) -> Result<()> {
+    ) -> Result<Option<arrow::array::RecordBatch>> {
         let mut missing: Vec<(&DocMeta, &chunk::Chunk, u64)> = Vec::new();
         let mut queued = HashSet::new();
         for (doc, chunks) in pending {
@@ -451,19 +471,18 @@ impl Knowledge {
                     embedded_at: now,
                 })
                 .collect();
-            self.lake
-                .ensure(CHUNKS)
-                .await?
-                .write(vec![crate::lakehouse::rows_batch(CHUNKS, &rows)?])
-                .with_save_mode(SaveMode::Append)
-                .await
-                .map_err(|e| Error::delta(CHUNKS, e))?;
+            let rows = crate::lakehouse::rows_batch(CHUNKS, &rows)?;
             for ((_, _, h), v) in batch.iter().zip(vectors) {
                 known.insert(*h, v);
                 stats.embedded += 1;
             }
+            if live {
+                // At most one batch (`total <= size`).
+                return Ok(Some(rows));
+            }
+            self.store_chunks(rows).await?;
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Every vector of this model stored in `knowledge.chunks`, by chunk-text hash.
