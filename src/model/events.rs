@@ -209,7 +209,8 @@ pub struct TicketAction {
 /// A document written, revised or withdrawn in an authoring system — the maintenance system's
 /// incident reports, the CRM's sales proposals (`mfg.knowledge.documents`, key = doc_id);
 /// materialized into `knowledge.incidents` and `knowledge.proposals` by
-/// `pipelines/incident_documents` and `pipelines/proposal_documents`, where knowledge search
+/// `pipelines/incident_documents` and `pipelines/proposal_documents` (one SQL file, filtered by
+/// kind), where knowledge search
 /// picks them up from the Change Data Feed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct DocumentEvent {

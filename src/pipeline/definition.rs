@@ -6,6 +6,7 @@
 //! [input]
 //! tables = ["supply_chain.inventory", …]   # recomputed when any of them has a new version
 //! # batch = "supply_chain.inventory_movements"   # or: each micro-batch's new rows, as `batch`
+//! # filter = "kind = 'incident'"                # with `batch`: only the rows this holds for
 //! # after = ["other_pipeline"]                   # run after these in a round
 //! [sink]
 //! table = "supply_chain.shortage_signals"
@@ -49,6 +50,8 @@ struct RawInput {
     #[serde(default)]
     tables: Vec<Spanned<String>>,
     batch: Option<Spanned<String>>,
+    /// With `batch`: a predicate over its columns; `batch` holds only the rows it keeps.
+    filter: Option<Spanned<String>>,
     #[serde(default)]
     after: Vec<Spanned<String>>,
 }
@@ -84,8 +87,9 @@ pub enum SinkMode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
     /// Run by the micro-batch worker on each micro-batch's new rows of this table (registered
-    /// as `batch`), its result merged into the sink in the batch's commit.
-    Batch(String),
+    /// as `batch`, only those the filter keeps when there is one), its result merged into the
+    /// sink in the batch's commit.
+    Batch(String, Option<String>),
     /// Recomputed by the deriver from these tables when any of them changes.
     Derived(Vec<String>),
 }
@@ -259,7 +263,7 @@ impl Definitions {
     pub fn batch_pipelines<'a>(&'a self, table: &'a str) -> impl Iterator<Item = &'a Definition> {
         self.pipelines
             .iter()
-            .filter(move |d| matches!(&d.kind, Kind::Batch(t) if t == table))
+            .filter(move |d| matches!(&d.kind, Kind::Batch(t, _) if t == table))
     }
 
     /// Plans every SQL file against empty copies of the tables it may read — its input tables
@@ -281,9 +285,9 @@ impl Definitions {
                             as std::sync::Arc<dyn datafusion::catalog::TableProvider>
                     }))
                 })?;
-                if let Kind::Batch(t) = &def.kind {
+                if let Kind::Batch(t, filter) = &def.kind {
                     let schema = tables::get(t)?.arrow_schema();
-                    ctx = super::session::with_batch(&ctx, schema, Vec::new())?;
+                    ctx = super::session::with_batch(&ctx, schema, Vec::new(), filter.as_deref())?;
                 }
                 let df = ctx.sql(&def.sql).await?;
                 Ok(Arc::new(df.schema().as_arrow().clone()))
@@ -406,7 +410,10 @@ fn parse(
         known_table(t, &mut problems);
     }
     let input = match (&raw.input.batch, raw.input.tables.is_empty()) {
-        (Some(b), true) => Kind::Batch(b.get_ref().clone()),
+        (Some(b), true) => Kind::Batch(
+            b.get_ref().clone(),
+            raw.input.filter.as_ref().map(|f| f.get_ref().clone()),
+        ),
         (None, false) => Kind::Derived(
             raw.input
                 .tables
@@ -421,6 +428,12 @@ fn parse(
             Kind::Derived(Vec::new())
         }
     };
+    if let (Some(f), None) = (&raw.input.filter, &raw.input.batch) {
+        problems.push(format!(
+            "{}: `filter` applies only to a `batch` input",
+            at(f.span())
+        ));
+    }
     known_table(&raw.sink.table, &mut problems);
     let sink_def = tables::get(raw.sink.table.get_ref()).ok();
     let column = |c: &Spanned<String>, what: &str, problems: &mut Vec<String>| {
@@ -608,6 +621,16 @@ mod tests {
         let e = problems(&[("x.toml", merge), ("x.sql", "SELECT ticket_id FROM batch")]).await;
         assert!(
             e.contains("pipelines/x.toml:9: expression \"source.status = \" does not parse"),
+            "{e}"
+        );
+        // A filter narrows a micro-batch, and only that.
+        let filtered = toml.replace(
+            "tables = [\"iot.anomalies\"]",
+            "tables = [\"iot.anomalies\"]\nfilter = \"severity = 'HIGH'\"",
+        );
+        let e = problems(&[("x.toml", &filtered)]).await;
+        assert!(
+            e.contains("pipelines/x.toml:5: `filter` applies only to a `batch` input"),
             "{e}"
         );
         // `delete` belongs to merges.

@@ -104,15 +104,24 @@ pub fn with_batch(
     ctx: &SessionContext,
     schema: arrow::datatypes::SchemaRef,
     batches: Vec<RecordBatch>,
+    filter: Option<&str>,
 ) -> Result<SessionContext> {
     let catalog = ctx
         .catalog(CATALOG)
         .ok_or_else(|| crate::error::Error::Internal("session without the catalog".into()))?;
+    let rows: Arc<dyn datafusion::catalog::TableProvider> =
+        Arc::new(MemTable::try_new(schema, vec![batches])?);
+    // A pipeline's batch filter (`[input] filter`): `batch` holds only the rows it keeps.
+    let rows = match filter {
+        None => rows,
+        Some(f) => {
+            let all = SessionContext::new().read_table(rows)?;
+            let keep = all.parse_sql_expr(f)?;
+            all.filter(keep)?.into_view()
+        }
+    };
     let input = Arc::new(MemorySchemaProvider::new());
-    input.register_table(
-        "batch".to_string(),
-        Arc::new(MemTable::try_new(schema, vec![batches])?),
-    )?;
+    input.register_table("batch".to_string(), rows)?;
     catalog.register_schema(INPUT, input)?;
     let out = context_with_default_schema(INPUT);
     out.register_catalog(CATALOG, catalog);

@@ -1135,7 +1135,11 @@ async fn merge(
     let own: std::sync::Arc<dyn datafusion::catalog::TableProvider> =
         table.clone().table_provider().await?;
     let ctx = super::session::with_tables(|t| Ok((t.name == name).then(|| own.clone())))?;
-    let ctx = super::session::with_batch(&ctx, schema, batches)?;
+    let filter = match &def.kind {
+        crate::pipeline::definition::Kind::Batch(_, filter) => filter.as_deref(),
+        crate::pipeline::definition::Kind::Derived(_) => None,
+    };
+    let ctx = super::session::with_batch(&ctx, schema, batches, filter)?;
     let source = ctx.sql(&def.sql).await?;
     commit::merge(
         table.clone(),

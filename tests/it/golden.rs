@@ -83,8 +83,9 @@ fn render(batches: &[RecordBatch]) -> String {
 struct Subject {
     name: String,
     sql: String,
-    /// The micro-batch source table for a pipeline with a batch input.
+    /// The micro-batch source table for a pipeline with a batch input, and its filter.
     batch: Option<String>,
+    filter: Option<String>,
 }
 
 async fn run_case(subject: &Subject, dir: &Path) -> Result<String, String> {
@@ -111,7 +112,8 @@ async fn run_case(subject: &Subject, dir: &Path) -> Result<String, String> {
     let mut ctx = session::memory(&data).map_err(|e| e.to_string())?;
     if let (Some(source), Some(b)) = (&subject.batch, batch) {
         let schema = tables::get(source).unwrap().arrow_schema();
-        ctx = session::with_batch(&ctx, schema, vec![b]).map_err(|e| e.to_string())?;
+        ctx = session::with_batch(&ctx, schema, vec![b], subject.filter.as_deref())
+            .map_err(|e| e.to_string())?;
     }
     let df = ctx.sql(&subject.sql).await.map_err(|e| e.to_string())?;
     let batches = df.collect().await.map_err(|e| e.to_string())?;
@@ -130,18 +132,21 @@ async fn subject(name: &str) -> Subject {
             name: name.to_string(),
             sql: sql.clone(),
             batch: None,
+            filter: None,
         };
     }
     let def = defs
         .get(name)
         .unwrap_or_else(|| panic!("tests/pipelines/{name}: no pipelines/{name}.toml"));
+    let (batch, filter) = match &def.kind {
+        Kind::Batch(source, filter) => (Some(source.clone()), filter.clone()),
+        Kind::Derived(_) => (None, None),
+    };
     Subject {
         name: def.name.clone(),
         sql: def.sql.clone(),
-        batch: match &def.kind {
-            Kind::Batch(source) => Some(source.clone()),
-            _ => None,
-        },
+        batch,
+        filter,
     }
 }
 

@@ -1,5 +1,6 @@
--- The newest change of each proposal document in a micro-batch of document events (Kafka order:
--- a document's events share its key, so one partition). The sink deletes on op = 'delete' and
+-- The newest change of each document in a micro-batch of document events (Kafka order: a
+-- document's events share its key, so one partition); each pipeline that uses this file keeps
+-- one kind of document with its `[input] filter`. The sink deletes on op = 'delete' and
 -- otherwise inserts or replaces the document; a document new to the table was first written when
 -- its first event of the batch says (the table keeps that date through later revisions).
 WITH ordered AS (
@@ -7,7 +8,6 @@ WITH ordered AS (
         row_number() OVER (PARTITION BY doc_id ORDER BY _partition DESC, _offset DESC) AS newest,
         min(coalesce(created_at, ts)) OVER (PARTITION BY doc_id) AS first_written
     FROM batch
-    WHERE kind = 'proposal'
 )
 SELECT doc_id, op, kind, title, body, plant_id, warehouse_id, region, customer_id,
     account_manager, machine_id, machine_type, sensor_type, part_id, supplier_id,
