@@ -197,6 +197,19 @@ pub mod events {
         }
     }
 
+    /// Knowledge search reflects a new version of a document table: how long after its commit.
+    pub struct DocumentsSearchable<'a> {
+        pub table: &'a str,
+        pub delay: Duration,
+    }
+
+    impl DocumentsSearchable<'_> {
+        pub fn emit(&self) {
+            histogram!("millstream_knowledge_searchable_seconds", "table" => self.table.to_string())
+                .record(self.delay.as_secs_f64());
+        }
+    }
+
     /// A derived pipeline (signals, alerts) recomputed its sink.
     pub struct PipelineDerived<'a> {
         pub pipeline: &'a str,

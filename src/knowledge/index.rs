@@ -197,11 +197,6 @@ impl Index {
         self.by_doc.get(doc_id).map(|(d, _)| d)
     }
 
-    /// Every indexed document id.
-    pub fn document_ids(&self) -> impl Iterator<Item = &str> {
-        self.by_doc.keys().map(String::as_str)
-    }
-
     /// The ids of the documents indexed from `source`.
     pub fn documents_of(&self, source: &str) -> impl Iterator<Item = &str> {
         self.by_doc
@@ -326,6 +321,11 @@ impl Index {
         self.writer
             .delete_term(Term::from_field_text(self.f_doc, doc_id));
         true
+    }
+
+    /// Every indexed document id.
+    pub fn document_ids(&self) -> impl Iterator<Item = &str> {
+        self.by_doc.keys().map(String::as_str)
     }
 
     /// Makes the changes since the last commit searchable.

@@ -213,12 +213,11 @@ impl Knowledge {
             // A version committed while the index was following the table (not the state found
             // at a start): how long until its changes could be found.
             if let (Some(_), Some(at)) = (reflected, committed_at) {
-                let delay = (Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0;
-                metrics::histogram!(
-                    "millstream_knowledge_searchable_seconds",
-                    "table" => source.table
-                )
-                .record(delay);
+                crate::telemetry::events::DocumentsSearchable {
+                    table: source.table,
+                    delay: (Utc::now() - at).to_std().unwrap_or_default(),
+                }
+                .emit();
             }
             self.versions.lock().expect("poisoned").insert(
                 source.table,
@@ -534,13 +533,6 @@ impl Knowledge {
             tracing::debug_span!("knowledge.rank", k = request.k, mode = ?request.mode).entered();
         let mask = index.mask(|d| visible.admits(d) && request.accepts(d));
         index.search(&request.query, &vector, &mask, request.k, request.mode)
-    }
-
-    /// The documents a caller may open by id (`millstream://documents/{id}`) are read from the
-    /// tables through its governed session, not from the index; this says which source an id
-    /// is indexed from, to read only that table.
-    pub async fn source_of(&self, doc_id: &str) -> Option<&'static str> {
-        self.index.read().await.get(doc_id).map(|d| d.source)
     }
 }
 

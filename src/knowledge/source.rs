@@ -49,16 +49,6 @@ pub const SOURCES: [Source; 4] = [
     },
 ];
 
-/// The source of documents of `kind`.
-pub fn of_kind(kind: &str) -> Option<&'static Source> {
-    SOURCES.iter().find(|s| s.kind == kind)
-}
-
-/// The source `table` is, if it holds documents.
-pub fn of_table(table: &str) -> Option<&'static Source> {
-    SOURCES.iter().find(|s| s.table == table)
-}
-
 /// The entity columns of a document table, in [`Links`]' order.
 pub const LINK_COLUMNS: [&str; 8] = [
     "plant_id",
