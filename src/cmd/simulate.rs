@@ -80,7 +80,7 @@ pub async fn run(mut config: Config, args: SimulateArgs) -> anyhow::Result<()> {
         )?;
         let alerts =
             crate::sim::alert_feed(&config.kafka, &brokers, &super::up::technicians(&config))?;
-        let authors = crate::sim::documents::Authors::new(&config.simulate, &run_id, None);
+        let authors = crate::sim::documents::Authors::new(&config.simulate, &run_id);
         let mut generator = crate::sim::stream::Generator::new(
             &config.simulate,
             &run_id,

@@ -297,7 +297,7 @@ async fn simulate(
     // Technicians answer maintenance alerts with incident reports (finding the injected fault),
     // account managers follow sales up with proposals.
     let alerts = crate::sim::alert_feed(&config.kafka, brokers, &technicians(config))?;
-    let authors = crate::sim::documents::Authors::new(&config.simulate, run_id, Some(plan.clone()));
+    let authors = crate::sim::documents::Authors::new(&config.simulate, run_id);
     let mut generator =
         crate::sim::stream::Generator::new(&config.simulate, run_id, config.simulate.start, rate)
             .with_faults(plan)

@@ -857,18 +857,15 @@ pub struct Authors {
     rng: ChaCha8Rng,
     data: ReferenceData,
     run_id: String,
-    faults: Option<FaultPlan>,
     proposals: u64,
 }
 
 impl Authors {
-    /// `faults`: the faults injected into the live telemetry, which technicians find.
-    pub fn new(cfg: &SimulateConfig, run_id: &str, faults: Option<FaultPlan>) -> Authors {
+    pub fn new(cfg: &SimulateConfig, run_id: &str) -> Authors {
         Authors {
             rng: ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xa07_4025),
             data: reference::generate(cfg),
             run_id: run_id.to_string(),
-            faults,
             proposals: 0,
         }
     }
@@ -900,9 +897,10 @@ impl Authors {
         ))
     }
 
-    /// The incident report answering a maintenance alert (other alerts: none). Reports are
+    /// The incident report answering a maintenance alert (other alerts: none); `faults` are
+    /// the faults injected into the live telemetry, which the technicians find. Reports are
     /// keyed by the alert, so an alert seen twice gives the same document id.
-    pub fn answer_alert(&mut self, alert: &Alert) -> Option<Document> {
+    pub fn answer_alert(&mut self, alert: &Alert, faults: Option<&FaultPlan>) -> Option<Document> {
         if alert.source != "iot.maintenance_alerts" {
             return None;
         }
@@ -915,7 +913,7 @@ impl Authors {
         let doc_id = format!("INC-{}", key.trim_start_matches(':').replace(':', "-"));
         let called = Some((alert.severity.as_str(), alert.detail.as_str()));
         let sensors = SensorType::ALL.len();
-        let fault = self.faults.as_ref().and_then(|plan| {
+        let fault = faults.and_then(|plan| {
             (machine * sensors..(machine + 1) * sensors)
                 .find_map(|d| plan.near(d, alert.signal_ts, ALERT_TRACE))
         });
@@ -1067,10 +1065,12 @@ mod tests {
             .clone();
         let machine = reference::machine_id(reference::machine_of(fault.device));
         let failure = &FAILURES[fault_failure(&fault)];
-        let mut authors = Authors::new(&cfg, "r1", Some(plan));
+        let mut authors = Authors::new(&cfg, "r1");
+        let answer =
+            |authors: &mut Authors, alert: &Alert| authors.answer_alert(alert, Some(&plan));
         // An alert while the fault is on: the report is about that fault, at the machine's plant.
         let alert = maintenance_alert(&machine, fault.start);
-        let report = authors.answer_alert(&alert).expect("a report");
+        let report = answer(&mut authors, &alert).expect("a report");
         assert_eq!(report.kind, "incident");
         assert_eq!(
             report.doc_id,
@@ -1089,21 +1089,17 @@ mod tests {
             Some(reference::plant_id(reference::machine_of(fault.device)))
         );
         // The same alert again (a restarted feed) is the same document.
-        assert_eq!(authors.answer_alert(&alert).unwrap().doc_id, report.doc_id);
+        assert_eq!(answer(&mut authors, &alert).unwrap().doc_id, report.doc_id);
         // Before any injected fault: nothing found, said so.
         let later = maintenance_alert(&machine, cfg.start - Duration::days(1));
-        let quiet = authors.answer_alert(&later).expect("a report");
+        let quiet = answer(&mut authors, &later).expect("a report");
         assert!(quiet.title.starts_with("Unconfirmed"), "{}", quiet.title);
         assert_ne!(quiet.doc_id, report.doc_id);
         // Shortage and churn alerts are not the technicians' business; unknown machines neither.
         let mut shortage = maintenance_alert(&machine, fault.start);
         shortage.source = "supply_chain.shortage_signals".into();
-        assert!(authors.answer_alert(&shortage).is_none());
-        assert!(
-            authors
-                .answer_alert(&maintenance_alert("X-1", fault.start))
-                .is_none()
-        );
+        assert!(answer(&mut authors, &shortage).is_none());
+        assert!(answer(&mut authors, &maintenance_alert("X-1", fault.start)).is_none());
         // What they write passes the document event's own validation.
         for d in [&report, &quiet] {
             let event = d.upsert("e-1".into());
@@ -1116,7 +1112,7 @@ mod tests {
     fn account_managers_follow_some_sales_with_a_proposal_for_that_customer() {
         let cfg = crate::config::Config::defaults().simulate;
         let data = reference::generate(&cfg);
-        let mut authors = Authors::new(&cfg, "r1", None);
+        let mut authors = Authors::new(&cfg, "r1");
         let sales = 800;
         let proposals: Vec<Document> = (0..sales)
             .filter_map(|i| authors.after_sale(i % data.customers.len(), cfg.start))

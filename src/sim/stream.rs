@@ -112,7 +112,8 @@ impl Generator {
     }
 
     /// Documents written live on `mfg.knowledge.documents`: a proposal after some sales, an
-    /// incident report for each maintenance alert arriving on `alerts`.
+    /// incident report for each maintenance alert arriving on `alerts` (about the injected fault
+    /// behind it, when [`Self::with_faults`] injects faults).
     pub fn with_authors(
         mut self,
         authors: Authors,
@@ -134,14 +135,31 @@ impl Generator {
         });
     }
 
+    /// Places the agents' orders that arrived since the last look.
+    fn place_arrived_orders(&mut self) {
+        let Some(feed) = &mut self.order_feed else {
+            return;
+        };
+        let mut arrived = Vec::new();
+        while let Ok(order) = feed.try_recv() {
+            arrived.push(order);
+        }
+        for order in arrived {
+            if self.place_order(&order) {
+                tracing::info!(po_id = %order.po_id, part = %order.part_id, warehouse = %order.warehouse_id, "simulator: supplier accepted the order");
+            }
+        }
+    }
+
     /// Incident reports for the alerts that arrived since the last look.
-    pub fn answer_alerts(&mut self) {
+    fn answer_alerts(&mut self) {
         let (Some(authors), Some(feed)) = (&mut self.authors, &mut self.alert_feed) else {
             return;
         };
+        let faults = self.faults.as_ref().map(|f| &f.plan);
         let mut reports = Vec::new();
         while let Ok(alert) = feed.try_recv() {
-            reports.extend(authors.answer_alert(&alert));
+            reports.extend(authors.answer_alert(&alert, faults));
         }
         for doc in reports {
             tracing::info!(doc_id = %doc.doc_id, "simulator: a technician filed an incident report");
@@ -231,20 +249,9 @@ impl Generator {
     /// The next live event: the world's next due event (a stock movement, shipment status or
     /// sale) if one is due, else a telemetry reading one step later.
     pub fn next_event(&mut self) -> SimEvent {
-        if self.seq.is_multiple_of(256)
-            && let Some(feed) = &mut self.order_feed
-        {
-            let mut arrived = Vec::new();
-            while let Ok(order) = feed.try_recv() {
-                arrived.push(order);
-            }
-            for order in arrived {
-                if self.place_order(&order) {
-                    tracing::info!(po_id = %order.po_id, part = %order.part_id, warehouse = %order.warehouse_id, "simulator: supplier accepted the order");
-                }
-            }
-        }
+        // What arrived from outside (agents' orders, alerts) is looked at every 256 events.
         if self.seq.is_multiple_of(256) {
+            self.place_arrived_orders();
             self.answer_alerts();
         }
         let mut ev = loop {
