@@ -57,6 +57,12 @@ pub enum Command {
     /// Search SOPs, incident reports, proposals and tickets (hybrid semantic + keyword), as a
     /// principal of the policies: `millstream search "pressure keeps dropping" --kind sop`.
     Search(cmd::search::SearchArgs),
+    /// The agent: a language model using millstream's tools for you (`agent ask "…"`,
+    /// `agent chat`), with your rights; needs agent.llm_base_url and agent.llm_model.
+    Agent {
+        #[command(subcommand)]
+        command: cmd::agent::AgentCommand,
+    },
     /// Benchmarks (release build recommended).
     Bench {
         #[command(subcommand)]
@@ -82,6 +88,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Maintain(args) => cmd::tables::maintain(config, args).await,
         Command::Eval { command } => cmd::eval::run(config, command).await,
         Command::Search(args) => cmd::search::run(config, args).await,
+        Command::Agent { command } => cmd::agent::run(config, command).await,
         Command::Bench { command } => cmd::bench::run(config, command).await,
         Command::Schemas(args) => cmd::tables::schemas(args),
     }

@@ -29,6 +29,38 @@ pub struct Config {
     pub serve: ServeConfig,
     pub auth: AuthConfig,
     pub knowledge: KnowledgeConfig,
+    pub agent: AgentConfig,
+}
+
+/// `[agent]`: the agent's model and MCP servers (see `agent`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct AgentConfig {
+    /// OpenAI-compatible endpoint (`…/v1`); empty = no model (the agent says so).
+    pub llm_base_url: String,
+    pub llm_model: String,
+    /// Sent to the model's server only; empty = `OPENAI_API_KEY` from the environment, if set.
+    pub llm_api_key: Secret,
+    pub llm_stream: bool,
+    pub llm_timeout_ms: u64,
+    pub temperature: f64,
+    /// The millstream MCP endpoint the CLI agent calls; empty = in-process over the lakehouse.
+    pub mcp_url: String,
+    pub max_steps: usize,
+    pub tool_result_chars: usize,
+    pub retries: u32,
+    pub memory_tokens: usize,
+    /// Further MCP servers: name → where and with which credentials.
+    pub servers: BTreeMap<String, AgentServer>,
+}
+
+/// `[agent.servers.<name>]`: another MCP server the agent may use.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentServer {
+    pub url: String,
+    /// Its own bearer token (never the user's millstream token).
+    #[serde(default)]
+    pub bearer: Option<Secret>,
 }
 
 /// `[knowledge]`: document search (see `knowledge`).
@@ -246,6 +278,7 @@ impl Config {
         let serve = section::<ServeConfig>(&mut table, "serve", problems);
         let auth = section::<AuthConfig>(&mut table, "auth", problems);
         let knowledge = section::<KnowledgeConfig>(&mut table, "knowledge", problems);
+        let agent = section::<AgentConfig>(&mut table, "agent", problems);
         for unknown in table.keys() {
             problems.push(format!("unknown section [{unknown}]"));
         }
@@ -258,6 +291,7 @@ impl Config {
             serve: serve?,
             auth: auth?,
             knowledge: knowledge?,
+            agent: agent?,
         })
     }
 
@@ -279,6 +313,32 @@ impl Config {
                 && (1..=64).contains(&self.knowledge.embed_threads),
             "knowledge.embed_batch must be in 1..=256 and knowledge.embed_threads in 1..=64",
         );
+        let a = &self.agent;
+        check(
+            (1..=50).contains(&a.max_steps)
+                && (200..=1_000_000).contains(&a.tool_result_chars)
+                && a.retries <= 10
+                && a.memory_tokens >= 200
+                && a.llm_timeout_ms >= 100
+                && (0.0..=2.0).contains(&a.temperature),
+            "agent: max_steps must be in 1..=50, tool_result_chars in 200..=1000000, retries at most 10, memory_tokens at least 200, llm_timeout_ms at least 100, temperature in 0..=2",
+        );
+        for (name, server) in &a.servers {
+            check(
+                name != "millstream"
+                    && (1..=32).contains(&name.len())
+                    && name.chars().all(|c| {
+                        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-'
+                    }),
+                &format!(
+                    "agent.servers.{name}: a server name is 1 to 32 of [a-z0-9_-] and not \"millstream\""
+                ),
+            );
+            check(
+                server.url.starts_with("http://") || server.url.starts_with("https://"),
+                &format!("agent.servers.{name}.url must be an http:// or https:// URL"),
+            );
+        }
         check(
             !self.kafka.group_id.trim().is_empty(),
             "kafka.group_id must not be empty",

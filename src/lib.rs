@@ -17,6 +17,8 @@
 //! - [`governed`]: callers' SQL as hostile code: checks, sandbox, limits.
 //! - [`knowledge`]: document search: chunks, embeddings (candle), hybrid keyword + vector index.
 //! - [`mcp`]: the MCP server: tools, resources, prompts, actions over the live tables.
+//! - [`agent`]: the MCP-client orchestrator a language model drives for a user: tools of
+//!   several servers, confirmations, memory in Delta, a scripted model for tests.
 //! - [`serve`]: HTTP: `/mcp`, `/metrics`, `/healthz`, `/readyz`.
 //! - [`eval`]: signal quality against the simulator's ground truth.
 //! - [`supervise`]: one supervision tree per process; [`runtime`]: where work runs.
@@ -26,6 +28,7 @@
 //! Dependencies point down this list, never back up: `tests/it/modules.rs` fails on a cycle.
 
 pub mod actions;
+pub mod agent;
 pub mod auth;
 pub mod broker;
 pub mod cli;

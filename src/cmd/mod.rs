@@ -3,6 +3,7 @@
 //! process, so every exit — Ctrl-C, `--duration`, a failed task, a failed start — stops them in
 //! the same order.
 
+pub mod agent;
 pub mod bench;
 pub mod broker;
 pub mod eval;

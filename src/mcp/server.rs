@@ -167,26 +167,30 @@ impl Millstream {
         let Some(caller) = caller else {
             return Ok(self.clone());
         };
-        if caller.principal == self.access.principal {
+        self.as_principal(&caller.principal)
+            .map_err(|e| ErrorData::invalid_request(e.to_string(), None))
+    }
+
+    /// This server answering for `principal` (its persona's tools, its grants, filters and
+    /// masks), sharing this session's subscriptions; built once per principal.
+    pub fn as_principal(&self, principal: &str) -> crate::Result<Millstream> {
+        if principal == self.access.principal {
             return Ok(self.clone());
         }
         let mut scoped = self.scoped.lock().expect("poisoned");
-        if let Some(s) = scoped.get(&caller.principal) {
+        if let Some(s) = scoped.get(principal) {
             return Ok(Millstream {
                 subscriptions: self.subscriptions.clone(),
                 ..s.clone()
             });
         }
-        let access = self
-            .policies
-            .access(&caller.principal)
-            .map_err(|e| ErrorData::invalid_request(e.to_string(), None))?;
+        let access = self.policies.access(principal)?;
         let server = Millstream {
             tool_router: Self::router_for(&access),
             access: Arc::new(access),
             ..self.clone()
         };
-        scoped.insert(caller.principal.clone(), server.clone());
+        scoped.insert(principal.to_string(), server.clone());
         Ok(server)
     }
 

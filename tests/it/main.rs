@@ -4,6 +4,7 @@
 
 mod support;
 
+mod agent;
 mod alerts_out;
 mod auth;
 mod cdf;

@@ -488,3 +488,49 @@ pub fn mcp_client(args: &[&str]) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).expect("the client prints JSON")
 }
+
+/// An HTTP reverse proxy on a free port that forwards every request to the backend in the
+/// returned cell (change it to move clients to another server without their knowing), streaming
+/// responses through. Returns its base URL and the cell.
+pub async fn switching_proxy(backend: &str) -> (String, Arc<std::sync::Mutex<String>>) {
+    use axum::body::Body;
+    use axum::extract::{Request, State};
+    use futures::TryStreamExt;
+    type Shared = (Arc<std::sync::Mutex<String>>, reqwest::Client);
+    async fn forward(
+        State((backend, http)): State<Shared>,
+        request: Request,
+    ) -> axum::response::Response {
+        let base = backend.lock().unwrap().clone();
+        let url = format!(
+            "{base}{}",
+            request.uri().path_and_query().map_or("/", |p| p.as_str())
+        );
+        let (parts, body) = request.into_parts();
+        let body = axum::body::to_bytes(body, 64 << 20).await.unwrap();
+        let mut out = http.request(parts.method, url).body(body);
+        for (k, v) in &parts.headers {
+            if k != axum::http::header::HOST {
+                out = out.header(k, v);
+            }
+        }
+        let answer = out.send().await.unwrap();
+        let mut response = axum::response::Response::builder().status(answer.status());
+        for (k, v) in answer.headers() {
+            response = response.header(k, v);
+        }
+        response
+            .body(Body::from_stream(
+                answer.bytes_stream().map_err(std::io::Error::other),
+            ))
+            .unwrap()
+    }
+    let cell = Arc::new(std::sync::Mutex::new(backend.to_string()));
+    let app = axum::Router::new()
+        .fallback(forward)
+        .with_state((cell.clone(), reqwest::Client::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), cell)
+}
