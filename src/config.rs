@@ -49,6 +49,8 @@ pub struct AgentConfig {
     pub tool_result_chars: usize,
     pub retries: u32,
     pub memory_tokens: usize,
+    /// Agent turns one principal may have running at once through `/agent/turn`.
+    pub turns_per_principal: usize,
     /// Further MCP servers: name → where and with which credentials.
     pub servers: BTreeMap<String, AgentServer>,
 }
@@ -319,9 +321,10 @@ impl Config {
                 && (200..=1_000_000).contains(&a.tool_result_chars)
                 && a.retries <= 10
                 && a.memory_tokens >= 200
+                && (1..=64).contains(&a.turns_per_principal)
                 && a.llm_timeout_ms >= 100
                 && (0.0..=2.0).contains(&a.temperature),
-            "agent: max_steps must be in 1..=50, tool_result_chars in 200..=1000000, retries at most 10, memory_tokens at least 200, llm_timeout_ms at least 100, temperature in 0..=2",
+            "agent: max_steps must be in 1..=50, tool_result_chars in 200..=1000000, retries at most 10, memory_tokens at least 200, turns_per_principal in 1..=64, llm_timeout_ms at least 100, temperature in 0..=2",
         );
         for (name, server) in &a.servers {
             check(

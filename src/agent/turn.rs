@@ -95,6 +95,30 @@ impl Confirm for Standing {
     }
 }
 
+/// Approvals given with a request (the console's flow): exactly these calls — tool and
+/// arguments — may run, whatever the turn read before; nothing else.
+pub struct Approved {
+    calls: Vec<(String, String)>,
+}
+
+impl Approved {
+    pub fn new(calls: Vec<(String, Value)>) -> Self {
+        Approved {
+            calls: calls.into_iter().map(|(t, a)| (t, canonical(&a))).collect(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Confirm for Approved {
+    async fn confirm(&self, action: &PendingAction) -> bool {
+        let args = canonical(&action.arguments);
+        self.calls
+            .iter()
+            .any(|(t, a)| *t == action.tool && *a == args)
+    }
+}
+
 /// One tool call of a turn, as recorded.
 #[derive(Debug, Clone, Serialize)]
 pub struct ToolCallRecord {

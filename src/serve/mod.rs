@@ -1,12 +1,15 @@
 //! The HTTP side: the MCP endpoint at `/mcp` (streamable HTTP), `/metrics` (Prometheus),
 //! `/healthz` (liveness: every supervised task alive; 503 with the failing tasks otherwise) and
-//! `/readyz` (readiness: data is being served).
+//! `/readyz` (readiness: data is being served), and `/agent/turn` (an agent turn for the
+//! caller, streamed as server-sent events; see [`agent`]).
 //!
 //! In front of `/mcp`, in this order: the `Host` must be one of `serve.allowed_hosts` (before
 //! anything echoes it into a URL); the bearer token names the caller; an `Mcp-Session-Id` must
 //! be one the caller's own principal created (anyone else's is answered 404, as an unknown
 //! session), so a stolen session id yields neither its notifications nor its deletion; then
 //! rmcp checks `Origin` and serves the session.
+
+pub mod agent;
 
 use std::net::SocketAddr;
 
@@ -40,6 +43,8 @@ pub struct Mcp {
     pub resource: String,
     /// `/metrics` needs an operator's bearer token (`serve.metrics_auth = "bearer"`).
     pub metrics_auth: bool,
+    /// `/agent/turn`: the agent for the caller (it says when no model is configured).
+    pub agent: agent::AgentEndpoint,
 }
 
 impl Mcp {
@@ -47,6 +52,7 @@ impl Mcp {
     pub fn from_config(server: Millstream, config: &crate::config::Config) -> Result<Mcp> {
         Ok(Mcp {
             auth: Authenticator::new(&config.auth, server.policies())?,
+            agent: agent::AgentEndpoint::new(&config.agent, server.clone()),
             server,
             allowed_hosts: config.serve.allowed_hosts.clone(),
             allowed_origins: config.serve.allowed_origins.clone(),
@@ -78,6 +84,13 @@ pub fn router(mcp: Option<Mcp>, health: Health, cancel: CancellationToken) -> Ro
     };
     let sessions = Arc::new(LocalSessionManager::default());
     let hosts = Arc::new(m.allowed_hosts.clone());
+    let agent = Router::new()
+        .route("/agent/turn", axum::routing::post(agent::turn))
+        .with_state(m.agent)
+        .layer(middleware::from_fn_with_state(
+            Arc::new(m.allowed_origins.clone()),
+            require_allowed_origin,
+        ));
     let policies = m.server.policies();
     let service = crate::mcp::http_service(
         m.server,
@@ -87,7 +100,10 @@ pub fn router(mcp: Option<Mcp>, health: Health, cancel: CancellationToken) -> Ro
         cancel,
     );
     match m.auth {
-        None => healthz.merge(metrics).nest_service("/mcp", service),
+        None => healthz
+            .merge(metrics)
+            .nest_service("/mcp", service)
+            .merge(agent.layer(middleware::from_fn_with_state(hosts, require_allowed_host))),
         Some(auth) => {
             let state = AuthState {
                 auth,
@@ -101,6 +117,7 @@ pub fn router(mcp: Option<Mcp>, health: Health, cancel: CancellationToken) -> Ro
             let mcp = Router::new()
                 .nest_service("/mcp", service)
                 .layer(middleware::from_fn_with_state(owners, bind_sessions))
+                .merge(agent)
                 .layer(middleware::from_fn_with_state(
                     state.clone(),
                     require_bearer,
@@ -141,6 +158,27 @@ async fn readyz(State(health): State<Health>) -> Response {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+/// Refuses a browser request from an origin not in `serve.allowed_origins` (403); requests
+/// without an `Origin` header (non-browser clients) pass.
+async fn require_allowed_origin(
+    State(origins): State<Arc<Vec<String>>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match req
+        .headers()
+        .get(header::ORIGIN)
+        .map(|o| o.to_str().unwrap_or(""))
+    {
+        Some(o) if !agent::origin_allowed(o, &origins) => (
+            StatusCode::FORBIDDEN,
+            "Forbidden: Origin is not allowed (serve.allowed_origins)",
+        )
+            .into_response(),
+        _ => next.run(req).await,
     }
 }
 

@@ -591,3 +591,141 @@ async fn agent_ask_prints_the_turn_as_json_and_continues_a_conversation() {
         "the second turn must see the first: {last}"
     );
 }
+
+/// SSE events of a `/agent/turn` answer body as (event, data).
+fn sse_events(body: &str) -> Vec<(String, Value)> {
+    body.split("\n\n")
+        .filter_map(|block| {
+            let mut event = None;
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(e) = line.strip_prefix("event:") {
+                    event = Some(e.trim().to_string());
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    data.push_str(d.trim_start());
+                }
+            }
+            Some((event?, serde_json::from_str(&data).ok()?))
+        })
+        .collect()
+}
+
+/// `/agent/turn` streams a turn for the caller of the bearer token, with that caller's rows;
+/// an action runs only when a request approves that exact call; callers without a token, from
+/// a foreign origin or on a server without a model are refused with a reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_agent_endpoint_streams_turns_for_the_caller_and_runs_only_approved_actions() {
+    let _w = support::watchdog("agent endpoint", Duration::from_secs(180));
+    let mut env = seeded_env().await;
+    env.config.auth.mode = "bearer".into();
+    env.config.auth.dev_tokens.insert(
+        "alice@emea".into(),
+        millstream::config::Secret::new("alice-token"),
+    );
+    let without_model = env.serve_mcp().await;
+    let model = ScriptedModel::start(Script {
+        rules: script().rules,
+        fail_first: 0,
+    })
+    .await
+    .unwrap();
+    env.config.agent.llm_base_url = model.base_url.clone();
+    env.config.agent.llm_model = "scripted".into();
+    let served = env.serve_mcp().await;
+    let http = reqwest::Client::new();
+    let post = |base: &str, body: Value, token: Option<&str>, origin: Option<&str>| {
+        let mut r = http.post(format!("{base}/agent/turn")).json(&body);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        if let Some(o) = origin {
+            r = r.header("origin", o);
+        }
+        r.send()
+    };
+    let ask = json!({"message": "How many customers do I have?"});
+
+    let r = post(&served.base, ask.clone(), None, None).await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = post(
+        &served.base,
+        ask.clone(),
+        Some("alice-token"),
+        Some("https://evil.example"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = post(&without_model.base, ask.clone(), Some("alice-token"), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.text().await.unwrap().contains("agent.llm_base_url"));
+
+    let r = post(&served.base, ask, Some("alice-token"), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let events = sse_events(&r.text().await.unwrap());
+    let mine = count(
+        &env,
+        "SELECT count(*) FROM sales.customers WHERE region IN ('EMEA-North','EMEA-South') AND account_manager = 'alice'",
+    )
+    .await;
+    assert!(events.iter().any(|(e, _)| e == "tool_call"));
+    let (_, done) = events
+        .iter()
+        .find(|(e, _)| e == "done")
+        .expect("done event");
+    assert_eq!(done["answer"], format!("You can see {mine} customers."));
+    let conversation = done["conversation_id"].as_str().unwrap().to_string();
+
+    // Proposed, not approved: not run; approved exactly: run.
+    let ticket = json!({"message": "Open a ticket for C-0001", "conversation_id": conversation});
+    let events = sse_events(
+        &post(&served.base, ticket.clone(), Some("alice-token"), None)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    let (_, proposal) = events
+        .iter()
+        .find(|(e, _)| e == "confirmation")
+        .expect("confirmation");
+    assert_eq!(proposal["approved"], false);
+    let mut approved = ticket.clone();
+    approved["approve"] = json!([{"tool": "create_ticket", "arguments": proposal["arguments"]}]);
+    let events = sse_events(
+        &post(&served.base, approved, Some("alice-token"), None)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    let (_, confirmation) = events.iter().find(|(e, _)| e == "confirmation").unwrap();
+    assert_eq!(confirmation["approved"], true);
+    let (_, done) = events.iter().find(|(e, _)| e == "done").unwrap();
+    assert!(
+        done["answer"].as_str().unwrap().starts_with("Ticket T"),
+        "{done}"
+    );
+    // An approval of other arguments approves nothing.
+    let mut other = ticket.clone();
+    other["approve"] = json!([{"tool": "create_ticket", "arguments": {"customer_id": "C-0002"}}]);
+    let events = sse_events(
+        &post(&served.base, other, Some("alice-token"), None)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        events.iter().find(|(e, _)| e == "confirmation").unwrap().1["approved"],
+        false
+    );
+    drop((served, without_model));
+}
