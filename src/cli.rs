@@ -72,8 +72,9 @@ pub enum Command {
     Schemas(cmd::tables::SchemasArgs),
 }
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut config = Config::load(cli.config.as_deref())?;
+/// Runs `cli` with `config` (loaded from `cli.config` and the environment by `main`, before
+/// logging starts, since the config says where traces go).
+pub async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
     if let Some(root) = &cli.lakehouse {
         config.lakehouse.root = root.clone();
     }

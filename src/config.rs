@@ -30,6 +30,17 @@ pub struct Config {
     pub auth: AuthConfig,
     pub knowledge: KnowledgeConfig,
     pub agent: AgentConfig,
+    pub tracing: TracingConfig,
+}
+
+/// `[tracing]`: where spans are exported (see `telemetry`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct TracingConfig {
+    /// OTLP/HTTP base URL (spans go to `{otlp_endpoint}/v1/traces`); empty = no export.
+    pub otlp_endpoint: String,
+    pub service_name: String,
+    /// Headers sent with every export (e.g. `x-mlflow-experiment-id`), treated as secrets.
+    pub headers: BTreeMap<String, Secret>,
 }
 
 /// `[agent]`: the agent's model and MCP servers (see `agent`).
@@ -281,6 +292,7 @@ impl Config {
         let auth = section::<AuthConfig>(&mut table, "auth", problems);
         let knowledge = section::<KnowledgeConfig>(&mut table, "knowledge", problems);
         let agent = section::<AgentConfig>(&mut table, "agent", problems);
+        let tracing = section::<TracingConfig>(&mut table, "tracing", problems);
         for unknown in table.keys() {
             problems.push(format!("unknown section [{unknown}]"));
         }
@@ -294,6 +306,7 @@ impl Config {
             auth: auth?,
             knowledge: knowledge?,
             agent: agent?,
+            tracing: tracing?,
         })
     }
 
@@ -314,6 +327,12 @@ impl Config {
             (1..=256).contains(&self.knowledge.embed_batch)
                 && (1..=64).contains(&self.knowledge.embed_threads),
             "knowledge.embed_batch must be in 1..=256 and knowledge.embed_threads in 1..=64",
+        );
+        check(
+            self.tracing.otlp_endpoint.is_empty()
+                || url::Url::parse(&self.tracing.otlp_endpoint)
+                    .is_ok_and(|u| matches!(u.scheme(), "http" | "https")),
+            "tracing.otlp_endpoint must be empty or an http:// or https:// URL",
         );
         let a = &self.agent;
         check(

@@ -1,5 +1,8 @@
-//! Logs and metrics. Tracing goes to stderr (`RUST_LOG` filters, default `info`); metrics are
-//! Prometheus, served at `/metrics`.
+//! Logs, traces and metrics. Logs go to stderr (`RUST_LOG` filters, default `info`); with
+//! `tracing.otlp_endpoint` set, spans are also exported over OTLP/HTTP (e.g. to MLflow): the
+//! agent's turns, model and tool calls (OpenTelemetry GenAI attributes), and the MCP server's
+//! request handling and queries, joined into one trace through the W3C `traceparent` the agent
+//! sends in each call's `_meta`. Metrics are Prometheus, served at `/metrics`.
 //!
 //! Everything worth counting is a named internal event ([`events`], after vector's
 //! `internal_events`): one struct both logs and counts, so logs and metrics never drift apart.
@@ -15,7 +18,15 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 /// for its own operation metrics ("Missing target skipped-file metric"); those lines (merge's
 /// only other warnings are about the same metrics) are kept out, its source-filter one is not.
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(log_filter())
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         concat!(
             "info,buoyant_kernel=warn,delta_kernel=warn,deltalake_core=warn,deltalake=warn,",
             "deltalake_core::kernel::transaction=error,",
@@ -23,12 +34,115 @@ pub fn init_logging() {
             "deltalake_core::operations::merge::source_stats=warn",
         )
         .into()
-    });
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    })
+}
+
+/// Flushes and stops the trace exporter when dropped (at the end of `main`).
+pub struct TracingGuard(Option<opentelemetry_sdk::trace::SdkTracerProvider>);
+
+impl Drop for TracingGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take()
+            && let Err(e) = p.shutdown()
+        {
+            eprintln!("flushing traces: {e}");
+        }
+    }
+}
+
+/// Logs as [`init_logging`], plus span export over OTLP/HTTP to `{otlp_endpoint}/v1/traces`
+/// when `config.otlp_endpoint` is set (headers from `config.headers`, never logged). Spans of
+/// the agent and the MCP server are exported at every level; the log filter applies to logs.
+pub fn init(config: &crate::config::TracingConfig) -> anyhow::Result<TracingGuard> {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_filter(log_filter());
+    if config.otlp_endpoint.is_empty() {
+        let _ = tracing_subscriber::registry().with(logs).try_init();
+        return Ok(TracingGuard(None));
+    }
+    let endpoint = format!("{}/v1/traces", config.otlp_endpoint.trim_end_matches('/'));
+    let headers = config
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.expose().to_string()))
+        .collect();
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(endpoint.clone())
+        .with_headers(headers)
+        .with_timeout(std::time::Duration::from_secs(10))
+        .build()
+        .map_err(|e| anyhow::anyhow!("tracing.otlp_endpoint {endpoint}: {e}"))?;
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name(config.service_name.clone())
+                .build(),
+        )
+        .build();
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    // The agent's spans, the MCP server's and its queries' (not the pipeline's per-batch ones).
+    let spans = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("millstream"))
+        .with_filter(
+            tracing_subscriber::filter::Targets::new()
+                .with_target("millstream::agent", tracing::Level::INFO)
+                .with_target("millstream::mcp", tracing::Level::INFO)
+                .with_target("millstream::governed", tracing::Level::INFO),
+        );
+    let _ = tracing_subscriber::registry()
+        .with(logs)
+        .with(spans)
         .try_init();
+    tracing::info!(endpoint = %endpoint, "exporting traces over OTLP/HTTP");
+    Ok(TracingGuard(Some(provider)))
+}
+
+/// The W3C `traceparent` of the current span, when traces are exported.
+pub fn traceparent() -> Option<String> {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let cx = tracing::Span::current().context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| {
+        format!(
+            "00-{}-{}-{:02x}",
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags().to_u8()
+        )
+    })
+}
+
+/// The trace id of the current span, when traces are exported.
+pub fn trace_id() -> Option<String> {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let cx = tracing::Span::current().context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| sc.trace_id().to_string())
+}
+
+/// Makes `span` a child of the remote span named by `traceparent` (from a caller's `_meta` or
+/// header); a malformed value is ignored.
+pub fn set_remote_parent(span: &tracing::Span, traceparent: &str) {
+    use opentelemetry::propagation::TextMapPropagator;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let mut carrier = std::collections::HashMap::new();
+    carrier.insert("traceparent".to_string(), traceparent.to_string());
+    let cx = opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&carrier);
+    let _ = span.set_parent(cx);
 }
 
 /// Installs the Prometheus recorder once and returns its handle for rendering `/metrics`.

@@ -301,6 +301,12 @@ impl Hub {
             .with_client(conn, |peer| {
                 let mut params = CallToolRequestParams::new(tool.remote.clone());
                 params.arguments = Some(arguments.clone());
+                // The server joins this trace (only millstream gets it: the trace id is ours).
+                if conn.spec.name == "millstream"
+                    && let Some(tp) = crate::telemetry::traceparent()
+                {
+                    params.meta = serde_json::from_value(json!({ "traceparent": tp })).ok();
+                }
                 async move { peer.call_tool(params).await }
             })
             .await?;

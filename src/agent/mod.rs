@@ -127,7 +127,7 @@ pub async fn connect(
         system.push_str("\n\n");
         system.push_str(&p);
     }
-    Ok(Agent::new(llm, hub, limits, system))
+    Ok(Agent::new(llm, hub, limits, system, principal))
 }
 
 /// A conversation with memory: turns are stored in `ops.conversations` and older ones
@@ -148,7 +148,16 @@ impl Chat<'_> {
         observe: &(dyn Fn(Step) + Send + Sync),
     ) -> anyhow::Result<TurnReport> {
         let history = self.conversation.history();
-        let report = self.agent.turn(&history, text, confirm, observe).await;
+        let report = self
+            .agent
+            .turn_in(
+                Some(&self.conversation.id),
+                &history,
+                text,
+                confirm,
+                observe,
+            )
+            .await;
         self.memory
             .append_turn(&mut self.conversation, report.messages.clone())
             .await?;

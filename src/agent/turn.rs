@@ -22,6 +22,9 @@ use serde_json::{Value, json};
 use super::hub::{Hub, HubError, refusal_value};
 use super::llm::{Llm, LlmError, Message, ToolSpec, Usage};
 
+/// Most characters of a message list or tool result recorded on a span.
+const TRACED_CHARS: usize = 32_000;
+
 /// Limits of one turn.
 #[derive(Debug, Clone)]
 pub struct TurnLimits {
@@ -149,6 +152,9 @@ pub struct TurnReport {
     /// Why the turn ended without a model answer, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gave_up: Option<String>,
+    /// The turn's trace (when traces are exported, `tracing.otlp_endpoint`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     /// The messages this turn added to the conversation (user first).
     #[serde(skip)]
     pub messages: Vec<Message>,
@@ -160,15 +166,18 @@ pub struct Agent {
     pub(crate) hub: Hub,
     pub(crate) limits: TurnLimits,
     pub(crate) system: String,
+    /// Whom it answers for (recorded on its traces as `user.id`).
+    pub(crate) principal: String,
 }
 
 impl Agent {
-    pub fn new(llm: Llm, hub: Hub, limits: TurnLimits, system: String) -> Agent {
+    pub fn new(llm: Llm, hub: Hub, limits: TurnLimits, system: String, principal: &str) -> Agent {
         Agent {
             llm,
             hub,
             limits,
             system,
+            principal: principal.to_string(),
         }
     }
 
@@ -193,6 +202,57 @@ impl Agent {
         confirm: &dyn Confirm,
         observe: &(dyn Fn(Step) + Send + Sync),
     ) -> TurnReport {
+        self.turn_in(None, history, user, confirm, observe).await
+    }
+
+    /// [`Self::turn`] in conversation `session`, traced as one `invoke_agent` span (with the
+    /// model's and the tools' spans under it) carrying the session and the user.
+    pub async fn turn_in(
+        &self,
+        session: Option<&str>,
+        history: &[Message],
+        user: &str,
+        confirm: &dyn Confirm,
+        observe: &(dyn Fn(Step) + Send + Sync),
+    ) -> TurnReport {
+        let span = tracing::info_span!(
+            "invoke_agent",
+            otel.name = "invoke_agent millstream",
+            gen_ai.operation.name = "invoke_agent",
+            gen_ai.agent.name = "millstream",
+            gen_ai.request.model = %self.llm.model(),
+            session.id = session.unwrap_or(""),
+            user.id = %self.principal,
+            gen_ai.input.messages = %json!([{"role": "user", "content": user}]),
+            gen_ai.output.messages = tracing::field::Empty,
+            gen_ai.usage.input_tokens = tracing::field::Empty,
+            gen_ai.usage.output_tokens = tracing::field::Empty,
+        );
+        let mut report = tracing::Instrument::instrument(
+            self.run_turn(history, user, confirm, observe),
+            span.clone(),
+        )
+        .await;
+        span.record(
+            "gen_ai.output.messages",
+            json!([{"role": "assistant", "content": report.answer}]).to_string(),
+        );
+        span.record("gen_ai.usage.input_tokens", report.tokens.prompt_tokens);
+        span.record(
+            "gen_ai.usage.output_tokens",
+            report.tokens.completion_tokens,
+        );
+        report.trace_id = span.in_scope(crate::telemetry::trace_id);
+        report
+    }
+
+    async fn run_turn(
+        &self,
+        history: &[Message],
+        user: &str,
+        confirm: &dyn Confirm,
+        observe: &(dyn Fn(Step) + Send + Sync),
+    ) -> TurnReport {
         let started = Instant::now();
         let mut messages = Vec::with_capacity(history.len() + 8);
         messages.push(Message::system(self.system.clone()));
@@ -208,6 +268,7 @@ impl Agent {
             tool_ms: 0.0,
             steps: 0,
             gave_up: None,
+            trace_id: None,
             messages: Vec::new(),
         };
         // Results of this turn's calls, by tool and canonical arguments.
@@ -326,7 +387,32 @@ impl Agent {
                                     Value::Object(o) => o,
                                     _ => unreachable!("checked above"),
                                 };
-                                self.call_tool(&name, object, observe).await
+                                let args_text = Value::Object(object.clone()).to_string();
+                                let span = tracing::info_span!(
+                                    "execute_tool",
+                                    otel.name = %format!("execute_tool {name}"),
+                                    gen_ai.operation.name = "execute_tool",
+                                    gen_ai.tool.name = %name,
+                                    gen_ai.tool.call.id = %call.id,
+                                    gen_ai.tool.call.arguments = %args_text,
+                                    gen_ai.tool.call.result = tracing::field::Empty,
+                                    error.type = tracing::field::Empty,
+                                );
+                                let (value, is_error) = tracing::Instrument::instrument(
+                                    self.call_tool(&name, object, observe),
+                                    span.clone(),
+                                )
+                                .await;
+                                if !span.is_disabled() {
+                                    span.record(
+                                        "gen_ai.tool.call.result",
+                                        truncate(&value.to_string(), TRACED_CHARS),
+                                    );
+                                    if is_error {
+                                        span.record("error.type", "tool_error");
+                                    }
+                                }
+                                (value, is_error)
                             } else {
                                 (
                                     json!({"error": "not confirmed by the user: the action was NOT carried out. Tell the user exactly what you would do and that it needs their confirmation."}),
@@ -385,6 +471,63 @@ impl Agent {
 
     /// The model's next step, retrying failures that may pass.
     async fn complete(
+        &self,
+        messages: &[Message],
+        specs: &[ToolSpec],
+        known: &(dyn Fn(&str) -> bool + Sync),
+        observe: &(dyn Fn(Step) + Send + Sync),
+    ) -> Result<super::llm::Reply, LlmError> {
+        let span = tracing::info_span!(
+            "chat",
+            otel.name = %format!("chat {}", self.llm.model()),
+            gen_ai.operation.name = "chat",
+            gen_ai.request.model = %self.llm.model(),
+            gen_ai.input.messages = tracing::field::Empty,
+            gen_ai.output.messages = tracing::field::Empty,
+            gen_ai.usage.input_tokens = tracing::field::Empty,
+            gen_ai.usage.output_tokens = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
+        if !span.is_disabled() {
+            span.record(
+                "gen_ai.input.messages",
+                truncate(
+                    &serde_json::to_string(messages).unwrap_or_default(),
+                    TRACED_CHARS,
+                ),
+            );
+        }
+        let result = tracing::Instrument::instrument(
+            self.complete_with_retries(messages, specs, known, observe),
+            span.clone(),
+        )
+        .await;
+        if !span.is_disabled() {
+            match &result {
+                Ok(r) => {
+                    span.record(
+                        "gen_ai.output.messages",
+                        truncate(&json!([r.message]).to_string(), TRACED_CHARS),
+                    );
+                    span.record("gen_ai.usage.input_tokens", r.usage.prompt_tokens);
+                    span.record("gen_ai.usage.output_tokens", r.usage.completion_tokens);
+                }
+                Err(e) => {
+                    span.record(
+                        "error.type",
+                        if e.retryable {
+                            "unavailable"
+                        } else {
+                            "refused"
+                        },
+                    );
+                }
+            }
+        }
+        result
+    }
+
+    async fn complete_with_retries(
         &self,
         messages: &[Message],
         specs: &[ToolSpec],

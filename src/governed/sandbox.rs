@@ -200,7 +200,10 @@ impl Sandbox {
             deadline: started + self.limits.timeout,
             pooled: pooled.clone(),
         };
-        let mut task = crate::runtime::sql().spawn(work(budget));
+        // On the query runtime, still within the caller's trace.
+        let span = tracing::info_span!("datafusion.query", db.system = "datafusion", principal);
+        let mut task =
+            crate::runtime::sql().spawn(tracing::Instrument::instrument(work(budget), span));
         crate::telemetry::events::QueryStarted.emit();
         let outcome = match tokio::time::timeout(self.limits.timeout, &mut task).await {
             Ok(Ok(result)) => result,

@@ -27,6 +27,19 @@ impl ServerHandler for Millstream {
             .arguments
             .as_ref()
             .map(|a| serde_json::Value::Object(a.clone()).to_string());
+        // The caller's trace (an agent sends its `traceparent` in `_meta`, or as a header).
+        let traceparent = context
+            .meta
+            .get_traceparent()
+            .map(String::from)
+            .or_else(|| {
+                context
+                    .extensions
+                    .get::<axum::http::request::Parts>()
+                    .and_then(|p| p.headers.get("traceparent"))
+                    .and_then(|v| v.to_str().ok())
+                    .map(String::from)
+            });
         if !me.tool_router.has_route(&name) && Self::is_tool(&name) {
             let message = format!(
                 "tool {name} is not available to persona {}",
@@ -46,6 +59,9 @@ impl ServerHandler for Millstream {
         }
         let tcc = rmcp::handler::server::tool::ToolCallContext::new(&me, request, context);
         let span = tracing::info_span!("mcp.tool", tool = %name, principal = %me.access.principal);
+        if let Some(tp) = &traceparent {
+            crate::telemetry::set_remote_parent(&span, tp);
+        }
         let result = tracing::Instrument::instrument(me.tool_router.call(tcc), span).await;
         let outcome = match &result {
             Ok(rmcp::model::CallToolResponse::Complete(r)) if r.is_error == Some(true) => Err((

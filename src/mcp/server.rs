@@ -274,14 +274,18 @@ impl Millstream {
             Ok::<_, datafusion::error::DataFusionError>((batches, as_of))
         };
         let restricted = self.access.restricted();
-        self.within_timeout(work).await?.map_err(|e| {
-            tracing::warn!(error = %e, principal = %self.access.principal, "tool query failed");
-            failed(&crate::governed::describe(
-                &e,
-                self.sandbox.limits(),
-                restricted,
-            ))
-        })
+        let span =
+            tracing::info_span!("datafusion.query", db.system = "datafusion", db.query.text = %sql);
+        self.within_timeout(tracing::Instrument::instrument(work, span))
+            .await?
+            .map_err(|e| {
+                tracing::warn!(error = %e, principal = %self.access.principal, "tool query failed");
+                failed(&crate::governed::describe(
+                    &e,
+                    self.sandbox.limits(),
+                    restricted,
+                ))
+            })
     }
 
     /// Runs a query's `work` under the query timeout (dropping it cancels the query).

@@ -729,3 +729,202 @@ async fn the_agent_endpoint_streams_turns_for_the_caller_and_runs_only_approved_
     );
     drop((served, without_model));
 }
+
+/// A real MLflow 3 server (tests/requirements.txt) on a port picked for it, with a SQL store;
+/// killed when dropped.
+struct Mlflow {
+    uri: String,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Mlflow {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_mlflow() -> Mlflow {
+    let dir = tempfile::tempdir().unwrap();
+    // MLflow's server takes a port number, not a listener: pick a free one, and try again if
+    // someone takes it before the server binds it.
+    for _ in 0..3 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new(support::python())
+            .args(["-m", "mlflow", "server", "--host", "127.0.0.1", "--port"])
+            .arg(port.to_string())
+            .arg("--backend-store-uri")
+            .arg(format!("sqlite:///{}/mlflow.db", dir.path().display()))
+            .arg("--default-artifact-root")
+            .arg(dir.path().join("artifacts"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python -m mlflow (pip install -r tests/requirements.txt)");
+        let mut server = Mlflow {
+            uri: format!("http://127.0.0.1:{port}"),
+            child,
+            _dir: tempfile::tempdir().unwrap(),
+        };
+        for _ in 0..120 {
+            if let Ok(r) = reqwest::get(format!("{}/health", server.uri)).await
+                && r.status().is_success()
+            {
+                server._dir = dir;
+                return server;
+            }
+            if server.child.try_wait().unwrap().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    panic!("the MLflow server did not start");
+}
+
+/// Traces of `millstream agent ask` reach a real MLflow server over OTLP/HTTP: one trace per
+/// turn with an AGENT span, CHAT_MODEL spans and TOOL spans under it, carrying the inputs,
+/// outputs, token usage, session and user; the MCP server's handling and its query join the
+/// same trace under the tool call; the JSON answer names the trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_traces_reach_mlflow_as_agent_chat_and_tool_spans() {
+    let _w = support::watchdog("agent mlflow", Duration::from_secs(300));
+    let env = seeded_env().await;
+    let mlflow = start_mlflow().await;
+    let experiment: Value = reqwest::Client::new()
+        .post(format!("{}/api/2.0/mlflow/experiments/create", mlflow.uri))
+        .json(&json!({"name": "millstream-agent"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let experiment = experiment["experiment_id"].as_str().unwrap().to_string();
+    let model = ScriptedModel::start(Script {
+        rules: script().rules,
+        fail_first: 0,
+    })
+    .await
+    .unwrap();
+    let (base_url, lake, uri, exp) = (
+        model.base_url.clone(),
+        env.lake.root().to_path_buf(),
+        mlflow.uri.clone(),
+        experiment.clone(),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_millstream"))
+            .arg("--lakehouse")
+            .arg(&lake)
+            .args([
+                "agent",
+                "ask",
+                "How many customers do I have?",
+                "--as",
+                "alice@emea",
+                "--json",
+                "--conversation",
+                "traced-1",
+            ])
+            .env("MILLSTREAM__AGENT__LLM_BASE_URL", &base_url)
+            .env("MILLSTREAM__AGENT__LLM_MODEL", "scripted")
+            .env("MILLSTREAM__KNOWLEDGE__ENABLED", "false")
+            .env("MILLSTREAM__TRACING__OTLP_ENDPOINT", &uri)
+            .env("MILLSTREAM__TRACING__HEADERS__X-MLFLOW-EXPERIMENT-ID", &exp)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let trace_id = answer["trace_id"]
+        .as_str()
+        .expect("trace id in the answer")
+        .to_string();
+
+    // The exporter flushed at exit; MLflow may take a moment to show the trace.
+    let mut traces = Value::Null;
+    for _ in 0..40 {
+        let out = std::process::Command::new(support::python())
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/py/mlflow_traces.py"
+            ))
+            .args([&mlflow.uri, &experiment])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        traces = serde_json::from_slice(&out.stdout).unwrap();
+        if traces.as_array().is_some_and(|t| !t.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let traces = traces.as_array().expect("traces");
+    assert_eq!(traces.len(), 1, "{traces:#?}");
+    let trace = &traces[0];
+    assert!(
+        trace["trace_id"].as_str().unwrap().ends_with(&trace_id),
+        "{} vs {trace_id}",
+        trace["trace_id"]
+    );
+    let spans = trace["spans"].as_array().unwrap();
+    let of_type = |t: &str| spans.iter().filter(|s| s["type"] == t).collect::<Vec<_>>();
+    let agent = of_type("AGENT");
+    assert_eq!(agent.len(), 1, "{spans:#?}");
+    let agent = agent[0];
+    assert!(agent["parent_id"].is_null());
+    let text = agent.to_string();
+    assert!(
+        text.contains("traced-1") && text.contains("alice@emea"),
+        "session and user: {agent:#}"
+    );
+    let chats = of_type("CHAT_MODEL");
+    assert_eq!(chats.len(), 3, "three model steps");
+    for c in &chats {
+        assert_eq!(c["parent_id"], agent["span_id"]);
+        assert!(c.to_string().contains("input_tokens"), "{c:#}");
+    }
+    let tools = of_type("TOOL");
+    assert_eq!(
+        tools.len(),
+        2,
+        "two calls ran (the third was a duplicate): {spans:#?}"
+    );
+    for t in &tools {
+        assert_eq!(t["parent_id"], agent["span_id"]);
+        assert!(t.to_string().contains("SELECT count(*)") || t.to_string().contains("DROP TABLE"));
+    }
+    // The server's handling of a call sits under that call's TOOL span, its query under it.
+    let served: Vec<_> = spans.iter().filter(|s| s["name"] == "mcp.tool").collect();
+    assert_eq!(served.len(), 2, "{spans:#?}");
+    assert!(
+        served
+            .iter()
+            .all(|s| tools.iter().any(|t| t["span_id"] == s["parent_id"]))
+    );
+    let query = spans
+        .iter()
+        .find(|s| s["name"] == "datafusion.query")
+        .expect("query span");
+    assert!(
+        served.iter().any(|s| s["span_id"] == query["parent_id"]),
+        "the query runs under the server's handling: {query:#}"
+    );
+}

@@ -466,7 +466,7 @@ pub fn bytes(col: &arrow::array::ArrayRef) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn python() -> String {
+pub fn python() -> String {
     std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
 }
 

@@ -220,10 +220,12 @@ impl Millstream {
                 .await?;
             knowledge.search(request, &visible).await
         };
+        // A retriever to trace viewers that know the kind (MLflow).
         let span = tracing::info_span!(
             "knowledge.search",
             principal = %self.access.principal,
             k = request.k,
+            mlflow.spanType = "RETRIEVER",
         );
         let hits = self
             .within_timeout(work.instrument(span))
