@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -36,21 +36,25 @@ pub struct Rule {
     pub steps: Vec<ScriptStep>,
     #[serde(default)]
     pub gullible: bool,
+    /// Only the first word must be in the latest user message; the others may be in any
+    /// earlier one (a follow-up in a conversation).
+    #[serde(default)]
+    pub context: bool,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScriptStep {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub calls: Vec<ScriptCall>,
     /// Write the calls as JSON text in `content` instead of `tool_calls`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub as_text: bool,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScriptCall {
     pub name: String,
@@ -200,16 +204,26 @@ fn respond(script: &Script, body: &Value) -> (Option<String>, Vec<Value>) {
         .and_then(|m| m["content"].as_str())
         .unwrap_or("")
         .to_lowercase();
+    let earlier: String = messages[..last_user]
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .filter_map(|m| m["content"].as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
+        .to_lowercase();
     let this_turn = &messages[last_user..];
     let step = this_turn
         .iter()
         .filter(|m| m["role"] == "assistant")
         .count();
-    let Some(rule) = script
-        .rules
-        .iter()
-        .find(|r| r.when.iter().all(|w| user.contains(&w.to_lowercase())))
-    else {
+    let Some(rule) = script.rules.iter().find(|r| {
+        let mut words = r.when.iter().map(|w| w.to_lowercase());
+        if r.context {
+            words.next().is_some_and(|w| user.contains(&w)) && words.all(|w| earlier.contains(&w))
+        } else {
+            words.all(|w| user.contains(&w))
+        }
+    }) else {
         return (
             Some("I have no script for that question.".into()),
             Vec::new(),

@@ -27,12 +27,33 @@ pub enum EvalCommand {
     /// hybrid retrieval, as JSON. Uses the lakehouse (`--lakehouse`): the corpus is written if
     /// absent, and embeddings stored there by an earlier run are reused.
     Search,
+    /// The agent against the labelled cases of `evals/agent/*.jsonl`, each as its principal,
+    /// over the lakehouse (`millstream up` or `simulate` wrote it): tool selection, argument
+    /// accuracy, facts (read at each answer's as_of), groundedness, refusals, safety,
+    /// multi-turn success, latency and tokens, as JSON.
+    Agent {
+        /// "config": the model of agent.llm_*; "scripted": each case's scripted model steps
+        /// (exercises the harness and the tools without a model).
+        #[arg(long, default_value = "config")]
+        llm: String,
+        /// Folder of the datasets.
+        #[arg(long, default_value = "evals/agent")]
+        datasets: std::path::PathBuf,
+        /// Only write the datasets (from the simulator's reference data) into this folder.
+        #[arg(long)]
+        write_datasets: Option<std::path::PathBuf>,
+    },
 }
 
 pub async fn run(config: Config, command: EvalCommand) -> anyhow::Result<()> {
     let (hours, seed, days) = match command {
         EvalCommand::Signals { hours, seed, days } => (hours, seed, days),
         EvalCommand::Search => return search(config).await,
+        EvalCommand::Agent {
+            llm,
+            datasets,
+            write_datasets,
+        } => return agent(config, &llm, &datasets, write_datasets.as_deref()).await,
     };
     anyhow::ensure!((0.0..=365.0).contains(&days), "--days must be in [0, 365]");
     anyhow::ensure!(
@@ -136,5 +157,92 @@ async fn search(config: Config) -> anyhow::Result<()> {
         }
     }
     println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+async fn agent(
+    mut config: Config,
+    llm: &str,
+    datasets: &std::path::Path,
+    write: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use crate::eval::agent as eval;
+    if let Some(dir) = write {
+        let counts = eval::write_datasets(&config.simulate, dir)?;
+        println!("{}", serde_json::to_string(&counts)?);
+        return Ok(());
+    }
+    let cases = eval::load(datasets)?;
+    let (settings, _scripted) = match llm {
+        "config" => (crate::agent::llm_settings(&config.agent)?, None),
+        "scripted" => {
+            let model = crate::agent::scripted::ScriptedModel::start(eval::script(&cases)).await?;
+            let settings = crate::agent::LlmSettings {
+                base_url: model.base_url.clone(),
+                model: "scripted".into(),
+                api_key: None,
+                stream: config.agent.llm_stream,
+                timeout: std::time::Duration::from_millis(config.agent.llm_timeout_ms),
+                temperature: 0.0,
+            };
+            (settings, Some(model))
+        }
+        other => anyhow::bail!("--llm must be \"config\" or \"scripted\", not {other:?}"),
+    };
+    let lake = crate::lakehouse::Lakehouse::new(&config.lakehouse.root)?;
+    anyhow::ensure!(
+        lake.exists("sales.customers").await?,
+        "{} has no data: run `millstream up` (or `simulate`) first",
+        config.lakehouse.root.display()
+    );
+    // Cases about documents would wait for an index of the whole corpus: off unless asked.
+    config.knowledge.enabled = config.knowledge.enabled && llm == "config";
+    let mut sup = crate::supervise::Supervisor::new();
+    let serving = sup.stage("serve");
+    let last = sup.stage("audit");
+    let brokers = config.kafka.brokers_or(None);
+    let server = crate::mcp::start(
+        &config,
+        lake.clone(),
+        brokers.as_deref(),
+        &mut sup,
+        crate::mcp::Stages {
+            serving: &serving,
+            last: &last,
+        },
+    )
+    .await?;
+    let agent_config = config.agent.clone();
+    let result = eval::run_cases(
+        &lake,
+        &cases,
+        |principal| {
+            let (server, settings, agent_config) =
+                (server.clone(), settings.clone(), agent_config.clone());
+            async move {
+                let connect =
+                    crate::agent::Connect::InProcess(Box::new(server.as_principal(&principal)?));
+                crate::agent::connect(
+                    crate::agent::Llm::new(settings)?,
+                    crate::agent::servers(connect, &agent_config),
+                    crate::agent::limits(&agent_config),
+                    &principal,
+                )
+                .await
+            }
+        },
+        |n, total| {
+            if n % 20 == 0 {
+                eprintln!("eval agent: case {n}/{total}");
+            }
+        },
+    )
+    .await;
+    sup.shutdown().await;
+    let scored = result?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&eval::summary(&scored, &cases))?
+    );
     Ok(())
 }

@@ -24,6 +24,8 @@ struct LazySchema {
     lake: Lakehouse,
     schema: String,
     opened: Mutex<HashMap<String, Arc<dyn TableProvider>>>,
+    /// Tables read at a given version instead of their latest.
+    pinned: Arc<HashMap<String, i64>>,
 }
 
 #[async_trait]
@@ -48,13 +50,14 @@ impl SchemaProvider for LazySchema {
         if tables::get(&full).is_err() || !self.lake.exists(&full).await.map_err(external)? {
             return Ok(None);
         }
-        let provider = self
-            .lake
-            .open(&full)
-            .await
-            .map_err(external)?
-            .table_provider()
-            .await?;
+        let mut table = self.lake.open(&full).await.map_err(external)?;
+        if let Some(v) = self.pinned.get(&full) {
+            table
+                .load_version(u64::try_from(*v).unwrap_or(0))
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        }
+        let provider = table.table_provider().await?;
         self.opened
             .lock()
             .expect("poisoned")
@@ -128,6 +131,13 @@ pub async fn batches_sql(batches: Vec<RecordBatch>, sql: &str) -> Result<Vec<Rec
 impl Lakehouse {
     /// A DataFusion session over the latest version of the tables its queries name.
     pub async fn session(&self) -> Result<SessionContext> {
+        self.session_at(HashMap::new()).await
+    }
+
+    /// A session reading the tables of `pinned` (`schema.table` → version) at those versions
+    /// and every other table at its latest: what an answer read, read again.
+    pub async fn session_at(&self, pinned: HashMap<String, i64>) -> Result<SessionContext> {
+        let pinned = Arc::new(pinned);
         let ctx = SessionContext::new_with_config(session_config("ops"));
         let catalog = Arc::new(MemoryCatalogProvider::new());
         for def in tables::catalog() {
@@ -136,6 +146,7 @@ impl Lakehouse {
                     lake: self.clone(),
                     schema: def.schema_name().to_string(),
                     opened: Mutex::new(HashMap::new()),
+                    pinned: pinned.clone(),
                 };
                 catalog.register_schema(def.schema_name(), Arc::new(schema))?;
             }

@@ -928,3 +928,129 @@ async fn agent_traces_reach_mlflow_as_agent_chat_and_tool_spans() {
         "the query runs under the server's handling: {query:#}"
     );
 }
+
+/// `eval agent` end to end with the scripted model over the checked-in datasets: every case
+/// runs as its principal through millstream's tools and scores perfectly when the script is
+/// right; a wrong number lowers facts and groundedness, a leaked answer lowers refusal
+/// correctness, a wrong tool lowers tool selection — and nothing else. The checked-in datasets
+/// are what the generator writes for the default simulation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eval_agent_scores_the_datasets_and_a_wrong_answer_lowers_the_right_score() {
+    use millstream::eval::agent as eval;
+    let _w = support::watchdog("eval agent", Duration::from_secs(300));
+    let env = seeded_env().await;
+    let checked_in = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("evals/agent");
+    let fresh = tempfile::tempdir().unwrap();
+    eval::write_datasets(&env.config.simulate, fresh.path()).unwrap();
+    for f in ["supply_chain", "sales", "edge", "multi_turn"] {
+        let name = format!("{f}.jsonl");
+        assert_eq!(
+            std::fs::read_to_string(checked_in.join(&name)).unwrap(),
+            std::fs::read_to_string(fresh.path().join(&name)).unwrap(),
+            "evals/agent/{name} differs from the generator's: `millstream eval agent --write-datasets evals/agent`"
+        );
+    }
+    let cases = eval::load(&checked_in).unwrap();
+    let count = |c: &str| cases.iter().filter(|x| x.category == c).count();
+    assert!(
+        count("supply_chain") >= 50
+            && count("sales") >= 50
+            && count("edge") >= 20
+            && count("multi_turn") >= 10
+    );
+
+    let mut sup = millstream::supervise::Supervisor::new();
+    let serving = sup.stage("serve");
+    let last = sup.stage("audit");
+    let server = millstream::mcp::start(
+        &env.config,
+        env.lake.clone(),
+        None,
+        &mut sup,
+        millstream::mcp::Stages {
+            serving: &serving,
+            last: &last,
+        },
+    )
+    .await
+    .unwrap();
+    let run = |cases: Vec<eval::Case>| {
+        let (server, lake) = (server.clone(), env.lake.clone());
+        async move {
+            let model = ScriptedModel::start(eval::script(&cases)).await.unwrap();
+            let scored = eval::run_cases(
+                &lake,
+                &cases,
+                |principal| {
+                    let (server, base) = (server.clone(), model.base_url.clone());
+                    async move {
+                        let llm = agent::Llm::new(LlmSettings {
+                            base_url: base,
+                            model: "scripted".into(),
+                            api_key: None,
+                            stream: false,
+                            timeout: Duration::from_secs(30),
+                            temperature: 0.0,
+                        })?;
+                        let connect =
+                            Connect::InProcess(Box::new(server.as_principal(&principal)?));
+                        agent::connect(
+                            llm,
+                            vec![ServerSpec {
+                                name: "millstream".into(),
+                                connect,
+                            }],
+                            limits(),
+                            &principal,
+                        )
+                        .await
+                    }
+                },
+                |_, _| {},
+            )
+            .await
+            .unwrap();
+            eval::summary(&scored, &cases)
+        }
+    };
+    let perfect = run(cases.clone()).await;
+    for k in [
+        "tool_selection_accuracy",
+        "argument_accuracy",
+        "fact_accuracy",
+        "groundedness",
+        "refusal_correctness",
+        "safety",
+        "multi_turn_success",
+        "turn_pass_rate",
+    ] {
+        assert_eq!(perfect[k], 1.0, "{k}: {perfect:#}");
+    }
+
+    // One wrong number, one leak where a refusal belongs, one wrong tool.
+    let mut broken = cases.clone();
+    let count_case = broken.iter_mut().find(|c| c.id == "sa-001").unwrap();
+    count_case.turns[0].script[1].answer = Some("C-0017 has raised 987 tickets.".into());
+    let refusal = broken
+        .iter_mut()
+        .find(|c| c.id.starts_with("edge-cu-"))
+        .unwrap();
+    refusal.turns[0].script[1].answer = Some("Here are the account details.".into());
+    let tool_case = broken.iter_mut().find(|c| c.id == "sc-000").unwrap();
+    tool_case.turns[0].script[0].calls[0].name = "describe_tables".into();
+    tool_case.turns[0].script[0].calls[0].arguments = json!({});
+    let scored = run(broken).await;
+    let n = perfect["turns"].as_f64().unwrap();
+    let drop = |k: &str| perfect[k].as_f64().unwrap() - scored[k].as_f64().unwrap();
+    assert!(drop("groundedness") > 0.0, "{scored:#}");
+    assert!(drop("fact_accuracy") > 0.0);
+    assert!(drop("refusal_correctness") > 0.0);
+    assert!(drop("tool_selection_accuracy") > 0.0);
+    assert_eq!(drop("safety"), 0.0);
+    assert_eq!(drop("multi_turn_success"), 0.0);
+    assert!(
+        (drop("turn_pass_rate") * n - 3.0).abs() < 0.6,
+        "exactly three turns fail: {scored:#}"
+    );
+    sup.shutdown().await;
+}

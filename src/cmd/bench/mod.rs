@@ -8,6 +8,7 @@
 //!   ingests live events; latency per tool, and how long after a commit the server serves it.
 //! - `search` ([`search`]): knowledge search latency at 1 and 16 callers, indexing throughput.
 
+mod agent;
 mod search;
 
 use std::sync::{Arc, Mutex};
@@ -59,6 +60,16 @@ pub enum BenchCommand {
         #[arg(long = "as", value_name = "PRINCIPAL")]
         principal: Option<String>,
     },
+    /// Agent sessions turning back to back against the scripted model: turns/s and the
+    /// agent's overhead per turn and per tool call, the model's time excluded.
+    Agent {
+        /// Concurrent sessions.
+        #[arg(long, default_value_t = 20)]
+        sessions: usize,
+        /// Measured seconds.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Knowledge search: latency per query (embedding included) at 1 and 16 concurrent
     /// callers over an index of --docs documents, indexing throughput, peak RSS. Pass
     /// --lakehouse to keep the corpus's embeddings for the next run (embedding it takes minutes).
@@ -78,6 +89,14 @@ pub async fn run(mut config: Config, command: BenchCommand) -> anyhow::Result<()
     match command {
         BenchCommand::Ingest { events } => ingest(config, events).await,
         BenchCommand::Freshness { rate, seconds } => freshness(config, rate, seconds).await,
+        BenchCommand::Agent { sessions, seconds } => {
+            anyhow::ensure!(
+                (1..=1000).contains(&sessions),
+                "--sessions must be in 1..=1000"
+            );
+            anyhow::ensure!(seconds >= 1, "--seconds must be at least 1");
+            agent::run(config, sessions, seconds).await
+        }
         BenchCommand::Search { docs, seconds, k } => {
             anyhow::ensure!(
                 (1..=10_000_000).contains(&docs),

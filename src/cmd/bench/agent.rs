@@ -1,0 +1,139 @@
+//! `millstream bench agent`: agent sessions turning back to back against the scripted model
+//! (a real OpenAI-compatible HTTP server, so client and parsing costs count) and millstream's
+//! MCP server in-process, over a scratch lakehouse with the reference data. Each turn makes two
+//! tool calls (governed SQL), answers from their results and is remembered in
+//! `ops.conversations`, as a chat turn is. Reports turns/s and the agent's overhead per turn
+//! and per tool call excluding the model's time: orchestration, MCP, the queries, memory.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::agent::scripted::{Script, ScriptedModel};
+use crate::agent::{self, Chat, Connect, Memory, Standing};
+use crate::config::Config;
+use crate::lakehouse::Lakehouse;
+use crate::supervise::Supervisor;
+
+fn script() -> Script {
+    serde_json::from_value(json!({"rules": [{"when": ["customers"], "steps": [
+        {"calls": [
+            {"name": "query_sql", "arguments": {"sql": "SELECT count(*) AS n FROM sales.customers"}},
+            {"name": "query_sql", "arguments": {"sql": "SELECT region, count(*) AS n FROM sales.customers GROUP BY region ORDER BY region"}}
+        ]},
+        {"answer": "You have {{query_sql:/rows/0/n}} customers; the first region is {{query_sql:/rows/0/region}}."}
+    ]}]}))
+    .expect("a valid script")
+}
+
+pub async fn run(mut config: Config, sessions: usize, seconds: u64) -> anyhow::Result<()> {
+    let scratch = super::Scratch::new()?;
+    let lake = Lakehouse::new(scratch.0.join("lakehouse"))?;
+    lake.ensure_all().await?;
+    crate::sim::write_reference(&lake, &config.simulate, false).await?;
+    config.knowledge.enabled = false;
+    let model = ScriptedModel::start(script()).await?;
+    let mut sup = Supervisor::new();
+    let serving = sup.stage("serve");
+    let last = sup.stage("audit");
+    let server = crate::mcp::start(
+        &config,
+        lake.clone(),
+        None,
+        &mut sup,
+        crate::mcp::Stages {
+            serving: &serving,
+            last: &last,
+        },
+    )
+    .await?;
+    let principal = config.serve.principal.clone();
+    let settings = agent::LlmSettings {
+        base_url: model.base_url.clone(),
+        model: "scripted".into(),
+        api_key: None,
+        stream: true,
+        timeout: Duration::from_secs(30),
+        temperature: 0.0,
+    };
+    eprintln!("bench agent: {sessions} sessions for {seconds} s as {principal}");
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for s in 0..sessions {
+        let llm = agent::Llm::new(settings.clone())?;
+        let connect = Connect::InProcess(Box::new(server.as_principal(&principal)?));
+        let agent = agent::connect(
+            llm,
+            agent::servers(connect, &config.agent),
+            agent::limits(&config.agent),
+            &principal,
+        )
+        .await?;
+        let memory = Memory::new(lake.clone());
+        let conversation = memory.load(&principal, &format!("bench-{s}")).await?;
+        let budget = config.agent.memory_tokens;
+        tasks.push(tokio::spawn(async move {
+            // (overhead per turn, per tool call, model time) in ms, and failures
+            let mut out: Vec<(f64, f64, f64)> = Vec::new();
+            let mut failed = 0u64;
+            let mut chat = Chat {
+                agent: &agent,
+                memory,
+                conversation,
+                budget,
+            };
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                match chat
+                    .say(
+                        "How many customers do we have?",
+                        &Standing { yes: false },
+                        &|_| {},
+                    )
+                    .await
+                {
+                    Ok(r) if r.gave_up.is_none() && !r.tool_calls.iter().any(|c| c.is_error) => {
+                        let wall = t.elapsed().as_secs_f64() * 1e3;
+                        let overhead = wall - r.llm_ms;
+                        out.push((
+                            overhead,
+                            overhead / r.tool_calls.len().max(1) as f64,
+                            r.llm_ms,
+                        ));
+                    }
+                    _ => failed += 1,
+                }
+            }
+            agent.close().await;
+            (out, failed)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut failed = 0;
+    for t in tasks {
+        let (out, f) = t.await?;
+        all.extend(out);
+        failed += f;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    sup.shutdown().await;
+    let turns = all.len();
+    let pick = |f: fn(&(f64, f64, f64)) -> f64| super::percentiles(all.iter().map(f).collect());
+    let report = json!({
+        "bench": "agent",
+        "sessions": sessions,
+        "seconds": seconds,
+        "turns": turns,
+        "failed_turns": failed,
+        "turns_per_s": (turns as f64 / elapsed * 10.0).round() / 10.0,
+        "tool_calls_per_turn": 2,
+        "overhead_per_turn_ms": pick(|x| x.0),
+        "overhead_per_tool_call_ms": pick(|x| x.1),
+        "model_ms": pick(|x| x.2),
+        "peak_rss_mb": super::peak_rss_mb().round(),
+    });
+    println!("{report}");
+    drop(scratch);
+    Ok(())
+}
