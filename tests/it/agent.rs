@@ -313,6 +313,7 @@ async fn the_agent_acts_for_its_user_through_the_tools_and_only_with_consent() {
         report.tool_calls[0].result
     );
     assert!(report.answer.starts_with("Ticket T"), "{}", report.answer);
+    assert_eq!(report.tool_calls[0].result["on_behalf_of"], "alice@emea");
 
     // The note's hidden instruction: the gullible model calls create_ticket, and even with
     // --yes the agent does not act, because the turn read text written by someone else.
