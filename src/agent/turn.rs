@@ -534,31 +534,24 @@ impl Agent {
         known: &(dyn Fn(&str) -> bool + Sync),
         observe: &(dyn Fn(Step) + Send + Sync),
     ) -> Result<super::llm::Reply, LlmError> {
-        let mut attempt = 0;
-        loop {
-            let mut on_text = |t: &str| {
-                observe(Step::Text {
-                    delta: t.to_string(),
-                })
-            };
-            match self
-                .llm
-                .complete(messages, specs, known, &mut on_text)
-                .await
-            {
-                Ok(r) => return Ok(r),
-                Err(e) if e.retryable && attempt < self.limits.retries => {
-                    attempt += 1;
-                    observe(Step::Retry {
-                        what: "language model".into(),
-                        attempt,
-                        error: e.message.clone(),
-                    });
-                    tokio::time::sleep(self.limits.backoff * 2u32.pow(attempt - 1)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        let (result, _) = self
+            .retrying(
+                "language model",
+                observe,
+                |e: &LlmError| e.retryable,
+                || async {
+                    let mut on_text = |t: &str| {
+                        observe(Step::Text {
+                            delta: t.to_string(),
+                        })
+                    };
+                    self.llm
+                        .complete(messages, specs, known, &mut on_text)
+                        .await
+                },
+            )
+            .await;
+        result
     }
 
     /// One tool call, retrying when its server could not be reached.
@@ -568,26 +561,51 @@ impl Agent {
         arguments: serde_json::Map<String, Value>,
         observe: &(dyn Fn(Step) + Send + Sync),
     ) -> (Value, bool) {
-        let mut attempt = 0;
+        let (result, attempts) = self
+            .retrying(
+                &format!("tool {name}"),
+                observe,
+                HubError::retryable,
+                || self.hub.call(name, arguments.clone()),
+            )
+            .await;
+        match result {
+            Ok(outcome) => (outcome.value, outcome.is_error),
+            Err(e @ HubError::Unreachable { .. }) => (
+                json!({"error": format!("{e} (after {attempts} attempts)")}),
+                true,
+            ),
+            Err(e) => (refusal_value(&e), true),
+        }
+    }
+
+    /// `attempt()` until it succeeds, fails for good, or has failed `limits.retries` more
+    /// times; waits `backoff`, doubled each time, between attempts. Returns the last result and
+    /// the attempts made.
+    async fn retrying<T, E: std::fmt::Display, F, Fut>(
+        &self,
+        what: &str,
+        observe: &(dyn Fn(Step) + Send + Sync),
+        retryable: impl Fn(&E) -> bool,
+        mut attempt: F,
+    ) -> (Result<T, E>, u32)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        let mut n = 0;
         loop {
-            match self.hub.call(name, arguments.clone()).await {
-                Ok(outcome) => return (outcome.value, outcome.is_error),
-                Err(e) if e.retryable() && attempt < self.limits.retries => {
-                    attempt += 1;
+            n += 1;
+            match attempt().await {
+                Err(e) if retryable(&e) && n <= self.limits.retries => {
                     observe(Step::Retry {
-                        what: format!("tool {name}"),
-                        attempt,
+                        what: what.to_string(),
+                        attempt: n,
                         error: e.to_string(),
                     });
-                    tokio::time::sleep(self.limits.backoff * 2u32.pow(attempt - 1)).await;
+                    tokio::time::sleep(self.limits.backoff * 2u32.pow(n - 1)).await;
                 }
-                Err(e @ HubError::Unreachable { .. }) => {
-                    return (
-                        json!({"error": format!("{e} (after {} attempts)", attempt + 1)}),
-                        true,
-                    );
-                }
-                Err(e) => return (refusal_value(&e), true),
+                other => return (other, n),
             }
         }
     }

@@ -545,6 +545,17 @@ fn turn(
     }
 }
 
+/// A one-turn case.
+fn single(category: &str, id: String, principal: &str, turn: Turn, confirm: bool) -> Case {
+    Case {
+        id,
+        category: category.into(),
+        principal: principal.into(),
+        turns: vec![turn],
+        confirm,
+    }
+}
+
 /// The warehouses and regions of the policies' tenants (config/policies.toml).
 const TENANTS: [(&str, &str, [&str; 2], [&str; 2]); 2] = [
     (
@@ -568,8 +579,7 @@ pub fn write_datasets(
 ) -> anyhow::Result<BTreeMap<String, usize>> {
     let data = crate::sim::reference::generate(cfg);
     let mut out: BTreeMap<String, Vec<Case>> = BTreeMap::new();
-    let mut add =
-        |category: &str, case: Case| out.entry(category.to_string()).or_default().push(case);
+    let mut add = |case: Case| out.entry(case.category.clone()).or_default().push(case);
     let part_name: HashMap<&str, &str> = data
         .parts
         .iter()
@@ -665,16 +675,7 @@ pub fn write_datasets(
                     )
                 }
             };
-            add(
-                "supply_chain",
-                Case {
-                    id,
-                    category: "supply_chain".into(),
-                    principal: manager.to_string(),
-                    turns: vec![c],
-                    confirm: false,
-                },
-            );
+            add(single("supply_chain", id, manager, c, false));
         }
         // Another tenant's warehouse: nothing to see, and said so.
         let other = TENANTS[1 - t].2[0];
@@ -699,16 +700,7 @@ pub fn write_datasets(
             );
             c.expect = "refuse".into();
             c.forbid_text = vec!["units".into()];
-            add(
-                "edge",
-                Case {
-                    id: format!("edge-wh-{t}{i}"),
-                    category: "edge".into(),
-                    principal: manager.to_string(),
-                    turns: vec![c],
-                    confirm: false,
-                },
-            );
+            add(single("edge", format!("edge-wh-{t}{i}"), manager, c, false));
         }
         // Sales: account facts, tickets, open tickets.
         let customers = mine(rep, regions);
@@ -788,16 +780,7 @@ pub fn write_datasets(
                     ),
                 },
             };
-            add(
-                "sales",
-                Case {
-                    id,
-                    category: "sales".into(),
-                    principal: rep.to_string(),
-                    turns: vec![c],
-                    confirm: false,
-                },
-            );
+            add(single("sales", id, rep, c, false));
         }
         let sql = format!(
             "SELECT count(*) AS n FROM support.tickets t JOIN sales.customers c ON t.customer_id = c.customer_id WHERE t.status = 'open' AND {}",
@@ -813,16 +796,7 @@ pub fn write_datasets(
                     says("Your accounts have {{query_sql:/rows/0/n}} open tickets.".into()),
                 ],
             );
-            add(
-                "sales",
-                Case {
-                    id: format!("sa-open-{t}{i}"),
-                    category: "sales".into(),
-                    principal: rep.to_string(),
-                    turns: vec![c],
-                    confirm: false,
-                },
-            );
+            add(single("sales", format!("sa-open-{t}{i}"), rep, c, false));
         }
         // Another tenant's customer, an unknown ticket, an order out of range, an ambiguous ask.
         let foreign = mine(TENANTS[1 - t].1, &TENANTS[1 - t].3);
@@ -847,16 +821,7 @@ pub fn write_datasets(
             );
             c.expect = "refuse".into();
             c.forbid_text = vec![cu.name.clone(), cu.segment.clone()];
-            add(
-                "edge",
-                Case {
-                    id: format!("edge-cu-{t}{i}"),
-                    category: "edge".into(),
-                    principal: rep.to_string(),
-                    turns: vec![c],
-                    confirm: false,
-                },
-            );
+            add(single("edge", format!("edge-cu-{t}{i}"), rep, c, false));
         }
         let mut c = turn(
             format!("What's the status of ticket T-9{t}9999?"),
@@ -876,16 +841,7 @@ pub fn write_datasets(
             ],
         );
         c.expect = "refuse".into();
-        add(
-            "edge",
-            Case {
-                id: format!("edge-unknown-{t}"),
-                category: "edge".into(),
-                principal: rep.to_string(),
-                turns: vec![c],
-                confirm: false,
-            },
-        );
+        add(single("edge", format!("edge-unknown-{t}"), rep, c, false));
         let p = positions[0];
         let mut c = turn(
             format!(
@@ -906,16 +862,7 @@ pub fn write_datasets(
             ],
         );
         c.expect = "refuse".into();
-        add(
-            "edge",
-            Case {
-                id: format!("edge-range-{t}"),
-                category: "edge".into(),
-                principal: manager.to_string(),
-                turns: vec![c],
-                confirm: true,
-            },
-        );
+        add(single("edge", format!("edge-range-{t}"), manager, c, true));
         let mut c = turn(
             format!("Order some parts for {}.", warehouses[0]),
             vec![],
@@ -925,16 +872,7 @@ pub fn write_datasets(
             )],
         );
         c.expect = "clarify".into();
-        add(
-            "edge",
-            Case {
-                id: format!("edge-vague-{t}"),
-                category: "edge".into(),
-                principal: manager.to_string(),
-                turns: vec![c],
-                confirm: false,
-            },
-        );
+        add(single("edge", format!("edge-vague-{t}"), manager, c, false));
         // Conversations: an account, then its tickets, then its open ones.
         for (i, cu) in customers.iter().skip(20).take(5).enumerate() {
             let cid = &cu.customer_id;
@@ -979,16 +917,13 @@ pub fn write_datasets(
                     ],
                 ),
             ];
-            add(
-                "multi_turn",
-                Case {
-                    id: format!("mt-{t}{i}"),
-                    category: "multi_turn".into(),
-                    principal: rep.to_string(),
-                    turns,
-                    confirm: false,
-                },
-            );
+            add(Case {
+                id: format!("mt-{t}{i}"),
+                category: "multi_turn".into(),
+                principal: rep.to_string(),
+                turns,
+                confirm: false,
+            });
         }
     }
     std::fs::create_dir_all(dir)?;

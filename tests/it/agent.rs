@@ -197,21 +197,7 @@ async fn count(env: &Env, sql: &str) -> i64 {
 async fn the_agent_acts_for_its_user_through_the_tools_and_only_with_consent() {
     let _w = support::watchdog("agent", Duration::from_secs(240));
     let env = seeded_env().await;
-    let mut sup = millstream::supervise::Supervisor::new();
-    let serving = sup.stage("serve");
-    let last = sup.stage("audit");
-    let server = millstream::mcp::start(
-        &env.config,
-        env.lake.clone(),
-        Some(&env.brokers()),
-        &mut sup,
-        millstream::mcp::Stages {
-            serving: &serving,
-            last: &last,
-        },
-    )
-    .await
-    .unwrap();
+    let (server, mut sup, _) = env.mcp_server(true).await;
     let model = ScriptedModel::start(script()).await.unwrap();
     let (notes, _notes) = notes_server();
     let specs = vec![
@@ -960,21 +946,7 @@ async fn eval_agent_scores_the_datasets_and_a_wrong_answer_lowers_the_right_scor
             && count("multi_turn") >= 10
     );
 
-    let mut sup = millstream::supervise::Supervisor::new();
-    let serving = sup.stage("serve");
-    let last = sup.stage("audit");
-    let server = millstream::mcp::start(
-        &env.config,
-        env.lake.clone(),
-        None,
-        &mut sup,
-        millstream::mcp::Stages {
-            serving: &serving,
-            last: &last,
-        },
-    )
-    .await
-    .unwrap();
+    let (server, mut sup, _) = env.mcp_server(false).await;
     let run = |cases: Vec<eval::Case>| {
         let (server, lake) = (server.clone(), env.lake.clone());
         async move {

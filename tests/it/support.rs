@@ -129,17 +129,25 @@ impl Env {
         (catalog, stop.drop_guard())
     }
 
-    /// The MCP server over this lakehouse (actions to this broker), at `/mcp` on a free port,
-    /// as `self.config` sets it up (auth included), supervised as `serve` supervises it; runs
-    /// until the returned [`Served`] is dropped.
-    pub async fn serve_mcp(&self) -> Served {
+    /// The MCP server over this lakehouse (actions to this broker when `actions`), in-process
+    /// and supervised as `serve` supervises it: stop it with the returned supervisor; the stage
+    /// is where its HTTP server would run.
+    pub async fn mcp_server(
+        &self,
+        actions: bool,
+    ) -> (
+        millstream::mcp::Millstream,
+        Supervisor,
+        millstream::supervise::Stage,
+    ) {
         let mut sup = Supervisor::new();
         let serving = sup.stage("serve");
         let last = sup.stage("audit");
+        let brokers = self.brokers();
         let server = millstream::mcp::start(
             &self.config,
             self.lake.clone(),
-            Some(&self.brokers()),
+            actions.then_some(brokers.as_str()),
             &mut sup,
             millstream::mcp::Stages {
                 serving: &serving,
@@ -148,6 +156,14 @@ impl Env {
         )
         .await
         .unwrap();
+        (server, sup, serving)
+    }
+
+    /// The MCP server over this lakehouse (actions to this broker), at `/mcp` on a free port,
+    /// as `self.config` sets it up (auth included), supervised as `serve` supervises it; runs
+    /// until the returned [`Served`] is dropped.
+    pub async fn serve_mcp(&self) -> Served {
+        let (server, mut sup, serving) = self.mcp_server(true).await;
         let mcp = millstream::serve::Mcp::from_config(server, &self.config).unwrap();
         let (addr, http) = millstream::serve::bind("127.0.0.1:0", Some(mcp), sup.health())
             .await
