@@ -51,21 +51,17 @@ impl Drop for TracingGuard {
 }
 
 /// Logs as [`init_logging`], plus span export over OTLP/HTTP to `{otlp_endpoint}/v1/traces`
-/// when `config.otlp_endpoint` is set (headers from `config.headers`, never logged). Spans of
-/// the agent and the MCP server are exported at every level; the log filter applies to logs.
+/// when `config.otlp_endpoint` is set (headers from `config.headers`, never logged). The spans
+/// of the agent, the MCP server and its queries are enabled at INFO whatever `RUST_LOG` says
+/// (one filter for both: per-layer filters lost the first event of a process here).
 pub fn init(config: &crate::config::TracingConfig) -> anyhow::Result<TracingGuard> {
     use opentelemetry::trace::TracerProvider as _;
     use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
-    use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
 
-    let logs = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_filter(log_filter());
     if config.otlp_endpoint.is_empty() {
-        let _ = tracing_subscriber::registry().with(logs).try_init();
+        init_logging();
         return Ok(TracingGuard(None));
     }
     let endpoint = format!("{}/v1/traces", config.otlp_endpoint.trim_end_matches('/'));
@@ -92,18 +88,20 @@ pub fn init(config: &crate::config::TracingConfig) -> anyhow::Result<TracingGuar
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
-    // The agent's spans, the MCP server's and its queries' (not the pipeline's per-batch ones).
-    let spans = tracing_opentelemetry::layer()
-        .with_tracer(provider.tracer("millstream"))
-        .with_filter(
-            tracing_subscriber::filter::Targets::new()
-                .with_target("millstream::agent", tracing::Level::INFO)
-                .with_target("millstream::mcp", tracing::Level::INFO)
-                .with_target("millstream::governed", tracing::Level::INFO),
-        );
-    let _ = tracing_subscriber::registry()
-        .with(logs)
-        .with(spans)
+    let mut filter = log_filter();
+    for traced in [
+        "millstream::agent",
+        "millstream::mcp",
+        "millstream::governed",
+    ] {
+        filter = filter.add_directive(format!("{traced}=info").parse()?);
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .finish()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("millstream")))
         .try_init();
     tracing::info!(endpoint = %endpoint, "exporting traces over OTLP/HTTP");
     Ok(TracingGuard(Some(provider)))
