@@ -7,6 +7,7 @@
 //! as a row (role `summary`, `turn` = the last turn it covers) and stands in for those turns
 //! from then on. The log itself is never rewritten.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -88,14 +89,94 @@ pub fn new_id() -> String {
     )
 }
 
+/// One stored message (or summary) of a conversation.
+#[derive(Debug, Clone)]
+struct Row {
+    id: String,
+    principal: String,
+    turn: i64,
+    seq: i32,
+    role: String,
+    message: String,
+    ts: chrono::DateTime<Utc>,
+}
+
+/// Rows appended but not yet committed, shared with the writer task.
+#[derive(Default)]
+struct Pending {
+    rows: std::sync::Mutex<Vec<Row>>,
+    wake: tokio::sync::Notify,
+    /// One flush at a time, so no row is committed twice.
+    flushing: tokio::sync::Mutex<()>,
+}
+
+/// How often the writer of a [`Memory::buffered`] commits what was appended.
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
 #[derive(Clone)]
 pub struct Memory {
     lake: Lakehouse,
+    /// Write-behind: appended rows wait here for the writer's next commit.
+    pending: Option<Arc<Pending>>,
 }
 
 impl Memory {
+    /// Memory that commits each turn as it is appended (one user at a time: the CLI).
     pub fn new(lake: Lakehouse) -> Self {
-        Memory { lake }
+        Memory {
+            lake,
+            pending: None,
+        }
+    }
+
+    /// Memory for many concurrent conversations (`/agent/turn`, benchmarks): appends return at
+    /// once and one writer task commits every turn appended in the last 200 ms in one Delta
+    /// commit, instead of each turn racing the others for the table's next version (at 20
+    /// sessions those commits ran out of retries). Loads see appended rows before they are
+    /// committed. What is appended in the last 200 ms before the process dies is lost — the
+    /// conversation, never an action (actions are on Kafka before their tool answers).
+    pub fn buffered(lake: Lakehouse) -> Self {
+        let pending = Arc::new(Pending::default());
+        let writer = Memory {
+            lake: lake.clone(),
+            pending: Some(pending.clone()),
+        };
+        let weak = Arc::downgrade(&pending);
+        tokio::spawn(async move {
+            loop {
+                let Some(p) = weak.upgrade() else { return };
+                let _ = tokio::time::timeout(FLUSH_EVERY, p.wake.notified()).await;
+                drop(p);
+                tokio::time::sleep(FLUSH_EVERY / 4).await;
+                if let Err(e) = writer.flush().await {
+                    tracing::warn!(error = %e, "writing {TABLE}; retried at the next flush");
+                }
+                if weak.strong_count() <= 1 {
+                    // Only the writer holds the buffer: everyone else is gone.
+                    return;
+                }
+            }
+        });
+        Memory {
+            lake,
+            pending: Some(pending),
+        }
+    }
+
+    /// Commits every row appended so far (a no-op for unbuffered memory).
+    pub async fn flush(&self) -> crate::Result<()> {
+        let Some(p) = &self.pending else {
+            return Ok(());
+        };
+        let _one = p.flushing.lock().await;
+        let rows: Vec<Row> = p.rows.lock().expect("poisoned").clone();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        self.write(&rows).await?;
+        // Rows appended meanwhile were pushed behind these.
+        p.rows.lock().expect("poisoned").drain(..rows.len());
+        Ok(())
     }
 
     /// The conversation `id` of `principal` (empty when it has none by that id).
@@ -106,58 +187,58 @@ impl Memory {
             principal: principal.to_string(),
             ..Default::default()
         };
-        if !self.lake.exists(TABLE).await? {
-            return Ok(conversation);
+        // (turn, seq, role) → message: committed rows, then rows still waiting (a row in both
+        // between a commit and its removal from the buffer counts once).
+        let mut rows: BTreeMap<(i64, i32, String), String> = BTreeMap::new();
+        if self.lake.exists(TABLE).await? {
+            let ctx = self.lake.session().await?;
+            let batches = ctx
+                .sql(&format!(
+                    "SELECT turn, seq, role, message FROM {TABLE} \
+                     WHERE principal = $1 AND conversation_id = $2"
+                ))
+                .await?
+                .with_param_values(vec![ScalarValue::from(principal), ScalarValue::from(id)])?
+                .collect()
+                .await?;
+            for b in &batches {
+                // Strings may come back as views: read every column through one type.
+                let column =
+                    |i: usize, t: &arrow::datatypes::DataType| arrow::compute::cast(b.column(i), t);
+                let turn = column(0, &arrow::datatypes::DataType::Int64)?;
+                let seq = column(1, &arrow::datatypes::DataType::Int32)?;
+                let role = column(2, &arrow::datatypes::DataType::Utf8)?;
+                let msg = column(3, &arrow::datatypes::DataType::Utf8)?;
+                let turn = turn.as_any().downcast_ref::<Int64Array>().expect("Int64");
+                let seq = seq.as_any().downcast_ref::<Int32Array>().expect("Int32");
+                let role = role.as_any().downcast_ref::<StringArray>().expect("Utf8");
+                let msg = msg.as_any().downcast_ref::<StringArray>().expect("Utf8");
+                for i in 0..b.num_rows() {
+                    rows.insert(
+                        (turn.value(i), seq.value(i), role.value(i).to_string()),
+                        msg.value(i).to_string(),
+                    );
+                }
+            }
         }
-        let ctx = self.lake.session().await?;
-        let batches = ctx
-            .sql(&format!(
-                "SELECT turn, role, message FROM {TABLE} \
-                 WHERE principal = $1 AND conversation_id = $2 ORDER BY turn, seq"
-            ))
-            .await?
-            .with_param_values(vec![ScalarValue::from(principal), ScalarValue::from(id)])?
-            .collect()
-            .await?;
-        let mut rows: Vec<(i64, String, String)> = Vec::new();
-        for b in &batches {
-            // Strings may come back as views: read every column through one type.
-            let column =
-                |i: usize, t: &arrow::datatypes::DataType| arrow::compute::cast(b.column(i), t);
-            let turn = column(0, &arrow::datatypes::DataType::Int64)?;
-            let role = column(1, &arrow::datatypes::DataType::Utf8)?;
-            let msg = column(2, &arrow::datatypes::DataType::Utf8)?;
-            let turn = turn
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .expect("cast to Int64");
-            let role = role
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .expect("cast to Utf8");
-            let msg = msg
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .expect("cast to Utf8");
-            for i in 0..b.num_rows() {
-                rows.push((
-                    turn.value(i),
-                    role.value(i).to_string(),
-                    msg.value(i).to_string(),
-                ));
+        if let Some(p) = &self.pending {
+            for r in p.rows.lock().expect("poisoned").iter() {
+                if r.principal == principal && r.id == id {
+                    rows.insert((r.turn, r.seq, r.role.clone()), r.message.clone());
+                }
             }
         }
         // The newest summary covers everything up to its turn.
         let cut = rows
             .iter()
-            .filter(|(_, r, _)| r == "summary")
-            .map(|(t, _, m)| (*t, m.clone()))
+            .filter(|((_, _, r), _)| r == "summary")
+            .map(|((t, _, _), m)| (*t, m.clone()))
             .max_by_key(|(t, _)| *t);
         if let Some((t, text)) = &cut {
             conversation.summary = Some(text.clone());
             conversation.last_turn = *t;
         }
-        for (turn, role, message) in rows {
+        for ((turn, _, role), message) in rows {
             conversation.last_turn = conversation.last_turn.max(turn);
             if role == "summary" || cut.as_ref().is_some_and(|(t, _)| turn <= *t) {
                 continue;
@@ -181,16 +262,20 @@ impl Memory {
         messages: Vec<Message>,
     ) -> crate::Result<()> {
         let turn = conversation.last_turn + 1;
-        let rows: Vec<(String, String)> = messages
+        let rows = messages
             .iter()
-            .map(|m| {
-                (
-                    m.role.clone(),
+            .enumerate()
+            .map(|(seq, m)| {
+                row(
+                    conversation,
+                    turn,
+                    seq as i32,
+                    &m.role,
                     serde_json::to_string(m).expect("messages serialize"),
                 )
             })
             .collect();
-        self.write(conversation, turn, rows).await?;
+        self.store(rows).await?;
         conversation.last_turn = turn;
         conversation.turns.push((turn, messages));
         Ok(())
@@ -204,48 +289,47 @@ impl Memory {
         upto: i64,
         summary: String,
     ) -> crate::Result<()> {
-        self.write(
-            conversation,
-            upto,
-            vec![("summary".into(), summary.clone())],
-        )
-        .await?;
+        self.store(vec![row(conversation, upto, 0, "summary", summary.clone())])
+            .await?;
         conversation.summary = Some(summary);
         conversation.turns.retain(|(t, _)| *t > upto);
         Ok(())
     }
 
-    async fn write(
-        &self,
-        conversation: &Conversation,
-        turn: i64,
-        rows: Vec<(String, String)>,
-    ) -> crate::Result<()> {
+    async fn store(&self, rows: Vec<Row>) -> crate::Result<()> {
+        match &self.pending {
+            Some(p) => {
+                p.rows.lock().expect("poisoned").extend(rows);
+                p.wake.notify_one();
+                Ok(())
+            }
+            None => self.write(&rows).await,
+        }
+    }
+
+    async fn write(&self, rows: &[Row]) -> crate::Result<()> {
         let def = tables::get(TABLE)?;
-        let now = Utc::now();
-        let n = rows.len();
+        let text = |f: &dyn Fn(&Row) -> &str| -> Arc<StringArray> {
+            Arc::new(StringArray::from_iter_values(rows.iter().map(f)))
+        };
         let batch = RecordBatch::try_new(
             def.arrow_schema(),
             vec![
-                Arc::new(StringArray::from(vec![conversation.id.clone(); n])),
-                Arc::new(StringArray::from(vec![conversation.principal.clone(); n])),
-                Arc::new(Int64Array::from(vec![turn; n])),
-                Arc::new(Int32Array::from_iter_values(0..n as i32)),
-                Arc::new(StringArray::from_iter_values(
-                    rows.iter().map(|(r, _)| r.as_str()),
-                )),
-                Arc::new(StringArray::from_iter_values(
-                    rows.iter().map(|(_, m)| m.as_str()),
-                )),
+                text(&|r| &r.id),
+                text(&|r| &r.principal),
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.turn))),
+                Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.seq))),
+                text(&|r| &r.role),
+                text(&|r| &r.message),
                 Arc::new(
-                    TimestampMicrosecondArray::from(vec![now.timestamp_micros(); n])
-                        .with_timezone("UTC"),
+                    TimestampMicrosecondArray::from_iter_values(
+                        rows.iter().map(|r| r.ts.timestamp_micros()),
+                    )
+                    .with_timezone("UTC"),
                 ),
-                Arc::new(Date32Array::from(vec![
-                    (now.date_naive() - chrono::NaiveDate::default()).num_days()
-                        as i32;
-                    n
-                ])),
+                Arc::new(Date32Array::from_iter_values(rows.iter().map(|r| {
+                    (r.ts.date_naive() - chrono::NaiveDate::default()).num_days() as i32
+                }))),
             ],
         )?;
         let table = self.lake.ensure(TABLE).await?;
@@ -259,6 +343,18 @@ impl Memory {
         )
         .await?;
         Ok(())
+    }
+}
+
+fn row(c: &Conversation, turn: i64, seq: i32, role: &str, message: String) -> Row {
+    Row {
+        id: c.id.clone(),
+        principal: c.principal.clone(),
+        turn,
+        seq,
+        role: role.to_string(),
+        message,
+        ts: Utc::now(),
     }
 }
 
@@ -358,5 +454,40 @@ mod tests {
                 .unwrap()
                 .contains("asked q1, q2")
         );
+    }
+
+    /// Buffered memory: a turn is visible to loads at once, and committed by the writer
+    /// shortly after (or on flush), once.
+    #[tokio::test]
+    async fn buffered_turns_are_visible_at_once_and_committed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lakehouse::new(dir.path()).unwrap();
+        let memory = Memory::buffered(lake.clone());
+        let mut c = memory.load("alice@emea", "b1").await.unwrap();
+        memory
+            .append_turn(&mut c, vec![Message::user("q"), Message::assistant("a")])
+            .await
+            .unwrap();
+        assert_eq!(memory.load("alice@emea", "b1").await.unwrap().last_turn, 1);
+        memory.flush().await.unwrap();
+        memory.flush().await.unwrap();
+        let committed = Memory::new(lake.clone())
+            .load("alice@emea", "b1")
+            .await
+            .unwrap();
+        assert_eq!(committed.history(), c.history());
+        assert_eq!(lake.count_rows(TABLE).await.unwrap(), 2);
+        // The writer commits without being asked.
+        memory
+            .append_turn(&mut c, vec![Message::user("q2")])
+            .await
+            .unwrap();
+        for _ in 0..50 {
+            if lake.count_rows(TABLE).await.unwrap() == 3 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("the writer did not commit the second turn");
     }
 }

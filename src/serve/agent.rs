@@ -50,7 +50,7 @@ impl AgentEndpoint {
         AgentEndpoint {
             llm,
             config: config.clone(),
-            memory: Memory::new(server.catalog.lake().clone()),
+            memory: Memory::buffered(server.catalog.lake().clone()),
             server,
             running: Arc::default(),
         }

@@ -2,7 +2,7 @@
 //! (a real OpenAI-compatible HTTP server, so client and parsing costs count) and millstream's
 //! MCP server in-process, over a scratch lakehouse with the reference data. Each turn makes two
 //! tool calls (governed SQL), answers from their results and is remembered in
-//! `ops.conversations`, as a chat turn is. Reports turns/s and the agent's overhead per turn
+//! `ops.conversations` (write-behind, as under `serve`), as a chat turn is. Reports turns/s and the agent's overhead per turn
 //! and per tool call excluding the model's time: orchestration, MCP, the queries, memory.
 
 use std::time::{Duration, Instant};
@@ -60,6 +60,8 @@ pub async fn run(mut config: Config, sessions: usize, seconds: u64) -> anyhow::R
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
+    // One memory for every session, as under `serve`: turns committed together.
+    let memory = Memory::buffered(lake.clone());
     for s in 0..sessions {
         let llm = agent::Llm::new(settings.clone())?;
         let connect = Connect::InProcess(Box::new(server.as_principal(&principal)?));
@@ -70,13 +72,14 @@ pub async fn run(mut config: Config, sessions: usize, seconds: u64) -> anyhow::R
             &principal,
         )
         .await?;
-        let memory = Memory::new(lake.clone());
+        let memory = memory.clone();
         let conversation = memory.load(&principal, &format!("bench-{s}")).await?;
         let budget = config.agent.memory_tokens;
         tasks.push(tokio::spawn(async move {
             // (overhead per turn, per tool call, model time) in ms, and failures
             let mut out: Vec<(f64, f64, f64)> = Vec::new();
             let mut failed = 0u64;
+            let mut first_error: Option<String> = None;
             let mut chat = Chat {
                 agent: &agent,
                 memory,
@@ -102,21 +105,40 @@ pub async fn run(mut config: Config, sessions: usize, seconds: u64) -> anyhow::R
                             r.llm_ms,
                         ));
                     }
-                    _ => failed += 1,
+                    Ok(r) => {
+                        failed += 1;
+                        first_error.get_or_insert_with(|| {
+                            r.gave_up.clone().unwrap_or_else(|| {
+                                r.tool_calls
+                                    .iter()
+                                    .find(|c| c.is_error)
+                                    .map(|c| c.result.to_string())
+                                    .unwrap_or_default()
+                            })
+                        });
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        first_error.get_or_insert_with(|| format!("{e:#}"));
+                    }
                 }
             }
             agent.close().await;
-            (out, failed)
+            (out, failed, first_error)
         }));
     }
     let mut all = Vec::new();
     let mut failed = 0;
+    let mut first_error = None;
     for t in tasks {
-        let (out, f) = t.await?;
+        let (out, f, e) = t.await?;
         all.extend(out);
         failed += f;
+        first_error = first_error.or(e);
     }
     let elapsed = started.elapsed().as_secs_f64();
+    memory.flush().await?;
+    let remembered = lake.count_rows(crate::agent::memory::TABLE).await?;
     sup.shutdown().await;
     let turns = all.len();
     let pick = |f: fn(&(f64, f64, f64)) -> f64| super::percentiles(all.iter().map(f).collect());
@@ -126,11 +148,13 @@ pub async fn run(mut config: Config, sessions: usize, seconds: u64) -> anyhow::R
         "seconds": seconds,
         "turns": turns,
         "failed_turns": failed,
+        "first_failure": first_error,
         "turns_per_s": (turns as f64 / elapsed * 10.0).round() / 10.0,
         "tool_calls_per_turn": 2,
         "overhead_per_turn_ms": pick(|x| x.0),
         "overhead_per_tool_call_ms": pick(|x| x.1),
         "model_ms": pick(|x| x.2),
+        "messages_remembered": remembered,
         "peak_rss_mb": super::peak_rss_mb().round(),
     });
     println!("{report}");
