@@ -19,6 +19,9 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+/// Requests a scripted model keeps for inspection (a benchmark sends hundreds of thousands).
+pub const KEPT_REQUESTS: usize = 1000;
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Script {
@@ -66,7 +69,7 @@ pub struct ScriptCall {
 pub struct ScriptedModel {
     /// Base URL to configure as `agent.llm_base_url`.
     pub base_url: String,
-    /// Every request body received, in order.
+    /// The request bodies received, in order (the newest [`KEPT_REQUESTS`]).
     pub requests: Arc<Mutex<Vec<Value>>>,
     stop: tokio_util::sync::CancellationToken,
 }
@@ -114,7 +117,13 @@ impl ScriptedModel {
 }
 
 async fn complete(State(shared): State<Shared>, Json(body): Json<Value>) -> Response {
-    shared.requests.lock().expect("poisoned").push(body.clone());
+    {
+        let mut kept = shared.requests.lock().expect("poisoned");
+        if kept.len() >= KEPT_REQUESTS {
+            kept.remove(0);
+        }
+        kept.push(body.clone());
+    }
     if shared
         .failures
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
