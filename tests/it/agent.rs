@@ -449,7 +449,7 @@ async fn over_http_the_agent_uses_the_users_token_and_outlives_an_expired_sessio
     );
     let first = env.serve_mcp().await;
     let second = env.serve_mcp().await;
-    let (proxy, backend) = support::switching_proxy(&first.base).await;
+    let (proxy, backend, forwarded) = support::switching_proxy(&first.base).await;
     let model = ScriptedModel::start(Script {
         rules: script().rules,
         fail_first: 0,
@@ -488,6 +488,11 @@ async fn over_http_the_agent_uses_the_users_token_and_outlives_an_expired_sessio
         format!("You can see {mine} customers."),
         "{report:#?}"
     );
+    // The old session met a 404 at the new server, and a new session carried the call.
+    let seen = forwarded.lock().unwrap().clone();
+    let after: Vec<&(String, u16)> = seen.iter().filter(|(b, _)| *b == second.base).collect();
+    assert_eq!(after.first().map(|(_, s)| *s), Some(404), "{seen:?}");
+    assert!(after.iter().skip(1).any(|(_, s)| *s == 200), "{seen:?}");
     agent.close().await;
     drop((first, second));
 }

@@ -505,16 +505,19 @@ pub fn mcp_client(args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("the client prints JSON")
 }
 
+/// Requests a [`switching_proxy`] forwarded: (backend, status), in order.
+pub type Forwarded = Arc<std::sync::Mutex<Vec<(String, u16)>>>;
+
 /// An HTTP reverse proxy on a free port that forwards every request to the backend in the
 /// returned cell (change it to move clients to another server without their knowing), streaming
-/// responses through. Returns its base URL and the cell.
-pub async fn switching_proxy(backend: &str) -> (String, Arc<std::sync::Mutex<String>>) {
+/// responses through. Returns its base URL, the cell, and the requests it forwarded.
+pub async fn switching_proxy(backend: &str) -> (String, Arc<std::sync::Mutex<String>>, Forwarded) {
     use axum::body::Body;
     use axum::extract::{Request, State};
     use futures::TryStreamExt;
-    type Shared = (Arc<std::sync::Mutex<String>>, reqwest::Client);
+    type Shared = (Arc<std::sync::Mutex<String>>, reqwest::Client, Forwarded);
     async fn forward(
-        State((backend, http)): State<Shared>,
+        State((backend, http, seen)): State<Shared>,
         request: Request,
     ) -> axum::response::Response {
         let base = backend.lock().unwrap().clone();
@@ -531,6 +534,7 @@ pub async fn switching_proxy(backend: &str) -> (String, Arc<std::sync::Mutex<Str
             }
         }
         let answer = out.send().await.unwrap();
+        seen.lock().unwrap().push((base, answer.status().as_u16()));
         let mut response = axum::response::Response::builder().status(answer.status());
         for (k, v) in answer.headers() {
             response = response.header(k, v);
@@ -542,11 +546,14 @@ pub async fn switching_proxy(backend: &str) -> (String, Arc<std::sync::Mutex<Str
             .unwrap()
     }
     let cell = Arc::new(std::sync::Mutex::new(backend.to_string()));
-    let app = axum::Router::new()
-        .fallback(forward)
-        .with_state((cell.clone(), reqwest::Client::new()));
+    let seen = Forwarded::default();
+    let app = axum::Router::new().fallback(forward).with_state((
+        cell.clone(),
+        reqwest::Client::new(),
+        seen.clone(),
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{addr}"), cell)
+    (format!("http://{addr}"), cell, seen)
 }
