@@ -130,6 +130,18 @@ pub async fn connect(
     Ok(Agent::new(llm, hub, limits, system, principal))
 }
 
+/// The agent of `principal` over `server` (this process's millstream, answering as that
+/// principal) and the further servers of `config`.
+pub async fn in_process(
+    llm: Llm,
+    server: &crate::mcp::Millstream,
+    principal: &str,
+    config: &AgentConfig,
+) -> anyhow::Result<Agent> {
+    let millstream = Connect::InProcess(Box::new(server.as_principal(principal)?));
+    connect(llm, servers(millstream, config), limits(config), principal).await
+}
+
 /// A conversation with memory: turns are stored in `ops.conversations` and older ones
 /// summarized past `budget` tokens.
 pub struct Chat<'a> {

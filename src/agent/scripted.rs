@@ -88,6 +88,18 @@ struct Shared {
 }
 
 impl ScriptedModel {
+    /// The settings that point the agent's client at this model.
+    pub fn settings(&self, stream: bool) -> super::LlmSettings {
+        super::LlmSettings {
+            base_url: self.base_url.clone(),
+            model: "scripted".into(),
+            api_key: None,
+            stream,
+            timeout: std::time::Duration::from_secs(30),
+            temperature: 0.0,
+        }
+    }
+
     /// Serves `script` on a free loopback port until dropped.
     pub async fn start(script: Script) -> std::io::Result<ScriptedModel> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -177,15 +177,7 @@ async fn agent(
         "config" => (crate::agent::llm_settings(&config.agent)?, None),
         "scripted" => {
             let model = crate::agent::scripted::ScriptedModel::start(eval::script(&cases)).await?;
-            let settings = crate::agent::LlmSettings {
-                base_url: model.base_url.clone(),
-                model: "scripted".into(),
-                api_key: None,
-                stream: config.agent.llm_stream,
-                timeout: std::time::Duration::from_millis(config.agent.llm_timeout_ms),
-                temperature: 0.0,
-            };
-            (settings, Some(model))
+            (model.settings(config.agent.llm_stream), Some(model))
         }
         other => anyhow::bail!("--llm must be \"config\" or \"scripted\", not {other:?}"),
     };
@@ -220,15 +212,8 @@ async fn agent(
             let (server, settings, agent_config) =
                 (server.clone(), settings.clone(), agent_config.clone());
             async move {
-                let connect =
-                    crate::agent::Connect::InProcess(Box::new(server.as_principal(&principal)?));
-                crate::agent::connect(
-                    crate::agent::Llm::new(settings)?,
-                    crate::agent::servers(connect, &agent_config),
-                    crate::agent::limits(&agent_config),
-                    &principal,
-                )
-                .await
+                let llm = crate::agent::Llm::new(settings)?;
+                crate::agent::in_process(llm, &server, &principal, &agent_config).await
             }
         },
         |n, total| {

@@ -20,9 +20,9 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
-use crate::agent::{self, Chat, Connect, Memory, Step};
+use crate::agent::{self, Chat, Memory, Step};
 use crate::config::AgentConfig;
 use crate::mcp::Millstream;
 
@@ -32,14 +32,21 @@ const MAX_MESSAGE: usize = 8000;
 const MAX_APPROVALS: usize = 16;
 
 /// What the endpoint needs: the model (or why there is none), the agent's settings, the MCP
-/// server to scope per caller, and a bound on concurrent turns per principal.
+/// server to scope per caller, and per principal its turn slots and its agent.
 #[derive(Clone)]
 pub struct AgentEndpoint {
     llm: Result<agent::Llm, String>,
     config: AgentConfig,
     server: Millstream,
     memory: Memory,
-    running: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
+    callers: Arc<Mutex<HashMap<String, Arc<Caller>>>>,
+}
+
+/// One principal's share of the endpoint: its concurrent turns, and its agent, connected on its
+/// first turn and reused (tools, prompts and the MCP session are read once, not per request).
+struct Caller {
+    slots: Arc<Semaphore>,
+    agent: tokio::sync::OnceCell<Arc<agent::Agent>>,
 }
 
 impl AgentEndpoint {
@@ -52,20 +59,40 @@ impl AgentEndpoint {
             config: config.clone(),
             memory: Memory::buffered(server.catalog.lake().clone()),
             server,
-            running: Arc::default(),
+            callers: Arc::default(),
         }
     }
 
-    /// A slot for one more turn of `principal`, or `None` when it has its share running.
-    fn slot(&self, principal: &str) -> Option<OwnedSemaphorePermit> {
-        let sem = self
-            .running
+    fn caller(&self, principal: &str) -> Arc<Caller> {
+        self.callers
             .lock()
             .expect("poisoned")
             .entry(principal.to_string())
-            .or_insert_with(|| Arc::new(Semaphore::new(self.config.turns_per_principal)))
-            .clone();
-        sem.try_acquire_owned().ok()
+            .or_insert_with(|| {
+                Arc::new(Caller {
+                    slots: Arc::new(Semaphore::new(self.config.turns_per_principal)),
+                    agent: Default::default(),
+                })
+            })
+            .clone()
+    }
+
+    /// `principal`'s agent, connected on first use.
+    async fn agent(
+        &self,
+        caller: &Caller,
+        llm: agent::Llm,
+        principal: &str,
+    ) -> anyhow::Result<Arc<agent::Agent>> {
+        caller
+            .agent
+            .get_or_try_init(|| async {
+                agent::in_process(llm, &self.server, principal, &self.config)
+                    .await
+                    .map(Arc::new)
+            })
+            .await
+            .cloned()
     }
 }
 
@@ -127,7 +154,8 @@ pub async fn turn(
     if let Err(e) = agent::memory::check_id(&id) {
         return refuse(StatusCode::BAD_REQUEST, e.to_string());
     }
-    let Some(slot) = endpoint.slot(&principal) else {
+    let caller = endpoint.caller(&principal);
+    let Ok(slot) = caller.slots.clone().try_acquire_owned() else {
         return refuse(
             StatusCode::TOO_MANY_REQUESTS,
             format!(
@@ -136,28 +164,22 @@ pub async fn turn(
             ),
         );
     };
-    let server = match endpoint.server.as_principal(&principal) {
-        Ok(s) => s,
-        Err(e) => return refuse(StatusCode::FORBIDDEN, e.to_string()),
-    };
+    if let Err(e) = endpoint.server.as_principal(&principal) {
+        return refuse(StatusCode::FORBIDDEN, e.to_string());
+    }
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
     tokio::spawn(async move {
         let _slot = slot;
         let send = |name: &str, data: &Value| {
             let _ = tx.send(Event::default().event(name).data(data.to_string()));
         };
-        let specs = agent::servers(Connect::InProcess(Box::new(server)), &endpoint.config);
-        let agent =
-            match agent::connect(llm, specs, agent::limits(&endpoint.config), &principal).await {
-                Ok(a) => a,
-                Err(e) => return send("error", &json!({"error": format!("{e:#}")})),
-            };
+        let agent = match endpoint.agent(&caller, llm, &principal).await {
+            Ok(a) => a,
+            Err(e) => return send("error", &json!({"error": format!("{e:#}")})),
+        };
         let conversation = match endpoint.memory.load(&principal, &id).await {
             Ok(c) => c,
-            Err(e) => {
-                agent.close().await;
-                return send("error", &json!({"error": e.to_string()}));
-            }
+            Err(e) => return send("error", &json!({"error": e.to_string()})),
         };
         let mut chat = Chat {
             agent: &agent,
@@ -184,7 +206,6 @@ pub async fn turn(
             }
             Err(e) => send("error", &json!({"error": format!("{e:#}")})),
         }
-        agent.close().await;
     });
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))

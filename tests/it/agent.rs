@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use millstream::agent::scripted::{Script, ScriptedModel};
-use millstream::agent::{self, Chat, Connect, LlmSettings, Memory, ServerSpec, Standing, Step};
+use millstream::agent::{self, Chat, Connect, Memory, ServerSpec, Standing, Step};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ListToolsResult,
     PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
@@ -138,15 +138,26 @@ fn script() -> Script {
 }
 
 fn llm(model: &ScriptedModel, stream: bool) -> agent::Llm {
-    agent::Llm::new(LlmSettings {
-        base_url: model.base_url.clone(),
-        model: "scripted".into(),
-        api_key: None,
-        stream,
-        timeout: Duration::from_secs(30),
-        temperature: 0.0,
+    agent::Llm::new(model.settings(stream)).unwrap()
+}
+
+/// The scripted model playing [`script`], without its scripted failure.
+async fn reliable_model() -> ScriptedModel {
+    ScriptedModel::start(Script {
+        rules: script().rules,
+        fail_first: 0,
     })
+    .await
     .unwrap()
+}
+
+/// `env` with bearer auth and a dev token for `principal`.
+fn with_token(env: &mut Env, principal: &str, token: &str) {
+    env.config.auth.mode = "bearer".into();
+    env.config
+        .auth
+        .dev_tokens
+        .insert(principal.into(), millstream::config::Secret::new(token));
 }
 
 fn limits() -> agent::TurnLimits {
@@ -356,12 +367,7 @@ async fn conversations_survive_restarts_and_are_summarized_past_their_budget() {
     let _w = support::watchdog("agent memory", Duration::from_secs(120));
     let dir = tempfile::tempdir().unwrap();
     let lake = millstream::lakehouse::Lakehouse::new(dir.path()).unwrap();
-    let model = ScriptedModel::start(Script {
-        rules: script().rules,
-        fail_first: 0,
-    })
-    .await
-    .unwrap();
+    let model = reliable_model().await;
     let (notes, _n) = notes_server();
     let agent = agent::connect(llm(&model, false), vec![notes], limits(), "maria@emea")
         .await
@@ -442,20 +448,11 @@ async fn conversations_survive_restarts_and_are_summarized_past_their_budget() {
 async fn over_http_the_agent_uses_the_users_token_and_outlives_an_expired_session() {
     let _w = support::watchdog("agent http", Duration::from_secs(180));
     let mut env = seeded_env().await;
-    env.config.auth.mode = "bearer".into();
-    env.config.auth.dev_tokens.insert(
-        "alice@emea".into(),
-        millstream::config::Secret::new("alice-token"),
-    );
+    with_token(&mut env, "alice@emea", "alice-token");
     let first = env.serve_mcp().await;
     let second = env.serve_mcp().await;
     let (proxy, backend, forwarded) = support::switching_proxy(&first.base).await;
-    let model = ScriptedModel::start(Script {
-        rules: script().rules,
-        fail_first: 0,
-    })
-    .await
-    .unwrap();
+    let model = reliable_model().await;
     let specs = vec![ServerSpec {
         name: "millstream".into(),
         connect: Connect::Http {
@@ -504,12 +501,7 @@ async fn over_http_the_agent_uses_the_users_token_and_outlives_an_expired_sessio
 async fn agent_ask_prints_the_turn_as_json_and_continues_a_conversation() {
     let _w = support::watchdog("agent cli", Duration::from_secs(240));
     let env = seeded_env().await;
-    let model = ScriptedModel::start(Script {
-        rules: script().rules,
-        fail_first: 0,
-    })
-    .await
-    .unwrap();
+    let model = reliable_model().await;
     let base_url = model.base_url.clone();
     let lake = env.lake.root().to_path_buf();
     let run = move |args: Vec<String>| {
@@ -609,18 +601,9 @@ fn sse_events(body: &str) -> Vec<(String, Value)> {
 async fn the_agent_endpoint_streams_turns_for_the_caller_and_runs_only_approved_actions() {
     let _w = support::watchdog("agent endpoint", Duration::from_secs(180));
     let mut env = seeded_env().await;
-    env.config.auth.mode = "bearer".into();
-    env.config.auth.dev_tokens.insert(
-        "alice@emea".into(),
-        millstream::config::Secret::new("alice-token"),
-    );
+    with_token(&mut env, "alice@emea", "alice-token");
     let without_model = env.serve_mcp().await;
-    let model = ScriptedModel::start(Script {
-        rules: script().rules,
-        fail_first: 0,
-    })
-    .await
-    .unwrap();
+    let model = reliable_model().await;
     env.config.agent.llm_base_url = model.base_url.clone();
     env.config.agent.llm_model = "scripted".into();
     let served = env.serve_mcp().await;
@@ -798,12 +781,7 @@ async fn agent_traces_reach_mlflow_as_agent_chat_and_tool_spans() {
         .await
         .unwrap();
     let experiment = experiment["experiment_id"].as_str().unwrap().to_string();
-    let model = ScriptedModel::start(Script {
-        rules: script().rules,
-        fail_first: 0,
-    })
-    .await
-    .unwrap();
+    let model = reliable_model().await;
     let (base_url, lake, uri, exp) = (
         model.base_url.clone(),
         env.lake.root().to_path_buf(),
@@ -953,35 +931,18 @@ async fn eval_agent_scores_the_datasets_and_a_wrong_answer_lowers_the_right_scor
 
     let (server, mut sup, _) = env.mcp_server(false).await;
     let run = |cases: Vec<eval::Case>| {
-        let (server, lake) = (server.clone(), env.lake.clone());
+        let (server, lake, config) = (server.clone(), env.lake.clone(), env.config.agent.clone());
         async move {
             let model = ScriptedModel::start(eval::script(&cases)).await.unwrap();
             let scored = eval::run_cases(
                 &lake,
                 &cases,
                 |principal| {
-                    let (server, base) = (server.clone(), model.base_url.clone());
+                    let (server, settings, config) =
+                        (server.clone(), model.settings(false), config.clone());
                     async move {
-                        let llm = agent::Llm::new(LlmSettings {
-                            base_url: base,
-                            model: "scripted".into(),
-                            api_key: None,
-                            stream: false,
-                            timeout: Duration::from_secs(30),
-                            temperature: 0.0,
-                        })?;
-                        let connect =
-                            Connect::InProcess(Box::new(server.as_principal(&principal)?));
-                        agent::connect(
-                            llm,
-                            vec![ServerSpec {
-                                name: "millstream".into(),
-                                connect,
-                            }],
-                            limits(),
-                            &principal,
-                        )
-                        .await
+                        agent::in_process(agent::Llm::new(settings)?, &server, &principal, &config)
+                            .await
                     }
                 },
                 |_, _| {},

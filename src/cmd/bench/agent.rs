@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::agent::scripted::{Script, ScriptedModel};
-use crate::agent::{self, Chat, Connect, Memory, Standing};
+use crate::agent::{self, Chat, Memory, Standing};
 use crate::config::Config;
 use crate::lakehouse::Lakehouse;
 use crate::supervise::Supervisor;
@@ -48,14 +48,7 @@ pub async fn run(mut config: Config, sessions: usize, seconds: u64) -> anyhow::R
     )
     .await?;
     let principal = config.serve.principal.clone();
-    let settings = agent::LlmSettings {
-        base_url: model.base_url.clone(),
-        model: "scripted".into(),
-        api_key: None,
-        stream: true,
-        timeout: Duration::from_secs(30),
-        temperature: 0.0,
-    };
+    let settings = model.settings(true);
     eprintln!("bench agent: {sessions} sessions for {seconds} s as {principal}");
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
@@ -64,14 +57,7 @@ pub async fn run(mut config: Config, sessions: usize, seconds: u64) -> anyhow::R
     let memory = Memory::buffered(lake.clone());
     for s in 0..sessions {
         let llm = agent::Llm::new(settings.clone())?;
-        let connect = Connect::InProcess(Box::new(server.as_principal(&principal)?));
-        let agent = agent::connect(
-            llm,
-            agent::servers(connect, &config.agent),
-            agent::limits(&config.agent),
-            &principal,
-        )
-        .await?;
+        let agent = agent::in_process(llm, &server, &principal, &config.agent).await?;
         let memory = memory.clone();
         let conversation = memory.load(&principal, &format!("bench-{s}")).await?;
         let budget = config.agent.memory_tokens;
