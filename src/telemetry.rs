@@ -107,20 +107,15 @@ pub fn init(config: &crate::config::TracingConfig) -> anyhow::Result<TracingGuar
     Ok(TracingGuard(Some(provider)))
 }
 
-/// The W3C `traceparent` of the current span, when traces are exported.
+/// The W3C `traceparent` of the current span, when traces are exported: written by the same
+/// propagator [`set_remote_parent`] reads it with.
 pub fn traceparent() -> Option<String> {
-    use opentelemetry::trace::TraceContextExt;
+    use opentelemetry::propagation::TextMapPropagator;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
-    let cx = tracing::Span::current().context();
-    let sc = cx.span().span_context().clone();
-    sc.is_valid().then(|| {
-        format!(
-            "00-{}-{}-{:02x}",
-            sc.trace_id(),
-            sc.span_id(),
-            sc.trace_flags().to_u8()
-        )
-    })
+    let mut carrier = std::collections::HashMap::new();
+    opentelemetry_sdk::propagation::TraceContextPropagator::new()
+        .inject_context(&tracing::Span::current().context(), &mut carrier);
+    carrier.remove("traceparent")
 }
 
 /// The trace id of the current span, when traces are exported.

@@ -236,7 +236,7 @@ impl Llm {
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.starts_with("text/event-stream"))
         {
-            self.read_stream(response, on_text).await?
+            self.read_stream(response, known, on_text).await?
         } else {
             let value: Value = response.json().await.map_err(|e| {
                 LlmError::new(
@@ -247,7 +247,7 @@ impl Llm {
             let reply = parse_completion(&value)?;
             if let Some(text) = &reply.message.content
                 && reply.message.tool_calls.is_empty()
-                && !looks_like_call(text)
+                && calls_in_text(text, known).is_none()
             {
                 on_text(text);
             }
@@ -269,6 +269,7 @@ impl Llm {
     async fn read_stream(
         &self,
         response: reqwest::Response,
+        known: &(dyn Fn(&str) -> bool + Sync),
         on_text: &mut (dyn FnMut(&str) + Send),
     ) -> Result<Reply, LlmError> {
         let mut text = String::new();
@@ -319,16 +320,11 @@ impl Llm {
                 let delta = &choice["delta"];
                 if let Some(t) = delta["content"].as_str() {
                     text.push_str(t);
-                    let hold = *holding.get_or_insert_with(|| {
+                    if holding.is_none() && !text.trim_start().is_empty() {
                         // Decided at the first non-blank character.
-                        if text.trim_start().is_empty() {
-                            return true;
-                        }
-                        looks_like_call(&text)
-                    });
-                    if text.trim_start().is_empty() {
-                        holding = None;
-                    } else if !hold {
+                        holding = Some(looks_like_call(&text));
+                    }
+                    if holding == Some(false) {
                         on_text(&text[shown..]);
                         shown = text.len();
                     }
@@ -366,12 +362,8 @@ impl Llm {
                 }
             }
         }
-        for (i, c) in calls.iter_mut().enumerate() {
-            if c.id.is_empty() {
-                c.id = format!("call_{i}");
-            }
-        }
-        if holding == Some(true) && calls_in_text(&text, &|_| true).is_none() {
+        name_calls(&mut calls);
+        if holding == Some(true) && calls_in_text(&text, known).is_none() {
             // Held back as a possible call, but it is an answer after all.
             on_text(&text[shown..]);
         }
@@ -405,16 +397,21 @@ fn parse_completion(value: &Value) -> Result<Reply, LlmError> {
             true,
         )
     })?;
-    for (i, c) in message.tool_calls.iter_mut().enumerate() {
-        if c.id.is_empty() {
-            c.id = format!("call_{i}");
-        }
-    }
+    name_calls(&mut message.tool_calls);
     Ok(Reply {
         message,
         usage: serde_json::from_value(value["usage"].clone()).unwrap_or_default(),
         finish_reason: choice["finish_reason"].as_str().map(String::from),
     })
+}
+
+/// Gives calls the server left without an id one (`call_<n>`), so tool messages can answer them.
+fn name_calls(calls: &mut [ToolCall]) {
+    for (i, c) in calls.iter_mut().enumerate() {
+        if c.id.is_empty() {
+            c.id = format!("call_{i}");
+        }
+    }
 }
 
 /// Whether text starts like a tool call written as JSON (held back from the user until known).

@@ -50,9 +50,11 @@ impl Conversation {
 
     /// A rough token count of the history (4 characters a token).
     pub fn tokens(&self) -> usize {
+        let summary = self.summary.as_deref().map_or(0, str::len);
         let chars: usize = self
-            .history()
+            .turns
             .iter()
+            .flat_map(|(_, m)| m)
             .map(|m| {
                 m.content.as_deref().map_or(0, str::len)
                     + m.tool_calls
@@ -61,7 +63,7 @@ impl Conversation {
                         .sum::<usize>()
             })
             .sum();
-        chars / 4
+        (summary + chars) / 4
     }
 }
 
@@ -136,31 +138,27 @@ impl Memory {
     /// committed. What is appended in the last 200 ms before the process dies is lost — the
     /// conversation, never an action (actions are on Kafka before their tool answers).
     pub fn buffered(lake: Lakehouse) -> Self {
-        let pending = Arc::new(Pending::default());
-        let writer = Memory {
-            lake: lake.clone(),
-            pending: Some(pending.clone()),
+        let memory = Memory {
+            lake,
+            pending: Some(Arc::new(Pending::default())),
         };
-        let weak = Arc::downgrade(&pending);
+        let writer = memory.clone();
         tokio::spawn(async move {
+            let pending = writer.pending.clone().expect("buffered");
             loop {
-                let Some(p) = weak.upgrade() else { return };
-                let _ = tokio::time::timeout(FLUSH_EVERY, p.wake.notified()).await;
-                drop(p);
+                let _ = tokio::time::timeout(FLUSH_EVERY, pending.wake.notified()).await;
+                // A moment for the turns finishing with this one to join its commit.
                 tokio::time::sleep(FLUSH_EVERY / 4).await;
                 if let Err(e) = writer.flush().await {
                     tracing::warn!(error = %e, "writing {TABLE}; retried at the next flush");
                 }
-                if weak.strong_count() <= 1 {
-                    // Only the writer holds the buffer: everyone else is gone.
+                // The writer's two handles are the last: every user of this memory is gone.
+                if Arc::strong_count(&pending) <= 2 {
                     return;
                 }
             }
         });
-        Memory {
-            lake,
-            pending: Some(pending),
-        }
+        memory
     }
 
     /// Commits every row appended so far (a no-op for unbuffered memory).

@@ -611,20 +611,11 @@ impl Agent {
     }
 }
 
-/// `value` as text with object keys sorted, so equal arguments compare equal.
+/// `value` as text with object keys sorted, so equal arguments compare equal. serde_json's maps
+/// are sorted (its `preserve_order` feature is off in this build; the test below would catch it
+/// turning on).
 fn canonical(value: &Value) -> String {
-    fn sort(v: &Value) -> Value {
-        match v {
-            Value::Object(o) => {
-                let sorted: BTreeMap<&String, Value> =
-                    o.iter().map(|(k, v)| (k, sort(v))).collect();
-                serde_json::to_value(sorted).expect("strings and values")
-            }
-            Value::Array(a) => Value::Array(a.iter().map(sort).collect()),
-            other => other.clone(),
-        }
-    }
-    sort(value).to_string()
+    value.to_string()
 }
 
 /// `text` cut to at most `max` characters, saying how much was left out.

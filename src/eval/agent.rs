@@ -480,20 +480,10 @@ pub fn summary(scored: &[Scored], cases: &[Case]) -> Value {
         "multi_turn_success": frac(multi_ok, multi.len()),
         "turn_pass_rate": frac(count(&|s| s.passed()), scored.len()),
         "pass_rate_by_category": by_category.into_iter().map(|(k, (p, n))| (k, frac(p, n))).collect::<serde_json::Map<_, _>>(),
-        "latency_ms": percentiles(latencies),
+        "latency_ms": super::percentiles(latencies),
         "tokens": scored.iter().map(|s| s.tokens).sum::<u64>(),
         "failed": scored.iter().filter(|s| !s.passed()).map(|s| json!({"case": s.case, "turn": s.turn, "problems": s.problems, "answer": s.answer})).collect::<Vec<_>>(),
     })
-}
-
-/// p50 and p95 of `v` (ms, one decimal).
-fn percentiles(mut v: Vec<f64>) -> Value {
-    v.sort_by(f64::total_cmp);
-    let at = |q: f64| {
-        v.get(((v.len() as f64 * q).ceil() as usize).saturating_sub(1))
-            .map_or(0.0, |x| (x * 10.0).round() / 10.0)
-    };
-    json!({"p50": at(0.5), "p95": at(0.95)})
 }
 
 fn turns(cases: &[Case]) -> impl Iterator<Item = &Turn> {

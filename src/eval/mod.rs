@@ -8,3 +8,21 @@ pub mod agent;
 pub mod anomalies;
 pub mod search;
 pub mod supply;
+
+/// Latency summary of `v` (ms): count, p50, p95, p99 and max, one decimal.
+pub fn percentiles(mut v: Vec<f64>) -> serde_json::Value {
+    v.sort_by(f64::total_cmp);
+    let pct = |q: f64| {
+        v.get(((v.len() as f64 * q) as usize).min(v.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let r = |x: f64| (x * 10.0).round() / 10.0;
+    serde_json::json!({
+        "n": v.len(),
+        "p50_ms": r(pct(0.50)),
+        "p95_ms": r(pct(0.95)),
+        "p99_ms": r(pct(0.99)),
+        "max_ms": r(v.last().copied().unwrap_or(0.0)),
+    })
+}

@@ -8,6 +8,8 @@
 //!   ingests live events; latency per tool, and how long after a commit the server serves it.
 //! - `search` ([`search`]): knowledge search latency at 1 and 16 callers, indexing throughput.
 
+pub(crate) use crate::eval::percentiles;
+
 mod agent;
 mod search;
 
@@ -525,23 +527,6 @@ fn tool_calls(ids: &Ids) -> Vec<Call> {
         .flatten(),
     );
     calls
-}
-
-pub(crate) fn percentiles(mut v: Vec<f64>) -> serde_json::Value {
-    v.sort_by(f64::total_cmp);
-    let pct = |q: f64| {
-        v.get(((v.len() as f64 * q) as usize).min(v.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0.0)
-    };
-    let r = |x: f64| (x * 10.0).round() / 10.0;
-    json!({
-        "n": v.len(),
-        "p50_ms": r(pct(0.50)),
-        "p95_ms": r(pct(0.95)),
-        "p99_ms": r(pct(0.99)),
-        "max_ms": r(v.last().copied().unwrap_or(0.0)),
-    })
 }
 
 async fn mcp(config: Config, clients: usize, seconds: u64, rate: f64) -> anyhow::Result<()> {
