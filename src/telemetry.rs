@@ -104,7 +104,26 @@ pub fn init(config: &crate::config::TracingConfig) -> anyhow::Result<TracingGuar
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("millstream")))
         .try_init();
     tracing::info!(endpoint = %endpoint, "exporting traces over OTLP/HTTP");
+    let _ = EXPORTING.set(provider.clone());
     Ok(TracingGuard(Some(provider)))
+}
+
+/// The exporter [`init`] installed, if any.
+static EXPORTING: OnceLock<opentelemetry_sdk::trace::SdkTracerProvider> = OnceLock::new();
+
+/// Whether spans are exported ([`init`] with an endpoint).
+pub fn exporting() -> bool {
+    EXPORTING.get().is_some()
+}
+
+/// Exports every finished span now (blocks until the exporter answers); a no-op without an
+/// exporter. For work that reads its own traces back, such as `eval agent` assessing them.
+pub fn flush_traces() -> anyhow::Result<()> {
+    if let Some(p) = EXPORTING.get() {
+        p.force_flush()
+            .map_err(|e| anyhow::anyhow!("flushing traces: {e}"))?;
+    }
+    Ok(())
 }
 
 /// The W3C `traceparent` of the current span, when traces are exported: written by the same

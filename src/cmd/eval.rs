@@ -42,6 +42,19 @@ pub enum EvalCommand {
         /// Only write the datasets (from the simulator's reference data) into this folder.
         #[arg(long)]
         write_datasets: Option<std::path::PathBuf>,
+        /// Only the cases whose id starts with this (repeatable).
+        #[arg(long = "case")]
+        only: Vec<String>,
+        /// Log the evaluation to this MLflow tracking server as an evaluation run (metrics,
+        /// dataset inputs, results table; feedback on each turn's trace when traces are
+        /// exported there through `tracing.otlp_endpoint`).
+        #[arg(long, env = "MLFLOW_TRACKING_URI")]
+        mlflow: Option<String>,
+        /// The MLflow experiment (by name, created if absent). Default: the experiment traces
+        /// are exported to (`tracing.headers.x-mlflow-experiment-id`), else
+        /// "millstream-agent-eval".
+        #[arg(long)]
+        experiment: Option<String>,
     },
 }
 
@@ -53,7 +66,26 @@ pub async fn run(config: Config, command: EvalCommand) -> anyhow::Result<()> {
             llm,
             datasets,
             write_datasets,
-        } => return agent(config, &llm, &datasets, write_datasets.as_deref()).await,
+            only,
+            mlflow,
+            experiment,
+        } => {
+            if let Some(dir) = write_datasets {
+                let counts = crate::eval::agent::write_datasets(&config.simulate, &dir)?;
+                println!("{}", serde_json::to_string(&counts)?);
+                return Ok(());
+            }
+            let mlflow = mlflow.filter(|u| !u.is_empty());
+            return agent(
+                config,
+                &llm,
+                &datasets,
+                &only,
+                mlflow.as_deref(),
+                experiment,
+            )
+            .await;
+        }
     };
     anyhow::ensure!((0.0..=365.0).contains(&days), "--days must be in [0, 365]");
     anyhow::ensure!(
@@ -164,15 +196,41 @@ async fn agent(
     mut config: Config,
     llm: &str,
     datasets: &std::path::Path,
-    write: Option<&std::path::Path>,
+    only: &[String],
+    mlflow: Option<&str>,
+    experiment: Option<String>,
 ) -> anyhow::Result<()> {
     use crate::eval::agent as eval;
-    if let Some(dir) = write {
-        let counts = eval::write_datasets(&config.simulate, dir)?;
-        println!("{}", serde_json::to_string(&counts)?);
-        return Ok(());
+    use crate::eval::mlflow::{Experiment, Tracking};
+    let mut cases = eval::load(datasets)?;
+    if !only.is_empty() {
+        cases.retain(|c| only.iter().any(|p| c.id.starts_with(p.as_str())));
+        anyhow::ensure!(!cases.is_empty(), "no case id starts with {only:?}");
     }
-    let cases = eval::load(datasets)?;
+    // Reach MLflow before minutes of cases, not after.
+    let tracking = match mlflow {
+        None => None,
+        Some(uri) => {
+            let traced_to = config
+                .tracing
+                .headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("x-mlflow-experiment-id"))
+                .map(|(_, v)| v.expose().to_string());
+            let experiment = match (experiment, traced_to) {
+                (Some(name), _) => Experiment::Name(name),
+                (None, Some(id)) => Experiment::Id(id),
+                (None, None) => Experiment::Name("millstream-agent-eval".into()),
+            };
+            if !crate::telemetry::exporting() {
+                eprintln!(
+                    "eval agent: traces are not exported (tracing.otlp_endpoint is empty): the \
+                     MLflow run gets metrics, inputs and the results table, no feedback on traces"
+                );
+            }
+            Some(Tracking::connect(uri, &experiment).await?)
+        }
+    };
     let (settings, _scripted) = match llm {
         "config" => (crate::agent::llm_settings(&config.agent)?, None),
         "scripted" => {
@@ -225,9 +283,29 @@ async fn agent(
     .await;
     sup.shutdown().await;
     let scored = result?;
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&eval::summary(&scored, &cases))?
-    );
-    Ok(())
+    let mut summary = eval::summary(&scored, &cases);
+    let mut failed = None;
+    if let Some(t) = tracking {
+        let params = [
+            ("llm", llm.to_string()),
+            ("llm_model", settings.model.clone()),
+            ("datasets", datasets.display().to_string()),
+            ("cases", cases.len().to_string()),
+        ];
+        match t.log(datasets, &cases, &scored, &summary, &params).await {
+            Ok(logged) => {
+                eprintln!("eval agent: logged to MLflow: {}", logged.url);
+                summary["mlflow"] = serde_json::to_value(logged)?;
+            }
+            Err(e) => {
+                summary["mlflow"] = serde_json::json!({"error": format!("{e:#}")});
+                failed = Some(e);
+            }
+        }
+    }
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    match failed {
+        Some(e) => Err(e.context("logging the evaluation to MLflow")),
+        None => Ok(()),
+    }
 }

@@ -164,6 +164,9 @@ pub struct Scored {
     pub answer: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
+    /// The turn's trace, when traces are exported (its session is the case id).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 impl Scored {
@@ -298,6 +301,7 @@ pub fn score(
         tokens: report.tokens.prompt_tokens + report.tokens.completion_tokens,
         answer,
         problems,
+        trace_id: report.trace_id.clone(),
     }
 }
 
@@ -383,7 +387,8 @@ pub async fn read_facts(
     Ok(out)
 }
 
-/// Runs every case with `agent_for(principal)` and scores it.
+/// Runs every case with `agent_for(principal)` and scores it; a case's turns form one session
+/// (its id) in the traces.
 pub async fn run_cases<F, Fut>(
     lake: &Lakehouse,
     cases: &[Case],
@@ -408,7 +413,8 @@ where
         let mut history: Vec<Message> = Vec::new();
         for (i, turn) in case.turns.iter().enumerate() {
             let report = agent
-                .turn(
+                .turn_in(
+                    Some(&case.id),
                     &history,
                     &turn.user,
                     &Standing { yes: case.confirm },

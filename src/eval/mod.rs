@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod anomalies;
+pub mod mlflow;
 pub mod search;
 pub mod supply;
 

@@ -741,7 +741,7 @@ async fn start_mlflow() -> Mlflow {
             .arg(port.to_string())
             .arg("--backend-store-uri")
             .arg(format!("sqlite:///{}/mlflow.db", dir.path().display()))
-            .arg("--default-artifact-root")
+            .arg("--artifacts-destination")
             .arg(dir.path().join("artifacts"))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -903,6 +903,113 @@ async fn agent_traces_reach_mlflow_as_agent_chat_and_tool_spans() {
         served.iter().any(|s| s["span_id"] == query["parent_id"]),
         "the query runs under the server's handling: {query:#}"
     );
+
+    // `eval agent --mlflow` logs an evaluation run to the same server: metrics under MLflow's
+    // aggregate names, the datasets as inputs, the results table as an artifact, and the turns'
+    // traces linked to the run with one feedback per scorer; the multi-turn case gets a
+    // session feedback.
+    let (lake, uri, exp) = (
+        env.lake.root().to_path_buf(),
+        mlflow.uri.clone(),
+        experiment.clone(),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_millstream"))
+            .arg("--lakehouse")
+            .arg(&lake)
+            .args(["eval", "agent", "--llm", "scripted", "--datasets"])
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/evals/agent"))
+            .args([
+                "--case",
+                "sc-000",
+                "--case",
+                "sa-000",
+                "--case",
+                "edge-wh-00",
+            ])
+            .args(["--case", "mt-00", "--mlflow", &uri])
+            .env("MILLSTREAM__TRACING__OTLP_ENDPOINT", &uri)
+            .env("MILLSTREAM__TRACING__HEADERS__X-MLFLOW-EXPERIMENT-ID", &exp)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["cases"], 4, "{summary:#}");
+    let turns = summary["turns"].as_u64().unwrap() as usize;
+    let logged = &summary["mlflow"];
+    assert_eq!(logged["experiment_id"], experiment, "{summary:#}");
+    assert_eq!(logged["traces_linked"], turns);
+    let run_id = logged["run_id"].as_str().unwrap().to_string();
+    let out = std::process::Command::new(support::python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/py/mlflow_eval_run.py"
+        ))
+        .args([&mlflow.uri, &run_id])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(run["status"], "FINISHED");
+    assert_eq!(run["tags"]["mlflow.runType"], "genai_evaluate");
+    assert_eq!(run["params"]["cases"], "4");
+    assert_eq!(run["metrics"]["tool_selection/mean"], 1.0, "{run:#}");
+    assert_eq!(run["metrics"]["multi_turn_success/mean"], 1.0);
+    assert_eq!(
+        run["metrics"]["turns"].as_f64(),
+        Some(turns as f64),
+        "{run:#}"
+    );
+    let mut inputs: Vec<&str> = run["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .inspect(|d| assert_eq!(d["context"], "evaluation"))
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    inputs.sort();
+    assert_eq!(inputs, ["edge", "multi_turn", "sales", "supply_chain"]);
+    let table = &run["table"];
+    assert_eq!(table["data"].as_array().unwrap().len(), turns, "{run:#}");
+    let traces = run["traces"].as_array().unwrap();
+    assert_eq!(traces.len(), turns, "every turn's trace is linked: {run:#}");
+    for t in traces {
+        let names: Vec<&str> = t["assessments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .inspect(|a| assert_eq!(a["source"], "CODE"))
+            .map(|a| a["name"].as_str().unwrap())
+            .collect();
+        for scorer in [
+            "tool_selection",
+            "groundedness",
+            "refusal_correctness",
+            "safety",
+        ] {
+            assert!(names.contains(&scorer), "{scorer} on {t:#}");
+        }
+    }
+    let sessions: Vec<&Value> = traces
+        .iter()
+        .flat_map(|t| t["assessments"].as_array().unwrap())
+        .filter(|a| a["name"] == "multi_turn_success")
+        .collect();
+    assert_eq!(sessions.len(), 1, "{run:#}");
+    assert_eq!(sessions[0]["value"], true);
+    assert_eq!(sessions[0]["metadata"]["mlflow.trace.session"], "mt-00");
 }
 
 /// `eval agent` end to end with the scripted model over the checked-in datasets: every case
