@@ -91,12 +91,13 @@ impl HubError {
 }
 
 /// Millstream's tools whose results quote text written by customers, technicians or account
-/// managers.
-const FREE_TEXT_TOOLS: [&str; 4] = [
+/// managers — `query_sql` too, since it can select any such column.
+const FREE_TEXT_TOOLS: [&str; 5] = [
     "search_knowledge",
     "search_tickets",
     "get_ticket_status",
     "lookup_customer_info",
+    "query_sql",
 ];
 
 /// Notices a server's `tools/list_changed`.
