@@ -29,6 +29,9 @@ pub struct Script {
     /// Requests answered with HTTP 503 before the model starts answering (retry tests).
     #[serde(default)]
     pub fail_first: u32,
+    /// Milliseconds each answer takes, as a hosted model's would (0: at once).
+    #[serde(default)]
+    pub think_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -146,6 +149,9 @@ async fn complete(State(shared): State<Shared>, Json(body): Json<Value>) -> Resp
             "scripted model: failing as scripted",
         )
             .into_response();
+    }
+    if shared.script.think_ms > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(shared.script.think_ms)).await;
     }
     let (content, calls) = respond(&shared.script, &body);
     let prompt_tokens = body["messages"].to_string().len() as u64 / 4;

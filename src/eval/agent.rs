@@ -143,6 +143,7 @@ pub fn script(cases: &[Case]) -> Script {
     Script {
         rules,
         fail_first: 0,
+        think_ms: 0,
     }
 }
 

@@ -145,8 +145,8 @@ fn llm(model: &ScriptedModel, stream: bool) -> agent::Llm {
 /// The scripted model playing [`script`], without its scripted failure.
 async fn reliable_model() -> ScriptedModel {
     ScriptedModel::start(Script {
-        rules: script().rules,
         fail_first: 0,
+        ..script()
     })
     .await
     .unwrap()

@@ -15,8 +15,8 @@ use crate::config::Config;
 use crate::lakehouse::Lakehouse;
 use crate::supervise::Supervisor;
 
-fn script() -> Script {
-    serde_json::from_value(json!({"rules": [{"when": ["customers"], "steps": [
+fn script(think_ms: u64) -> Script {
+    serde_json::from_value(json!({"think_ms": think_ms, "rules": [{"when": ["customers"], "steps": [
         {"calls": [
             {"name": "query_sql", "arguments": {"sql": "SELECT count(*) AS n FROM sales.customers"}},
             {"name": "query_sql", "arguments": {"sql": "SELECT region, count(*) AS n FROM sales.customers GROUP BY region ORDER BY region"}}
@@ -26,13 +26,18 @@ fn script() -> Script {
     .expect("a valid script")
 }
 
-pub async fn run(mut config: Config, sessions: usize, seconds: u64) -> anyhow::Result<()> {
+pub async fn run(
+    mut config: Config,
+    sessions: usize,
+    seconds: u64,
+    think_ms: u64,
+) -> anyhow::Result<()> {
     let scratch = super::Scratch::new()?;
     let lake = Lakehouse::new(scratch.0.join("lakehouse"))?;
     lake.ensure_all().await?;
     crate::sim::write_reference(&lake, &config.simulate, false).await?;
     config.knowledge.enabled = false;
-    let model = ScriptedModel::start(script()).await?;
+    let model = ScriptedModel::start(script(think_ms)).await?;
     let mut sup = Supervisor::new();
     let serving = sup.stage("serve");
     let last = sup.stage("audit");
@@ -49,7 +54,10 @@ pub async fn run(mut config: Config, sessions: usize, seconds: u64) -> anyhow::R
     .await?;
     let principal = config.serve.principal.clone();
     let settings = model.settings(true);
-    eprintln!("bench agent: {sessions} sessions for {seconds} s as {principal}");
+    eprintln!(
+        "bench agent: {sessions} sessions for {seconds} s as {principal}, the model taking \
+         {think_ms} ms per answer"
+    );
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -132,6 +140,7 @@ pub async fn run(mut config: Config, sessions: usize, seconds: u64) -> anyhow::R
         "bench": "agent",
         "sessions": sessions,
         "seconds": seconds,
+        "think_ms": think_ms,
         "turns": turns,
         "failed_turns": failed,
         "first_failure": first_error,

@@ -71,6 +71,11 @@ pub enum BenchCommand {
         /// Measured seconds.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+        /// Milliseconds the scripted model takes per answer. 0 (default) saturates the CPU with
+        /// turns (throughput); a hosted model's few hundred ms leaves it mostly idle, which is
+        /// when the agent's own overhead per call shows without queueing.
+        #[arg(long, default_value_t = 0)]
+        think_ms: u64,
     },
     /// Knowledge search: latency per query (embedding included) at 1 and 16 concurrent
     /// callers over an index of --docs documents, indexing throughput, peak RSS. Pass
@@ -91,13 +96,18 @@ pub async fn run(mut config: Config, command: BenchCommand) -> anyhow::Result<()
     match command {
         BenchCommand::Ingest { events } => ingest(config, events).await,
         BenchCommand::Freshness { rate, seconds } => freshness(config, rate, seconds).await,
-        BenchCommand::Agent { sessions, seconds } => {
+        BenchCommand::Agent {
+            sessions,
+            seconds,
+            think_ms,
+        } => {
             anyhow::ensure!(
                 (1..=1000).contains(&sessions),
                 "--sessions must be in 1..=1000"
             );
             anyhow::ensure!(seconds >= 1, "--seconds must be at least 1");
-            agent::run(config, sessions, seconds).await
+            anyhow::ensure!(think_ms <= 60_000, "--think-ms must be at most 60000");
+            agent::run(config, sessions, seconds, think_ms).await
         }
         BenchCommand::Search { docs, seconds, k } => {
             anyhow::ensure!(
