@@ -152,7 +152,8 @@ pub struct Chat<'a> {
 }
 
 impl Chat<'_> {
-    /// One turn, remembered.
+    /// One turn, remembered. When older turns are summarized after it, the summary's model
+    /// call counts in the report's latency, model time and tokens.
     pub async fn say(
         &mut self,
         text: &str,
@@ -160,7 +161,7 @@ impl Chat<'_> {
         observe: &(dyn Fn(Step) + Send + Sync),
     ) -> anyhow::Result<TurnReport> {
         let history = self.conversation.history();
-        let report = self
+        let mut report = self
             .agent
             .turn_in(
                 Some(&self.conversation.id),
@@ -183,13 +184,19 @@ impl Chat<'_> {
                 ),
                 Message::user(transcript),
             ];
-            match self
+            let started = std::time::Instant::now();
+            let reply = self
                 .agent
                 .llm()
                 .complete(&request, &[], &|_| false, &mut |_| {})
-                .await
-            {
+                .await;
+            let ms = started.elapsed().as_secs_f64() * 1e3;
+            report.llm_ms += ms;
+            report.latency_ms += ms;
+            match reply {
                 Ok(reply) => {
+                    report.tokens.prompt_tokens += reply.usage.prompt_tokens;
+                    report.tokens.completion_tokens += reply.usage.completion_tokens;
                     let summary = reply.message.content.unwrap_or_default();
                     self.memory
                         .summarize(&mut self.conversation, upto, summary)

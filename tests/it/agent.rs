@@ -409,15 +409,35 @@ async fn conversations_survive_restarts_and_are_summarized_past_their_budget() {
     // Another principal with the same id starts empty.
     assert_eq!(memory.load("jon@amer", id).await.unwrap().last_turn, 0);
 
+    // Every model request of a turn counts in its tokens, the summary's included (the
+    // scripted model counts a request's prompt as a quarter of its messages' JSON).
+    let mut summarized = 0;
     for i in 0..4 {
-        chat.say(
-            &format!("remember item {i} {}", "x".repeat(300)),
-            &Standing { yes: false },
-            &|_| {},
-        )
-        .await
-        .unwrap();
+        let before = model.requests.lock().unwrap().len();
+        let report = chat
+            .say(
+                &format!("remember item {i} {}", "x".repeat(300)),
+                &Standing { yes: false },
+                &|_| {},
+            )
+            .await
+            .unwrap();
+        let requests = model.requests.lock().unwrap()[before..].to_vec();
+        summarized += requests
+            .iter()
+            .filter(|r| {
+                r["messages"]
+                    .to_string()
+                    .contains("Summarize this conversation")
+            })
+            .count();
+        let prompt: u64 = requests
+            .iter()
+            .map(|r| r["messages"].to_string().len() as u64 / 4)
+            .sum();
+        assert_eq!(report.tokens.prompt_tokens, prompt, "turn {i}");
     }
+    assert!(summarized > 0, "a summary was asked for");
     let back = memory.load("maria@emea", id).await.unwrap();
     assert_eq!(back.last_turn, 6);
     let summary = back.summary.clone().expect("older turns summarized");

@@ -69,7 +69,11 @@ pub async fn run(
         let memory = memory.clone();
         let conversation = memory.load(&principal, &format!("bench-{s}")).await?;
         let budget = config.agent.memory_tokens;
+        // Users do not all press enter in the same instant: with a thinking model, sessions
+        // start spread over one answer's time instead of in lockstep.
+        let start_after = Duration::from_millis(think_ms * s as u64 / sessions as u64);
         tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(start_after).await;
             // (overhead per turn, per tool call, model time) in ms, and failures
             let mut out: Vec<(f64, f64, f64)> = Vec::new();
             let mut failed = 0u64;
