@@ -52,6 +52,9 @@ pub struct AgentConfig {
     /// Sent to the model's server only; empty = `OPENAI_API_KEY` from the environment, if set.
     pub llm_api_key: Secret,
     pub llm_stream: bool,
+    /// Tools described in the system message, calls and results sent as text (for chat
+    /// templates without tool support).
+    pub llm_tools_in_prompt: bool,
     pub llm_timeout_ms: u64,
     pub temperature: f64,
     /// The millstream MCP endpoint the CLI agent calls; empty = in-process over the lakehouse.

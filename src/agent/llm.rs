@@ -6,6 +6,7 @@
 //!
 //! The API key goes to the model's server only, as its bearer token, and never into a log.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -107,6 +108,63 @@ pub struct Reply {
     pub finish_reason: Option<String>,
 }
 
+/// `messages` for a model that sees tools only as text: the tools described after the system
+/// message (or in one of their own), each earlier call as the JSON text such a model writes,
+/// and each result as a user message naming its call. Its JSON answer is read back as a call
+/// (see [`calls_in_text`]).
+fn in_prompt(messages: &[Message], tools: &[ToolSpec]) -> Vec<Message> {
+    let mut catalog = String::from(
+        "You can use these tools. To use one, answer with only a JSON object \
+         {\"name\": \"<tool>\", \"arguments\": {...}} and nothing else; you will get its \
+         result, then answer the user.\n",
+    );
+    for t in tools {
+        catalog.push_str(&format!(
+            "\n- {}: {}\n  arguments (JSON Schema): {}",
+            t.name, t.description, t.parameters
+        ));
+    }
+    let mut names: HashMap<&str, &str> = HashMap::new();
+    let mut out = Vec::with_capacity(messages.len() + 1);
+    for m in messages {
+        match m.role.as_str() {
+            "system" if out.is_empty() => out.push(Message::system(format!(
+                "{}\n\n{catalog}",
+                m.content.as_deref().unwrap_or_default()
+            ))),
+            "assistant" if !m.tool_calls.is_empty() => {
+                let calls: Vec<String> = m
+                    .tool_calls
+                    .iter()
+                    .map(|c| {
+                        names.insert(&c.id, &c.function.name);
+                        let arguments: Value =
+                            serde_json::from_str(&c.function.arguments).unwrap_or(Value::Null);
+                        json!({"name": c.function.name, "arguments": arguments}).to_string()
+                    })
+                    .collect();
+                out.push(Message::text("assistant", calls.join("\n")));
+            }
+            "tool" => {
+                let name = m
+                    .tool_call_id
+                    .as_deref()
+                    .and_then(|id| names.get(id).copied())
+                    .unwrap_or("the tool");
+                out.push(Message::user(format!(
+                    "Result of {name}: {}",
+                    m.content.as_deref().unwrap_or_default()
+                )));
+            }
+            _ => out.push(m.clone()),
+        }
+    }
+    if messages.first().is_none_or(|m| m.role != "system") {
+        out.insert(0, Message::system(catalog));
+    }
+    out
+}
+
 /// A failed model call: whether trying again may help (timeouts, 429, 5xx) or not (a bad key,
 /// an unknown model).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -134,6 +192,9 @@ pub struct LlmSettings {
     pub model: String,
     pub api_key: Option<Secret>,
     pub stream: bool,
+    /// Describe the tools in the system message and send calls and results as text, for chat
+    /// templates without tool support ([`in_prompt`]).
+    pub tools_in_prompt: bool,
     pub timeout: Duration,
     pub temperature: f32,
 }
@@ -176,23 +237,22 @@ impl Llm {
         &self.settings.model
     }
 
-    /// One completion. Text deltas go to `on_text` as they arrive (when streaming), except
-    /// text that turns out to be a tool call written as JSON. `known` says which tool names
-    /// exist, for reading such calls.
-    pub async fn complete(
-        &self,
-        messages: &[Message],
-        tools: &[ToolSpec],
-        known: &(dyn Fn(&str) -> bool + Sync),
-        on_text: &mut (dyn FnMut(&str) + Send),
-    ) -> Result<Reply, LlmError> {
+    /// The Chat Completions request for `messages` offering `tools`.
+    fn body(&self, messages: &[Message], tools: &[ToolSpec]) -> Value {
+        let in_prompt;
+        let messages = if self.settings.tools_in_prompt && !tools.is_empty() {
+            in_prompt = self::in_prompt(messages, tools);
+            &in_prompt[..]
+        } else {
+            messages
+        };
         let mut body = json!({
             "model": self.settings.model,
             "messages": messages,
             "temperature": self.settings.temperature,
             "stream": self.settings.stream,
         });
-        if !tools.is_empty() {
+        if !tools.is_empty() && !self.settings.tools_in_prompt {
             body["tools"] = Value::Array(
                 tools
                     .iter()
@@ -203,6 +263,20 @@ impl Llm {
         if self.settings.stream {
             body["stream_options"] = json!({"include_usage": true});
         }
+        body
+    }
+
+    /// One completion. Text deltas go to `on_text` as they arrive (when streaming), except
+    /// text that turns out to be a tool call written as JSON. `known` says which tool names
+    /// exist, for reading such calls.
+    pub async fn complete(
+        &self,
+        messages: &[Message],
+        tools: &[ToolSpec],
+        known: &(dyn Fn(&str) -> bool + Sync),
+        on_text: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<Reply, LlmError> {
+        let body = self.body(messages, tools);
         let mut request = self
             .http
             .post(&self.url)
@@ -503,6 +577,78 @@ mod tests {
         matches!(n, "list_shortage_risks" | "get_inventory_status")
     }
 
+    /// With tools in the prompt, the request has no `tools` field: the tools are described
+    /// after the system message, an earlier call is the JSON text the model would write, and
+    /// its result a user message naming the tool — so a chat template without tool support
+    /// loses nothing. Natively, the same conversation goes as it is.
+    #[test]
+    fn tools_in_the_prompt_replace_the_tools_field_and_tool_messages() {
+        let tool = ToolSpec {
+            name: "get_inventory_status".into(),
+            description: "Stock of a part.".into(),
+            parameters: json!({"type": "object", "properties": {"part_id": {"type": "string"}}}),
+        };
+        let mut call = Message::assistant("");
+        call.content = None;
+        call.tool_calls = vec![ToolCall {
+            id: "c1".into(),
+            kind: "function".into(),
+            function: FunctionCall {
+                name: "get_inventory_status".into(),
+                arguments: r#"{"part_id":"P-00001"}"#.into(),
+            },
+        }];
+        let messages = [
+            Message::system("You help a factory."),
+            Message::user("Stock of P-00001?"),
+            call,
+            Message::tool("c1", r#"{"on_hand":287}"#),
+        ];
+        let settings = |tools_in_prompt| LlmSettings {
+            base_url: "http://127.0.0.1:9/v1".into(),
+            model: "m".into(),
+            api_key: None,
+            stream: false,
+            tools_in_prompt,
+            timeout: Duration::from_secs(5),
+            temperature: 0.0,
+        };
+        let native = Llm::new(settings(false))
+            .unwrap()
+            .body(&messages, std::slice::from_ref(&tool));
+        assert_eq!(
+            native["tools"][0]["function"]["name"],
+            "get_inventory_status"
+        );
+        assert_eq!(native["messages"][3]["role"], "tool");
+
+        let body = Llm::new(settings(true))
+            .unwrap()
+            .body(&messages, std::slice::from_ref(&tool));
+        assert!(body.get("tools").is_none(), "{body:#}");
+        let m = body["messages"].as_array().unwrap();
+        assert_eq!(m.len(), 4);
+        let system = m[0]["content"].as_str().unwrap();
+        assert!(system.starts_with("You help a factory."));
+        assert!(system.contains("- get_inventory_status: Stock of a part."));
+        assert!(system.contains(r#""part_id""#));
+        assert_eq!(m[2]["role"], "assistant");
+        assert!(m[2].get("tool_calls").is_none());
+        let written: Value = serde_json::from_str(m[2]["content"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            written,
+            json!({"name": "get_inventory_status", "arguments": {"part_id": "P-00001"}})
+        );
+        assert_eq!(m[3]["role"], "user");
+        assert_eq!(
+            m[3]["content"],
+            r#"Result of get_inventory_status: {"on_hand":287}"#
+        );
+        // The call as the model writes it back is read as a call.
+        let read = calls_in_text(m[2]["content"].as_str().unwrap(), &known);
+        assert_eq!(read.map(|c| c.len()), Some(1));
+    }
+
     /// The shapes small models use for calls in text are all read; arguments may be a JSON
     /// text; unknown names and ordinary answers are not mistaken for calls.
     #[test]
@@ -581,6 +727,7 @@ mod tests {
             model: "m".into(),
             api_key: None,
             stream: true,
+            tools_in_prompt: false,
             timeout: Duration::from_secs(5),
             temperature: 0.0,
         })

@@ -57,6 +57,7 @@ pub fn llm_settings(config: &AgentConfig) -> anyhow::Result<LlmSettings> {
         model: config.llm_model.clone(),
         api_key: key,
         stream: config.llm_stream,
+        tools_in_prompt: config.llm_tools_in_prompt,
         timeout: Duration::from_millis(config.llm_timeout_ms),
         temperature: config.temperature as f32,
     })

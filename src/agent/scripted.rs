@@ -98,6 +98,7 @@ impl ScriptedModel {
             model: "scripted".into(),
             api_key: None,
             stream,
+            tools_in_prompt: false,
             timeout: std::time::Duration::from_secs(30),
             temperature: 0.0,
         }
