@@ -788,6 +788,59 @@ async fn start_mlflow() -> Mlflow {
     panic!("the MLflow server did not start");
 }
 
+impl Mlflow {
+    /// Runs the millstream binary over `lake` with `args` and `envs`, its spans exported to
+    /// this server's `experiment`; what it printed, as JSON (its stderr if it failed).
+    async fn traced_run(
+        &self,
+        lake: &std::path::Path,
+        experiment: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Value {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_millstream"));
+        cmd.arg("--lakehouse")
+            .arg(lake)
+            .args(args)
+            .envs(envs.iter().copied())
+            .env("MILLSTREAM__TRACING__OTLP_ENDPOINT", &self.uri)
+            .env(
+                "MILLSTREAM__TRACING__HEADERS__X-MLFLOW-EXPERIMENT-ID",
+                experiment,
+            )
+            .env("RUST_LOG", "warn");
+        printed_json(
+            tokio::task::spawn_blocking(move || cmd.output().unwrap())
+                .await
+                .unwrap(),
+        )
+    }
+}
+
+/// What a process that succeeded printed, as JSON; its stderr if it failed.
+fn printed_json(out: std::process::Output) -> Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// What `tests/py/<script> args…` printed, as JSON.
+fn python_json(script: &str, args: &[&str]) -> Value {
+    let out = std::process::Command::new(support::python())
+        .arg(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/py")
+                .join(script),
+        )
+        .args(args)
+        .output()
+        .unwrap();
+    printed_json(out)
+}
+
 /// Traces of `millstream agent ask` reach a real MLflow server over OTLP/HTTP: one trace per
 /// turn with an AGENT span, CHAT_MODEL spans and TOOL spans under it, carrying the inputs,
 /// outputs, token usage, session and user; the MCP server's handling and its query join the
@@ -808,17 +861,12 @@ async fn agent_traces_reach_mlflow_as_agent_chat_and_tool_spans() {
         .unwrap();
     let experiment = experiment["experiment_id"].as_str().unwrap().to_string();
     let model = reliable_model().await;
-    let (base_url, lake, uri, exp) = (
-        model.base_url.clone(),
-        env.lake.root().to_path_buf(),
-        mlflow.uri.clone(),
-        experiment.clone(),
-    );
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_millstream"))
-            .arg("--lakehouse")
-            .arg(&lake)
-            .args([
+    let lake = env.lake.root().to_path_buf();
+    let answer = mlflow
+        .traced_run(
+            &lake,
+            &experiment,
+            &[
                 "agent",
                 "ask",
                 "How many customers do I have?",
@@ -827,24 +875,14 @@ async fn agent_traces_reach_mlflow_as_agent_chat_and_tool_spans() {
                 "--json",
                 "--conversation",
                 "traced-1",
-            ])
-            .env("MILLSTREAM__AGENT__LLM_BASE_URL", &base_url)
-            .env("MILLSTREAM__AGENT__LLM_MODEL", "scripted")
-            .env("MILLSTREAM__KNOWLEDGE__ENABLED", "false")
-            .env("MILLSTREAM__TRACING__OTLP_ENDPOINT", &uri)
-            .env("MILLSTREAM__TRACING__HEADERS__X-MLFLOW-EXPERIMENT-ID", &exp)
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+            ],
+            &[
+                ("MILLSTREAM__AGENT__LLM_BASE_URL", &model.base_url),
+                ("MILLSTREAM__AGENT__LLM_MODEL", "scripted"),
+                ("MILLSTREAM__KNOWLEDGE__ENABLED", "false"),
+            ],
+        )
+        .await;
     let trace_id = answer["trace_id"]
         .as_str()
         .expect("trace id in the answer")
@@ -853,20 +891,7 @@ async fn agent_traces_reach_mlflow_as_agent_chat_and_tool_spans() {
     // The exporter flushed at exit; MLflow may take a moment to show the trace.
     let mut traces = Value::Null;
     for _ in 0..40 {
-        let out = std::process::Command::new(support::python())
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/py/mlflow_traces.py"
-            ))
-            .args([&mlflow.uri, &experiment])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        traces = serde_json::from_slice(&out.stdout).unwrap();
+        traces = python_json("mlflow_traces.py", &[&mlflow.uri, &experiment]);
         if traces.as_array().is_some_and(|t| !t.is_empty()) {
             break;
         }
@@ -928,60 +953,20 @@ async fn agent_traces_reach_mlflow_as_agent_chat_and_tool_spans() {
     // aggregate names, the datasets as inputs, the results table as an artifact, and the turns'
     // traces linked to the run with one feedback per scorer; the multi-turn case gets a
     // session feedback.
-    let (lake, uri, exp) = (
-        env.lake.root().to_path_buf(),
-        mlflow.uri.clone(),
-        experiment.clone(),
-    );
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_millstream"))
-            .arg("--lakehouse")
-            .arg(&lake)
-            .args(["eval", "agent", "--llm", "scripted", "--datasets"])
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/evals/agent"))
-            .args([
-                "--case",
-                "sc-000",
-                "--case",
-                "sa-000",
-                "--case",
-                "edge-wh-00",
-            ])
-            .args(["--case", "mt-00", "--mlflow", &uri])
-            .env("MILLSTREAM__TRACING__OTLP_ENDPOINT", &uri)
-            .env("MILLSTREAM__TRACING__HEADERS__X-MLFLOW-EXPERIMENT-ID", &exp)
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let datasets = concat!(env!("CARGO_MANIFEST_DIR"), "/evals/agent");
+    let mut args = vec!["eval", "agent", "--llm", "scripted", "--datasets", datasets];
+    for case in ["sc-000", "sa-000", "edge-wh-00", "mt-00"] {
+        args.extend(["--case", case]);
+    }
+    args.extend(["--mlflow", &mlflow.uri]);
+    let summary = mlflow.traced_run(&lake, &experiment, &args, &[]).await;
     assert_eq!(summary["cases"], 4, "{summary:#}");
     let turns = summary["turns"].as_u64().unwrap() as usize;
     let logged = &summary["mlflow"];
     assert_eq!(logged["experiment_id"], experiment, "{summary:#}");
     assert_eq!(logged["traces_linked"], turns);
     let run_id = logged["run_id"].as_str().unwrap().to_string();
-    let out = std::process::Command::new(support::python())
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/py/mlflow_eval_run.py"
-        ))
-        .args([&mlflow.uri, &run_id])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let run: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let run = python_json("mlflow_eval_run.py", &[&mlflow.uri, &run_id]);
     assert_eq!(run["status"], "FINISHED");
     assert_eq!(run["tags"]["mlflow.runType"], "genai_evaluate");
     assert_eq!(run["params"]["cases"], "4");
