@@ -73,8 +73,13 @@ pub struct AgentConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentServer {
+    /// Streamable HTTP endpoint; or
+    #[serde(default)]
     pub url: String,
-    /// Its own bearer token (never the user's millstream token).
+    /// a program and its arguments, started by the agent and spoken to over stdio.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Its own bearer token (never the user's millstream token; HTTP only).
     #[serde(default)]
     pub bearer: Option<Secret>,
 }
@@ -359,9 +364,18 @@ impl Config {
                     "agent.servers.{name}: a server name is 1 to 32 of [a-z0-9_-] and not \"millstream\""
                 ),
             );
+            let http = server.url.starts_with("http://") || server.url.starts_with("https://");
+            let stdio = server.command.first().is_some_and(|c| !c.trim().is_empty());
             check(
-                server.url.starts_with("http://") || server.url.starts_with("https://"),
-                &format!("agent.servers.{name}.url must be an http:// or https:// URL"),
+                match (server.url.is_empty(), server.command.is_empty()) {
+                    (false, true) => http,
+                    (true, false) => stdio && server.bearer.is_none(),
+                    _ => false,
+                },
+                &format!(
+                    "agent.servers.{name}: set either url (an http:// or https:// URL, with an \
+                     optional bearer) or command (a program and its arguments, run over stdio)"
+                ),
             );
         }
         check(
@@ -717,6 +731,36 @@ mod tests {
             panic!()
         };
         assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+
+    /// An agent server is reached over HTTP (url) or stdio (command): neither, both, a bearer
+    /// for a program, or a URL that is not http(s) is named as a problem.
+    #[test]
+    fn an_agent_server_is_a_url_or_a_command() {
+        let load = |pairs: &[(&str, &str)]| {
+            let dir = tempfile::tempdir().unwrap();
+            let f = dir.path().join("c.toml");
+            let body: String = pairs.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+            std::fs::write(&f, format!("[agent.servers.x]\n{body}")).unwrap();
+            Config::load_from(Some(&f), env(&[]))
+        };
+        assert!(load(&[("url", r#""https://x.example/mcp""#)]).is_ok());
+        assert!(load(&[("command", r#"["mcp-x", "--stdio"]"#)]).is_ok());
+        for bad in [
+            vec![],
+            vec![("url", r#""https://x""#), ("command", r#"["mcp-x"]"#)],
+            vec![("command", r#"["mcp-x"]"#), ("bearer", r#""t""#)],
+            vec![("command", r#"[""]"#)],
+            vec![("url", r#""ftp://x""#)],
+        ] {
+            let Err(Error::Config(problems)) = load(&bad) else {
+                panic!("{bad:?} was accepted")
+            };
+            assert!(
+                problems.iter().any(|p| p.contains("agent.servers.x")),
+                "{bad:?}: {problems:?}"
+            );
+        }
     }
 
     #[test]

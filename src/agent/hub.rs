@@ -29,6 +29,9 @@ use crate::mcp::Millstream;
 pub enum Connect {
     /// Streamable HTTP at `url`, with this bearer token if any.
     Http { url: String, bearer: Option<Secret> },
+    /// A program (and its arguments) started for this connection, spoken to over its stdin
+    /// and stdout; its stderr is dropped. Started again if the connection breaks.
+    Stdio { command: Vec<String> },
     /// This process's millstream server, already scoped to the user's principal.
     InProcess(Box<Millstream>),
     /// A byte stream already connected to a server (taken on first use; not re-opened).
@@ -152,6 +155,31 @@ async fn open(
             let transport = StreamableHttpClientTransport::from_config(config);
             watch
                 .serve(transport)
+                .await
+                .map_err(|e| unreachable(e.to_string()))
+        }
+        Connect::Stdio { command } => {
+            let (program, args) = command
+                .split_first()
+                .ok_or_else(|| unreachable("no command".into()))?;
+            let mut child = tokio::process::Command::new(program)
+                .args(args)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| unreachable(format!("starting {program:?}: {e}")))?;
+            let (Some(stdout), Some(stdin)) = (child.stdout.take(), child.stdin.take()) else {
+                return Err(unreachable("its stdio was not piped".into()));
+            };
+            // The child lives until it exits: a stdio server ends when its stdin closes, which
+            // happens when this connection is dropped (and it is killed with the runtime).
+            tokio::spawn(async move {
+                let _ = child.wait().await;
+            });
+            watch
+                .serve((stdout, stdin))
                 .await
                 .map_err(|e| unreachable(e.to_string()))
         }

@@ -81,9 +81,15 @@ pub fn servers(millstream: Connect, config: &AgentConfig) -> Vec<ServerSpec> {
     }];
     specs.extend(config.servers.iter().map(|(name, s)| ServerSpec {
         name: name.clone(),
-        connect: Connect::Http {
-            url: s.url.clone(),
-            bearer: s.bearer.clone(),
+        connect: if s.command.is_empty() {
+            Connect::Http {
+                url: s.url.clone(),
+                bearer: s.bearer.clone(),
+            }
+        } else {
+            Connect::Stdio {
+                command: s.command.clone(),
+            }
         },
     }));
     specs

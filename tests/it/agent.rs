@@ -130,6 +130,10 @@ fn script() -> Script {
                 {"answer": "Grown."}
             ]},
             {"when": ["remember"], "steps": [{"answer": "Noted."}]},
+            {"when": ["plant server"], "steps": [
+                {"calls": [{"name": "plant__query_sql", "arguments": {"sql": "SELECT count(*) AS n FROM sales.customers"}}]},
+                {"answer": "The plant server counts {{plant__query_sql:/rows/0/n}} customers."}
+            ]},
             {"when": ["loop"], "steps": [
                 {"calls": [{"name": "describe_tables_does_not_exist"}]}
             ]}
@@ -201,6 +205,68 @@ async fn seeded_env() -> Env {
 
 async fn count(env: &Env, sql: &str) -> i64 {
     env.lake.sql_i64(sql).await.unwrap()
+}
+
+/// A server of `[agent.servers]` given as a command runs as a child process spoken to over
+/// stdio: here millstream's own `mcp --stdio`, so every tool name is shared and offered with
+/// its server's prefix, and a call of the child's tool is answered by the child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_configured_stdio_server_is_started_and_its_tools_join_the_hub() {
+    let _w = support::watchdog("agent stdio", Duration::from_secs(120));
+    let env = seeded_env().await;
+    let (server, mut sup, _) = env.mcp_server(false).await;
+    let model = reliable_model().await;
+    let mut config = env.config.agent.clone();
+    let lake = env.lake.root().display().to_string();
+    let command = [
+        "env",
+        "MILLSTREAM__KNOWLEDGE__ENABLED=false",
+        "RUST_LOG=warn",
+        env!("CARGO_BIN_EXE_millstream"),
+        "--lakehouse",
+        &lake,
+        "mcp",
+        "--stdio",
+    ];
+    config.servers.insert(
+        "plant".into(),
+        millstream::config::AgentServer {
+            url: String::new(),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            bearer: None,
+        },
+    );
+    let millstream = Connect::InProcess(Box::new(server.as_principal("alice@emea").unwrap()));
+    let agent = agent::connect(
+        llm(&model, false),
+        agent::servers(millstream, &config),
+        limits(),
+        "alice@emea",
+    )
+    .await
+    .unwrap();
+    let names: Vec<String> = agent.hub().tools().iter().map(|t| t.name.clone()).collect();
+    for n in ["millstream__query_sql", "plant__query_sql"] {
+        assert!(names.contains(&n.to_string()), "{n} missing from {names:?}");
+    }
+    let report = agent
+        .turn(
+            &[],
+            "Ask the plant server",
+            &Standing { yes: false },
+            &|_| {},
+        )
+        .await;
+    let call = &report.tool_calls[0];
+    assert_eq!(call.server.as_deref(), Some("plant"), "{report:#?}");
+    assert!(!call.is_error, "{:#}", call.result);
+    let n = call.result["rows"][0]["n"].as_i64().expect("a count");
+    assert_eq!(
+        report.answer,
+        format!("The plant server counts {n} customers.")
+    );
+    agent.close().await;
+    sup.shutdown().await;
 }
 
 /// Everything a turn can do, for an EMEA sales rep, against millstream in-process and the
