@@ -17,6 +17,23 @@ use url::Url;
 use crate::error::{Error, Result};
 use crate::model::{TableDef, tables};
 
+/// Data commits made by this process, counted ([`announce_commit`]).
+static COMMITS: std::sync::LazyLock<tokio::sync::watch::Sender<u64>> =
+    std::sync::LazyLock::new(|| tokio::sync::watch::channel(0).0);
+
+/// Tells this process's readers that a table it writes has a new version: the pipeline calls it
+/// after each batch's and each derivation's commits, so a server in the same process (`up`)
+/// loads the new versions at once instead of at its next poll.
+pub fn announce_commit() {
+    COMMITS.send_modify(|n| *n = n.wrapping_add(1));
+}
+
+/// Wakes (`changed()`) after each [`announce_commit`] of this process; several announcements
+/// before the reader looks count as one.
+pub fn commits() -> tokio::sync::watch::Receiver<u64> {
+    COMMITS.subscribe()
+}
+
 #[derive(Debug, Clone)]
 pub struct Lakehouse {
     root: PathBuf,

@@ -2,9 +2,11 @@
 //! background refresher, and a fresh DataFusion session per request over one consistent set of
 //! those versions.
 //!
-//! Freshness: the refresher asks each table for its latest version every `refresh` (100 ms by
-//! default) and loads only the new commits, so an answer sees a commit within about one refresh
-//! plus the time to load it (`tests/it/mcp.rs` holds it to 250 ms). Requests never wait on
+//! Freshness: the refresher loads new versions as soon as a pipeline in the same process
+//! announces a commit (`up`, [`crate::lakehouse::announce_commit`]), and otherwise asks each
+//! table for its latest version every `refresh` (100 ms by default); it loads only the new
+//! commits, so an answer sees a commit within about one refresh plus the time to load it
+//! (`tests/it/mcp.rs` holds it to 250 ms), or just the load time in the same process. Requests never wait on
 //! storage for table state: they read the snapshot the refresher last published.
 //!
 //! Every answer says how fresh it is ([`AsOf`]): the versions it read, when they were committed,
@@ -184,15 +186,19 @@ impl LiveCatalog {
         Ok(catalog)
     }
 
-    /// The refresher: loads new versions every `options.refresh` until `stop`. Run it as a
-    /// supervised task; restarted, it goes on from the tables it already follows.
+    /// The refresher: loads new versions as soon as this process commits (a pipeline in the
+    /// same process, [`crate::lakehouse::announce_commit`]), and every `options.refresh` for
+    /// the commits of other processes, until `stop`. Run it as a supervised task; restarted, it
+    /// goes on from the tables it already follows.
     pub async fn follow(&self, stop: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
         let mut followed = self.followed.lock().await;
         let mut tick = tokio::time::interval(self.options.refresh);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut commits = crate::lakehouse::commits();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
+                Ok(()) = commits.changed() => {}
                 _ = stop.cancelled() => return Ok(()),
             }
             self.refresh(&mut followed).await;

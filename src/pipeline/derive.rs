@@ -152,6 +152,7 @@ impl Deriver {
                     .with_commit_properties(props)
                     .await
                     .map_err(|e| Error::delta(&def.sink.table, e))?;
+                crate::lakehouse::announce_commit();
                 t.version().map(|v| v as i64)
             }
             SinkMode::Merge => {

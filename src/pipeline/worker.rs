@@ -846,6 +846,7 @@ impl Worker {
             self.stats.commits += 1;
         }
         self.stats.rows += written;
+        crate::lakehouse::announce_commit();
         Ok(Written {
             dead_letters: decoded.rejected.len() as u64,
             decode: decoded.at - batch.started,

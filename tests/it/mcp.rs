@@ -478,3 +478,43 @@ fn admin() -> millstream::auth::Access {
         .access("local-dev")
         .unwrap()
 }
+
+/// A server in the pipeline's process loads new versions when the pipeline announces a commit
+/// (`lakehouse::announce_commit`), not at its next poll: with polling every 60 s, commits made
+/// without an announcement stay unseen, and are served within seconds of one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_announced_commit_is_served_without_waiting_for_the_poll() {
+    let _w = support::watchdog("announced commit", Duration::from_secs(60));
+    let env = Env::new(1).await;
+    env.lake.ensure_all().await.unwrap();
+    let (catalog, _stop) = env.live_catalog(60_000, 0).await;
+    let before = catalog
+        .version("sales.customers")
+        .expect("the table exists");
+    millstream::sim::write_reference(&env.lake, &env.config.simulate, false)
+        .await
+        .unwrap();
+    let committed = env
+        .lake
+        .open("sales.customers")
+        .await
+        .unwrap()
+        .version()
+        .map(|v| v as i64);
+    assert!(committed > Some(before));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        catalog.version("sales.customers"),
+        Some(before),
+        "no poll, no announcement: not seen yet"
+    );
+    millstream::lakehouse::announce_commit();
+    let started = Instant::now();
+    while catalog.version("sales.customers") < committed {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the announced commit was not served within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
