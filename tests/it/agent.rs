@@ -393,9 +393,11 @@ async fn the_agent_acts_for_its_user_through_the_tools_and_only_with_consent() {
     assert_eq!(injected[0].confirmed, Some(false));
     assert_eq!(report.answer, "The shift note says line 3 ran fine.");
 
-    // tools/list_changed: the next step offers the new tool.
+    // tools/list_changed: a later step offers the new tool. (rmcp handles a notification on a
+    // task of its own, so the step right after the call that caused it may not see it yet.)
     let before = model.requests.lock().unwrap().len();
     agent.turn(&[], "grow", &no, &observe).await;
+    agent.turn(&[], "remember that", &no, &observe).await;
     let requests = model.requests.lock().unwrap().clone();
     let offered = |r: &Value| {
         r["tools"]
