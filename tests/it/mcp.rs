@@ -175,16 +175,7 @@ async fn catalog_serves_new_versions_as_they_are_committed() {
     // Before the table exists, it reads as empty rather than failing.
     assert_eq!(count(catalog.clone()).await, 0);
 
-    millstream::sim::write_reference(&env.lake, &env.config.simulate, false)
-        .await
-        .unwrap();
-    let committed = env
-        .lake
-        .open("sales.customers")
-        .await
-        .unwrap()
-        .version()
-        .unwrap() as i64;
+    let committed = write_reference(&env).await;
     let wait_for = |want: i64| {
         let catalog = catalog.clone();
         async move {
@@ -491,16 +482,7 @@ async fn an_announced_commit_is_served_without_waiting_for_the_poll() {
     let before = catalog
         .version("sales.customers")
         .expect("the table exists");
-    millstream::sim::write_reference(&env.lake, &env.config.simulate, false)
-        .await
-        .unwrap();
-    let committed = env
-        .lake
-        .open("sales.customers")
-        .await
-        .unwrap()
-        .version()
-        .map(|v| v as i64);
+    let committed = Some(write_reference(&env).await);
     assert!(committed > Some(before));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
@@ -517,4 +499,13 @@ async fn an_announced_commit_is_served_without_waiting_for_the_poll() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Writes the reference data; the version of `sales.customers` it committed.
+async fn write_reference(env: &Env) -> i64 {
+    millstream::sim::write_reference(&env.lake, &env.config.simulate, false)
+        .await
+        .unwrap();
+    let table = env.lake.open("sales.customers").await.unwrap();
+    table.version().expect("committed") as i64
 }
