@@ -201,7 +201,7 @@ async fn agent(
     experiment: Option<String>,
 ) -> anyhow::Result<()> {
     use crate::eval::agent as eval;
-    use crate::eval::mlflow::{Experiment, Tracking};
+    use crate::eval::mlflow::{Evaluation, Experiment, Tracking};
     let mut cases = eval::load(datasets)?;
     if !only.is_empty() {
         cases.retain(|c| only.iter().any(|p| c.id.starts_with(p.as_str())));
@@ -211,17 +211,7 @@ async fn agent(
     let tracking = match mlflow {
         None => None,
         Some(uri) => {
-            let traced_to = config
-                .tracing
-                .headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case("x-mlflow-experiment-id"))
-                .map(|(_, v)| v.expose().to_string());
-            let experiment = match (experiment, traced_to) {
-                (Some(name), _) => Experiment::Name(name),
-                (None, Some(id)) => Experiment::Id(id),
-                (None, None) => Experiment::Name("millstream-agent-eval".into()),
-            };
+            let experiment = Experiment::choose(experiment, &config.tracing);
             if !crate::telemetry::exporting() {
                 eprintln!(
                     "eval agent: traces are not exported (tracing.otlp_endpoint is empty): the \
@@ -286,13 +276,17 @@ async fn agent(
     let mut summary = eval::summary(&scored, &cases);
     let mut failed = None;
     if let Some(t) = tracking {
-        let params = [
-            ("llm", llm.to_string()),
-            ("llm_model", settings.model.clone()),
-            ("datasets", datasets.display().to_string()),
-            ("cases", cases.len().to_string()),
-        ];
-        match t.log(datasets, &cases, &scored, &summary, &params).await {
+        let logged = t
+            .log(&Evaluation {
+                datasets,
+                cases: &cases,
+                scored: &scored,
+                summary: &summary,
+                llm,
+                model: &settings.model,
+            })
+            .await;
+        match logged {
             Ok(logged) => {
                 eprintln!("eval agent: logged to MLflow: {}", logged.url);
                 summary["mlflow"] = serde_json::to_value(logged)?;

@@ -28,11 +28,40 @@ pub enum Experiment {
     Name(String),
 }
 
+impl Experiment {
+    /// `name` if given; else the experiment traces are exported to
+    /// (`tracing.headers.x-mlflow-experiment-id`), so runs and traces sit together; else
+    /// "millstream-agent-eval".
+    pub fn choose(name: Option<String>, tracing: &crate::config::TracingConfig) -> Experiment {
+        let traced_to = tracing
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("x-mlflow-experiment-id"))
+            .map(|(_, v)| v.expose().to_string());
+        match (name, traced_to) {
+            (Some(name), _) => Experiment::Name(name),
+            (None, Some(id)) => Experiment::Id(id),
+            (None, None) => Experiment::Name("millstream-agent-eval".into()),
+        }
+    }
+}
+
 /// An MLflow tracking server.
 pub struct Tracking {
     http: reqwest::Client,
     base: String,
     experiment_id: String,
+}
+
+/// One `eval agent` run to log: `scored` are the turns of `cases` (read from `datasets`),
+/// `summary` what `eval agent` prints, `llm` how the model was chosen and `model` its name.
+pub struct Evaluation<'a> {
+    pub datasets: &'a Path,
+    pub cases: &'a [Case],
+    pub scored: &'a [Scored],
+    pub summary: &'a Value,
+    pub llm: &'a str,
+    pub model: &'a str,
 }
 
 /// What [`Tracking::log`] wrote.
@@ -109,27 +138,16 @@ impl Tracking {
         Ok(t)
     }
 
-    /// Logs one evaluation: `scored` are the turns of `cases` (from `datasets`), `summary` what
-    /// `eval agent` prints, `params` the run's parameters (model, …).
-    pub async fn log(
-        &self,
-        datasets: &Path,
-        cases: &[Case],
-        scored: &[Scored],
-        summary: &Value,
-        params: &[(&str, String)],
-    ) -> anyhow::Result<Logged> {
+    /// Logs `eval` as one run; the run is FAILED (and the error returned) if any part of it
+    /// could not be logged.
+    pub async fn log(&self, eval: &Evaluation<'_>) -> anyhow::Result<Logged> {
         let now = chrono::Utc::now();
-        let model = params
-            .iter()
-            .find(|(k, _)| *k == "llm_model")
-            .map_or("", |(_, v)| v.as_str());
         let run = self
             .post(
                 "/api/2.0/mlflow/runs/create",
                 json!({
                     "experiment_id": self.experiment_id,
-                    "run_name": format!("eval agent {model} {}", now.format("%Y-%m-%d %H:%M:%S")),
+                    "run_name": format!("eval agent {} {}", eval.model, now.format("%Y-%m-%d %H:%M:%S")),
                     "start_time": now.timestamp_millis(),
                     "tags": [
                         {"key": "mlflow.runType", "value": "genai_evaluate"},
@@ -141,55 +159,48 @@ impl Tracking {
             .await?;
         let run_id = str_at(&run, "/run/info/run_id")?;
         let artifact_uri = str_at(&run, "/run/info/artifact_uri").unwrap_or_default();
-        let logged = self
-            .fill(
-                &run_id,
-                &artifact_uri,
-                datasets,
-                cases,
-                scored,
-                summary,
-                params,
-            )
-            .await;
-        let status = if logged.is_ok() { "FINISHED" } else { "FAILED" };
-        self.post(
-            "/api/2.0/mlflow/runs/update",
-            json!({"run_id": run_id, "status": status, "end_time": chrono::Utc::now().timestamp_millis()}),
-        )
-        .await?;
-        let (metrics, traces_linked, assessments, artifact_skipped) = logged?;
-        Ok(Logged {
+        let mut logged = Logged {
             url: format!(
                 "{}/#/experiments/{}/runs/{run_id}",
                 self.base, self.experiment_id
             ),
             experiment_id: self.experiment_id.clone(),
             run_id,
-            metrics,
-            traces_linked,
-            assessments,
-            artifact_skipped,
-        })
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn fill(
-        &self,
-        run_id: &str,
-        artifact_uri: &str,
-        datasets: &Path,
-        cases: &[Case],
-        scored: &[Scored],
-        summary: &Value,
-        params: &[(&str, String)],
-    ) -> anyhow::Result<(usize, usize, usize, Option<String>)> {
+            metrics: 0,
+            traces_linked: 0,
+            assessments: 0,
+            artifact_skipped: None,
+        };
+        let filled = self.fill(&mut logged, &artifact_uri, eval).await;
+        let status = if filled.is_ok() { "FINISHED" } else { "FAILED" };
         self.post(
-            "/api/2.0/mlflow/runs/log-inputs",
-            json!({"run_id": run_id, "datasets": dataset_inputs(datasets, cases)?}),
+            "/api/2.0/mlflow/runs/update",
+            json!({"run_id": logged.run_id, "status": status, "end_time": chrono::Utc::now().timestamp_millis()}),
         )
         .await?;
-        let metrics = metrics(summary);
+        filled.map(|()| logged)
+    }
+
+    /// The run's inputs, params, metrics, trace feedback and results table, counted in `logged`.
+    async fn fill(
+        &self,
+        logged: &mut Logged,
+        artifact_uri: &str,
+        eval: &Evaluation<'_>,
+    ) -> anyhow::Result<()> {
+        let run_id = logged.run_id.as_str();
+        self.post(
+            "/api/2.0/mlflow/runs/log-inputs",
+            json!({"run_id": run_id, "datasets": dataset_inputs(eval.datasets, eval.cases)?}),
+        )
+        .await?;
+        let params = [
+            ("llm", eval.llm.to_string()),
+            ("llm_model", eval.model.to_string()),
+            ("datasets", eval.datasets.display().to_string()),
+            ("cases", eval.cases.len().to_string()),
+        ];
+        let metrics = metrics(eval.summary);
         let ts = chrono::Utc::now().timestamp_millis();
         self.post(
             "/api/2.0/mlflow/runs/log-batch",
@@ -200,9 +211,13 @@ impl Tracking {
             }),
         )
         .await?;
-        let (linked, assessments) = self.assess(run_id, cases, scored).await?;
-        let skipped = self.upload_table(artifact_uri, cases, scored).await?;
-        Ok((metrics.len(), linked, assessments, skipped))
+        logged.metrics = metrics.len();
+        (logged.traces_linked, logged.assessments) =
+            self.assess(run_id, eval.cases, eval.scored).await?;
+        logged.artifact_skipped = self
+            .upload_table(artifact_uri, eval.cases, eval.scored)
+            .await?;
+        Ok(())
     }
 
     /// Links the turns' traces to the run and writes the scorers' feedback on them. Traces are
@@ -336,7 +351,7 @@ impl Tracking {
             .await
     }
 
-    async fn get(&self, path: &str, query: &[(&str, &String)]) -> anyhow::Result<Value> {
+    async fn get(&self, path: &str, query: &[(&str, &str)]) -> anyhow::Result<Value> {
         self.request(reqwest::Method::GET, path, query, None).await
     }
 
@@ -344,7 +359,7 @@ impl Tracking {
         &self,
         method: reqwest::Method,
         path: &str,
-        query: &[(&str, &String)],
+        query: &[(&str, &str)],
         body: Option<Value>,
     ) -> anyhow::Result<Value> {
         let mut req = self
