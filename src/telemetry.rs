@@ -37,12 +37,13 @@ fn log_filter() -> tracing_subscriber::EnvFilter {
     })
 }
 
-/// Flushes and stops the trace exporter when dropped (at the end of `main`).
-pub struct TracingGuard(Option<opentelemetry_sdk::trace::SdkTracerProvider>);
+/// Flushes and stops the trace exporter (the one [`init`] installed, if any) when dropped, at
+/// the end of `main`.
+pub struct TracingGuard(());
 
 impl Drop for TracingGuard {
     fn drop(&mut self) {
-        if let Some(p) = self.0.take()
+        if let Some(p) = EXPORTING.get()
             && let Err(e) = p.shutdown()
         {
             eprintln!("flushing traces: {e}");
@@ -62,7 +63,7 @@ pub fn init(config: &crate::config::TracingConfig) -> anyhow::Result<TracingGuar
 
     if config.otlp_endpoint.is_empty() {
         init_logging();
-        return Ok(TracingGuard(None));
+        return Ok(TracingGuard(()));
     }
     let endpoint = format!("{}/v1/traces", config.otlp_endpoint.trim_end_matches('/'));
     let headers = config
@@ -104,8 +105,8 @@ pub fn init(config: &crate::config::TracingConfig) -> anyhow::Result<TracingGuar
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("millstream")))
         .try_init();
     tracing::info!(endpoint = %endpoint, "exporting traces over OTLP/HTTP");
-    let _ = EXPORTING.set(provider.clone());
-    Ok(TracingGuard(Some(provider)))
+    let _ = EXPORTING.set(provider);
+    Ok(TracingGuard(()))
 }
 
 /// The exporter [`init`] installed, if any.
