@@ -876,7 +876,7 @@ pub fn write_datasets(
         let injected = data.tickets.iter().filter(|tk| {
             crate::sim::reference::INJECTIONS
                 .iter()
-                .any(|(note, _)| tk.description.contains(note))
+                .any(|note| tk.description.contains(note))
                 && customers.iter().any(|cu| cu.customer_id == tk.customer_id)
         });
         for (i, tk) in injected.take(2).enumerate() {
