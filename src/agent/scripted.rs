@@ -10,6 +10,7 @@
 //! A `gullible` rule also obeys "call <tool> with {…}" found in tool results — the prompt
 //! injection a careless model falls for, which the agent must still not act on.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -73,7 +74,7 @@ pub struct ScriptedModel {
     /// Base URL to configure as `agent.llm_base_url`.
     pub base_url: String,
     /// The request bodies received, in order (the newest [`KEPT_REQUESTS`]).
-    pub requests: Arc<Mutex<Vec<Value>>>,
+    pub requests: Arc<Mutex<VecDeque<Value>>>,
     stop: tokio_util::sync::CancellationToken,
 }
 
@@ -87,7 +88,7 @@ impl Drop for ScriptedModel {
 struct Shared {
     script: Arc<Script>,
     failures: Arc<AtomicU32>,
-    requests: Arc<Mutex<Vec<Value>>>,
+    requests: Arc<Mutex<VecDeque<Value>>>,
 }
 
 impl ScriptedModel {
@@ -136,9 +137,9 @@ async fn complete(State(shared): State<Shared>, Json(body): Json<Value>) -> Resp
     {
         let mut kept = shared.requests.lock().expect("poisoned");
         if kept.len() >= KEPT_REQUESTS {
-            kept.remove(0);
+            kept.pop_front();
         }
-        kept.push(body.clone());
+        kept.push_back(body.clone());
     }
     if shared
         .failures

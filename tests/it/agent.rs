@@ -408,7 +408,7 @@ async fn the_agent_acts_for_its_user_through_the_tools_and_only_with_consent() {
     };
     assert!(!offered(&requests[before]));
     assert!(
-        offered(requests.last().unwrap()),
+        offered(requests.back().unwrap()),
         "late_tool not offered after list_changed"
     );
 
@@ -469,7 +469,7 @@ async fn conversations_survive_restarts_and_are_summarized_past_their_budget() {
     chat.say("remember this too", &Standing { yes: false }, &|_| {})
         .await
         .unwrap();
-    let last = model.requests.lock().unwrap().last().unwrap().clone();
+    let last = model.requests.lock().unwrap().back().unwrap().clone();
     assert!(
         last["messages"].to_string().contains("Rotterdam is WH-02"),
         "{last}"
@@ -490,7 +490,13 @@ async fn conversations_survive_restarts_and_are_summarized_past_their_budget() {
             )
             .await
             .unwrap();
-        let requests = model.requests.lock().unwrap()[before..].to_vec();
+        let requests: Vec<Value> = model
+            .requests
+            .lock()
+            .unwrap()
+            .range(before..)
+            .cloned()
+            .collect();
         summarized += requests
             .iter()
             .filter(|r| {
@@ -656,7 +662,7 @@ async fn agent_ask_prints_the_turn_as_json_and_continues_a_conversation() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("Noted."));
-    let last = model.requests.lock().unwrap().last().unwrap().clone();
+    let last = model.requests.lock().unwrap().back().unwrap().clone();
     assert!(
         last["messages"]
             .to_string()
@@ -877,36 +883,16 @@ impl Mlflow {
                 experiment,
             )
             .env("RUST_LOG", "warn");
-        printed_json(
-            tokio::task::spawn_blocking(move || cmd.output().unwrap())
-                .await
-                .unwrap(),
-        )
+        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
     }
-}
-
-/// What a process that succeeded printed, as JSON; its stderr if it failed.
-fn printed_json(out: std::process::Output) -> Value {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// What `tests/py/<script> args…` printed, as JSON.
-fn python_json(script: &str, args: &[&str]) -> Value {
-    let out = std::process::Command::new(support::python())
-        .arg(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/py")
-                .join(script),
-        )
-        .args(args)
-        .output()
-        .unwrap();
-    printed_json(out)
 }
 
 /// Traces of `millstream agent ask` reach a real MLflow server over OTLP/HTTP: one trace per
@@ -959,7 +945,7 @@ async fn agent_traces_reach_mlflow_as_agent_chat_and_tool_spans() {
     // The exporter flushed at exit; MLflow may take a moment to show the trace.
     let mut traces = Value::Null;
     for _ in 0..40 {
-        traces = python_json("mlflow_traces.py", &[&mlflow.uri, &experiment]);
+        traces = support::python_json("mlflow_traces.py", &[&mlflow.uri, &experiment]);
         if traces.as_array().is_some_and(|t| !t.is_empty()) {
             break;
         }
@@ -1034,7 +1020,7 @@ async fn agent_traces_reach_mlflow_as_agent_chat_and_tool_spans() {
     assert_eq!(logged["experiment_id"], experiment, "{summary:#}");
     assert_eq!(logged["traces_linked"], turns);
     let run_id = logged["run_id"].as_str().unwrap().to_string();
-    let run = python_json("mlflow_eval_run.py", &[&mlflow.uri, &run_id]);
+    let run = support::python_json("mlflow_eval_run.py", &[&mlflow.uri, &run_id]);
     assert_eq!(run["status"], "FINISHED");
     assert_eq!(run["tags"]["mlflow.runType"], "genai_evaluate");
     assert_eq!(run["params"]["cases"], "4");

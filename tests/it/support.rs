@@ -486,10 +486,11 @@ pub fn python() -> String {
     std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
-/// Runs the official Python MCP SDK client (`tests/py/mcp_client.py`) with `args`; its JSON
-/// report.
-pub fn mcp_client(args: &[&str]) -> serde_json::Value {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/mcp_client.py");
+/// Runs `tests/py/<script>` with `args`; what it printed, as JSON. Its stderr if it failed.
+pub fn python_json(script: &str, args: &[&str]) -> serde_json::Value {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/py")
+        .join(script);
     let out = std::process::Command::new(python())
         .arg(&script)
         .args(args)
@@ -497,12 +498,18 @@ pub fn mcp_client(args: &[&str]) -> serde_json::Value {
         .expect("run python3");
     assert!(
         out.status.success(),
-        "{} {args:?} failed (the Python MCP SDK comes with `pip install -r tests/requirements.txt`, \
-         or run scripts/test):\n{}",
+        "{} {args:?} failed (its Python packages come with `pip install -r \
+         tests/requirements.txt`, or run scripts/test):\n{}",
         script.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("the client prints JSON")
+    serde_json::from_slice(&out.stdout).expect("the script prints JSON")
+}
+
+/// Runs the official Python MCP SDK client (`tests/py/mcp_client.py`) with `args`; its JSON
+/// report.
+pub fn mcp_client(args: &[&str]) -> serde_json::Value {
+    python_json("mcp_client.py", args)
 }
 
 /// Requests a [`switching_proxy`] forwarded: (backend, status), in order.
