@@ -3,9 +3,9 @@
 //! offered as `<server>__<tool>` for each of them; unique names stay as they are. A server's
 //! `tools/list_changed` notification marks its list stale and it is read again before the
 //! model's next step after that (rmcp handles notifications on their own task, so a change
-//! announced during a call may show one step later). An expired HTTP session (404) is re-initialized by the transport and the
-//! call retried once (rmcp's `reinit_on_expired_session`); a broken connection is re-opened
-//! once.
+//! announced during a call may show one step later). An expired HTTP session (404) is
+//! re-initialized by the transport and the call retried once (rmcp's
+//! `reinit_on_expired_session`); a broken connection is re-opened once.
 //!
 //! Millstream is reached as the end user: over HTTP with the user's own bearer token, or
 //! in-process as the user's principal (the same handler, grants and audit as `/mcp`). Other

@@ -6,8 +6,8 @@
 //! announces a commit (`up`, [`crate::lakehouse::announce_commit`]), and otherwise asks each
 //! table for its latest version every `refresh` (100 ms by default); it loads only the new
 //! commits, so an answer sees a commit within about one refresh plus the time to load it
-//! (`tests/it/mcp.rs` holds it to 250 ms), or just the load time in the same process. Requests never wait on
-//! storage for table state: they read the snapshot the refresher last published.
+//! (`tests/it/mcp.rs` holds it to 250 ms), or just the load time in the same process. Requests
+//! never wait on storage for table state: they read the snapshot the refresher last published.
 //!
 //! Every answer says how fresh it is ([`AsOf`]): the versions it read, when they were committed,
 //! the event-time watermark they reached (from the Delta file statistics, not a scan) and how long

@@ -2,8 +2,9 @@
 //! (a real OpenAI-compatible HTTP server, so client and parsing costs count) and millstream's
 //! MCP server in-process, over a scratch lakehouse with the reference data. Each turn makes two
 //! tool calls (governed SQL), answers from their results and is remembered in
-//! `ops.conversations` (write-behind, as under `serve`), as a chat turn is. Reports turns/s and the agent's overhead per turn
-//! and per tool call excluding the model's time: orchestration, MCP, the queries, memory.
+//! `ops.conversations` (write-behind, as under `serve`), as a chat turn is. Reports turns/s and
+//! the agent's overhead per turn and per tool call excluding the model's time: orchestration,
+//! MCP, the queries, memory.
 
 use std::time::{Duration, Instant};
 
