@@ -31,6 +31,18 @@ pub struct Config {
     pub knowledge: KnowledgeConfig,
     pub agent: AgentConfig,
     pub tracing: TracingConfig,
+    pub console: ConsoleConfig,
+}
+
+/// `[console]`: the web console (see `web`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ConsoleConfig {
+    pub enabled: bool,
+    /// Signs session cookies; empty = a random key per process.
+    pub session_key: Secret,
+    pub session_hours: u64,
+    pub secure_cookie: bool,
+    pub live_interval_ms: u64,
 }
 
 /// `[tracing]`: where spans are exported (see `telemetry`).
@@ -301,6 +313,7 @@ impl Config {
         let knowledge = section::<KnowledgeConfig>(&mut table, "knowledge", problems);
         let agent = section::<AgentConfig>(&mut table, "agent", problems);
         let tracing = section::<TracingConfig>(&mut table, "tracing", problems);
+        let console = section::<ConsoleConfig>(&mut table, "console", problems);
         for unknown in table.keys() {
             problems.push(format!("unknown section [{unknown}]"));
         }
@@ -315,6 +328,7 @@ impl Config {
             knowledge: knowledge?,
             agent: agent?,
             tracing: tracing?,
+            console: console?,
         })
     }
 
@@ -341,6 +355,13 @@ impl Config {
                 || url::Url::parse(&self.tracing.otlp_endpoint)
                     .is_ok_and(|u| matches!(u.scheme(), "http" | "https")),
             "tracing.otlp_endpoint must be empty or an http:// or https:// URL",
+        );
+        let c = &self.console;
+        check(
+            (c.session_key.expose().is_empty() || c.session_key.expose().len() >= 32)
+                && (1..=24 * 30).contains(&c.session_hours)
+                && (50..=10_000).contains(&c.live_interval_ms),
+            "console: session_key must be empty or at least 32 characters, session_hours in 1..=720, live_interval_ms in 50..=10000",
         );
         let a = &self.agent;
         check(

@@ -19,7 +19,9 @@
 //! - [`mcp`]: the MCP server: tools, resources, prompts, actions over the live tables.
 //! - [`agent`]: the MCP-client orchestrator a language model drives for a user: tools of
 //!   several servers, confirmations, memory in Delta, a scripted model for tests.
-//! - [`serve`]: HTTP: `/mcp`, `/metrics`, `/healthz`, `/readyz`.
+//! - [`web`]: the console: both personas' pages, live over server-sent events, through an
+//!   in-process MCP client per principal.
+//! - [`serve`]: HTTP: `/mcp`, `/console`, `/agent/turn`, `/metrics`, `/healthz`, `/readyz`.
 //! - [`eval`]: signal quality against the simulator's ground truth.
 //! - [`supervise`]: one supervision tree per process; [`runtime`]: where work runs.
 //! - [`telemetry`]: logging and named internal events (metrics).
@@ -50,5 +52,6 @@ pub mod sim;
 pub mod source;
 pub mod supervise;
 pub mod telemetry;
+pub mod web;
 
 pub use error::{Error, Result};

@@ -303,6 +303,11 @@ impl Policies {
         self.principals.contains_key(principal)
     }
 
+    /// Every principal, in name order.
+    pub fn principals(&self) -> impl Iterator<Item = &str> {
+        self.principals.keys().map(String::as_str)
+    }
+
     /// What `principal` may do; an unknown principal is an error (never a default grant).
     pub fn access(&self, principal: &str) -> Result<Access> {
         let def = self.principals.get(principal).ok_or_else(|| {

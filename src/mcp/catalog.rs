@@ -125,6 +125,9 @@ pub struct LiveCatalog {
     current: Arc<RwLock<Arc<Snapshot>>>,
     /// The tables the refresher follows (one refresher at a time holds them).
     followed: Arc<tokio::sync::Mutex<BTreeMap<String, Followed>>>,
+    /// Counts published snapshots: whoever shows live data ([`LiveCatalog::published`]) wakes
+    /// when new versions are served instead of polling.
+    published: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl std::fmt::Debug for LiveCatalog {
@@ -181,6 +184,7 @@ impl LiveCatalog {
             options,
             current: Arc::new(RwLock::new(Arc::new(Snapshot::default()))),
             followed: Arc::default(),
+            published: Arc::new(tokio::sync::watch::Sender::new(0)),
         };
         catalog.refresh(&mut *catalog.followed.lock().await).await;
         Ok(catalog)
@@ -322,6 +326,13 @@ impl LiveCatalog {
             next.tables.insert(name, loaded);
         }
         *self.current.write().expect("poisoned") = Arc::new(next);
+        self.published.send_modify(|n| *n += 1);
+    }
+
+    /// Changes each time the server starts serving new table versions (after they are
+    /// published, so a reader woken by it sees them).
+    pub fn published(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.published.subscribe()
     }
 
     /// The version of `table` the server currently serves, if it exists.

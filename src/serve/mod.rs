@@ -45,13 +45,20 @@ pub struct Mcp {
     pub metrics_auth: bool,
     /// `/agent/turn`: the agent for the caller (it says when no model is configured).
     pub agent: agent::AgentEndpoint,
+    /// `/console` (`console.enabled`).
+    pub console: Option<crate::web::Console>,
 }
 
 impl Mcp {
     /// `/mcp` for `server` as the config's `[serve]` and `[auth]` say.
     pub fn from_config(server: Millstream, config: &crate::config::Config) -> Result<Mcp> {
+        let auth = Authenticator::new(&config.auth, server.policies())?;
         Ok(Mcp {
-            auth: Authenticator::new(&config.auth, server.policies())?,
+            console: config
+                .console
+                .enabled
+                .then(|| crate::web::Console::new(server.clone(), auth.clone(), config)),
+            auth,
             agent: agent::AgentEndpoint::new(&config.agent, server.clone()),
             server,
             allowed_hosts: config.serve.allowed_hosts.clone(),
@@ -86,12 +93,19 @@ pub fn router(mcp: Option<Mcp>, health: Health, cancel: CancellationToken) -> Ro
     let hosts = Arc::new(m.allowed_hosts.clone());
     let agent = Router::new()
         .route("/agent/turn", axum::routing::post(agent::turn))
-        .with_state(m.agent)
+        .with_state(m.agent.clone())
         .layer(middleware::from_fn_with_state(
             Arc::new(m.allowed_origins.clone()),
             require_allowed_origin,
         ));
     let policies = m.server.policies();
+    let console = m.console.map(|c| {
+        let chat = axum::routing::post(agent::turn).with_state(m.agent.clone());
+        crate::web::router(c, chat).layer(middleware::from_fn_with_state(
+            hosts.clone(),
+            require_allowed_host,
+        ))
+    });
     let service = crate::mcp::http_service(
         m.server,
         sessions.clone(),
@@ -99,8 +113,10 @@ pub fn router(mcp: Option<Mcp>, health: Health, cancel: CancellationToken) -> Ro
         m.allowed_origins,
         cancel,
     );
+    let console = console.unwrap_or_default();
     match m.auth {
         None => healthz
+            .merge(console)
             .merge(metrics)
             .nest_service("/mcp", service)
             .merge(agent.layer(middleware::from_fn_with_state(hosts, require_allowed_host))),
@@ -131,7 +147,7 @@ pub fn router(mcp: Option<Mcp>, health: Health, cancel: CancellationToken) -> Ro
             } else {
                 metrics
             };
-            healthz.merge(metrics).merge(
+            healthz.merge(console).merge(metrics).merge(
                 metadata
                     .merge(mcp)
                     .layer(middleware::from_fn_with_state(hosts, require_allowed_host)),

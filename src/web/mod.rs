@@ -1,0 +1,876 @@
+//! The web console at `/console`: the supply-chain manager's and the sales rep's pages, an
+//! operations page, live updates and the agent chat, served by the same axum app as `/mcp`.
+//!
+//! - Identity: the same as `/mcp`. Signing in presents a bearer token (a dev token or a JWT,
+//!   checked by the same [`crate::auth::Authenticator`]); with `auth.mode = "none"` (local use,
+//!   where every `/mcp` caller is already the server's principal) one picks a principal of the
+//!   policies. The session is a signed cookie with CSRF protection ([`session`]).
+//! - Data: every panel reads through an in-process MCP client as the signed-in principal
+//!   ([`data`]), so the console sees exactly what that principal's agent would, under the same
+//!   grants, row filters, masks and audit; a page a persona's tools cannot serve is not shown.
+//! - Pages are server-rendered (minijinja, templates under `web/templates`, embedded); htmx 4 and
+//!   uPlot are vendored under `web/assets` and embedded too: nothing is fetched or built at run
+//!   time.
+//! - Live: each page holds one server-sent-event stream (`/console/live/{page}`). When the
+//!   catalog serves new table versions (woken by the commit, not by polling in `up`), the panels
+//!   reading those tables are re-rendered and sent, at most every `console.live_interval_ms`.
+//!   Charts keep a fixed window of server-side buckets, so a page left open stays small.
+//! - Chat: `/console/chat` is the agent endpoint (`/agent/turn`, given by the HTTP server) for
+//!   the session's principal, which the session check hands on as [`crate::auth::Caller`].
+
+mod data;
+mod ops;
+pub mod pages;
+pub mod session;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Extension, Form, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::auth::{Authenticator, Policies};
+use crate::mcp::Millstream;
+use data::{CallError, Clients};
+use pages::{Page, View};
+use session::{Session, Sessions};
+
+/// What the console needs: the MCP server it reads through, how callers sign in, its sessions.
+#[derive(Clone)]
+pub struct Console {
+    clients: Clients,
+    policies: Arc<Policies>,
+    /// `None`: `auth.mode = "none"` (sign in by choosing a principal).
+    auth: Option<Authenticator>,
+    sessions: Sessions,
+    live_interval: Duration,
+    allowed_origins: Arc<Vec<String>>,
+}
+
+impl Console {
+    pub fn new(
+        server: Millstream,
+        auth: Option<Authenticator>,
+        config: &crate::config::Config,
+    ) -> Console {
+        let c = &config.console;
+        if c.session_key.expose().is_empty() {
+            tracing::info!(
+                "console.session_key is not set: console sessions are signed with a random key \
+                 (they end on restart, and replicas behind one address need a shared key)"
+            );
+        }
+        Console {
+            policies: server.policies(),
+            clients: Clients::new(server),
+            auth,
+            sessions: Sessions::new(
+                c.session_key.expose(),
+                Duration::from_secs(c.session_hours * 3600),
+                c.secure_cookie,
+            ),
+            live_interval: Duration::from_millis(c.live_interval_ms),
+            allowed_origins: Arc::new(config.serve.allowed_origins.clone()),
+        }
+    }
+}
+
+/// The signed-in caller of a console request.
+#[derive(Clone)]
+struct Signed {
+    session: Session,
+    access: Arc<crate::auth::Access>,
+}
+
+/// `/console` and everything under it; `chat` answers `POST /console/chat` for the signed-in
+/// caller (the request carries its [`crate::auth::Caller`]).
+pub fn router(console: Console, chat: axum::routing::MethodRouter<Console>) -> Router {
+    let signed_in = Router::new()
+        .route("/console", get(home))
+        .route("/console/{page}", get(page))
+        .route("/console/customers/{id}", get(customer))
+        .route("/console/customers/{id}/draft", get(draft))
+        .route("/console/fragment/{page}/{fragment}", get(fragment))
+        .route("/console/live/{page}", get(live))
+        .route("/console/orders", post(order))
+        .route("/console/chat", chat)
+        .route("/console/logout", post(logout))
+        .layer(middleware::from_fn_with_state(
+            console.clone(),
+            require_session,
+        ));
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/console") }))
+        .route("/console/login", get(login_form).post(login))
+        .route("/console/assets/{file}", get(asset))
+        .merge(signed_in)
+        .layer(middleware::from_fn(security_headers))
+        .with_state(console)
+}
+
+/// Headers every console response carries: scripts and styles from this origin only (the
+/// vendored files; no inline script), no framing, no sniffing, pages not cached.
+async fn security_headers(req: Request, next: Next) -> Response {
+    let is_asset = req.uri().path().starts_with("/console/assets/");
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+             img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; \
+             form-action 'self'; base-uri 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    if !is_asset {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    resp
+}
+
+/// Whether a browser request comes from this console's own origin: its `Origin` (or, without
+/// one, its `Referer`) names the `Host` it was sent to, or one of `serve.allowed_origins`.
+/// A request with neither header (not a browser's form or fetch) passes; CSRF tokens guard those.
+fn same_origin(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let origin = headers
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| {
+            let referer = headers.get(header::REFERER)?.to_str().ok()?;
+            let u = url::Url::parse(referer).ok()?;
+            Some(u.origin().ascii_serialization())
+        });
+    match origin {
+        None => true,
+        Some(o) => {
+            o == format!("http://{host}")
+                || o == format!("https://{host}")
+                || allowed.iter().any(|a| *a == o)
+        }
+    }
+}
+
+/// Finds the session of a request, or sends the browser to sign in (pages) or refuses (401,
+/// everything else). Requests that change something must carry the session's CSRF token and
+/// come from this origin.
+async fn require_session(State(c): State<Console>, mut req: Request, next: Next) -> Response {
+    let cookie = req
+        .headers()
+        .get(header::COOKIE)
+        .and_then(|v| v.to_str().ok());
+    let session = c.sessions.check(cookie);
+    let access = session
+        .as_ref()
+        .and_then(|s| c.policies.access(&s.principal).ok());
+    let (Some(session), Some(access)) = (session, access) else {
+        return if req.method() == Method::GET && !req.uri().path().starts_with("/console/live") {
+            Redirect::to("/console/login").into_response()
+        } else {
+            (
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized: sign in at /console/login",
+            )
+                .into_response()
+        };
+    };
+    if req.method() != Method::GET {
+        let token = req
+            .headers()
+            .get("x-csrf-token")
+            .and_then(|v| v.to_str().ok());
+        if !c.sessions.csrf_ok(&session, token) || !same_origin(req.headers(), &c.allowed_origins) {
+            return (
+                StatusCode::FORBIDDEN,
+                "Forbidden: missing or wrong CSRF token, or a foreign origin",
+            )
+                .into_response();
+        }
+    }
+    req.extensions_mut().insert(crate::auth::Caller {
+        principal: session.principal.clone(),
+    });
+    req.extensions_mut().insert(Signed {
+        session,
+        access: Arc::new(access),
+    });
+    next.run(req).await
+}
+
+/// The templates, parsed once.
+fn templates() -> &'static minijinja::Environment<'static> {
+    static ENV: OnceLock<minijinja::Environment<'static>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let mut env = minijinja::Environment::new();
+        for (name, source) in TEMPLATES {
+            env.add_template(name, source)
+                .unwrap_or_else(|e| panic!("template {name}: {e}"));
+        }
+        env
+    })
+}
+
+macro_rules! templates {
+    ($($name:literal),* $(,)?) => {
+        [$(($name, include_str!(concat!("../../web/templates/", $name)))),*]
+    };
+}
+
+const TEMPLATES: [(&str, &str); 25] = templates![
+    "base.html",
+    "macros.html",
+    "login.html",
+    "page.html",
+    "denied.html",
+    "frag_alerts.html",
+    "frag_warehouses.html",
+    "frag_shortages.html",
+    "frag_orders.html",
+    "frag_lanes.html",
+    "frag_maintenance.html",
+    "frag_anomalies.html",
+    "frag_sensors.html",
+    "frag_kpis.html",
+    "frag_heatmap.html",
+    "frag_churn.html",
+    "frag_customer_list.html",
+    "frag_profile.html",
+    "frag_tickets.html",
+    "frag_proposals.html",
+    "frag_pipeline.html",
+    "frag_table_versions.html",
+    "frag_dead_letters.html",
+    "frag_error.html",
+    "receipt.html",
+];
+
+fn render(name: &str, ctx: minijinja::Value) -> String {
+    templates()
+        .get_template(name)
+        .and_then(|t| t.render(ctx))
+        .unwrap_or_else(|e| {
+            tracing::error!(template = name, error = %e, "rendering a console template");
+            format!("<p class=\"error\">This panel could not be drawn ({name}).</p>")
+        })
+}
+
+/// A template value of anything serializable.
+fn v<T: serde::Serialize + ?Sized>(x: &T) -> minijinja::Value {
+    minijinja::Value::from(minijinja::value::Serde(x))
+}
+
+fn html(status: StatusCode, body: String) -> Response {
+    (status, Html(body)).into_response()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    machine: Option<String>,
+    q: Option<String>,
+    /// The catalog's publication count when the page was drawn ([`live`]).
+    since: Option<u64>,
+}
+
+/// The view `page` shows with `params`, if they are well formed.
+fn view(page: Page, params: &Params, customer: Option<String>) -> Result<View, Response> {
+    let bad =
+        |what: &str| Err((StatusCode::BAD_REQUEST, format!("Bad request: {what}")).into_response());
+    if params
+        .machine
+        .as_deref()
+        .is_some_and(|m| !pages::valid_id(m))
+    {
+        return bad("machine must be an id");
+    }
+    if customer.as_deref().is_some_and(|c| !pages::valid_id(c)) {
+        return bad("customer must be an id");
+    }
+    if params.q.as_deref().is_some_and(|q| q.chars().count() > 64) {
+        return bad("q is at most 64 characters");
+    }
+    Ok(View {
+        page,
+        machine: params.machine.clone(),
+        customer,
+        q: params.q.clone().filter(|q| !q.trim().is_empty()),
+    })
+}
+
+/// Panel `fragment` of `view`, rendered for the signed-in caller (or the reason it cannot be).
+async fn render_fragment(c: &Console, signed: &Signed, view: &View, fragment: &str) -> String {
+    let ctx = pages::load(&c.clients, &signed.access.principal, view, fragment).await;
+    let template = format!("frag_{fragment}.html");
+    match ctx {
+        Ok(d) => render(
+            &template,
+            minijinja::context! { d => v(&d), view => v(view), csrf => c.sessions.csrf(&signed.session) },
+        ),
+        Err(e) => {
+            if matches!(e, CallError::Unreachable(_)) {
+                tracing::warn!(panel = fragment, error = %e, "console panel");
+            }
+            render(
+                "frag_error.html",
+                minijinja::context! { id => fragment, error => e.to_string() },
+            )
+        }
+    }
+}
+
+/// The navigation the caller may use.
+fn nav(access: &crate::auth::Access) -> Vec<Value> {
+    pages::NAV
+        .iter()
+        .filter(|p| p.allowed(access))
+        .map(|p| json!({"name": p.name(), "title": p.title(), "href": format!("/console/{}", p.name())}))
+        .collect()
+}
+
+fn chrome(c: &Console, signed: &Signed) -> minijinja::Value {
+    minijinja::context! {
+        principal => signed.access.principal.clone(),
+        persona => signed.access.persona.clone(),
+        nav => v(&nav(&signed.access)),
+        csrf => c.sessions.csrf(&signed.session),
+    }
+}
+
+/// A whole page: every panel rendered at once, and the live stream that keeps them current.
+async fn show(c: &Console, signed: &Signed, view: View) -> Response {
+    if !view.page.allowed(&signed.access) {
+        return html(
+            StatusCode::FORBIDDEN,
+            render(
+                "denied.html",
+                minijinja::context! { title => view.page.title(), ..chrome(c, signed) },
+            ),
+        );
+    }
+    let since = *c.clients.server().catalog.published().borrow();
+    let rendered = futures::future::join_all(
+        view.page
+            .fragments()
+            .iter()
+            .map(|f| async { (f.id, render_fragment(c, signed, &view, f.id).await) }),
+    )
+    .await;
+    let fragments: HashMap<&str, String> = rendered.into_iter().collect();
+    let mut live = format!("/console/live/{}?since={since}", view.page.name());
+    if let Some(m) = &view.machine {
+        live.push_str(&format!("&machine={m}"));
+    }
+    if let Some(q) = &view.q {
+        live.push_str(&format!(
+            "&q={}",
+            url::form_urlencoded::byte_serialize(q.as_bytes()).collect::<String>()
+        ));
+    }
+    if let Some(id) = &view.customer {
+        live = format!("/console/live/customer?since={since}&customer={id}");
+    }
+    html(
+        StatusCode::OK,
+        render(
+            "page.html",
+            minijinja::context! {
+                title => view.page.title(),
+                page => view.page.name(),
+                view => v(&view),
+                fragments => fragments,
+                live => live,
+                ..chrome(c, signed)
+            },
+        ),
+    )
+}
+
+async fn home(Extension(signed): Extension<Signed>) -> Response {
+    match pages::NAV.iter().find(|p| p.allowed(&signed.access)) {
+        Some(p) => Redirect::to(&format!("/console/{}", p.name())).into_response(),
+        None => (
+            StatusCode::FORBIDDEN,
+            "Forbidden: your persona has no console pages",
+        )
+            .into_response(),
+    }
+}
+
+async fn page(
+    State(c): State<Console>,
+    Extension(signed): Extension<Signed>,
+    Path(name): Path<String>,
+    params: Result<Query<Params>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Some(page) = Page::from_name(&name).filter(|p| *p != Page::Customer) else {
+        return (StatusCode::NOT_FOUND, "Not found").into_response();
+    };
+    let Ok(Query(params)) = params else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "Bad request: unknown or malformed parameters",
+        )
+            .into_response();
+    };
+    match view(page, &params, None) {
+        Ok(v) => show(&c, &signed, v).await,
+        Err(r) => r,
+    }
+}
+
+async fn customer(
+    State(c): State<Console>,
+    Extension(signed): Extension<Signed>,
+    Path(id): Path<String>,
+) -> Response {
+    match view(Page::Customer, &Params::default(), Some(id)) {
+        Ok(v) => show(&c, &signed, v).await,
+        Err(r) => r,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FragmentParams {
+    machine: Option<String>,
+    q: Option<String>,
+    customer: Option<String>,
+}
+
+/// One panel (for the page's own controls: a machine picked, a name searched).
+async fn fragment(
+    State(c): State<Console>,
+    Extension(signed): Extension<Signed>,
+    Path((name, fragment)): Path<(String, String)>,
+    params: Result<Query<FragmentParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Some(page) = Page::from_name(&name) else {
+        return (StatusCode::NOT_FOUND, "Not found").into_response();
+    };
+    let Ok(Query(p)) = params else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "Bad request: unknown or malformed parameters",
+        )
+            .into_response();
+    };
+    if !page.allowed(&signed.access) {
+        return (
+            StatusCode::FORBIDDEN,
+            "Forbidden: not a page of your persona",
+        )
+            .into_response();
+    }
+    let Some(f) = page.fragments().iter().find(|f| f.id == fragment) else {
+        return (StatusCode::NOT_FOUND, "Not found").into_response();
+    };
+    let params = Params {
+        machine: p.machine,
+        q: p.q,
+        since: None,
+    };
+    match view(page, &params, p.customer) {
+        Ok(v) => html(StatusCode::OK, render_fragment(&c, &signed, &v, f.id).await),
+        Err(r) => r,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LiveParams {
+    since: Option<u64>,
+    machine: Option<String>,
+    q: Option<String>,
+    customer: Option<String>,
+}
+
+/// The page's live stream: after each new publication of the catalog, the panels whose tables
+/// have new versions are rendered again and sent when they changed, as `<hx-partial>` swaps.
+async fn live(
+    State(c): State<Console>,
+    Extension(signed): Extension<Signed>,
+    Path(name): Path<String>,
+    params: Result<Query<LiveParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Some(page) = Page::from_name(&name) else {
+        return (StatusCode::NOT_FOUND, "Not found").into_response();
+    };
+    let Ok(Query(p)) = params else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "Bad request: unknown or malformed parameters",
+        )
+            .into_response();
+    };
+    if !page.allowed(&signed.access) {
+        return (
+            StatusCode::FORBIDDEN,
+            "Forbidden: not a page of your persona",
+        )
+            .into_response();
+    }
+    let params = Params {
+        machine: p.machine,
+        q: p.q,
+        since: p.since,
+    };
+    let view = match view(page, &params, p.customer) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(4);
+    tokio::spawn(follow(c, signed, view, params.since, tx));
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+/// Sends `view`'s changed panels to `tx` until the browser goes away or the session expires.
+async fn follow(
+    c: Console,
+    signed: Signed,
+    view: View,
+    since: Option<u64>,
+    tx: tokio::sync::mpsc::Sender<Event>,
+) {
+    let catalog = c.clients.server().catalog.clone();
+    let mut published = catalog.published();
+    let versions = |tables: &[&str]| -> Vec<Option<i64>> {
+        tables.iter().map(|t| catalog.version(t)).collect()
+    };
+    // What the page was drawn from: if the catalog moved on since, everything is re-checked.
+    let drawn_current = since == Some(*published.borrow_and_update());
+    let mut seen: HashMap<&str, Vec<Option<i64>>> = view
+        .page
+        .fragments()
+        .iter()
+        .filter(|_| drawn_current)
+        .map(|f| (f.id, versions(f.tables)))
+        .collect();
+    let mut sent: HashMap<&str, u64> = HashMap::new();
+    let mut first = !drawn_current;
+    loop {
+        if !first {
+            tokio::select! {
+                changed = published.changed() => if changed.is_err() { return },
+                _ = tx.closed() => return,
+            }
+        }
+        first = false;
+        let expires = Duration::from_secs(
+            signed
+                .session
+                .expires
+                .saturating_sub(chrono::Utc::now().timestamp().max(0) as u64),
+        );
+        if expires.is_zero() {
+            return;
+        }
+        for f in view.page.fragments() {
+            let now = versions(f.tables);
+            // A panel of no table (the operations figures) follows every publication.
+            if !f.tables.is_empty() && seen.get(f.id) == Some(&now) {
+                continue;
+            }
+            seen.insert(f.id, now);
+            let body = render_fragment(&c, &signed, &view, f.id).await;
+            let digest = crate::model::stable_hash(&[&body]);
+            if sent.insert(f.id, digest) == Some(digest) {
+                continue;
+            }
+            let partial = format!(
+                "<hx-partial hx-target=\"#{}\" hx-swap=\"outerHTML\">{body}</hx-partial>",
+                f.id
+            );
+            if tx.send(Event::default().data(partial)).await.is_err() {
+                return;
+            }
+        }
+        // At most one round per interval: many commits a second cost one render.
+        tokio::select! {
+            _ = tokio::time::sleep(c.live_interval) => {}
+            _ = tx.closed() => return,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrderForm {
+    part_id: String,
+    warehouse_id: String,
+    quantity: String,
+    priority: String,
+    idempotency_key: String,
+}
+
+/// An order from a shortage row, through `create_order` as the caller (its checks, its
+/// idempotency: the row's key makes a double click one order).
+async fn order(
+    State(c): State<Console>,
+    Extension(signed): Extension<Signed>,
+    form: Result<Form<OrderForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let Ok(Form(f)) = form else {
+        return html(
+            StatusCode::BAD_REQUEST,
+            render(
+                "receipt.html",
+                minijinja::context! { error => "the order form is incomplete" },
+            ),
+        );
+    };
+    let Ok(quantity) = f.quantity.trim().parse::<i64>() else {
+        return html(
+            StatusCode::OK,
+            render(
+                "receipt.html",
+                minijinja::context! { error => "quantity must be a whole number" },
+            ),
+        );
+    };
+    let args = json!({
+        "part_id": f.part_id, "warehouse_id": f.warehouse_id, "quantity": quantity,
+        "priority": f.priority, "idempotency_key": f.idempotency_key,
+    });
+    match c
+        .clients
+        .call(&signed.access.principal, "create_order", args)
+        .await
+    {
+        Ok(receipt) => html(
+            StatusCode::OK,
+            render("receipt.html", minijinja::context! { r => v(&receipt) }),
+        ),
+        Err(e) => html(
+            StatusCode::OK,
+            render(
+                "receipt.html",
+                minijinja::context! { error => e.to_string() },
+            ),
+        ),
+    }
+}
+
+/// A proposal draft for a customer: its profile and purchases, its churn drivers, and the
+/// closest past proposals (knowledge search), or why those are not available.
+async fn draft(
+    State(c): State<Console>,
+    Extension(signed): Extension<Signed>,
+    Path(id): Path<String>,
+) -> Response {
+    let view = match view(Page::Customer, &Params::default(), Some(id)) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if !view.page.allowed(&signed.access) {
+        return (
+            StatusCode::FORBIDDEN,
+            "Forbidden: not a page of your persona",
+        )
+            .into_response();
+    }
+    let p = &signed.access.principal;
+    let (profile, proposals) = futures::join!(
+        pages::load(&c.clients, p, &view, "profile"),
+        pages::load(&c.clients, p, &view, "proposals"),
+    );
+    let body = match profile {
+        Ok(profile) => render(
+            "frag_proposals.html",
+            minijinja::context! {
+                d => v(&proposals.unwrap_or_else(|e| json!({"available": false, "why": e.to_string()}))),
+                profile => v(&profile),
+                draft => true,
+                view => v(&view),
+            },
+        ),
+        Err(e) => render(
+            "frag_error.html",
+            minijinja::context! { id => "proposals", error => e.to_string() },
+        ),
+    };
+    html(StatusCode::OK, body)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginForm {
+    token: Option<String>,
+    principal: Option<String>,
+}
+
+fn login_page(c: &Console, status: StatusCode, error: Option<String>) -> Response {
+    let principals: Vec<Value> = if c.auth.is_none() {
+        c.policies
+            .principals()
+            .filter_map(|p| {
+                let a = c.policies.access(p).ok()?;
+                Some(json!({"principal": p, "persona": a.persona}))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    html(
+        status,
+        render(
+            "login.html",
+            minijinja::context! { token_mode => c.auth.is_some(), principals => v(&principals), error => error },
+        ),
+    )
+}
+
+async fn login_form(State(c): State<Console>) -> Response {
+    login_page(&c, StatusCode::OK, None)
+}
+
+/// Signs in: a bearer token (checked as `/mcp` checks it) or, with `auth.mode = "none"`, a
+/// principal of the policies. Only from this console's own origin (no login CSRF).
+async fn login(
+    State(c): State<Console>,
+    headers: HeaderMap,
+    form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    if !same_origin(&headers, &c.allowed_origins) {
+        return (
+            StatusCode::FORBIDDEN,
+            "Forbidden: sign in from the console's own page",
+        )
+            .into_response();
+    }
+    let Ok(Form(f)) = form else {
+        return login_page(
+            &c,
+            StatusCode::BAD_REQUEST,
+            Some("The sign-in form was incomplete.".into()),
+        );
+    };
+    let principal = match (&c.auth, f.token, f.principal) {
+        (Some(auth), Some(token), _) if !token.trim().is_empty() => {
+            match auth
+                .authenticate(Some(&format!("Bearer {}", token.trim())))
+                .await
+            {
+                Ok(caller) => caller.principal,
+                Err(_) => {
+                    tracing::info!("console sign-in refused: the token was not accepted");
+                    return login_page(
+                        &c,
+                        StatusCode::UNAUTHORIZED,
+                        Some("That token was not accepted.".into()),
+                    );
+                }
+            }
+        }
+        (None, _, Some(p)) if c.policies.knows(&p) => p,
+        _ => {
+            return login_page(
+                &c,
+                StatusCode::BAD_REQUEST,
+                Some("Give a token (or choose a principal).".into()),
+            );
+        }
+    };
+    if c.policies.access(&principal).is_err() {
+        return login_page(
+            &c,
+            StatusCode::FORBIDDEN,
+            Some("This principal has no access.".into()),
+        );
+    }
+    let (_, cookie) = c.sessions.start(&principal);
+    tracing::info!(principal = %principal, "console sign-in");
+    let mut resp = Redirect::to("/console").into_response();
+    *resp.status_mut() = StatusCode::SEE_OTHER;
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+async fn logout(State(c): State<Console>, Extension(signed): Extension<Signed>) -> Response {
+    let cookie = c.sessions.end(&signed.session);
+    let mut resp = (
+        StatusCode::OK,
+        [("hx-redirect", "/console/login")],
+        "signed out",
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+/// The vendored scripts and styles, embedded.
+const ASSETS: [(&str, &str, &[u8]); 6] = [
+    (
+        "htmx.min.js",
+        "text/javascript",
+        include_bytes!("../../web/assets/htmx.min.js"),
+    ),
+    (
+        "hx-sse.min.js",
+        "text/javascript",
+        include_bytes!("../../web/assets/hx-sse.min.js"),
+    ),
+    (
+        "uPlot.iife.min.js",
+        "text/javascript",
+        include_bytes!("../../web/assets/uPlot.iife.min.js"),
+    ),
+    (
+        "uPlot.min.css",
+        "text/css",
+        include_bytes!("../../web/assets/uPlot.min.css"),
+    ),
+    (
+        "console.js",
+        "text/javascript",
+        include_bytes!("../../web/assets/console.js"),
+    ),
+    (
+        "console.css",
+        "text/css",
+        include_bytes!("../../web/assets/console.css"),
+    ),
+];
+
+async fn asset(Path(file): Path<String>) -> Response {
+    match ASSETS.iter().find(|(name, _, _)| *name == file) {
+        Some((_, mime, body)) => (
+            [
+                (header::CONTENT_TYPE, *mime),
+                (header::CACHE_CONTROL, "public, max-age=3600"),
+            ],
+            *body,
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "Not found").into_response(),
+    }
+}

@@ -1,0 +1,237 @@
+//! Console sessions: who a browser is signed in as, in a signed cookie, and the CSRF token its
+//! actions must carry.
+//!
+//! The cookie holds the principal, an expiry and a random nonce, signed with HMAC-SHA256 under
+//! `console.session_key`: any replica holding the key can check it, none has to remember it.
+//! It is `HttpOnly` (scripts cannot read it), `SameSite=Strict` (other sites' pages do not send
+//! it) and `Secure` (unless `console.secure_cookie = false`), scoped to `/console`.
+//!
+//! CSRF: every request that changes something (`POST`) must carry `X-CSRF-Token`, an HMAC of
+//! the session's nonce that the page received in a `<meta>` tag, and a same-origin `Origin`
+//! when the browser sends one. Signing in, which has no session yet, checks the `Origin`.
+//! Signing out forgets the nonce on this replica until the cookie would have expired.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::hmac;
+
+/// The session cookie's name.
+pub const COOKIE: &str = "millstream_console";
+
+/// Signs and checks session cookies and CSRF tokens.
+#[derive(Clone)]
+pub struct Sessions {
+    key: Arc<hmac::Key>,
+    lifetime: Duration,
+    secure: bool,
+    /// Nonces of sessions signed out here, with the time their cookie expires.
+    ended: Arc<Mutex<HashMap<String, u64>>>,
+}
+
+/// A checked session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub principal: String,
+    nonce: String,
+    pub expires: u64,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+impl Sessions {
+    /// Sessions signed with `secret` (a random key when empty), lasting `lifetime`.
+    pub fn new(secret: &str, lifetime: Duration, secure: bool) -> Sessions {
+        let key = if secret.is_empty() {
+            let mut random = [0u8; 32];
+            aws_lc_rs::rand::fill(&mut random).expect("system randomness");
+            hmac::Key::new(hmac::HMAC_SHA256, &random)
+        } else {
+            hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes())
+        };
+        Sessions {
+            key: Arc::new(key),
+            lifetime,
+            secure,
+            ended: Arc::default(),
+        }
+    }
+
+    fn sign(&self, parts: &str) -> String {
+        hex(hmac::sign(&self.key, parts.as_bytes()).as_ref())
+    }
+
+    /// A new session for `principal`: the `Set-Cookie` value.
+    pub fn start(&self, principal: &str) -> (Session, String) {
+        let mut nonce = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut nonce).expect("system randomness");
+        let session = Session {
+            principal: principal.to_string(),
+            nonce: hex(&nonce),
+            expires: now() + self.lifetime.as_secs(),
+        };
+        let body = format!(
+            "{}.{}.{}",
+            hex(principal.as_bytes()),
+            session.expires,
+            session.nonce
+        );
+        let value = format!("{body}.{}", self.sign(&format!("session|{body}")));
+        let cookie = self.cookie(&value, self.lifetime.as_secs());
+        (session, cookie)
+    }
+
+    fn cookie(&self, value: &str, max_age: u64) -> String {
+        let secure = if self.secure { "; Secure" } else { "" };
+        format!(
+            "{COOKIE}={value}; Path=/console; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}"
+        )
+    }
+
+    /// The `Set-Cookie` value that ends `session` in the browser (and here, at once).
+    pub fn end(&self, session: &Session) -> String {
+        let mut ended = self.ended.lock().expect("poisoned");
+        let t = now();
+        ended.retain(|_, expires| *expires > t);
+        ended.insert(session.nonce.clone(), session.expires);
+        self.cookie("", 0)
+    }
+
+    /// The session a `Cookie` header carries, if it is one this key signed, unexpired and not
+    /// signed out.
+    pub fn check(&self, cookie_header: Option<&str>) -> Option<Session> {
+        let value = cookie_header?
+            .split(';')
+            .filter_map(|c| c.trim().split_once('='))
+            .find(|(name, _)| *name == COOKIE)
+            .map(|(_, v)| v)?;
+        let (body, signature) = value.rsplit_once('.')?;
+        hmac::verify(
+            &self.key,
+            format!("session|{body}").as_bytes(),
+            &unhex(signature)?,
+        )
+        .ok()?;
+        let mut parts = body.split('.');
+        let principal = String::from_utf8(unhex(parts.next()?)?).ok()?;
+        let expires: u64 = parts.next()?.parse().ok()?;
+        let nonce = parts.next()?.to_string();
+        if parts.next().is_some() || expires <= now() {
+            return None;
+        }
+        if self.ended.lock().expect("poisoned").contains_key(&nonce) {
+            return None;
+        }
+        Some(Session {
+            principal,
+            nonce,
+            expires,
+        })
+    }
+
+    /// The CSRF token of `session` (what its pages send back on actions).
+    pub fn csrf(&self, session: &Session) -> String {
+        self.sign(&format!("csrf|{}", session.nonce))
+    }
+
+    /// Whether `presented` is `session`'s CSRF token (compared in constant time).
+    pub fn csrf_ok(&self, session: &Session, presented: Option<&str>) -> bool {
+        let Some(presented) = presented.and_then(unhex) else {
+            return false;
+        };
+        hmac::verify(
+            &self.key,
+            format!("csrf|{}", session.nonce).as_bytes(),
+            &presented,
+        )
+        .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sessions() -> Sessions {
+        Sessions::new("", Duration::from_secs(3600), true)
+    }
+
+    fn cookie_value(set_cookie: &str) -> String {
+        set_cookie.split(';').next().unwrap().to_string()
+    }
+
+    #[test]
+    fn a_signed_session_round_trips_and_a_tampered_one_does_not() {
+        let s = sessions();
+        let (session, set) = s.start("maria@emea");
+        assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict"));
+        assert!(set.contains("Secure") && set.contains("Path=/console"));
+        let cookie = cookie_value(&set);
+        assert_eq!(
+            s.check(Some(&format!("a=b; {cookie}"))),
+            Some(session.clone())
+        );
+        // Another principal under the same signature.
+        let forged = cookie.replacen(
+            &hex("maria@emea".as_bytes()),
+            &hex("local-dev".as_bytes()),
+            1,
+        );
+        assert_eq!(s.check(Some(&forged)), None);
+        // A longer expiry under the same signature.
+        let later = cookie.replacen(
+            &session.expires.to_string(),
+            &(session.expires + 1000).to_string(),
+            1,
+        );
+        assert_eq!(s.check(Some(&later)), None);
+        // Another key (another deployment, or a restart with a random key).
+        assert_eq!(sessions().check(Some(&cookie)), None);
+        assert_eq!(s.check(None), None);
+        assert_eq!(s.check(Some("millstream_console=garbage")), None);
+    }
+
+    #[test]
+    fn csrf_tokens_belong_to_one_session() {
+        let s = sessions();
+        let (a, _) = s.start("maria@emea");
+        let (b, _) = s.start("maria@emea");
+        let token = s.csrf(&a);
+        assert!(s.csrf_ok(&a, Some(&token)));
+        assert!(!s.csrf_ok(&b, Some(&token)));
+        assert!(!s.csrf_ok(&a, None));
+        assert!(!s.csrf_ok(&a, Some("00")));
+    }
+
+    #[test]
+    fn a_signed_out_session_is_refused_and_an_expired_one_too() {
+        let s = sessions();
+        let (session, set) = s.start("alice@emea");
+        let cookie = cookie_value(&set);
+        let cleared = s.end(&session);
+        assert!(cleared.contains("Max-Age=0"));
+        assert_eq!(s.check(Some(&cookie)), None);
+        let short = Sessions::new("", Duration::from_secs(0), true);
+        let (_, set) = short.start("alice@emea");
+        assert_eq!(short.check(Some(&cookie_value(&set))), None);
+    }
+}
