@@ -68,6 +68,9 @@ pub async fn run(mut config: Config, args: ServeArgs) -> anyhow::Result<()> {
     };
     println!("millstream serve");
     println!("  mcp       : http://{addr}/mcp");
+    if config.console.enabled {
+        println!("  console   : http://{addr}/console");
+    }
     println!("  metrics   : http://{addr}/metrics");
     println!("  health    : http://{addr}/healthz, http://{addr}/readyz");
     println!("  lakehouse : {}", lake.root().display());

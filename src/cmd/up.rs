@@ -181,6 +181,9 @@ async fn start(
     );
     println!("  lakehouse       : {}", lake.root().display());
     println!("  mcp             : http://{addr}/mcp (streamable HTTP)");
+    if config.console.enabled {
+        println!("  console         : http://{addr}/console");
+    }
     println!("  metrics         : http://{addr}/metrics");
     println!("  health          : http://{addr}/healthz, http://{addr}/readyz");
     println!(

@@ -14,6 +14,8 @@ use serde_json::Value;
 use crate::mcp::Millstream;
 
 type Client = RunningService<RoleClient, ()>;
+/// Each principal's client, connected once by whichever request needs it first.
+type ByPrincipal = HashMap<String, Arc<tokio::sync::OnceCell<Arc<Client>>>>;
 
 /// Why a call gave no answer: the tool refused it (a message for the user, e.g. a bad
 /// quantity or a tool the persona lacks), or the server could not be reached.
@@ -30,7 +32,7 @@ pub enum CallError {
 #[derive(Clone)]
 pub struct Clients {
     server: Millstream,
-    clients: Arc<Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<Client>>>>>>,
+    clients: Arc<Mutex<ByPrincipal>>,
 }
 
 impl Clients {

@@ -165,9 +165,7 @@ fn same_origin(headers: &HeaderMap, allowed: &[String]) -> bool {
     match origin {
         None => true,
         Some(o) => {
-            o == format!("http://{host}")
-                || o == format!("https://{host}")
-                || allowed.iter().any(|a| *a == o)
+            o == format!("http://{host}") || o == format!("https://{host}") || allowed.contains(&o)
         }
     }
 }
@@ -293,22 +291,20 @@ struct Params {
     since: Option<u64>,
 }
 
-/// The view `page` shows with `params`, if they are well formed.
-fn view(page: Page, params: &Params, customer: Option<String>) -> Result<View, Response> {
-    let bad =
-        |what: &str| Err((StatusCode::BAD_REQUEST, format!("Bad request: {what}")).into_response());
+/// The view `page` shows with `params`, or why they are malformed.
+fn view(page: Page, params: &Params, customer: Option<String>) -> Result<View, &'static str> {
     if params
         .machine
         .as_deref()
         .is_some_and(|m| !pages::valid_id(m))
     {
-        return bad("machine must be an id");
+        return Err("machine must be an id");
     }
     if customer.as_deref().is_some_and(|c| !pages::valid_id(c)) {
-        return bad("customer must be an id");
+        return Err("customer must be an id");
     }
     if params.q.as_deref().is_some_and(|q| q.chars().count() > 64) {
-        return bad("q is at most 64 characters");
+        return Err("q is at most 64 characters");
     }
     Ok(View {
         page,
@@ -316,6 +312,10 @@ fn view(page: Page, params: &Params, customer: Option<String>) -> Result<View, R
         customer,
         q: params.q.clone().filter(|q| !q.trim().is_empty()),
     })
+}
+
+fn bad_request(why: &str) -> Response {
+    (StatusCode::BAD_REQUEST, format!("Bad request: {why}")).into_response()
 }
 
 /// Panel `fragment` of `view`, rendered for the signed-in caller (or the reason it cannot be).
@@ -435,7 +435,7 @@ async fn page(
     };
     match view(page, &params, None) {
         Ok(v) => show(&c, &signed, v).await,
-        Err(r) => r,
+        Err(why) => bad_request(why),
     }
 }
 
@@ -446,7 +446,7 @@ async fn customer(
 ) -> Response {
     match view(Page::Customer, &Params::default(), Some(id)) {
         Ok(v) => show(&c, &signed, v).await,
-        Err(r) => r,
+        Err(why) => bad_request(why),
     }
 }
 
@@ -492,7 +492,7 @@ async fn fragment(
     };
     match view(page, &params, p.customer) {
         Ok(v) => html(StatusCode::OK, render_fragment(&c, &signed, &v, f.id).await),
-        Err(r) => r,
+        Err(why) => bad_request(why),
     }
 }
 
@@ -537,7 +537,7 @@ async fn live(
     };
     let view = match view(page, &params, p.customer) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(why) => return bad_request(why),
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(4);
     tokio::spawn(follow(c, signed, view, params.since, tx));
@@ -685,7 +685,7 @@ async fn draft(
 ) -> Response {
     let view = match view(Page::Customer, &Params::default(), Some(id)) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(why) => return bad_request(why),
     };
     if !view.page.allowed(&signed.access) {
         return (

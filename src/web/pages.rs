@@ -345,12 +345,23 @@ pub async fn load(
         "sensors" => {
             let machine = match &view.machine {
                 Some(m) => m.clone(),
+                // The machine of the newest maintenance alert, else of the latest anomaly.
                 None => {
                     let a = c.call(p, "maintenance_alerts", json!({"limit": 1})).await?;
-                    match a["alerts"][0]["machine_id"].as_str() {
+                    let b = match a["alerts"][0]["machine_id"].as_str() {
+                        Some(_) => a,
+                        None => {
+                            c.call(p, "list_anomalies", json!({"hours": 24, "limit": 1}))
+                                .await?
+                        }
+                    };
+                    let found = b["alerts"][0]["machine_id"]
+                        .as_str()
+                        .or(b["anomalies"][0]["machine_id"].as_str());
+                    match found {
                         Some(m) => m.to_string(),
                         None => {
-                            return Ok(json!({"machine": null, "series": [], "as_of": a["as_of"]}));
+                            return Ok(json!({"machine": null, "series": [], "as_of": b["as_of"]}));
                         }
                     }
                 }

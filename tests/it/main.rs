@@ -8,6 +8,7 @@ mod agent;
 mod alerts_out;
 mod auth;
 mod cdf;
+mod console;
 mod crash;
 mod exactly_once;
 mod golden;

@@ -47,7 +47,7 @@
         width: width(fig),
         height: 180,
         series,
-        axes: [{}, { size: 60 }],
+        axes: [{}, { size: 80 }],
         legend: { show: true },
       };
       const plot = new uPlot(opts, band ? s.data : s.data.slice(0, 2), fig);
