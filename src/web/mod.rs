@@ -287,8 +287,6 @@ fn html(status: StatusCode, body: String) -> Response {
 struct Params {
     machine: Option<String>,
     q: Option<String>,
-    /// The catalog's publication count when the page was drawn ([`live`]).
-    since: Option<u64>,
 }
 
 /// The view `page` shows with `params`, or why they are malformed.
@@ -450,12 +448,44 @@ async fn customer(
     }
 }
 
+/// The parameters of a panel or live-stream request.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FragmentParams {
+struct PanelParams {
+    /// The catalog's publication count when the page was drawn ([`live`]).
+    since: Option<u64>,
     machine: Option<String>,
     q: Option<String>,
     customer: Option<String>,
+}
+
+/// The view a panel or live-stream request names, if the page exists, the caller's persona has
+/// it and the parameters are well formed; else the refusal.
+fn panel_view(
+    signed: &Signed,
+    name: &str,
+    params: Result<Query<PanelParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<(View, Option<u64>), (StatusCode, &'static str)> {
+    let page = Page::from_name(name).ok_or((StatusCode::NOT_FOUND, "Not found"))?;
+    let Ok(Query(p)) = params else {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "Bad request: unknown or malformed parameters",
+        ));
+    };
+    if !page.allowed(&signed.access) {
+        return Err((
+            StatusCode::FORBIDDEN,
+            "Forbidden: not a page of your persona",
+        ));
+    }
+    let params = Params {
+        machine: p.machine,
+        q: p.q,
+    };
+    view(page, &params, p.customer)
+        .map(|v| (v, p.since))
+        .map_err(|why| (StatusCode::BAD_REQUEST, why))
 }
 
 /// One panel (for the page's own controls: a machine picked, a name searched).
@@ -463,46 +493,19 @@ async fn fragment(
     State(c): State<Console>,
     Extension(signed): Extension<Signed>,
     Path((name, fragment)): Path<(String, String)>,
-    params: Result<Query<FragmentParams>, axum::extract::rejection::QueryRejection>,
+    params: Result<Query<PanelParams>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let Some(page) = Page::from_name(&name) else {
-        return (StatusCode::NOT_FOUND, "Not found").into_response();
+    let view = match panel_view(&signed, &name, params) {
+        Ok((v, _)) => v,
+        Err(refusal) => return refusal.into_response(),
     };
-    let Ok(Query(p)) = params else {
-        return (
-            StatusCode::BAD_REQUEST,
-            "Bad request: unknown or malformed parameters",
-        )
-            .into_response();
-    };
-    if !page.allowed(&signed.access) {
-        return (
-            StatusCode::FORBIDDEN,
-            "Forbidden: not a page of your persona",
-        )
-            .into_response();
+    match view.page.fragments().iter().find(|f| f.id == fragment) {
+        Some(f) => html(
+            StatusCode::OK,
+            render_fragment(&c, &signed, &view, f.id).await,
+        ),
+        None => (StatusCode::NOT_FOUND, "Not found").into_response(),
     }
-    let Some(f) = page.fragments().iter().find(|f| f.id == fragment) else {
-        return (StatusCode::NOT_FOUND, "Not found").into_response();
-    };
-    let params = Params {
-        machine: p.machine,
-        q: p.q,
-        since: None,
-    };
-    match view(page, &params, p.customer) {
-        Ok(v) => html(StatusCode::OK, render_fragment(&c, &signed, &v, f.id).await),
-        Err(why) => bad_request(why),
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LiveParams {
-    since: Option<u64>,
-    machine: Option<String>,
-    q: Option<String>,
-    customer: Option<String>,
 }
 
 /// The page's live stream: after each new publication of the catalog, the panels whose tables
@@ -511,36 +514,14 @@ async fn live(
     State(c): State<Console>,
     Extension(signed): Extension<Signed>,
     Path(name): Path<String>,
-    params: Result<Query<LiveParams>, axum::extract::rejection::QueryRejection>,
+    params: Result<Query<PanelParams>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let Some(page) = Page::from_name(&name) else {
-        return (StatusCode::NOT_FOUND, "Not found").into_response();
-    };
-    let Ok(Query(p)) = params else {
-        return (
-            StatusCode::BAD_REQUEST,
-            "Bad request: unknown or malformed parameters",
-        )
-            .into_response();
-    };
-    if !page.allowed(&signed.access) {
-        return (
-            StatusCode::FORBIDDEN,
-            "Forbidden: not a page of your persona",
-        )
-            .into_response();
-    }
-    let params = Params {
-        machine: p.machine,
-        q: p.q,
-        since: p.since,
-    };
-    let view = match view(page, &params, p.customer) {
+    let (view, since) = match panel_view(&signed, &name, params) {
         Ok(v) => v,
-        Err(why) => return bad_request(why),
+        Err(refusal) => return refusal.into_response(),
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(4);
-    tokio::spawn(follow(c, signed, view, params.since, tx));
+    tokio::spawn(follow(c, signed, view, since, tx));
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
     });

@@ -28,6 +28,25 @@ const TOKENS: [(&str, &str); 5] = [
     ("local-dev", "tok-admin"),
 ];
 
+/// An environment whose server takes the dev tokens of [`TOKENS`], configured further by
+/// `tune`, with every table created and the reference data written.
+async fn with_reference(tune: impl FnOnce(&mut millstream::config::Config)) -> Env {
+    let mut env = Env::new(1).await;
+    env.config.auth.mode = "bearer".into();
+    for (principal, token) in TOKENS {
+        env.config
+            .auth
+            .dev_tokens
+            .insert(principal.into(), millstream::config::Secret::new(token));
+    }
+    tune(&mut env.config);
+    env.lake.ensure_all().await.unwrap();
+    millstream::sim::write_reference(&env.lake, &env.config.simulate, false)
+        .await
+        .unwrap();
+    env
+}
+
 /// A lakehouse with reference data, history, live events and one round of derived signals; a
 /// CRITICAL shortage at WH-01 (so the manager has a row to order from); the pipeline running
 /// (it materializes orders); and the server with the console, tokens as in [`TOKENS`].
@@ -39,20 +58,11 @@ async fn seeded(
     tokio_util::sync::CancellationToken,
     millstream::pipeline::derive::Deriver,
 ) {
-    let mut env = Env::new(1).await;
-    env.config.simulate.seed_telemetry = 3_000;
-    env.config.simulate.seed_shipments = 200;
-    env.config.auth.mode = "bearer".into();
-    for (principal, token) in TOKENS {
-        env.config
-            .auth
-            .dev_tokens
-            .insert(principal.into(), millstream::config::Secret::new(token));
-    }
-    env.lake.ensure_all().await.unwrap();
-    millstream::sim::write_reference(&env.lake, &env.config.simulate, false)
-        .await
-        .unwrap();
+    let env = with_reference(|c| {
+        c.simulate.seed_telemetry = 3_000;
+        c.simulate.seed_shipments = 200;
+    })
+    .await;
     let history = millstream::sim::stream::history(&env.config.simulate, name);
     let live = support::events_with_faults(name, 6000, 0.0, 200.0);
     env.produce(&history).await;
@@ -430,18 +440,7 @@ fn form(pairs: &[(&str, &str)]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_refuses_what_a_browser_must_not_do() {
     let _w = support::watchdog("console http", Duration::from_secs(300));
-    let mut env = Env::new(1).await;
-    env.config.auth.mode = "bearer".into();
-    for (principal, token) in TOKENS {
-        env.config
-            .auth
-            .dev_tokens
-            .insert(principal.into(), millstream::config::Secret::new(token));
-    }
-    env.lake.ensure_all().await.unwrap();
-    millstream::sim::write_reference(&env.lake, &env.config.simulate, false)
-        .await
-        .unwrap();
+    let env = with_reference(|_| {}).await;
     let served = env.serve_mcp().await;
     let base = &served.base;
     let origin = base.as_str();
