@@ -7,4 +7,4 @@ pub mod identity;
 pub mod policy;
 
 pub use identity::{Authenticator, Caller, Refusal};
-pub use policy::{Access, Policies};
+pub use policy::{Access, HmacKey, Policies};

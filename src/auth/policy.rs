@@ -38,8 +38,8 @@ pub struct Policies {
     principals: BTreeMap<String, PrincipalDef>,
     /// The key of `hash` masks (`auth.mask_key`, or one for this process; see
     /// [`Policies::with_mask_key`]).
-    #[serde(skip, default = "MaskKey::random")]
-    mask_key: MaskKey,
+    #[serde(skip, default = "HmacKey::random")]
+    mask_key: HmacKey,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -100,45 +100,50 @@ pub struct Access {
     row_filters: BTreeMap<String, RowFilter>,
     null_passes: BTreeSet<String>,
     masks: BTreeMap<(String, String), MaskKind>,
-    mask_key: MaskKey,
+    mask_key: HmacKey,
     /// Whether any table it reads is filtered or masked for it.
     restricted: bool,
 }
 
-/// The key of `hash` masks: HMAC-SHA256 under it, so a digest cannot be reversed by hashing
-/// every value of a small domain. Its `Debug` never shows it.
+/// An HMAC-SHA256 key whose `Debug` never shows it: the key of `hash` masks (a digest cannot be
+/// reversed by hashing every value of a small domain) and of the console's session cookies.
 #[derive(Clone)]
-pub struct MaskKey(Arc<aws_lc_rs::hmac::Key>);
+pub struct HmacKey(Arc<aws_lc_rs::hmac::Key>);
 
-impl MaskKey {
-    pub fn new(secret: &[u8]) -> MaskKey {
-        MaskKey(Arc::new(aws_lc_rs::hmac::Key::new(
+impl HmacKey {
+    pub fn new(secret: &[u8]) -> HmacKey {
+        HmacKey(Arc::new(aws_lc_rs::hmac::Key::new(
             aws_lc_rs::hmac::HMAC_SHA256,
             secret,
         )))
     }
 
     /// A key for this process only: digests are stable until it restarts.
-    pub fn random() -> MaskKey {
+    pub fn random() -> HmacKey {
         let mut secret = [0u8; 32];
         aws_lc_rs::rand::fill(&mut secret).expect("system randomness");
-        MaskKey::new(&secret)
+        HmacKey::new(&secret)
     }
 
     /// The hex HMAC-SHA256 of `value`.
     pub fn digest_hex(&self, value: &[u8]) -> String {
-        let tag = aws_lc_rs::hmac::sign(&self.0, value);
-        tag.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+        hex::encode(aws_lc_rs::hmac::sign(&self.0, value))
+    }
+
+    /// Whether `presented` is the hex HMAC-SHA256 of `value` (compared in constant time).
+    pub fn verify_hex(&self, value: &[u8], presented: &str) -> bool {
+        hex::decode(presented)
+            .is_ok_and(|tag| aws_lc_rs::hmac::verify(&self.0, value, &tag).is_ok())
     }
 }
 
-impl fmt::Debug for MaskKey {
+impl fmt::Debug for HmacKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("MaskKey(..)")
+        f.write_str("HmacKey(..)")
     }
 }
 
-impl PartialEq for MaskKey {
+impl PartialEq for HmacKey {
     fn eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
     }
@@ -289,7 +294,7 @@ impl Policies {
     /// `hash` masks digest under `secret` (HMAC-SHA256) instead of a key made for this process,
     /// so digests stay the same across restarts and replicas.
     pub fn with_mask_key(mut self, secret: &[u8]) -> Policies {
-        self.mask_key = MaskKey::new(secret);
+        self.mask_key = HmacKey::new(secret);
         self
     }
 
@@ -457,7 +462,7 @@ impl Access {
     }
 
     /// The key `hash` masks digest under.
-    pub fn mask_key(&self) -> &MaskKey {
+    pub fn mask_key(&self) -> &HmacKey {
         &self.mask_key
     }
 

@@ -424,10 +424,7 @@ fn dataset_inputs(dir: &Path, cases: &[Case]) -> anyhow::Result<Vec<Value>> {
             let file = dir.join(format!("{category}.jsonl"));
             let bytes =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let digest: String = sha2::Sha256::digest(&bytes)[..8]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
+            let digest = hex::encode(&sha2::Sha256::digest(&bytes)[..8]);
             let source = std::path::absolute(&file)?;
             Ok(json!({
                 "dataset": {

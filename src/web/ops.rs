@@ -62,12 +62,10 @@ pub fn pipeline() -> Value {
     })
 }
 
-/// `hex` (an even-length hex string) as a classic hexdump: offset, 16 bytes, printable ASCII.
-pub fn hexdump(hex: &str) -> String {
-    let bytes: Vec<u8> = (0..hex.len() / 2)
-        .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
-        .collect();
-    bytes
+/// `encoded` (bytes as hex) as a classic hexdump: offset, 16 bytes, printable ASCII.
+pub fn hexdump(encoded: &str) -> String {
+    hex::decode(encoded)
+        .unwrap_or_default()
         .chunks(16)
         .enumerate()
         .map(|(i, chunk)| {

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aws_lc_rs::hmac;
+use crate::auth::HmacKey;
 
 /// The session cookie's name.
 pub const COOKIE: &str = "millstream_console";
@@ -23,7 +23,7 @@ pub const COOKIE: &str = "millstream_console";
 /// Signs and checks session cookies and CSRF tokens.
 #[derive(Clone)]
 pub struct Sessions {
-    key: Arc<hmac::Key>,
+    key: HmacKey,
     lifetime: Duration,
     secure: bool,
     /// Nonces of sessions signed out here, with the time their cookie expires.
@@ -38,46 +38,31 @@ pub struct Session {
     pub expires: u64,
 }
 
+impl Session {
+    pub fn expired(&self) -> bool {
+        self.expires <= now()
+    }
+}
+
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 impl Sessions {
     /// Sessions signed with `secret` (a random key when empty), lasting `lifetime`.
     pub fn new(secret: &str, lifetime: Duration, secure: bool) -> Sessions {
-        let key = if secret.is_empty() {
-            let mut random = [0u8; 32];
-            aws_lc_rs::rand::fill(&mut random).expect("system randomness");
-            hmac::Key::new(hmac::HMAC_SHA256, &random)
-        } else {
-            hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes())
-        };
         Sessions {
-            key: Arc::new(key),
+            key: if secret.is_empty() {
+                HmacKey::random()
+            } else {
+                HmacKey::new(secret.as_bytes())
+            },
             lifetime,
             secure,
             ended: Arc::default(),
         }
-    }
-
-    fn sign(&self, parts: &str) -> String {
-        hex(hmac::sign(&self.key, parts.as_bytes()).as_ref())
     }
 
     /// A new session for `principal`: the `Set-Cookie` value.
@@ -86,17 +71,17 @@ impl Sessions {
         aws_lc_rs::rand::fill(&mut nonce).expect("system randomness");
         let session = Session {
             principal: principal.to_string(),
-            nonce: hex(&nonce),
+            nonce: hex::encode(nonce),
             expires: now() + self.lifetime.as_secs(),
         };
         let body = format!(
             "{}.{}.{}",
-            hex(principal.as_bytes()),
+            hex::encode(principal),
             session.expires,
             session.nonce
         );
-        let value = format!("{body}.{}", self.sign(&format!("session|{body}")));
-        let cookie = self.cookie(&value, self.lifetime.as_secs());
+        let signature = self.key.digest_hex(format!("session|{body}").as_bytes());
+        let cookie = self.cookie(&format!("{body}.{signature}"), self.lifetime.as_secs());
         (session, cookie)
     }
 
@@ -125,45 +110,47 @@ impl Sessions {
             .find(|(name, _)| *name == COOKIE)
             .map(|(_, v)| v)?;
         let (body, signature) = value.rsplit_once('.')?;
-        hmac::verify(
-            &self.key,
-            format!("session|{body}").as_bytes(),
-            &unhex(signature)?,
-        )
-        .ok()?;
+        if !self
+            .key
+            .verify_hex(format!("session|{body}").as_bytes(), signature)
+        {
+            return None;
+        }
         let mut parts = body.split('.');
-        let principal = String::from_utf8(unhex(parts.next()?)?).ok()?;
+        let principal = String::from_utf8(hex::decode(parts.next()?).ok()?).ok()?;
         let expires: u64 = parts.next()?.parse().ok()?;
         let nonce = parts.next()?.to_string();
-        if parts.next().is_some() || expires <= now() {
-            return None;
-        }
-        if self.ended.lock().expect("poisoned").contains_key(&nonce) {
-            return None;
-        }
-        Some(Session {
+        let session = Session {
             principal,
             nonce,
             expires,
-        })
+        };
+        if parts.next().is_some() || session.expired() {
+            return None;
+        }
+        if self
+            .ended
+            .lock()
+            .expect("poisoned")
+            .contains_key(&session.nonce)
+        {
+            return None;
+        }
+        Some(session)
     }
 
     /// The CSRF token of `session` (what its pages send back on actions).
     pub fn csrf(&self, session: &Session) -> String {
-        self.sign(&format!("csrf|{}", session.nonce))
+        self.key
+            .digest_hex(format!("csrf|{}", session.nonce).as_bytes())
     }
 
     /// Whether `presented` is `session`'s CSRF token (compared in constant time).
     pub fn csrf_ok(&self, session: &Session, presented: Option<&str>) -> bool {
-        let Some(presented) = presented.and_then(unhex) else {
-            return false;
-        };
-        hmac::verify(
-            &self.key,
-            format!("csrf|{}", session.nonce).as_bytes(),
-            &presented,
-        )
-        .is_ok()
+        presented.is_some_and(|p| {
+            self.key
+                .verify_hex(format!("csrf|{}", session.nonce).as_bytes(), p)
+        })
     }
 }
 
@@ -191,11 +178,7 @@ mod tests {
             Some(session.clone())
         );
         // Another principal under the same signature.
-        let forged = cookie.replacen(
-            &hex("maria@emea".as_bytes()),
-            &hex("local-dev".as_bytes()),
-            1,
-        );
+        let forged = cookie.replacen(&hex::encode("maria@emea"), &hex::encode("local-dev"), 1);
         assert_eq!(s.check(Some(&forged)), None);
         // A longer expiry under the same signature.
         let later = cookie.replacen(
