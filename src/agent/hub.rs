@@ -184,19 +184,9 @@ async fn open(
                 .await
                 .map_err(|e| unreachable(e.to_string()))
         }
-        Connect::InProcess(server) => {
-            let (server_end, client_end) = tokio::io::duplex(1 << 20);
-            let server = server.for_session();
-            tokio::spawn(async move {
-                if let Ok(running) = server.serve(server_end).await {
-                    let _ = running.waiting().await;
-                }
-            });
-            watch
-                .serve(client_end)
-                .await
-                .map_err(|e| unreachable(e.to_string()))
-        }
+        Connect::InProcess(server) => crate::mcp::connect_in_process(server, watch)
+            .await
+            .map_err(|e| unreachable(e.to_string())),
         Connect::Stream(stream) => {
             let stream = stream.lock().expect("poisoned").take().ok_or_else(|| {
                 unreachable("its stream was closed and cannot be re-opened".into())

@@ -60,6 +60,25 @@ pub fn http_service(
     StreamableHttpService::new(move || Ok(server.for_session()), sessions, config)
 }
 
+/// `client` connected to a new session of `server` in this process, over an in-memory pipe: the
+/// protocol, checks and audit of any MCP client, without a socket (the agent's in-process
+/// server, the console's reads, tests).
+pub async fn connect_in_process<C: rmcp::ClientHandler>(
+    server: &Millstream,
+    client: C,
+) -> Result<rmcp::service::RunningService<rmcp::RoleClient, C>, rmcp::service::ClientInitializeError>
+{
+    use rmcp::ServiceExt;
+    let (server_end, client_end) = tokio::io::duplex(1 << 20);
+    let server = server.for_session();
+    tokio::spawn(async move {
+        if let Ok(running) = server.serve(server_end).await {
+            let _ = running.waiting().await;
+        }
+    });
+    client.serve(client_end).await
+}
+
 /// Serves one client on stdin/stdout until it disconnects.
 pub async fn serve_stdio(server: Millstream) -> anyhow::Result<()> {
     use rmcp::ServiceExt;

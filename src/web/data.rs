@@ -6,9 +6,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use rmcp::RoleClient;
 use rmcp::model::{CallToolRequestParams, ReadResourceRequestParams, ResourceContents};
 use rmcp::service::RunningService;
-use rmcp::{RoleClient, ServiceExt};
 use serde_json::Value;
 
 use crate::mcp::Millstream;
@@ -61,15 +61,8 @@ impl Clients {
                     let server = self
                         .server
                         .as_principal(principal)
-                        .map_err(|e| CallError::Refused(e.to_string()))?
-                        .for_session();
-                    let (server_end, client_end) = tokio::io::duplex(1 << 20);
-                    tokio::spawn(async move {
-                        if let Ok(running) = server.serve(server_end).await {
-                            let _ = running.waiting().await;
-                        }
-                    });
-                    ().serve(client_end)
+                        .map_err(|e| CallError::Refused(e.to_string()))?;
+                    crate::mcp::connect_in_process(&server, ())
                         .await
                         .map(Arc::new)
                         .map_err(|e| CallError::Unreachable(e.to_string()))

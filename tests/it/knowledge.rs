@@ -383,14 +383,9 @@ async fn owners(lake: &Lakehouse) -> std::collections::BTreeMap<String, Owned> {
 async fn connect(
     server: millstream::mcp::Millstream,
 ) -> rmcp::service::RunningService<rmcp::RoleClient, ()> {
-    use rmcp::ServiceExt;
-    let (a, b) = tokio::io::duplex(1 << 20);
-    tokio::spawn(async move {
-        if let Ok(running) = server.for_session().serve(a).await {
-            let _ = running.waiting().await;
-        }
-    });
-    ().serve(b).await.unwrap()
+    millstream::mcp::connect_in_process(&server, ())
+        .await
+        .unwrap()
 }
 
 async fn call(

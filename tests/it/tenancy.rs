@@ -787,15 +787,11 @@ type Client = rmcp::service::RunningService<rmcp::RoleClient, Updates>;
 
 /// A real MCP client (JSON-RPC over an in-memory pipe) talking to `server`.
 async fn connect(server: Millstream) -> (Client, Updates) {
-    use rmcp::ServiceExt;
-    let (a, b) = tokio::io::duplex(1 << 20);
-    tokio::spawn(async move {
-        if let Ok(running) = server.for_session().serve(a).await {
-            let _ = running.waiting().await;
-        }
-    });
     let updates = Updates::default();
-    (updates.clone().serve(b).await.unwrap(), updates)
+    let client = millstream::mcp::connect_in_process(&server, updates.clone())
+        .await
+        .unwrap();
+    (client, updates)
 }
 
 /// A tool's structured answer, or its error's text.
