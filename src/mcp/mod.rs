@@ -36,6 +36,32 @@ pub use server::Millstream;
 pub const LOOPBACK_ORIGINS: [&str; 3] =
     ["http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*"];
 
+/// Whether a browser `origin` may call: one of `allowed`, or of [`LOOPBACK_ORIGINS`] when
+/// `allowed` is empty.
+pub fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
+    if allowed.is_empty() {
+        LOOPBACK_ORIGINS.iter().any(|a| origin_matches(origin, a))
+    } else {
+        allowed.iter().any(|a| origin_matches(origin, a))
+    }
+}
+
+/// Whether `origin` is `pattern` (`scheme://host[:port]`, or `scheme://host:*` for any port).
+pub fn origin_matches(origin: &str, pattern: &str) -> bool {
+    match pattern.strip_suffix(":*") {
+        Some(base) => {
+            origin == base
+                || origin
+                    .strip_prefix(base)
+                    .and_then(|rest| rest.strip_prefix(':'))
+                    .is_some_and(|port| {
+                        !port.is_empty() && port.chars().all(|c| c.is_ascii_digit())
+                    })
+        }
+        None => origin == pattern,
+    }
+}
+
 /// The streamable HTTP endpoint: one [`Millstream`] per MCP session, sharing the catalog, its
 /// sessions kept by `sessions`. `allowed_hosts` guards against DNS rebinding (loopback names by
 /// default); a request carrying an `Origin` header must name one of `allowed_origins` (the
@@ -196,4 +222,23 @@ fn start_knowledge(
         move |stop| follower.clone().follow(every, stop),
     );
     Ok(knowledge)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_match_exactly_or_with_any_port() {
+        let none: Vec<String> = Vec::new();
+        assert!(origin_allowed("http://localhost:3000", &none));
+        assert!(origin_allowed("http://127.0.0.1", &none));
+        assert!(!origin_allowed("http://localhost.evil.com", &none));
+        assert!(!origin_allowed("http://localhost:3000x", &none));
+        assert!(!origin_allowed("https://evil.example", &none));
+        let some = vec!["https://console.example".to_string()];
+        assert!(origin_allowed("https://console.example", &some));
+        assert!(!origin_allowed("https://console.example:8443", &some));
+        assert!(!origin_allowed("http://localhost:3000", &some));
+    }
 }

@@ -189,7 +189,7 @@ async fn require_allowed_origin(
         .get(header::ORIGIN)
         .map(|o| o.to_str().unwrap_or(""))
     {
-        Some(o) if !agent::origin_allowed(o, &origins) => (
+        Some(o) if !crate::mcp::origin_allowed(o, &origins) => (
             StatusCode::FORBIDDEN,
             "Forbidden: Origin is not allowed (serve.allowed_origins)",
         )

@@ -146,7 +146,8 @@ async fn security_headers(req: Request, next: Next) -> Response {
 }
 
 /// Whether a browser request comes from this console's own origin: its `Origin` (or, without
-/// one, its `Referer`) names the `Host` it was sent to, or one of `serve.allowed_origins`.
+/// one, its `Referer`) names the `Host` it was sent to, or matches one of
+/// `serve.allowed_origins` (as `/mcp` matches them, `:*` for any port).
 /// A request with neither header (not a browser's form or fetch) passes; CSRF tokens guard those.
 fn same_origin(headers: &HeaderMap, allowed: &[String]) -> bool {
     let host = headers
@@ -165,7 +166,9 @@ fn same_origin(headers: &HeaderMap, allowed: &[String]) -> bool {
     match origin {
         None => true,
         Some(o) => {
-            o == format!("http://{host}") || o == format!("https://{host}") || allowed.contains(&o)
+            o == format!("http://{host}")
+                || o == format!("https://{host}")
+                || allowed.iter().any(|a| crate::mcp::origin_matches(&o, a))
         }
     }
 }
@@ -853,5 +856,54 @@ async fn asset(Path(file): Path<String>) -> Response {
         )
             .into_response(),
         None => (StatusCode::NOT_FOUND, "Not found").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.clone(), HeaderValue::from_str(v).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn actions_come_from_the_consoles_own_origin_or_a_configured_one() {
+        let host = (header::HOST, "127.0.0.1:9464");
+        let none: Vec<String> = Vec::new();
+        let any_port = vec!["https://console.example:*".to_string()];
+        assert!(same_origin(
+            &headers(&[host.clone(), (header::ORIGIN, "http://127.0.0.1:9464")]),
+            &none
+        ));
+        assert!(same_origin(
+            &headers(&[
+                host.clone(),
+                (header::REFERER, "http://127.0.0.1:9464/console/stock")
+            ]),
+            &none
+        ));
+        assert!(!same_origin(
+            &headers(&[host.clone(), (header::ORIGIN, "http://127.0.0.1:9465")]),
+            &none
+        ));
+        assert!(!same_origin(
+            &headers(&[host.clone(), (header::ORIGIN, "https://evil.example")]),
+            &none
+        ));
+        assert!(same_origin(
+            &headers(&[
+                host.clone(),
+                (header::ORIGIN, "https://console.example:8443")
+            ]),
+            &any_port
+        ));
+        assert!(!same_origin(
+            &headers(&[host, (header::ORIGIN, "https://console.example.evil:8443")]),
+            &any_port
+        ));
     }
 }
