@@ -84,11 +84,12 @@ impl Console {
     }
 }
 
-/// The signed-in caller of a console request.
+/// The signed-in caller of a console request, and the CSRF token its pages carry.
 #[derive(Clone)]
 struct Signed {
     session: Session,
     access: Arc<crate::auth::Access>,
+    csrf: String,
 }
 
 /// `/console` and everything under it; `chat` answers `POST /console/chat` for the signed-in
@@ -213,6 +214,7 @@ async fn require_session(State(c): State<Console>, mut req: Request, next: Next)
         principal: session.principal.clone(),
     });
     req.extensions_mut().insert(Signed {
+        csrf: c.sessions.csrf(&session),
         session,
         access: Arc::new(access),
     });
@@ -238,7 +240,8 @@ macro_rules! templates {
     };
 }
 
-const TEMPLATES: [(&str, &str); 25] = templates![
+const TEMPLATES: &[(&str, &str)] = &templates![
+    "doc.html",
     "base.html",
     "macros.html",
     "login.html",
@@ -285,38 +288,71 @@ fn html(status: StatusCode, body: String) -> Response {
     (status, Html(body)).into_response()
 }
 
+/// A console request's parameters: its query string (a 360's customer comes from its path).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Params {
+    /// The catalog's publication count when the page was drawn ([`live`]).
+    since: Option<u64>,
     machine: Option<String>,
     q: Option<String>,
+    customer: Option<String>,
 }
 
-/// The view `page` shows with `params`, or why they are malformed.
-fn view(page: Page, params: &Params, customer: Option<String>) -> Result<View, &'static str> {
-    if params
-        .machine
-        .as_deref()
-        .is_some_and(|m| !pages::valid_id(m))
-    {
-        return Err("machine must be an id");
+type Refusal = (StatusCode, &'static str);
+
+impl Params {
+    /// The view of `page` these parameters ask for, or why they are malformed.
+    fn view(self, page: Page) -> Result<View, Refusal> {
+        let bad = |why| Err((StatusCode::BAD_REQUEST, why));
+        if self.machine.as_deref().is_some_and(|m| !pages::valid_id(m)) {
+            return bad("Bad request: machine must be an id");
+        }
+        if self
+            .customer
+            .as_deref()
+            .is_some_and(|c| !pages::valid_id(c))
+        {
+            return bad("Bad request: customer must be an id");
+        }
+        if self.q.as_deref().is_some_and(|q| q.chars().count() > 64) {
+            return bad("Bad request: q is at most 64 characters");
+        }
+        Ok(View {
+            page,
+            machine: self.machine,
+            customer: self.customer,
+            q: self.q.filter(|q| !q.trim().is_empty()),
+        })
     }
-    if customer.as_deref().is_some_and(|c| !pages::valid_id(c)) {
-        return Err("customer must be an id");
-    }
-    if params.q.as_deref().is_some_and(|q| q.chars().count() > 64) {
-        return Err("q is at most 64 characters");
-    }
-    Ok(View {
-        page,
-        machine: params.machine.clone(),
-        customer,
-        q: params.q.clone().filter(|q| !q.trim().is_empty()),
-    })
 }
 
-fn bad_request(why: &str) -> Response {
-    (StatusCode::BAD_REQUEST, format!("Bad request: {why}")).into_response()
+type QueryParams = Result<Query<Params>, axum::extract::rejection::QueryRejection>;
+
+/// The page `name` with the request's parameters, checked.
+fn requested(name: &str, params: QueryParams) -> Result<(View, Option<u64>), Refusal> {
+    let page = Page::from_name(name).ok_or((StatusCode::NOT_FOUND, "Not found"))?;
+    let Ok(Query(params)) = params else {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "Bad request: unknown or malformed parameters",
+        ));
+    };
+    let since = params.since;
+    Ok((params.view(page)?, since))
+}
+
+/// A view the caller's persona has, for the requests a page makes (panels, its live stream,
+/// drafts); a page itself answers with the "not your persona" page instead ([`show`]).
+fn permitted(signed: &Signed, view: (View, Option<u64>)) -> Result<(View, Option<u64>), Refusal> {
+    if view.0.page.allowed(&signed.access) {
+        Ok(view)
+    } else {
+        Err((
+            StatusCode::FORBIDDEN,
+            "Forbidden: not a page of your persona",
+        ))
+    }
 }
 
 /// Panel `fragment` of `view`, rendered for the signed-in caller (or the reason it cannot be).
@@ -326,7 +362,7 @@ async fn render_fragment(c: &Console, signed: &Signed, view: &View, fragment: &s
     match ctx {
         Ok(d) => render(
             &template,
-            minijinja::context! { d => v(&d), view => v(view), csrf => c.sessions.csrf(&signed.session) },
+            minijinja::context! { d => v(&d), view => v(view), csrf => &signed.csrf },
         ),
         Err(e) => {
             if matches!(e, CallError::Unreachable(_)) {
@@ -349,47 +385,73 @@ fn nav(access: &crate::auth::Access) -> Vec<Value> {
         .collect()
 }
 
-fn chrome(c: &Console, signed: &Signed) -> minijinja::Value {
+fn chrome(signed: &Signed) -> minijinja::Value {
     minijinja::context! {
         principal => signed.access.principal.clone(),
         persona => signed.access.persona.clone(),
         nav => v(&nav(&signed.access)),
-        csrf => c.sessions.csrf(&signed.session),
+        csrf => &signed.csrf,
     }
 }
 
+/// Where `view`'s live stream is, for a page drawn at publication `since`.
+fn live_url(view: &View, since: u64) -> String {
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    query.append_pair("since", &since.to_string());
+    for (key, value) in [
+        ("machine", &view.machine),
+        ("q", &view.q),
+        ("customer", &view.customer),
+    ] {
+        if let Some(value) = value {
+            query.append_pair(key, value);
+        }
+    }
+    format!("/console/live/{}?{}", view.page.name(), query.finish())
+}
+
 /// A whole page: every panel rendered at once, and the live stream that keeps them current.
-async fn show(c: &Console, signed: &Signed, view: View) -> Response {
+async fn show(c: &Console, signed: &Signed, mut view: View) -> Response {
     if !view.page.allowed(&signed.access) {
         return html(
             StatusCode::FORBIDDEN,
             render(
                 "denied.html",
-                minijinja::context! { title => view.page.title(), ..chrome(c, signed) },
+                minijinja::context! { title => view.page.title(), ..chrome(signed) },
             ),
         );
     }
+    if view.page == Page::Machines && view.machine.is_none() {
+        view.machine = pages::default_machine(&c.clients, &signed.access.principal).await;
+    }
     let since = *c.clients.server().catalog.published().borrow();
+    let drawn = &view;
     let rendered = futures::future::join_all(
         view.page
             .fragments()
             .iter()
-            .map(|f| async { (f.id, render_fragment(c, signed, &view, f.id).await) }),
+            .map(|f| async move { (f, render_fragment(c, signed, drawn, f.id).await) }),
     )
     .await;
-    let fragments: HashMap<&str, String> = rendered.into_iter().collect();
-    let mut live = format!("/console/live/{}?since={since}", view.page.name());
-    if let Some(m) = &view.machine {
-        live.push_str(&format!("&machine={m}"));
-    }
-    if let Some(q) = &view.q {
-        live.push_str(&format!(
-            "&q={}",
-            url::form_urlencoded::byte_serialize(q.as_bytes()).collect::<String>()
-        ));
-    }
-    if let Some(id) = &view.customer {
-        live = format!("/console/live/customer?since={since}&customer={id}");
+    // The page's own panels in rows: a full panel alone, two half panels side by side.
+    let mut alerts = String::new();
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut pairing = false;
+    for (f, body) in rendered {
+        if f.id == pages::ALERTS.id {
+            alerts = body;
+            continue;
+        }
+        match rows.last_mut() {
+            Some(row) if f.half && pairing => {
+                row.push(body);
+                pairing = false;
+            }
+            _ => {
+                pairing = f.half;
+                rows.push(vec![body]);
+            }
+        }
     }
     html(
         StatusCode::OK,
@@ -399,9 +461,10 @@ async fn show(c: &Console, signed: &Signed, view: View) -> Response {
                 title => view.page.title(),
                 page => view.page.name(),
                 view => v(&view),
-                fragments => fragments,
-                live => live,
-                ..chrome(c, signed)
+                alerts => alerts,
+                rows => rows,
+                live => live_url(&view, since),
+                ..chrome(signed)
             },
         ),
     )
@@ -422,22 +485,24 @@ async fn page(
     State(c): State<Console>,
     Extension(signed): Extension<Signed>,
     Path(name): Path<String>,
-    params: Result<Query<Params>, axum::extract::rejection::QueryRejection>,
+    params: QueryParams,
 ) -> Response {
-    let Some(page) = Page::from_name(&name).filter(|p| *p != Page::Customer) else {
-        return (StatusCode::NOT_FOUND, "Not found").into_response();
-    };
-    let Ok(Query(params)) = params else {
-        return (
-            StatusCode::BAD_REQUEST,
-            "Bad request: unknown or malformed parameters",
-        )
-            .into_response();
-    };
-    match view(page, &params, None) {
-        Ok(v) => show(&c, &signed, v).await,
-        Err(why) => bad_request(why),
+    match requested(&name, params) {
+        // A customer's 360 is at /console/customers/{id}.
+        Ok((view, _)) if view.page != Page::Customer => show(&c, &signed, view).await,
+        Ok(_) => (StatusCode::NOT_FOUND, "Not found").into_response(),
+        Err(refusal) => refusal.into_response(),
     }
+}
+
+fn customer_view(id: String) -> Result<(View, Option<u64>), Refusal> {
+    requested(
+        Page::Customer.name(),
+        Ok(Query(Params {
+            customer: Some(id),
+            ..Params::default()
+        })),
+    )
 }
 
 async fn customer(
@@ -445,50 +510,10 @@ async fn customer(
     Extension(signed): Extension<Signed>,
     Path(id): Path<String>,
 ) -> Response {
-    match view(Page::Customer, &Params::default(), Some(id)) {
-        Ok(v) => show(&c, &signed, v).await,
-        Err(why) => bad_request(why),
+    match customer_view(id) {
+        Ok((view, _)) => show(&c, &signed, view).await,
+        Err(refusal) => refusal.into_response(),
     }
-}
-
-/// The parameters of a panel or live-stream request.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PanelParams {
-    /// The catalog's publication count when the page was drawn ([`live`]).
-    since: Option<u64>,
-    machine: Option<String>,
-    q: Option<String>,
-    customer: Option<String>,
-}
-
-/// The view a panel or live-stream request names, if the page exists, the caller's persona has
-/// it and the parameters are well formed; else the refusal.
-fn panel_view(
-    signed: &Signed,
-    name: &str,
-    params: Result<Query<PanelParams>, axum::extract::rejection::QueryRejection>,
-) -> Result<(View, Option<u64>), (StatusCode, &'static str)> {
-    let page = Page::from_name(name).ok_or((StatusCode::NOT_FOUND, "Not found"))?;
-    let Ok(Query(p)) = params else {
-        return Err((
-            StatusCode::BAD_REQUEST,
-            "Bad request: unknown or malformed parameters",
-        ));
-    };
-    if !page.allowed(&signed.access) {
-        return Err((
-            StatusCode::FORBIDDEN,
-            "Forbidden: not a page of your persona",
-        ));
-    }
-    let params = Params {
-        machine: p.machine,
-        q: p.q,
-    };
-    view(page, &params, p.customer)
-        .map(|v| (v, p.since))
-        .map_err(|why| (StatusCode::BAD_REQUEST, why))
 }
 
 /// One panel (for the page's own controls: a machine picked, a name searched).
@@ -496,10 +521,10 @@ async fn fragment(
     State(c): State<Console>,
     Extension(signed): Extension<Signed>,
     Path((name, fragment)): Path<(String, String)>,
-    params: Result<Query<PanelParams>, axum::extract::rejection::QueryRejection>,
+    params: QueryParams,
 ) -> Response {
-    let view = match panel_view(&signed, &name, params) {
-        Ok((v, _)) => v,
+    let view = match requested(&name, params).and_then(|v| permitted(&signed, v)) {
+        Ok((view, _)) => view,
         Err(refusal) => return refusal.into_response(),
     };
     match view.page.fragments().iter().find(|f| f.id == fragment) {
@@ -517,9 +542,9 @@ async fn live(
     State(c): State<Console>,
     Extension(signed): Extension<Signed>,
     Path(name): Path<String>,
-    params: Result<Query<PanelParams>, axum::extract::rejection::QueryRejection>,
+    params: QueryParams,
 ) -> Response {
-    let (view, since) = match panel_view(&signed, &name, params) {
+    let (view, since) = match requested(&name, params).and_then(|v| permitted(&signed, v)) {
         Ok(v) => v,
         Err(refusal) => return refusal.into_response(),
     };
@@ -546,32 +571,26 @@ async fn follow(
     let versions = |tables: &[&str]| -> Vec<Option<i64>> {
         tables.iter().map(|t| catalog.version(t)).collect()
     };
-    // What the page was drawn from: if the catalog moved on since, everything is re-checked.
+    // The versions each panel was drawn from. If the catalog moved on between drawing the page
+    // and this stream, nothing is known and every panel is checked at once.
     let drawn_current = since == Some(*published.borrow_and_update());
-    let mut seen: HashMap<&str, Vec<Option<i64>>> = view
-        .page
-        .fragments()
-        .iter()
-        .filter(|_| drawn_current)
-        .map(|f| (f.id, versions(f.tables)))
-        .collect();
+    let mut seen: HashMap<&str, Vec<Option<i64>>> = HashMap::new();
+    if drawn_current {
+        for f in view.page.fragments() {
+            seen.insert(f.id, versions(f.tables));
+        }
+    }
     let mut sent: HashMap<&str, u64> = HashMap::new();
-    let mut first = !drawn_current;
+    let mut wait = drawn_current;
     loop {
-        if !first {
+        if wait {
             tokio::select! {
                 changed = published.changed() => if changed.is_err() { return },
                 _ = tx.closed() => return,
             }
         }
-        first = false;
-        let expires = Duration::from_secs(
-            signed
-                .session
-                .expires
-                .saturating_sub(chrono::Utc::now().timestamp().max(0) as u64),
-        );
-        if expires.is_zero() {
+        wait = true;
+        if signed.session.expired() {
             return;
         }
         for f in view.page.fragments() {
@@ -667,17 +686,10 @@ async fn draft(
     Extension(signed): Extension<Signed>,
     Path(id): Path<String>,
 ) -> Response {
-    let view = match view(Page::Customer, &Params::default(), Some(id)) {
-        Ok(v) => v,
-        Err(why) => return bad_request(why),
+    let view = match customer_view(id).and_then(|v| permitted(&signed, v)) {
+        Ok((view, _)) => view,
+        Err(refusal) => return refusal.into_response(),
     };
-    if !view.page.allowed(&signed.access) {
-        return (
-            StatusCode::FORBIDDEN,
-            "Forbidden: not a page of your persona",
-        )
-            .into_response();
-    }
     let p = &signed.access.principal;
     let (profile, proposals) = futures::join!(
         pages::load(&c.clients, p, &view, "profile"),
@@ -724,7 +736,7 @@ fn login_page(c: &Console, status: StatusCode, error: Option<String>) -> Respons
         status,
         render(
             "login.html",
-            minijinja::context! { token_mode => c.auth.is_some(), principals => v(&principals), error => error },
+            minijinja::context! { title => "Sign in", token_mode => c.auth.is_some(), principals => v(&principals), error => error },
         ),
     )
 }
@@ -812,7 +824,7 @@ async fn logout(State(c): State<Console>, Extension(signed): Extension<Signed>) 
 }
 
 /// The vendored scripts and styles, embedded.
-const ASSETS: [(&str, &str, &[u8]); 6] = [
+const ASSETS: &[(&str, &str, &[u8])] = &[
     (
         "htmx.min.js",
         "text/javascript",

@@ -27,17 +27,33 @@ pub enum Page {
     Ops,
 }
 
-/// A panel of a page: its element id and the tables whose new versions change it.
+/// A panel of a page: its element id, the tables whose new versions change it, and whether it
+/// takes half the width (two half panels in a row share it).
 #[derive(Debug)]
 pub struct Fragment {
     pub id: &'static str,
     pub tables: &'static [&'static str],
+    pub half: bool,
 }
 
-const ALERTS: Fragment = Fragment {
-    id: "alerts",
-    tables: &["ops.alerts"],
-};
+const fn full(id: &'static str, tables: &'static [&'static str]) -> Fragment {
+    Fragment {
+        id,
+        tables,
+        half: false,
+    }
+}
+
+const fn half(id: &'static str, tables: &'static [&'static str]) -> Fragment {
+    Fragment {
+        id,
+        tables,
+        half: true,
+    }
+}
+
+/// The alert feed, beside every page's own panels.
+pub const ALERTS: Fragment = full("alerts", &["ops.alerts"]);
 
 /// The pages of the navigation, in order.
 pub const NAV: [Page; 6] = [
@@ -63,9 +79,8 @@ impl Page {
     }
 
     pub fn from_name(name: &str) -> Option<Page> {
-        [NAV.as_slice(), &[Page::Customer]]
-            .concat()
-            .into_iter()
+        NAV.into_iter()
+            .chain([Page::Customer])
             .find(|p| p.name() == name)
     }
 
@@ -108,101 +123,65 @@ impl Page {
 
     /// The page's panels, the alert feed first.
     pub fn fragments(self) -> &'static [Fragment] {
+        const STOCK: &[Fragment] = &[
+            ALERTS,
+            full(
+                "warehouses",
+                &["supply_chain.inventory", "supply_chain.shortage_signals"],
+            ),
+            full("shortages", &["supply_chain.shortage_signals"]),
+            full(
+                "orders",
+                &["supply_chain.purchase_orders", "supply_chain.shipments"],
+            ),
+        ];
+        const SHIPMENTS: &[Fragment] = &[ALERTS, full("lanes", &["supply_chain.shipments"])];
+        const MACHINES: &[Fragment] = &[
+            ALERTS,
+            full("maintenance", &["iot.maintenance_alerts"]),
+            half("anomalies", &["iot.anomalies"]),
+            half("sensors", &["iot.telemetry"]),
+        ];
+        const SALES: &[Fragment] = &[
+            ALERTS,
+            full("kpis", &["sales.transactions"]),
+            full("heatmap", &["sales.churn_signals"]),
+            full("churn", &["sales.churn_signals"]),
+        ];
+        const CUSTOMERS: &[Fragment] = &[
+            ALERTS,
+            full("customer_list", &["sales.customers", "sales.churn_signals"]),
+        ];
+        const CUSTOMER: &[Fragment] = &[
+            ALERTS,
+            full(
+                "profile",
+                &[
+                    "sales.customers",
+                    "sales.churn_signals",
+                    "sales.transactions",
+                    "support.tickets",
+                ],
+            ),
+            half("tickets", &["support.tickets"]),
+            half("proposals", &["knowledge.proposals"]),
+        ];
+        // The operations figures and the table list read no one table: they follow every
+        // publication.
+        const OPS: &[Fragment] = &[
+            ALERTS,
+            full("pipeline", &[]),
+            half("table_versions", &[]),
+            half("dead_letters", &["ops.dead_letters"]),
+        ];
         match self {
-            Page::Stock => &[
-                ALERTS,
-                Fragment {
-                    id: "warehouses",
-                    tables: &["supply_chain.inventory", "supply_chain.shortage_signals"],
-                },
-                Fragment {
-                    id: "shortages",
-                    tables: &["supply_chain.shortage_signals"],
-                },
-                Fragment {
-                    id: "orders",
-                    tables: &["supply_chain.purchase_orders", "supply_chain.shipments"],
-                },
-            ],
-            Page::Shipments => &[
-                ALERTS,
-                Fragment {
-                    id: "lanes",
-                    tables: &["supply_chain.shipments"],
-                },
-            ],
-            Page::Machines => &[
-                ALERTS,
-                Fragment {
-                    id: "maintenance",
-                    tables: &["iot.maintenance_alerts"],
-                },
-                Fragment {
-                    id: "anomalies",
-                    tables: &["iot.anomalies"],
-                },
-                Fragment {
-                    id: "sensors",
-                    tables: &["iot.telemetry"],
-                },
-            ],
-            Page::Sales => &[
-                ALERTS,
-                Fragment {
-                    id: "kpis",
-                    tables: &["sales.transactions"],
-                },
-                Fragment {
-                    id: "heatmap",
-                    tables: &["sales.churn_signals"],
-                },
-                Fragment {
-                    id: "churn",
-                    tables: &["sales.churn_signals"],
-                },
-            ],
-            Page::Customers => &[
-                ALERTS,
-                Fragment {
-                    id: "customer_list",
-                    tables: &["sales.customers", "sales.churn_signals"],
-                },
-            ],
-            Page::Customer => &[
-                ALERTS,
-                Fragment {
-                    id: "profile",
-                    tables: &[
-                        "sales.customers",
-                        "sales.churn_signals",
-                        "sales.transactions",
-                        "support.tickets",
-                    ],
-                },
-                Fragment {
-                    id: "tickets",
-                    tables: &["support.tickets"],
-                },
-                Fragment {
-                    id: "proposals",
-                    tables: &["knowledge.proposals"],
-                },
-            ],
-            Page::Ops => &[
-                ALERTS,
-                Fragment {
-                    id: "pipeline",
-                    tables: &[],
-                },
-                Fragment {
-                    id: "table_versions",
-                    tables: &[],
-                },
-                Fragment {
-                    id: "dead_letters",
-                    tables: &["ops.dead_letters"],
-                },
-            ],
+            Page::Stock => STOCK,
+            Page::Shipments => SHIPMENTS,
+            Page::Machines => MACHINES,
+            Page::Sales => SALES,
+            Page::Customers => CUSTOMERS,
+            Page::Customer => CUSTOMER,
+            Page::Ops => OPS,
         }
     }
 }
@@ -231,6 +210,34 @@ pub fn valid_id(s: &str) -> bool {
 const SENSOR_WINDOW_HOURS: u32 = 6;
 const SENSOR_BUCKET_MINUTES: u32 = 5;
 
+/// The elements of `v`, an array in a tool's answer (none when it is absent).
+fn items(v: &Value) -> &[Value] {
+    v.as_array().map_or(&[], Vec::as_slice)
+}
+
+/// The machine the Machines page charts when none is asked for: the one of the newest
+/// maintenance alert, else of the latest anomaly (none when neither exists or can be read).
+pub async fn default_machine(clients: &Clients, principal: &str) -> Option<String> {
+    let alerts = clients
+        .call(principal, "maintenance_alerts", json!({"limit": 1}))
+        .await
+        .ok()?;
+    if let Some(m) = alerts["alerts"][0]["machine_id"].as_str() {
+        return Some(m.to_string());
+    }
+    let anomalies = clients
+        .call(
+            principal,
+            "list_anomalies",
+            json!({"hours": 24, "limit": 1}),
+        )
+        .await
+        .ok()?;
+    anomalies["anomalies"][0]["machine_id"]
+        .as_str()
+        .map(String::from)
+}
+
 /// The template context of panel `id` of `view` for `principal`.
 pub async fn load(
     clients: &Clients,
@@ -243,10 +250,8 @@ pub async fn load(
     match id {
         "alerts" => {
             let feed = c.resource(p, "millstream://alerts/active").await?;
-            let items: Vec<Value> = feed["items"].as_array().cloned().unwrap_or_default();
-            Ok(
-                json!({"alerts": items.into_iter().take(12).collect::<Vec<_>>(), "as_of": feed["as_of"]}),
-            )
+            let all = items(&feed["items"]);
+            Ok(json!({"alerts": &all[..all.len().min(12)], "as_of": feed["as_of"]}))
         }
         "warehouses" => {
             let (rows, as_of) = c
@@ -271,11 +276,9 @@ pub async fn load(
                     json!({"min_risk": "HIGH", "limit": 25}),
                 )
                 .await?;
-            let signals: Vec<Value> = a["signals"]
-                .as_array()
+            let signals: Vec<Value> = items(&a["signals"])
+                .iter()
                 .cloned()
-                .unwrap_or_default()
-                .into_iter()
                 .map(|mut s| {
                     // One key per row and rendering: a double click sends the same order twice,
                     // which the action's idempotency turns into one.
@@ -305,9 +308,7 @@ pub async fn load(
                     json!({"open_only": true, "limit": 1000}),
                 )
                 .await?;
-            Ok(
-                json!({"lanes": lanes(a["shipments"].as_array().map_or(&[][..], |v| v)), "as_of": a["as_of"]}),
-            )
+            Ok(json!({"lanes": lanes(items(&a["shipments"])), "as_of": a["as_of"]}))
         }
         "maintenance" => {
             let a = c
@@ -320,7 +321,7 @@ pub async fn load(
                 .call(p, "list_anomalies", json!({"hours": 24, "limit": 500}))
                 .await?;
             let mut per_machine: BTreeMap<String, (u64, u64, String)> = BTreeMap::new();
-            for an in a["anomalies"].as_array().map_or(&[][..], |v| v) {
+            for an in items(&a["anomalies"]) {
                 let machine = an["machine_id"].as_str().unwrap_or("").to_string();
                 let e = per_machine.entry(machine).or_default();
                 e.0 += 1;
@@ -343,28 +344,8 @@ pub async fn load(
             )
         }
         "sensors" => {
-            let machine = match &view.machine {
-                Some(m) => m.clone(),
-                // The machine of the newest maintenance alert, else of the latest anomaly.
-                None => {
-                    let a = c.call(p, "maintenance_alerts", json!({"limit": 1})).await?;
-                    let b = match a["alerts"][0]["machine_id"].as_str() {
-                        Some(_) => a,
-                        None => {
-                            c.call(p, "list_anomalies", json!({"hours": 24, "limit": 1}))
-                                .await?
-                        }
-                    };
-                    let found = b["alerts"][0]["machine_id"]
-                        .as_str()
-                        .or(b["anomalies"][0]["machine_id"].as_str());
-                    match found {
-                        Some(m) => m.to_string(),
-                        None => {
-                            return Ok(json!({"machine": null, "series": [], "as_of": b["as_of"]}));
-                        }
-                    }
-                }
+            let Some(machine) = &view.machine else {
+                return Ok(json!({"machine": null, "series": []}));
             };
             // `machine` passed valid_id (letters, digits, - _ . @ :): no quote can end the literal.
             let sql = format!(
@@ -478,9 +459,7 @@ pub async fn load(
         "pipeline" => Ok(super::ops::pipeline()),
         "table_versions" => {
             let a = c.call(p, "describe_tables", json!({})).await?;
-            let tables: Vec<Value> = a["tables"]
-                .as_array()
-                .map_or(&[][..], |v| v)
+            let tables: Vec<Value> = items(&a["tables"])
                 .iter()
                 .filter(|t| t["kind"] != "view")
                 .map(|t| json!({"name": t["name"], "kind": t["kind"], "version": t["version"]}))
@@ -582,11 +561,7 @@ fn epoch_seconds(t: &str) -> Option<i64> {
 
 /// The last 7 days against the 7 before, and the daily revenue trend.
 fn kpis(answer: &Value) -> Value {
-    let mut days: Vec<&Value> = answer["rows"]
-        .as_array()
-        .map_or(&[][..], |v| v)
-        .iter()
-        .collect();
+    let mut days: Vec<&Value> = items(&answer["rows"]).iter().collect();
     days.sort_by_key(|d| d["group"].as_str().unwrap_or("").to_string());
     let sum = |rows: &[&Value], k: &str| {
         rows.iter()
