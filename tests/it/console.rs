@@ -81,14 +81,7 @@ async fn seeded(
     let shortage = format!(
         r#"{{"part_id": "{part}", "warehouse_id": "WH-01", "region": "EMEA-North", "supplier_id": "{supplier}", "on_hand": 3, "available": 3, "daily_usage": 40.0, "inbound_open": 0, "inbound_expected": 0.0, "lead_time_days": 9, "days_of_cover": 0.1, "risk_level": "CRITICAL", "suggested_order_qty": 5000, "reasons": "usage 40/day against 3 available; nothing inbound", "as_of": "2026-11-08T00:00:00Z"}}"#
     );
-    let def = millstream::model::tables::get("supply_chain.shortage_signals").unwrap();
-    env.lake
-        .ensure("supply_chain.shortage_signals")
-        .await
-        .unwrap()
-        .write(vec![support::json_batch(def.arrow_schema(), &shortage)])
-        .await
-        .unwrap();
+    support::write_json(&env.lake, "supply_chain.shortage_signals", &shortage).await;
     let (stop, _pipeline) = env.spawn_pipeline(&opts);
     let served = env.serve_mcp().await;
     (env, served, stop, deriver)
@@ -165,13 +158,7 @@ async fn each_persona_sees_its_own_pages_and_rows_and_acts_live_in_a_real_browse
             // recomputed from the anomalies over the row written here).
             handle.block_on(async {
                 let row = r#"{"alert_id": "MA-LIVE", "machine_id": "M-LIVE1", "plant_id": "PLANT-1", "window_start": "2027-01-01T00:00:00Z", "window_end": "2027-01-01T01:00:00Z", "anomalies": 99, "active_windows": 6, "sensors": "vibration", "severity": "CRITICAL", "first_ts": "2027-01-01T00:01:00Z", "last_ts": "2027-01-01T00:59:00Z"}"#;
-                let def = millstream::model::tables::get("iot.maintenance_alerts").unwrap();
-                lake.ensure("iot.maintenance_alerts")
-                    .await
-                    .unwrap()
-                    .write(vec![support::json_batch(def.arrow_schema(), row)])
-                    .await
-                    .unwrap();
+                support::write_json(&lake, "iot.maintenance_alerts", row).await;
                 deriver.round().await.unwrap();
             });
             "iot.maintenance_alerts:M-LIVE1:CRITICAL:2027-01-01".to_string()
@@ -493,12 +480,12 @@ async fn the_console_refuses_what_a_browser_must_not_do() {
         assert!(cookie.contains(flag), "{cookie} lacks {flag}");
     }
     let session = cookie.split(';').next().unwrap().to_string();
-    let page = http
-        .get(format!("{base}/console/stock"))
-        .header("cookie", &session)
-        .send()
-        .await
-        .unwrap();
+    let get = |path: &str| {
+        http.get(format!("{base}{path}"))
+            .header("cookie", &session)
+            .send()
+    };
+    let page = get("/console/stock").await.unwrap();
     assert_eq!(page.status(), 200);
     assert!(
         page.headers()["content-security-policy"]
@@ -520,13 +507,7 @@ async fn the_console_refuses_what_a_browser_must_not_do() {
         "/console/fragment/sales/kpis",
         "/console/live/customers",
     ] {
-        let r = http
-            .get(format!("{base}{path}"))
-            .header("cookie", &session)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 403, "{path}");
+        assert_eq!(get(path).await.unwrap().status(), 403, "{path}");
     }
     // Actions need the session's CSRF token and this origin.
     let order = [
@@ -567,12 +548,7 @@ async fn the_console_refuses_what_a_browser_must_not_do() {
         "{receipt}"
     );
     // Malformed parameters are refused, not passed on.
-    let r = http
-        .get(format!("{base}/console/machines?machine=M'1"))
-        .header("cookie", &session)
-        .send()
-        .await
-        .unwrap();
+    let r = get("/console/machines?machine=M'1").await.unwrap();
     assert_eq!(r.status(), 400);
     // Signing out ends the session at once.
     let r = http
@@ -584,11 +560,5 @@ async fn the_console_refuses_what_a_browser_must_not_do() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let r = http
-        .get(format!("{base}/console/stock"))
-        .header("cookie", &session)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 303);
+    assert_eq!(get("/console/stock").await.unwrap().status(), 303);
 }

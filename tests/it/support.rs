@@ -262,6 +262,17 @@ pub fn json_batch(schema: arrow::datatypes::SchemaRef, lines: &str) -> arrow::ar
         .unwrap()
 }
 
+/// Commits `lines` (JSON objects, one per line) to `table`, creating it if needed.
+pub async fn write_json(lake: &Lakehouse, table: &str, lines: &str) {
+    let def = millstream::model::tables::get(table).unwrap();
+    lake.ensure(table)
+        .await
+        .unwrap()
+        .write(vec![json_batch(def.arrow_schema(), lines)])
+        .await
+        .unwrap();
+}
+
 /// The rows `sql` returns, each as its values joined by `|`, sorted: for comparing runs.
 pub async fn rows(lake: &Lakehouse, sql: &str) -> Vec<String> {
     batch_rows(&lake.sql(sql).await.unwrap())
@@ -480,6 +491,16 @@ pub fn bytes(col: &arrow::array::ArrayRef) -> Vec<Vec<u8>> {
         .iter()
         .map(|v| v.unwrap_or_default().to_vec())
         .collect()
+}
+
+/// What a finished command printed; fails with its stderr if it did not succeed.
+pub fn stdout(out: &std::process::Output) -> &[u8] {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    &out.stdout
 }
 
 pub fn python() -> String {

@@ -91,15 +91,7 @@ impl Seeded {
             )
         })
         .join("\n");
-        let def = millstream::model::tables::get("ops.alerts").unwrap();
-        let batch = support::json_batch(def.arrow_schema(), &alerts);
-        env.lake
-            .ensure("ops.alerts")
-            .await
-            .unwrap()
-            .write(vec![batch])
-            .await
-            .unwrap();
+        support::write_json(&env.lake, "ops.alerts", &alerts).await;
         // Maintenance alerts of both tenants (the seeded faults may not persist long enough
         // to raise one).
         let maintenance = ["PLANT-1", "PLANT-2"]
@@ -109,14 +101,7 @@ impl Seeded {
                 )
             })
             .join("\n");
-        let def = millstream::model::tables::get("iot.maintenance_alerts").unwrap();
-        env.lake
-            .ensure("iot.maintenance_alerts")
-            .await
-            .unwrap()
-            .write(vec![support::json_batch(def.arrow_schema(), &maintenance)])
-            .await
-            .unwrap();
+        support::write_json(&env.lake, "iot.maintenance_alerts", &maintenance).await;
         let (catalog, stop) = env.live_catalog(50, 100_000).await;
         let actions = std::sync::Arc::new(
             millstream::actions::ActionProducer::new(&env.config.kafka, &env.brokers()).unwrap(),
