@@ -2,8 +2,9 @@
 //!
 //! Subscriptions: a client subscribing to a resource gets `notifications/resources/updated`
 //! when its table's Change Data Feed shows rows that change what the resource holds (new
-//! alerts; signals inserted, updated or deleted). One watcher per MCP session follows the
-//! catalog's versions and reads only the new commits' changes.
+//! alerts; signals inserted, updated or deleted). One watcher per MCP session wakes when the
+//! catalog serves new versions ([`super::LiveCatalog::published`]) and reads only the new
+//! commits' changes.
 //!
 //! Tenancy: a caller lists, reads and subscribes to the resources whose table its persona may
 //! read, and a change notifies it only when a changed row passes its row filters (the same
@@ -231,8 +232,14 @@ async fn watch(
         .filter_map(|f| Some((f.table, server.catalog.version(f.table)?)))
         .collect();
     let mut opened: BTreeMap<&'static str, DeltaTable> = BTreeMap::new();
+    let mut published = server.catalog.published();
     loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Woken when the catalog serves new versions; the timeout only notices a client that
+        // went away while nothing was committed.
+        tokio::select! {
+            changed = published.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
         if peer.is_transport_closed() {
             return;
         }
