@@ -63,13 +63,7 @@ async fn seeded(
         c.simulate.seed_shipments = 200;
     })
     .await;
-    let history = millstream::sim::stream::history(&env.config.simulate, name);
-    let live = support::events_with_faults(name, 6000, 0.0, 200.0);
-    env.produce(&history).await;
-    env.produce(&live).await;
-    let opts = env.options(name, name);
-    env.run_until(&opts, (history.len() + live.len()) as u64)
-        .await;
+    let opts = env.ingest_history(name, 6000).await;
     let mut deriver = millstream::pipeline::derive::Deriver::new(env.lake.clone(), defs().await);
     deriver.round().await.unwrap();
     let part = support::rows(

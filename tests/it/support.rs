@@ -204,6 +204,19 @@ impl Env {
         (stop, handle)
     }
 
+    /// The simulator's history, then `live` live events with injected faults, produced and
+    /// ingested by one pipeline run (group and name `name`); its options, to run it again.
+    pub async fn ingest_history(&self, name: &str, live: usize) -> PipelineOptions {
+        let history = millstream::sim::stream::history(&self.config.simulate, name);
+        let live = events_with_faults(name, live, 0.0, 200.0);
+        self.produce(&history).await;
+        self.produce(&live).await;
+        let opts = self.options(name, name);
+        self.run_until(&opts, (history.len() + live.len()) as u64)
+            .await;
+        opts
+    }
+
     pub async fn run_until(&self, opts: &PipelineOptions, records: u64) -> RunStats {
         millstream::pipeline::run(
             &self.config.kafka,

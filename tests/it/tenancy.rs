@@ -65,13 +65,7 @@ impl Seeded {
         millstream::sim::write_reference(&env.lake, &env.config.simulate, false)
             .await
             .unwrap();
-        let history = millstream::sim::stream::history(&env.config.simulate, name);
-        let live = support::events_with_faults(name, 8000, 0.0, 200.0);
-        env.produce(&history).await;
-        env.produce(&live).await;
-        let opts = env.options(name, name);
-        env.run_until(&opts, (history.len() + live.len()) as u64)
-            .await;
+        env.ingest_history(name, 8000).await;
         let defs = millstream::pipeline::definition::Definitions::built_in()
             .await
             .unwrap();
