@@ -8,9 +8,9 @@ use crate::config::Config;
 #[derive(Debug, Subcommand)]
 pub enum EvalCommand {
     /// Simulated telemetry with injected faults through the anomaly detector, and a simulated
-    /// world with supplier delays, demand surges and quiet customers through the shortage and
-    /// churn pipelines (`pipeline.definitions`, so your own SQL can be scored); prints precision,
-    /// recall and detection delay per signal type as JSON.
+    /// world with supplier delays, demand surges, quiet and growing customers through the
+    /// shortage, churn and lead-scoring pipelines (`pipeline.definitions`, so your own SQL can be
+    /// scored); prints precision, recall and detection delay per signal type as JSON.
     Signals {
         /// Simulated hours to evaluate.
         #[arg(long, default_value_t = 24.0)]
@@ -18,7 +18,7 @@ pub enum EvalCommand {
         /// Seed (overrides simulate.seed).
         #[arg(long)]
         seed: Option<u64>,
-        /// Simulated days for the shortage and churn evaluation (0 skips it).
+        /// Simulated days for the shortage, churn and lead evaluation (0 skips it).
         #[arg(long, default_value_t = 60.0)]
         days: f64,
     },
@@ -108,14 +108,15 @@ pub async fn run(config: Config, command: EvalCommand) -> anyhow::Result<()> {
         let defs =
             crate::pipeline::definition::Definitions::from_config(&config.pipeline.definitions)
                 .await?;
-        let (shortages, churn) = crate::eval::supply::supply_and_sales(&sim, &defs, days, |d| {
+        let r = crate::eval::supply::supply_and_sales(&sim, &defs, days, |d| {
             if d.fract() == 0.0 && (d as i64) % 5 == 0 {
-                eprintln!("eval shortages/churn: {d:.0}/{days:.0} simulated days")
+                eprintln!("eval shortages/churn/leads: {d:.0}/{days:.0} simulated days")
             }
         })
         .await?;
-        report["shortages"] = serde_json::to_value(shortages)?;
-        report["churn"] = serde_json::to_value(churn)?;
+        report["shortages"] = serde_json::to_value(r.shortages)?;
+        report["churn"] = serde_json::to_value(r.churn)?;
+        report["leads"] = serde_json::to_value(r.leads)?;
     }
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())

@@ -15,6 +15,11 @@
 //!   customer's real rhythm), customers not quiet by `T` are
 //!   negatives (the ones quiet for less than 30 days are left out: too soon to tell). Flagged =
 //!   HIGH or CRITICAL. Recall and false-positive rate over all checkpoints.
+//! - **leads** (`pipelines/lead_scores.sql`): at the same checkpoints, customers growing (buying
+//!   2.5–4 times more often) for at least 21 days and four of their new intervals by `T` are
+//!   positives, customers not growing by `T` are negatives (the ones growing for less are left
+//!   out). Flagged = WARM or HOT. Precision, recall and false-positive rate over all
+//!   checkpoints, and the same at a sweep of `lead_score` thresholds, to pick an operating point.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -69,6 +74,58 @@ pub struct ChurnReport {
     pub false_positive_rate: f64,
 }
 
+#[derive(Debug, Clone, Serialize)]
+pub struct LeadReport {
+    pub signal: &'static str,
+    pub customers: usize,
+    pub growing_injected: usize,
+    pub checkpoints: usize,
+    pub positives: usize,
+    pub negatives: usize,
+    /// At the pipeline's own tiers (WARM or HOT).
+    pub flagged: OperatingPoint,
+    /// At each `lead_score` threshold.
+    pub sweep: Vec<OperatingPoint>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OperatingPoint {
+    pub threshold: Option<f64>,
+    pub true_positives: usize,
+    pub false_positives: usize,
+    pub precision: f64,
+    pub recall: f64,
+    pub false_positive_rate: f64,
+}
+
+/// Lead-score thresholds the report sweeps.
+const LEAD_SWEEP: [f64; 8] = [0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99];
+
+/// Judged lead scores: (score, flagged by its tier, positive).
+#[derive(Default)]
+struct LeadJudgements(Vec<(f64, bool, bool)>);
+
+impl LeadJudgements {
+    fn point(&self, threshold: Option<f64>) -> OperatingPoint {
+        let flagged = |&(score, tiered, _): &(f64, bool, bool)| match threshold {
+            Some(t) => score >= t,
+            None => tiered,
+        };
+        let pos = self.0.iter().filter(|j| j.2).count();
+        let neg = self.0.len() - pos;
+        let tp = self.0.iter().filter(|j| j.2 && flagged(j)).count();
+        let fp = self.0.iter().filter(|j| !j.2 && flagged(j)).count();
+        OperatingPoint {
+            threshold,
+            true_positives: tp,
+            false_positives: fp,
+            precision: ratio(tp, tp + fp),
+            recall: ratio(tp, pos),
+            false_positive_rate: ratio(fp, neg),
+        }
+    }
+}
+
 const FLAGGED: [&str; 2] = ["HIGH", "CRITICAL"];
 
 /// A simulated event as the source would have read it, at the next offset.
@@ -85,14 +142,21 @@ fn record(e: SimEvent, offset: &mut i64) -> RawRecord {
     }
 }
 
-/// Runs the world for `days` simulated days and scores the shortage and churn signals of
-/// `defs`' `shortage_signals` and `churn_signals` pipelines.
+/// The three sales and supply signal reports.
+pub struct Reports {
+    pub shortages: ShortageReport,
+    pub churn: ChurnReport,
+    pub leads: LeadReport,
+}
+
+/// Runs the world for `days` simulated days and scores the shortage, churn and lead signals of
+/// `defs`' `shortage_signals`, `churn_signals` and `lead_scores` pipelines.
 pub async fn supply_and_sales(
     cfg: &SimulateConfig,
     defs: &Definitions,
     days: f64,
     progress: impl Fn(f64),
-) -> Result<(ShortageReport, ChurnReport)> {
+) -> Result<Reports> {
     let shortage_sql = defs
         .get("shortage_signals")
         .ok_or_else(|| Error::Internal("no shortage_signals pipeline".into()))?
@@ -101,6 +165,11 @@ pub async fn supply_and_sales(
     let churn_sql = defs
         .get("churn_signals")
         .ok_or_else(|| Error::Internal("no churn_signals pipeline".into()))?
+        .sql
+        .clone();
+    let lead_sql = defs
+        .get("lead_scores")
+        .ok_or_else(|| Error::Internal("no lead_scores pipeline".into()))?
         .sql
         .clone();
     let start = cfg.start;
@@ -151,6 +220,7 @@ pub async fn supply_and_sales(
     let mut flags: HashMap<(String, String), Vec<DateTime<Utc>>> = HashMap::new();
     let mut checkpoints = 0;
     let (mut churn_checks, mut pos, mut tp, mut neg, mut fp) = (0, 0, 0, 0, 0);
+    let mut leads = LeadJudgements::default();
 
     // The customers' purchase history the live world continues, as `up` seeds it.
     for e in generator.sales_history(start, Duration::days(SALES_HISTORY_DAYS)) {
@@ -194,6 +264,29 @@ pub async fn supply_and_sales(
                         }
                     }
                 }
+                let scores = lead_scores(&ctx, &lead_sql).await?;
+                for (i, c) in data.customers.iter().enumerate() {
+                    let growing = truth.growing.iter().find(|g| g.customer == i);
+                    let positive = match growing {
+                        Some(g)
+                            if g.since
+                                <= next_check
+                                    - Duration::days(21)
+                                        .max(days_f(4.0 * g.usual_interval_days / g.factor)) =>
+                        {
+                            true
+                        }
+                        Some(g) if g.since <= next_check => continue,
+                        _ => false,
+                    };
+                    let (score, tier) = scores
+                        .get(&c.customer_id)
+                        .cloned()
+                        .unwrap_or((0.0, String::new()));
+                    leads
+                        .0
+                        .push((score, tier == "WARM" || tier == "HOT", positive));
+                }
                 next_churn += Duration::days(7);
             }
             checkpoints += 1;
@@ -208,7 +301,7 @@ pub async fn supply_and_sales(
 
     let truth = generator.truth().clone();
     let mut by_cause: BTreeMap<&'static str, usize> = BTreeMap::new();
-    let mut leads = Vec::new();
+    let mut lead_hours = Vec::new();
     let (mut ahead, mut at_all) = (0, 0);
     let mut last_out: HashMap<usize, DateTime<Utc>> = HashMap::new();
     for s in &truth.stockouts {
@@ -230,10 +323,10 @@ pub async fn supply_and_sales(
             if lead >= 48 {
                 ahead += 1;
             }
-            leads.push(lead);
+            lead_hours.push(lead);
         }
     }
-    leads.sort_unstable();
+    lead_hours.sort_unstable();
     // Flag episodes: runs of consecutive flagged checkpoints per position.
     let stockouts_of: HashMap<(String, String), Vec<DateTime<Utc>>> =
         truth.stockouts.iter().fold(HashMap::new(), |mut m, s| {
@@ -262,7 +355,8 @@ pub async fn supply_and_sales(
         }
     }
     let q = |p: f64| {
-        (!leads.is_empty()).then(|| leads[((leads.len() - 1) as f64 * p).round() as usize])
+        (!lead_hours.is_empty())
+            .then(|| lead_hours[((lead_hours.len() - 1) as f64 * p).round() as usize])
     };
     let shortage = ShortageReport {
         signal: "shortages",
@@ -294,7 +388,48 @@ pub async fn supply_and_sales(
         recall: ratio(tp, pos),
         false_positive_rate: ratio(fp, neg),
     };
-    Ok((shortage, churn))
+    let positives = leads.0.iter().filter(|j| j.2).count();
+    let lead_report = LeadReport {
+        signal: "leads",
+        customers: data.customers.len(),
+        growing_injected: truth.growing.iter().filter(|g| g.since < end).count(),
+        checkpoints: churn_checks,
+        positives,
+        negatives: leads.0.len() - positives,
+        flagged: leads.point(None),
+        sweep: LEAD_SWEEP.iter().map(|t| leads.point(Some(*t))).collect(),
+    };
+    Ok(Reports {
+        shortages: shortage,
+        churn,
+        leads: lead_report,
+    })
+}
+
+/// Customer → (lead score, tier) from the lead pipeline's SQL.
+async fn lead_scores(
+    ctx: &datafusion::prelude::SessionContext,
+    sql: &str,
+) -> Result<HashMap<String, (f64, String)>> {
+    let batches = ctx.sql(sql).await?.collect().await?;
+    let mut out = HashMap::new();
+    for b in &batches {
+        let (c, t) = (
+            crate::lakehouse::query::strings(b, "customer_id")?,
+            crate::lakehouse::query::strings(b, "tier")?,
+        );
+        let score = b
+            .column_by_name("lead_score")
+            .and_then(|a| a.as_any().downcast_ref::<arrow::array::Float64Array>())
+            .ok_or_else(|| Error::Internal("lead_scores: no DOUBLE lead_score column".into()))?;
+        for i in 0..b.num_rows() {
+            out.insert(
+                c.value(i).to_string(),
+                (score.value(i), t.value(i).to_string()),
+            );
+        }
+    }
+    Ok(out)
 }
 
 fn days_f(d: f64) -> Duration {

@@ -1,5 +1,6 @@
 //! SQL functions for pipelines and queries: the brief's `predict_shortage` and `predict_churn`,
-//! computed from the numbers the SQL hands them (which pipelines take from live tables).
+//! and `score_lead`, computed from the numbers the SQL hands them (which pipelines take from live
+//! tables).
 //!
 //! - `predict_shortage(available, daily_usage, inbound_expected, lead_time_days)` →
 //!   `{days_of_cover, risk_level}`. Cover is `(available + inbound_expected) / daily_usage` days
@@ -18,6 +19,12 @@
 //!   favour a break 9 : 1), HIGH ≥ 0.5 (they favour a break), MEDIUM ≥ 0.25, else LOW. Fewer than
 //!   three purchases is no rhythm: MEDIUM when the last is over 60 days old, else LOW; no
 //!   purchases at all is HIGH. A spend trend under 0.5 is reported as a factor.
+//! - `score_lead(purchase_ages_days, spend_trend)` → `{lead_score, tier, drivers}`: the mirror
+//!   image of churn, for the sales rep's lead list. A lead is a customer whose rhythm quickened:
+//!   the rate rose [`LEAD_RATE_RISE`]-fold 14 to 60 days ago ([`LEAD_LOOKBACK_DAYS`]),
+//!   against a steady rate, scored as the same posterior. Tier: HOT ≥ 0.9, WARM ≥ 0.7 (a lead
+//!   is rarer than a steady customer, so the bar is above even odds), else COLD; fewer than three purchases is no rhythm (COLD). A spend trend of 1.5 or more is
+//!   reported as a driver.
 
 use std::sync::Arc;
 
@@ -34,6 +41,7 @@ use datafusion::prelude::SessionContext;
 pub fn register(ctx: &SessionContext) {
     ctx.register_udf(predict_shortage());
     ctx.register_udf(predict_churn());
+    ctx.register_udf(score_lead());
 }
 
 /// Risk of a shortage from cover and lead time (see the module docs).
@@ -51,7 +59,7 @@ pub fn shortage_risk(available: f64, cover: Option<f64>, lead_time_days: f64) ->
 /// How far below the usual rate a customer must fall to count as a break in rhythm.
 const CHURN_RATE_DROP: f64 = 0.2;
 /// How far back a break in rhythm is looked for.
-const CHURN_LOOKBACK_DAYS: f64 = 90.0;
+const CHURN_LOOKBACK_DAYS: std::ops::Range<f64> = 0.0..90.0;
 
 /// Churn probability, risk and factors from the ages (days before now) of a customer's
 /// purchases, and the spend trend (see the module docs).
@@ -87,7 +95,7 @@ pub fn churn(purchase_ages: &[f64], spend_trend: Option<f64>) -> (f64, &'static 
         };
         return (p, risk, factors.join("; "));
     }
-    let brk = rhythm_break(&ages);
+    let brk = rhythm_break(&ages, CHURN_RATE_DROP, CHURN_LOOKBACK_DAYS);
     let p = brk.bayes_factor / (1.0 + brk.bayes_factor);
     if p >= 0.25 {
         // The usual rhythm: the rate before the break.
@@ -118,10 +126,70 @@ pub fn churn(purchase_ages: &[f64], spend_trend: Option<f64>) -> (f64, &'static 
     ((p * 1000.0).round() / 1000.0, risk, factors.join("; "))
 }
 
+/// How much faster than usual a customer must buy to count as a lead.
+const LEAD_RATE_RISE: f64 = 3.0;
+/// How far back a quickening is looked for: from two weeks (a few orders in quick succession
+/// are chance, not a new rhythm) to two months.
+const LEAD_LOOKBACK_DAYS: std::ops::Range<f64> = 14.0..60.0;
+
+/// Lead score, tier and drivers from the ages (days before now) of a customer's purchases and
+/// the spend trend (see the module docs).
+pub fn lead(purchase_ages: &[f64], spend_trend: Option<f64>) -> (f64, &'static str, String) {
+    let mut ages: Vec<f64> = purchase_ages
+        .iter()
+        .copied()
+        .filter(|a| a.is_finite())
+        .map(|a| a.max(0.0))
+        .collect();
+    ages.sort_by(|a, b| b.total_cmp(a));
+    let Some(&recency) = ages.last() else {
+        return (0.0, "COLD", "no purchases on record".into());
+    };
+    if ages.len() < 3 {
+        return (
+            0.0,
+            "COLD",
+            format!("{} orders on record: no rhythm yet", ages.len()),
+        );
+    }
+    let brk = rhythm_break(&ages, LEAD_RATE_RISE, LEAD_LOOKBACK_DAYS);
+    let p = brk.bayes_factor / (1.0 + brk.bayes_factor);
+    let mut drivers = Vec::new();
+    if p >= 0.5 {
+        let before = (ages.len() - 1 - brk.orders_since).max(1) as f64;
+        let interval = (ages[0] - brk.since_days) / before;
+        drivers.push(format!(
+            "{} orders in the last {:.0} days where about {:.1} were usual (one every {interval:.1} days)",
+            brk.orders_since,
+            brk.since_days,
+            brk.since_days / interval
+        ));
+    } else {
+        let month = ages.iter().filter(|a| **a < 30.0).count();
+        let usual = 30.0 * (ages.len() - 1) as f64 / ages[0].max(30.0);
+        drivers.push(format!(
+            "{month} orders in the last 30 days where about {usual:.1} are usual: no quickening"
+        ));
+    }
+    if let Some(t) = spend_trend.filter(|t| *t >= 1.5) {
+        drivers.push(format!(
+            "spend in the last 30 days at {:.0} % of normal",
+            t * 100.0
+        ));
+    }
+    drivers.push(format!("{recency:.0} days since the last order"));
+    let tier = match p {
+        p if p >= 0.9 => "HOT",
+        p if p >= 0.7 => "WARM",
+        _ => "COLD",
+    };
+    ((p * 1000.0).round() / 1000.0, tier, drivers.join("; "))
+}
+
 /// The evidence that a customer's purchases broke rhythm.
 struct RhythmBreak {
-    /// Odds that the rate fell to [`CHURN_RATE_DROP`] of its former value at some moment in the
-    /// last [`CHURN_LOOKBACK_DAYS`], against a steady rate.
+    /// Odds that the rate changed to `ratio` times its former value at some moment in the
+    /// look-back window, against a steady rate.
     bayes_factor: f64,
     /// The likeliest moment of the break (days ago) and the orders since.
     since_days: f64,
@@ -129,25 +197,27 @@ struct RhythmBreak {
 }
 
 /// Purchases as a Poisson process observed from the first purchase (`ages` sorted oldest
-/// first, at least two): steady at rate λ, or at λ until a moment τ and at ρλ after. With λ at
+/// first, at least two): steady at rate λ, or at λ until a moment τ `lookback` days ago and
+/// at ρλ after (ρ = `ratio`: below 1 a slowdown, above 1 a quickening). With λ at
 /// its most likely value under each, the likelihood ratio for a break at τ is
 /// `(S / E(τ))^m · ρ^k(τ)`, where `m` purchases follow the first over the span `S`, `k(τ)` of
 /// them after τ, and `E(τ) = (S − (T − τ)) + ρ (T − τ)` is the exposure the break leaves. The
 /// Bayes factor averages it over τ uniform on the look-back window (two points per day). The
 /// rate itself never needs estimating, so a customer with little history is not judged by a
 /// guess at their interval.
-fn rhythm_break(ages: &[f64]) -> RhythmBreak {
+fn rhythm_break(ages: &[f64], ratio: f64, lookback: std::ops::Range<f64>) -> RhythmBreak {
     let span = ages[0];
     let m = (ages.len() - 1) as f64;
-    let window = span.min(CHURN_LOOKBACK_DAYS);
+    let from = lookback.start.min(span);
+    let window = span.min(lookback.end) - from;
     let steps = ((window * 2.0).ceil() as usize).max(1);
     let (mut total, mut best) = (0.0, (f64::NEG_INFINITY, 0.0, 0));
     for i in 0..steps {
-        let since = window * (i as f64 + 0.5) / steps as f64;
+        let since = from + window * (i as f64 + 0.5) / steps as f64;
         // Purchases after the break (ages are sorted oldest first; the first is the origin).
         let k = ages.len() - 1 - ages[1..].partition_point(|a| *a >= since);
-        let exposure = (span - since) + CHURN_RATE_DROP * since;
-        let log_lr = m * (span / exposure).ln() + k as f64 * CHURN_RATE_DROP.ln();
+        let exposure = (span - since) + ratio * since;
+        let log_lr = m * (span / exposure).ln() + k as f64 * ratio.ln();
         total += log_lr.min(700.0).exp();
         if log_lr > best.0 {
             best = (log_lr, since, k);
@@ -160,17 +230,24 @@ fn rhythm_break(ages: &[f64]) -> RhythmBreak {
     }
 }
 
-/// A row-at-a-time SQL function returning a struct: the shape both predict functions share.
-#[derive(Debug)]
+/// Columns of a struct result, computed from the argument columns.
+type Compute = Arc<dyn Fn(&[ArrayRef]) -> Result<Vec<ArrayRef>> + Send + Sync>;
+
+/// A row-at-a-time SQL function returning a struct: the shape the functions share.
 struct StructUdf {
     name: &'static str,
     signature: Signature,
     fields: Fields,
-    /// Columns of the result, computed from the argument columns.
-    compute: fn(&[ArrayRef]) -> Result<Vec<ArrayRef>>,
+    compute: Compute,
 }
 
-// A function is identified by its name (function pointers have no meaningful identity).
+impl std::fmt::Debug for StructUdf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StructUdf").field("name", &self.name).finish()
+    }
+}
+
+// A function is identified by its name (closures have no meaningful identity).
 impl PartialEq for StructUdf {
     fn eq(&self, other: &Self) -> bool {
         self.name == other.name
@@ -191,13 +268,13 @@ impl StructUdf {
         name: &'static str,
         arity: usize,
         fields: Vec<Field>,
-        compute: fn(&[ArrayRef]) -> Result<Vec<ArrayRef>>,
+        compute: impl Fn(&[ArrayRef]) -> Result<Vec<ArrayRef>> + Send + Sync + 'static,
     ) -> ScalarUDF {
         ScalarUDF::from(StructUdf {
             name,
             signature: Signature::any(arity, Volatility::Immutable),
             fields: Fields::from(fields),
-            compute,
+            compute: Arc::new(compute),
         })
     }
 }
@@ -265,46 +342,60 @@ fn predict_shortage() -> ScalarUDF {
 }
 
 fn predict_churn() -> ScalarUDF {
-    StructUdf::udf(
+    rhythm_udf(
         "predict_churn",
-        2,
-        vec![
-            Field::new("churn_probability", DataType::Float64, false),
-            Field::new("risk_level", DataType::Utf8, false),
-            Field::new("factors", DataType::Utf8, false),
-        ],
-        |a| {
-            let ages = arrow::compute::cast(
-                &a[0],
-                &DataType::List(Arc::new(Field::new_list_field(DataType::Float64, true))),
-            )?;
-            let ages = ages.as_list::<i32>();
-            let trend = floats(&a[1])?;
-            let n = ages.len();
-            let (mut p, mut risk, mut factors) = (
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-            );
-            for i in 0..n {
-                let row: Vec<f64> = if ages.is_null(i) {
-                    Vec::new()
-                } else {
-                    let v = ages.value(i);
-                    v.as_primitive::<Float64Type>().iter().flatten().collect()
-                };
-                let (prob, r, f) = churn(&row, get(&trend, i));
-                p.push(prob);
-                risk.push(r);
-                factors.push(f);
-            }
-            Ok(vec![
-                Arc::new(Float64Array::from(p)),
-                Arc::new(StringArray::from(risk)),
-                Arc::new(StringArray::from(factors)),
-            ])
-        },
+        ["churn_probability", "risk_level", "factors"],
+        churn,
     )
+}
+
+fn score_lead() -> ScalarUDF {
+    rhythm_udf("score_lead", ["lead_score", "tier", "drivers"], lead)
+}
+
+/// A function of (purchase ages, spend trend) returning (probability, level, reasons) under
+/// the field names `names`.
+fn rhythm_udf(
+    name: &'static str,
+    names: [&'static str; 3],
+    judge: fn(&[f64], Option<f64>) -> (f64, &'static str, String),
+) -> ScalarUDF {
+    let fields = vec![
+        Field::new(names[0], DataType::Float64, false),
+        Field::new(names[1], DataType::Utf8, false),
+        Field::new(names[2], DataType::Utf8, false),
+    ];
+    StructUdf::udf(name, 2, fields, move |a| {
+        let ages = arrow::compute::cast(
+            &a[0],
+            &DataType::List(Arc::new(Field::new_list_field(DataType::Float64, true))),
+        )?;
+        let ages = ages.as_list::<i32>();
+        let trend = floats(&a[1])?;
+        let n = ages.len();
+        let (mut p, mut level, mut reasons) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for i in 0..n {
+            let row: Vec<f64> = if ages.is_null(i) {
+                Vec::new()
+            } else {
+                let v = ages.value(i);
+                v.as_primitive::<Float64Type>().iter().flatten().collect()
+            };
+            let (prob, l, r) = judge(&row, get(&trend, i));
+            p.push(prob);
+            level.push(l);
+            reasons.push(r);
+        }
+        Ok(vec![
+            Arc::new(Float64Array::from(p)) as ArrayRef,
+            Arc::new(StringArray::from(level)),
+            Arc::new(StringArray::from(reasons)),
+        ])
+    })
 }
 
 #[cfg(test)]
@@ -394,6 +485,55 @@ mod tests {
         assert!(slowed >= 340, "only {slowed} of 400 slowed buyers flagged");
     }
 
+    #[test]
+    fn a_lead_is_a_customer_buying_faster_than_their_own_rhythm() {
+        // Every 9 days for months: in rhythm, not a lead.
+        let (p, tier, drivers) = lead(&every(9.0, 2.0, 170.0), Some(1.0));
+        assert_eq!(tier, "COLD", "{p} {drivers}");
+        assert!(drivers.contains("where about 3.") && drivers.contains("no quickening"), "{drivers}");
+        // Every 9 days until 40 days ago, every 3 since, spending more: a hot lead.
+        let mut ages = every(9.0, 40.0, 170.0);
+        ages.extend(every(3.0, 1.0, 39.0));
+        let (p, tier, drivers) = lead(&ages, Some(2.6));
+        assert_eq!(tier, "HOT", "{p} {drivers}");
+        assert!(
+            drivers.contains("orders in the last")
+                && drivers.contains("were usual (one every 9.")
+                && drivers.contains("260 % of normal")
+                && drivers.contains("1 days since the last order"),
+            "{drivers}"
+        );
+        // A customer going quiet is the opposite of a lead.
+        assert_eq!(lead(&every(7.0, 40.0, 160.0), Some(0.0)).1, "COLD");
+        assert_eq!(lead(&[], None).1, "COLD");
+        assert!(lead(&[3.0, 9.0], None).2.contains("no rhythm yet"));
+    }
+
+    /// Customers simulated as Poisson buyers over 180 days: steady ones are rarely scored WARM
+    /// or HOT, ones that quickened threefold 40 days ago mostly are.
+    #[test]
+    fn lead_scores_separate_steady_from_quickened_poisson_buyers() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let mut buyer = |interval: f64, quickened_since: f64| {
+            let (mut age, mut ages) = (180.0, Vec::new());
+            while age > 0.0 {
+                ages.push(age);
+                let mean = if age <= quickened_since {
+                    interval / 3.0
+                } else {
+                    interval
+                };
+                age -= -mean * (1.0 - rng.random::<f64>()).ln();
+            }
+            (lead(&ages, None).1 != "COLD") as usize
+        };
+        let steady: usize = (0..400).map(|i| buyer(2.0 + (i % 10) as f64, 0.0)).sum();
+        let quickened: usize = (0..400).map(|i| buyer(2.0 + (i % 10) as f64, 40.0)).sum();
+        assert!(steady <= 35, "{steady} of 400 steady buyers scored as leads");
+        assert!(quickened >= 310, "only {quickened} of 400 quickened buyers scored as leads");
+    }
+
     #[tokio::test]
     async fn functions_are_callable_from_sql() {
         let ctx = SessionContext::new();
@@ -401,7 +541,8 @@ mod tests {
         let b = ctx
             .sql(
                 "SELECT predict_shortage(100, 10.0, 0, 14)['risk_level'] AS r, \
-                  predict_churn(make_array(40, 47, 54, 61, 68, 75), 1.0)['risk_level'] AS c",
+                  predict_churn(make_array(40, 47, 54, 61, 68, 75), 1.0)['risk_level'] AS c, \
+                  score_lead(make_array(1, 2, 3, 4, 5, 6, 7, 8, 30, 60, 90, 120), 2.0)['tier'] AS l",
             )
             .await
             .unwrap()
@@ -411,6 +552,6 @@ mod tests {
         let s = arrow::util::pretty::pretty_format_batches(&b)
             .unwrap()
             .to_string();
-        assert!(s.contains("CRITICAL"), "{s}");
+        assert!(s.contains("CRITICAL") && s.contains("HOT"), "{s}");
     }
 }

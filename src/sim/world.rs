@@ -15,7 +15,9 @@
 //! - **demand surge**: a position's demand ×3–5 for 5–10 days;
 //! - **supplier delay**: shipments a supplier creates during a 10-day window arrive 6–14 days
 //!   late, announced by a `delayed` event with the new eta a day after leaving;
-//! - **customer going quiet**: from a moment on, the customer buys ten times less often.
+//! - **customer going quiet**: from a moment on, the customer buys ten times less often;
+//! - **customer growing** (a lead for the sales rep): from a moment on, the customer buys
+//!   2.5–4 times more often.
 //!
 //! Normal operation never runs out (the reorder point covers lead time plus a week), so the
 //! stockouts are the faults' doing; [`GroundTruth`] records each with its cause.
@@ -40,6 +42,8 @@ pub struct WorldRates {
     pub delays_per_supplier_year: f64,
     /// Share of customers that go quiet within the horizon.
     pub quiet_share: f64,
+    /// Share of the other customers that start buying more often within the horizon.
+    pub growing_share: f64,
 }
 
 impl Default for WorldRates {
@@ -48,6 +52,7 @@ impl Default for WorldRates {
             surges_per_position_year: 1.5,
             delays_per_supplier_year: 4.0,
             quiet_share: 0.15,
+            growing_share: 0.15,
         }
     }
 }
@@ -87,12 +92,24 @@ pub struct QuietCustomer {
     pub usual_interval_days: f64,
 }
 
+#[derive(Debug, Clone, Serialize)]
+pub struct GrowingCustomer {
+    pub customer: usize,
+    pub customer_id: String,
+    pub since: DateTime<Utc>,
+    /// Mean days between the customer's orders before growing.
+    pub usual_interval_days: f64,
+    /// How many times more often the customer orders since.
+    pub factor: f64,
+}
+
 /// What the world injected and what happened, for `millstream eval signals`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct GroundTruth {
     pub surges: Vec<Surge>,
     pub delays: Vec<SupplierDelay>,
     pub quiet: Vec<QuietCustomer>,
+    pub growing: Vec<GrowingCustomer>,
     pub stockouts: Vec<Stockout>,
 }
 
@@ -115,6 +132,8 @@ struct Position {
 struct Customer {
     interval_days: f64,
     quiet_since: Option<DateTime<Utc>>,
+    /// Since when, and by how much, the customer orders more often.
+    growing: Option<(DateTime<Utc>, f64)>,
 }
 
 /// A world event due at a simulated time.
@@ -254,6 +273,7 @@ impl World {
             .map(|_| Customer {
                 interval_days: rng.random_range(2.0..12.0),
                 quiet_since: None,
+                growing: None,
             })
             .collect();
         let mut w = World {
@@ -331,6 +351,22 @@ impl World {
                     customer_id: customer_id(c),
                     since,
                     usual_interval_days: self.customers[c].interval_days,
+                });
+            }
+        }
+        // Growth from a generator of its own, so the faults above stay as they were drawn.
+        let mut rng = ChaCha8Rng::seed_from_u64(rng.random::<u64>() ^ 0x6772_6f77);
+        for c in 0..self.customers.len() {
+            if self.customers[c].quiet_since.is_none() && rng.random_bool(rates.growing_share) {
+                let since = start + days(rng.random_range(0.0..quiet_until));
+                let factor = rng.random_range(2.5..4.0);
+                self.customers[c].growing = Some((since, factor));
+                self.truth.growing.push(GrowingCustomer {
+                    customer: c,
+                    customer_id: customer_id(c),
+                    since,
+                    usual_interval_days: self.customers[c].interval_days,
+                    factor,
                 });
             }
         }
@@ -420,8 +456,12 @@ impl World {
         match task {
             Task::Consume(p) => self.consume(at, p),
             Task::Purchase(c) => {
-                let quiet = self.customers[c].quiet_since.is_some_and(|q| at >= q);
-                let mean = self.customers[c].interval_days * if quiet { 10.0 } else { 1.0 };
+                let customer = &self.customers[c];
+                let mean = match (customer.quiet_since, customer.growing) {
+                    (Some(q), _) if at >= q => customer.interval_days * 10.0,
+                    (_, Some((g, factor))) if at >= g => customer.interval_days / factor,
+                    _ => customer.interval_days,
+                };
                 let gap = exponential(&mut self.rng, mean);
                 self.schedule(at + days(gap), Task::Purchase(c));
                 Some(Happening::Sale { customer: c })
@@ -680,6 +720,7 @@ mod tests {
             surges_per_position_year: 0.0,
             delays_per_supplier_year: 0.0,
             quiet_share: 0.0,
+            growing_share: 0.0,
         };
         let (truth, moves, receipts) = run(none);
         assert!(moves > 500 * 50, "about 6 movements per position and day");
@@ -705,6 +746,50 @@ mod tests {
                 .iter()
                 .filter(|s| s.cause == "other")
                 .collect::<Vec<_>>()
+        );
+    }
+
+    /// Growing customers (the sales rep's leads) buy `factor` times more often from `since`;
+    /// quiet ones ten times less; no customer is both.
+    #[test]
+    fn growing_customers_buy_more_often_from_the_moment_they_grow() {
+        let c = cfg();
+        let rates = WorldRates {
+            quiet_share: 0.2,
+            growing_share: 0.5,
+            ..WorldRates::default()
+        };
+        let span = Duration::days(90);
+        let mut w = World::new(&c, "t", c.start, span, &rates);
+        let end = c.start + span;
+        let mut sales: Vec<Vec<DateTime<Utc>>> = vec![Vec::new(); c.customers];
+        while let Some(t) = w.next_due() {
+            if t >= end {
+                break;
+            }
+            if let Some((at, Happening::Sale { customer })) = w.pop_due(t) {
+                sales[customer].push(at);
+            }
+        }
+        let truth = w.truth().clone();
+        assert!(truth.growing.len() > c.customers / 4, "{}", truth.growing.len());
+        assert!(
+            truth
+                .growing
+                .iter()
+                .all(|g| truth.quiet.iter().all(|q| q.customer != g.customer))
+        );
+        // Observed over expected sales after growth, at the usual and at the grown rate.
+        let (mut observed, mut usual, mut grown) = (0.0, 0.0, 0.0);
+        for g in &truth.growing {
+            let after = (end - g.since).num_seconds() as f64 / 86_400.0;
+            observed += sales[g.customer].iter().filter(|t| **t >= g.since).count() as f64;
+            usual += after / g.usual_interval_days;
+            grown += after * g.factor / g.usual_interval_days;
+        }
+        assert!(
+            (observed - grown).abs() < grown * 0.15 && observed > usual * 2.0,
+            "{observed} sales after growth, {grown:.0} expected ({usual:.0} at the usual rate)"
         );
     }
 }
