@@ -243,7 +243,9 @@ struct StructUdf {
 
 impl std::fmt::Debug for StructUdf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StructUdf").field("name", &self.name).finish()
+        f.debug_struct("StructUdf")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -353,12 +355,15 @@ fn score_lead() -> ScalarUDF {
     rhythm_udf("score_lead", ["lead_score", "tier", "drivers"], lead)
 }
 
+/// [`churn`] or [`lead`]: (probability, level, reasons) from (purchase ages, spend trend).
+type Judge = fn(&[f64], Option<f64>) -> (f64, &'static str, String);
+
 /// A function of (purchase ages, spend trend) returning (probability, level, reasons) under
 /// the field names `names`.
 fn rhythm_udf(
     name: &'static str,
     names: [&'static str; 3],
-    judge: fn(&[f64], Option<f64>) -> (f64, &'static str, String),
+    judge: Judge,
 ) -> ScalarUDF {
     let fields = vec![
         Field::new(names[0], DataType::Float64, false),
@@ -490,7 +495,10 @@ mod tests {
         // Every 9 days for months: in rhythm, not a lead.
         let (p, tier, drivers) = lead(&every(9.0, 2.0, 170.0), Some(1.0));
         assert_eq!(tier, "COLD", "{p} {drivers}");
-        assert!(drivers.contains("where about 3.") && drivers.contains("no quickening"), "{drivers}");
+        assert!(
+            drivers.contains("where about 3.") && drivers.contains("no quickening"),
+            "{drivers}"
+        );
         // Every 9 days until 40 days ago, every 3 since, spending more: a hot lead.
         let mut ages = every(9.0, 40.0, 170.0);
         ages.extend(every(3.0, 1.0, 39.0));
@@ -530,8 +538,14 @@ mod tests {
         };
         let steady: usize = (0..400).map(|i| buyer(2.0 + (i % 10) as f64, 0.0)).sum();
         let quickened: usize = (0..400).map(|i| buyer(2.0 + (i % 10) as f64, 40.0)).sum();
-        assert!(steady <= 35, "{steady} of 400 steady buyers scored as leads");
-        assert!(quickened >= 310, "only {quickened} of 400 quickened buyers scored as leads");
+        assert!(
+            steady <= 35,
+            "{steady} of 400 steady buyers scored as leads"
+        );
+        assert!(
+            quickened >= 310,
+            "only {quickened} of 400 quickened buyers scored as leads"
+        );
     }
 
     #[tokio::test]

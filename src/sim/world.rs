@@ -772,7 +772,11 @@ mod tests {
             }
         }
         let truth = w.truth().clone();
-        assert!(truth.growing.len() > c.customers / 4, "{}", truth.growing.len());
+        assert!(
+            truth.growing.len() > c.customers / 4,
+            "{}",
+            truth.growing.len()
+        );
         assert!(
             truth
                 .growing

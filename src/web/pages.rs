@@ -147,6 +147,7 @@ impl Page {
             full("kpis", &["sales.transactions"]),
             full("heatmap", &["sales.churn_signals"]),
             full("churn", &["sales.churn_signals"]),
+            full("leads", &["sales.lead_scores"]),
         ];
         const CUSTOMERS: &[Fragment] = &[
             ALERTS,
@@ -392,6 +393,18 @@ pub async fn load(
                 )
                 .await?;
             Ok(json!({"signals": a["signals"], "as_of": a["as_of"]}))
+        }
+        "leads" => {
+            let (rows, as_of) = c
+                .sql(
+                    p,
+                    "SELECT customer_id, name, segment, region, orders_30d, usual_orders_30d, \
+                     lead_score, tier, drivers, recommendation FROM sales.lead_scores \
+                     WHERE tier IN ('HOT', 'WARM') ORDER BY lead_score DESC, customer_id",
+                    20,
+                )
+                .await?;
+            Ok(json!({"leads": rows, "as_of": as_of}))
         }
         "customer_list" => {
             let (rows, as_of) = c

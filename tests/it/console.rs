@@ -313,6 +313,23 @@ async fn each_persona_sees_its_own_pages_and_rows_and_acts_live_in_a_real_browse
         } else {
             within("heatmap_regions", "sales", regions);
             within("churn_regions", "sales", regions);
+            // Leads: the caller's HOT and WARM customers, best first, as the table ranks them.
+            assert_eq!(pages["sales"]["leads_panel"], 1, "{who} sees the lead list");
+            let leads: Vec<String> = support::rows(
+                &env.lake,
+                &format!(
+                    "SELECT customer_id FROM sales.lead_scores WHERE tier IN ('HOT', 'WARM') \
+                     AND account_manager = '{manager}' AND region IN ('{}') \
+                     ORDER BY lead_score DESC, customer_id LIMIT 20",
+                    regions.join("', '")
+                ),
+            )
+            .await;
+            assert_eq!(
+                pages["sales"]["leads"],
+                serde_json::json!(leads),
+                "{who}'s leads: its HOT and WARM customers in score order"
+            );
             let shown = set(&pages["customers"]["customers"]);
             let in_table: BTreeSet<String> = support::rows(
                 &env.lake,

@@ -80,6 +80,8 @@ def collect(page, name):
     elif name == "sales":
         seen["heatmap_regions"] = texts(page, "#heatmap thead th[scope=col]")[1:]
         seen["churn_regions"] = texts(page, "#churn tbody td:nth-child(3)")
+        seen["leads_panel"] = page.locator("#leads h2").count()
+        seen["leads"] = [h.split("/")[-1] for h in attrs(page, "#leads tbody th a", "href")]
     elif name == "customers":
         seen["customers"] = [h.split("/")[-1] for h in attrs(page, "#customer_list tbody th a", "href")]
     return seen

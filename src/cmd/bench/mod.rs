@@ -6,12 +6,16 @@
 //!   from each record's Kafka timestamp to the end of the commit that made it durable.
 //! - `mcp`: MCP clients (rmcp over streamable HTTP) calling the read tools while the pipeline
 //!   ingests live events; latency per tool, and how long after a commit the server serves it.
+//! - `console` ([`console`]): console clients as browsers (pages, one live stream each): page
+//!   time on the server, live update latency after a commit, memory per open page.
 //! - `search` ([`search`]): knowledge search latency at 1 and 16 callers, indexing throughput.
 
 pub(crate) use crate::eval::percentiles;
 
 mod agent;
+mod console;
 mod search;
+mod stack;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,7 +33,7 @@ use crate::pipeline::{Observer, PipelineOptions, RunStats, StopAfter};
 use crate::sim::stream::Generator;
 use crate::sim::{EventProducer, produce_all};
 use crate::source::RawRecord;
-use crate::supervise::{Policy, Supervisor};
+use stack::{Finished, LiveStack};
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -61,6 +65,21 @@ pub enum BenchCommand {
         /// default `serve.principal`.
         #[arg(long = "as", value_name = "PRINCIPAL")]
         principal: Option<String>,
+    },
+    /// Console clients as browsers: each signs in (alternately as a supply-chain manager and a
+    /// sales rep), keeps its main page's live stream open and loads its persona's pages;
+    /// page time on the server and at the client, live update latency after a commit, server
+    /// memory per open page. The pipeline ingests live events meanwhile.
+    Console {
+        /// Concurrent signed-in clients, each with one open page.
+        #[arg(long, default_value_t = 50)]
+        clients: usize,
+        /// Measured seconds.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Page loads per second per client (Poisson arrivals; 0 = back to back).
+        #[arg(long, default_value_t = 0.2)]
+        rate: f64,
     },
     /// Agent sessions turning back to back against the scripted model: turns/s and the
     /// agent's overhead per turn and per tool call, the model's time excluded.
@@ -108,6 +127,19 @@ pub async fn run(mut config: Config, command: BenchCommand) -> anyhow::Result<()
             anyhow::ensure!(seconds >= 1, "--seconds must be at least 1");
             anyhow::ensure!(think_ms <= 60_000, "--think-ms must be at most 60000");
             agent::run(config, sessions, seconds, think_ms).await
+        }
+        BenchCommand::Console {
+            clients,
+            seconds,
+            rate,
+        } => {
+            anyhow::ensure!(
+                (1..=2000).contains(&clients),
+                "--clients must be in 1..=2000"
+            );
+            anyhow::ensure!(seconds >= 1, "--seconds must be at least 1");
+            anyhow::ensure!(rate.is_finite() && rate >= 0.0, "--rate must be >= 0");
+            console::run(config, clients, seconds, rate).await
         }
         BenchCommand::Search { docs, seconds, k } => {
             anyhow::ensure!(
@@ -544,117 +576,10 @@ async fn mcp(config: Config, clients: usize, seconds: u64, rate: f64) -> anyhow:
     use rmcp::model::CallToolRequestParams;
     use rmcp::transport::StreamableHttpClientTransport;
 
-    let (_scratch, lake, broker) = scratch_setup(&config)?;
-    let brokers = broker.bootstrap_servers().to_string();
-    lake.ensure_all().await?;
-    crate::sim::write_reference(&lake, &config.simulate, false).await?;
-    let producer = EventProducer::new(&config.kafka, &brokers)?;
-    let history = crate::sim::stream::history(&config.simulate, "bench-mcp");
-    eprintln!("bench mcp: {} history events", history.len());
-    produce_all(&producer, &history, "history").await?;
-
-    // As under `up`: one supervisor, stream processing yielding the CPU to the server
-    // (crate::runtime), stopped in order at the end.
-    let mut sup = Supervisor::new();
-    let simulate = sup.stage("simulate");
-    let ingest = sup.stage("ingest");
-    let derive = sup.stage("derive");
-    let serving = sup.stage("serve");
-    let last = sup.stage("audit");
-    let background = crate::runtime::background().clone();
-    let stats = Arc::new(Mutex::new(None));
-    let produced = Arc::new(Mutex::new(None));
-    {
-        let mut opts = PipelineOptions::from_config(&config, &brokers);
-        opts.group_id = "bench-mcp".into();
-        let (kafka, lake, stats) = (config.kafka.clone(), lake.clone(), stats.clone());
-        sup.spawn(
-            "pipeline",
-            &ingest,
-            Policy::Critical,
-            &background,
-            move |t| {
-                let (kafka, lake, opts, stats) =
-                    (kafka.clone(), lake.clone(), opts.clone(), stats.clone());
-                async move {
-                    let run = crate::pipeline::run(&kafka, &lake, &opts, t, None).await?;
-                    *stats.lock().expect("poisoned") = Some(run);
-                    Ok(())
-                }
-            },
-        );
-    }
-    {
-        let (lake, defs) = (
-            lake.clone(),
-            Definitions::from_config(&config.pipeline.definitions).await?,
-        );
-        let every = Duration::from_millis(config.pipeline.derive_interval_ms);
-        sup.spawn_once("deriver", &derive, &background, move |t| async move {
-            crate::pipeline::derive::run(lake, defs, every, None, t).await;
-            Ok(())
-        });
-    }
-    // Live events all along: the server answers while tables change under it.
-    {
-        let (config, brokers, produced) = (config.clone(), brokers.clone(), produced.clone());
-        sup.spawn_once("simulator", &simulate, &background, move |t| async move {
-            let producer = EventProducer::new(&config.kafka, &brokers)?;
-            let rate = config.simulate.rate;
-            let mut g = Generator::new(&config.simulate, "bench-mcp", config.simulate.start, rate);
-            let live = crate::sim::produce_live(&producer, &mut g, rate, None, t).await?;
-            *produced.lock().expect("poisoned") = Some(live);
-            Ok(())
-        });
-    }
-    let started = Instant::now();
-    loop {
-        let n = |t: &'static str| {
-            let lake = lake.clone();
-            async move {
-                lake.sql_i64(&format!("SELECT count(*) FROM {t}"))
-                    .await
-                    .unwrap_or(0)
-            }
-        };
-        if n("supply_chain.shortage_signals").await > 0
-            && n("sales.churn_signals").await > 0
-            && n("iot.telemetry").await >= config.simulate.seed_telemetry as i64
-        {
-            break;
-        }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(600),
-            "signals not ready after 600 s"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    eprintln!(
-        "bench mcp: tables ready after {:.0} s",
-        started.elapsed().as_secs_f64()
-    );
-
-    let server = crate::mcp::start(
-        &config,
-        lake.clone(),
-        Some(&brokers),
-        &mut sup,
-        crate::mcp::Stages {
-            serving: &serving,
-            last: &last,
-        },
-    )
-    .await?;
-    let catalog = server.catalog.clone();
-    let caller = server.clone();
-    let mcp = crate::serve::Mcp::from_config(server, &config)?;
-    let (addr, http) = crate::serve::bind("127.0.0.1:0", Some(mcp), sup.health()).await?;
-    sup.spawn_once(
-        "http",
-        &serving,
-        &tokio::runtime::Handle::current(),
-        move |t| http.run(t),
-    );
+    let stack = LiveStack::start(&config, "mcp").await?;
+    let catalog = stack.server.catalog.clone();
+    let caller = stack.server.clone();
+    let addr = stack.addr;
     let url = format!("http://{addr}/mcp");
     let measured = CancellationToken::new();
 
@@ -789,22 +714,13 @@ async fn mcp(config: Config, clients: usize, seconds: u64, rate: f64) -> anyhow:
     }
     measured.cancel();
     let vis = visibility.await?;
-    sup.shutdown().await;
-    let stats = stats
-        .lock()
-        .expect("poisoned")
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("the pipeline did not finish"))?;
-    let produced = produced
-        .lock()
-        .expect("poisoned")
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("the simulator did not finish"))?;
     let principal = caller.principal().to_string();
     drop(caller);
     drop(catalog);
-    drop(producer);
-    drop(broker);
+    let Finished {
+        pipeline: stats,
+        produced,
+    } = stack.finish().await?;
 
     let signal: Vec<f64> = SIGNAL_TOOLS
         .iter()
