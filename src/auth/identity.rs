@@ -25,6 +25,9 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub principal: String,
+    /// When the credential stops being valid (a JWT's `exp`, Unix seconds); `None` for dev
+    /// tokens and unauthenticated local use. A console session ends no later.
+    pub expires_at: Option<u64>,
 }
 
 /// Why a request is refused.
@@ -71,6 +74,7 @@ const LEEWAY_SECS: u64 = 30;
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
+    exp: u64,
     #[serde(default)]
     scope: Option<String>,
     #[serde(default)]
@@ -177,6 +181,7 @@ impl Authenticator {
         if let Some(principal) = dev {
             return Ok(Caller {
                 principal: principal.clone(),
+                expires_at: None,
             });
         }
         if self.inner.jwks_url.is_empty() {
@@ -210,6 +215,7 @@ impl Authenticator {
         }
         Ok(Caller {
             principal: claims.sub,
+            expires_at: Some(claims.exp),
         })
     }
 

@@ -360,11 +360,7 @@ type Judge = fn(&[f64], Option<f64>) -> (f64, &'static str, String);
 
 /// A function of (purchase ages, spend trend) returning (probability, level, reasons) under
 /// the field names `names`.
-fn rhythm_udf(
-    name: &'static str,
-    names: [&'static str; 3],
-    judge: Judge,
-) -> ScalarUDF {
+fn rhythm_udf(name: &'static str, names: [&'static str; 3], judge: Judge) -> ScalarUDF {
     let fields = vec![
         Field::new(names[0], DataType::Float64, false),
         Field::new(names[1], DataType::Utf8, false),

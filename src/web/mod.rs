@@ -18,6 +18,7 @@
 //! - Chat: `/console/chat` is the agent endpoint (`/agent/turn`, given by the HTTP server) for
 //!   the session's principal, which the session check hands on as [`crate::auth::Caller`].
 
+mod cache;
 mod data;
 mod ops;
 pub mod pages;
@@ -54,7 +55,11 @@ pub struct Console {
     sessions: Sessions,
     live_interval: Duration,
     allowed_origins: Arc<Vec<String>>,
+    renders: cache::Renders,
 }
+
+/// Rendered panels kept (principal × view × panel; one version each).
+const RENDERS_KEPT: usize = 4096;
 
 impl Console {
     pub fn new(
@@ -80,6 +85,7 @@ impl Console {
             ),
             live_interval: Duration::from_millis(c.live_interval_ms),
             allowed_origins: Arc::new(config.serve.allowed_origins.clone()),
+            renders: cache::Renders::new(RENDERS_KEPT),
         }
     }
 }
@@ -221,6 +227,7 @@ async fn require_session(State(c): State<Console>, mut req: Request, next: Next)
     }
     req.extensions_mut().insert(crate::auth::Caller {
         principal: session.principal.clone(),
+        expires_at: Some(session.expires),
     });
     req.extensions_mut().insert(Signed {
         csrf: c.sessions.csrf(&session),
@@ -366,24 +373,50 @@ fn permitted(signed: &Signed, view: (View, Option<u64>)) -> Result<(View, Option
 }
 
 /// Panel `fragment` of `view`, rendered for the signed-in caller (or the reason it cannot be).
+/// Panel `fragment` of `view` as the caller sees it. A panel that reads tables is rendered
+/// once per principal, view and versions of those tables, and shared ([`cache`]).
 async fn render_fragment(c: &Console, signed: &Signed, view: &View, fragment: &str) -> String {
-    let ctx = pages::load(&c.clients, &signed.access.principal, view, fragment).await;
-    let template = format!("frag_{fragment}.html");
-    match ctx {
-        Ok(d) => render(
-            &template,
-            minijinja::context! { d => v(&d), view => v(view), csrf => &signed.csrf },
-        ),
-        Err(e) => {
-            if matches!(e, CallError::Unreachable(_)) {
-                tracing::warn!(panel = fragment, error = %e, "console panel");
+    let principal = &signed.access.principal;
+    let render = || async {
+        let ctx = pages::load(&c.clients, principal, view, fragment).await;
+        match ctx {
+            Ok(d) => cache::Rendered {
+                body: render(
+                    &format!("frag_{fragment}.html"),
+                    minijinja::context! { d => v(&d), view => v(view) },
+                )
+                .into(),
+                keep: true,
+            },
+            Err(e) => {
+                if matches!(e, CallError::Unreachable(_)) {
+                    tracing::warn!(panel = fragment, error = %e, "console panel");
+                }
+                cache::Rendered {
+                    body: render(
+                        "frag_error.html",
+                        minijinja::context! { id => fragment, error => e.to_string() },
+                    )
+                    .into(),
+                    keep: false,
+                }
             }
-            render(
-                "frag_error.html",
-                minijinja::context! { id => fragment, error => e.to_string() },
-            )
         }
+    };
+    let tables = view
+        .page
+        .fragments()
+        .iter()
+        .find(|f| f.id == fragment)
+        .map_or(&[][..], |f| f.tables);
+    if tables.is_empty() {
+        // The operations figures follow the process, not a table version.
+        return render().await.body.to_string();
     }
+    let catalog = &c.clients.server().catalog;
+    let versions = tables.iter().map(|t| catalog.version(t)).collect();
+    let key = serde_json::to_string(&(principal, view, fragment)).unwrap_or_default();
+    c.renders.get(key, versions, render).await.to_string()
 }
 
 /// The navigation the caller may use.
@@ -776,13 +809,13 @@ async fn login(
             Some("The sign-in form was incomplete.".into()),
         );
     };
-    let principal = match (&c.auth, f.token, f.principal) {
+    let (principal, not_after) = match (&c.auth, f.token, f.principal) {
         (Some(auth), Some(token), _) if !token.trim().is_empty() => {
             match auth
                 .authenticate(Some(&format!("Bearer {}", token.trim())))
                 .await
             {
-                Ok(caller) => caller.principal,
+                Ok(caller) => (caller.principal, caller.expires_at),
                 Err(_) => {
                     tracing::info!("console sign-in refused: the token was not accepted");
                     return login_page(
@@ -793,7 +826,7 @@ async fn login(
                 }
             }
         }
-        (None, _, Some(p)) if c.policies.knows(&p) => p,
+        (None, _, Some(p)) if c.policies.knows(&p) => (p, None),
         _ => {
             return login_page(
                 &c,
@@ -809,7 +842,7 @@ async fn login(
             Some("This principal has no access.".into()),
         );
     }
-    let (_, cookie) = c.sessions.start(&principal);
+    let (_, cookie) = c.sessions.start(&principal, not_after);
     tracing::info!(principal = %principal, "console sign-in");
     let mut resp = Redirect::to("/console").into_response();
     *resp.status_mut() = StatusCode::SEE_OTHER;

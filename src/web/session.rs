@@ -65,14 +65,15 @@ impl Sessions {
         }
     }
 
-    /// A new session for `principal`: the `Set-Cookie` value.
-    pub fn start(&self, principal: &str) -> (Session, String) {
+    /// A new session for `principal`, ending after the configured lifetime or at `not_after`
+    /// (Unix seconds: the credential's own expiry), whichever is sooner; the `Set-Cookie` value.
+    pub fn start(&self, principal: &str, not_after: Option<u64>) -> (Session, String) {
         let mut nonce = [0u8; 16];
         aws_lc_rs::rand::fill(&mut nonce).expect("system randomness");
         let session = Session {
             principal: principal.to_string(),
             nonce: hex::encode(nonce),
-            expires: now() + self.lifetime.as_secs(),
+            expires: (now() + self.lifetime.as_secs()).min(not_after.unwrap_or(u64::MAX)),
         };
         let body = format!(
             "{}.{}.{}",
@@ -81,7 +82,8 @@ impl Sessions {
             session.nonce
         );
         let signature = self.key.digest_hex(format!("session|{body}").as_bytes());
-        let cookie = self.cookie(&format!("{body}.{signature}"), self.lifetime.as_secs());
+        let max_age = session.expires.saturating_sub(now());
+        let cookie = self.cookie(&format!("{body}.{signature}"), max_age);
         (session, cookie)
     }
 
@@ -169,7 +171,7 @@ mod tests {
     #[test]
     fn a_signed_session_round_trips_and_a_tampered_one_does_not() {
         let s = sessions();
-        let (session, set) = s.start("maria@emea");
+        let (session, set) = s.start("maria@emea", None);
         assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict"));
         assert!(set.contains("Secure") && set.contains("Path=/console"));
         let cookie = cookie_value(&set);
@@ -196,8 +198,8 @@ mod tests {
     #[test]
     fn csrf_tokens_belong_to_one_session() {
         let s = sessions();
-        let (a, _) = s.start("maria@emea");
-        let (b, _) = s.start("maria@emea");
+        let (a, _) = s.start("maria@emea", None);
+        let (b, _) = s.start("maria@emea", None);
         let token = s.csrf(&a);
         assert!(s.csrf_ok(&a, Some(&token)));
         assert!(!s.csrf_ok(&b, Some(&token)));
@@ -208,13 +210,23 @@ mod tests {
     #[test]
     fn a_signed_out_session_is_refused_and_an_expired_one_too() {
         let s = sessions();
-        let (session, set) = s.start("alice@emea");
+        let (session, set) = s.start("alice@emea", None);
         let cookie = cookie_value(&set);
         let cleared = s.end(&session);
         assert!(cleared.contains("Max-Age=0"));
         assert_eq!(s.check(Some(&cookie)), None);
         let short = Sessions::new("", Duration::from_secs(0), true);
-        let (_, set) = short.start("alice@emea");
+        let (_, set) = short.start("alice@emea", None);
         assert_eq!(short.check(Some(&cookie_value(&set))), None);
+        // A session ends when the token it was opened with does, even if sooner.
+        let (_, set) = s.start("alice@emea", Some(now() - 1));
+        assert_eq!(s.check(Some(&cookie_value(&set))), None);
+        assert!(set.contains("Max-Age=0"), "{set}");
+        let (kept, set) = s.start("alice@emea", Some(now() + 600));
+        assert_eq!(s.check(Some(&cookie_value(&set))), Some(kept));
+        assert!(
+            set.contains("Max-Age=600") || set.contains("Max-Age=599"),
+            "{set}"
+        );
     }
 }

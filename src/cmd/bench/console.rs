@@ -4,7 +4,8 @@
 //! 360s) at Poisson arrivals. Reported: page time on the server (`Server-Timing`) and at the
 //! client, the live update latency from a table's commit to the panel arriving over the stream,
 //! and the server's memory: with every page open, and per open page (measured once the writers
-//! have stopped, as the growth of the median RSS when each client opens its page once more).
+//! have stopped and the RSS is steady, as its growth when each client opens its page once
+//! more).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -73,16 +74,26 @@ fn committed_at(partial: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-/// The process's RSS, the median of 15 samples a second apart: robust to the transient
-/// buffers that swing it by a few hundred MiB now and then even with the writers stopped.
-async fn median_rss() -> f64 {
-    let mut samples = Vec::new();
-    for _ in 0..15 {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        samples.push(rss_mb());
+/// The process's RSS once it is steady: medians of 5 samples a second apart (robust to the
+/// transient buffers that swing it now and then), until two in a row differ by at most 2 MiB,
+/// for at most 120 s; `None` if it never steadied.
+async fn steady_rss() -> Option<f64> {
+    let started = Instant::now();
+    let mut previous: Option<f64> = None;
+    while started.elapsed() < Duration::from_secs(120) {
+        let mut samples = Vec::new();
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            samples.push(rss_mb());
+        }
+        samples.sort_by(f64::total_cmp);
+        let median = samples[2];
+        if previous.is_some_and(|p| (p - median).abs() <= 2.0) {
+            return Some(median);
+        }
+        previous = Some(median);
     }
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
+    None
 }
 
 fn server_ms(resp: &reqwest::Response) -> Option<f64> {
@@ -318,11 +329,12 @@ pub async fn run(
     // hundreds of MiB), the growth when every client opens its page a second time, as a second
     // tab.
     stack.stop_writers();
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let rss_idle = median_rss().await;
+    let rss_idle = steady_rss().await;
     streams.extend(open(&Arc::new(Mutex::new(Vec::new()))));
-    let rss_more = median_rss().await;
-    let rss_per_page = (rss_more - rss_idle) / clients as f64;
+    let rss_more = steady_rss().await;
+    let rss_per_page = rss_idle
+        .zip(rss_more)
+        .map(|(idle, more)| ((more - idle) / clients as f64 * 100.0).round() / 100.0);
     stop.cancel();
     let mut broken_streams = 0;
     for s in streams {
@@ -355,7 +367,8 @@ pub async fn run(
             "live_interval_ms": config.console.live_interval_ms,
             "rss_mb_signed_in": rss_signed_in.round(),
             "rss_mb_live_pages_open": rss_open.round(),
-            "rss_mb_per_open_page": (rss_per_page * 100.0).round() / 100.0,
+            // null: the RSS did not steady with the writers stopped.
+            "rss_mb_per_open_page": rss_per_page,
             "peak_rss_mb": peak.round(),
             "live_events": produced.events,
             "pipeline_records": pipeline.records,
