@@ -58,8 +58,9 @@ pub struct Console {
     renders: cache::Renders,
 }
 
-/// Rendered panels kept (principal × view × panel; one version each).
-const RENDERS_KEPT: usize = 4096;
+/// Rendered panels kept (principal × view × panel; one version each). A panel is tens of KiB at
+/// most, so this bounds the cache to tens of MiB whatever views callers ask for.
+const RENDERS_KEPT: usize = 1024;
 
 impl Console {
     pub fn new(
@@ -409,8 +410,9 @@ async fn render_fragment(c: &Console, signed: &Signed, view: &View, fragment: &s
         .iter()
         .find(|f| f.id == fragment)
         .map_or(&[][..], |f| f.tables);
-    if tables.is_empty() {
-        // The operations figures follow the process, not a table version.
+    if tables.is_empty() || view.q.is_some() {
+        // The operations figures follow the process, not a table version; a search is the
+        // caller's own (and its text is free, so keeping it would let callers fill the cache).
         return render().await.body.to_string();
     }
     let catalog = &c.clients.server().catalog;
