@@ -6,6 +6,8 @@
 //! - an order double-clicked from a shortage row is one purchase order, listed with its status;
 //! - a sales rep's customer 360 matches that customer's rows;
 //! - an alert the pipeline commits appears in the open page within 2 s, without a reload;
+//! - the chat panel streams the agent's tool calls and answer (a scripted model), and an action
+//!   runs only once approved in the page;
 //! - no page logs a JavaScript error or fails a request; screenshots of every page at desktop and
 //!   phone width land in `target/console-screenshots/`.
 //!
@@ -17,6 +19,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+
+use millstream::agent::scripted::{Script, ScriptedModel};
 
 use crate::support::{self, Env};
 
@@ -57,8 +61,9 @@ async fn seeded(
     support::Served,
     tokio_util::sync::CancellationToken,
     millstream::pipeline::derive::Deriver,
+    ScriptedModel,
 ) {
-    let env = with_reference(|c| {
+    let mut env = with_reference(|c| {
         c.simulate.seed_telemetry = 3_000;
         c.simulate.seed_shipments = 200;
     })
@@ -77,8 +82,39 @@ async fn seeded(
     );
     support::write_json(&env.lake, "supply_chain.shortage_signals", &shortage).await;
     let (stop, _pipeline) = env.spawn_pipeline(&opts);
+    let customer = support::rows(
+        &env.lake,
+        "SELECT customer_id FROM sales.customers WHERE account_manager = 'alice' \
+         AND region IN ('EMEA-North', 'EMEA-South') ORDER BY customer_id LIMIT 1",
+    )
+    .await;
+    let model = ScriptedModel::start(chat_script(&customer[0]))
+        .await
+        .unwrap();
+    env.config.agent.llm_base_url = model.base_url.clone();
+    env.config.agent.llm_model = "scripted".into();
     let served = env.serve_mcp().await;
-    (env, served, stop, deriver)
+    (env, served, stop, deriver, model)
+}
+
+/// The model behind the chat panel: a question answered from a governed query, and an action
+/// (a ticket for `customer`) that waits for the person's approval.
+fn chat_script(customer: &str) -> Script {
+    serde_json::from_value(json!({
+        "rules": [
+            {"when": ["how many customers"], "steps": [
+                {"calls": [{"name": "query_sql", "arguments": {"sql": "SELECT count(*) AS n FROM sales.customers"}}]},
+                {"answer": "You can see {{query_sql:/rows/0/n}} customers."}
+            ]},
+            {"when": ["open a ticket"], "steps": [
+                {"calls": [{"name": "create_ticket", "arguments": {
+                    "customer_id": customer, "subject": "Late delivery", "description": "Two pallets missing",
+                    "category": "delivery", "idempotency_key": "console-chat-1"}}]},
+                {"answer": "Ticket {{create_ticket:/ticket_id}} is open."}
+            ]}
+        ]
+    }))
+    .unwrap()
 }
 
 async fn defs() -> millstream::pipeline::definition::Definitions {
@@ -137,7 +173,7 @@ fn browse(base: &str, artifacts: &std::path::Path, commit: impl FnOnce() -> Stri
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_persona_sees_its_own_pages_and_rows_and_acts_live_in_a_real_browser() {
     let _w = support::watchdog("console browser", Duration::from_secs(900));
-    let (env, served, stop, mut deriver) = seeded("console-browser").await;
+    let (env, served, stop, mut deriver, _model) = seeded("console-browser").await;
     let artifacts =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
     std::fs::create_dir_all(&artifacts).unwrap();
@@ -424,6 +460,44 @@ async fn each_persona_sees_its_own_pages_and_rows_and_acts_live_in_a_real_browse
         "console: alert shown {} s after its commit; order listed {} s after its receipt",
         alert["seconds"], order["seconds_to_listed"]
     );
+
+    // 5. Chat: the answer comes from the caller's own rows; the tool call is shown; the
+    //    action ran only after the approval in the page.
+    let chat = &lines.iter().find(|l| l["chat"].is_object()).unwrap()["chat"];
+    let shown: Vec<(String, String)> = chat["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l[0].as_str().unwrap().into(), l[1].as_str().unwrap().into()))
+        .collect();
+    let position = |class: &str, text: &str| {
+        shown
+            .iter()
+            .position(|(c, t)| c == class && t.contains(text))
+            .unwrap_or_else(|| panic!("no {class} line with {text:?}: {shown:#?}"))
+    };
+    let mine = support::rows(
+        &env.lake,
+        "SELECT count(*) FROM sales.customers WHERE account_manager = 'alice' \
+         AND region IN ('EMEA-North', 'EMEA-South')",
+    )
+    .await;
+    let asked = position("user", "How many customers");
+    let called = position("tool", "→ query_sql");
+    let answered = position("agent", &format!("You can see {} customers.", mine[0]));
+    assert!(asked < called && called < answered, "{shown:#?}");
+    assert!(
+        chat["asked"].as_str().unwrap().contains("create_ticket"),
+        "{chat}"
+    );
+    // Every turn's stream reached its end: the question, the ticket asked for, the approval.
+    assert_eq!(chat["turns_done"], "3", "{chat}");
+    let ran = position("tool", "← create_ticket");
+    let ticket = position("agent", "Ticket TKT-");
+    assert!(
+        position("user", "open a ticket") < ran && ran < ticket,
+        "{shown:#?}"
+    );
     stop.cancel();
     drop(served);
 }
@@ -558,6 +632,19 @@ async fn the_console_refuses_what_a_browser_must_not_do() {
         receipt.contains("class=\"error\"") || receipt.contains("class=\"po\""),
         "{receipt}"
     );
+    // The chat panel on a server without a model: refused, naming the setting to make.
+    let r = http
+        .post(format!("{base}/console/chat"))
+        .header("cookie", &session)
+        .header("x-csrf-token", &csrf)
+        .header("origin", origin)
+        .header("content-type", "application/json")
+        .body(json!({"message": "Which parts run out first?"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.text().await.unwrap().contains("agent.llm_base_url"));
     // Malformed parameters are refused, not passed on.
     let r = get("/console/machines?machine=M'1").await.unwrap();
     assert_eq!(r.status(), 400);

@@ -117,7 +117,19 @@
     yes.focus();
   }
 
+  // The log is busy (aria-busy) while a turn streams; assistive technology then waits for the
+  // whole answer instead of reading it word by word.
   async function send(message, approve = []) {
+    const log = document.getElementById("chat-log");
+    log.setAttribute("aria-busy", "true");
+    try {
+      await stream(message, approve);
+    } finally {
+      log.setAttribute("aria-busy", "false");
+    }
+  }
+
+  async function stream(message, approve) {
     const body = { message, approve };
     if (conversation) body.conversation_id = conversation;
     let resp;
@@ -178,6 +190,9 @@
           answer = null;
         } else if (event === "done") {
           conversation = step.conversation_id ?? conversation;
+          // Turns completed in this page (the browser test counts them).
+          const log = document.getElementById("chat-log");
+          log.dataset.turns = String(Number(log.dataset.turns ?? 0) + 1);
         } else if (event === "error") {
           line("error", step.error ?? "The turn failed.");
         }
