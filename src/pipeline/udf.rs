@@ -64,13 +64,7 @@ const CHURN_LOOKBACK_DAYS: std::ops::Range<f64> = 0.0..90.0;
 /// Churn probability, risk and factors from the ages (days before now) of a customer's
 /// purchases, and the spend trend (see the module docs).
 pub fn churn(purchase_ages: &[f64], spend_trend: Option<f64>) -> (f64, &'static str, String) {
-    let mut ages: Vec<f64> = purchase_ages
-        .iter()
-        .copied()
-        .filter(|a| a.is_finite())
-        .map(|a| a.max(0.0))
-        .collect();
-    ages.sort_by(|a, b| b.total_cmp(a));
+    let ages = oldest_first(purchase_ages);
     let Some(&recency) = ages.last() else {
         return (0.7, "HIGH", "no purchases on record".into());
     };
@@ -126,6 +120,18 @@ pub fn churn(purchase_ages: &[f64], spend_trend: Option<f64>) -> (f64, &'static 
     ((p * 1000.0).round() / 1000.0, risk, factors.join("; "))
 }
 
+/// Purchase ages (days before now), finite and not negative, oldest first.
+fn oldest_first(purchase_ages: &[f64]) -> Vec<f64> {
+    let mut ages: Vec<f64> = purchase_ages
+        .iter()
+        .copied()
+        .filter(|a| a.is_finite())
+        .map(|a| a.max(0.0))
+        .collect();
+    ages.sort_by(|a, b| b.total_cmp(a));
+    ages
+}
+
 /// How much faster than usual a customer must buy to count as a lead.
 const LEAD_RATE_RISE: f64 = 3.0;
 /// How far back a quickening is looked for: from two weeks (a few orders in quick succession
@@ -135,13 +141,7 @@ const LEAD_LOOKBACK_DAYS: std::ops::Range<f64> = 14.0..60.0;
 /// Lead score, tier and drivers from the ages (days before now) of a customer's purchases and
 /// the spend trend (see the module docs).
 pub fn lead(purchase_ages: &[f64], spend_trend: Option<f64>) -> (f64, &'static str, String) {
-    let mut ages: Vec<f64> = purchase_ages
-        .iter()
-        .copied()
-        .filter(|a| a.is_finite())
-        .map(|a| a.max(0.0))
-        .collect();
-    ages.sort_by(|a, b| b.total_cmp(a));
+    let ages = oldest_first(purchase_ages);
     let Some(&recency) = ages.last() else {
         return (0.0, "COLD", "no purchases on record".into());
     };

@@ -15,7 +15,7 @@ use futures::StreamExt;
 use serde_json::json;
 
 use super::stack::{Finished, LiveStack};
-use super::{percentiles, rss_mb};
+use super::{pause, percentiles, rss_mb};
 use crate::config::Config;
 use crate::web::pages::{NAV, Page};
 
@@ -264,14 +264,7 @@ pub async fn run(
             let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(c as u64);
             let mut out = Measured::default();
             let mut i = c;
-            while Instant::now() < deadline {
-                if rate > 0.0 {
-                    let gap: f64 = -rand::Rng::random::<f64>(&mut rng).max(1e-9).ln() / rate;
-                    tokio::time::sleep(Duration::from_secs_f64(gap.min(10.0))).await;
-                    if Instant::now() >= deadline {
-                        break;
-                    }
-                }
+            while pause(&mut rng, rate, deadline).await {
                 // The persona's pages in turn, a customer 360 in place of every other
                 // Customers visit.
                 let page = persona.pages[i % persona.pages.len()];

@@ -210,6 +210,16 @@ impl Drop for Scratch {
     }
 }
 
+/// A client's wait before its next request: Poisson arrivals at `rate` per second (none at 0).
+/// Whether there is time for the request before `deadline`.
+async fn pause(rng: &mut rand_chacha::ChaCha8Rng, rate: f64, deadline: Instant) -> bool {
+    if rate > 0.0 {
+        let gap: f64 = -rand::Rng::random::<f64>(rng).max(1e-9).ln() / rate;
+        tokio::time::sleep(Duration::from_secs_f64(gap.min(10.0))).await;
+    }
+    Instant::now() < deadline
+}
+
 /// Peak resident set size of this process, MiB (VmHWM).
 pub fn peak_rss_mb() -> f64 {
     proc_status_mb("VmHWM:")
@@ -669,14 +679,7 @@ async fn mcp(config: Config, clients: usize, seconds: u64, rate: f64) -> anyhow:
             let mut out: Vec<(&'static str, f64, bool)> = Vec::new();
             let mut i = c;
             let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(c as u64);
-            while Instant::now() < deadline {
-                if rate > 0.0 {
-                    let gap: f64 = -rand::Rng::random::<f64>(&mut rng).max(1e-9).ln() / rate;
-                    tokio::time::sleep(Duration::from_secs_f64(gap.min(10.0))).await;
-                    if Instant::now() >= deadline {
-                        break;
-                    }
-                }
+            while pause(&mut rng, rate, deadline).await {
                 let call = &calls[i % calls.len()];
                 i += 1;
                 let name = call.tool;
