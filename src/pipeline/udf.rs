@@ -56,6 +56,9 @@ pub fn shortage_risk(available: f64, cover: Option<f64>, lead_time_days: f64) ->
     }
 }
 
+/// A judgement of a customer's purchase rhythm: probability, level, reasons.
+pub type Judgement = (f64, &'static str, String);
+
 /// How far below the usual rate a customer must fall to count as a break in rhythm.
 const CHURN_RATE_DROP: f64 = 0.2;
 /// How far back a break in rhythm is looked for.
@@ -63,7 +66,7 @@ const CHURN_LOOKBACK_DAYS: std::ops::Range<f64> = 0.0..90.0;
 
 /// Churn probability, risk and factors from the ages (days before now) of a customer's
 /// purchases, and the spend trend (see the module docs).
-pub fn churn(purchase_ages: &[f64], spend_trend: Option<f64>) -> (f64, &'static str, String) {
+pub fn churn(purchase_ages: &[f64], spend_trend: Option<f64>) -> Judgement {
     let ages = oldest_first(purchase_ages);
     let Some(&recency) = ages.last() else {
         return (0.7, "HIGH", "no purchases on record".into());
@@ -140,7 +143,7 @@ const LEAD_LOOKBACK_DAYS: std::ops::Range<f64> = 14.0..60.0;
 
 /// Lead score, tier and drivers from the ages (days before now) of a customer's purchases and
 /// the spend trend (see the module docs).
-pub fn lead(purchase_ages: &[f64], spend_trend: Option<f64>) -> (f64, &'static str, String) {
+pub fn lead(purchase_ages: &[f64], spend_trend: Option<f64>) -> Judgement {
     let ages = oldest_first(purchase_ages);
     let Some(&recency) = ages.last() else {
         return (0.0, "COLD", "no purchases on record".into());
@@ -230,26 +233,17 @@ fn rhythm_break(ages: &[f64], ratio: f64, lookback: std::ops::Range<f64>) -> Rhy
     }
 }
 
-/// Columns of a struct result, computed from the argument columns.
-type Compute = Arc<dyn Fn(&[ArrayRef]) -> Result<Vec<ArrayRef>> + Send + Sync>;
-
 /// A row-at-a-time SQL function returning a struct: the shape the functions share.
+#[derive(Debug)]
 struct StructUdf {
     name: &'static str,
     signature: Signature,
     fields: Fields,
-    compute: Compute,
+    /// Columns of the result, computed from the argument columns.
+    compute: fn(&[ArrayRef]) -> Result<Vec<ArrayRef>>,
 }
 
-impl std::fmt::Debug for StructUdf {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StructUdf")
-            .field("name", &self.name)
-            .finish()
-    }
-}
-
-// A function is identified by its name (closures have no meaningful identity).
+// A function is identified by its name (function pointers have no meaningful identity).
 impl PartialEq for StructUdf {
     fn eq(&self, other: &Self) -> bool {
         self.name == other.name
@@ -270,13 +264,13 @@ impl StructUdf {
         name: &'static str,
         arity: usize,
         fields: Vec<Field>,
-        compute: impl Fn(&[ArrayRef]) -> Result<Vec<ArrayRef>> + Send + Sync + 'static,
+        compute: fn(&[ArrayRef]) -> Result<Vec<ArrayRef>>,
     ) -> ScalarUDF {
         ScalarUDF::from(StructUdf {
             name,
             signature: Signature::any(arity, Volatility::Immutable),
             fields: Fields::from(fields),
-            compute: Arc::new(compute),
+            compute,
         })
     }
 }
@@ -344,59 +338,66 @@ fn predict_shortage() -> ScalarUDF {
 }
 
 fn predict_churn() -> ScalarUDF {
-    rhythm_udf(
+    StructUdf::udf(
         "predict_churn",
-        ["churn_probability", "risk_level", "factors"],
-        churn,
+        2,
+        rhythm_fields(["churn_probability", "risk_level", "factors"]),
+        |a| rhythm_columns(churn, a),
     )
 }
 
 fn score_lead() -> ScalarUDF {
-    rhythm_udf("score_lead", ["lead_score", "tier", "drivers"], lead)
+    StructUdf::udf(
+        "score_lead",
+        2,
+        rhythm_fields(["lead_score", "tier", "drivers"]),
+        |a| rhythm_columns(lead, a),
+    )
 }
 
-/// [`churn`] or [`lead`]: (probability, level, reasons) from (purchase ages, spend trend).
-type Judge = fn(&[f64], Option<f64>) -> (f64, &'static str, String);
-
-/// A function of (purchase ages, spend trend) returning (probability, level, reasons) under
-/// the field names `names`.
-fn rhythm_udf(name: &'static str, names: [&'static str; 3], judge: Judge) -> ScalarUDF {
-    let fields = vec![
+/// The struct of a purchase-rhythm judgement: probability, level, reasons, named `names`.
+fn rhythm_fields(names: [&'static str; 3]) -> Vec<Field> {
+    vec![
         Field::new(names[0], DataType::Float64, false),
         Field::new(names[1], DataType::Utf8, false),
         Field::new(names[2], DataType::Utf8, false),
-    ];
-    StructUdf::udf(name, 2, fields, move |a| {
-        let ages = arrow::compute::cast(
-            &a[0],
-            &DataType::List(Arc::new(Field::new_list_field(DataType::Float64, true))),
-        )?;
-        let ages = ages.as_list::<i32>();
-        let trend = floats(&a[1])?;
-        let n = ages.len();
-        let (mut p, mut level, mut reasons) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for i in 0..n {
-            let row: Vec<f64> = if ages.is_null(i) {
-                Vec::new()
-            } else {
-                let v = ages.value(i);
-                v.as_primitive::<Float64Type>().iter().flatten().collect()
-            };
-            let (prob, l, r) = judge(&row, get(&trend, i));
-            p.push(prob);
-            level.push(l);
-            reasons.push(r);
-        }
-        Ok(vec![
-            Arc::new(Float64Array::from(p)) as ArrayRef,
-            Arc::new(StringArray::from(level)),
-            Arc::new(StringArray::from(reasons)),
-        ])
-    })
+    ]
+}
+
+/// `judge` ([`churn`] or [`lead`]) over argument columns (purchase ages, spend trend).
+fn rhythm_columns(
+    judge: fn(&[f64], Option<f64>) -> Judgement,
+    a: &[ArrayRef],
+) -> Result<Vec<ArrayRef>> {
+    let ages = arrow::compute::cast(
+        &a[0],
+        &DataType::List(Arc::new(Field::new_list_field(DataType::Float64, true))),
+    )?;
+    let ages = ages.as_list::<i32>();
+    let trend = floats(&a[1])?;
+    let n = ages.len();
+    let (mut p, mut level, mut reasons) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for i in 0..n {
+        let row: Vec<f64> = if ages.is_null(i) {
+            Vec::new()
+        } else {
+            let v = ages.value(i);
+            v.as_primitive::<Float64Type>().iter().flatten().collect()
+        };
+        let (prob, l, r) = judge(&row, get(&trend, i));
+        p.push(prob);
+        level.push(l);
+        reasons.push(r);
+    }
+    Ok(vec![
+        Arc::new(Float64Array::from(p)),
+        Arc::new(StringArray::from(level)),
+        Arc::new(StringArray::from(reasons)),
+    ])
 }
 
 #[cfg(test)]
