@@ -42,7 +42,7 @@ use serde_json::{Value, json};
 use crate::auth::{Authenticator, Policies};
 use crate::mcp::Millstream;
 use data::{CallError, Clients};
-use pages::{Page, View};
+use pages::{Fragment, Page, View};
 use session::{Session, Sessions};
 
 /// What the console needs: the MCP server it reads through, how callers sign in, its sessions.
@@ -89,6 +89,12 @@ impl Console {
             renders: cache::Renders::new(RENDERS_KEPT),
         }
     }
+
+    /// The versions of `tables` the catalog serves now.
+    fn versions(&self, tables: &[&str]) -> cache::Versions {
+        let catalog = &self.clients.server().catalog;
+        tables.iter().map(|t| catalog.version(t)).collect()
+    }
 }
 
 /// The signed-in caller of a console request, and the CSRF token its pages carry.
@@ -121,7 +127,7 @@ pub fn router(console: Console, chat: axum::routing::MethodRouter<Console>) -> R
         .route("/console/login", get(login_form).post(login))
         .route("/console/assets/{file}", get(asset))
         .merge(signed_in)
-        .layer(middleware::from_fn(security_headers))
+        .layer(middleware::from_fn(console_headers))
         .with_state(console)
 }
 
@@ -129,7 +135,7 @@ pub fn router(console: Console, chat: axum::routing::MethodRouter<Console>) -> R
 /// vendored files; no inline script), no framing, no sniffing, pages not cached; and the time
 /// the server took to produce it (`Server-Timing`, shown by browsers' developer tools and read
 /// by `bench console`).
-async fn security_headers(req: Request, next: Next) -> Response {
+async fn console_headers(req: Request, next: Next) -> Response {
     let is_asset = req.uri().path().starts_with("/console/assets/");
     let started = std::time::Instant::now();
     let mut resp = next.run(req).await;
@@ -373,17 +379,22 @@ fn permitted(signed: &Signed, view: (View, Option<u64>)) -> Result<(View, Option
     }
 }
 
-/// Panel `fragment` of `view`, rendered for the signed-in caller (or the reason it cannot be).
-/// Panel `fragment` of `view` as the caller sees it. A panel that reads tables is rendered
-/// once per principal, view and versions of those tables, and shared ([`cache`]).
-async fn render_fragment(c: &Console, signed: &Signed, view: &View, fragment: &str) -> String {
+/// Panel `f` of `view` as the caller sees it (or the reason it cannot be), its tables at
+/// `versions`. A panel that reads tables is rendered once per principal, view and versions of
+/// those tables, and shared ([`cache`]).
+async fn render_fragment(
+    c: &Console,
+    signed: &Signed,
+    view: &View,
+    f: &Fragment,
+    versions: cache::Versions,
+) -> String {
     let principal = &signed.access.principal;
     let render = || async {
-        let ctx = pages::load(&c.clients, principal, view, fragment).await;
-        match ctx {
+        match pages::load(&c.clients, principal, view, f.id).await {
             Ok(d) => cache::Rendered {
                 body: render(
-                    &format!("frag_{fragment}.html"),
+                    &format!("frag_{}.html", f.id),
                     minijinja::context! { d => v(&d), view => v(view) },
                 )
                 .into(),
@@ -391,12 +402,12 @@ async fn render_fragment(c: &Console, signed: &Signed, view: &View, fragment: &s
             },
             Err(e) => {
                 if matches!(e, CallError::Unreachable(_)) {
-                    tracing::warn!(panel = fragment, error = %e, "console panel");
+                    tracing::warn!(panel = f.id, error = %e, "console panel");
                 }
                 cache::Rendered {
                     body: render(
                         "frag_error.html",
-                        minijinja::context! { id => fragment, error => e.to_string() },
+                        minijinja::context! { id => f.id, error => e.to_string() },
                     )
                     .into(),
                     keep: false,
@@ -404,20 +415,12 @@ async fn render_fragment(c: &Console, signed: &Signed, view: &View, fragment: &s
             }
         }
     };
-    let tables = view
-        .page
-        .fragments()
-        .iter()
-        .find(|f| f.id == fragment)
-        .map_or(&[][..], |f| f.tables);
-    if tables.is_empty() || view.q.is_some() {
+    if f.tables.is_empty() || view.q.is_some() {
         // The operations figures follow the process, not a table version; a search is the
         // caller's own (and its text is free, so keeping it would let callers fill the cache).
         return render().await.body.to_string();
     }
-    let catalog = &c.clients.server().catalog;
-    let versions = tables.iter().map(|t| catalog.version(t)).collect();
-    let key = serde_json::to_string(&(principal, view, fragment)).unwrap_or_default();
+    let key = serde_json::to_string(&(principal, view, f.id)).unwrap_or_default();
     c.renders.get(key, versions, render).await.to_string()
 }
 
@@ -471,12 +474,10 @@ async fn show(c: &Console, signed: &Signed, mut view: View) -> Response {
     }
     let since = *c.clients.server().catalog.published().borrow();
     let drawn = &view;
-    let rendered = futures::future::join_all(
-        view.page
-            .fragments()
-            .iter()
-            .map(|f| async move { (f, render_fragment(c, signed, drawn, f.id).await) }),
-    )
+    let rendered = futures::future::join_all(view.page.fragments().iter().map(|f| async move {
+        let body = render_fragment(c, signed, drawn, f, c.versions(f.tables)).await;
+        (f, body)
+    }))
     .await;
     // The page's own panels in rows: a full panel alone, two half panels side by side.
     let mut alerts = String::new();
@@ -575,7 +576,7 @@ async fn fragment(
     match view.page.fragments().iter().find(|f| f.id == fragment) {
         Some(f) => html(
             StatusCode::OK,
-            render_fragment(&c, &signed, &view, f.id).await,
+            render_fragment(&c, &signed, &view, f, c.versions(f.tables)).await,
         ),
         None => (StatusCode::NOT_FOUND, "Not found").into_response(),
     }
@@ -611,18 +612,14 @@ async fn follow(
     since: Option<u64>,
     tx: tokio::sync::mpsc::Sender<Event>,
 ) {
-    let catalog = c.clients.server().catalog.clone();
-    let mut published = catalog.published();
-    let versions = |tables: &[&str]| -> Vec<Option<i64>> {
-        tables.iter().map(|t| catalog.version(t)).collect()
-    };
+    let mut published = c.clients.server().catalog.published();
     // The versions each panel was drawn from. If the catalog moved on between drawing the page
     // and this stream, nothing is known and every panel is checked at once.
     let drawn_current = since == Some(*published.borrow_and_update());
-    let mut seen: HashMap<&str, Vec<Option<i64>>> = HashMap::new();
+    let mut seen: HashMap<&str, cache::Versions> = HashMap::new();
     if drawn_current {
         for f in view.page.fragments() {
-            seen.insert(f.id, versions(f.tables));
+            seen.insert(f.id, c.versions(f.tables));
         }
     }
     let mut sent: HashMap<&str, u64> = HashMap::new();
@@ -639,13 +636,13 @@ async fn follow(
             return;
         }
         for f in view.page.fragments() {
-            let now = versions(f.tables);
+            let now = c.versions(f.tables);
             // A panel of no table (the operations figures) follows every publication.
             if !f.tables.is_empty() && seen.get(f.id) == Some(&now) {
                 continue;
             }
-            seen.insert(f.id, now);
-            let body = render_fragment(&c, &signed, &view, f.id).await;
+            seen.insert(f.id, now.clone());
+            let body = render_fragment(&c, &signed, &view, f, now).await;
             let digest = crate::model::stable_hash(&[&body]);
             if sent.insert(f.id, digest) == Some(digest) {
                 continue;

@@ -282,7 +282,9 @@ pub async fn load(
                 .cloned()
                 .map(|mut s| {
                     // One key per row and rendering: a double click sends the same order twice,
-                    // which the action's idempotency turns into one.
+                    // which the action's idempotency turns into one. Renderings are shared per
+                    // principal and table version (`cache`), so a second tab or a reload at the
+                    // same version orders under the same key too.
                     s["order_key"] = format!("console-{}", crate::actions::new_key()).into();
                     s
                 })
