@@ -10,6 +10,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde_json::json;
@@ -94,6 +95,26 @@ async fn steady_rss() -> Option<f64> {
         previous = Some(median);
     }
     None
+}
+
+/// `/console/{path}` as the session `cookie`: its body, or why it was refused.
+async fn get(
+    http: &reqwest::Client,
+    base: &str,
+    path: &str,
+    cookie: &str,
+) -> anyhow::Result<String> {
+    let resp = http
+        .get(format!("{base}/console/{path}"))
+        .header(reqwest::header::COOKIE, cookie)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        resp.status().is_success(),
+        "/console/{path}: {}",
+        resp.status()
+    );
+    Ok(resp.text().await?)
 }
 
 fn server_ms(resp: &reqwest::Response) -> Option<f64> {
@@ -185,42 +206,35 @@ pub async fn run(
         .pool_max_idle_per_host(clients.max(1))
         .build()?;
 
-    // Every client signs in and draws its main page, as a browser would.
+    // Every client signs in and draws its main page, as a browser would. A sales rep's
+    // customer 360s: the customers its own Customers page lists (one listing per persona).
+    let mut listed: Vec<Option<Arc<[String]>>> = vec![None; personas.len()];
     let mut sessions = Vec::new();
     for c in 0..clients {
         let persona = &personas[c % personas.len()];
         let cookie = sign_in(&http, &base, &persona.principal).await?;
-        let home = persona.pages[0].name();
-        let first = http
-            .get(format!("{base}/console/{home}"))
-            .header(reqwest::header::COOKIE, &cookie)
-            .send()
-            .await?;
-        anyhow::ensure!(
-            first.status().is_success(),
-            "{} /console/{home}: {}",
-            persona.principal,
-            first.status()
-        );
-        first.bytes().await?;
-        // A sales rep's customer 360s: the customers its own Customers page lists.
-        let customers: Vec<String> = if persona.pages.contains(&Page::Customers) {
-            let list = http
-                .get(format!("{base}/console/customers"))
-                .header(reqwest::header::COOKIE, &cookie)
-                .send()
-                .await?
-                .text()
-                .await?;
-            list.split("href=\"/console/customers/")
-                .skip(1)
-                .filter_map(|s| s.split('"').next())
-                .filter(|id| !id.contains('/'))
-                .take(50)
-                .map(str::to_string)
-                .collect()
-        } else {
-            Vec::new()
+        get(&http, &base, persona.pages[0].name(), &cookie)
+            .await
+            .with_context(|| format!("as {}", persona.principal))?;
+        let customers = match &listed[c % personas.len()] {
+            Some(ids) => ids.clone(),
+            None => {
+                let ids: Arc<[String]> = if persona.pages.contains(&Page::Customers) {
+                    get(&http, &base, "customers", &cookie)
+                        .await?
+                        .split("href=\"/console/customers/")
+                        .skip(1)
+                        .filter_map(|s| s.split('"').next())
+                        .filter(|id| !id.contains('/'))
+                        .take(50)
+                        .map(str::to_string)
+                        .collect()
+                } else {
+                    Arc::from([])
+                };
+                listed[c % personas.len()] = Some(ids.clone());
+                ids
+            }
         };
         sessions.push((c, cookie, customers));
     }
