@@ -123,6 +123,11 @@ async fn defs() -> millstream::pipeline::definition::Definitions {
         .unwrap()
 }
 
+/// The rows of `sql` (one column) as a set.
+async fn row_set(lake: &millstream::lakehouse::Lakehouse, sql: &str) -> BTreeSet<String> {
+    support::rows(lake, sql).await.into_iter().collect()
+}
+
 fn set(values: &Value) -> BTreeSet<String> {
     values
         .as_array()
@@ -328,7 +333,7 @@ async fn each_persona_sees_its_own_pages_and_rows_and_acts_live_in_a_real_browse
                 "{who} sees its warehouses' stock"
             );
             within("shortage_warehouses", "stock", warehouses);
-            let open: BTreeSet<String> = support::rows(
+            let open = row_set(
                 &env.lake,
                 &format!(
                     "SELECT DISTINCT warehouse_id FROM (SELECT warehouse_id, status, row_number() \
@@ -337,9 +342,7 @@ async fn each_persona_sees_its_own_pages_and_rows_and_acts_live_in_a_real_browse
                     warehouses.join("', '")
                 ),
             )
-            .await
-            .into_iter()
-            .collect();
+            .await;
             assert_eq!(
                 within("lane_warehouses", "shipments", warehouses),
                 open,
@@ -367,16 +370,14 @@ async fn each_persona_sees_its_own_pages_and_rows_and_acts_live_in_a_real_browse
                 "{who}'s leads: its HOT and WARM customers in score order"
             );
             let shown = set(&pages["customers"]["customers"]);
-            let in_table: BTreeSet<String> = support::rows(
+            let in_table = row_set(
                 &env.lake,
                 &format!(
                     "SELECT customer_id FROM sales.customers WHERE account_manager = '{manager}' AND region IN ('{}')",
                     regions.join("', '")
                 ),
             )
-            .await
-            .into_iter()
-            .collect();
+            .await;
             assert!(!shown.is_empty(), "{who} has customers");
             assert_eq!(
                 shown, in_table,
@@ -430,22 +431,18 @@ async fn each_persona_sees_its_own_pages_and_rows_and_acts_live_in_a_real_browse
     assert_eq!(c["facts"]["Segment"], fields[1]);
     assert_eq!(c["facts"]["Region"], fields[2]);
     assert_eq!(c["facts"]["Account manager"], fields[3]);
-    let transactions: BTreeSet<String> = support::rows(
+    let transactions = row_set(
         &env.lake,
         &format!("SELECT transaction_id FROM sales.transactions WHERE customer_id = '{id}'"),
     )
-    .await
-    .into_iter()
-    .collect();
+    .await;
     let shown = set(&c["transactions"]);
     assert!(!shown.is_empty() && shown.is_subset(&transactions), "{c}");
-    let tickets: BTreeSet<String> = support::rows(
+    let tickets = row_set(
         &env.lake,
         &format!("SELECT ticket_id FROM support.tickets WHERE customer_id = '{id}'"),
     )
-    .await
-    .into_iter()
-    .collect();
+    .await;
     assert!(set(&c["tickets"]).is_subset(&tickets), "{c}");
     assert_eq!(c["draft"], 1, "a proposal draft is built");
 
