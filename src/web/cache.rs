@@ -2,7 +2,8 @@
 //! the principal (its grants, filters and masks), the view, the panel and the versions of the
 //! tables it reads. After a commit, the first of a principal's open pages to ask renders the
 //! panel; the others (and anyone loading the page meanwhile) wait for that rendering and share
-//! it, instead of each running the same tool calls.
+//! it, instead of each running the same tool calls. The Machines page's default machine is kept
+//! the same way.
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};

@@ -424,6 +424,23 @@ async fn render_fragment(
     c.renders.get(key, versions, render).await.to_string()
 }
 
+/// The machine the Machines page charts when none is asked for ([`pages::default_machine`]),
+/// found once per principal and versions of the tables it comes from, like a panel.
+async fn default_machine(c: &Console, principal: &str) -> Option<String> {
+    let key = serde_json::to_string(&(principal, "default_machine")).unwrap_or_default();
+    let machine = c
+        .renders
+        .get(key, c.versions(pages::DEFAULT_MACHINE_FROM), || async {
+            let found = pages::default_machine(&c.clients, principal).await;
+            cache::Rendered {
+                keep: found.is_some(),
+                body: found.unwrap_or_default().into(),
+            }
+        })
+        .await;
+    (!machine.is_empty()).then(|| machine.to_string())
+}
+
 /// The navigation the caller may use.
 fn nav(access: &crate::auth::Access) -> Vec<Value> {
     pages::NAV
@@ -470,7 +487,7 @@ async fn show(c: &Console, signed: &Signed, mut view: View) -> Response {
         );
     }
     if view.page == Page::Machines && view.machine.is_none() {
-        view.machine = pages::default_machine(&c.clients, &signed.access.principal).await;
+        view.machine = default_machine(c, &signed.access.principal).await;
     }
     let since = *c.clients.server().catalog.published().borrow();
     let drawn = &view;

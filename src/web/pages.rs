@@ -216,6 +216,9 @@ fn items(v: &Value) -> &[Value] {
     v.as_array().map_or(&[], Vec::as_slice)
 }
 
+/// The tables [`default_machine`] reads.
+pub const DEFAULT_MACHINE_FROM: &[&str] = &["iot.maintenance_alerts", "iot.anomalies"];
+
 /// The machine the Machines page charts when none is asked for: the one of the newest
 /// maintenance alert, else of the latest anomaly (none when neither exists or can be read).
 pub async fn default_machine(clients: &Clients, principal: &str) -> Option<String> {
