@@ -1,5 +1,7 @@
-//! The whole system as `up` runs it, on a scratch lakehouse and the embedded broker, with live
-//! events flowing: what `bench mcp` and `bench console` measure against.
+//! The system's ingest, derive and serve paths as `up` runs them (one supervisor, stream
+//! processing yielding the CPU to the server), on a scratch lakehouse and the embedded broker,
+//! with live events flowing: what `bench mcp` and `bench console` measure against. Unlike `up`,
+//! no alerts go to Kafka and no maintenance runs.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
