@@ -40,6 +40,9 @@ pub enum Command {
     Serve(cmd::serve::ServeArgs),
     /// The MCP server for one client over stdin/stdout (logs go to stderr).
     Mcp(cmd::serve::McpArgs),
+    /// A scaled-out deployment at a glance, as JSON: per worker of the group, the partitions it
+    /// owns and its lag behind what is durable in Delta; per table, the last committed version.
+    Status(cmd::status::StatusArgs),
     /// Run only the embedded broker and print its bootstrap address.
     Broker(cmd::broker::BrokerArgs),
     /// Inspect and create tables.
@@ -85,6 +88,7 @@ pub async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
         Command::Serve(args) => cmd::serve::run(config, args).await,
         Command::Mcp(args) => cmd::serve::stdio(config, args).await,
         Command::Broker(args) => cmd::broker::run(config, args).await,
+        Command::Status(args) => cmd::status::run(config, args).await,
         Command::Tables { command } => cmd::tables::run(config, command).await,
         Command::Maintain(args) => cmd::tables::maintain(config, args).await,
         Command::Eval { command } => cmd::eval::run(config, command).await,

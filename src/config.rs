@@ -143,7 +143,24 @@ pub struct KafkaConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct LakehouseConfig {
+    /// A local folder, or `s3://bucket/prefix`.
     pub root: PathBuf,
+    /// Object-storage options (deltalake's / object_store's keys, e.g. `aws_endpoint`,
+    /// `aws_region`, `aws_allow_http`); the `AWS_*` environment variables fill the rest.
+    /// Credentials belong in the environment; if set here they are never logged.
+    #[serde(default)]
+    pub storage_options: StorageOptions,
+}
+
+/// `lakehouse.storage_options`: shown by name only, since values may be credentials.
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct StorageOptions(pub std::collections::BTreeMap<String, String>);
+
+impl std::fmt::Debug for StorageOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -233,6 +233,11 @@ fn describe() {
         Unit::Count,
         "Supervised tasks restarted after a failure, per task"
     );
+    describe_histogram!(
+        "millstream_mcp_call_seconds",
+        Unit::Seconds,
+        "MCP tool calls, from request to answer, per tool and outcome"
+    );
     describe_gauge!(
         "millstream_queries_running",
         Unit::Count,
@@ -482,6 +487,22 @@ pub mod events {
                 counter!("millstream_queries_failed_total", "reason" => reason.to_string())
                     .increment(1);
             }
+        }
+    }
+
+    /// An MCP tool call was answered: its latency per tool and outcome (`ok`, `error`,
+    /// `refused`). `tool` must be a tool the server has, never a caller's free text, or callers
+    /// could mint label values without bound.
+    pub struct ToolCalled<'a> {
+        pub tool: &'a str,
+        pub outcome: &'static str,
+        pub seconds: f64,
+    }
+
+    impl ToolCalled<'_> {
+        pub fn emit(&self) {
+            histogram!("millstream_mcp_call_seconds", "tool" => self.tool.to_string(), "outcome" => self.outcome)
+                .record(self.seconds);
         }
     }
 

@@ -226,7 +226,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let lake = Lakehouse::new(dir.path()).unwrap();
         // A file where the table should be: every commit fails.
-        let blocked = lake.table_path(TABLE).unwrap();
+        let blocked = lake.table_path(TABLE).unwrap().unwrap();
         std::fs::create_dir_all(blocked.parent().unwrap()).unwrap();
         std::fs::write(&blocked, b"not a table").unwrap();
         let stop = tokio_util::sync::CancellationToken::new();

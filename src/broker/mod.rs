@@ -30,12 +30,26 @@ pub fn client_config(kafka: &KafkaConfig, brokers: &str) -> ClientConfig {
 }
 
 /// `(partition, low, high)` watermarks of every partition of `topic`: the first offset the log
-/// still holds and the next offset to be written. Blocking; call from a blocking context.
+/// still holds and the next offset to be written, read by a consumer of its own made from
+/// `client` (settings without a group). Blocking; call from a blocking context.
+///
+/// The log end is confirmed by reading from it to the partition's end: some brokers' ListOffsets
+/// understate it (tansu 0.6 answers the last record batch's base offset + 1), which would make a
+/// lakehouse that is exactly caught up look ahead of its log. On a broker that answers right,
+/// that read is one empty fetch per partition.
 pub fn watermarks(
-    consumer: &BaseConsumer,
+    client: &ClientConfig,
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<(i32, i64, i64)>> {
+    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer<QuietEof> = client
+        .clone()
+        .set("enable.partition.eof", "true")
+        .set("enable.auto.commit", "false")
+        // librdkafka assigns only with a group id; this one never joins nor commits.
+        .set("group.id", "millstream-watermarks")
+        .create_with_context(QuietEof)?;
     let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
     let mut out = Vec::new();
     for t in metadata.topics().iter().filter(|t| t.name() == topic) {
@@ -44,11 +58,54 @@ pub fn watermarks(
             out.push((p.id(), low, high));
         }
     }
+    if out.is_empty() {
+        return Ok(out);
+    }
+    let mut tpl = TopicPartitionList::new();
+    for &(p, _, high) in &out {
+        tpl.add_partition_offset(topic, p, Offset::Offset(high))?;
+    }
+    consumer.assign(&tpl)?;
+    let deadline = std::time::Instant::now() + timeout;
+    let mut open: std::collections::BTreeSet<i32> = out.iter().map(|m| m.0).collect();
+    while !open.is_empty() && std::time::Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                use rdkafka::Message;
+                if let Some(mark) = out.iter_mut().find(|x| x.0 == m.partition()) {
+                    mark.2 = mark.2.max(m.offset() + 1);
+                }
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                open.remove(&p);
+            }
+            // Out of range (the log was truncated meanwhile) or a transient error: keep
+            // ListOffsets' answer for what is still open.
+            Some(Err(_)) | None => {}
+        }
+    }
     Ok(out)
 }
 
-/// Settings for the producers millstream runs (simulator, actions): idempotent, so a retried
-/// send never duplicates an event in the log.
+/// A consumer context for [`watermarks`]: the end-of-partition events it asks for are answers,
+/// not errors to log; other errors are logged as usual.
+struct QuietEof;
+
+impl rdkafka::ClientContext for QuietEof {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        use rdkafka::error::KafkaError;
+        use rdkafka::types::RDKafkaErrorCode;
+        if !matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
+            tracing::error!(error = %error, reason, "librdkafka");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for QuietEof {}
+
 /// Fails with a clear error unless the cluster at `brokers` answers a metadata request within
 /// `timeout`: commands check at start instead of retrying a broker that is not there.
 pub async fn check_reachable(kafka: &KafkaConfig, brokers: &str, timeout: Duration) -> Result<()> {
@@ -81,6 +138,8 @@ pub async fn check_reachable(kafka: &KafkaConfig, brokers: &str, timeout: Durati
     }
 }
 
+/// Settings for the producers millstream runs (simulator, actions): idempotent, so a retried
+/// send never duplicates an event in the log.
 pub fn producer_config(kafka: &KafkaConfig, brokers: &str) -> ClientConfig {
     let mut c = client_config(kafka, brokers);
     c.set("enable.idempotence", "true")

@@ -84,7 +84,7 @@ pub async fn run(config: Config, command: AgentCommand) -> anyhow::Result<()> {
         .principal
         .clone()
         .unwrap_or_else(|| config.serve.principal.clone());
-    let lake = Lakehouse::new(&config.lakehouse.root)?;
+    let lake = Lakehouse::from_config(&config.lakehouse)?;
     let mut sup = Supervisor::new();
     let connected = connect(&config, common, &principal, &lake, &mut sup, llm).await;
     let result = match connected {

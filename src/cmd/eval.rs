@@ -158,7 +158,7 @@ pub fn all_cores(cfg: &crate::config::KnowledgeConfig) -> crate::config::Knowled
 
 async fn search(config: Config) -> anyhow::Result<()> {
     use crate::knowledge::{Knowledge, Mode};
-    let lake = crate::lakehouse::Lakehouse::new(&config.lakehouse.root)?;
+    let lake = crate::lakehouse::Lakehouse::from_config(&config.lakehouse)?;
     let corpus = write_corpus(&lake, &config).await?;
     let knowledge = Knowledge::open(lake, &all_cores(&config.knowledge))?;
     eprintln!("eval search: indexing (embeddings stored by an earlier run are reused)");
@@ -230,7 +230,7 @@ async fn agent(
         }
         other => anyhow::bail!("--llm must be \"config\" or \"scripted\", not {other:?}"),
     };
-    let lake = crate::lakehouse::Lakehouse::new(&config.lakehouse.root)?;
+    let lake = crate::lakehouse::Lakehouse::from_config(&config.lakehouse)?;
     anyhow::ensure!(
         lake.exists("sales.customers").await?,
         "{} has no data: run `millstream up` (or `simulate`) first",

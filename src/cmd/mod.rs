@@ -11,10 +11,11 @@ pub mod pipeline;
 pub mod search;
 pub mod serve;
 pub mod simulate;
+pub mod status;
 pub mod tables;
 pub mod up;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 
 use crate::config::Config;
 
@@ -39,12 +40,38 @@ async fn check_dependencies(
     lake: Option<&crate::lakehouse::Lakehouse>,
 ) -> anyhow::Result<()> {
     if let Some(lake) = lake {
-        lake.check_writable()?;
+        lake.check_writable().await?;
     }
     if let Some(b) = brokers {
         crate::broker::check_reachable(&config.kafka, b, BROKER_CHECK).await?;
     }
     Ok(())
+}
+
+/// `/metrics` and the health endpoints on `addr`; when another worker on this host holds that
+/// port, on a free one of the same address instead (said at WARN), so a second worker (or a
+/// simulator beside it) starts.
+pub(super) async fn bind_metrics(
+    addr: &str,
+    sup: &crate::supervise::Supervisor,
+) -> anyhow::Result<(std::net::SocketAddr, crate::serve::Server)> {
+    match crate::serve::bind(addr, None, sup.health()).await {
+        Err(crate::Error::Io(e)) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            let ip = addr.rsplit_once(':').map_or(addr, |(ip, _)| ip);
+            let any = format!("{ip}:0");
+            let bound = crate::serve::bind(&any, None, sup.health())
+                .await
+                .context("binding a free port for /metrics")?;
+            tracing::warn!(
+                configured = addr,
+                using = %bound.0,
+                "serve.addr is in use (another worker on this host?); /metrics is on a free port \
+                 instead: set serve.addr per worker to choose it"
+            );
+            Ok(bound)
+        }
+        other => other.context("binding serve.addr"),
+    }
 }
 
 /// Checks the config again after flags changed it.

@@ -7,7 +7,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
 
 use crate::config::Config;
@@ -37,31 +36,6 @@ pub struct PipelineArgs {
     pub no_derive: bool,
 }
 
-/// `/metrics` and the health endpoints on `addr`; when another worker on this host holds that
-/// port, on a free one of the same address instead (said at WARN), so a second worker starts.
-async fn bind_metrics(
-    addr: &str,
-    sup: &Supervisor,
-) -> anyhow::Result<(std::net::SocketAddr, crate::serve::Server)> {
-    match crate::serve::bind(addr, None, sup.health()).await {
-        Err(crate::Error::Io(e)) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            let ip = addr.rsplit_once(':').map_or(addr, |(ip, _)| ip);
-            let any = format!("{ip}:0");
-            let bound = crate::serve::bind(&any, None, sup.health())
-                .await
-                .context("binding a free port for /metrics")?;
-            tracing::warn!(
-                configured = addr,
-                using = %bound.0,
-                "serve.addr is in use (another worker on this host?); /metrics is on a free port \
-                 instead: set serve.addr per worker to choose it"
-            );
-            Ok(bound)
-        }
-        other => other.context("binding serve.addr"),
-    }
-}
-
 pub async fn run(mut config: Config, args: PipelineArgs) -> anyhow::Result<()> {
     let brokers = super::brokers_or_fail(args.brokers, &config, "pipeline")?;
     if let Some(g) = args.group {
@@ -74,7 +48,7 @@ pub async fn run(mut config: Config, args: PipelineArgs) -> anyhow::Result<()> {
         config.kafka.instance_id = i;
     }
     super::revalidate(&config)?;
-    let lake = Lakehouse::new(&config.lakehouse.root)?;
+    let lake = Lakehouse::from_config(&config.lakehouse)?;
     super::check_dependencies(&config, Some(&brokers), Some(&lake)).await?;
     let definitions =
         crate::pipeline::definition::Definitions::from_config(&config.pipeline.definitions).await?;
@@ -90,7 +64,7 @@ pub async fn run(mut config: Config, args: PipelineArgs) -> anyhow::Result<()> {
     let derive = sup.stage("derive");
     let http = sup.stage("http");
     let here = tokio::runtime::Handle::current();
-    let (addr, server) = bind_metrics(&config.serve.addr, &sup).await?;
+    let (addr, server) = super::bind_metrics(&config.serve.addr, &sup).await?;
     sup.spawn_once("http", &http, &here, move |t| server.run(t));
     tracing::info!("metrics at http://{addr}/metrics");
 

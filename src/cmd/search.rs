@@ -53,7 +53,7 @@ fn parse_about(s: &str) -> Result<(String, String), String> {
 }
 
 pub async fn run(config: Config, args: SearchArgs) -> anyhow::Result<()> {
-    let lake = Lakehouse::new(&config.lakehouse.root)?;
+    let lake = Lakehouse::from_config(&config.lakehouse)?;
     let principal = args
         .principal
         .clone()

@@ -43,7 +43,7 @@ pub async fn run(mut config: Config, args: ServeArgs) -> anyhow::Result<()> {
     }
     super::revalidate(&config)?;
     let brokers = config.kafka.brokers_or(args.brokers);
-    let lake = Lakehouse::new(&config.lakehouse.root)?;
+    let lake = Lakehouse::from_config(&config.lakehouse)?;
     // The audit log is written: the lakehouse must take writes.
     super::check_dependencies(&config, brokers.as_deref(), Some(&lake)).await?;
     let mut sup = Supervisor::new();
@@ -73,7 +73,7 @@ pub async fn run(mut config: Config, args: ServeArgs) -> anyhow::Result<()> {
     }
     println!("  metrics   : http://{addr}/metrics");
     println!("  health    : http://{addr}/healthz, http://{addr}/readyz");
-    println!("  lakehouse : {}", lake.root().display());
+    println!("  lakehouse : {}", lake.uri());
     match &brokers {
         Some(b) => println!("  actions   : to {b}"),
         None => println!("  actions   : disabled (no broker: pass --brokers or set kafka.brokers)"),
@@ -114,7 +114,7 @@ async fn start(
 
 pub async fn stdio(config: Config, args: McpArgs) -> anyhow::Result<()> {
     let brokers = config.kafka.brokers_or(args.brokers);
-    let lake = Lakehouse::new(&config.lakehouse.root)?;
+    let lake = Lakehouse::from_config(&config.lakehouse)?;
     let mut sup = Supervisor::new();
     let serving = sup.stage("serve");
     let last = sup.stage("audit");

@@ -53,7 +53,7 @@ pub async fn run(mut config: Config, args: SimulateArgs) -> anyhow::Result<()> {
         .run_id
         .unwrap_or_else(|| format!("{:x}", chrono::Utc::now().timestamp_millis()));
     if args.reference {
-        let lake = Lakehouse::new(&config.lakehouse.root)?;
+        let lake = Lakehouse::from_config(&config.lakehouse)?;
         super::check_dependencies(&config, None, Some(&lake)).await?;
         crate::sim::write_reference(&lake, &config.simulate, args.reseed).await?;
     }
@@ -71,7 +71,21 @@ pub async fn run(mut config: Config, args: SimulateArgs) -> anyhow::Result<()> {
         summary.insert("history".into(), serde_json::to_value(produced)?);
     }
     if rate > 0 && args.events != Some(0) {
-        let root = tokio_util::sync::CancellationToken::new();
+        // While it streams, `/metrics` (events produced per topic) and the health endpoints,
+        // for Prometheus and orchestrators like every other millstream process.
+        let mut sup = crate::supervise::Supervisor::new();
+        let http = sup.stage("http");
+        let (addr, server) = super::bind_metrics(&config.serve.addr, &sup).await?;
+        sup.spawn_once(
+            "http",
+            &http,
+            &tokio::runtime::Handle::current(),
+            move |t| server.run(t),
+        );
+        sup.health().set_ready(true);
+        tracing::info!("metrics at http://{addr}/metrics");
+        let root = sup.root();
+        let _stop_http = root.clone().drop_guard();
         let stop = crate::supervise::stop_token(args.duration.map(Duration::from_secs), root);
         let orders = crate::sim::order_feed(
             &config.kafka,

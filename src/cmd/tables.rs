@@ -44,7 +44,7 @@ pub struct SchemasArgs {
 }
 
 pub async fn run(config: Config, command: TablesCommand) -> anyhow::Result<()> {
-    let lake = Lakehouse::new(&config.lakehouse.root)?;
+    let lake = Lakehouse::from_config(&config.lakehouse)?;
     match command {
         TablesCommand::Create => {
             for t in lake.ensure_all().await? {
@@ -108,7 +108,7 @@ pub async fn run(config: Config, command: TablesCommand) -> anyhow::Result<()> {
 }
 
 pub async fn maintain(config: Config, args: MaintainArgs) -> anyhow::Result<()> {
-    let lake = Lakehouse::new(&config.lakehouse.root)?;
+    let lake = Lakehouse::from_config(&config.lakehouse)?;
     super::check_dependencies(&config, None, Some(&lake)).await?;
     let options = MaintainOptions::from_config(&config.maintain, !args.no_zorder);
     let reports = crate::lakehouse::maintain::run(&lake, &options).await;

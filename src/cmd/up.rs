@@ -60,7 +60,7 @@ pub async fn run(mut config: Config, args: UpArgs) -> anyhow::Result<()> {
         config.simulate.rate = rate;
     }
     super::revalidate(&config)?;
-    let lake = Lakehouse::new(&config.lakehouse.root)?;
+    let lake = Lakehouse::from_config(&config.lakehouse)?;
     let external = config.kafka.brokers_or(args.brokers.clone());
     super::check_dependencies(&config, external.as_deref(), Some(&lake)).await?;
     lake.ensure_all().await.context("creating tables")?;
@@ -179,7 +179,7 @@ async fn start(
             ""
         }
     );
-    println!("  lakehouse       : {}", lake.root().display());
+    println!("  lakehouse       : {}", lake.uri());
     println!("  mcp             : http://{addr}/mcp (streamable HTTP)");
     if config.console.enabled {
         println!("  console         : http://{addr}/console");

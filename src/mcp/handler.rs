@@ -75,6 +75,16 @@ impl ServerHandler for Millstream {
             Ok(_) => Ok(()),
             Err(e) => Err(("error", e.message.to_string())),
         };
+        crate::telemetry::events::ToolCalled {
+            tool: if me.tool_router.has_route(&name) {
+                &name
+            } else {
+                "unknown"
+            },
+            outcome: outcome.as_ref().map_or_else(|(o, _)| *o, |()| "ok"),
+            seconds: started.1.elapsed().as_secs_f64(),
+        }
+        .emit();
         me.audit(kind, &name, arguments, started, outcome);
         result
     }

@@ -216,12 +216,11 @@ impl AlertPublisher {
 
 fn read_resume(reader: &ClientConfig, topic: &str) -> Result<Resume> {
     let consumer: BaseConsumer = reader.create()?;
-    let ranges: HashMap<i32, (i64, i64)> =
-        crate::broker::watermarks(&consumer, topic, KAFKA_TIMEOUT)?
-            .into_iter()
-            .filter(|&(_, low, high)| high > low)
-            .map(|(p, low, high)| (p, (low, high)))
-            .collect();
+    let ranges: HashMap<i32, (i64, i64)> = crate::broker::watermarks(reader, topic, KAFKA_TIMEOUT)?
+        .into_iter()
+        .filter(|&(_, low, high)| high > low)
+        .map(|(p, low, high)| (p, (low, high)))
+        .collect();
     // The last message of every partition: the highest version among them is the one that may
     // be incomplete (versions start only after the previous one is fully acknowledged).
     let mut last = None;

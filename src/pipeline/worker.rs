@@ -317,7 +317,7 @@ pub async fn run(
         resolver(lake.clone(), opts.name.clone(), specs),
         opts.out_of_range,
     )?;
-    tracing::info!(pipeline = %opts.name, brokers = %opts.brokers, group = %opts.group_id, lakehouse = %lake.root().display(), "pipeline started");
+    tracing::info!(pipeline = %opts.name, brokers = %opts.brokers, group = %opts.group_id, lakehouse = %lake.uri(), "pipeline started");
     let mut worker = Worker {
         opts: opts.clone(),
         sinks: opened,

@@ -86,6 +86,8 @@ impl OutOfRange {
 
 pub struct SourceContext {
     resolver: PositionResolver,
+    /// Client settings (no group) for reading a partition's watermarks on a consumer of its own.
+    reader: rdkafka::ClientConfig,
     out_of_range: OutOfRange,
     /// A mismatch under [`OutOfRange::Stop`], reported by the next poll.
     fatal: Mutex<Option<crate::Error>>,
@@ -157,17 +159,29 @@ impl SourceContext {
         p: &SourcePartition,
         next: i64,
     ) -> std::result::Result<(), i64> {
-        let (low, high) = match consumer.fetch_watermarks(
-            &p.topic,
-            p.partition,
-            Duration::from_secs(10),
-        ) {
+        let timeout = Duration::from_secs(10);
+        let (low, mut high) = match consumer.fetch_watermarks(&p.topic, p.partition, timeout) {
             Ok(marks) => marks,
             Err(e) => {
                 tracing::warn!(topic = %p.topic, partition = p.partition, error = %e, "could not read the log's offsets to check Delta's position");
                 return Ok(());
             }
         };
+        if next > high {
+            // Before calling the log short, confirm its end by a fetch (see
+            // [`crate::broker::watermarks`]), on a consumer of its own: this one is mid-rebalance.
+            let confirmed = crate::broker::watermarks(&self.reader, &p.topic, timeout);
+            match confirmed {
+                Ok(marks) => {
+                    if let Some(&(_, _, h)) = marks.iter().find(|m| m.0 == p.partition) {
+                        high = high.max(h);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %p.topic, partition = p.partition, error = %e, "could not confirm the log's end by a fetch");
+                }
+            }
+        }
         let why = if next > high {
             "the log is behind the lakehouse (the broker lost its data or the topic was re-created)"
         } else if next < low {
@@ -327,6 +341,7 @@ impl Source {
         }
         let ctx = SourceContext {
             resolver,
+            reader: crate::broker::client_config(kafka, brokers),
             out_of_range,
             fatal: Mutex::new(None),
             changes: Mutex::new(Vec::new()),

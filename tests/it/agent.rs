@@ -217,7 +217,7 @@ async fn a_configured_stdio_server_is_started_and_its_tools_join_the_hub() {
     let (server, mut sup, _) = env.mcp_server(false).await;
     let model = reliable_model().await;
     let mut config = env.config.agent.clone();
-    let lake = env.lake.root().display().to_string();
+    let lake = env.lake.uri();
     let command = [
         "env",
         "MILLSTREAM__KNOWLEDGE__ENABLED=false",
@@ -598,7 +598,7 @@ async fn agent_ask_prints_the_turn_as_json_and_continues_a_conversation() {
     let env = seeded_env().await;
     let model = reliable_model().await;
     let base_url = model.base_url.clone();
-    let lake = env.lake.root().to_path_buf();
+    let lake = env.lake.local_root().unwrap().to_path_buf();
     let run = move |args: Vec<String>| {
         let (base_url, lake) = (base_url.clone(), lake.clone());
         tokio::task::spawn_blocking(move || {
@@ -900,7 +900,7 @@ async fn agent_traces_reach_mlflow_as_agent_chat_and_tool_spans() {
         .unwrap();
     let experiment = experiment["experiment_id"].as_str().unwrap().to_string();
     let model = reliable_model().await;
-    let lake = env.lake.root().to_path_buf();
+    let lake = env.lake.local_root().unwrap().to_path_buf();
     let answer = mlflow
         .traced_run(
             &lake,

@@ -24,7 +24,7 @@ async fn python_deltalake_reads_the_same_rows_and_changes() {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/read_delta.py");
     let out = Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
         .arg(&script)
-        .arg(env.lake.root())
+        .arg(env.lake.uri())
         .args(per_table.keys().chain([&"ops.dead_letters"]))
         .output()
         .expect("run python3");

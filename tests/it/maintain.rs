@@ -44,6 +44,7 @@ async fn maintenance_compacts_and_preserves_rows_cdf_and_offsets() {
         env.lake
             .table_path("iot.telemetry")
             .unwrap()
+            .unwrap()
             .join("_delta_log/_last_checkpoint")
             .exists()
     );

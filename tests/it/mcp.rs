@@ -98,7 +98,7 @@ async fn python_sdk_calls_every_tool_and_actions_materialize_exactly_once() {
 
     // The same server over stdio, as a separate process reading the same lakehouse.
     let bin = env!("CARGO_BIN_EXE_millstream");
-    let root = env.lake.root().display().to_string();
+    let root = env.lake.uri();
     let report = tokio::task::spawn_blocking(move || {
         support::mcp_client(&["stdio", bin, "--lakehouse", &root, "mcp", "--stdio"])
     })
@@ -107,7 +107,7 @@ async fn python_sdk_calls_every_tool_and_actions_materialize_exactly_once() {
     assert_eq!(report["tools"], 21, "{report}");
 
     // stdio runs as the principal its config or environment names: maria's tools and rows.
-    let root = env.lake.root().display().to_string();
+    let root = env.lake.uri();
     let report = tokio::task::spawn_blocking(move || {
         support::mcp_client(&[
             "stdio-as",

@@ -267,7 +267,7 @@ async fn sigterm_with_the_broker_gone_exits_promptly() {
     let dir = env.dir.path().to_path_buf();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_millstream"))
         .arg("--lakehouse")
-        .arg(env.lake.root())
+        .arg(env.lake.uri())
         .args(["pipeline", "--brokers", &env.brokers(), "--no-derive"])
         .env("MILLSTREAM__SERVE__ADDR", "127.0.0.1:0")
         .env("RUST_LOG", "warn")
@@ -416,7 +416,7 @@ async fn a_killed_static_member_restarts_beside_another_worker_and_lands_everyth
     let log = env.dir.path().join("workers.log");
     let events = support::events("static", 3_000, 0.0);
     env.produce(&events[..1_500]).await;
-    let lake = env.lake.root().to_path_buf();
+    let lake = env.lake.local_root().unwrap().to_path_buf();
     let other_lake = env.dir.path().join("other-lakehouse");
     let static_member = ["--group", "static", "--instance", "w1", "--no-derive"];
     let mut first = spawn_worker(&env, &lake, &log, &static_member);

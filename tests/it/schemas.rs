@@ -63,7 +63,7 @@ async fn older_alerts_table(lake: &millstream::lakehouse::Lakehouse, keep: impl 
         .into_iter()
         .filter(|f| keep(f.name()))
         .collect();
-    let path = lake.table_path("ops.alerts").unwrap();
+    let path = lake.table_path("ops.alerts").unwrap().unwrap();
     std::fs::create_dir_all(&path).unwrap();
     let table = deltalake::operations::create::CreateBuilder::new()
         .with_location(url::Url::from_directory_path(&path).unwrap().to_string())

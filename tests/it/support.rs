@@ -327,17 +327,35 @@ pub async fn signal_rows(lake: &Lakehouse) -> (Vec<String>, Vec<String>) {
 /// Every message on `mfg.alerts`, read from the start: alert id → how often it appears. Also
 /// checks each is keyed by its `signal_key` and stamped with its table version.
 pub fn topic_alert_ids(env: &Env, partitions: usize) -> BTreeMap<String, usize> {
+    topic_alert_ids_at(&env.config.kafka, &env.brokers(), partitions)
+}
+
+/// [`topic_alert_ids`] on any broker.
+pub fn topic_alert_ids_at(
+    kafka: &millstream::config::KafkaConfig,
+    brokers: &str,
+    partitions: usize,
+) -> BTreeMap<String, usize> {
     use rdkafka::Message;
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Headers;
-    let consumer: BaseConsumer =
-        millstream::broker::client_config(&env.config.kafka, &env.brokers())
-            .set("group.id", "alerts-reader")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "true")
-            .create()
-            .unwrap();
-    consumer.subscribe(&[topics::ALERTS]).unwrap();
+    let consumer: BaseConsumer = millstream::broker::client_config(kafka, brokers)
+        .set("group.id", "alerts-reader")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    // Assigned, not subscribed: reading needs no group coordination (slow on some brokers).
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(
+            topics::ALERTS,
+            i32::try_from(p).unwrap(),
+            rdkafka::Offset::Beginning,
+        )
+        .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
     let mut ids = BTreeMap::new();
     let (mut eof, mut idle) = (0, 0);
     while eof < partitions && idle < 50 {
@@ -597,4 +615,151 @@ pub async fn switching_proxy(backend: &str) -> (String, Arc<std::sync::Mutex<Str
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     (format!("http://{addr}"), cell, seen)
+}
+
+/// Reference tables the derived signals join with.
+pub const DERIVE_REFERENCE: [&str; 3] = [
+    "supply_chain.suppliers",
+    "supply_chain.parts",
+    "sales.customers",
+];
+/// The derived signal tables, each a function of its input tables alone.
+pub const DERIVED: [&str; 3] = [
+    "supply_chain.shortage_signals",
+    "sales.churn_signals",
+    "iot.maintenance_alerts",
+];
+
+/// Fails naming `what` and the first differing row unless the rows after the faults are the
+/// uninterrupted run's.
+pub fn assert_same_rows(what: &str, got: &[String], want: &[String]) {
+    let first_difference = got
+        .iter()
+        .zip(want)
+        .find(|(a, b)| a != b)
+        .map(|(a, b)| format!("\n  after faults:  {a}\n  uninterrupted: {b}"));
+    assert!(
+        got == want,
+        "{what} differs from the uninterrupted run ({} vs {} rows){}",
+        got.len(),
+        want.len(),
+        first_difference.unwrap_or_default()
+    );
+}
+
+/// Waits until `iot.anomalies` and `iot.sensor_state` record, for each of the `partitions`
+/// telemetry partitions, at least the last offset `iot.telemetry` records.
+pub async fn signals_caught_up(lake: &Lakehouse, partitions: i32, budget: Duration, context: &str) {
+    use millstream::lakehouse::commit::{SourcePartition, txn_versions};
+    let parts: Vec<SourcePartition> = (0..partitions)
+        .map(|p| SourcePartition::new(topics::TELEMETRY, p))
+        .collect();
+    let started = Instant::now();
+    loop {
+        let mut versions = Vec::new();
+        for table in ["iot.telemetry", "iot.anomalies", "iot.sensor_state"] {
+            let t = lake.open(table).await.unwrap();
+            versions.push(
+                txn_versions(&t, table, "bronze", parts.clone())
+                    .await
+                    .unwrap(),
+            );
+        }
+        // At or past bronze: a dead-lettered tail moves the signal tables' offsets, not bronze's.
+        let caught_up = |v: &millstream::lakehouse::commit::Offsets| {
+            versions[0]
+                .iter()
+                .all(|(p, o)| v.get(p).is_some_and(|x| x >= o))
+        };
+        if !versions[0].is_empty() && caught_up(&versions[1]) && caught_up(&versions[2]) {
+            return;
+        }
+        assert!(
+            started.elapsed() < budget,
+            "signal tables lag the bronze table: {versions:?}; {context}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One uninterrupted in-process run over the `events` already on `brokers` (a group of its
+/// own), into a fresh local lakehouse under `dir`, with the reference data the derived signals
+/// join with and one derive round: what a run disturbed by faults must end equal to.
+pub async fn reference_run(
+    config: &Config,
+    brokers: &str,
+    dir: &std::path::Path,
+    events: usize,
+) -> Lakehouse {
+    let reference = Lakehouse::new(dir.join("reference")).unwrap();
+    let mut opts = PipelineOptions::from_config(config, brokers);
+    opts.name = "reference".into();
+    opts.group_id = "reference".into();
+    millstream::sim::write_reference_tables(&reference, &config.simulate, false, &DERIVE_REFERENCE)
+        .await
+        .expect("reference data");
+    millstream::pipeline::run(
+        &config.kafka,
+        &reference,
+        &opts,
+        CancellationToken::new(),
+        Some(Arc::new(StopAfter(events as u64))),
+    )
+    .await
+    .expect("reference run");
+    let defs = millstream::pipeline::definition::Definitions::built_in()
+        .await
+        .unwrap();
+    millstream::pipeline::derive::Deriver::new(reference.clone(), defs)
+        .round()
+        .await
+        .expect("reference derive round");
+    reference
+}
+
+/// The signals of `lake` equal those of the uninterrupted `reference`: every derived table
+/// (the last derive round ran over the same inputs), the anomalies and the detector state (saved
+/// and restored exactly, however the faults fell).
+pub async fn assert_signals_as_uninterrupted(lake: &Lakehouse, reference: &Lakehouse) {
+    for table in DERIVED {
+        let sql = format!("SELECT * FROM {table}");
+        let (got, want) = (rows(lake, &sql).await, rows(reference, &sql).await);
+        assert!(
+            !want.is_empty(),
+            "{table}: the reference run derived nothing"
+        );
+        eprintln!("{table}: {} rows, as uninterrupted", want.len());
+        assert_same_rows(table, &got, &want);
+    }
+    let (anomalies, state) = signal_rows(lake).await;
+    let (want_anomalies, want_state) = signal_rows(reference).await;
+    assert!(
+        want_anomalies.len() > 100,
+        "the injected faults produced {} anomalies",
+        want_anomalies.len()
+    );
+    assert_same_rows("anomalies", &anomalies, &want_anomalies);
+    assert_same_rows("detector state", &state, &want_state);
+}
+
+/// Alerts are appended as derive rounds go (which depends on timing, so they are not compared
+/// with a reference), but each is once in `ops.alerts` and once on `mfg.alerts`, whatever the
+/// faults interrupted; returns how many.
+pub async fn assert_alerts_once(
+    lake: &Lakehouse,
+    kafka: &millstream::config::KafkaConfig,
+    brokers: &str,
+    partitions: usize,
+) -> usize {
+    let alert_ids = rows(lake, "SELECT alert_id FROM ops.alerts").await;
+    assert!(!alert_ids.is_empty(), "no alerts raised");
+    let on_topic = topic_alert_ids_at(kafka, brokers, partitions);
+    let want: BTreeMap<String, usize> = alert_ids.iter().map(|id| (id.clone(), 1)).collect();
+    assert_eq!(
+        want.len(),
+        alert_ids.len(),
+        "an alert id twice in ops.alerts"
+    );
+    assert_eq!(on_topic, want, "mfg.alerts holds every alert exactly once");
+    want.len()
 }

@@ -244,7 +244,7 @@ fn proc_status_mb(field: &str) -> f64 {
 fn count_files(lake: &Lakehouse) -> usize {
     let mut n = 0;
     for k in crate::model::EventKind::ALL {
-        if let Ok(p) = lake.table_path(k.bronze_table()) {
+        if let Ok(Some(p)) = lake.table_path(k.bronze_table()) {
             n += walk(&p);
         }
     }
@@ -372,13 +372,12 @@ async fn ingest(config: Config, events: u64) -> anyhow::Result<()> {
 /// partition and silently drops the oldest beyond that. A preload that overflowed it would leave
 /// the pipeline waiting for records that no longer exist, so say so instead.
 fn check_nothing_evicted(config: &Config, brokers: &str) -> anyhow::Result<()> {
-    let consumer: rdkafka::consumer::BaseConsumer =
-        crate::broker::client_config(&config.kafka, brokers).create()?;
+    let client = crate::broker::client_config(&config.kafka, brokers);
     // Events dropped, and the partition count at which every topic's share would have fitted.
     let (evicted, needed) = tokio::task::block_in_place(|| -> anyhow::Result<(i64, f64)> {
         let (mut evicted, mut needed) = (0, 0.0_f64);
         for topic in topics::SOURCES {
-            let marks = crate::broker::watermarks(&consumer, topic, Duration::from_secs(30))?;
+            let marks = crate::broker::watermarks(&client, topic, Duration::from_secs(30))?;
             let (low, high) = marks.iter().fold((0, 0), |(l, h), m| (l + m.1, h + m.2));
             evicted += low;
             if high > low {

@@ -24,7 +24,7 @@ use crate::knowledge::index::{Index, Mode};
 use crate::knowledge::{Knowledge, SearchRequest};
 
 pub async fn run(config: Config, docs: usize, seconds: u64, k: usize) -> anyhow::Result<()> {
-    let lake = crate::lakehouse::Lakehouse::new(&config.lakehouse.root)?;
+    let lake = crate::lakehouse::Lakehouse::from_config(&config.lakehouse)?;
     let corpus = crate::cmd::eval::write_corpus(&lake, &config).await?;
     let knowledge = Knowledge::open(lake, &crate::cmd::eval::all_cores(&config.knowledge))?;
     eprintln!("bench search: embedding the corpus (vectors stored by an earlier run are reused)");
