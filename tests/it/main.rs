@@ -1,6 +1,7 @@
 //! Integration tests: one binary, one module per area. Every test that touches Kafka runs the
-//! real protocol against librdkafka's mock cluster (in-process) and arms a [`support::Watchdog`]
-//! so a hang fails loudly instead of eating CI's time.
+//! real protocol, against librdkafka's mock cluster (in-process) or, in [`cluster`], a broker
+//! process of its own (tansu) with tables in S3, and arms a [`support::Watchdog`] so a hang fails
+//! loudly instead of eating CI's time.
 
 mod support;
 
@@ -8,6 +9,7 @@ mod agent;
 mod alerts_out;
 mod auth;
 mod cdf;
+mod cluster;
 mod console;
 mod crash;
 mod exactly_once;
