@@ -183,7 +183,7 @@ async fn status(config: &Config, brokers: &str, lake: &Lakehouse) -> anyhow::Res
             let t = lake.open(&def.name).await?;
             let v = t.version();
             let at = match v {
-                Some(v) => crate::lakehouse::commit_time(&def.name, &t, i64::try_from(v)?)?,
+                Some(v) => crate::lakehouse::commit_time(&def.name, &t, i64::try_from(v)?).await?,
                 None => None,
             };
             (v, at)

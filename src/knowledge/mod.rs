@@ -209,7 +209,7 @@ impl Knowledge {
             };
             self.apply(source.table, change, &mut stored, &mut stats)
                 .await?;
-            let committed_at = crate::lakehouse::commit_time(source.table, table, version)?;
+            let committed_at = crate::lakehouse::commit_time(source.table, table, version).await?;
             // A version committed while the index was following the table (not the state found
             // at a start): how long until its changes could be found.
             if let (Some(_), Some(at)) = (reflected, committed_at) {

@@ -417,14 +417,27 @@ pub async fn advance(table: &mut DeltaTable) -> Result<bool> {
     Ok(table.version() != before)
 }
 
-/// When `version` of `table` was committed.
-pub fn commit_time(
+/// When `version` of `table` was committed: its commit file's timestamp. The snapshot knows it
+/// for the commits after its checkpoint; a checkpoint at `version` itself (maintenance on a
+/// quiet table) leaves none there, so then the store is asked for the commit file.
+pub async fn commit_time(
     name: &str,
     table: &DeltaTable,
     version: i64,
 ) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+    use deltalake::logstore::object_store::ObjectStoreExt as _;
     let state = table.snapshot().map_err(|e| Error::delta(name, e))?;
-    Ok(state
-        .version_timestamp(version as u64)
-        .and_then(chrono::DateTime::<chrono::Utc>::from_timestamp_millis))
+    let Ok(v) = u64::try_from(version) else {
+        return Ok(None);
+    };
+    if let Some(ms) = state.version_timestamp(v) {
+        return Ok(chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms));
+    }
+    let file = deltalake::logstore::commit_uri_from_version(Some(v));
+    match table.log_store().object_store(None).head(&file).await {
+        Ok(meta) => Ok(Some(meta.last_modified)),
+        // Removed by log cleanup: the time is no longer known.
+        Err(deltalake::ObjectStoreError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(Error::delta(name, e.into())),
+    }
 }

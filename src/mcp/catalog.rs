@@ -545,7 +545,7 @@ fn event_time_column(name: &str) -> Result<Option<&'static str>> {
 async fn load_full(name: &str, followed: &mut Followed, tail_rows: usize) -> Result<Loaded> {
     let table = &followed.table;
     let version = table.version().unwrap_or(0) as i64;
-    let committed_at = crate::lakehouse::commit_time(name, table, version)?;
+    let committed_at = crate::lakehouse::commit_time(name, table, version).await?;
     let files = table
         .snapshot()
         .map_err(|e| Error::delta(name, e))?
@@ -675,7 +675,7 @@ async fn load_appended(
     };
     Ok(Loaded {
         version,
-        committed_at: crate::lakehouse::commit_time(name, table, version)?,
+        committed_at: crate::lakehouse::commit_time(name, table, version).await?,
         watermark: followed.watermark,
         provider: tail.provider(delta)?,
     })

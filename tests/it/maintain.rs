@@ -48,6 +48,18 @@ async fn maintenance_compacts_and_preserves_rows_cdf_and_offsets() {
             .join("_delta_log/_last_checkpoint")
             .exists()
     );
+    // A table read from a checkpoint at its own version still says when that version was
+    // committed (every answer's `as_of` rests on it), and it is the compaction just made.
+    let checkpointed = env.lake.open("iot.telemetry").await.unwrap();
+    let version = checkpointed.version().unwrap() as i64;
+    let committed = millstream::lakehouse::commit_time("iot.telemetry", &checkpointed, version)
+        .await
+        .unwrap();
+    let age = committed.map(|at| chrono::Utc::now() - at);
+    assert!(
+        age.is_some_and(|a| a >= chrono::TimeDelta::zero() && a < chrono::TimeDelta::minutes(2)),
+        "commit time of checkpointed version {version}: {committed:?}"
+    );
 
     support::assert_exact(&env.lake, &per_table, bad).await;
     let table = env.lake.open("iot.telemetry").await.unwrap();
