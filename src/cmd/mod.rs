@@ -29,6 +29,35 @@ fn brokers_or_fail(flag: Option<String>, config: &Config, command: &str) -> anyh
     }
 }
 
+/// Which consumer group a command works in, as `pipeline` and `status` take it.
+#[derive(Debug, clap::Args)]
+pub struct GroupArgs {
+    /// Kafka bootstrap servers, host:port[,host:port] (overrides kafka.brokers).
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// Consumer group of the workers (overrides kafka.group_id).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Pipeline name, part of every txn appId in the Delta commits (overrides pipeline.name).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+impl GroupArgs {
+    /// The brokers (or a clear error naming `command`), with the group and pipeline name
+    /// applied to `config`.
+    fn apply(self, config: &mut Config, command: &str) -> anyhow::Result<String> {
+        let brokers = brokers_or_fail(self.brokers, config, command)?;
+        if let Some(g) = self.group {
+            config.kafka.group_id = g;
+        }
+        if let Some(n) = self.name {
+            config.pipeline.name = n;
+        }
+        Ok(brokers)
+    }
+}
+
 /// How long a command waits at start for the broker to answer.
 const BROKER_CHECK: std::time::Duration = std::time::Duration::from_secs(10);
 

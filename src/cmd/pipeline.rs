@@ -17,15 +17,8 @@ use crate::supervise::{Policy, Supervisor, stop_token};
 
 #[derive(Debug, Args)]
 pub struct PipelineArgs {
-    /// Kafka bootstrap servers, host:port[,host:port] (overrides kafka.brokers).
-    #[arg(long)]
-    pub brokers: Option<String>,
-    /// Consumer group (overrides kafka.group_id).
-    #[arg(long)]
-    pub group: Option<String>,
-    /// Pipeline name, part of every txn appId (overrides pipeline.name).
-    #[arg(long)]
-    pub name: Option<String>,
+    #[command(flatten)]
+    pub group: super::GroupArgs,
     /// Static group membership: this worker's stable id in the group (overrides
     /// kafka.instance_id); restarted with the same id, it takes its partitions back at once.
     #[arg(long)]
@@ -37,13 +30,7 @@ pub struct PipelineArgs {
 }
 
 pub async fn run(mut config: Config, args: PipelineArgs) -> anyhow::Result<()> {
-    let brokers = super::brokers_or_fail(args.brokers, &config, "pipeline")?;
-    if let Some(g) = args.group {
-        config.kafka.group_id = g;
-    }
-    if let Some(n) = args.name {
-        config.pipeline.name = n;
-    }
+    let brokers = args.group.apply(&mut config, "pipeline")?;
     if let Some(i) = args.instance {
         config.kafka.instance_id = i;
     }

@@ -18,15 +18,8 @@ use crate::model::{EventKind, tables};
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Kafka bootstrap servers, host:port[,host:port] (overrides kafka.brokers).
-    #[arg(long)]
-    pub brokers: Option<String>,
-    /// Consumer group of the workers (overrides kafka.group_id).
-    #[arg(long)]
-    pub group: Option<String>,
-    /// Pipeline name of the workers, as in their Delta commits (overrides pipeline.name).
-    #[arg(long)]
-    pub name: Option<String>,
+    #[command(flatten)]
+    pub group: super::GroupArgs,
 }
 
 #[derive(Debug, Serialize)]
@@ -67,13 +60,7 @@ struct TableStatus {
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn run(mut config: Config, args: StatusArgs) -> anyhow::Result<()> {
-    let brokers = super::brokers_or_fail(args.brokers, &config, "status")?;
-    if let Some(g) = args.group {
-        config.kafka.group_id = g;
-    }
-    if let Some(n) = args.name {
-        config.pipeline.name = n;
-    }
+    let brokers = args.group.apply(&mut config, "status")?;
     let lake = Lakehouse::from_config(&config.lakehouse)?;
     super::check_dependencies(&config, Some(&brokers), None).await?;
     let status = status(&config, &brokers, &lake).await?;
