@@ -42,14 +42,7 @@ pub fn watermarks(
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<(i32, i64, i64)>> {
-    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-    let consumer: BaseConsumer<QuietEof> = client
-        .clone()
-        .set("enable.partition.eof", "true")
-        .set("enable.auto.commit", "false")
-        // librdkafka assigns only with a group id; this one never joins nor commits.
-        .set("group.id", "millstream-watermarks")
-        .create_with_context(QuietEof)?;
+    let consumer = end_reader(client)?;
     let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
     let mut out = Vec::new();
     for t in metadata.topics().iter().filter(|t| t.name() == topic) {
@@ -58,21 +51,59 @@ pub fn watermarks(
             out.push((p.id(), low, high));
         }
     }
-    if out.is_empty() {
-        return Ok(out);
+    confirm_ends(&consumer, topic, &mut out, timeout)?;
+    Ok(out)
+}
+
+/// [`watermarks`] of one partition: `(low, high)`, the end confirmed the same way.
+pub fn partition_watermarks(
+    client: &ClientConfig,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Result<(i64, i64)> {
+    let consumer = end_reader(client)?;
+    let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+    let mut marks = [(partition, low, high)];
+    confirm_ends(&consumer, topic, &mut marks, timeout)?;
+    Ok((marks[0].1, marks[0].2))
+}
+
+/// A consumer that reports partition ends, for [`confirm_ends`]. librdkafka assigns only with a
+/// group id; this one never joins nor commits.
+fn end_reader(client: &ClientConfig) -> Result<BaseConsumer<QuietEof>> {
+    Ok(client
+        .clone()
+        .set("enable.partition.eof", "true")
+        .set("enable.auto.commit", "false")
+        .set("group.id", "millstream-watermarks")
+        .create_with_context(QuietEof)?)
+}
+
+/// Raises each `(partition, low, high)`'s high to what reading from it to the partition's end
+/// finds. A partition that does not reach its end within `timeout` keeps ListOffsets' answer.
+fn confirm_ends(
+    consumer: &BaseConsumer<QuietEof>,
+    topic: &str,
+    marks: &mut [(i32, i64, i64)],
+    timeout: Duration,
+) -> Result<()> {
+    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+    if marks.is_empty() {
+        return Ok(());
     }
     let mut tpl = TopicPartitionList::new();
-    for &(p, _, high) in &out {
+    for &(p, _, high) in marks.iter() {
         tpl.add_partition_offset(topic, p, Offset::Offset(high))?;
     }
     consumer.assign(&tpl)?;
     let deadline = std::time::Instant::now() + timeout;
-    let mut open: std::collections::BTreeSet<i32> = out.iter().map(|m| m.0).collect();
+    let mut open: std::collections::BTreeSet<i32> = marks.iter().map(|m| m.0).collect();
     while !open.is_empty() && std::time::Instant::now() < deadline {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 use rdkafka::Message;
-                if let Some(mark) = out.iter_mut().find(|x| x.0 == m.partition()) {
+                if let Some(mark) = marks.iter_mut().find(|x| x.0 == m.partition()) {
                     mark.2 = mark.2.max(m.offset() + 1);
                 }
             }
@@ -84,7 +115,7 @@ pub fn watermarks(
             Some(Err(_)) | None => {}
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// A consumer context for [`watermarks`]: the end-of-partition events it asks for are answers,

@@ -170,13 +170,9 @@ impl SourceContext {
         if next > high {
             // Before calling the log short, confirm its end by a fetch (see
             // [`crate::broker::watermarks`]), on a consumer of its own: this one is mid-rebalance.
-            let confirmed = crate::broker::watermarks(&self.reader, &p.topic, timeout);
-            match confirmed {
-                Ok(marks) => {
-                    if let Some(&(_, _, h)) = marks.iter().find(|m| m.0 == p.partition) {
-                        high = high.max(h);
-                    }
-                }
+            match crate::broker::partition_watermarks(&self.reader, &p.topic, p.partition, timeout)
+            {
+                Ok((_, h)) => high = high.max(h),
                 Err(e) => {
                     tracing::warn!(topic = %p.topic, partition = p.partition, error = %e, "could not confirm the log's end by a fetch");
                 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use millstream::config::Config;
 use millstream::lakehouse::Lakehouse;
 use millstream::sim::stream::SimEvent;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support;
@@ -396,24 +396,15 @@ impl Cluster {
         .expect("reference data");
     }
 
-    /// Produces `events` in chunks, pausing between them, so they flow for a while.
+    /// Produces `events` to the broker slowly ([`support::produce_slowly`]).
     fn produce_slowly(
         &self,
         events: Vec<SimEvent>,
         chunk: usize,
         pause: Duration,
     ) -> tokio::task::JoinHandle<()> {
-        let (kafka, brokers) = (self.config.kafka.clone(), self.broker.bootstrap());
-        tokio::spawn(async move {
-            let p = millstream::sim::EventProducer::new(&kafka, &brokers).expect("producer");
-            for chunk in events.chunks(chunk) {
-                for e in chunk {
-                    p.send(e).await.expect("send");
-                }
-                tokio::time::sleep(pause).await;
-            }
-            p.flush(Duration::from_secs(60)).expect("flush");
-        })
+        let brokers = self.broker.bootstrap();
+        support::produce_slowly(&self.config.kafka, &brokers, events, chunk, pause)
     }
 
     /// After the events are all in: waits for the tables to hold them, stops the workers (the
@@ -490,15 +481,7 @@ async fn three_workers_on_s3_killed_at_random_lose_and_duplicate_nothing() {
     const KILLS: usize = 10;
     let _w = support::watchdog("cluster kills", Duration::from_secs(600));
     let mut cluster = Cluster::start().await;
-    let seed: u64 = std::env::var("CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    eprintln!(
-        "seed {seed} (rerun with CRASH_SEED={seed}); {}",
-        cluster.logs()
-    );
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut rng = support::crash_rng(&cluster.logs());
     cluster.reference_data().await;
     let events = support::events_with_faults("cluster-kills", 40_000, 0.001, 12.0);
     let producer = cluster.produce_slowly(events.clone(), 2_000, Duration::from_millis(700));

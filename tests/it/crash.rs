@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 
 use crate::support::{self, Env};
 
@@ -59,15 +59,7 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     let _w = support::watchdog("crash", Duration::from_secs(300));
     let env = Env::new(4).await;
     let log = env.dir.path().join("pipeline.log");
-    let seed: u64 = std::env::var("CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    eprintln!(
-        "crash test seed {seed} (rerun with CRASH_SEED={seed}); child logs in {}",
-        log.display()
-    );
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut rng = support::crash_rng(&format!("child logs in {}", log.display()));
 
     // Few malformed records: the dead-letter table then lags the bronze tables, and replays
     // for one sink must not move another sink's offsets back.
@@ -75,19 +67,13 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     let (per_table, bad) = support::expected(&events);
 
     // Events keep flowing for the whole kill phase.
-    let producer = {
-        let (kafka, brokers, events) = (env.config.kafka.clone(), env.brokers(), events.clone());
-        tokio::spawn(async move {
-            let p = millstream::sim::EventProducer::new(&kafka, &brokers).expect("producer");
-            for chunk in events.chunks(1_000) {
-                for e in chunk {
-                    p.send(e).await.expect("send");
-                }
-                tokio::time::sleep(Duration::from_millis(400)).await;
-            }
-            p.flush(Duration::from_secs(30)).expect("flush");
-        })
-    };
+    let producer = support::produce_slowly(
+        &env.config.kafka,
+        &env.brokers(),
+        events.clone(),
+        1_000,
+        Duration::from_millis(400),
+    );
 
     // Create the tables first, so a commit counted below is always a data commit. The parts,
     // suppliers and customers give the derived shortage and churn signals something to say

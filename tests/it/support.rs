@@ -763,3 +763,37 @@ pub async fn assert_alerts_once(
     assert_eq!(on_topic, want, "mfg.alerts holds every alert exactly once");
     want.len()
 }
+
+/// The random generator of a test that kills at random moments: seeded from `CRASH_SEED` when
+/// set, else at random, and the seed said on stderr (with `context`) so a failure can be rerun.
+pub fn crash_rng(context: &str) -> rand_chacha::ChaCha8Rng {
+    use rand::SeedableRng;
+    let seed: u64 = std::env::var("CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("seed {seed} (rerun with CRASH_SEED={seed}); {context}");
+    rand_chacha::ChaCha8Rng::seed_from_u64(seed)
+}
+
+/// Produces `events` to `brokers` in chunks of `chunk`, pausing `pause` after each, so they
+/// keep flowing while a test disturbs the pipeline; the task ends flushed.
+pub fn produce_slowly(
+    kafka: &millstream::config::KafkaConfig,
+    brokers: &str,
+    events: Vec<SimEvent>,
+    chunk: usize,
+    pause: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let (kafka, brokers) = (kafka.clone(), brokers.to_string());
+    tokio::spawn(async move {
+        let p = EventProducer::new(&kafka, &brokers).expect("producer");
+        for chunk in events.chunks(chunk) {
+            for e in chunk {
+                p.send(e).await.expect("send");
+            }
+            tokio::time::sleep(pause).await;
+        }
+        p.flush(Duration::from_secs(60)).expect("flush");
+    })
+}
