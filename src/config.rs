@@ -205,6 +205,7 @@ pub struct MaintainConfig {
 pub struct ServeConfig {
     pub addr: String,
     pub refresh_ms: u64,
+    pub catch_up_ms: u64,
     pub tail_rows: usize,
     pub query_timeout_ms: u64,
     pub allowed_hosts: Vec<String>,
@@ -487,6 +488,10 @@ impl Config {
         check(
             (10..=60_000).contains(&self.serve.refresh_ms),
             "serve.refresh_ms must be in 10..=60000",
+        );
+        check(
+            self.serve.catch_up_ms <= 60_000,
+            "serve.catch_up_ms must be at most 60000",
         );
         check(
             matches!(self.auth.mode.as_str(), "none" | "bearer"),

@@ -128,6 +128,8 @@ pub struct LiveCatalog {
     /// Counts published snapshots: whoever shows live data ([`LiveCatalog::published`]) wakes
     /// when new versions are served instead of polling.
     published: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Asks the refresher to look for new versions now ([`LiveCatalog::catch_up`]).
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for LiveCatalog {
@@ -185,6 +187,7 @@ impl LiveCatalog {
             current: Arc::new(RwLock::new(Arc::new(Snapshot::default()))),
             followed: Arc::default(),
             published: Arc::new(tokio::sync::watch::Sender::new(0)),
+            wake: Arc::default(),
         };
         catalog.refresh(&mut *catalog.followed.lock().await).await;
         Ok(catalog)
@@ -203,6 +206,7 @@ impl LiveCatalog {
             tokio::select! {
                 _ = tick.tick() => {}
                 Ok(()) = commits.changed() => {}
+                () = self.wake.notified() => {}
                 _ = stop.cancelled() => return Ok(()),
             }
             self.refresh(&mut followed).await;
@@ -333,6 +337,48 @@ impl LiveCatalog {
     /// published, so a reader woken by it sees them).
     pub fn published(&self) -> tokio::sync::watch::Receiver<u64> {
         self.published.subscribe()
+    }
+
+    /// Waits until this server serves at least the versions in `seen` (table → version), asking
+    /// the refresher to look now instead of at its next tick, for at most `wait`. A client
+    /// whose calls land on several replicas sends the versions it has seen, so no answer goes
+    /// back in time ([`super::consistency`]). The tables still behind when `wait` is over, with
+    /// the version served (`None`: not yet opened) are the error.
+    pub async fn catch_up(
+        &self,
+        seen: &BTreeMap<String, i64>,
+        wait: Duration,
+    ) -> std::result::Result<(), Vec<(String, i64, Option<i64>)>> {
+        let behind = || -> Vec<(String, i64, Option<i64>)> {
+            seen.iter()
+                .filter_map(|(table, &want)| {
+                    let have = self.version(table);
+                    (have.is_none_or(|v| v < want)).then(|| (table.clone(), want, have))
+                })
+                .collect()
+        };
+        let mut published = self.published();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            published.borrow_and_update();
+            let lagging = behind();
+            if lagging.is_empty() {
+                return Ok(());
+            }
+            self.wake.notify_one();
+            // The sender lives as long as the catalog: only the deadline ends the wait.
+            if tokio::time::timeout_at(deadline, published.changed())
+                .await
+                .is_err()
+            {
+                let lagging = behind();
+                return if lagging.is_empty() {
+                    Ok(())
+                } else {
+                    Err(lagging)
+                };
+            }
+        }
     }
 
     /// The version of `table` the server currently serves, if it exists.

@@ -40,6 +40,16 @@ impl ServerHandler for Millstream {
                     .and_then(|v| v.to_str().ok())
                     .map(String::from)
             });
+        if let Err(e) = me.catch_up(&context.meta).await {
+            me.audit(
+                kind,
+                &name,
+                arguments,
+                started,
+                Err(("error", e.message.to_string())),
+            );
+            return Err(e);
+        }
         if !me.tool_router.has_route(&name) && Self::is_tool(&name) {
             let message = format!(
                 "tool {name} is not available to persona {}",
@@ -154,7 +164,10 @@ impl ServerHandler for Millstream {
         let me = self.for_caller(&context)?;
         me.audit_ready()?;
         let uri = request.uri.to_string();
-        let result = super::resources::read(&me, request, context).await;
+        let result = match me.catch_up(&context.meta).await {
+            Ok(()) => super::resources::read(&me, request, context).await,
+            Err(e) => Err(e),
+        };
         let outcome = resource_outcome(&me, &uri, result.as_ref().err());
         me.audit("resource", &uri, None, started, outcome);
         result.map(Into::into)
@@ -173,6 +186,47 @@ impl ServerHandler for Millstream {
         let outcome = resource_outcome(&me, &uri, result.as_ref().err());
         me.audit("subscribe", &uri, None, started, outcome);
         result
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        _requested: &rmcp::model::SubscriptionFilter,
+    ) -> Option<rmcp::model::SubscriptionFilter> {
+        // Every feed; `listen` refuses a feed the caller may not read.
+        Some(
+            rmcp::model::SubscriptionFilter::builder()
+                .resource_subscriptions(super::resources::FEEDS.iter().map(|f| f.uri))
+                .build(),
+        )
+    }
+
+    async fn listen(
+        &self,
+        subscription: rmcp::service::SubscriptionContext,
+    ) -> Result<(), ErrorData> {
+        let started = (chrono::Utc::now(), std::time::Instant::now());
+        let me = self.for_caller(subscription.request_context())?;
+        me.audit_ready()?;
+        let uris = subscription
+            .accepted()
+            .resource_subscriptions
+            .clone()
+            .unwrap_or_default();
+        let listener = super::resources::listen(&me, &subscription).await;
+        let outcome = match &listener {
+            Ok(_) => Ok(()),
+            Err(e)
+                if uris.iter().any(|u| {
+                    resource_outcome(&me, u, Some(e)).is_err_and(|(o, _)| o == "refused")
+                }) =>
+            {
+                Err(("refused", e.message.to_string()))
+            }
+            Err(e) => Err(("error", e.message.to_string())),
+        };
+        me.audit("listen", &uris.join(" "), None, started, outcome);
+        listener?.run(subscription).await;
+        Ok(())
     }
 
     async fn unsubscribe(

@@ -13,6 +13,7 @@
 pub mod actions;
 pub mod args;
 pub mod catalog;
+pub mod consistency;
 mod handler;
 pub mod prompts;
 pub mod query;
@@ -185,6 +186,7 @@ pub async fn start(
     )?
     .with_query_limits(crate::governed::Limits::from_config(&config.serve))
     .with_knowledge(knowledge)
+    .with_catch_up(std::time::Duration::from_millis(config.serve.catch_up_ms))
     .with_auditor(auditor))
 }
 

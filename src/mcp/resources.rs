@@ -227,11 +227,7 @@ async fn watch(
     subs: Arc<Subscriptions>,
     peer: rmcp::service::Peer<RoleServer>,
 ) {
-    let mut seen: BTreeMap<&'static str, i64> = FEEDS
-        .iter()
-        .filter_map(|f| Some((f.table, server.catalog.version(f.table)?)))
-        .collect();
-    let mut opened: BTreeMap<&'static str, DeltaTable> = BTreeMap::new();
+    let mut watcher = Watcher::new(&server, &BTreeMap::new());
     let mut published = server.catalog.published();
     loop {
         // Woken when the catalog serves new versions; the timeout only notices a client that
@@ -247,31 +243,143 @@ async fn watch(
             let uris = subs.uris.lock().expect("poisoned");
             FEEDS.iter().filter(|f| uris.contains(f.uri)).collect()
         };
-        for f in wanted {
-            let Some(now) = server.catalog.version(f.table) else {
+        for (f, version) in watcher.changed(&wanted).await {
+            if let Err(e) = peer.send_notification(updated(f, version)).await {
+                tracing::debug!(error = %e, "client gone; resource watcher stops");
+                return;
+            }
+        }
+    }
+}
+
+/// `subscriptions/listen` (protocol 2026-07-28): notifies `subscription` of changes to the feeds
+/// it accepted until the client cancels it. Nothing of it lives outside the request, so a
+/// client that lands on another replica listens again there; with the `_meta`
+/// [`super::consistency::SEEN`] versions of its last notification it first hears of every
+/// change it missed in between.
+pub async fn listen(
+    server: &Millstream,
+    subscription: &rmcp::service::SubscriptionContext,
+) -> Result<Listener, ErrorData> {
+    let accepted = subscription
+        .accepted()
+        .resource_subscriptions
+        .clone()
+        .unwrap_or_default();
+    let feeds = accepted
+        .iter()
+        .map(|uri| readable_feed(server, uri))
+        .collect::<Result<Vec<_>, _>>()?;
+    let meta = &subscription.request_context().meta;
+    let resume = super::consistency::seen(server, meta)?;
+    server.catch_up(meta).await?;
+    Ok(Listener {
+        watcher: Watcher::new(server, &resume),
+        feeds,
+        resume: !resume.is_empty(),
+    })
+}
+
+/// An accepted `subscriptions/listen` ([`listen`]), ready to run.
+pub struct Listener {
+    watcher: Watcher,
+    feeds: Vec<&'static Feed>,
+    /// Whether the client resumes from versions it sent: then the changes since go out first.
+    resume: bool,
+}
+
+impl Listener {
+    /// Notifies `subscription` of changes until the client cancels it or goes away.
+    pub async fn run(mut self, subscription: rmcp::service::SubscriptionContext) {
+        let mut published = self.watcher.server.catalog.published();
+        let sink = subscription.sink();
+        let mut first = self.resume;
+        loop {
+            if !std::mem::take(&mut first) {
+                tokio::select! {
+                    changed = published.changed() => if changed.is_err() { return },
+                    () = subscription.cancelled() => return,
+                }
+            }
+            for (f, version) in self.watcher.changed(&self.feeds).await {
+                if let Err(e) = sink.send(updated(f, version)).await {
+                    tracing::debug!(error = %e, "subscription ended");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// `notifications/resources/updated` for feed `f`, whose table is now at `version` (in
+/// `_meta`, the token that resumes from here: [`super::consistency::SEEN`]).
+fn updated(f: &Feed, version: i64) -> rmcp::model::ServerNotification {
+    use rmcp::model::GetMeta;
+    let mut n = rmcp::model::ServerNotification::ResourceUpdatedNotification(
+        rmcp::model::ResourceUpdatedNotification::new(
+            rmcp::model::ResourceUpdatedNotificationParam::new(f.uri),
+        ),
+    );
+    n.get_meta_mut().0.0.insert(
+        super::consistency::SEEN.to_string(),
+        json!({ f.table: version }),
+    );
+    n
+}
+
+/// For one subscriber: the version of each followed table up to which it has been told of
+/// changes, and the tables opened to read their Change Data Feed.
+struct Watcher {
+    server: Millstream,
+    seen: BTreeMap<&'static str, i64>,
+    opened: BTreeMap<&'static str, DeltaTable>,
+}
+
+impl Watcher {
+    /// Told of everything up to `from` (table → version), and of the rest up to what the server
+    /// serves now.
+    fn new(server: &Millstream, from: &BTreeMap<String, i64>) -> Watcher {
+        let seen = FEEDS
+            .iter()
+            .filter_map(|f| {
+                let v = from
+                    .get(f.table)
+                    .copied()
+                    .or_else(|| server.catalog.version(f.table))?;
+                Some((f.table, v))
+            })
+            .collect();
+        Watcher {
+            server: server.clone(),
+            seen,
+            opened: BTreeMap::new(),
+        }
+    }
+
+    /// The feeds of `wanted` whose tables have, since the last call, changes the subscriber may
+    /// see, with the version now served. A change feed that cannot be read (its history
+    /// vacuumed) counts as a change: a needless re-read is better than a missed one.
+    async fn changed(&mut self, wanted: &[&'static Feed]) -> Vec<(&'static Feed, i64)> {
+        let mut out = Vec::new();
+        for &f in wanted {
+            let Some(now) = self.server.catalog.version(f.table) else {
                 continue;
             };
-            let from = seen.get(f.table).map_or(0, |v| v + 1);
+            let from = self.seen.get(f.table).map_or(0, |v| v + 1);
             if now < from {
                 continue;
             }
-            seen.insert(f.table, now);
-            match changed_rows(&server, &mut opened, f.table, from, now).await {
+            self.seen.insert(f.table, now);
+            match changed_rows(&self.server, &mut self.opened, f.table, from, now).await {
                 Ok(0) => {}
-                Ok(_) => {
-                    if let Err(e) = peer
-                        .notify_resource_updated(
-                            rmcp::model::ResourceUpdatedNotificationParam::new(f.uri),
-                        )
-                        .await
-                    {
-                        tracing::debug!(error = %e, "client gone; resource watcher stops");
-                        return;
-                    }
+                Ok(_) => out.push((f, now)),
+                Err(e) => {
+                    tracing::warn!(table = f.table, error = %e.message, "reading changes");
+                    out.push((f, now));
                 }
-                Err(e) => tracing::warn!(table = f.table, error = %e.message, "reading changes"),
             }
         }
+        out
     }
 }
 

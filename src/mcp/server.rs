@@ -35,6 +35,9 @@ pub struct Millstream {
     /// Knowledge search, or why this server has none (said to callers who ask for it).
     pub(crate) knowledge: Result<Arc<crate::knowledge::Knowledge>, Arc<str>>,
     pub(crate) query_timeout: Duration,
+    /// How long a call may wait for this replica to load versions its caller has already seen
+    /// elsewhere ([`super::consistency`]).
+    pub(crate) catch_up_wait: Duration,
     /// Where `query_sql` runs callers' SQL, and its limits ([`crate::governed`]).
     pub(crate) sandbox: Arc<crate::governed::Sandbox>,
     /// Whom this server answers for by default (stdio, or HTTP with `auth.mode = "none"`):
@@ -66,6 +69,7 @@ impl Millstream {
             actions,
             knowledge: Err("knowledge search is not configured on this server".into()),
             query_timeout,
+            catch_up_wait: Duration::from_secs(3),
             sandbox: Arc::new(crate::governed::Sandbox::new(
                 crate::governed::Limits::with_timeout(query_timeout),
             )),
@@ -82,6 +86,12 @@ impl Millstream {
     pub fn with_query_limits(mut self, limits: crate::governed::Limits) -> Self {
         self.query_timeout = limits.timeout;
         self.sandbox = Arc::new(crate::governed::Sandbox::new(limits));
+        self
+    }
+
+    /// Lets a call wait up to `wait` for versions its caller has seen on another replica.
+    pub fn with_catch_up(mut self, wait: Duration) -> Self {
+        self.catch_up_wait = wait;
         self
     }
 

@@ -21,6 +21,7 @@ mod maintain;
 mod mcp;
 mod modules;
 mod reliability;
+mod replicas;
 mod scale_out;
 mod schemas;
 mod signals;
