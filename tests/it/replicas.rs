@@ -1,6 +1,6 @@
-//! Stateless MCP replicas (protocol 2026-07-28): two `serve` instances over one lakehouse behind
-//! a proxy that sends each request wherever it is told, talked to by rmcp's client with the
-//! 2026-07-28 lifecycle (`server/discover`, no session). A client that sends the versions it has
+//! Stateless MCP replicas (protocol 2026-07-28): two `millstream serve` processes over one
+//! lakehouse behind a proxy that sends each request wherever it is told, talked to by rmcp's
+//! client with the 2026-07-28 lifecycle (`server/discover`, no session). A client that sends the versions it has
 //! seen (`_meta["millstream/seen"]`) never gets an older answer from the other replica, and a
 //! `subscriptions/listen` stream moves to the other replica without missing a change.
 
@@ -113,6 +113,50 @@ async fn count_alerts(c: &Client, seen: &BTreeMap<String, i64>) -> Result<(i64, 
     Ok((answer["rows"][0]["n"].as_i64().unwrap(), version))
 }
 
+/// A `millstream serve` process over `env`'s lakehouse on a free port, looking for new versions
+/// every `refresh_ms`; killed (SIGKILL) when dropped.
+struct Replica {
+    child: std::process::Child,
+    base: String,
+}
+
+impl Replica {
+    fn start(env: &Env, refresh_ms: u64) -> Replica {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_millstream"))
+            .arg("--lakehouse")
+            .arg(env.lake.local_root().unwrap())
+            .args(["serve", "--addr", "127.0.0.1:0"])
+            .env("MILLSTREAM__SERVE__REFRESH_MS", refresh_ms.to_string())
+            .env("MILLSTREAM__KNOWLEDGE__ENABLED", "false")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let base = loop {
+            let line = lines.next().expect("serve prints its address").unwrap();
+            if let Some(url) = line.trim().strip_prefix("mcp       : ") {
+                break url.trim_end_matches("/mcp").to_string();
+            }
+        };
+        // Keep draining stdout so the process never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Replica { child, base }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Commits one more active alert; the new `ops.alerts` version. Not announced in-process: a
 /// replica learns of it by polling, or when a client's token asks for it.
 async fn add_alert(env: &Env, id: &str) -> i64 {
@@ -131,17 +175,15 @@ async fn add_alert(env: &Env, id: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_answer_monotonically_and_a_subscription_moves_between_them() {
     let _w = support::watchdog("replicas", Duration::from_secs(180));
-    let mut env = Env::new(1).await;
+    let env = Env::new(1).await;
     env.lake.ensure_all().await.unwrap();
     add_alert(&env, "AL-0").await;
-    // Replica A looks for new versions every 50 ms; replica B only every 10 minutes, so in this
-    // test it learns of a commit only when a caller's token asks for it (or it is announced).
-    env.config.serve.refresh_ms = 50;
-    let mut a = env.serve_mcp().await;
-    env.config.serve.refresh_ms = 600_000;
-    let b = env.serve_mcp().await;
+    // Replica A looks for new versions every 50 ms; replica B only every minute, so in this
+    // test it learns of a commit only when a caller's token asks for it.
+    let mut a = Replica::start(&env, 50);
+    let b = Replica::start(&env, 60_000);
     let (proxy, backend, forwarded) = support::switching_proxy(&a.base).await;
-    let to = |server: &support::Served| *backend.lock().unwrap() = server.base.clone();
+    let to = |server: &Replica| *backend.lock().unwrap() = server.base.clone();
     let url = format!("{proxy}/mcp");
     let client = connect(&url, Heard::default()).await;
 
@@ -239,9 +281,9 @@ async fn replicas_answer_monotonically_and_a_subscription_moves_between_them() {
         .expect("versions in _meta");
     assert_eq!(resume, json!({ "ops.alerts": version }));
 
-    // A goes away: the stream ends. A change lands while no one listens.
+    // A is killed: the stream ends. A change lands while no one listens.
     to(&b);
-    a.sup.shutdown().await;
+    a.kill();
     let ended = tokio::time::timeout(Duration::from_secs(20), async {
         while let Ok(Some(_)) = subscription.next().await {}
     })
@@ -277,9 +319,11 @@ async fn replicas_answer_monotonically_and_a_subscription_moves_between_them() {
         got[0],
         (ALERTS.to_string(), Some(json!({ "ops.alerts": missed })))
     );
-    // And B goes on telling of new changes as it learns of them.
+    // And B goes on telling of new changes as it learns of them (here: from another caller's
+    // token; otherwise at its next poll).
     let next = add_alert(&env, "AL-after").await;
-    millstream::lakehouse::announce_commit();
+    let seen_next = BTreeMap::from([("ops.alerts".to_string(), next)]);
+    assert_eq!(count_alerts(&client, &seen_next).await.unwrap().1, next);
     let got = heard.wait_for(2, "a change after the move").await;
     assert_eq!(
         got[1],
