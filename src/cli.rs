@@ -94,7 +94,7 @@ pub async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
         Command::Eval { command } => cmd::eval::run(config, command).await,
         Command::Search(args) => cmd::search::run(config, args).await,
         Command::Agent { command } => cmd::agent::run(config, command).await,
-        Command::Bench { command } => cmd::bench::run(config, command).await,
+        Command::Bench { command } => cmd::bench::run(config, cli.config.as_deref(), command).await,
         Command::Schemas(args) => cmd::tables::schemas(args),
     }
 }

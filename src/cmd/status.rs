@@ -72,7 +72,7 @@ async fn status(config: &Config, brokers: &str, lake: &Lakehouse) -> anyhow::Res
     let group = config.kafka.group_id.clone();
     let client = crate::broker::client_config(&config.kafka, brokers);
     let consumer: BaseConsumer = client.create().context("kafka client")?;
-    let (state, members, marks) = {
+    let (state, members) = {
         let group = group.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let list = consumer
@@ -96,37 +96,12 @@ async fn status(config: &Config, brokers: &str, lake: &Lakehouse) -> anyhow::Res
                         .collect()
                 })
                 .unwrap_or_default();
-            let mut marks = BTreeMap::new();
-            for kind in EventKind::ALL {
-                for (p, _, high) in crate::broker::watermarks(&client, kind.topic(), TIMEOUT)? {
-                    marks.insert(SourcePartition::new(kind.topic(), p), high);
-                }
-            }
-            Ok((state, members, marks))
+            Ok((state, members))
         })
         .await??
     };
-
-    // What is durable: the last offset of each partition its table has committed.
-    let mut durable: BTreeMap<SourcePartition, i64> = BTreeMap::new();
-    for kind in EventKind::ALL {
-        let table = kind.bronze_table();
-        if !lake.exists(table).await? {
-            continue;
-        }
-        let t = lake.open(table).await?;
-        let parts: Vec<SourcePartition> = marks
-            .keys()
-            .filter(|p| p.topic == kind.topic())
-            .cloned()
-            .collect();
-        durable.extend(txn_versions(&t, table, &config.pipeline.name, parts).await?);
-    }
-    let lag_of = |p: &SourcePartition| {
-        let high = marks.get(p).copied().unwrap_or(0);
-        let next = durable.get(p).map_or(0, |last| last + 1);
-        (high - next).max(0)
-    };
+    let progress = durable_progress(config, brokers, lake).await?;
+    let lag_of = |p: &SourcePartition| progress.get(p).map_or(0, Progress::lag);
 
     let mut owned_anywhere = std::collections::BTreeSet::new();
     let workers: Vec<Worker> = members
@@ -155,14 +130,14 @@ async fn status(config: &Config, brokers: &str, lake: &Lakehouse) -> anyhow::Res
     let note = unreported
         .then(|| "the broker described the group's members without their assignments".to_string());
     if note.is_none() {
-        for p in marks.keys().filter(|p| !owned_anywhere.contains(*p)) {
+        for p in progress.keys().filter(|p| !owned_anywhere.contains(*p)) {
             unassigned
                 .entry(p.topic.clone())
                 .or_default()
                 .push(p.partition);
         }
     }
-    let total_lag = marks.keys().map(lag_of).sum();
+    let total_lag = progress.values().map(Progress::lag).sum();
 
     let mut tables_out = Vec::new();
     for def in tables::catalog() {
@@ -192,6 +167,101 @@ async fn status(config: &Config, brokers: &str, lake: &Lakehouse) -> anyhow::Res
         total_lag,
         tables: tables_out,
     })
+}
+
+/// A source partition's log and how much of it is durable in Delta.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// The first offset the broker still has.
+    pub low: i64,
+    /// The offset the next record will get.
+    pub high: i64,
+    /// The offset after the last one durable in Delta (the offsets the commits carry); `None`
+    /// before the first commit.
+    pub next: Option<i64>,
+}
+
+impl Progress {
+    /// Records in the log not yet durable in Delta.
+    pub fn lag(&self) -> i64 {
+        (self.high - self.next.unwrap_or(0).max(self.low)).max(0)
+    }
+}
+
+/// Every source partition's [`Progress`]: the broker's watermarks against the offsets committed
+/// to the bronze tables (by the pipeline `config.pipeline.name`).
+pub async fn durable_progress(
+    config: &Config,
+    brokers: &str,
+    lake: &Lakehouse,
+) -> anyhow::Result<BTreeMap<SourcePartition, Progress>> {
+    ProgressReader::new(config, brokers, lake.clone())
+        .read()
+        .await
+}
+
+/// Reads [`Progress`] again and again, keeping the bronze tables open so each read loads only
+/// the commits since the last (`bench ingest --workers` polls it while workers commit).
+pub struct ProgressReader {
+    client: rdkafka::ClientConfig,
+    lake: Lakehouse,
+    pipeline: String,
+    tables: BTreeMap<&'static str, deltalake::DeltaTable>,
+}
+
+impl ProgressReader {
+    pub fn new(config: &Config, brokers: &str, lake: Lakehouse) -> ProgressReader {
+        ProgressReader {
+            client: crate::broker::client_config(&config.kafka, brokers),
+            lake,
+            pipeline: config.pipeline.name.clone(),
+            tables: BTreeMap::new(),
+        }
+    }
+
+    pub async fn read(&mut self) -> anyhow::Result<BTreeMap<SourcePartition, Progress>> {
+        let client = self.client.clone();
+        let marks = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let mut marks = BTreeMap::new();
+            for kind in EventKind::ALL {
+                for (p, low, high) in crate::broker::watermarks(&client, kind.topic(), TIMEOUT)? {
+                    marks.insert(SourcePartition::new(kind.topic(), p), (low, high));
+                }
+            }
+            Ok(marks)
+        })
+        .await??;
+        let mut durable: BTreeMap<SourcePartition, i64> = BTreeMap::new();
+        for kind in EventKind::ALL {
+            let table = kind.bronze_table();
+            let t = match self.tables.entry(table) {
+                std::collections::btree_map::Entry::Occupied(e) => {
+                    let t = e.into_mut();
+                    crate::lakehouse::advance(t).await?;
+                    t
+                }
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    if !self.lake.exists(table).await? {
+                        continue;
+                    }
+                    e.insert(self.lake.open(table).await?)
+                }
+            };
+            let parts: Vec<SourcePartition> = marks
+                .keys()
+                .filter(|p| p.topic == kind.topic())
+                .cloned()
+                .collect();
+            durable.extend(txn_versions(t, table, &self.pipeline, parts).await?);
+        }
+        Ok(marks
+            .into_iter()
+            .map(|(p, (low, high))| {
+                let next = durable.get(&p).map(|last| last + 1);
+                (p, Progress { low, high, next })
+            })
+            .collect())
+    }
 }
 
 /// The partitions in a member's assignment, as the Kafka consumer protocol encodes it: version

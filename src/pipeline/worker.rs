@@ -92,10 +92,52 @@ pub struct RunStats {
     pub duplicates: u64,
     pub batches: u64,
     pub commits: u64,
+    /// How long each batch took from decoded to durable (Parquet files written, Delta commits
+    /// made): the part of a batch's latency that the object store sets.
+    pub write_ms: Latency,
     #[serde(skip)]
     pub first_fetch: Option<Instant>,
     #[serde(skip)]
     pub last_commit: Option<Instant>,
+}
+
+/// A latency distribution in bounded memory (a DDSketch: quantiles within 1 % of the true
+/// value), shown as count, p50, p95, p99 and max in milliseconds.
+#[derive(Clone, Default)]
+pub struct Latency(sketches_ddsketch::DDSketch);
+
+impl Latency {
+    pub fn record(&mut self, d: Duration) {
+        self.0.add(d.as_secs_f64() * 1000.0);
+    }
+
+    /// The `q` quantile in milliseconds (0 with no samples).
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        self.0.quantile(q).ok().flatten().unwrap_or(0.0)
+    }
+
+    fn summary(&self) -> serde_json::Value {
+        let r = |x: f64| (x * 10.0).round() / 10.0;
+        serde_json::json!({
+            "n": self.0.count(),
+            "p50": r(self.quantile_ms(0.5)),
+            "p95": r(self.quantile_ms(0.95)),
+            "p99": r(self.quantile_ms(0.99)),
+            "max": r(self.0.max().unwrap_or(0.0)),
+        })
+    }
+}
+
+impl std::fmt::Debug for Latency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.summary())
+    }
+}
+
+impl Serialize for Latency {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.summary().serialize(s)
+    }
 }
 
 /// Watches a worker from outside (benchmarks, tests): told after every poll what became
@@ -861,6 +903,9 @@ impl Worker {
         self.stats.bytes += batch.bytes;
         self.stats.dead_letters += written.dead_letters;
         self.stats.batches += 1;
+        self.stats
+            .write_ms
+            .record(done - batch.started - written.decode);
         self.stats.last_commit = Some(done);
         events::BatchCommitted {
             records: batch.records.len() as u64,

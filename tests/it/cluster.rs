@@ -651,3 +651,67 @@ async fn workers_joining_and_leaving_under_load_lose_and_duplicate_nothing() {
     producer.await.expect("producer");
     cluster.drain_and_check(&events, workers).await;
 }
+
+/// `millstream bench ingest --brokers … --workers 2` on the cluster path (the benchmark,
+/// here at a size CI can afford): it preloads the broker, runs two worker processes into the S3
+/// lakehouse until every record is durable, and accounts for every record once — in total, and
+/// split between the workers by their own stats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_ingest_on_the_cluster_path_accounts_for_every_event() {
+    let _w = support::watchdog("cluster bench", Duration::from_secs(400));
+    let cluster = Cluster::start().await;
+    let brokers = cluster.broker.bootstrap();
+    let out = cluster
+        .millstream(
+            &[
+                "bench",
+                "ingest",
+                "--brokers",
+                &brokers,
+                "--workers",
+                "2",
+                "--events",
+                "6000",
+            ],
+            "bench.log",
+        )
+        .stdout(Stdio::piped())
+        .output()
+        .expect("run the bench");
+    let logs = cluster.logs();
+    assert!(
+        out.status.success(),
+        "bench failed ({}); {logs}",
+        out.status
+    );
+    let report: serde_json::Value = serde_json::from_slice(support::stdout(&out))
+        .unwrap_or_else(|e| panic!("the bench's JSON: {e}; {logs}"));
+    assert_eq!(report["events"], 6000, "{report}");
+    assert_eq!(report["workers"], 2, "{report}");
+    let workers = report["per_worker"].as_array().expect("per worker");
+    assert_eq!(workers.len(), 2, "{report}");
+    let records: i64 = workers.iter().map(|w| w["records"].as_i64().unwrap()).sum();
+    assert_eq!(records, 6000, "each record handled once: {report}");
+    let batches: u64 = workers
+        .iter()
+        .map(|w| w["write_ms"]["n"].as_u64().unwrap())
+        .sum();
+    assert!(batches > 0, "{report}");
+    assert!(
+        report["bronze_files_written"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    assert!(report["events_per_sec"].as_f64().unwrap() > 0.0, "{report}");
+    // The bench refuses a lakehouse that already holds a run: its figures would be wrong.
+    let again = cluster
+        .millstream(
+            &["bench", "ingest", "--brokers", &brokers, "--events", "10"],
+            "bench.log",
+        )
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(said.contains("needs an empty lakehouse"), "{said}");
+}

@@ -13,6 +13,7 @@
 pub(crate) use crate::eval::percentiles;
 
 mod agent;
+mod cluster;
 mod console;
 mod search;
 mod stack;
@@ -38,9 +39,17 @@ use stack::{Finished, LiveStack};
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Preload the embedded broker, then time the pipeline from first fetch to last commit.
+    /// With --brokers: preload that broker and time --workers pipeline processes ingesting into
+    /// --lakehouse (an empty S3 prefix or folder) until every record is durable.
     Ingest {
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
+        /// An external Kafka-protocol broker (host:port) instead of the embedded one.
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Pipeline worker processes in one consumer group (with --brokers).
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
     },
     /// Steady produce rate; measures produce time → committed latency.
     Freshness {
@@ -111,9 +120,31 @@ pub enum BenchCommand {
     },
 }
 
-pub async fn run(mut config: Config, command: BenchCommand) -> anyhow::Result<()> {
+pub async fn run(
+    mut config: Config,
+    config_file: Option<&std::path::Path>,
+    command: BenchCommand,
+) -> anyhow::Result<()> {
     match command {
-        BenchCommand::Ingest { events } => ingest(config, events).await,
+        BenchCommand::Ingest {
+            events,
+            brokers: None,
+            workers,
+        } => {
+            anyhow::ensure!(
+                workers == 1,
+                "--workers needs --brokers: worker processes share an external broker"
+            );
+            ingest(config, events).await
+        }
+        BenchCommand::Ingest {
+            events,
+            brokers: Some(brokers),
+            workers,
+        } => {
+            anyhow::ensure!((1..=64).contains(&workers), "--workers must be in 1..=64");
+            cluster::run(config, config_file, &brokers, workers, events).await
+        }
         BenchCommand::Freshness { rate, seconds } => freshness(config, rate, seconds).await,
         BenchCommand::Agent {
             sessions,

@@ -1,0 +1,282 @@
+//! `bench ingest --brokers H:P --workers N`: ingest on the cluster path. The events are preloaded
+//! into an external broker; then N `millstream pipeline` processes (one consumer group; the
+//! first also derives the signals and publishes alerts, as `pipeline-lead` does in
+//! docker-compose) ingest them into the lakehouse given with `--lakehouse` (an S3 prefix, or a
+//! local folder). The run ends when every record of the topics is durable in Delta (the offsets
+//! in the bronze tables' commits reach the log end), as `millstream status` measures it.
+//!
+//! Reported: events/s in total (first to last bronze commit, by the commits' own timestamps, and
+//! from the workers' start, group join included) and per worker (each worker's records over the
+//! same span), the time each batch spent writing (Parquet files and Delta commits: what the
+//! object store sets) at p50/p95/p99 per worker, and the data files the run added to the bronze tables.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::broker::topics;
+use crate::config::Config;
+use crate::lakehouse::Lakehouse;
+use crate::model::EventKind;
+use crate::sim::stream::Generator;
+use crate::sim::{EventProducer, produce_all};
+
+/// Gives up when nothing more becomes durable for this long.
+const STALL: Duration = Duration::from_secs(300);
+
+/// One worker process: its stdout (the run's stats as JSON at exit) and its log file.
+struct WorkerProcess {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn run(
+    config: Config,
+    config_file: Option<&Path>,
+    brokers: &str,
+    workers: usize,
+    events: u64,
+) -> anyhow::Result<()> {
+    let lake = Lakehouse::from_config(&config.lakehouse)?;
+    lake.check_writable().await?;
+    for kind in EventKind::ALL {
+        anyhow::ensure!(
+            !lake.exists(kind.bronze_table()).await?,
+            "bench ingest --brokers needs an empty lakehouse, and {} already has {}: pass a fresh \
+             --lakehouse (a new S3 prefix or folder)",
+            lake.uri(),
+            kind.bronze_table()
+        );
+    }
+    crate::broker::check_reachable(&config.kafka, brokers, Duration::from_secs(10)).await?;
+    crate::broker::ensure_topics(&config.kafka, brokers, &topics::ALL).await?;
+    crate::sim::write_reference(&lake, &config.simulate, false).await?;
+
+    eprintln!("bench ingest: producing {events} events to {brokers}");
+    let mut generator = Generator::new(
+        &config.simulate,
+        "bench",
+        config.simulate.start,
+        config.simulate.rate,
+    );
+    let batch: Vec<_> = (0..events).map(|_| generator.next_event()).collect();
+    let producer = EventProducer::new(&config.kafka, brokers)?;
+    let preload_started = Instant::now();
+    let produced = produce_all(&producer, &batch, "preload").await?;
+    let preload_secs = preload_started.elapsed().as_secs_f64();
+    drop((producer, batch));
+
+    let mut reader = super::super::status::ProgressReader::new(&config, brokers, lake.clone());
+    let start = reader.read().await?;
+    let in_topics: i64 = start.values().map(|p| p.high - p.low).sum();
+    let partitions = start.len();
+
+    // Reference data may have created some bronze tables (tickets): the run's commits are the
+    // ones after these versions.
+    let mut before = std::collections::BTreeMap::new();
+    for kind in EventKind::ALL {
+        let name = kind.bronze_table();
+        if lake.exists(name).await? {
+            let t = lake.open(name).await?;
+            let files = t.snapshot()?.log_data().num_files();
+            before.insert(name, (t.version().map_or(-1, |v| v as i64), files));
+        }
+    }
+    let group = format!("bench-{}", chrono::Utc::now().timestamp_millis());
+    // The workers' logs, kept when the run fails.
+    let logs = std::env::temp_dir().join(format!("millstream-{group}"));
+    std::fs::create_dir_all(&logs)?;
+    eprintln!(
+        "bench ingest: {in_topics} records on {partitions} partitions; starting {workers} \
+         worker(s) in group {group} (logs in {})",
+        logs.display()
+    );
+    let started_wall = chrono::Utc::now();
+    let started = Instant::now();
+    let mut procs = (0..workers)
+        .map(|i| spawn_worker(&lake, config_file, brokers, &group, &config, i, &logs))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+
+    let (mut last_done, mut last_change) = (0i64, Instant::now());
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for (i, p) in procs.iter_mut().enumerate() {
+            if let Some(status) = p.child.try_wait()? {
+                anyhow::bail!(
+                    "worker {i} exited ({status}) before the run ended; its log: {}",
+                    p.log.display()
+                );
+            }
+        }
+        let progress = reader.read().await?;
+        let lag: i64 = progress.values().map(|p| p.lag()).sum();
+        let done = in_topics - lag;
+        if done != last_done {
+            eprintln!(
+                "bench ingest: {done}/{in_topics} durable after {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            (last_done, last_change) = (done, Instant::now());
+        }
+        if lag == 0 {
+            break;
+        }
+        anyhow::ensure!(
+            last_change.elapsed() < STALL,
+            "nothing more became durable in {} s ({done}/{in_topics}); worker logs in {}",
+            STALL.as_secs(),
+            logs.display()
+        );
+    }
+    let until_durable = started.elapsed().as_secs_f64();
+
+    // The span from the first to the last bronze commit, by the commits' timestamps.
+    let (mut first, mut last, mut files): (Option<chrono::DateTime<chrono::Utc>>, _, _) =
+        (None, None, 0usize);
+    for kind in EventKind::ALL {
+        let name = kind.bronze_table();
+        if !lake.exists(name).await? {
+            continue;
+        }
+        let t = lake.open(name).await?;
+        let Some(version) = t.version().map(|v| v as i64) else {
+            continue;
+        };
+        let (was, had) = before.get(name).copied().unwrap_or((0, 0));
+        files += t.snapshot()?.log_data().num_files().saturating_sub(had);
+        // Version 0 created the table (no rows); the run's first rows came after it and after
+        // what the reference data committed.
+        let from = (was + 1).max(1);
+        if version < from {
+            continue;
+        }
+        let first_commit = crate::lakehouse::commit_time(name, &t, from).await?;
+        let last_commit = crate::lakehouse::commit_time(name, &t, version).await?;
+        first = match (first, first_commit) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        last = last.max(last_commit);
+    }
+    let span = match (first, last) {
+        (Some(a), Some(b)) if b > a => (b - a).as_seconds_f64(),
+        _ => anyhow::bail!("the bronze tables hold no commits"),
+    };
+    let startup = first.map_or(0.0, |f| (f - started_wall).as_seconds_f64().max(0.0));
+
+    eprintln!("bench ingest: stopping the workers");
+    let mut per_worker = Vec::new();
+    for (i, p) in procs.iter_mut().enumerate() {
+        let stats = stop(p).await?;
+        let records = stats["records"].as_f64().unwrap_or(0.0);
+        per_worker.push(json!({
+            "worker": i,
+            "derives": i == 0,
+            "records": stats["records"],
+            "events_per_sec": (records / span).round(),
+            "batches": stats["batches"],
+            "commits": stats["commits"],
+            "write_ms": stats["write_ms"],
+        }));
+    }
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&logs);
+    let p95_max = per_worker
+        .iter()
+        .filter_map(|w| w["write_ms"]["p95"].as_f64())
+        .fold(0.0, f64::max);
+    println!(
+        "{}",
+        json!({
+            "bench": "ingest",
+            "brokers": brokers,
+            "lakehouse": lake.uri(),
+            "workers": workers,
+            "partitions": partitions,
+            "events": in_topics,
+            "malformed_produced": produced.malformed,
+            "preload_events_per_sec": (produced.events as f64 / preload_secs).round(),
+            "seconds": (span * 1000.0).round() / 1000.0,
+            "events_per_sec": (in_topics as f64 / span).round(),
+            "events_per_sec_per_worker": (in_topics as f64 / span / workers as f64).round(),
+            "seconds_to_first_commit": (startup * 10.0).round() / 10.0,
+            "seconds_until_durable": (until_durable * 10.0).round() / 10.0,
+            "events_per_sec_including_startup": (in_topics as f64 / until_durable).round(),
+            "write_ms_p95_worst_worker": p95_max,
+            "bronze_files_written": files,
+            "per_worker": per_worker,
+        })
+    );
+    Ok(())
+}
+
+fn spawn_worker(
+    lake: &Lakehouse,
+    config_file: Option<&Path>,
+    brokers: &str,
+    group: &str,
+    config: &Config,
+    i: usize,
+    logs: &Path,
+) -> anyhow::Result<WorkerProcess> {
+    let log = logs.join(format!("worker-{i}.log"));
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("--lakehouse")
+        .arg(lake.uri())
+        .args(["pipeline", "--brokers", brokers, "--group", group])
+        .args(["--name", &config.pipeline.name])
+        .args(["--instance", &format!("{group}-{i}")]);
+    if i > 0 {
+        cmd.arg("--no-derive");
+    }
+    if let Some(f) = config_file {
+        cmd.env("MILLSTREAM_CONFIG", f);
+    }
+    let child = cmd
+        // Its /metrics on a free port: the workers share this host.
+        .env("MILLSTREAM__SERVE__ADDR", "127.0.0.1:0")
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()?;
+    Ok(WorkerProcess { child, log })
+}
+
+/// Stops a worker as an orchestrator would (SIGTERM: it finishes the batch in hand) and reads
+/// the stats it prints as it exits.
+async fn stop(p: &mut WorkerProcess) -> anyhow::Result<Value> {
+    let pid = libc::pid_t::try_from(p.child.id())?;
+    // SAFETY: signals a child process this bench started and has not yet reaped.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let stdout = p.child.stdout.take().expect("piped");
+    let log = p.log.clone();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<Value> {
+        let last = BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| l.starts_with('{'))
+            .last();
+        let last = last.ok_or_else(|| {
+            anyhow::anyhow!(
+                "a worker printed no stats as it stopped; its log: {}",
+                log.display()
+            )
+        })?;
+        Ok(serde_json::from_str(&last)?)
+    })
+    .await?
+}
