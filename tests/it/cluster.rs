@@ -715,3 +715,110 @@ async fn bench_ingest_on_the_cluster_path_accounts_for_every_event() {
     let said = String::from_utf8_lossy(&again.stderr);
     assert!(said.contains("needs an empty lakehouse"), "{said}");
 }
+
+/// `serve` against the real broker and S3: an agent's order (MCP `create_order`, over the
+/// 2026-07-28 stateless transport) goes to tansu as an event, a pipeline worker process
+/// materializes it in the S3 lakehouse, and `get_order_status` at the same server then finds it;
+/// a retry with the same idempotency key creates nothing new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_on_the_cluster_takes_an_order_that_a_worker_materializes() {
+    use rmcp::ClientServiceExt;
+    let _w = support::watchdog("cluster serve", Duration::from_secs(300));
+    let cluster = Cluster::start().await;
+    cluster.lake.ensure_all().await.unwrap();
+    millstream::sim::write_reference(&cluster.lake, &cluster.config.simulate, false)
+        .await
+        .unwrap();
+    let position = support::rows(
+        &cluster.lake,
+        "SELECT part_id, warehouse_id FROM supply_chain.inventory ORDER BY part_id, warehouse_id LIMIT 1",
+    )
+    .await;
+    let (part, warehouse) = position[0].split_once('|').unwrap();
+    let brokers = cluster.broker.bootstrap();
+    let mut worker = cluster.worker(0, false);
+    let mut serve = cluster
+        .millstream(
+            &["serve", "--brokers", &brokers, "--addr", "127.0.0.1:0"],
+            "serve.log",
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn millstream serve");
+    let url = {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(serve.stdout.take().unwrap()).lines();
+        let url = loop {
+            let line = lines
+                .next()
+                .unwrap_or_else(|| panic!("serve printed no address; {}", cluster.logs()))
+                .unwrap();
+            if let Some(url) = line.trim().strip_prefix("mcp       : ") {
+                break url.to_string();
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        url
+    };
+    let client = ()
+        .serve_with_lifecycle(
+            rmcp::transport::StreamableHttpClientTransport::from_uri(url),
+            rmcp::ClientLifecycleMode::Discover {
+                preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
+            },
+        )
+        .await
+        .expect("a 2026-07-28 client connects to serve");
+    let call = |tool: &str, args: serde_json::Value| {
+        let request = rmcp::model::CallToolRequestParams::new(tool.to_string())
+            .with_arguments(args.as_object().cloned().unwrap());
+        let peer = client.peer().clone();
+        async move {
+            match peer.call_tool(request).await {
+                Ok(r) if r.is_error != Some(true) => Ok(r.structured_content.unwrap()),
+                Ok(r) => Err(format!("{:?}", r.content)),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    };
+    let order = serde_json::json!({
+        "part_id": part, "warehouse_id": warehouse, "quantity": 5000,
+        "idempotency_key": "cluster-order",
+    });
+    let receipt = call("create_order", order.clone()).await.unwrap();
+    assert_eq!(receipt["outcome"], "accepted", "{receipt}");
+    let po = receipt["po_id"].as_str().unwrap().to_string();
+    let started = Instant::now();
+    let status = loop {
+        match call("get_order_status", serde_json::json!({ "po_id": po })).await {
+            Ok(status) => break status,
+            Err(e) => {
+                assert!(e.contains("unknown po_id"), "{e}");
+                assert!(
+                    started.elapsed() < Duration::from_secs(120),
+                    "the order was not materialized within 120 s; {}",
+                    cluster.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    assert_eq!(status["order"]["po_id"], po.as_str(), "{status}");
+    assert_eq!(status["order"]["quantity"], 5000, "{status}");
+    // The same key again: the order exists, nothing is sent.
+    let again = call("create_order", order).await.unwrap();
+    assert_eq!(
+        (again["outcome"].as_str(), again["po_id"].as_str()),
+        (Some("exists"), Some(po.as_str()))
+    );
+    let orders = support::rows(
+        &cluster.lake,
+        &format!("SELECT count(*) FROM supply_chain.purchase_orders WHERE po_id = '{po}'"),
+    )
+    .await;
+    assert_eq!(orders, vec!["1".to_string()]);
+    for p in [&mut serve, &mut worker] {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+}
