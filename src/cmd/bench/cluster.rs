@@ -21,8 +21,6 @@ use crate::broker::topics;
 use crate::config::Config;
 use crate::lakehouse::Lakehouse;
 use crate::model::EventKind;
-use crate::sim::stream::Generator;
-use crate::sim::{EventProducer, produce_all};
 
 /// Gives up when nothing more becomes durable for this long.
 const STALL: Duration = Duration::from_secs(300);
@@ -62,19 +60,7 @@ pub async fn run(
     crate::broker::ensure_topics(&config.kafka, brokers, &topics::ALL).await?;
     crate::sim::write_reference(&lake, &config.simulate, false).await?;
 
-    eprintln!("bench ingest: producing {events} events to {brokers}");
-    let mut generator = Generator::new(
-        &config.simulate,
-        "bench",
-        config.simulate.start,
-        config.simulate.rate,
-    );
-    let batch: Vec<_> = (0..events).map(|_| generator.next_event()).collect();
-    let producer = EventProducer::new(&config.kafka, brokers)?;
-    let preload_started = Instant::now();
-    let produced = produce_all(&producer, &batch, "preload").await?;
-    let preload_secs = preload_started.elapsed().as_secs_f64();
-    drop((producer, batch));
+    let (produced, preload_secs) = super::preload(&config, brokers, events).await?;
 
     let mut reader = super::super::status::ProgressReader::new(&config, brokers, lake.clone());
     let start = reader.read().await?;

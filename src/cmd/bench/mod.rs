@@ -318,20 +318,7 @@ async fn ingest(config: Config, events: u64) -> anyhow::Result<()> {
     // Reference data, so the inventory MERGE and the shortage and churn pipelines have their
     // parts, positions, suppliers and customers, as under `up`.
     crate::sim::write_reference(&lake, &config.simulate, false).await?;
-    eprintln!("bench ingest: generating {events} events");
-    let mut generator = Generator::new(
-        &config.simulate,
-        "bench",
-        config.simulate.start,
-        config.simulate.rate,
-    );
-    let batch: Vec<_> = (0..events).map(|_| generator.next_event()).collect();
-    let producer = EventProducer::new(&config.kafka, &brokers)?;
-    let preload_started = Instant::now();
-    let produced = produce_all(&producer, &batch, "preload").await?;
-    let preload_secs = preload_started.elapsed().as_secs_f64();
-    drop(producer);
-    drop(batch);
+    let (produced, preload_secs) = preload(&config, &brokers, events).await?;
     check_nothing_evicted(&config, &brokers)?;
 
     let mut opts = PipelineOptions::from_config(&config, &brokers);
@@ -397,6 +384,27 @@ async fn ingest(config: Config, events: u64) -> anyhow::Result<()> {
         })
     );
     Ok(())
+}
+
+/// Produces `events` simulated events (with the simulator's share of malformed ones) to
+/// `brokers`, flushed; what was produced and how long it took (s).
+async fn preload(
+    config: &Config,
+    brokers: &str,
+    events: u64,
+) -> anyhow::Result<(crate::sim::Produced, f64)> {
+    eprintln!("bench ingest: producing {events} events to {brokers}");
+    let mut generator = Generator::new(
+        &config.simulate,
+        "bench",
+        config.simulate.start,
+        config.simulate.rate,
+    );
+    let batch: Vec<_> = (0..events).map(|_| generator.next_event()).collect();
+    let producer = EventProducer::new(&config.kafka, brokers)?;
+    let started = Instant::now();
+    let produced = produce_all(&producer, &batch, "preload").await?;
+    Ok((produced, started.elapsed().as_secs_f64()))
 }
 
 /// The embedded broker (librdkafka's mock cluster) keeps at most 5 MB of record batches per
