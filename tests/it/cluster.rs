@@ -466,6 +466,32 @@ fn terminate(worker: &mut Child, logs: &str) {
     );
 }
 
+/// A failed test leaves no process behind: when the cluster goes, every process still talking
+/// to its broker (workers, simulator, serve, the bench's workers) is killed. The broker's address
+/// is this cluster's alone.
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let mark = format!("--brokers\0{}\0", self.broker.bootstrap());
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for entry in procs.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&mark) {
+                // SAFETY: SIGKILL to a process of this test's cluster, found by its arguments.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
 /// Kills `worker` with SIGKILL and waits for it.
 fn kill9(worker: &mut Child) {
     worker.kill().expect("SIGKILL");

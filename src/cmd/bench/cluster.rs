@@ -214,6 +214,14 @@ fn spawn_worker(
     if let Some(f) = config_file {
         cmd.env("MILLSTREAM_CONFIG", f);
     }
+    // A worker ends with the bench, however the bench ends.
+    // SAFETY: prctl in the forked child before exec touches nothing of the parent's state.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
     let child = cmd
         // Its /metrics on a free port: the workers share this host.
         .env("MILLSTREAM__SERVE__ADDR", "127.0.0.1:0")
