@@ -54,36 +54,61 @@ impl Deriver {
         }
     }
 
-    /// Runs every derived pipeline whose inputs changed, in definition order.
+    /// Runs every derived pipeline whose inputs changed, in definition order. One that fails
+    /// does not hold up the others: each is tried, and the round's error is the first failure
+    /// (the failed ones run again next round, their inputs unchanged or not).
     pub async fn round(&mut self) -> Result<Vec<DeriveRun>> {
         let mut runs = Vec::new();
+        let mut failed = None;
         for def in self.defs.pipelines.clone() {
             let Kind::Derived(inputs) = &def.kind else {
                 continue;
             };
-            // Refreshed per pipeline: a later one may read what an earlier one just wrote.
-            self.refresh(inputs).await?;
-            let versions = self.versions(inputs);
-            if self.seen.get(&def.name) == Some(&versions) {
-                continue;
+            match self.run_if_changed(&def, inputs).await {
+                Ok(Some(run)) => runs.push(run),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(pipeline = %def.name, error = %e, "derived pipeline failed");
+                    failed.get_or_insert(e);
+                }
             }
-            let run = self.run(&def, &versions).await?;
-            self.seen.insert(def.name.clone(), versions);
-            runs.push(run);
         }
-        Ok(runs)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(runs),
+        }
+    }
+
+    async fn run_if_changed(
+        &mut self,
+        def: &Definition,
+        inputs: &[String],
+    ) -> Result<Option<DeriveRun>> {
+        // Refreshed per pipeline: a later one may read what an earlier one just wrote.
+        self.refresh(inputs).await?;
+        let versions = self.versions(inputs);
+        if self.seen.get(&def.name) == Some(&versions) {
+            return Ok(None);
+        }
+        let run = self.run(def, &versions).await?;
+        self.seen.insert(def.name.clone(), versions);
+        Ok(Some(run))
     }
 
     /// Opens each input table once and afterwards only reads its new commits. An input nobody
     /// has written yet (purchase orders before the first order) is created empty from its
-    /// catalog definition, so the pipeline runs on what exists instead of failing to plan.
+    /// catalog definition, so the pipeline runs on what exists instead of failing to plan. An
+    /// input whose update failed (the store dropped a request half-way) is opened afresh next
+    /// time rather than trusted.
     async fn refresh(&mut self, inputs: &[String]) -> Result<()> {
         for t in inputs {
             match self.inputs.get_mut(t) {
-                Some(table) => table
-                    .update_state()
-                    .await
-                    .map_err(|e| Error::delta(t.as_str(), e))?,
+                Some(table) => {
+                    if let Err(e) = table.update_state().await {
+                        self.inputs.remove(t);
+                        return Err(Error::delta(t.as_str(), e));
+                    }
+                }
                 None => {
                     self.inputs.insert(t.clone(), self.lake.ensure(t).await?);
                 }
@@ -211,8 +236,11 @@ pub struct DeriveSummary {
     pub alerts_published: u64,
 }
 
+/// How often the last round (after the stop) is tried before the deriver gives up.
+const FINAL_ROUND_TRIES: u32 = 3;
+
 /// Runs rounds every `interval` until `stop`, then one last round so the signals reflect
-/// everything committed. After each round `publisher` (if any) produces the new alerts. A
+/// everything committed (tried up to [`FINAL_ROUND_TRIES`] times). After each round `publisher` (if any) produces the new alerts. A
 /// failed round is logged and retried next time; it never stops ingest.
 pub async fn run(
     lake: Lakehouse,
@@ -223,9 +251,12 @@ pub async fn run(
 ) -> DeriveSummary {
     let mut deriver = Deriver::new(lake, defs);
     let mut summary = DeriveSummary::default();
+    // The last round is what the signals are left at: it is tried again a few times.
+    let mut last_tries = FINAL_ROUND_TRIES;
     loop {
         let stopping = stop.is_cancelled();
         summary.rounds += 1;
+        let failed = summary.failed_rounds;
         match deriver.round().await {
             Ok(runs) => {
                 for r in runs {
@@ -257,7 +288,12 @@ pub async fn run(
             }
         }
         if stopping {
-            return summary;
+            last_tries -= 1;
+            if summary.failed_rounds == failed || last_tries == 0 {
+                return summary;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
