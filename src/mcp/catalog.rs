@@ -199,7 +199,11 @@ impl LiveCatalog {
     /// goes on from the tables it already follows.
     pub async fn follow(&self, stop: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
         let mut followed = self.followed.lock().await;
-        let mut tick = tokio::time::interval(self.options.refresh);
+        // `open` has just loaded every table: the first look is one period from now.
+        let mut tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.options.refresh,
+            self.options.refresh,
+        );
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut commits = crate::lakehouse::commits();
         loop {

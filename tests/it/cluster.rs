@@ -727,7 +727,15 @@ async fn bench_ingest_on_the_cluster_path_accounts_for_every_event() {
         report["bronze_files_written"].as_u64().unwrap() > 0,
         "{report}"
     );
-    assert!(report["events_per_sec"].as_f64().unwrap() > 0.0, "{report}");
+    // So few events may all be durable at the bench's first look: then it gives no rate.
+    assert!(
+        report["events_per_sec"].is_null() || report["events_per_sec"].as_f64() > Some(0.0),
+        "{report}"
+    );
+    assert!(
+        report["events_per_sec_including_startup"].as_f64() > Some(0.0),
+        "{report}"
+    );
     // The bench refuses a lakehouse that already holds a run: its figures would be wrong.
     let again = cluster
         .millstream(

@@ -133,6 +133,14 @@ pub async fn run(
     let (first_durable, first_done) = first_durable.expect("records became durable");
     let span = first_durable.elapsed().as_secs_f64();
     let measured = (in_topics - first_done) as f64;
+    if measured == 0.0 {
+        eprintln!(
+            "bench ingest: every record was durable at the first look, so there is no rate to \
+             measure from it: send more events (--events) for events_per_sec"
+        );
+    }
+    // No rate when nothing was measured (null in the JSON), rather than a made-up one.
+    let rate = |records: f64| (measured > 0.0).then(|| (records / span).round());
     let startup = (first_durable - started).as_secs_f64();
 
     // The data files the run added to the bronze tables.
@@ -155,7 +163,7 @@ pub async fn run(
             "worker": i,
             "derives": i == 0,
             "records": stats["records"],
-            "events_per_sec": (records / in_topics as f64 * measured / span).round(),
+            "events_per_sec": rate(records / in_topics as f64 * measured),
             "batches": stats["batches"],
             "commits": stats["commits"],
             "write_ms": stats["write_ms"],
@@ -179,8 +187,8 @@ pub async fn run(
             "malformed_produced": produced.malformed,
             "preload_events_per_sec": (produced.events as f64 / preload_secs).round(),
             "seconds": (span * 1000.0).round() / 1000.0,
-            "events_per_sec": (measured / span).round(),
-            "events_per_sec_per_worker": (measured / span / workers as f64).round(),
+            "events_per_sec": rate(measured),
+            "events_per_sec_per_worker": rate(measured / workers as f64),
             "seconds_to_first_durable": (startup * 10.0).round() / 10.0,
             "seconds_until_durable": (until_durable * 10.0).round() / 10.0,
             "events_per_sec_including_startup": (in_topics as f64 / until_durable).round(),
