@@ -78,11 +78,15 @@ impl Millstream {
     /// Waits until this replica serves at least the versions the caller has seen
     /// (`_meta` [`SEEN`] of `meta`), or says which table it could not catch up on.
     pub(crate) async fn catch_up(&self, meta: &JsonObject) -> Result<(), ErrorData> {
-        let seen = seen(self, meta)?;
+        self.catch_up_to(&seen(self, meta)?).await
+    }
+
+    /// [`Self::catch_up`] to versions already read from a request ([`seen`]).
+    pub(crate) async fn catch_up_to(&self, seen: &BTreeMap<String, i64>) -> Result<(), ErrorData> {
         if seen.is_empty() {
             return Ok(());
         }
-        let Err(behind) = self.catalog.catch_up(&seen, self.catch_up_wait).await else {
+        let Err(behind) = self.catalog.catch_up(seen, self.catch_up_wait).await else {
             return Ok(());
         };
         let (table, want, have) = &behind[0];

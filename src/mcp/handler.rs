@@ -168,7 +168,7 @@ impl ServerHandler for Millstream {
             Ok(()) => super::resources::read(&me, request, context).await,
             Err(e) => Err(e),
         };
-        let outcome = resource_outcome(&me, &uri, result.as_ref().err());
+        let outcome = resource_outcome(&me, &[&uri], result.as_ref().err());
         me.audit("resource", &uri, None, started, outcome);
         result.map(Into::into)
     }
@@ -183,7 +183,7 @@ impl ServerHandler for Millstream {
         me.audit_ready()?;
         let uri = request.uri.to_string();
         let result = super::resources::subscribe(&me, request, context).await;
-        let outcome = resource_outcome(&me, &uri, result.as_ref().err());
+        let outcome = resource_outcome(&me, &[&uri], result.as_ref().err());
         me.audit("subscribe", &uri, None, started, outcome);
         result
     }
@@ -213,17 +213,7 @@ impl ServerHandler for Millstream {
             .clone()
             .unwrap_or_default();
         let listener = super::resources::listen(&me, &subscription).await;
-        let outcome = match &listener {
-            Ok(_) => Ok(()),
-            Err(e)
-                if uris.iter().any(|u| {
-                    resource_outcome(&me, u, Some(e)).is_err_and(|(o, _)| o == "refused")
-                }) =>
-            {
-                Err(("refused", e.message.to_string()))
-            }
-            Err(e) => Err(("error", e.message.to_string())),
-        };
+        let outcome = resource_outcome(&me, &uris, listener.as_ref().err());
         me.audit("listen", &uris.join(" "), None, started, outcome);
         listener?.run(subscription).await;
         Ok(())
@@ -254,17 +244,17 @@ impl ServerHandler for Millstream {
     }
 }
 
-/// How a resource read or subscription ended, for the audit: refused when the caller may not
-/// read the resource's table.
+/// How a resource read, subscription or listen ended, for the audit: refused when the caller may
+/// not read the table of one of the resources at `uris`.
 fn resource_outcome(
     me: &Millstream,
-    uri: &str,
+    uris: &[impl AsRef<str>],
     error: Option<&ErrorData>,
 ) -> Result<(), (&'static str, String)> {
     let Some(e) = error else { return Ok(()) };
     let refused = super::resources::FEEDS
         .iter()
-        .any(|f| f.uri == uri && !me.access.may_read(f.table));
+        .any(|f| uris.iter().any(|u| u.as_ref() == f.uri) && !me.access.may_read(f.table));
     Err((
         if refused { "refused" } else { "error" },
         e.message.to_string(),

@@ -270,9 +270,8 @@ pub async fn listen(
         .iter()
         .map(|uri| readable_feed(server, uri))
         .collect::<Result<Vec<_>, _>>()?;
-    let meta = &subscription.request_context().meta;
-    let resume = super::consistency::seen(server, meta)?;
-    server.catch_up(meta).await?;
+    let resume = super::consistency::seen(server, &subscription.request_context().meta)?;
+    server.catch_up_to(&resume).await?;
     Ok(Listener {
         watcher: Watcher::new(server, &resume),
         feeds,

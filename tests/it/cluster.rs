@@ -779,21 +779,7 @@ async fn serve_on_the_cluster_takes_an_order_that_a_worker_materializes() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn millstream serve");
-    let url = {
-        use std::io::BufRead;
-        let mut lines = std::io::BufReader::new(serve.stdout.take().unwrap()).lines();
-        let url = loop {
-            let line = lines
-                .next()
-                .unwrap_or_else(|| panic!("serve printed no address; {}", cluster.logs()))
-                .unwrap();
-            if let Some(url) = line.trim().strip_prefix("mcp       : ") {
-                break url.to_string();
-            }
-        };
-        std::thread::spawn(move || lines.for_each(drop));
-        url
-    };
+    let url = support::serve_url(&mut serve);
     let client = ()
         .serve_with_lifecycle(
             rmcp::transport::StreamableHttpClientTransport::from_uri(url),

@@ -122,7 +122,6 @@ struct Replica {
 
 impl Replica {
     fn start(env: &Env, refresh_ms: u64) -> Replica {
-        use std::io::BufRead;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_millstream"))
             .arg("--lakehouse")
             .arg(env.lake.local_root().unwrap())
@@ -133,15 +132,9 @@ impl Replica {
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let base = loop {
-            let line = lines.next().expect("serve prints its address").unwrap();
-            if let Some(url) = line.trim().strip_prefix("mcp       : ") {
-                break url.trim_end_matches("/mcp").to_string();
-            }
-        };
-        // Keep draining stdout so the process never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
+        let base = support::serve_url(&mut child)
+            .trim_end_matches("/mcp")
+            .to_string();
         Replica { child, base }
     }
 

@@ -797,3 +797,21 @@ pub fn produce_slowly(
         p.flush(Duration::from_secs(60)).expect("flush");
     })
 }
+
+/// The MCP URL a `millstream serve` child prints at start (its stdout piped); its stdout is then
+/// drained in the background so the process never blocks on a full pipe.
+pub fn serve_url(child: &mut std::process::Child) -> String {
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout piped")).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("serve prints its address")
+            .expect("serve's stdout");
+        if let Some(url) = line.trim().strip_prefix("mcp       : ") {
+            break url.to_string();
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    url
+}
