@@ -75,7 +75,7 @@ fn detect(bencher: Bencher) {
     let batch = decoded(EventKind::Telemetry, ROWS);
     bencher
         .counter(divan::counter::ItemsCount::new(ROWS))
-        .with_inputs(millstream::signals::iot::IotSignals::new)
+        .with_inputs(|| millstream::signals::iot::IotSignals::new(Default::default()))
         .bench_local_values(|mut detector| {
             detector.observe(&batch, |_| -1, |_| -1, 0).unwrap();
             detector

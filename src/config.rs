@@ -32,6 +32,15 @@ pub struct Config {
     pub agent: AgentConfig,
     pub tracing: TracingConfig,
     pub console: ConsoleConfig,
+    pub signals: SignalsConfig,
+}
+
+/// `[signals]`: the thresholds signals are raised at (`millstream eval signals` sweeps them).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalsConfig {
+    /// `[signals.anomaly]`: the per-sensor detector's parameters.
+    pub anomaly: crate::signals::anomaly::Params,
 }
 
 /// `[console]`: the web console (see `web`).
@@ -332,6 +341,7 @@ impl Config {
         let agent = section::<AgentConfig>(&mut table, "agent", problems);
         let tracing = section::<TracingConfig>(&mut table, "tracing", problems);
         let console = section::<ConsoleConfig>(&mut table, "console", problems);
+        let signals = section::<SignalsConfig>(&mut table, "signals", problems);
         for unknown in table.keys() {
             problems.push(format!("unknown section [{unknown}]"));
         }
@@ -347,6 +357,7 @@ impl Config {
             agent: agent?,
             tracing: tracing?,
             console: console?,
+            signals: signals?,
         })
     }
 
@@ -698,6 +709,25 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    /// The detector's built-in parameters (benches, tools) are the ones the config file ships,
+    /// and a setting reaches them from the environment.
+    #[test]
+    fn anomaly_parameters_are_the_shipped_defaults_and_configurable() {
+        assert_eq!(
+            Config::defaults().signals.anomaly,
+            crate::signals::anomaly::Params::default()
+        );
+        let c = Config::load_from(None, env(&[("MILLSTREAM__SIGNALS__ANOMALY__Z_HARD", "15")]))
+            .unwrap();
+        assert_eq!(c.signals.anomaly.z_hard, 15.0);
+        let e = Config::load_from(
+            None,
+            env(&[("MILLSTREAM__SIGNALS__ANOMALY__Z_HARDD", "15")]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("z_hardd"), "{e}");
     }
 
     #[test]

@@ -97,8 +97,9 @@ pub async fn run(config: Config, command: EvalCommand) -> anyhow::Result<()> {
         sim.seed = seed;
     }
     let anomaly_sim = sim.clone();
+    let params = config.signals.anomaly.clone();
     let anomalies = tokio::task::spawn_blocking(move || {
-        crate::eval::anomalies::anomalies(&anomaly_sim, hours, |h| {
+        crate::eval::anomalies::anomalies(&anomaly_sim, &params, hours, |h| {
             eprintln!("eval anomalies: {h:.0}/{hours:.0} simulated hours")
         })
     })

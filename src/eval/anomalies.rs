@@ -53,7 +53,12 @@ pub struct AnomalyReport {
 }
 
 /// Streams `hours` of simulated telemetry with faults through the detector and scores it.
-pub fn anomalies(cfg: &SimulateConfig, hours: f64, progress: impl Fn(f64)) -> AnomalyReport {
+pub fn anomalies(
+    cfg: &SimulateConfig,
+    params: &Params,
+    hours: f64,
+    progress: impl Fn(f64),
+) -> AnomalyReport {
     let start = cfg.start;
     let horizon = Duration::seconds((hours * 3600.0) as i64);
     let plan = FaultPlan::draw(
@@ -66,7 +71,6 @@ pub fn anomalies(cfg: &SimulateConfig, hours: f64, progress: impl Fn(f64)) -> An
     let mut generator = Generator::new(cfg, "eval", start, cfg.rate)
         .with_malformed_ratio(0.0)
         .with_faults(plan.clone());
-    let params = Params::default();
     let mut states = vec![SensorState::default(); cfg.devices];
     let mut findings: Vec<(usize, DateTime<Utc>, Rule)> = Vec::new();
     let mut readings = 0u64;
@@ -81,7 +85,7 @@ pub fn anomalies(cfg: &SimulateConfig, hours: f64, progress: impl Fn(f64)) -> An
             serde_json::from_slice(&e.payload).expect("generator emits valid telemetry");
         let d = device_index(&r.device_id);
         readings += 1;
-        if let Some(f) = states[d].observe(r.value, r.sensor_type, &params) {
+        if let Some(f) = states[d].observe(r.value, r.sensor_type, params) {
             findings.push((d, r.ts, f.rule));
         }
         if r.ts >= next_progress {

@@ -61,6 +61,8 @@ pub struct PipelineOptions {
     pub dedup_window: usize,
     /// Fields an event type does not have dead-letter the record (else they are counted).
     pub strict_fields: bool,
+    /// The anomaly detector's parameters (`[signals.anomaly]`).
+    pub detector: crate::signals::anomaly::Params,
 }
 
 impl PipelineOptions {
@@ -77,6 +79,7 @@ impl PipelineOptions {
             out_of_range: OutOfRange::from_config(&config.pipeline.offsets_out_of_range),
             dedup_window: config.pipeline.dedup_window,
             strict_fields: config.pipeline.strict_fields,
+            detector: config.signals.anomaly.clone(),
         }
     }
 }
@@ -363,7 +366,7 @@ pub async fn run(
     let mut worker = Worker {
         opts: opts.clone(),
         sinks: opened,
-        detector: IotSignals::new(),
+        detector: IotSignals::new(opts.detector.clone()),
         decoders: Arc::new(
             EventKind::ALL
                 .into_iter()

@@ -65,9 +65,10 @@ impl Severity {
     }
 }
 
-/// Detector thresholds. The defaults are tuned on the simulator's fault mix (`millstream eval
-/// signals` measures them).
-#[derive(Debug, Clone)]
+/// Detector thresholds (`[signals.anomaly]`). The defaults are tuned on the simulator's fault mix
+/// (`millstream eval signals` measures them).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Params {
     pub alpha_fast: f64,
     pub alpha_slow: f64,
@@ -94,9 +95,9 @@ impl Default for Params {
             alpha_slow: 0.002,
             warmup: 30,
             warmup_drift: 300,
-            z_threshold: 4.5,
-            roc_threshold: 6.0,
-            z_hard: 10.0,
+            z_threshold: 6.5,
+            roc_threshold: 8.0,
+            z_hard: 12.0,
             confirm: 2,
             window: 6,
             stuck_run: 6,

@@ -58,8 +58,11 @@ fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T> {
 }
 
 impl IotSignals {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(params: Params) -> Self {
+        IotSignals {
+            params,
+            sensors: HashMap::new(),
+        }
     }
 
     pub fn sensors(&self) -> usize {

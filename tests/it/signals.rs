@@ -8,8 +8,9 @@ use crate::support;
 fn anomaly_detection_meets_the_quality_bar_on_injected_faults() {
     // The default stream density (2,000 events/s at 60×: ~6.7 readings per device and
     // simulated minute); eight simulated hours.
-    let cfg = support::config().simulate;
-    let report = millstream::eval::anomalies::anomalies(&cfg, 8.0, |_| {});
+    let config = support::config();
+    let (cfg, params) = (config.simulate, config.signals.anomaly);
+    let report = millstream::eval::anomalies::anomalies(&cfg, &params, 8.0, |_| {});
     assert!(report.faults >= 30, "{report:?}");
     assert!(
         report.precision >= 0.9,
@@ -26,7 +27,7 @@ fn anomaly_detection_meets_the_quality_bar_on_injected_faults() {
         assert!(k.recall >= 0.9, "{kind}: recall {} ({k:?})", k.recall);
     }
     // Same seed, same findings.
-    let again = millstream::eval::anomalies::anomalies(&cfg, 8.0, |_| {});
+    let again = millstream::eval::anomalies::anomalies(&cfg, &params, 8.0, |_| {});
     assert_eq!(
         (again.findings, again.true_positives),
         (report.findings, report.true_positives)
