@@ -5,32 +5,56 @@ WITH clock AS (
     SELECT max(ts) AS as_of, min(ts) AS first_seen
     FROM supply_chain.inventory_movements
 ),
--- Usage: the 7-day consumption rate, or the 24-hour or 3-day rate when it runs well above it
--- (twice, or 1.3 times), so a surge shows within a day while the ordinary day-to-day noise of a
--- few movements does not make flags flicker. Early on, the 7-day rate divides by the days
--- observed so far.
+-- Consumption over the last 7 days, 3 days, 24 hours and 12 hours: units and movements.
 usage AS (
     SELECT m.part_id, m.warehouse_id,
-        sum(m.quantity) / greatest(least(
+        greatest(least(
             (date_part('epoch', c.as_of) - date_part('epoch', c.first_seen)) / 86400.0, 7.0), 1.0)
-            AS rate_7d,
+            AS days_7d,
+        sum(m.quantity) * 1.0 AS units_7d,
+        count(*) AS moves_7d,
         sum(CASE WHEN m.ts > c.as_of - INTERVAL '1 day' THEN m.quantity ELSE 0 END) * 1.0
-            AS rate_24h,
+            AS units_24h,
         count(CASE WHEN m.ts > c.as_of - INTERVAL '1 day' THEN 1 END) AS moves_24h,
-        sum(CASE WHEN m.ts > c.as_of - INTERVAL '3 days' THEN m.quantity ELSE 0 END) / 3.0 AS rate_3d,
+        sum(CASE WHEN m.ts > c.as_of - INTERVAL '12 hours' THEN m.quantity ELSE 0 END) * 1.0
+            AS units_12h,
+        count(CASE WHEN m.ts > c.as_of - INTERVAL '12 hours' THEN 1 END) AS moves_12h,
+        sum(CASE WHEN m.ts > c.as_of - INTERVAL '3 days' THEN m.quantity ELSE 0 END) * 1.0
+            AS units_3d,
         count(CASE WHEN m.ts > c.as_of - INTERVAL '3 days' THEN 1 END) AS moves_3d
     FROM supply_chain.inventory_movements m CROSS JOIN clock c
     WHERE m.movement_type = 'consumption' AND m.ts > c.as_of - INTERVAL '7 days'
     GROUP BY m.part_id, m.warehouse_id, c.as_of, c.first_seen
+),
+-- The usage rate. The planned demand, which the part's reorder point and safety stock were set
+-- from (reorder point = demand x lead time + safety stock), is the prior; the last 7 days'
+-- consumption updates it as 14 days' worth of evidence would (a gamma-Poisson posterior mean),
+-- so a few movements more or less do not swing the cover by days (the 7-day rate alone made 5 of
+-- 6 flags false). A surge is a 12-hour, 24-hour or 3-day rate well above that (2.5, 2 or 1.5
+-- times) on more movements than chance gives (3 sigma of a Poisson count at the 7-day movement
+-- rate); then the short-window rate is the usage, so a surge shows within half a day.
+rates AS (
+    SELECT u.*, pl.planned,
+        CASE WHEN pl.planned IS NULL THEN u.units_7d / u.days_7d
+             ELSE (u.units_7d + 14.0 * pl.planned) / (u.days_7d + 14.0) END AS baseline,
+        u.moves_7d / u.days_7d AS moves_per_day
+    FROM usage u
+    JOIN (
+        SELECT p.part_id,
+            CASE WHEN s.lead_time_days > 0 AND p.reorder_point > p.safety_stock
+                 THEN (p.reorder_point - p.safety_stock) * 1.0 / s.lead_time_days END AS planned
+        FROM supply_chain.parts p JOIN supply_chain.suppliers s ON s.supplier_id = p.supplier_id
+    ) pl ON pl.part_id = u.part_id
 ),
 latest_status AS (
     SELECT shipment_id, part_id, warehouse_id, supplier_id, quantity, status, eta,
         row_number() OVER (PARTITION BY shipment_id ORDER BY ts DESC, _offset DESC) AS rn
     FROM supply_chain.shipments
 ),
--- How late each supplier's deliveries have been against their first promised eta (90th
--- percentile over the last 90 days; shipments announced as delayed are left out, since their
--- new eta already says so).
+-- How late each supplier's deliveries have been against their first promised eta: the mean
+-- over the last 90 days, early deliveries counting as early (a 90th percentile that floored
+-- them at 0 pushed nearly every order past the shelf's cover); shipments announced as delayed
+-- are left out, since their new eta already says so.
 delivered AS (
     SELECT shipment_id, supplier_id,
         min(CASE WHEN status = 'created' THEN eta END) AS promised,
@@ -41,9 +65,8 @@ delivered AS (
 ),
 lateness AS (
     SELECT d.supplier_id,
-        percentile_cont(0.9) WITHIN GROUP (ORDER BY greatest(
-            (date_part('epoch', d.delivered_at) - date_part('epoch', d.promised)) / 86400.0, 0.0))
-            AS late_days_p90,
+        avg((date_part('epoch', d.delivered_at) - date_part('epoch', d.promised)) / 86400.0)
+            AS late_days_mean,
         count(*) AS deliveries
     FROM delivered d CROSS JOIN clock c
     WHERE d.delivered_at IS NOT NULL AND d.promised IS NOT NULL AND NOT d.was_delayed
@@ -68,27 +91,34 @@ position AS (
         s.lead_time_days, s.reliability, s.min_order_qty, p.safety_stock,
         -- (coalesce: DataFusion 55 mis-derives the nullability of this CASE without it)
         CASE
-            WHEN u.moves_24h >= 4 AND u.rate_24h > 2.0 * u.rate_7d THEN coalesce(u.rate_24h, 0.0)
-            WHEN u.moves_3d >= 6 AND u.rate_3d > 1.3 * u.rate_7d THEN coalesce(u.rate_3d, 0.0)
-            ELSE coalesce(u.rate_7d, 0.0)
+            WHEN u.units_12h > 2.5 * 0.5 * u.baseline
+             AND u.moves_12h >= 0.5 * u.moves_per_day + 3.0 * sqrt(0.5 * u.moves_per_day) + 1.0
+                THEN coalesce(u.units_12h * 2.0, 0.0)
+            WHEN u.units_24h > 2.0 * u.baseline
+             AND u.moves_24h >= u.moves_per_day + 3.0 * sqrt(u.moves_per_day) + 1.0
+                THEN coalesce(u.units_24h, 0.0)
+            WHEN u.units_3d > 1.5 * 3.0 * u.baseline
+             AND u.moves_3d >= 3.0 * u.moves_per_day + 3.0 * sqrt(3.0 * u.moves_per_day) + 1.0
+                THEN coalesce(u.units_3d / 3.0, 0.0)
+            ELSE coalesce(u.baseline, 0.0)
         END AS daily_usage
     FROM supply_chain.inventory i
     JOIN supply_chain.parts p ON p.part_id = i.part_id
     JOIN supply_chain.suppliers s ON s.supplier_id = p.supplier_id
-    LEFT JOIN usage u ON u.part_id = i.part_id AND u.warehouse_id = i.warehouse_id
+    LEFT JOIN rates u ON u.part_id = i.part_id AND u.warehouse_id = i.warehouse_id
 ),
 -- Inbound counts only if it is expected before the shelf runs empty without it. Expected
--- arrival: the eta, pushed back by the supplier's observed lateness (`lateness`), or by
--- (1 - reliability) × lead time until five of its deliveries are known; a delayed shipment's
--- eta is already the carrier's new estimate.
+-- arrival: the eta, moved by the supplier's mean lateness (`lateness`), or, until five of its
+-- deliveries are known, pushed back by (1 - reliability) × 3 days (its late share times a few
+-- days' lateness); a delayed shipment's eta is already the carrier's new estimate.
 inbound AS (
     SELECT o.part_id, o.warehouse_id,
         sum(o.quantity) AS inbound_open,
         sum(CASE WHEN pos.daily_usage <= 0.0
                    OR (date_part('epoch', o.eta) - date_part('epoch', c.as_of)) / 86400.0
                       + CASE WHEN o.delayed THEN 0.0
-                             WHEN l.deliveries >= 5 THEN l.late_days_p90
-                             ELSE (1.0 - s.reliability) * s.lead_time_days END
+                             WHEN l.deliveries >= 5 THEN l.late_days_mean
+                             ELSE (1.0 - s.reliability) * 3.0 END
                       <= greatest(pos.available, 0) / pos.daily_usage
                  THEN o.quantity ELSE 0 END) * 1.0 AS inbound_expected
     FROM open_inbound o

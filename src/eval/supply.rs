@@ -58,7 +58,24 @@ pub struct ShortageReport {
     pub flag_episodes: usize,
     pub flag_episodes_followed_by_stockout: usize,
     pub precision: f64,
+    /// The same at other HIGH margins: a position flagged when out of stock or its cover is
+    /// under its lead time plus `margin_days` (the pipeline's HIGH is at 3), to pick an operating
+    /// point.
+    pub sweep: Vec<ShortagePoint>,
 }
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ShortagePoint {
+    pub margin_days: f64,
+    pub flag_episodes: usize,
+    pub flag_episodes_followed_by_stockout: usize,
+    pub precision: f64,
+    pub flagged_48h_ahead: usize,
+    pub flagged_48h_ahead_ratio: f64,
+}
+
+/// HIGH margins (days beyond the lead time) the shortage report sweeps.
+const SHORTAGE_MARGINS: [f64; 8] = [-2.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 7.0];
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ChurnReport {
@@ -72,6 +89,9 @@ pub struct ChurnReport {
     pub false_positives: usize,
     pub recall: f64,
     pub false_positive_rate: f64,
+    /// At each `churn_probability` threshold (the pipeline's HIGH is the one at
+    /// `signals.churn.high`).
+    pub sweep: Vec<OperatingPoint>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -98,14 +118,14 @@ pub struct OperatingPoint {
     pub false_positive_rate: f64,
 }
 
-/// Lead-score thresholds the report sweeps.
-const LEAD_SWEEP: [f64; 8] = [0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99];
+/// Score thresholds the churn and lead reports sweep.
+const SWEEP: [f64; 10] = [0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99];
 
-/// Judged lead scores: (score, flagged by its tier, positive).
+/// Judged scores: (score, flagged by its tier, positive).
 #[derive(Default)]
-struct LeadJudgements(Vec<(f64, bool, bool)>);
+struct Judgements(Vec<(f64, bool, bool)>);
 
-impl LeadJudgements {
+impl Judgements {
     fn point(&self, threshold: Option<f64>) -> OperatingPoint {
         let flagged = |&(score, tiered, _): &(f64, bool, bool)| match threshold {
             Some(t) => score >= t,
@@ -123,6 +143,15 @@ impl LeadJudgements {
             recall: ratio(tp, pos),
             false_positive_rate: ratio(fp, neg),
         }
+    }
+
+    fn positives(&self) -> usize {
+        self.0.iter().filter(|j| j.2).count()
+    }
+
+    /// The operating point at each threshold of [`SWEEP`].
+    fn sweep(&self) -> Vec<OperatingPoint> {
+        SWEEP.iter().map(|t| self.point(Some(*t))).collect()
     }
 }
 
@@ -217,10 +246,12 @@ pub async fn supply_and_sales(
     let mut next_check = start + step;
     let mut next_churn = start + Duration::days(30);
     // (position key) → checkpoints rated HIGH/CRITICAL.
-    let mut flags: HashMap<(String, String), Vec<DateTime<Utc>>> = HashMap::new();
+    let mut flags: Flags = HashMap::new();
+    let mut swept: Vec<Flags> = vec![HashMap::new(); SHORTAGE_MARGINS.len()];
     let mut checkpoints = 0;
-    let (mut churn_checks, mut pos, mut tp, mut neg, mut fp) = (0, 0, 0, 0, 0);
-    let mut leads = LeadJudgements::default();
+    let mut churn_checks = 0;
+    let mut leads = Judgements::default();
+    let mut churn = Judgements::default();
 
     // The customers' purchase history the live world continues, as `up` seeds it.
     for e in generator.sales_history(start, Duration::days(SALES_HISTORY_DAYS)) {
@@ -233,38 +264,40 @@ pub async fn supply_and_sales(
             flush(&mut pending, &decoders, &mut bronze, &mut on_hand)?;
             let tables_now = snapshot(&reference_tables, &bronze, &on_hand, next_check)?;
             let ctx = crate::pipeline::session::memory(&tables_now)?;
-            for (part, wh, risk) in risks(&ctx, &shortage_sql, "part_id", "warehouse_id").await? {
-                if FLAGGED.contains(&risk.as_str()) {
-                    flags.entry((part, wh)).or_default().push(next_check);
+            for p in positions(&ctx, &shortage_sql).await? {
+                for (margin, flags) in SHORTAGE_MARGINS.iter().zip(swept.iter_mut()) {
+                    if p.available <= 0.0 || p.cover.is_some_and(|c| c < p.lead_time + margin) {
+                        flags.entry(p.key.clone()).or_default().push(next_check);
+                    }
+                }
+                if FLAGGED.contains(&p.risk.as_str()) {
+                    flags.entry(p.key).or_default().push(next_check);
                 }
             }
             if next_check >= next_churn {
                 churn_checks += 1;
-                let flagged: HashMap<String, bool> =
-                    risks(&ctx, &churn_sql, "customer_id", "customer_id")
-                        .await?
-                        .into_iter()
-                        .map(|(c, _, r)| (c, FLAGGED.contains(&r.as_str())))
-                        .collect();
+                let judged = scores(&ctx, &churn_sql, "churn_probability", "risk_level").await?;
                 let truth = generator.truth();
                 for (i, c) in data.customers.iter().enumerate() {
                     let quiet = truth.quiet.iter().find(|q| q.customer == i);
-                    let is_flagged = flagged.get(&c.customer_id).copied().unwrap_or(false);
-                    match quiet.map(|q| (q.since, q.usual_interval_days)) {
+                    let positive = match quiet.map(|q| (q.since, q.usual_interval_days)) {
                         Some((s, every))
                             if s <= next_check - Duration::days(30).max(days_f(4.0 * every)) =>
                         {
-                            pos += 1;
-                            tp += is_flagged as usize;
+                            true
                         }
-                        Some((s, _)) if s <= next_check => {}
-                        _ => {
-                            neg += 1;
-                            fp += is_flagged as usize;
-                        }
-                    }
+                        Some((s, _)) if s <= next_check => continue,
+                        _ => false,
+                    };
+                    let (score, risk) = judged
+                        .get(&c.customer_id)
+                        .cloned()
+                        .unwrap_or((0.0, String::new()));
+                    churn
+                        .0
+                        .push((score, FLAGGED.contains(&risk.as_str()), positive));
                 }
-                let scores = lead_scores(&ctx, &lead_sql).await?;
+                let scores = scores(&ctx, &lead_sql, "lead_score", "tier").await?;
                 for (i, c) in data.customers.iter().enumerate() {
                     let growing = truth.growing.iter().find(|g| g.customer == i);
                     let positive = match growing {
@@ -301,63 +334,30 @@ pub async fn supply_and_sales(
 
     let truth = generator.truth().clone();
     let mut by_cause: BTreeMap<&'static str, usize> = BTreeMap::new();
-    let mut lead_hours = Vec::new();
-    let (mut ahead, mut at_all) = (0, 0);
-    let mut last_out: HashMap<usize, DateTime<Utc>> = HashMap::new();
     for s in &truth.stockouts {
         *by_cause.entry(s.cause).or_default() += 1;
-        let from = (s.at - Duration::days(21)).max(
-            last_out
-                .get(&s.position)
-                .copied()
-                .unwrap_or(start - Duration::days(1)),
-        );
-        last_out.insert(s.position, s.at);
-        let key = (s.part_id.clone(), s.warehouse_id.clone());
-        let first = flags
-            .get(&key)
-            .and_then(|f| f.iter().find(|t| **t > from && **t <= s.at).copied());
-        if let Some(f) = first {
-            at_all += 1;
-            let lead = (s.at - f).num_hours();
-            if lead >= 48 {
-                ahead += 1;
-            }
-            lead_hours.push(lead);
-        }
     }
-    lead_hours.sort_unstable();
-    // Flag episodes: runs of consecutive flagged checkpoints per position.
-    let stockouts_of: HashMap<(String, String), Vec<DateTime<Utc>>> =
-        truth.stockouts.iter().fold(HashMap::new(), |mut m, s| {
-            m.entry((s.part_id.clone(), s.warehouse_id.clone()))
-                .or_default()
-                .push(s.at);
-            m
-        });
-    let (mut episodes, mut confirmed) = (0, 0);
-    for (key, times) in &flags {
-        let mut prev: Option<DateTime<Utc>> = None;
-        for t in times {
-            if prev.is_none_or(|p| *t - p > step) {
-                episodes += 1;
-                let outs = stockouts_of.get(key);
-                // A flag that could not be followed for 21 days yet is not judged.
-                if *t + Duration::days(21) > end {
-                    episodes -= 1;
-                } else if outs
-                    .is_some_and(|o| o.iter().any(|s| *s >= *t && *s <= *t + Duration::days(21)))
-                {
-                    confirmed += 1;
-                }
-            }
-            prev = Some(*t);
-        }
-    }
+    let judged = judge(&flags, &truth, start, end, step);
+    let lead_hours = &judged.lead_hours;
     let q = |p: f64| {
         (!lead_hours.is_empty())
             .then(|| lead_hours[((lead_hours.len() - 1) as f64 * p).round() as usize])
     };
+    let sweep = SHORTAGE_MARGINS
+        .iter()
+        .zip(&swept)
+        .map(|(margin, flags)| {
+            let j = judge(flags, &truth, start, end, step);
+            ShortagePoint {
+                margin_days: *margin,
+                flag_episodes: j.episodes,
+                flag_episodes_followed_by_stockout: j.confirmed,
+                precision: ratio(j.confirmed, j.episodes),
+                flagged_48h_ahead: j.ahead,
+                flagged_48h_ahead_ratio: ratio(j.ahead, truth.stockouts.len()),
+            }
+        })
+        .collect();
     let shortage = ShortageReport {
         signal: "shortages",
         simulated_days: days,
@@ -367,28 +367,31 @@ pub async fn supply_and_sales(
         supplier_delays_injected: truth.delays.iter().filter(|d| d.start < end).count(),
         stockouts: truth.stockouts.len(),
         stockouts_by_cause: by_cause,
-        flagged_48h_ahead: ahead,
-        flagged_48h_ahead_ratio: ratio(ahead, truth.stockouts.len()),
-        flagged_at_all: at_all,
+        flagged_48h_ahead: judged.ahead,
+        flagged_48h_ahead_ratio: ratio(judged.ahead, truth.stockouts.len()),
+        flagged_at_all: judged.at_all,
         lead_hours_p10: q(0.1),
         lead_hours_p50: q(0.5),
-        flag_episodes: episodes,
-        flag_episodes_followed_by_stockout: confirmed,
-        precision: ratio(confirmed, episodes),
+        flag_episodes: judged.episodes,
+        flag_episodes_followed_by_stockout: judged.confirmed,
+        precision: ratio(judged.confirmed, judged.episodes),
+        sweep,
     };
+    let flagged = churn.point(None);
     let churn = ChurnReport {
         signal: "churn",
         customers: data.customers.len(),
         quiet_injected: truth.quiet.iter().filter(|q| q.since < end).count(),
         checkpoints: churn_checks,
-        positives: pos,
-        true_positives: tp,
-        negatives: neg,
-        false_positives: fp,
-        recall: ratio(tp, pos),
-        false_positive_rate: ratio(fp, neg),
+        positives: churn.positives(),
+        true_positives: flagged.true_positives,
+        negatives: churn.0.len() - churn.positives(),
+        false_positives: flagged.false_positives,
+        recall: flagged.recall,
+        false_positive_rate: flagged.false_positive_rate,
+        sweep: churn.sweep(),
     };
-    let positives = leads.0.iter().filter(|j| j.2).count();
+    let positives = leads.positives();
     let lead_report = LeadReport {
         signal: "leads",
         customers: data.customers.len(),
@@ -397,7 +400,7 @@ pub async fn supply_and_sales(
         positives,
         negatives: leads.0.len() - positives,
         flagged: leads.point(None),
-        sweep: LEAD_SWEEP.iter().map(|t| leads.point(Some(*t))).collect(),
+        sweep: leads.sweep(),
     };
     Ok(Reports {
         shortages: shortage,
@@ -406,27 +409,27 @@ pub async fn supply_and_sales(
     })
 }
 
-/// Customer → (lead score, tier) from the lead pipeline's SQL.
-async fn lead_scores(
+/// Customer → (score, tier) from a customer signal's SQL: its DOUBLE `score` column and its
+/// `tier` column.
+async fn scores(
     ctx: &datafusion::prelude::SessionContext,
     sql: &str,
+    score: &str,
+    tier: &str,
 ) -> Result<HashMap<String, (f64, String)>> {
     let batches = ctx.sql(sql).await?.collect().await?;
     let mut out = HashMap::new();
     for b in &batches {
         let (c, t) = (
             crate::lakehouse::query::strings(b, "customer_id")?,
-            crate::lakehouse::query::strings(b, "tier")?,
+            crate::lakehouse::query::strings(b, tier)?,
         );
-        let score = b
-            .column_by_name("lead_score")
+        let s = b
+            .column_by_name(score)
             .and_then(|a| a.as_any().downcast_ref::<arrow::array::Float64Array>())
-            .ok_or_else(|| Error::Internal("lead_scores: no DOUBLE lead_score column".into()))?;
+            .ok_or_else(|| Error::Internal(format!("no DOUBLE {score} column")))?;
         for i in 0..b.num_rows() {
-            out.insert(
-                c.value(i).to_string(),
-                (score.value(i), t.value(i).to_string()),
-            );
+            out.insert(c.value(i).to_string(), (s.value(i), t.value(i).to_string()));
         }
     }
     Ok(out)
@@ -572,24 +575,127 @@ fn snapshot(
     Ok(out)
 }
 
-/// Runs a signal query and returns (key1, key2, risk_level) per row.
-async fn risks(
-    ctx: &datafusion::prelude::SessionContext,
-    sql: &str,
-    k1: &str,
-    k2: &str,
-) -> Result<Vec<(String, String, String)>> {
-    let batches = ctx.sql(sql).await?.collect().await?;
+/// Checkpoints at which each position (part, warehouse) was flagged.
+type Flags = HashMap<(String, String), Vec<DateTime<Utc>>>;
+
+/// How flags fared against the stockouts that followed.
+struct Judged {
+    /// Stockouts flagged at least 48 h ahead, and at all.
+    ahead: usize,
+    at_all: usize,
+    /// Hours from the first flag to each flagged stockout, ascending.
+    lead_hours: Vec<i64>,
+    /// Flag episodes (runs of consecutive flagged checkpoints) that could be followed for 21
+    /// days, and those a stockout followed within them.
+    episodes: usize,
+    confirmed: usize,
+}
+
+/// Scores flags against the stockouts (see the module docs).
+fn judge(
+    flags: &Flags,
+    truth: &crate::sim::world::GroundTruth,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    step: Duration,
+) -> Judged {
+    let mut lead_hours = Vec::new();
+    let (mut ahead, mut at_all) = (0, 0);
+    let mut last_out: HashMap<usize, DateTime<Utc>> = HashMap::new();
+    for s in &truth.stockouts {
+        let from = (s.at - Duration::days(21)).max(
+            last_out
+                .get(&s.position)
+                .copied()
+                .unwrap_or(start - Duration::days(1)),
+        );
+        last_out.insert(s.position, s.at);
+        let key = (s.part_id.clone(), s.warehouse_id.clone());
+        let first = flags
+            .get(&key)
+            .and_then(|f| f.iter().find(|t| **t > from && **t <= s.at).copied());
+        if let Some(f) = first {
+            at_all += 1;
+            let lead = (s.at - f).num_hours();
+            if lead >= 48 {
+                ahead += 1;
+            }
+            lead_hours.push(lead);
+        }
+    }
+    lead_hours.sort_unstable();
+    let stockouts_of: HashMap<(String, String), Vec<DateTime<Utc>>> =
+        truth.stockouts.iter().fold(HashMap::new(), |mut m, s| {
+            m.entry((s.part_id.clone(), s.warehouse_id.clone()))
+                .or_default()
+                .push(s.at);
+            m
+        });
+    let (mut episodes, mut confirmed) = (0, 0);
+    for (key, times) in flags {
+        let mut prev: Option<DateTime<Utc>> = None;
+        for t in times {
+            // A flag that could not be followed for 21 days yet is not judged.
+            if prev.is_none_or(|p| *t - p > step) && *t + Duration::days(21) <= end {
+                episodes += 1;
+                if stockouts_of
+                    .get(key)
+                    .is_some_and(|o| o.iter().any(|s| *s >= *t && *s <= *t + Duration::days(21)))
+                {
+                    confirmed += 1;
+                }
+            }
+            prev = Some(*t);
+        }
+    }
+    Judged {
+        ahead,
+        at_all,
+        lead_hours,
+        episodes,
+        confirmed,
+    }
+}
+
+/// One row of the shortage signal.
+struct Position {
+    key: (String, String),
+    risk: String,
+    available: f64,
+    cover: Option<f64>,
+    lead_time: f64,
+}
+
+/// Runs the shortage query and returns its rows.
+async fn positions(ctx: &datafusion::prelude::SessionContext, sql: &str) -> Result<Vec<Position>> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::Float64Type;
+    let batches = ctx
+        .sql(&format!(
+            "SELECT part_id, warehouse_id, risk_level, CAST(available AS DOUBLE) AS available, \
+             CAST(days_of_cover AS DOUBLE) AS cover, CAST(lead_time_days AS DOUBLE) AS lead \
+             FROM ({sql})"
+        ))
+        .await?
+        .collect()
+        .await?;
     let mut out = Vec::new();
     for b in &batches {
         let s = |n: &str| crate::lakehouse::query::strings(b, n);
-        let (a, bb, r) = (s(k1)?, s(k2)?, s("risk_level")?);
+        let (part, wh, risk) = (s("part_id")?, s("warehouse_id")?, s("risk_level")?);
+        let (available, cover, lead) = (
+            b.column(3).as_primitive::<Float64Type>(),
+            b.column(4).as_primitive::<Float64Type>(),
+            b.column(5).as_primitive::<Float64Type>(),
+        );
         for i in 0..b.num_rows() {
-            out.push((
-                a.value(i).to_string(),
-                bb.value(i).to_string(),
-                r.value(i).to_string(),
-            ));
+            out.push(Position {
+                key: (part.value(i).to_string(), wh.value(i).to_string()),
+                risk: risk.value(i).to_string(),
+                available: available.value(i),
+                cover: cover.is_valid(i).then(|| cover.value(i)),
+                lead_time: lead.value(i),
+            });
         }
     }
     Ok(out)
