@@ -40,7 +40,50 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct SignalsConfig {
     /// `[signals.anomaly]`: the per-sensor detector's parameters.
-    pub anomaly: crate::signals::anomaly::Params,
+    pub anomaly: AnomalyParams,
+}
+
+/// The anomaly detector's thresholds (`[signals.anomaly]`; `crate::signals::anomaly` explains
+/// each rule). The defaults are tuned on the simulator's fault mix
+/// (`millstream eval signals` measures them).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnomalyParams {
+    pub alpha_fast: f64,
+    pub alpha_slow: f64,
+    /// Readings before z-score, rate-of-change and drift rules apply.
+    pub warmup: u64,
+    /// Readings before the drift rule applies (the slow baseline needs longer).
+    pub warmup_drift: u64,
+    pub z_threshold: f64,
+    pub roc_threshold: f64,
+    /// A single excursion this large is flagged without confirmation.
+    pub z_hard: f64,
+    /// Excursions needed among the last `window` readings to flag a moderate one.
+    pub confirm: u32,
+    pub window: u32,
+    pub stuck_run: u32,
+    pub drift_threshold: f64,
+    pub shift_after: u32,
+}
+
+impl Default for AnomalyParams {
+    fn default() -> Self {
+        AnomalyParams {
+            alpha_fast: 0.05,
+            alpha_slow: 0.002,
+            warmup: 30,
+            warmup_drift: 300,
+            z_threshold: 6.5,
+            roc_threshold: 8.0,
+            z_hard: 12.0,
+            confirm: 2,
+            window: 6,
+            stuck_run: 6,
+            drift_threshold: 3.0,
+            shift_after: 5,
+        }
+    }
 }
 
 /// `[console]`: the web console (see `web`).
@@ -715,10 +758,7 @@ mod tests {
     /// and a setting reaches them from the environment.
     #[test]
     fn anomaly_parameters_are_the_shipped_defaults_and_configurable() {
-        assert_eq!(
-            Config::defaults().signals.anomaly,
-            crate::signals::anomaly::Params::default()
-        );
+        assert_eq!(Config::defaults().signals.anomaly, AnomalyParams::default());
         let c = Config::load_from(None, env(&[("MILLSTREAM__SIGNALS__ANOMALY__Z_HARD", "15")]))
             .unwrap();
         assert_eq!(c.signals.anomaly.z_hard, 15.0);

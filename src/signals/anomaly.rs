@@ -65,47 +65,8 @@ impl Severity {
     }
 }
 
-/// Detector thresholds (`[signals.anomaly]`). The defaults are tuned on the simulator's fault mix
-/// (`millstream eval signals` measures them).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Params {
-    pub alpha_fast: f64,
-    pub alpha_slow: f64,
-    /// Readings before z-score, rate-of-change and drift rules apply.
-    pub warmup: u64,
-    /// Readings before the drift rule applies (the slow baseline needs longer).
-    pub warmup_drift: u64,
-    pub z_threshold: f64,
-    pub roc_threshold: f64,
-    /// A single excursion this large is flagged without confirmation.
-    pub z_hard: f64,
-    /// Excursions needed among the last `window` readings to flag a moderate one.
-    pub confirm: u32,
-    pub window: u32,
-    pub stuck_run: u32,
-    pub drift_threshold: f64,
-    pub shift_after: u32,
-}
-
-impl Default for Params {
-    fn default() -> Self {
-        Params {
-            alpha_fast: 0.05,
-            alpha_slow: 0.002,
-            warmup: 30,
-            warmup_drift: 300,
-            z_threshold: 6.5,
-            roc_threshold: 8.0,
-            z_hard: 12.0,
-            confirm: 2,
-            window: 6,
-            stuck_run: 6,
-            drift_threshold: 3.0,
-            shift_after: 5,
-        }
-    }
-}
+/// Detector thresholds: `[signals.anomaly]` of the configuration.
+pub use crate::config::AnomalyParams as Params;
 
 /// What the detector remembers about one sensor.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
