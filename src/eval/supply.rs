@@ -147,6 +147,21 @@ impl Judgements {
         }
     }
 
+    /// Judges `customer` by its (score, tier) in `scores` (none: score 0, no tier): flagged
+    /// when its tier is one of `flagged`.
+    fn judge(
+        &mut self,
+        scores: &HashMap<String, (f64, String)>,
+        customer: &str,
+        flagged: &[&str],
+        positive: bool,
+    ) {
+        let (score, tier) = scores
+            .get(customer)
+            .map_or((0.0, ""), |(s, t)| (*s, t.as_str()));
+        self.0.push((score, flagged.contains(&tier), positive));
+    }
+
     fn positives(&self) -> usize {
         self.0.iter().filter(|j| j.2).count()
     }
@@ -291,13 +306,7 @@ pub async fn supply_and_sales(
                         Some((s, _)) if s <= next_check => continue,
                         _ => false,
                     };
-                    let (score, risk) = judged
-                        .get(&c.customer_id)
-                        .cloned()
-                        .unwrap_or((0.0, String::new()));
-                    churn
-                        .0
-                        .push((score, FLAGGED.contains(&risk.as_str()), positive));
+                    churn.judge(&judged, &c.customer_id, &FLAGGED, positive);
                 }
                 let scores = scores(&ctx, &lead_sql, "lead_score", "tier").await?;
                 for (i, c) in data.customers.iter().enumerate() {
@@ -314,13 +323,7 @@ pub async fn supply_and_sales(
                         Some(g) if g.since <= next_check => continue,
                         _ => false,
                     };
-                    let (score, tier) = scores
-                        .get(&c.customer_id)
-                        .cloned()
-                        .unwrap_or((0.0, String::new()));
-                    leads
-                        .0
-                        .push((score, tier == "WARM" || tier == "HOT", positive));
+                    leads.judge(&scores, &c.customer_id, &["WARM", "HOT"], positive);
                 }
                 next_churn += Duration::days(7);
             }
