@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
@@ -36,17 +36,92 @@ pub struct Config {
 }
 
 /// `[signals]`: the thresholds signals are raised at (`millstream eval signals` sweeps them).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignalsConfig {
     /// `[signals.anomaly]`: the per-sensor detector's parameters.
     pub anomaly: AnomalyParams,
+    /// `[signals.shortage]`: when `predict_shortage` rates a position HIGH or MEDIUM.
+    pub shortage: ShortageParams,
+    /// `[signals.churn]`: `predict_churn`'s model and risk levels.
+    pub churn: ChurnParams,
+    /// `[signals.lead]`: `score_lead`'s model and tiers.
+    pub lead: LeadParams,
+}
+
+/// `[signals.shortage]`: a position is CRITICAL when its cover (days of stock plus inbound) is
+/// under its lead time, HIGH under lead time + `high_margin_days`, MEDIUM under lead time +
+/// `medium_margin_days` (`crate::pipeline::udf` explains the model).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShortageParams {
+    pub high_margin_days: f64,
+    pub medium_margin_days: f64,
+}
+
+impl Default for ShortageParams {
+    fn default() -> Self {
+        ShortageParams {
+            high_margin_days: 3.0,
+            medium_margin_days: 7.0,
+        }
+    }
+}
+
+/// `[signals.churn]`: a customer churns when their purchase rate fell to `rate_drop` of its
+/// former value at some moment in the last `lookback_days`; the churn probability is the
+/// posterior of such a break, rated MEDIUM, HIGH and CRITICAL from these thresholds.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChurnParams {
+    pub rate_drop: f64,
+    pub lookback_days: f64,
+    pub medium: f64,
+    pub high: f64,
+    pub critical: f64,
+}
+
+impl Default for ChurnParams {
+    fn default() -> Self {
+        ChurnParams {
+            rate_drop: 0.2,
+            lookback_days: 90.0,
+            medium: 0.25,
+            high: 0.55,
+            critical: 0.9,
+        }
+    }
+}
+
+/// `[signals.lead]`: a lead is a customer whose purchase rate rose `rate_rise`-fold between
+/// `lookback_from_days` and `lookback_to_days` ago; the score is the posterior of such a
+/// quickening, WARM and HOT from these thresholds.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeadParams {
+    pub rate_rise: f64,
+    pub lookback_from_days: f64,
+    pub lookback_to_days: f64,
+    pub warm: f64,
+    pub hot: f64,
+}
+
+impl Default for LeadParams {
+    fn default() -> Self {
+        LeadParams {
+            rate_rise: 3.0,
+            lookback_from_days: 14.0,
+            lookback_to_days: 60.0,
+            warm: 0.7,
+            hot: 0.9,
+        }
+    }
 }
 
 /// The anomaly detector's thresholds (`[signals.anomaly]`; `crate::signals::anomaly` explains
 /// each rule). The defaults are tuned on the simulator's fault mix
 /// (`millstream eval signals` measures them).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AnomalyParams {
     pub alpha_fast: f64,
@@ -647,6 +722,33 @@ impl Config {
             self.serve.addr.parse::<std::net::SocketAddr>().is_ok(),
             "serve.addr must be host:port with an IP address (e.g. 127.0.0.1:9464)",
         );
+        let (sh, ch, le) = (
+            &self.signals.shortage,
+            &self.signals.churn,
+            &self.signals.lead,
+        );
+        check(
+            0.0 <= sh.high_margin_days && sh.high_margin_days <= sh.medium_margin_days,
+            "signals.shortage: need 0 <= high_margin_days <= medium_margin_days",
+        );
+        check(
+            0.0 < ch.rate_drop && ch.rate_drop < 1.0 && ch.lookback_days > 0.0,
+            "signals.churn: rate_drop must be in (0, 1) and lookback_days > 0",
+        );
+        check(
+            0.0 < ch.medium && ch.medium <= ch.high && ch.high <= ch.critical && ch.critical < 1.0,
+            "signals.churn: need 0 < medium <= high <= critical < 1",
+        );
+        check(
+            le.rate_rise > 1.0
+                && 0.0 <= le.lookback_from_days
+                && le.lookback_from_days < le.lookback_to_days,
+            "signals.lead: rate_rise must be > 1 and 0 <= lookback_from_days < lookback_to_days",
+        );
+        check(
+            0.0 < le.warm && le.warm <= le.hot && le.hot < 1.0,
+            "signals.lead: need 0 < warm <= hot < 1",
+        );
         p
     }
 }
@@ -768,6 +870,41 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("z_hardd"), "{e}");
+    }
+
+    /// The shortage, churn and lead thresholds the SQL functions judge by ship in the config
+    /// file as the built-in defaults, reach them from the environment, and are checked.
+    #[test]
+    fn signal_thresholds_are_the_shipped_defaults_configurable_and_checked() {
+        let s = Config::defaults().signals;
+        assert_eq!(s.shortage, ShortageParams::default());
+        assert_eq!(s.churn, ChurnParams::default());
+        assert_eq!(s.lead, LeadParams::default());
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("MILLSTREAM__SIGNALS__CHURN__HIGH", "0.6"),
+                ("MILLSTREAM__SIGNALS__SHORTAGE__HIGH_MARGIN_DAYS", "4"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.signals.churn.high, c.signals.shortage.high_margin_days),
+            (0.6, 4.0)
+        );
+        let e = Config::load_from(
+            None,
+            env(&[
+                ("MILLSTREAM__SIGNALS__CHURN__HIGH", "0.95"),
+                ("MILLSTREAM__SIGNALS__LEAD__RATE_RISE", "0.5"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("medium <= high <= critical") && e.contains("rate_rise must be > 1"),
+            "{e}"
+        );
     }
 
     #[test]

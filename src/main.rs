@@ -15,6 +15,8 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    // Every SQL session of this process judges signals by the configured thresholds.
+    millstream::pipeline::udf::install(&config.signals);
     let _traces = match millstream::telemetry::init(&config.tracing) {
         Ok(g) => g,
         Err(e) => {

@@ -104,7 +104,8 @@ pub async fn run(config: Config, command: EvalCommand) -> anyhow::Result<()> {
         })
     })
     .await?;
-    let mut report = serde_json::json!({ "anomalies": anomalies });
+    // The report names the operating point it scored (`[signals]` as configured).
+    let mut report = serde_json::json!({ "thresholds": config.signals, "anomalies": anomalies });
     if days > 0.0 {
         let defs =
             crate::pipeline::definition::Definitions::from_config(&config.pipeline.definitions)

@@ -1,34 +1,37 @@
 //! SQL functions for pipelines and queries: the brief's `predict_shortage` and `predict_churn`,
 //! and `score_lead`, computed from the numbers the SQL hands them (which pipelines take from live
-//! tables).
+//! tables). Their thresholds are configuration ([`Thresholds`]: `[signals.shortage]`,
+//! `[signals.churn]`, `[signals.lead]`); the values below are the shipped ones.
 //!
 //! - `predict_shortage(available, daily_usage, inbound_expected, lead_time_days)` →
 //!   `{days_of_cover, risk_level}`. Cover is `(available + inbound_expected) / daily_usage` days
 //!   (NULL when nothing is used). Risk against the lead time `L`: CRITICAL when out of stock or
-//!   cover < L (an order placed now arrives too late); HIGH when cover < L + 3 days (most of a
-//!   week's safety margin gone with nothing inbound in time); MEDIUM when cover < L + 7 days (at
-//!   the reorder point: order now); else LOW.
+//!   cover < L (an order placed now arrives too late); HIGH when cover < L + 3 days
+//!   (`high_margin_days`: most of a week's safety margin gone with nothing inbound in time);
+//!   MEDIUM when cover < L + 7 days (`medium_margin_days`: at the reorder point, order now);
+//!   else LOW.
 //! - `predict_churn(purchase_ages_days, spend_trend)` → `{churn_probability, risk_level,
 //!   factors}`, from the ages in days of the customer's purchases (an array, e.g. from
 //!   `array_agg`). A customer churning is one whose rhythm breaks: purchases as a Poisson process
-//!   whose rate fell to a fifth at some moment in the last 90 days, against one buying at a
-//!   steady rate. The probability is the posterior of a break at even prior odds (the Bayes
-//!   factor `B` as `B / (1 + B)`; see [`rhythm_break`]), so it is judged against the customer's
-//!   own rhythm without guessing it: weekly buyers silent for a month break, monthly buyers do
-//!   not, and a recent order does not hide orders thinning out. Risk: CRITICAL ≥ 0.9 (the data
-//!   favour a break 9 : 1), HIGH ≥ 0.55 (they favour a break a little more than even: the
-//!   operating point `eval signals`' churn sweep picks, a quarter fewer false alarms than 0.5 for
-//!   1–2 % of recall), MEDIUM ≥ 0.25, else LOW. Fewer than
-//!   three purchases is no rhythm: MEDIUM when the last is over 60 days old, else LOW; no
-//!   purchases at all is HIGH. A spend trend under 0.5 is reported as a factor.
+//!   whose rate fell to a fifth (`rate_drop`) at some moment in the last 90 days
+//!   (`lookback_days`), against one buying at a steady rate. The probability is the posterior of
+//!   a break at even prior odds (the Bayes factor `B` as `B / (1 + B)`; see [`rhythm_break`]), so
+//!   it is judged against the customer's own rhythm without guessing it: weekly buyers silent for
+//!   a month break, monthly buyers do not, and a recent order does not hide orders thinning out.
+//!   Risk: CRITICAL ≥ 0.9 (the data favour a break 9 : 1), HIGH ≥ 0.55 (they favour a break a
+//!   little more than even: the operating point `eval signals`' churn sweep picks, a quarter
+//!   fewer false alarms than 0.5 for 1–2 % of recall), MEDIUM ≥ 0.25, else LOW. Fewer than three
+//!   purchases is no rhythm: MEDIUM when the last is over 60 days old, else LOW; no purchases at
+//!   all is HIGH. A spend trend under 0.5 is reported as a factor.
 //! - `score_lead(purchase_ages_days, spend_trend)` → `{lead_score, tier, drivers}`: the mirror
 //!   image of churn, for the sales rep's lead list. A lead is a customer whose rhythm quickened:
-//!   the rate rose [`LEAD_RATE_RISE`]-fold 14 to 60 days ago ([`LEAD_LOOKBACK_DAYS`]),
-//!   against a steady rate, scored as the same posterior. Tier: HOT ≥ 0.9, WARM ≥ 0.7 (a lead
-//!   is rarer than a steady customer, so the bar is above even odds), else COLD; fewer than three purchases is no rhythm (COLD). A spend trend of 1.5 or more is
-//!   reported as a driver.
+//!   the rate rose 3-fold (`rate_rise`) 14 to 60 days ago (`lookback_from_days`,
+//!   `lookback_to_days`: a few orders in quick succession are chance, not a new rhythm), against
+//!   a steady rate, scored as the same posterior. Tier: HOT ≥ 0.9, WARM ≥ 0.7 (a lead is rarer
+//!   than a steady customer, so the bar is above even odds), else COLD; fewer than three
+//!   purchases is no rhythm (COLD). A spend trend of 1.5 or more is reported as a driver.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array, StringArray, StructArray};
 use arrow::datatypes::Float64Type;
@@ -39,21 +42,70 @@ use datafusion::logical_expr::{
 };
 use datafusion::prelude::SessionContext;
 
-/// Registers every millstream SQL function on `ctx`.
+use crate::config::{ChurnParams, LeadParams, ShortageParams, SignalsConfig};
+
+/// The thresholds the functions judge by: `[signals.shortage]`, `[signals.churn]` and
+/// `[signals.lead]` of the configuration.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Thresholds {
+    pub shortage: ShortageParams,
+    pub churn: ChurnParams,
+    pub lead: LeadParams,
+}
+
+impl From<&SignalsConfig> for Thresholds {
+    fn from(s: &SignalsConfig) -> Self {
+        Thresholds {
+            shortage: s.shortage.clone(),
+            churn: s.churn.clone(),
+            lead: s.lead.clone(),
+        }
+    }
+}
+
+/// The thresholds of this process's configuration, once [`install`]ed (the built-in defaults,
+/// which are the shipped configuration's, until then).
+static INSTALLED: RwLock<Option<Arc<Thresholds>>> = RwLock::new(None);
+
+/// Makes `signals`' thresholds the ones every session registered from now on judges by. The
+/// command line installs the loaded configuration before it builds any session.
+pub fn install(signals: &SignalsConfig) {
+    *INSTALLED.write().expect("poisoned") = Some(Arc::new(signals.into()));
+}
+
+fn installed() -> Arc<Thresholds> {
+    INSTALLED
+        .read()
+        .expect("poisoned")
+        .clone()
+        .unwrap_or_default()
+}
+
+/// Registers every millstream SQL function on `ctx`, judging by the installed thresholds.
 pub fn register(ctx: &SessionContext) {
-    ctx.register_udf(predict_shortage());
-    ctx.register_udf(predict_churn());
-    ctx.register_udf(score_lead());
+    register_with(ctx, installed());
+}
+
+/// Registers every millstream SQL function on `ctx`, judging by `thresholds`.
+pub fn register_with(ctx: &SessionContext, thresholds: Arc<Thresholds>) {
+    ctx.register_udf(predict_shortage(thresholds.clone()));
+    ctx.register_udf(predict_churn(thresholds.clone()));
+    ctx.register_udf(score_lead(thresholds));
 }
 
 /// Risk of a shortage from cover and lead time (see the module docs).
-pub fn shortage_risk(available: f64, cover: Option<f64>, lead_time_days: f64) -> &'static str {
+pub fn shortage_risk(
+    available: f64,
+    cover: Option<f64>,
+    lead_time_days: f64,
+    t: &ShortageParams,
+) -> &'static str {
     match cover {
         _ if available <= 0.0 => "CRITICAL",
         None => "LOW",
         Some(c) if c < lead_time_days => "CRITICAL",
-        Some(c) if c < lead_time_days + 3.0 => "HIGH",
-        Some(c) if c < lead_time_days + 7.0 => "MEDIUM",
+        Some(c) if c < lead_time_days + t.high_margin_days => "HIGH",
+        Some(c) if c < lead_time_days + t.medium_margin_days => "MEDIUM",
         Some(_) => "LOW",
     }
 }
@@ -61,17 +113,9 @@ pub fn shortage_risk(available: f64, cover: Option<f64>, lead_time_days: f64) ->
 /// A judgement of a customer's purchase rhythm: probability, level, reasons.
 pub type Judgement = (f64, &'static str, String);
 
-/// The churn probability from which a customer is at HIGH risk (see the module docs).
-const CHURN_HIGH: f64 = 0.55;
-
-/// How far below the usual rate a customer must fall to count as a break in rhythm.
-const CHURN_RATE_DROP: f64 = 0.2;
-/// How far back a break in rhythm is looked for.
-const CHURN_LOOKBACK_DAYS: std::ops::Range<f64> = 0.0..90.0;
-
 /// Churn probability, risk and factors from the ages (days before now) of a customer's
 /// purchases, and the spend trend (see the module docs).
-pub fn churn(purchase_ages: &[f64], spend_trend: Option<f64>) -> Judgement {
+pub fn churn(purchase_ages: &[f64], spend_trend: Option<f64>, t: &ChurnParams) -> Judgement {
     let ages = oldest_first(purchase_ages);
     let Some(&recency) = ages.last() else {
         return (0.7, "HIGH", "no purchases on record".into());
@@ -97,9 +141,9 @@ pub fn churn(purchase_ages: &[f64], spend_trend: Option<f64>) -> Judgement {
         };
         return (p, risk, factors.join("; "));
     }
-    let brk = rhythm_break(&ages, CHURN_RATE_DROP, CHURN_LOOKBACK_DAYS);
+    let brk = rhythm_break(&ages, t.rate_drop, 0.0..t.lookback_days);
     let p = brk.bayes_factor / (1.0 + brk.bayes_factor);
-    if p >= 0.25 {
+    if p >= t.medium {
         // The usual rhythm: the rate before the break.
         let before = (ages.len() - 1 - brk.orders_since).max(1) as f64;
         let interval = (ages[0] - brk.since_days) / before;
@@ -120,9 +164,9 @@ pub fn churn(purchase_ages: &[f64], spend_trend: Option<f64>) -> Judgement {
         );
     }
     let risk = match p {
-        p if p >= 0.9 => "CRITICAL",
-        p if p >= CHURN_HIGH => "HIGH",
-        p if p >= 0.25 => "MEDIUM",
+        p if p >= t.critical => "CRITICAL",
+        p if p >= t.high => "HIGH",
+        p if p >= t.medium => "MEDIUM",
         _ => "LOW",
     };
     ((p * 1000.0).round() / 1000.0, risk, factors.join("; "))
@@ -140,15 +184,9 @@ fn oldest_first(purchase_ages: &[f64]) -> Vec<f64> {
     ages
 }
 
-/// How much faster than usual a customer must buy to count as a lead.
-const LEAD_RATE_RISE: f64 = 3.0;
-/// How far back a quickening is looked for: from two weeks (a few orders in quick succession
-/// are chance, not a new rhythm) to two months.
-const LEAD_LOOKBACK_DAYS: std::ops::Range<f64> = 14.0..60.0;
-
 /// Lead score, tier and drivers from the ages (days before now) of a customer's purchases and
 /// the spend trend (see the module docs).
-pub fn lead(purchase_ages: &[f64], spend_trend: Option<f64>) -> Judgement {
+pub fn lead(purchase_ages: &[f64], spend_trend: Option<f64>, t: &LeadParams) -> Judgement {
     let ages = oldest_first(purchase_ages);
     let Some(&recency) = ages.last() else {
         return (0.0, "COLD", "no purchases on record".into());
@@ -160,7 +198,7 @@ pub fn lead(purchase_ages: &[f64], spend_trend: Option<f64>) -> Judgement {
             format!("{} orders on record: no rhythm yet", ages.len()),
         );
     }
-    let brk = rhythm_break(&ages, LEAD_RATE_RISE, LEAD_LOOKBACK_DAYS);
+    let brk = rhythm_break(&ages, t.rate_rise, t.lookback_from_days..t.lookback_to_days);
     let p = brk.bayes_factor / (1.0 + brk.bayes_factor);
     let mut drivers = Vec::new();
     if p >= 0.5 {
@@ -187,8 +225,8 @@ pub fn lead(purchase_ages: &[f64], spend_trend: Option<f64>) -> Judgement {
     }
     drivers.push(format!("{recency:.0} days since the last order"));
     let tier = match p {
-        p if p >= 0.9 => "HOT",
-        p if p >= 0.7 => "WARM",
+        p if p >= t.hot => "HOT",
+        p if p >= t.warm => "WARM",
         _ => "COLD",
     };
     ((p * 1000.0).round() / 1000.0, tier, drivers.join("; "))
@@ -244,14 +282,16 @@ struct StructUdf {
     name: &'static str,
     signature: Signature,
     fields: Fields,
-    /// Columns of the result, computed from the argument columns.
-    compute: fn(&[ArrayRef]) -> Result<Vec<ArrayRef>>,
+    thresholds: Arc<Thresholds>,
+    /// Columns of the result, computed from the argument columns by the thresholds.
+    compute: fn(&Thresholds, &[ArrayRef]) -> Result<Vec<ArrayRef>>,
 }
 
-// A function is identified by its name (function pointers have no meaningful identity).
+// A function is identified by its name and thresholds (function pointers have no meaningful
+// identity). The thresholds are finite (the configuration checks them), so equality is total.
 impl PartialEq for StructUdf {
     fn eq(&self, other: &Self) -> bool {
-        self.name == other.name
+        self.name == other.name && self.thresholds == other.thresholds
     }
 }
 
@@ -269,12 +309,14 @@ impl StructUdf {
         name: &'static str,
         arity: usize,
         fields: Vec<Field>,
-        compute: fn(&[ArrayRef]) -> Result<Vec<ArrayRef>>,
+        thresholds: Arc<Thresholds>,
+        compute: fn(&Thresholds, &[ArrayRef]) -> Result<Vec<ArrayRef>>,
     ) -> ScalarUDF {
         ScalarUDF::from(StructUdf {
             name,
             signature: Signature::any(arity, Volatility::Immutable),
             fields: Fields::from(fields),
+            thresholds,
             compute,
         })
     }
@@ -292,7 +334,7 @@ impl ScalarUDFImpl for StructUdf {
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-        let columns = (self.compute)(&arrays)?;
+        let columns = (self.compute)(&self.thresholds, &arrays)?;
         Ok(ColumnarValue::Array(Arc::new(StructArray::try_new(
             self.fields.clone(),
             columns,
@@ -311,7 +353,7 @@ fn get(a: &Float64Array, i: usize) -> Option<f64> {
     (!a.is_null(i)).then(|| a.value(i))
 }
 
-fn predict_shortage() -> ScalarUDF {
+fn predict_shortage(thresholds: Arc<Thresholds>) -> ScalarUDF {
     StructUdf::udf(
         "predict_shortage",
         4,
@@ -319,7 +361,8 @@ fn predict_shortage() -> ScalarUDF {
             Field::new("days_of_cover", DataType::Float64, true),
             Field::new("risk_level", DataType::Utf8, false),
         ],
-        |a| {
+        thresholds,
+        |t, a| {
             let [avail, usage, inbound, lead] = [0, 1, 2, 3].map(|i| floats(&a[i]));
             let (avail, usage, inbound, lead) = (&avail?, &usage?, &inbound?, &lead?);
             let mut cover = Vec::with_capacity(avail.len());
@@ -331,7 +374,12 @@ fn predict_shortage() -> ScalarUDF {
                     let days = (available.max(0.0) + get(inbound, i).unwrap_or(0.0)) / u;
                     (days * 100.0).round() / 100.0
                 });
-                risk.push(shortage_risk(available, c, get(lead, i).unwrap_or(0.0)));
+                risk.push(shortage_risk(
+                    available,
+                    c,
+                    get(lead, i).unwrap_or(0.0),
+                    &t.shortage,
+                ));
                 cover.push(c);
             }
             Ok(vec![
@@ -342,21 +390,23 @@ fn predict_shortage() -> ScalarUDF {
     )
 }
 
-fn predict_churn() -> ScalarUDF {
+fn predict_churn(thresholds: Arc<Thresholds>) -> ScalarUDF {
     StructUdf::udf(
         "predict_churn",
         2,
         rhythm_fields(["churn_probability", "risk_level", "factors"]),
-        |a| rhythm_columns(churn, a),
+        thresholds,
+        |t, a| rhythm_columns(|ages, trend| churn(ages, trend, &t.churn), a),
     )
 }
 
-fn score_lead() -> ScalarUDF {
+fn score_lead(thresholds: Arc<Thresholds>) -> ScalarUDF {
     StructUdf::udf(
         "score_lead",
         2,
         rhythm_fields(["lead_score", "tier", "drivers"]),
-        |a| rhythm_columns(lead, a),
+        thresholds,
+        |t, a| rhythm_columns(|ages, trend| lead(ages, trend, &t.lead), a),
     )
 }
 
@@ -371,7 +421,7 @@ fn rhythm_fields(names: [&'static str; 3]) -> Vec<Field> {
 
 /// `judge` ([`churn`] or [`lead`]) over argument columns (purchase ages, spend trend).
 fn rhythm_columns(
-    judge: fn(&[f64], Option<f64>) -> Judgement,
+    judge: impl Fn(&[f64], Option<f64>) -> Judgement,
     a: &[ArrayRef],
 ) -> Result<Vec<ArrayRef>> {
     let ages = arrow::compute::cast(
@@ -408,6 +458,17 @@ fn rhythm_columns(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // The functions at the shipped thresholds.
+    fn shortage_risk(available: f64, cover: Option<f64>, lead_time_days: f64) -> &'static str {
+        super::shortage_risk(available, cover, lead_time_days, &ShortageParams::default())
+    }
+    fn churn(ages: &[f64], trend: Option<f64>) -> Judgement {
+        super::churn(ages, trend, &ChurnParams::default())
+    }
+    fn lead(ages: &[f64], trend: Option<f64>) -> Judgement {
+        super::lead(ages, trend, &LeadParams::default())
+    }
 
     #[test]
     fn shortage_risk_follows_cover_against_lead_time() {
@@ -569,5 +630,26 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(s.contains("CRITICAL") && s.contains("HOT"), "{s}");
+    }
+
+    /// A session judges by the thresholds it was registered with: 16 days of cover against a
+    /// 14-day lead time is HIGH with the shipped 3-day margin and MEDIUM with a 1-day one.
+    #[tokio::test]
+    async fn functions_judge_by_the_configured_thresholds() {
+        let sql = "SELECT predict_shortage(160, 10.0, 0, 14)['risk_level'] AS r";
+        let run = |t: Thresholds| async move {
+            let ctx = SessionContext::new();
+            register_with(&ctx, Arc::new(t));
+            let b = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+            arrow::util::pretty::pretty_format_batches(&b)
+                .unwrap()
+                .to_string()
+        };
+        let shipped = run(Thresholds::default()).await;
+        assert!(shipped.contains("HIGH"), "{shipped}");
+        let mut t = Thresholds::default();
+        t.shortage.high_margin_days = 1.0;
+        let other = run(t).await;
+        assert!(other.contains("MEDIUM"), "{other}");
     }
 }
