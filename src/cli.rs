@@ -80,34 +80,25 @@ pub enum Command {
 /// [`run`] polls) is compiled once, in this library: driven from the binary crate, all of it
 /// was compiled a second time there (147 s of a clean release build).
 pub fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    let config = match Config::load(cli.config.as_deref()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    // Every SQL session of this process judges signals by the configured thresholds.
-    crate::pipeline::udf::install(&config.signals);
-    let _traces = match crate::telemetry::init(&config.tracing) {
-        Ok(g) => g,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    match runtime.block_on(run(cli, config)) {
+    match start() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+fn start() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = Config::load(cli.config.as_deref())?;
+    // Every SQL session of this process judges signals by the configured thresholds.
+    crate::pipeline::udf::install(&config.signals);
+    let _traces = crate::telemetry::init(&config.tracing)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(cli, config))
 }
 
 /// Runs `cli` with `config` (loaded from `cli.config` and the environment by `main`, before
