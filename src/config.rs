@@ -36,7 +36,7 @@ pub struct Config {
 }
 
 /// `[signals]`: the thresholds signals are raised at (`millstream eval signals` sweeps them).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignalsConfig {
     /// `[signals.anomaly]`: the per-sensor detector's parameters.

@@ -1,7 +1,7 @@
 //! SQL functions for pipelines and queries: the brief's `predict_shortage` and `predict_churn`,
 //! and `score_lead`, computed from the numbers the SQL hands them (which pipelines take from live
-//! tables). Their thresholds are configuration ([`Thresholds`]: `[signals.shortage]`,
-//! `[signals.churn]`, `[signals.lead]`); the values below are the shipped ones.
+//! tables). Their thresholds are configuration (`[signals.shortage]`, `[signals.churn]`,
+//! `[signals.lead]` of [`SignalsConfig`]); the values below are the shipped ones.
 //!
 //! - `predict_shortage(available, daily_usage, inbound_expected, lead_time_days)` →
 //!   `{days_of_cover, risk_level}`. Cover is `(available + inbound_expected) / daily_usage` days
@@ -44,36 +44,17 @@ use datafusion::prelude::SessionContext;
 
 use crate::config::{ChurnParams, LeadParams, ShortageParams, SignalsConfig};
 
-/// The thresholds the functions judge by: `[signals.shortage]`, `[signals.churn]` and
-/// `[signals.lead]` of the configuration.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Thresholds {
-    pub shortage: ShortageParams,
-    pub churn: ChurnParams,
-    pub lead: LeadParams,
-}
-
-impl From<&SignalsConfig> for Thresholds {
-    fn from(s: &SignalsConfig) -> Self {
-        Thresholds {
-            shortage: s.shortage.clone(),
-            churn: s.churn.clone(),
-            lead: s.lead.clone(),
-        }
-    }
-}
-
-/// The thresholds of this process's configuration, once [`install`]ed (the built-in defaults,
-/// which are the shipped configuration's, until then).
-static INSTALLED: RwLock<Option<Arc<Thresholds>>> = RwLock::new(None);
+/// The thresholds the functions judge by: `[signals]` of this process's configuration, once
+/// [`install`]ed (the built-in defaults, which are the shipped configuration's, until then).
+static INSTALLED: RwLock<Option<Arc<SignalsConfig>>> = RwLock::new(None);
 
 /// Makes `signals`' thresholds the ones every session registered from now on judges by. The
 /// command line installs the loaded configuration before it builds any session.
 pub fn install(signals: &SignalsConfig) {
-    *INSTALLED.write().expect("poisoned") = Some(Arc::new(signals.into()));
+    *INSTALLED.write().expect("poisoned") = Some(Arc::new(signals.clone()));
 }
 
-fn installed() -> Arc<Thresholds> {
+fn installed() -> Arc<SignalsConfig> {
     INSTALLED
         .read()
         .expect("poisoned")
@@ -87,7 +68,7 @@ pub fn register(ctx: &SessionContext) {
 }
 
 /// Registers every millstream SQL function on `ctx`, judging by `thresholds`.
-pub fn register_with(ctx: &SessionContext, thresholds: Arc<Thresholds>) {
+pub fn register_with(ctx: &SessionContext, thresholds: Arc<SignalsConfig>) {
     ctx.register_udf(predict_shortage(thresholds.clone()));
     ctx.register_udf(predict_churn(thresholds.clone()));
     ctx.register_udf(score_lead(thresholds));
@@ -282,9 +263,9 @@ struct StructUdf {
     name: &'static str,
     signature: Signature,
     fields: Fields,
-    thresholds: Arc<Thresholds>,
+    thresholds: Arc<SignalsConfig>,
     /// Columns of the result, computed from the argument columns by the thresholds.
-    compute: fn(&Thresholds, &[ArrayRef]) -> Result<Vec<ArrayRef>>,
+    compute: fn(&SignalsConfig, &[ArrayRef]) -> Result<Vec<ArrayRef>>,
 }
 
 // A function is identified by its name and thresholds (function pointers have no meaningful
@@ -309,8 +290,8 @@ impl StructUdf {
         name: &'static str,
         arity: usize,
         fields: Vec<Field>,
-        thresholds: Arc<Thresholds>,
-        compute: fn(&Thresholds, &[ArrayRef]) -> Result<Vec<ArrayRef>>,
+        thresholds: Arc<SignalsConfig>,
+        compute: fn(&SignalsConfig, &[ArrayRef]) -> Result<Vec<ArrayRef>>,
     ) -> ScalarUDF {
         ScalarUDF::from(StructUdf {
             name,
@@ -353,7 +334,7 @@ fn get(a: &Float64Array, i: usize) -> Option<f64> {
     (!a.is_null(i)).then(|| a.value(i))
 }
 
-fn predict_shortage(thresholds: Arc<Thresholds>) -> ScalarUDF {
+fn predict_shortage(thresholds: Arc<SignalsConfig>) -> ScalarUDF {
     StructUdf::udf(
         "predict_shortage",
         4,
@@ -390,7 +371,7 @@ fn predict_shortage(thresholds: Arc<Thresholds>) -> ScalarUDF {
     )
 }
 
-fn predict_churn(thresholds: Arc<Thresholds>) -> ScalarUDF {
+fn predict_churn(thresholds: Arc<SignalsConfig>) -> ScalarUDF {
     StructUdf::udf(
         "predict_churn",
         2,
@@ -400,7 +381,7 @@ fn predict_churn(thresholds: Arc<Thresholds>) -> ScalarUDF {
     )
 }
 
-fn score_lead(thresholds: Arc<Thresholds>) -> ScalarUDF {
+fn score_lead(thresholds: Arc<SignalsConfig>) -> ScalarUDF {
     StructUdf::udf(
         "score_lead",
         2,
@@ -637,7 +618,7 @@ mod tests {
     #[tokio::test]
     async fn functions_judge_by_the_configured_thresholds() {
         let sql = "SELECT predict_shortage(160, 10.0, 0, 14)['risk_level'] AS r";
-        let run = |t: Thresholds| async move {
+        let run = |t: SignalsConfig| async move {
             let ctx = SessionContext::new();
             register_with(&ctx, Arc::new(t));
             let b = ctx.sql(sql).await.unwrap().collect().await.unwrap();
@@ -645,9 +626,9 @@ mod tests {
                 .unwrap()
                 .to_string()
         };
-        let shipped = run(Thresholds::default()).await;
+        let shipped = run(SignalsConfig::default()).await;
         assert!(shipped.contains("HIGH"), "{shipped}");
-        let mut t = Thresholds::default();
+        let mut t = SignalsConfig::default();
         t.shortage.high_margin_days = 1.0;
         let other = run(t).await;
         assert!(other.contains("MEDIUM"), "{other}");
