@@ -335,6 +335,7 @@ pub struct ServeConfig {
     pub catch_up_ms: u64,
     pub tail_rows: usize,
     pub query_timeout_ms: u64,
+    pub answer_cache_mb: u64,
     pub allowed_hosts: Vec<String>,
     pub principal: String,
     pub policies: String,
@@ -643,6 +644,10 @@ impl Config {
         check(
             (100..=600_000).contains(&self.serve.query_timeout_ms),
             "serve.query_timeout_ms must be in 100..=600000",
+        );
+        check(
+            self.serve.answer_cache_mb <= 65_536,
+            "serve.answer_cache_mb must be at most 65536",
         );
         check(
             (16..=65_536).contains(&self.serve.query_memory_mb),

@@ -179,6 +179,11 @@ pub fn metrics() -> PrometheusHandle {
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
+        "millstream_mcp_answer_cache_total",
+        Unit::Count,
+        "Tool queries answered from a kept answer (hit) or computed (miss)"
+    );
+    describe_counter!(
         "millstream_events_in_total",
         Unit::Count,
         "Source records read, per topic"
@@ -503,6 +508,19 @@ pub mod events {
         pub fn emit(&self) {
             histogram!("millstream_mcp_call_seconds", "tool" => self.tool.to_string(), "outcome" => self.outcome)
                 .record(self.seconds);
+        }
+    }
+
+    /// A tool query looked for a kept answer ([`crate::mcp::answers`]): reused (`hit`) or
+    /// computed (`miss`: none kept, or one of its tables moved since).
+    pub struct AnswerCache {
+        pub hit: bool,
+    }
+
+    impl AnswerCache {
+        pub fn emit(&self) {
+            let outcome = if self.hit { "hit" } else { "miss" };
+            counter!("millstream_mcp_answer_cache_total", "outcome" => outcome).increment(1);
         }
     }
 

@@ -120,7 +120,9 @@ pub struct TableVersion {
 #[derive(Clone)]
 pub struct LiveCatalog {
     lake: Lakehouse,
-    defs: Definitions,
+    /// Shared, not copied: every clone of the server (one per connection and per session)
+    /// clones the catalog.
+    defs: Arc<Definitions>,
     options: CatalogOptions,
     current: Arc<RwLock<Arc<Snapshot>>>,
     /// The tables the refresher follows (one refresher at a time holds them).
@@ -130,6 +132,8 @@ pub struct LiveCatalog {
     published: Arc<tokio::sync::watch::Sender<u64>>,
     /// Asks the refresher to look for new versions now ([`LiveCatalog::catch_up`]).
     wake: Arc<tokio::sync::Notify>,
+    /// Tool answers, reused while the tables they depend on stay at their versions.
+    answers: Arc<super::answers::Answers>,
 }
 
 impl std::fmt::Debug for LiveCatalog {
@@ -148,6 +152,9 @@ pub struct CatalogOptions {
     pub refresh: Duration,
     /// Newest rows of each log to keep in memory ([`super::tail`]); 0 keeps none.
     pub tail_rows: usize,
+    /// Bytes of tool answers kept for reuse while their tables do not move
+    /// ([`super::answers`]); 0 keeps none.
+    pub answer_cache_bytes: usize,
 }
 
 impl CatalogOptions {
@@ -155,6 +162,7 @@ impl CatalogOptions {
         CatalogOptions {
             refresh: Duration::from_millis(serve.refresh_ms),
             tail_rows: serve.tail_rows,
+            answer_cache_bytes: (serve.answer_cache_mb as usize) << 20,
         }
     }
 }
@@ -182,12 +190,13 @@ impl LiveCatalog {
     ) -> Result<LiveCatalog> {
         let catalog = LiveCatalog {
             lake,
-            defs,
+            defs: Arc::new(defs),
             options,
             current: Arc::new(RwLock::new(Arc::new(Snapshot::default()))),
             followed: Arc::default(),
             published: Arc::new(tokio::sync::watch::Sender::new(0)),
             wake: Arc::default(),
+            answers: Arc::new(super::answers::Answers::new(options.answer_cache_bytes)),
         };
         catalog.refresh(&mut *catalog.followed.lock().await).await;
         Ok(catalog)
@@ -238,6 +247,11 @@ impl LiveCatalog {
     /// The pipeline definitions (for the views).
     pub fn definitions(&self) -> &Definitions {
         &self.defs
+    }
+
+    /// Tool answers kept for reuse ([`super::answers`]).
+    pub fn answers(&self) -> &super::answers::Answers {
+        &self.answers
     }
 
     /// One pass: open tables that appeared, load new versions of the others (all tables at
@@ -507,9 +521,19 @@ impl LiveCatalog {
 impl RequestSession {
     /// Freshness of an answer computed from `plan` (the tables its scans read).
     pub fn as_of(&self, plan: &LogicalPlan) -> AsOf {
+        self.as_of_tables(Self::scans(plan).iter().map(String::as_str))
+    }
+
+    /// The base tables `plan` scans, through views and subqueries.
+    pub fn scans(plan: &LogicalPlan) -> BTreeSet<String> {
         let mut read = BTreeSet::new();
         collect_scans(plan, &mut read);
-        self.as_of_tables(read.iter().map(String::as_str))
+        read
+    }
+
+    /// The version of `table` this session reads, if it exists yet.
+    pub fn version(&self, table: &str) -> Option<i64> {
+        self.snapshot.tables.get(table).map(|l| l.version)
     }
 
     /// Freshness of an answer that read `names`.

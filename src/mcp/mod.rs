@@ -11,6 +11,7 @@
 //! - [`resources`], [`prompts`].
 
 pub mod actions;
+pub mod answers;
 pub mod args;
 pub mod catalog;
 pub mod consistency;

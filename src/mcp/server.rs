@@ -51,7 +51,9 @@ pub struct Millstream {
     scoped: Arc<std::sync::Mutex<std::collections::BTreeMap<String, Millstream>>>,
     /// This MCP session's resource subscriptions (fresh per session, see [`Self::for_session`]).
     pub(crate) subscriptions: Arc<Subscriptions>,
-    pub(crate) tool_router: ToolRouter<Self>,
+    /// The caller's tools. Shared, not copied: the server is cloned for every connection and
+    /// session, and a router holds every tool's schemas.
+    pub(crate) tool_router: Arc<ToolRouter<Self>>,
 }
 
 impl Millstream {
@@ -73,7 +75,7 @@ impl Millstream {
             sandbox: Arc::new(crate::governed::Sandbox::new(
                 crate::governed::Limits::with_timeout(query_timeout),
             )),
-            tool_router: Self::router_for(&access),
+            tool_router: Arc::new(Self::router_for(&access)),
             access: Arc::new(access),
             policies,
             auditor: None,
@@ -196,7 +198,7 @@ impl Millstream {
         }
         let access = self.policies.access(principal)?;
         let server = Millstream {
-            tool_router: Self::router_for(&access),
+            tool_router: Arc::new(Self::router_for(&access)),
             access: Arc::new(access),
             ..self.clone()
         };
@@ -267,20 +269,38 @@ impl Millstream {
         self.catalog.session(&self.access).await.map_err(internal)
     }
 
-    /// Runs one query with bound parameters under the query timeout.
+    /// Runs one query with bound parameters under the query timeout, or answers it from the
+    /// answer kept for the same caller, SQL and parameters while none of the tables it depends
+    /// on has moved ([`super::answers`]).
     pub(crate) async fn run(
         &self,
         sql: &str,
         params: Vec<ScalarValue>,
     ) -> Result<(Vec<arrow::array::RecordBatch>, AsOf), ErrorData> {
         let session = self.session().await?;
+        let answers = self.catalog.answers();
+        let key = super::answers::Key::new(self.access.key(), sql, &params);
+        if let Some(kept) = answers.get(&key, |t| session.version(t)) {
+            let as_of = session.as_of_tables(kept.read.iter().map(String::as_str));
+            return Ok((kept.batches.clone(), as_of));
+        }
         let work = async {
             let mut df = session.ctx.sql(sql).await?;
             if !params.is_empty() {
                 df = df.with_param_values(params)?;
             }
-            let as_of = session.as_of(df.logical_plan());
+            let read = super::catalog::RequestSession::scans(df.logical_plan());
+            let keep = super::answers::deterministic(df.logical_plan());
+            let as_of = session.as_of_tables(read.iter().map(String::as_str));
             let batches = df.collect().await?;
+            if keep && let Some(inputs) = self.inputs(&session, &read) {
+                let answer = super::answers::Answer::new(
+                    inputs,
+                    read.into_iter().collect(),
+                    batches.clone(),
+                );
+                answers.put(key, answer);
+            }
             Ok::<_, datafusion::error::DataFusionError>((batches, as_of))
         };
         let restricted = self.access.restricted();
@@ -296,6 +316,32 @@ impl Millstream {
                     restricted,
                 ))
             })
+    }
+
+    /// Every table whose rows an answer that scanned `read` depends on, at the version
+    /// `session` reads: those it scanned, and those the caller's row filters on them look into
+    /// (`visible_in`: a customer handed to another account manager changes what the caller
+    /// sees of the transactions). `None` when one of them does not exist yet.
+    fn inputs(
+        &self,
+        session: &super::catalog::RequestSession,
+        read: &BTreeSet<String>,
+    ) -> Option<Vec<(String, i64)>> {
+        let mut tables = read.clone();
+        let mut todo: Vec<String> = read.iter().cloned().collect();
+        while let Some(table) = todo.pop() {
+            for (_, filter) in self.access.filters(&table).ok()? {
+                if let crate::auth::policy::ColumnFilter::VisibleIn(other) = filter
+                    && tables.insert(other.clone())
+                {
+                    todo.push(other);
+                }
+            }
+        }
+        tables
+            .into_iter()
+            .map(|t| session.version(&t).map(|v| (t, v)))
+            .collect()
     }
 
     /// Runs a query's `work` under the query timeout (dropping it cancels the query).

@@ -435,6 +435,7 @@ async fn no_persona_finds_counts_or_reads_another_tenants_documents() {
         millstream::mcp::CatalogOptions {
             refresh: Duration::from_millis(100),
             tail_rows: 10_000,
+            answer_cache_bytes: 64 << 20,
         },
         stop,
     )

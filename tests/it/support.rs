@@ -121,6 +121,7 @@ impl Env {
             millstream::mcp::CatalogOptions {
                 refresh: Duration::from_millis(refresh_ms),
                 tail_rows,
+                answer_cache_bytes: 64 << 20,
             },
             stop.clone(),
         )

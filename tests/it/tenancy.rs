@@ -1040,3 +1040,72 @@ async fn hidden_rows_never_reach_a_callers_expression() {
         .unwrap();
     assert_eq!(mine, theirs);
 }
+
+/// A tool answer is kept per caller and reused only while every table it depends on is at the
+/// same version. The table a row filter looks into counts too: a customer handed from alice to
+/// another account manager leaves alice's churn list at once, though the churn table has not
+/// moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_answer_never_outlives_a_change_to_what_the_caller_may_see() {
+    let _w = support::watchdog("answers", Duration::from_secs(300));
+    let seeded = Seeded::new("answers").await;
+    let (alice, _) = connect(seeded.server("alice@emea")).await;
+    let (bruno, _) = connect(seeded.server("bruno@amer")).await;
+    let all = json!({ "min_risk": "LOW", "limit": 1000 });
+    let churn_version = |answer: &Value| {
+        answer["as_of"]["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["table"] == "sales.churn_signals")
+            .map(|t| t["version"].clone())
+    };
+
+    let first = call(&alice, "list_churn_risks", all.clone()).await.unwrap();
+    let mine = field_values(&first, "signals", "customer_id");
+    assert!(!mine.is_empty(), "{first}");
+    let (hits, _) = seeded.catalog.answers().hits_and_misses();
+    let again = call(&alice, "list_churn_risks", all.clone()).await.unwrap();
+    assert_eq!(again["signals"], first["signals"]);
+    assert_eq!(churn_version(&again), churn_version(&first));
+    assert!(
+        seeded.catalog.answers().hits_and_misses().0 > hits,
+        "the same call at the same versions is answered from the kept answer"
+    );
+    // bruno's answer is his own, not alice's kept one.
+    let his = call(&bruno, "list_churn_risks", all.clone()).await.unwrap();
+    let his_ids = field_values(&his, "signals", "customer_id");
+    assert!(his_ids.is_disjoint(&mine), "{his_ids:?} {mine:?}");
+
+    // Hand one of alice's customers to carol: only sales.customers moves.
+    let moved = mine.iter().next().unwrap().clone();
+    let before = seeded.catalog.version("sales.customers").unwrap();
+    let table = seeded.env.lake.open("sales.customers").await.unwrap();
+    table
+        .update()
+        .with_predicate(format!("customer_id = '{moved}'"))
+        .with_update("account_manager", "'carol'")
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while seeded.catalog.version("sales.customers") == Some(before) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the catalog never served the update"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let after = call(&alice, "list_churn_risks", all.clone()).await.unwrap();
+    assert_eq!(
+        churn_version(&after),
+        churn_version(&first),
+        "the churn table itself did not move"
+    );
+    let now_mine = field_values(&after, "signals", "customer_id");
+    assert!(
+        !now_mine.contains(&moved),
+        "{moved} is carol's now: {now_mine:?}"
+    );
+    assert_eq!(now_mine.len() + 1, mine.len());
+}

@@ -754,6 +754,7 @@ async fn mcp(config: Config, clients: usize, seconds: u64, rate: f64) -> anyhow:
         }
     }
     measured.cancel();
+    let (hits, misses) = catalog.answers().hits_and_misses();
     let vis = visibility.await?;
     let principal = caller.principal().to_string();
     drop(caller);
@@ -787,6 +788,7 @@ async fn mcp(config: Config, clients: usize, seconds: u64, rate: f64) -> anyhow:
             "signal_tools": percentiles(signal),
             "tools": tools,
             "version_visible_after_commit": percentiles(vis),
+            "answer_cache": { "hits": hits, "misses": misses },
             "refresh_ms": config.serve.refresh_ms,
             "live_events": produced.events,
             "pipeline_records": stats.records,
