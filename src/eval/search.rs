@@ -61,7 +61,9 @@ pub async fn score(
         if within_kind {
             request.kinds = vec![q.kind.clone()];
         }
-        let hits = knowledge.search(&request, &Visible::Everything).await?;
+        let hits = knowledge
+            .search("eval", &request, &Visible::Everything)
+            .await?;
         let ranked: Vec<&str> = hits.iter().map(|h| h.doc.doc_id.as_str()).collect();
         let answers: HashSet<&str> = q.answers.iter().map(String::as_str).collect();
         let found = |k: usize| {

@@ -82,7 +82,15 @@ pub struct Knowledge {
     syncing: tokio::sync::Mutex<()>,
     /// Whether a sync has gone through every source table once (the index is built).
     built: std::sync::atomic::AtomicBool,
+    /// Query vectors by caller and query text: an agent or a console page asks the same thing
+    /// again and again, and embedding is most of a search's time. Per caller, so how fast a
+    /// search answers says nothing about what others asked.
+    queries: std::sync::Mutex<lru::LruCache<(String, String), [f32; embed::DIM]>>,
 }
+
+/// Query vectors kept ([`Knowledge::search`]): at most 1.5 KiB of vector and
+/// [`MAX_QUERY_CHARS`] of text each.
+const QUERY_VECTORS_KEPT: usize = 1024;
 
 /// A table version the index reflects, and when it was committed.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -117,6 +125,9 @@ impl Knowledge {
             versions: Default::default(),
             syncing: Default::default(),
             built: Default::default(),
+            queries: std::sync::Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(QUERY_VECTORS_KEPT).expect("not zero"),
+            )),
         }))
     }
 
@@ -516,18 +527,33 @@ impl Knowledge {
     }
 
     /// The `k` best documents for `request` among those `visible` (see [`visible`]: what the
-    /// caller's governed session returns), embedding the query first.
-    pub async fn search(&self, request: &SearchRequest, visible: &Visible) -> Result<Vec<Hit>> {
+    /// caller's governed session returns), embedding the query first (unless `caller` asked
+    /// the same recently).
+    pub async fn search(
+        &self,
+        caller: &str,
+        request: &SearchRequest,
+        visible: &Visible,
+    ) -> Result<Vec<Hit>> {
         use tracing::Instrument;
         request.check()?;
-        let text = request.query.clone();
-        let embedder = self.embedder.clone();
-        let vector = tokio::task::spawn_blocking(move || embedder.embed(&[&text]))
-            .instrument(tracing::debug_span!("knowledge.embed_query"))
-            .await
-            .map_err(|e| Error::Internal(format!("embedding task: {e}")))??
-            .pop()
-            .ok_or_else(|| Error::Internal("no query vector".into()))?;
+        let key = (caller.to_string(), request.query.clone());
+        let kept = self.queries.lock().expect("poisoned").get(&key).copied();
+        let vector = match kept {
+            Some(v) => v,
+            None => {
+                let text = request.query.clone();
+                let embedder = self.embedder.clone();
+                let v = tokio::task::spawn_blocking(move || embedder.embed(&[&text]))
+                    .instrument(tracing::debug_span!("knowledge.embed_query"))
+                    .await
+                    .map_err(|e| Error::Internal(format!("embedding task: {e}")))??
+                    .pop()
+                    .ok_or_else(|| Error::Internal("no query vector".into()))?;
+                self.queries.lock().expect("poisoned").put(key, v);
+                v
+            }
+        };
         let index = self.index.read().await;
         let _rank =
             tracing::debug_span!("knowledge.rank", k = request.k, mode = ?request.mode).entered();

@@ -55,7 +55,7 @@ async fn small_world(dir: &std::path::Path) -> (Lakehouse, millstream::config::C
 }
 
 async fn ids(k: &Knowledge, query: &str) -> Vec<String> {
-    k.search(&SearchRequest::new(query, 5), &Visible::Everything)
+    k.search("test", &SearchRequest::new(query, 5), &Visible::Everything)
         .await
         .unwrap()
         .into_iter()
@@ -91,6 +91,17 @@ async fn the_index_follows_the_change_data_feed_and_a_restart_re_embeds_nothing(
     assert_eq!(resynced.embedded, 0, "{resynced:?}");
     assert_eq!(again.embedder().texts_embedded(), 0);
     assert_eq!(resynced.chunks, synced.chunks);
+
+    // A query asked again by the same caller is not embedded again; by another caller it is
+    // (the kept vectors are per caller, so one caller's speed says nothing of another's asks).
+    let request = SearchRequest::new("the spindle bearing runs hot", 5);
+    for caller in ["alice", "alice", "bob"] {
+        again
+            .search(caller, &request, &Visible::Everything)
+            .await
+            .unwrap();
+    }
+    assert_eq!(again.embedder().texts_embedded(), 2);
 
     // Insert a document, update a ticket, delete another: the next sync reads only the Change
     // Data Feed of the new versions, and embeds only the new texts.

@@ -218,7 +218,7 @@ impl Millstream {
             let visible = crate::knowledge::visible(&session.ctx, sources, narrow)
                 .instrument(tracing::debug_span!("knowledge.visible"))
                 .await?;
-            knowledge.search(request, &visible).await
+            knowledge.search(self.access.key(), request, &visible).await
         };
         // A retriever to trace viewers that know the kind (MLflow).
         let span = tracing::info_span!(
