@@ -392,6 +392,25 @@ impl Access {
         self.read.contains(ALL) || self.read.contains(name) || self.read.contains(schema)
     }
 
+    /// The tables whose rows decide which rows of `tables` the caller sees: `tables`
+    /// themselves and, transitively, the tables their `visible_in` filters look into (a
+    /// customer handed to another account manager changes what the caller sees of the
+    /// transactions).
+    pub fn depends_on(&self, tables: &BTreeSet<String>) -> Result<BTreeSet<String>> {
+        let mut all = tables.clone();
+        let mut todo: Vec<String> = tables.iter().cloned().collect();
+        while let Some(table) = todo.pop() {
+            for (_, filter) in self.filters(&table)? {
+                if let ColumnFilter::VisibleIn(other) = filter
+                    && all.insert(other.clone())
+                {
+                    todo.push(other);
+                }
+            }
+        }
+        Ok(all)
+    }
+
     /// The filters on `table`'s rows, one per filtered column it has.
     pub fn filters(&self, table: &str) -> Result<Vec<(String, ColumnFilter)>> {
         let def = tables::get(table)?;

@@ -103,6 +103,12 @@ impl Answers {
         }
     }
 
+    /// Whether answers are kept at all (`serve.answer_cache_mb` > 0): when not, nothing needs
+    /// working out for one.
+    pub fn keeps(&self) -> bool {
+        self.budget > 0
+    }
+
     /// How many lookups found an answer, and how many did not, so far.
     pub fn hits_and_misses(&self) -> (u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;

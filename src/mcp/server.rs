@@ -290,7 +290,7 @@ impl Millstream {
                 df = df.with_param_values(params)?;
             }
             let read = super::catalog::RequestSession::scans(df.logical_plan());
-            let keep = super::answers::deterministic(df.logical_plan());
+            let keep = answers.keeps() && super::answers::deterministic(df.logical_plan());
             let as_of = session.as_of_tables(read.iter().map(String::as_str));
             let batches = df.collect().await?;
             if keep && let Some(inputs) = self.inputs(&session, &read) {
@@ -318,27 +318,17 @@ impl Millstream {
             })
     }
 
-    /// Every table whose rows an answer that scanned `read` depends on, at the version
-    /// `session` reads: those it scanned, and those the caller's row filters on them look into
-    /// (`visible_in`: a customer handed to another account manager changes what the caller
-    /// sees of the transactions). `None` when one of them does not exist yet.
+    /// Every table whose rows an answer that scanned `read` depends on
+    /// ([`crate::auth::Access::depends_on`]), at the version `session` reads; `None` when one
+    /// of them does not exist yet.
     fn inputs(
         &self,
         session: &super::catalog::RequestSession,
         read: &BTreeSet<String>,
     ) -> Option<Vec<(String, i64)>> {
-        let mut tables = read.clone();
-        let mut todo: Vec<String> = read.iter().cloned().collect();
-        while let Some(table) = todo.pop() {
-            for (_, filter) in self.access.filters(&table).ok()? {
-                if let crate::auth::policy::ColumnFilter::VisibleIn(other) = filter
-                    && tables.insert(other.clone())
-                {
-                    todo.push(other);
-                }
-            }
-        }
-        tables
+        self.access
+            .depends_on(read)
+            .ok()?
             .into_iter()
             .map(|t| session.version(&t).map(|v| (t, v)))
             .collect()
