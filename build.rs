@@ -19,19 +19,13 @@ fn main() {
     let tables = files(&root.join("schemas/tables"), &[".toml"]);
     write(
         &out.join("table_files.rs"),
-        &embedded("TABLE_FILES", "schemas/tables", &root, &tables, ""),
+        &embedded("TABLE_FILES", "schemas/tables", &tables, ""),
     );
 
     let mut pipelines = files(&root.join("pipelines"), &[".toml", ".sql"]);
     let views = files(&root.join("pipelines/views"), &[".sql"]);
-    let mut text = embedded("PIPELINE_FILES", "pipelines", &root, &pipelines, "");
-    text.push_str(&embedded(
-        "VIEW_FILES",
-        "pipelines/views",
-        &root,
-        &views,
-        "views/",
-    ));
+    let mut text = embedded("PIPELINE_FILES", "pipelines", &pipelines, "");
+    text.push_str(&embedded("VIEW_FILES", "pipelines/views", &views, "views/"));
     pipelines.extend(views);
     write(&out.join("pipeline_files.rs"), &text);
 
@@ -69,17 +63,19 @@ fn main() {
 }
 
 /// `const NAME: &[(&str, &str)]` of (`prefix` + file name, contents), sorted by name.
-fn embedded(name: &str, dir: &str, root: &Path, files: &[String], prefix: &str) -> String {
+fn embedded(name: &str, dir: &str, files: &[String], prefix: &str) -> String {
     let mut s = format!(
         "/// Embedded from `{dir}/` by build.rs.\npub const {name}: &[(&str, &str)] = &[\n"
     );
+    // Paths from `CARGO_MANIFEST_DIR` as the crate compiles, not as this script ran: a target
+    // folder shared by two checkouts (worktrees, a CI cache) keeps this output while the other
+    // checkout compiles, and an absolute path would point into the first one.
     for f in files {
-        let path = root.join(dir).join(f);
         writeln!(
             s,
-            "    ({:?}, include_str!({:?})),",
+            "    ({:?}, include_str!(concat!(env!(\"CARGO_MANIFEST_DIR\"), {:?}))),",
             format!("{prefix}{f}"),
-            path
+            format!("/{dir}/{f}")
         )
         .expect("writing to a string");
     }
