@@ -90,6 +90,7 @@ pub fn main() -> std::process::ExitCode {
 }
 
 fn start() -> anyhow::Result<()> {
+    fix_embedding_threads();
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref())?;
     // Every SQL session of this process judges signals by the configured thresholds.
@@ -99,6 +100,20 @@ fn start() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(run(cli, config))
+}
+
+/// Pins the number of threads candle splits a matrix product over to the number it would pick
+/// anyway. Unless `RAYON_NUM_THREADS` is set, candle works that number out again for every
+/// product, reading `/proc/cpuinfo` and the CPU mask; that was 8 % of the CPU of embedding a
+/// search query (`perf record` on `bench search`). An operator's own setting is kept.
+fn fix_embedding_threads() {
+    const VAR: &str = "RAYON_NUM_THREADS";
+    if std::env::var_os(VAR).is_none() {
+        let threads = candle_core::utils::get_num_threads();
+        // SAFETY: called first thing in `start`, before the runtime, the tracing exporter or any
+        // other thread exists, so no thread can read the environment while it changes.
+        unsafe { std::env::set_var(VAR, threads.to_string()) };
+    }
 }
 
 /// Runs `cli` with `config` (loaded from `cli.config` and the environment by `main`, before
