@@ -7,12 +7,11 @@
 //! its BM25 statistics (document count, average length, document frequencies) from the visible
 //! chunks alone, so another tenant's documents move neither ranks, scores nor totals.
 
-use std::collections::HashMap;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use tantivy::collector::{Count, FilterCollector, TopDocs};
-use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
+use tantivy::query::{BooleanQuery, EnableScoring, Occur, Query, TermQuery};
 use tantivy::schema::{
     FAST, Field, INDEXED, IndexRecordOption, STRING, Schema, TextFieldIndexing, TextOptions,
 };
@@ -121,6 +120,8 @@ const ANALYZER: &str = "en_stem";
 pub struct Index {
     slots: Vec<Option<Slot>>,
     vectors: Vec<f32>,
+    /// `vectors` in one byte per dimension, for the first pass of the vector scan.
+    codes: super::quant::Codes,
     free: Vec<usize>,
     by_doc: HashMap<String, (Arc<DocMeta>, Vec<usize>)>,
     /// A live slot per chunk-text hash.
@@ -131,6 +132,8 @@ pub struct Index {
     keyword: tantivy::Index,
     writer: IndexWriter,
     reader: IndexReader,
+    /// The keyword index as of the last commit, with each segment's slot per document.
+    keyword_view: KeywordView,
     f_slot: Field,
     f_doc: Field,
     f_text: Field,
@@ -171,11 +174,13 @@ impl Index {
         Ok(Index {
             slots: Vec::new(),
             vectors: Vec::new(),
+            codes: super::quant::Codes::default(),
             free: Vec::new(),
             by_doc: HashMap::new(),
             by_hash: HashMap::new(),
             entities: HashMap::new(),
             keyword,
+            keyword_view: KeywordView::new(reader.searcher(), &HashMap::new())?,
             writer,
             reader,
             f_slot,
@@ -269,6 +274,7 @@ impl Index {
                 }
             };
             self.vectors[slot * DIM..(slot + 1) * DIM].copy_from_slice(&c.vector);
+            self.codes.set(slot, &c.vector);
             let mut d = TantivyDocument::default();
             d.add_u64(self.f_slot, slot as u64);
             d.add_text(self.f_doc, &doc.doc_id);
@@ -332,6 +338,7 @@ impl Index {
     pub fn commit(&mut self) -> Result<()> {
         self.writer.commit().map_err(tantivy_err)?;
         self.reader.reload().map_err(tantivy_err)?;
+        self.keyword_view = KeywordView::new(self.reader.searcher(), &self.keyword_view.slots)?;
         Ok(())
     }
 
@@ -357,25 +364,31 @@ impl Index {
     ) -> Result<Vec<Hit>> {
         // Each half ranks more candidates than asked so fusion has overlap to work with.
         let depth = (k * 5).max(50);
-        let by_vector = if mode == Mode::Keyword {
-            Vec::new()
-        } else {
-            self.vector_top(vector, mask, depth)
-        };
-        let by_keyword = if mode == Mode::Vector {
-            Vec::new()
-        } else {
-            self.keyword_top(text, mask, depth)?
-        };
         // Entities the query names by id ("M-012", "PLANT-2", "WH-03"): the documents linked
         // to them, ranked by meaning. Named ids are the most precise thing a question says,
         // and neither half alone weighs them (the vectors hardly see them; BM25 trades them
         // off against every other word).
-        let by_entity = if mode == Mode::Hybrid {
-            self.entity_top(text, vector, mask, depth)
-        } else {
-            Vec::new()
-        };
+        //
+        // The three rankings are independent: on two cores they run side by side.
+        let ((by_vector, by_entity), by_keyword) = rayon::join(
+            || {
+                rayon::join(
+                    || match mode {
+                        Mode::Keyword => Vec::new(),
+                        _ => self.vector_top(vector, mask, depth),
+                    },
+                    || match mode {
+                        Mode::Hybrid => self.entity_top(text, vector, mask, depth),
+                        _ => Vec::new(),
+                    },
+                )
+            },
+            || match mode {
+                Mode::Vector => Ok(Vec::new()),
+                _ => self.keyword_top(text, mask, depth),
+            },
+        );
+        let by_keyword = by_keyword?;
         // Collapse each list to documents (a document's best chunk), then fuse by rank. The
         // chunk shown is the vector half's best one when it found the document.
         let mut fused: HashMap<&str, (f32, usize)> = HashMap::new();
@@ -444,14 +457,30 @@ impl Index {
         let Some(&most) = linked.values().max() else {
             return Vec::new();
         };
-        let mut scored: Vec<(usize, f32)> = linked
+        let slots = linked
             .into_iter()
             .filter(|(_, n)| *n == most)
             .filter_map(|(d, _)| self.by_doc.get(d))
             .flat_map(|(_, slots)| slots.iter().copied())
-            .filter(|&slot| mask.get(slot).copied().unwrap_or(false))
-            .map(|slot| (slot, self.similarity(slot, q)))
-            .collect();
+            .filter(|&slot| mask.get(slot).copied().unwrap_or(false));
+        self.nearest(q, &super::quant::CodedQuery::new(q), slots, depth)
+    }
+
+    /// The `depth` chunks among `slots` nearest to `q` (coded as `coded`), best first, exactly:
+    /// the codes pick the chunks that may be among them, and those are scored from their
+    /// float vectors.
+    fn nearest(
+        &self,
+        q: &[f32; DIM],
+        coded: &super::quant::CodedQuery,
+        slots: impl Iterator<Item = usize>,
+        depth: usize,
+    ) -> Vec<(usize, f32)> {
+        let mut scored: Vec<(usize, f32)> =
+            super::quant::candidates(&self.codes, coded, slots, depth)
+                .into_iter()
+                .map(|slot| (slot, self.similarity(slot, q)))
+                .collect();
         top(&mut scored, depth);
         scored
     }
@@ -465,18 +494,39 @@ impl Index {
     }
 
     /// Exact nearest chunks by cosine.
+    ///
+    /// The visible slots are split into parts that the current rayon pool scans in parallel.
+    /// Each part reads the one-byte codes first (a quarter of the float vectors' 150 MB at
+    /// 100,000 chunks), keeps the chunks that may be among its best `depth` by their error
+    /// bound ([`super::quant`]), scores those again exactly and keeps its best `depth`. The
+    /// result is the same as scoring every chunk exactly.
     fn vector_top(&self, q: &[f32; DIM], mask: &[bool], depth: usize) -> Vec<(usize, f32)> {
+        use rayon::prelude::*;
+        const PART: usize = 16_384;
+        let coded = super::quant::CodedQuery::new(q);
         let mut scored: Vec<(usize, f32)> = mask
-            .iter()
+            .par_chunks(PART)
             .enumerate()
-            .filter(|(_, ok)| **ok)
-            .map(|(slot, _)| (slot, self.similarity(slot, q)))
+            .flat_map_iter(|(part, visible)| {
+                let first = part * PART;
+                let slots = visible
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, ok)| **ok)
+                    .map(|(i, _)| first + i);
+                self.nearest(q, &coded, slots, depth)
+            })
             .collect();
         top(&mut scored, depth);
         scored
     }
 
     /// BM25 over the visible chunks only, with statistics of the visible chunks only.
+    ///
+    /// Matches are ranked with Block-WAND (tantivy skips blocks of postings that cannot beat
+    /// the current `depth`-th best visible score). Visibility is an array lookup per document:
+    /// the slot of every document of every segment is read once per commit
+    /// ([`KeywordView`]), not from the fast field for each posting.
     fn keyword_top(
         &self,
         text: &str,
@@ -486,7 +536,7 @@ impl Index {
         let mut terms = self.terms(text);
         terms.sort();
         terms.dedup();
-        if terms.is_empty() {
+        if terms.is_empty() || depth == 0 {
             return Ok(Vec::new());
         }
         let clauses: Vec<(Occur, Box<dyn Query>)> = terms
@@ -500,14 +550,10 @@ impl Index {
             })
             .collect();
         let query = BooleanQuery::new(clauses);
-        let searcher = self.reader.searcher();
-        let visible = {
-            let m = mask.clone();
-            move |slot: u64| m.get(slot as usize).copied().unwrap_or(false)
-        };
+        let view = &self.keyword_view;
         let stats = VisibleStats {
-            searcher: &searcher,
-            visible: visible.clone(),
+            view,
+            mask,
             docs: mask.iter().filter(|v| **v).count() as u64,
             tokens: self
                 .slots
@@ -518,26 +564,118 @@ impl Index {
                 .sum(),
             f_text: self.f_text,
         };
-        let collector = FilterCollector::new(
-            "slot".to_string(),
-            visible,
-            TopDocs::with_limit(depth).order_by_score(),
-        );
-        let found = searcher
-            .search_with_statistics_provider(&query, &collector, &stats)
+        let weight = query
+            .weight(EnableScoring::enabled_from_statistics_provider(
+                &stats,
+                &view.searcher,
+            ))
             .map_err(tantivy_err)?;
-        let mut out = Vec::with_capacity(found.len());
-        for (score, addr) in found {
-            let column = searcher
-                .segment_reader(addr.segment_ord)
-                .fast_fields()
-                .u64("slot")
+        // The best `depth` visible (score, slot) so far, worst on top.
+        let mut best: BinaryHeap<std::cmp::Reverse<(Ranked, usize)>> =
+            BinaryHeap::with_capacity(depth + 1);
+        for (ord, segment) in view.searcher.segment_readers().iter().enumerate() {
+            let threshold = best.peek().map_or(f32::MIN, |r| r.0.0.0);
+            weight
+                .for_each_pruning(threshold, segment, &mut |doc, score| {
+                    if let Some(slot) = view.visible_slot(ord, doc, mask) {
+                        best.push(std::cmp::Reverse((Ranked(score), slot)));
+                        if best.len() > depth {
+                            best.pop();
+                        }
+                    }
+                    match best.peek() {
+                        Some(worst) if best.len() == depth => worst.0.0.0,
+                        _ => f32::MIN,
+                    }
+                })
                 .map_err(tantivy_err)?;
-            if let Some(slot) = column.first(addr.doc_id) {
-                out.push((slot as usize, score));
-            }
         }
+        let mut out: Vec<(usize, f32)> = best
+            .into_iter()
+            .map(|std::cmp::Reverse((score, slot))| (slot, score.0))
+            .collect();
+        top(&mut out, depth);
         Ok(out)
+    }
+}
+
+/// A score that orders totally (BM25 scores are finite).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Ranked(f32);
+
+impl Eq for Ranked {}
+
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Ranked {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+/// No slot: the document is not a chunk's (cannot happen) or is deleted.
+const NO_SLOT: u32 = u32::MAX;
+
+/// The keyword index as of a commit: its searcher, and per segment the slot of each document.
+struct KeywordView {
+    searcher: tantivy::Searcher,
+    /// Per segment (in the searcher's order): the slot of each document, by document id.
+    by_segment: Vec<Arc<Vec<u32>>>,
+    /// The same, by segment id: a segment does not change, so the next commit reuses it.
+    slots: HashMap<tantivy::index::SegmentId, Arc<Vec<u32>>>,
+}
+
+impl KeywordView {
+    fn new(
+        searcher: tantivy::Searcher,
+        known: &HashMap<tantivy::index::SegmentId, Arc<Vec<u32>>>,
+    ) -> Result<KeywordView> {
+        let mut slots = HashMap::new();
+        let mut by_segment = Vec::new();
+        for segment in searcher.segment_readers() {
+            let id = segment.segment_id();
+            let of_docs = match known.get(&id) {
+                Some(s) => s.clone(),
+                None => {
+                    let column = segment.fast_fields().u64("slot").map_err(tantivy_err)?;
+                    Arc::new(
+                        (0..segment.max_doc())
+                            .map(|doc| {
+                                column
+                                    .first(doc)
+                                    .and_then(|s| u32::try_from(s).ok())
+                                    .unwrap_or(NO_SLOT)
+                            })
+                            .collect(),
+                    )
+                }
+            };
+            slots.insert(id, of_docs.clone());
+            by_segment.push(of_docs);
+        }
+        Ok(KeywordView {
+            searcher,
+            by_segment,
+            slots,
+        })
+    }
+
+    /// The slot of document `doc` of segment `ord` when it is alive and visible.
+    fn visible_slot(&self, ord: usize, doc: tantivy::DocId, mask: &[bool]) -> Option<usize> {
+        let segment = self.searcher.segment_reader(ord as u32);
+        if segment
+            .alive_bitset()
+            .is_some_and(|alive| !alive.is_alive(doc))
+        {
+            return None;
+        }
+        let slot = *self.by_segment[ord].get(doc as usize)?;
+        (slot != NO_SLOT && mask.get(slot as usize).copied().unwrap_or(false))
+            .then_some(slot as usize)
     }
 }
 
@@ -570,18 +708,15 @@ fn entity_term(id: &str) -> String {
 }
 
 /// BM25 statistics of the visible chunks (not of the whole index).
-struct VisibleStats<'a, P> {
-    searcher: &'a tantivy::Searcher,
-    visible: P,
+struct VisibleStats<'a> {
+    view: &'a KeywordView,
+    mask: &'a [bool],
     docs: u64,
     tokens: u64,
     f_text: Field,
 }
 
-impl<P> tantivy::query::Bm25StatisticsProvider for VisibleStats<'_, P>
-where
-    P: Fn(u64) -> bool + Send + Sync + Clone + 'static,
-{
+impl tantivy::query::Bm25StatisticsProvider for VisibleStats<'_> {
     fn total_num_tokens(&self, field: Field) -> tantivy::Result<u64> {
         debug_assert_eq!(field, self.f_text);
         Ok(self.tokens)
@@ -592,9 +727,18 @@ where
     }
 
     fn doc_freq(&self, term: &Term) -> tantivy::Result<u64> {
-        let q = TermQuery::new(term.clone(), IndexRecordOption::Basic);
-        let count = FilterCollector::new("slot".to_string(), self.visible.clone(), Count);
-        Ok(self.searcher.search(&q, &count)? as u64)
+        let weight = TermQuery::new(term.clone(), IndexRecordOption::Basic)
+            .weight(EnableScoring::disabled_from_searcher(&self.view.searcher))?;
+        let mut n = 0u64;
+        for (ord, segment) in self.view.searcher.segment_readers().iter().enumerate() {
+            weight.for_each_no_score(segment, &mut |docs| {
+                n += docs
+                    .iter()
+                    .filter(|&&doc| self.view.visible_slot(ord, doc, self.mask).is_some())
+                    .count() as u64;
+            })?;
+        }
+        Ok(n)
     }
 }
 
