@@ -200,7 +200,10 @@ def main():
         page.locator('#chat-log[aria-busy="false"]').wait_for(timeout=20_000)
         asked = page.locator("#chat-log .confirm p").inner_text()
         approve.click()
-        page.locator("#chat-log p.agent", has_text="Ticket").wait_for(timeout=20_000)
+        # The answer with the ticket's id. The turn that asked for approval already answered
+        # without one ("Ticket ? is open."), so a bare "Ticket" matches two lines once both
+        # are shown.
+        page.locator("#chat-log p.agent", has_text="Ticket TKT-").wait_for(timeout=20_000)
         page.locator('#chat-log[aria-busy="false"]').wait_for(timeout=20_000)
         page.screenshot(path=f"{ARTIFACTS}/alice@emea-chat.png", full_page=True)
         emit({"chat": {"lines": [[p.get_attribute("class"), p.inner_text()]
