@@ -570,23 +570,24 @@ impl Index {
                 &view.searcher,
             ))
             .map_err(tantivy_err)?;
-        // The best `depth` visible (score, slot) so far, worst on top.
+        // The best `depth` visible (score, slot) so far, worst on top. Until it holds `depth`,
+        // every visible match may enter, in this segment as in the next.
         let mut best: BinaryHeap<std::cmp::Reverse<(Ranked, usize)>> =
             BinaryHeap::with_capacity(depth + 1);
+        let entry = |best: &BinaryHeap<std::cmp::Reverse<(Ranked, usize)>>| match best.peek() {
+            Some(worst) if best.len() == depth => worst.0.0.0,
+            _ => f32::MIN,
+        };
         for (ord, segment) in view.searcher.segment_readers().iter().enumerate() {
-            let threshold = best.peek().map_or(f32::MIN, |r| r.0.0.0);
             weight
-                .for_each_pruning(threshold, segment, &mut |doc, score| {
+                .for_each_pruning(entry(&best), segment, &mut |doc, score| {
                     if let Some(slot) = view.visible_slot(ord, doc, mask) {
                         best.push(std::cmp::Reverse((Ranked(score), slot)));
                         if best.len() > depth {
                             best.pop();
                         }
                     }
-                    match best.peek() {
-                        Some(worst) if best.len() == depth => worst.0.0.0,
-                        _ => f32::MIN,
-                    }
+                    entry(&best)
                 })
                 .map_err(tantivy_err)?;
         }
@@ -799,6 +800,31 @@ mod tests {
             terms.contains(&"m0012".to_string()) && !terms.contains(&"0012".to_string()),
             "{terms:?}"
         );
+    }
+
+    #[test]
+    fn a_later_segment_s_weaker_matches_are_ranked_while_places_are_free() {
+        // Two commits, two segments: a weak and a strong match, then an equally weak one
+        // alone. With places left among the best, each segment's first weak match must be
+        // ranked, whichever segment is read first (an entry bar taken from a heap that is not
+        // full yet would turn the equal score away).
+        let weak = "a bearing among many other words";
+        let mut ix = Index::new().unwrap();
+        ix.upsert(doc("B", "PLANT-1"), chunk(weak, 2)).unwrap();
+        ix.upsert(doc("A", "PLANT-1"), chunk("bearing bearing bearing", 1))
+            .unwrap();
+        ix.commit().unwrap();
+        ix.upsert(doc("D", "PLANT-1"), chunk(weak, 3)).unwrap();
+        ix.commit().unwrap();
+        let mask = ix.mask(|_| true);
+        let mut found: Vec<String> = ix
+            .search("bearing", &unit(1), &mask, 10, Mode::Keyword)
+            .unwrap()
+            .into_iter()
+            .map(|h| h.doc.doc_id.clone())
+            .collect();
+        found.sort();
+        assert_eq!(found, ["A", "B", "D"]);
     }
 
     #[test]
