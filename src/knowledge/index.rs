@@ -180,7 +180,7 @@ impl Index {
             by_hash: HashMap::new(),
             entities: HashMap::new(),
             keyword,
-            keyword_view: KeywordView::new(reader.searcher(), &HashMap::new())?,
+            keyword_view: KeywordView::new(reader.searcher(), None)?,
             writer,
             reader,
             f_slot,
@@ -338,7 +338,7 @@ impl Index {
     pub fn commit(&mut self) -> Result<()> {
         self.writer.commit().map_err(tantivy_err)?;
         self.reader.reload().map_err(tantivy_err)?;
-        self.keyword_view = KeywordView::new(self.reader.searcher(), &self.keyword_view.slots)?;
+        self.keyword_view = KeywordView::new(self.reader.searcher(), Some(&self.keyword_view))?;
         Ok(())
     }
 
@@ -364,6 +364,7 @@ impl Index {
     ) -> Result<Vec<Hit>> {
         // Each half ranks more candidates than asked so fusion has overlap to work with.
         let depth = (k * 5).max(50);
+        let coded = super::quant::CodedQuery::new(vector);
         // Entities the query names by id ("M-012", "PLANT-2", "WH-03"): the documents linked
         // to them, ranked by meaning. Named ids are the most precise thing a question says,
         // and neither half alone weighs them (the vectors hardly see them; BM25 trades them
@@ -375,10 +376,10 @@ impl Index {
                 rayon::join(
                     || match mode {
                         Mode::Keyword => Vec::new(),
-                        _ => self.vector_top(vector, mask, depth),
+                        _ => self.vector_top(vector, &coded, mask, depth),
                     },
                     || match mode {
-                        Mode::Hybrid => self.entity_top(text, vector, mask, depth),
+                        Mode::Hybrid => self.entity_top(text, vector, &coded, mask, depth),
                         _ => Vec::new(),
                     },
                 )
@@ -437,6 +438,7 @@ impl Index {
         &self,
         text: &str,
         q: &[f32; DIM],
+        coded: &super::quant::CodedQuery,
         mask: &[bool],
         depth: usize,
     ) -> Vec<(usize, f32)> {
@@ -463,7 +465,7 @@ impl Index {
             .filter_map(|(d, _)| self.by_doc.get(d))
             .flat_map(|(_, slots)| slots.iter().copied())
             .filter(|&slot| mask.get(slot).copied().unwrap_or(false));
-        self.nearest(q, &super::quant::CodedQuery::new(q), slots, depth)
+        self.nearest(q, coded, slots, depth)
     }
 
     /// The `depth` chunks among `slots` nearest to `q` (coded as `coded`), best first, exactly:
@@ -500,10 +502,15 @@ impl Index {
     /// 100,000 chunks), keeps the chunks that may be among its best `depth` by their error
     /// bound ([`super::quant`]), scores those again exactly and keeps its best `depth`. The
     /// result is the same as scoring every chunk exactly.
-    fn vector_top(&self, q: &[f32; DIM], mask: &[bool], depth: usize) -> Vec<(usize, f32)> {
+    fn vector_top(
+        &self,
+        q: &[f32; DIM],
+        coded: &super::quant::CodedQuery,
+        mask: &[bool],
+        depth: usize,
+    ) -> Vec<(usize, f32)> {
         use rayon::prelude::*;
         const PART: usize = 16_384;
-        let coded = super::quant::CodedQuery::new(q);
         let mut scored: Vec<(usize, f32)> = mask
             .par_chunks(PART)
             .enumerate()
@@ -514,7 +521,7 @@ impl Index {
                     .enumerate()
                     .filter(|(_, ok)| **ok)
                     .map(|(i, _)| first + i);
-                self.nearest(q, &coded, slots, depth)
+                self.nearest(q, coded, slots, depth)
             })
             .collect();
         top(&mut scored, depth);
@@ -626,21 +633,26 @@ struct KeywordView {
     searcher: tantivy::Searcher,
     /// Per segment (in the searcher's order): the slot of each document, by document id.
     by_segment: Vec<Arc<Vec<u32>>>,
-    /// The same, by segment id: a segment does not change, so the next commit reuses it.
-    slots: HashMap<tantivy::index::SegmentId, Arc<Vec<u32>>>,
 }
 
 impl KeywordView {
-    fn new(
-        searcher: tantivy::Searcher,
-        known: &HashMap<tantivy::index::SegmentId, Arc<Vec<u32>>>,
-    ) -> Result<KeywordView> {
-        let mut slots = HashMap::new();
+    /// The view of `searcher`, reusing `before`'s slots of the segments both have (a segment's
+    /// documents do not change; deletions are checked when searching).
+    fn new(searcher: tantivy::Searcher, before: Option<&KeywordView>) -> Result<KeywordView> {
+        let known: HashMap<tantivy::index::SegmentId, &Arc<Vec<u32>>> = before
+            .map(|b| {
+                b.searcher
+                    .segment_readers()
+                    .iter()
+                    .map(|s| s.segment_id())
+                    .zip(&b.by_segment)
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut by_segment = Vec::new();
         for segment in searcher.segment_readers() {
-            let id = segment.segment_id();
-            let of_docs = match known.get(&id) {
-                Some(s) => s.clone(),
+            let of_docs = match known.get(&segment.segment_id()) {
+                Some(s) => Arc::clone(s),
                 None => {
                     let column = segment.fast_fields().u64("slot").map_err(tantivy_err)?;
                     Arc::new(
@@ -655,13 +667,11 @@ impl KeywordView {
                     )
                 }
             };
-            slots.insert(id, of_docs.clone());
             by_segment.push(of_docs);
         }
         Ok(KeywordView {
             searcher,
             by_segment,
-            slots,
         })
     }
 
