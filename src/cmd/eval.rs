@@ -26,7 +26,12 @@ pub enum EvalCommand {
     /// document answers): recall@5, recall@10 and MRR@10 for keyword-only, vector-only and
     /// hybrid retrieval, as JSON. Uses the lakehouse (`--lakehouse`): the corpus is written if
     /// absent, and embeddings stored there by an earlier run are reused.
-    Search,
+    Search {
+        /// Also write the questions each mode missed (not all answers in the top 5) to this
+        /// file as JSON lines: the question, its answers and the top 10 found instead.
+        #[arg(long)]
+        misses: Option<std::path::PathBuf>,
+    },
     /// The agent against the labelled cases of `evals/agent/*.jsonl`, each as its principal,
     /// over the lakehouse (`millstream up` or `simulate` wrote it): tool selection, argument
     /// accuracy, facts (read at each answer's as_of), groundedness, refusals, safety,
@@ -61,7 +66,7 @@ pub enum EvalCommand {
 pub async fn run(config: Config, command: EvalCommand) -> anyhow::Result<()> {
     let (hours, seed, days) = match command {
         EvalCommand::Signals { hours, seed, days } => (hours, seed, days),
-        EvalCommand::Search => return search(config).await,
+        EvalCommand::Search { misses } => return search(config, misses.as_deref()).await,
         EvalCommand::Agent {
             llm,
             datasets,
@@ -158,7 +163,7 @@ pub fn all_cores(cfg: &crate::config::KnowledgeConfig) -> crate::config::Knowled
     }
 }
 
-async fn search(config: Config) -> anyhow::Result<()> {
+async fn search(config: Config, misses: Option<&std::path::Path>) -> anyhow::Result<()> {
     use crate::knowledge::{Knowledge, Mode};
     let lake = crate::lakehouse::Lakehouse::from_config(&config.lakehouse)?;
     let corpus = write_corpus(&lake, &config).await?;
@@ -174,6 +179,13 @@ async fn search(config: Config) -> anyhow::Result<()> {
         "documents": synced.documents,
         "chunks": synced.chunks,
     });
+    let mut missed = match misses {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .map_err(|e| anyhow::anyhow!("--misses {}: {e}", path.display()))?,
+        )),
+        None => None,
+    };
     for (name, mode) in [
         ("keyword", Mode::Keyword),
         ("vector", Mode::Vector),
@@ -188,8 +200,20 @@ async fn search(config: Config) -> anyhow::Result<()> {
                 "eval search: {name}{suffix} in {:.1}s",
                 started.elapsed().as_secs_f64()
             );
+            if let Some(out) = missed.as_mut() {
+                use std::io::Write;
+                for m in &scores.misses {
+                    let mut line = serde_json::to_value(m)?;
+                    line["mode"] = format!("{name}{suffix}").into();
+                    writeln!(out, "{line}")?;
+                }
+            }
             report[format!("{name}{suffix}")] = serde_json::to_value(scores)?;
         }
+    }
+    if let Some(mut out) = missed {
+        use std::io::Write;
+        out.flush()?;
     }
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())

@@ -23,6 +23,21 @@ pub struct Scores {
     /// The same, per kind of document asked for.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub by_kind: std::collections::BTreeMap<String, Scores>,
+    /// The questions not fully answered within the top 5, with what was found instead.
+    #[serde(skip)]
+    pub misses: Vec<Miss>,
+}
+
+/// A question whose answers were not all among the top 5: what a search engineer reads to see
+/// why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Miss {
+    pub query: String,
+    pub kind: String,
+    pub answers: Vec<String>,
+    pub recall_at_5: f64,
+    /// The top 10 as (document id, title, score), answers marked with a leading `*`.
+    pub found: Vec<(String, String, f32)>,
 }
 
 impl Scores {
@@ -80,6 +95,29 @@ pub async fn score(
             .position(|d| answers.contains(d))
             .map_or(0.0, |rank| 1.0 / (rank + 1) as f64);
         s.add(at_5, at_10, rr);
+        if at_5 < 1.0 {
+            s.misses.push(Miss {
+                query: q.query.clone(),
+                kind: q.kind.clone(),
+                answers: q.answers.clone(),
+                recall_at_5: at_5,
+                found: hits
+                    .iter()
+                    .map(|h| {
+                        let mark = if answers.contains(h.doc.doc_id.as_str()) {
+                            "*"
+                        } else {
+                            ""
+                        };
+                        (
+                            format!("{mark}{}", h.doc.doc_id),
+                            h.doc.title.clone(),
+                            h.score,
+                        )
+                    })
+                    .collect(),
+            });
+        }
         s.by_kind
             .entry(q.kind.clone())
             .or_default()
