@@ -411,10 +411,19 @@ impl Index {
                     .or_insert((contribution, slot));
             }
         }
+        // The kind the question's wording asks for ([`super::intent`]) is one more ranking, in
+        // which every document of that kind ranks first.
+        let asked = match mode {
+            Mode::Hybrid => super::intent::asked_kinds(text),
+            Mode::Keyword | Mode::Vector => Vec::new(),
+        };
         let mut hits: Vec<Hit> = fused
             .into_values()
-            .map(|(score, slot)| {
+            .map(|(mut score, slot)| {
                 let s = self.slots[slot].as_ref().expect("live");
+                if asked.contains(&s.doc.kind) {
+                    score += 1.0 / (RRF_K + 1.0);
+                }
                 Hit {
                     doc: s.doc.clone(),
                     chunk_no: s.no,
@@ -835,6 +844,41 @@ mod tests {
             .collect();
         found.sort();
         assert_eq!(found, ["A", "B", "D"]);
+    }
+
+    #[test]
+    fn a_question_asking_for_a_procedure_ranks_the_procedure_above_an_incident() {
+        // The incident matches the words and the vector better; the question asks for the
+        // procedure ("how do we fix"), so hybrid ranks the SOP first. Without that wording the
+        // incident stays first, and the single-half modes ignore the wording.
+        let mut ix = Index::new().unwrap();
+        let mut incident = doc("INC-1", "PLANT-1");
+        incident.kind = "incident";
+        ix.upsert(incident, chunk("pump seal leak pump seal leak", 1))
+            .unwrap();
+        ix.upsert(doc("SOP-1", "PLANT-1"), chunk("pump seal leak", 2))
+            .unwrap();
+        ix.commit().unwrap();
+        let mask = ix.mask(|_| true);
+        let first = |q: &str, mode: Mode| {
+            ix.search(q, &unit(1), &mask, 2, mode).unwrap()[0]
+                .doc
+                .doc_id
+                .clone()
+        };
+        assert_eq!(
+            first("pump seal leak, how do we fix it?", Mode::Hybrid),
+            "SOP-1"
+        );
+        assert_eq!(first("pump seal leak", Mode::Hybrid), "INC-1");
+        assert_eq!(
+            first("pump seal leak, how do we fix it?", Mode::Keyword),
+            "INC-1"
+        );
+        assert_eq!(
+            first("pump seal leak, how do we fix it?", Mode::Vector),
+            "INC-1"
+        );
     }
 
     #[test]

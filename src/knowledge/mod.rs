@@ -20,6 +20,7 @@
 pub mod chunk;
 pub mod embed;
 pub mod index;
+mod intent;
 mod quant;
 pub mod source;
 pub mod visible;
