@@ -30,16 +30,17 @@ const CUES: [(&str, &[&[&str]]); 4] = [
     (
         "incident",
         &[
+            // Not "before" or "past" alone: "check before unloading", "past the limit".
             &["incident"],
             &["incidents"],
-            &["before"],
+            &["this", "before"],
+            &["that", "before"],
+            &["in", "the", "past"],
             &["earlier"],
-            &["past"],
             &["previous"],
             &["previously"],
             &["history"],
             &["happened"],
-            &["happen"],
             &["recurring"],
             &["last", "time"],
         ],
@@ -104,6 +105,13 @@ mod tests {
             ["sop"]
         );
         assert_eq!(asked_kinds("Has M-012 had this before?"), ["incident"]);
+        assert_eq!(asked_kinds("Did that happen earlier?"), ["incident"]);
+        // Words that ask for incidents only in some sentences do not count alone.
+        assert!(asked_kinds("a truck arrived, what do we check before unloading").is_empty());
+        assert_eq!(
+            asked_kinds("way too hot, past the red zone. How do we fix it?"),
+            ["sop"]
+        );
         assert_eq!(
             asked_kinds("Which deal did Acme get from us on pumps?"),
             ["proposal"]
@@ -114,9 +122,9 @@ mod tests {
         assert!(asked_kinds("bearing temperature").is_empty());
         // Two kinds asked at once are both preferred; more say nothing.
         assert_eq!(
-            asked_kinds("Did this happen before, and how do we fix it?"),
+            asked_kinds("Has this happened before, and how do we fix it?"),
             ["sop", "incident"]
         );
-        assert!(asked_kinds("past tickets, offers? procedure").is_empty());
+        assert!(asked_kinds("previous tickets, an offer? procedure").is_empty());
     }
 }
