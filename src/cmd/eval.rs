@@ -165,6 +165,7 @@ pub fn all_cores(cfg: &crate::config::KnowledgeConfig) -> crate::config::Knowled
 
 async fn search(config: Config, misses: Option<&std::path::Path>) -> anyhow::Result<()> {
     use crate::knowledge::{Knowledge, Mode};
+    use std::io::Write;
     let lake = crate::lakehouse::Lakehouse::from_config(&config.lakehouse)?;
     let corpus = write_corpus(&lake, &config).await?;
     let knowledge = Knowledge::open(lake, &all_cores(&config.knowledge))?;
@@ -201,7 +202,6 @@ async fn search(config: Config, misses: Option<&std::path::Path>) -> anyhow::Res
                 started.elapsed().as_secs_f64()
             );
             if let Some(out) = missed.as_mut() {
-                use std::io::Write;
                 for m in &scores.misses {
                     let mut line = serde_json::to_value(m)?;
                     line["mode"] = format!("{name}{suffix}").into();
@@ -212,7 +212,6 @@ async fn search(config: Config, misses: Option<&std::path::Path>) -> anyhow::Res
         }
     }
     if let Some(mut out) = missed {
-        use std::io::Write;
         out.flush()?;
     }
     println!("{}", serde_json::to_string_pretty(&report)?);

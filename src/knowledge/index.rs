@@ -115,6 +115,11 @@ pub struct Hit {
 
 /// Reciprocal-rank fusion constant (Cormack et al.): damps the weight of the top ranks.
 const RRF_K: f32 = 60.0;
+
+/// What a ranked list gives the document at `rank` (1 = first) in reciprocal-rank fusion.
+fn rrf(rank: usize) -> f32 {
+    1.0 / (RRF_K + rank as f32)
+}
 const ANALYZER: &str = "en_stem";
 
 pub struct Index {
@@ -401,7 +406,7 @@ impl Index {
                     continue;
                 }
                 let contribution = match mode {
-                    Mode::Hybrid => 1.0 / (RRF_K + seen.len() as f32),
+                    Mode::Hybrid => rrf(seen.len()),
                     // One half alone reports its own score.
                     Mode::Keyword | Mode::Vector => score,
                 };
@@ -422,7 +427,7 @@ impl Index {
             .map(|(mut score, slot)| {
                 let s = self.slots[slot].as_ref().expect("live");
                 if asked.contains(&s.doc.kind) {
-                    score += 1.0 / (RRF_K + 1.0);
+                    score += rrf(1);
                 }
                 Hit {
                     doc: s.doc.clone(),
