@@ -69,13 +69,15 @@ impl Default for ShortageParams {
 }
 
 /// `[signals.churn]`: a customer churns when their purchase rate fell to `rate_drop` of its
-/// former value at some moment in the last `lookback_days`; the churn probability is the
-/// posterior of such a break, rated MEDIUM, HIGH and CRITICAL from these thresholds.
+/// former value at some moment between `lookback_from_days` and `lookback_to_days` ago; the
+/// churn probability is the posterior of such a break, rated MEDIUM, HIGH and CRITICAL from
+/// these thresholds.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChurnParams {
     pub rate_drop: f64,
-    pub lookback_days: f64,
+    pub lookback_from_days: f64,
+    pub lookback_to_days: f64,
     pub medium: f64,
     pub high: f64,
     pub critical: f64,
@@ -84,10 +86,11 @@ pub struct ChurnParams {
 impl Default for ChurnParams {
     fn default() -> Self {
         ChurnParams {
-            rate_drop: 0.2,
-            lookback_days: 90.0,
-            medium: 0.25,
-            high: 0.55,
+            rate_drop: 0.1,
+            lookback_from_days: 30.0,
+            lookback_to_days: 90.0,
+            medium: 0.1,
+            high: 0.2,
             critical: 0.9,
         }
     }
@@ -737,8 +740,11 @@ impl Config {
             "signals.shortage: need 0 <= high_margin_days <= medium_margin_days",
         );
         check(
-            0.0 < ch.rate_drop && ch.rate_drop < 1.0 && ch.lookback_days > 0.0,
-            "signals.churn: rate_drop must be in (0, 1) and lookback_days > 0",
+            0.0 < ch.rate_drop
+                && ch.rate_drop < 1.0
+                && 0.0 <= ch.lookback_from_days
+                && ch.lookback_from_days < ch.lookback_to_days,
+            "signals.churn: rate_drop must be in (0, 1) and 0 <= lookback_from_days < lookback_to_days",
         );
         check(
             0.0 < ch.medium && ch.medium <= ch.high && ch.high <= ch.critical && ch.critical < 1.0,
@@ -900,14 +906,17 @@ mod tests {
         let e = Config::load_from(
             None,
             env(&[
-                ("MILLSTREAM__SIGNALS__CHURN__HIGH", "0.95"),
+                ("MILLSTREAM__SIGNALS__CHURN__CRITICAL", "0.1"),
+                ("MILLSTREAM__SIGNALS__CHURN__LOOKBACK_FROM_DAYS", "120"),
                 ("MILLSTREAM__SIGNALS__LEAD__RATE_RISE", "0.5"),
             ]),
         )
         .unwrap_err()
         .to_string();
         assert!(
-            e.contains("medium <= high <= critical") && e.contains("rate_rise must be > 1"),
+            e.contains("medium <= high <= critical")
+                && e.contains("signals.churn: rate_drop must be in (0, 1) and 0 <= lookback_from_days < lookback_to_days")
+                && e.contains("rate_rise must be > 1"),
             "{e}"
         );
     }

@@ -119,8 +119,8 @@ pub struct OperatingPoint {
 }
 
 /// Score thresholds the churn and lead reports sweep.
-const SWEEP: [f64; 12] = [
-    0.3, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99,
+const SWEEP: [f64; 15] = [
+    0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99,
 ];
 
 /// Judged scores: (score, flagged by its tier, positive).

@@ -13,16 +13,19 @@
 //! - `predict_churn(purchase_ages_days, spend_trend)` → `{churn_probability, risk_level,
 //!   factors}`, from the ages in days of the customer's purchases (an array, e.g. from
 //!   `array_agg`). A customer churning is one whose rhythm breaks: purchases as a Poisson process
-//!   whose rate fell to a fifth (`rate_drop`) at some moment in the last 90 days
-//!   (`lookback_days`), against one buying at a steady rate. The probability is the posterior of
-//!   a break at even prior odds (the Bayes factor `B` as `B / (1 + B)`; see [`rhythm_break`]), so
-//!   it is judged against the customer's own rhythm without guessing it: weekly buyers silent for
-//!   a month break, monthly buyers do not, and a recent order does not hide orders thinning out.
-//!   Risk: CRITICAL ≥ 0.9 (the data favour a break 9 : 1), HIGH ≥ 0.55 (they favour a break a
-//!   little more than even: the operating point `eval signals`' churn sweep picks, a quarter
-//!   fewer false alarms than 0.5 for 1–2 % of recall), MEDIUM ≥ 0.25, else LOW. Fewer than three
-//!   purchases is no rhythm: MEDIUM when the last is over 60 days old, else LOW; no purchases at
-//!   all is HIGH. A spend trend under 0.5 is reported as a factor.
+//!   whose rate fell to a tenth (`rate_drop`) at some moment 30 to 90 days ago
+//!   (`lookback_from_days`, `lookback_to_days`: gone quiet means a slowdown that has lasted a
+//!   month; a shorter silence is too often chance), against one buying at a steady rate. The
+//!   probability is the posterior of a break at even prior odds (the Bayes factor `B` as
+//!   `B / (1 + B)`; see [`rhythm_break`]), so it is judged against the customer's own rhythm
+//!   without guessing it: weekly buyers silent for a month break, monthly buyers do not, and a
+//!   recent order does not hide orders thinning out. Risk: CRITICAL ≥ 0.9 (the data favour a
+//!   break 9 : 1), HIGH ≥ 0.2 (odds of 1 : 4 for a break: few customers churn, and a missed one
+//!   costs more than a call; the operating point of `eval signals`' churn sweep that keeps recall
+//!   ≥ 0.9 at a false-positive rate ≤ 0.08 on every seed), MEDIUM ≥ 0.1, else LOW. Fewer than
+//!   three purchases is no rhythm: MEDIUM when the last is over 60 days old, else LOW; no
+//!   purchases at all is HIGH (each at its tier's threshold). A spend trend under 0.5 is reported
+//!   as a factor.
 //! - `score_lead(purchase_ages_days, spend_trend)` → `{lead_score, tier, drivers}`: the mirror
 //!   image of churn, for the sales rep's lead list. A lead is a customer whose rhythm quickened:
 //!   the rate rose 3-fold (`rate_rise`) 14 to 60 days ago (`lookback_from_days`,
@@ -99,7 +102,7 @@ pub type Judgement = (f64, &'static str, String);
 pub fn churn(purchase_ages: &[f64], spend_trend: Option<f64>, t: &ChurnParams) -> Judgement {
     let ages = oldest_first(purchase_ages);
     let Some(&recency) = ages.last() else {
-        return (0.7, "HIGH", "no purchases on record".into());
+        return (t.high, "HIGH", "no purchases on record".into());
     };
     let mut factors = vec![format!("{recency:.0} days since the last order")];
     if let Some(t) = spend_trend.filter(|t| *t < 0.5) {
@@ -115,14 +118,16 @@ pub fn churn(purchase_ages: &[f64], spend_trend: Option<f64>, t: &ChurnParams) -
             "two orders"
         };
         factors.push(format!("only {orders} on record: no rhythm yet"));
+        // No rhythm to judge against: the tier's own threshold, so the probability still
+        // orders customers as their tiers do.
         let (p, risk) = if recency > 60.0 {
-            (0.5, "MEDIUM")
+            (t.medium, "MEDIUM")
         } else {
-            (0.1, "LOW")
+            (t.medium / 2.0, "LOW")
         };
         return (p, risk, factors.join("; "));
     }
-    let brk = rhythm_break(&ages, t.rate_drop, 0.0..t.lookback_days);
+    let brk = rhythm_break(&ages, t.rate_drop, t.lookback_from_days..t.lookback_to_days);
     let p = brk.bayes_factor / (1.0 + brk.bayes_factor);
     if p >= t.medium {
         // The usual rhythm: the rate before the break.
@@ -232,9 +237,19 @@ struct RhythmBreak {
 /// Bayes factor averages it over τ uniform on the look-back window (two points per day). The
 /// rate itself never needs estimating, so a customer with little history is not judged by a
 /// guess at their interval.
+///
+/// A history shorter than the window's start leaves no room for a break that long ago: the
+/// Bayes factor is 0 (nothing favours a break), not the 1 of a window of zero width.
 fn rhythm_break(ages: &[f64], ratio: f64, lookback: std::ops::Range<f64>) -> RhythmBreak {
     let span = ages[0];
     let m = (ages.len() - 1) as f64;
+    if span <= lookback.start {
+        return RhythmBreak {
+            bayes_factor: 0.0,
+            since_days: span,
+            orders_since: 0,
+        };
+    }
     let from = lookback.start.min(span);
     let window = span.min(lookback.end) - from;
     let steps = ((window * 2.0).ceil() as usize).max(1);
@@ -484,6 +499,20 @@ mod tests {
                 ),
             "{factors}"
         );
+    }
+
+    /// Gone quiet means a slowdown that has lasted `lookback_from_days` (30): a weekly buyer
+    /// silent for 18 days is not flagged yet, the same buyer silent for 35 days is; and a
+    /// customer whose whole history is shorter than that is not judged a break at all.
+    #[test]
+    fn a_slowdown_counts_once_it_has_lasted_a_month() {
+        let (p, risk, factors) = churn(&every(7.0, 18.0, 160.0), Some(1.0));
+        assert!(risk == "LOW" || risk == "MEDIUM", "{p} {factors}");
+        let (p, risk, factors) = churn(&every(7.0, 35.0, 160.0), Some(1.0));
+        assert!(risk == "HIGH" || risk == "CRITICAL", "{p} {factors}");
+        // A customer known for 25 days cannot have slowed down a month ago.
+        let (p, risk, factors) = churn(&[25.0, 20.0, 15.0, 10.0, 5.0], None);
+        assert_eq!((p, risk), (0.0, "LOW"), "{factors}");
     }
 
     #[test]
