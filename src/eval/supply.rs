@@ -9,6 +9,8 @@
 //!   in `[T − 21 days, T − 48 h]` (after the position's previous stockout) rated it HIGH or
 //!   CRITICAL. The lead is measured from the first such flag. Precision: positions flagged
 //!   HIGH/CRITICAL that ran out within 21 days of the flag, over all flagged position-episodes.
+//!   The misses are counted by cause, and so are the surge stockouts that came less than 48 h
+//!   after their surge began (flagged 48 h ahead only if the stock was low already).
 //! - **churn**: at each churn checkpoint `T` (every 7 days once 30 days are observed), customers
 //!   quiet for at least 30 days and four of their usual intervals by `T` are positives (a
 //!   customer ordering every 12 days has not "gone quiet" after a month; the simulator knows each
@@ -48,6 +50,12 @@ pub struct ShortageReport {
     pub supplier_delays_injected: usize,
     pub stockouts: usize,
     pub stockouts_by_cause: BTreeMap<&'static str, usize>,
+    /// Stockouts not flagged at least 48 h ahead, by cause: where the misses come from.
+    pub missed_48h_by_cause: BTreeMap<&'static str, usize>,
+    /// Demand-surge stockouts that came less than 48 h after their surge began. Consumption
+    /// says nothing of a surge before it starts, so a flag 48 h ahead of one of these can only
+    /// come from the stock being low already.
+    pub surge_stockouts_within_48h_of_onset: usize,
     /// Stockouts flagged HIGH or CRITICAL at least 48 simulated hours ahead.
     pub flagged_48h_ahead: usize,
     pub flagged_48h_ahead_ratio: f64,
@@ -372,6 +380,8 @@ pub async fn supply_and_sales(
         supplier_delays_injected: truth.delays.iter().filter(|d| d.start < end).count(),
         stockouts: truth.stockouts.len(),
         stockouts_by_cause: by_cause,
+        missed_48h_by_cause: judged.missed_by_cause.clone(),
+        surge_stockouts_within_48h_of_onset: within_48h_of_surge(&truth),
         flagged_48h_ahead: judged.ahead,
         flagged_48h_ahead_ratio: ratio(judged.ahead, truth.stockouts.len()),
         flagged_at_all: judged.at_all,
@@ -588,6 +598,8 @@ struct Judged {
     /// Stockouts flagged at least 48 h ahead, and at all.
     ahead: usize,
     at_all: usize,
+    /// Stockouts not flagged 48 h ahead, by cause.
+    missed_by_cause: BTreeMap<&'static str, usize>,
     /// Hours from the first flag to each flagged stockout, ascending.
     lead_hours: Vec<i64>,
     /// Flag episodes (runs of consecutive flagged checkpoints) that could be followed for 21
@@ -606,6 +618,7 @@ fn judge(
 ) -> Judged {
     let mut lead_hours = Vec::new();
     let (mut ahead, mut at_all) = (0, 0);
+    let mut missed_by_cause: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut last_out: HashMap<usize, DateTime<Utc>> = HashMap::new();
     for s in &truth.stockouts {
         let from = (s.at - Duration::days(21)).max(
@@ -619,13 +632,15 @@ fn judge(
         let first = flags
             .get(&key)
             .and_then(|f| f.iter().find(|t| **t > from && **t <= s.at).copied());
-        if let Some(f) = first {
+        let lead = first.map(|f| (s.at - f).num_hours());
+        if let Some(lead) = lead {
             at_all += 1;
-            let lead = (s.at - f).num_hours();
-            if lead >= 48 {
-                ahead += 1;
-            }
             lead_hours.push(lead);
+        }
+        if lead.is_some_and(|l| l >= 48) {
+            ahead += 1;
+        } else {
+            *missed_by_cause.entry(s.cause).or_default() += 1;
         }
     }
     lead_hours.sort_unstable();
@@ -656,10 +671,29 @@ fn judge(
     Judged {
         ahead,
         at_all,
+        missed_by_cause,
         lead_hours,
         episodes,
         confirmed,
     }
+}
+
+/// Demand-surge stockouts less than 48 h after the onset of the position's latest surge.
+fn within_48h_of_surge(truth: &crate::sim::world::GroundTruth) -> usize {
+    truth
+        .stockouts
+        .iter()
+        .filter(|s| s.cause == "demand_surge")
+        .filter(|s| {
+            truth
+                .surges
+                .iter()
+                .filter(|u| u.position == s.position && u.start <= s.at)
+                .map(|u| u.start)
+                .max()
+                .is_some_and(|onset| s.at - onset < Duration::hours(48))
+        })
+        .count()
 }
 
 /// One row of the shortage signal.

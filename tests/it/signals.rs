@@ -67,6 +67,18 @@ async fn shortage_flags_are_mostly_followed_by_a_stockout() {
         "flagged 48 h ahead {}: {s:#?}",
         s.flagged_48h_ahead_ratio
     );
+    // Every stockout not flagged 48 h ahead is counted under its cause; surge stockouts within
+    // 48 h of their onset are some of the surge stockouts.
+    assert_eq!(
+        s.missed_48h_by_cause.values().sum::<usize>(),
+        s.stockouts - s.flagged_48h_ahead,
+        "{s:#?}"
+    );
+    assert!(
+        s.surge_stockouts_within_48h_of_onset > 0
+            && s.surge_stockouts_within_48h_of_onset <= s.stockouts_by_cause["demand_surge"],
+        "{s:#?}"
+    );
     // The margin the pipeline uses (3 days) is one point of the sweep.
     let at_3 = s.sweep.iter().find(|p| p.margin_days == 3.0).unwrap();
     assert_eq!(at_3.flag_episodes, s.flag_episodes);
