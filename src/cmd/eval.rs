@@ -21,6 +21,10 @@ pub enum EvalCommand {
         /// Simulated days for the shortage, churn and lead evaluation (0 skips it).
         #[arg(long, default_value_t = 60.0)]
         days: f64,
+        /// Simulated hours between the shortage checkpoints (the pipeline itself recomputes on
+        /// every commit: a finer grid measures first flags sooner, and flags more episodes).
+        #[arg(long, default_value_t = 12)]
+        checkpoint_hours: u32,
     },
     /// Knowledge search against the corpus's labelled questions (paraphrased from what each
     /// document answers): recall@5, recall@10 and MRR@10 for keyword-only, vector-only and
@@ -64,8 +68,13 @@ pub enum EvalCommand {
 }
 
 pub async fn run(config: Config, command: EvalCommand) -> anyhow::Result<()> {
-    let (hours, seed, days) = match command {
-        EvalCommand::Signals { hours, seed, days } => (hours, seed, days),
+    let (hours, seed, days, checkpoint_hours) = match command {
+        EvalCommand::Signals {
+            hours,
+            seed,
+            days,
+            checkpoint_hours,
+        } => (hours, seed, days, checkpoint_hours),
         EvalCommand::Search { misses } => return search(config, misses.as_deref()).await,
         EvalCommand::Agent {
             llm,
@@ -93,6 +102,11 @@ pub async fn run(config: Config, command: EvalCommand) -> anyhow::Result<()> {
         }
     };
     anyhow::ensure!((0.0..=365.0).contains(&days), "--days must be in [0, 365]");
+    // Divisors of a day only, so the weekly churn and lead checkpoints fall on the same times.
+    anyhow::ensure!(
+        (1..=24).contains(&checkpoint_hours) && 24 % checkpoint_hours == 0,
+        "--checkpoint-hours must divide 24 (1, 2, 3, 4, 6, 8, 12 or 24)"
+    );
     anyhow::ensure!(
         hours > 0.0 && hours <= 24.0 * 90.0,
         "--hours must be in (0, 2160]"
@@ -115,7 +129,8 @@ pub async fn run(config: Config, command: EvalCommand) -> anyhow::Result<()> {
         let defs =
             crate::pipeline::definition::Definitions::from_config(&config.pipeline.definitions)
                 .await?;
-        let r = crate::eval::supply::supply_and_sales(&sim, &defs, days, |d| {
+        let step = chrono::Duration::hours(checkpoint_hours.into());
+        let r = crate::eval::supply::supply_and_sales(&sim, &defs, days, step, |d| {
             if d.fract() == 0.0 && (d as i64) % 5 == 0 {
                 eprintln!("eval shortages/churn/leads: {d:.0}/{days:.0} simulated days")
             }

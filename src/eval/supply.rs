@@ -46,6 +46,8 @@ pub struct ShortageReport {
     pub simulated_days: f64,
     pub positions: usize,
     pub checkpoints: usize,
+    /// Simulated hours between checkpoints.
+    pub checkpoint_hours: i64,
     pub surges_injected: usize,
     pub supplier_delays_injected: usize,
     pub stockouts: usize,
@@ -204,11 +206,13 @@ pub struct Reports {
 }
 
 /// Runs the world for `days` simulated days and scores the shortage, churn and lead signals of
-/// `defs`' `shortage_signals`, `churn_signals` and `lead_scores` pipelines.
+/// `defs`' `shortage_signals`, `churn_signals` and `lead_scores` pipelines, the shortage signal
+/// every `step` of simulated time (`millstream eval signals` uses 12 hours).
 pub async fn supply_and_sales(
     cfg: &SimulateConfig,
     defs: &Definitions,
     days: f64,
+    step: Duration,
     progress: impl Fn(f64),
 ) -> Result<Reports> {
     let shortage_sql = defs
@@ -267,7 +271,6 @@ pub async fn supply_and_sales(
     let mut pending: Vec<RawRecord> = Vec::new();
     let mut offset = 0i64;
 
-    let step = Duration::hours(12);
     let mut next_check = start + step;
     let mut next_churn = start + Duration::days(30);
     // (position key) → checkpoints rated HIGH/CRITICAL.
@@ -376,6 +379,7 @@ pub async fn supply_and_sales(
         simulated_days: days,
         positions: data.inventory.len(),
         checkpoints,
+        checkpoint_hours: step.num_hours(),
         surges_injected: truth.surges.iter().filter(|s| s.start < end).count(),
         supplier_delays_injected: truth.delays.iter().filter(|d| d.start < end).count(),
         stockouts: truth.stockouts.len(),

@@ -56,9 +56,15 @@ async fn shortage_flags_are_mostly_followed_by_a_stockout() {
     let defs = millstream::pipeline::definition::Definitions::built_in()
         .await
         .unwrap();
-    let r = millstream::eval::supply::supply_and_sales(&config.simulate, &defs, 40.0, |_| {})
-        .await
-        .unwrap();
+    let r = millstream::eval::supply::supply_and_sales(
+        &config.simulate,
+        &defs,
+        40.0,
+        chrono::Duration::hours(12),
+        |_| {},
+    )
+    .await
+    .unwrap();
     let s = &r.shortages;
     assert!(s.stockouts > 50, "{s:?}");
     assert!(s.precision >= 0.4, "precision {}: {s:#?}", s.precision);
