@@ -32,9 +32,8 @@ pub struct Scores {
 /// why.
 #[derive(Debug, Clone, Serialize)]
 pub struct Miss {
-    pub query: String,
-    pub kind: String,
-    pub answers: Vec<String>,
+    #[serde(flatten)]
+    pub question: Question,
     pub recall_at_5: f64,
     /// The top 10 as (document id, title, score), answers marked with a leading `*`.
     pub found: Vec<(String, String, f32)>,
@@ -97,9 +96,7 @@ pub async fn score(
         s.add(at_5, at_10, rr);
         if at_5 < 1.0 {
             s.misses.push(Miss {
-                query: q.query.clone(),
-                kind: q.kind.clone(),
-                answers: q.answers.clone(),
+                question: q.clone(),
                 recall_at_5: at_5,
                 found: hits
                     .iter()

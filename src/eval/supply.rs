@@ -384,7 +384,7 @@ pub async fn supply_and_sales(
         supplier_delays_injected: truth.delays.iter().filter(|d| d.start < end).count(),
         stockouts: truth.stockouts.len(),
         stockouts_by_cause: by_cause,
-        missed_48h_by_cause: judged.missed_by_cause.clone(),
+        missed_48h_by_cause: judged.missed_by_cause,
         surge_stockouts_within_48h_of_onset: within_48h_of_surge(&truth),
         flagged_48h_ahead: judged.ahead,
         flagged_48h_ahead_ratio: ratio(judged.ahead, truth.stockouts.len()),
