@@ -154,6 +154,8 @@ fn served(rt: &tokio::runtime::Runtime) -> (tempfile::TempDir, millstream::mcp::
                 tail_rows: 0,
                 // Measures building sessions and answering, never a kept answer.
                 answer_cache_bytes: 0,
+                plan_cache_entries: 0,
+                query_partitions: 1,
             },
         )
         .await

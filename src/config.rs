@@ -339,6 +339,8 @@ pub struct ServeConfig {
     pub tail_rows: usize,
     pub query_timeout_ms: u64,
     pub answer_cache_mb: u64,
+    pub plan_cache_entries: usize,
+    pub query_partitions: usize,
     pub allowed_hosts: Vec<String>,
     pub principal: String,
     pub policies: String,
@@ -651,6 +653,14 @@ impl Config {
         check(
             self.serve.answer_cache_mb <= 65_536,
             "serve.answer_cache_mb must be at most 65536",
+        );
+        check(
+            self.serve.plan_cache_entries <= 65_536,
+            "serve.plan_cache_entries must be at most 65536",
+        );
+        check(
+            (1..=256).contains(&self.serve.query_partitions),
+            "serve.query_partitions must be in 1..=256",
         );
         check(
             (16..=65_536).contains(&self.serve.query_memory_mb),

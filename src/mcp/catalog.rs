@@ -134,6 +134,8 @@ pub struct LiveCatalog {
     wake: Arc<tokio::sync::Notify>,
     /// Tool answers, reused while the tables they depend on stay at their versions.
     answers: Arc<super::answers::Answers>,
+    /// Tool query plans, likewise ([`super::plans`]).
+    plans: Arc<super::plans::Plans>,
 }
 
 impl std::fmt::Debug for LiveCatalog {
@@ -155,6 +157,11 @@ pub struct CatalogOptions {
     /// Bytes of tool answers kept for reuse while their tables do not move
     /// ([`super::answers`]); 0 keeps none.
     pub answer_cache_bytes: usize,
+    /// Tool query plans kept for reuse while their tables do not move ([`super::plans`]);
+    /// 0 keeps none.
+    pub plan_cache_entries: usize,
+    /// Partitions a serving query is planned for (DataFusion's `target_partitions`).
+    pub query_partitions: usize,
 }
 
 impl CatalogOptions {
@@ -163,6 +170,8 @@ impl CatalogOptions {
             refresh: Duration::from_millis(serve.refresh_ms),
             tail_rows: serve.tail_rows,
             answer_cache_bytes: (serve.answer_cache_mb as usize) << 20,
+            plan_cache_entries: serve.plan_cache_entries,
+            query_partitions: serve.query_partitions,
         }
     }
 }
@@ -197,6 +206,7 @@ impl LiveCatalog {
             published: Arc::new(tokio::sync::watch::Sender::new(0)),
             wake: Arc::default(),
             answers: Arc::new(super::answers::Answers::new(options.answer_cache_bytes)),
+            plans: Arc::new(super::plans::Plans::new(options.plan_cache_entries)),
         };
         catalog.refresh(&mut *catalog.followed.lock().await).await;
         Ok(catalog)
@@ -252,6 +262,11 @@ impl LiveCatalog {
     /// Tool answers kept for reuse ([`super::answers`]).
     pub fn answers(&self) -> &super::answers::Answers {
         &self.answers
+    }
+
+    /// Tool query plans kept for reuse ([`super::plans`]).
+    pub fn plans(&self) -> &super::plans::Plans {
+        &self.plans
     }
 
     /// One pass: open tables that appeared, load new versions of the others (all tables at
@@ -507,6 +522,14 @@ impl LiveCatalog {
             }
         }
         let ctx = crate::pipeline::session::with_tables(|def| Ok(caller.get(&def.name).cloned()))?;
+        // Many small queries at once on few cores: each planned for `query_partitions`
+        // (1 by default) instead of one per core, which plans faster and spawns less.
+        ctx.state_ref()
+            .write()
+            .config_mut()
+            .options_mut()
+            .execution
+            .target_partitions = self.options.query_partitions.max(1);
         let view_tables =
             crate::pipeline::session::tables_catalog(|def| Ok(trusted.get(&def.name).cloned()))?;
         let mut views = self.defs.views.clone();

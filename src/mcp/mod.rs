@@ -16,6 +16,7 @@ pub mod args;
 pub mod catalog;
 pub mod consistency;
 mod handler;
+pub mod plans;
 pub mod prompts;
 pub mod query;
 pub mod resources;

@@ -27,6 +27,20 @@ pub struct Subscriptions {
     pub(crate) watching: AtomicBool,
 }
 
+/// A query run from SQL planned just now: its rows, the tables it scans, and the tables its
+/// rows depend on at their versions when its answer may be kept.
+type Fresh = (
+    Vec<arrow::array::RecordBatch>,
+    Vec<String>,
+    Option<Vec<(String, i64)>>,
+);
+
+/// How a query starts: from a kept plan, or from its SQL planned just now.
+enum Planned {
+    Kept(Arc<super::plans::Plan>),
+    Fresh(datafusion::dataframe::DataFrame),
+}
+
 /// The millstream MCP server. Cheap to clone: one per MCP session.
 #[derive(Clone)]
 pub struct Millstream {
@@ -271,7 +285,8 @@ impl Millstream {
 
     /// Runs one query with bound parameters under the query timeout, or answers it from the
     /// answer kept for the same caller, SQL and parameters while none of the tables it depends
-    /// on has moved ([`super::answers`]).
+    /// on has moved ([`super::answers`]). A query that must run starts from the plan kept for
+    /// the same caller and SQL under the same rule ([`super::plans`]), when there is one.
     pub(crate) async fn run(
         &self,
         sql: &str,
@@ -285,21 +300,33 @@ impl Millstream {
             return Ok((kept.batches.clone(), as_of));
         }
         let work = async {
-            let mut df = session.ctx.sql(sql).await?;
-            if !params.is_empty() {
-                df = df.with_param_values(params)?;
-            }
-            let read = super::catalog::RequestSession::scans(df.logical_plan());
-            let keep = answers.keeps() && super::answers::deterministic(df.logical_plan());
+            let (batches, read, inputs) = match self.planned(&session, sql).await? {
+                Planned::Kept(plan) => match plan.bind(&params) {
+                    Some(bound) => {
+                        let state = session.ctx.state();
+                        let physical = state
+                            .query_planner()
+                            .create_physical_plan(&bound, &state)
+                            .await?;
+                        let batches =
+                            datafusion::physical_plan::collect(physical, state.task_ctx()).await?;
+                        (batches, plan.read.clone(), Some(plan.inputs.clone()))
+                    }
+                    None => {
+                        let df = session.ctx.sql(sql).await?;
+                        self.run_fresh(&session, df, params).await?
+                    }
+                },
+                Planned::Fresh(df) => self.run_fresh(&session, df, params).await?,
+            };
             let as_of = session.as_of_tables(read.iter().map(String::as_str));
-            let batches = df.collect().await?;
-            if keep && let Some(inputs) = self.inputs(&session, &read) {
-                let answer = super::answers::Answer::new(
-                    inputs,
-                    read.into_iter().collect(),
-                    batches.clone(),
+            if answers.keeps()
+                && let Some(inputs) = inputs
+            {
+                answers.put(
+                    key,
+                    super::answers::Answer::new(inputs, read, batches.clone()),
                 );
-                answers.put(key, answer);
             }
             Ok::<_, datafusion::error::DataFusionError>((batches, as_of))
         };
@@ -316,6 +343,66 @@ impl Millstream {
                     restricted,
                 ))
             })
+    }
+
+    /// Runs `df` (just planned from SQL) with `params` bound: its rows, the tables it scans, and
+    /// the tables its rows depend on at their versions when its answer may be kept.
+    async fn run_fresh(
+        &self,
+        session: &super::catalog::RequestSession,
+        mut df: datafusion::dataframe::DataFrame,
+        params: Vec<ScalarValue>,
+    ) -> Result<Fresh, datafusion::error::DataFusionError> {
+        if !params.is_empty() {
+            df = df.with_param_values(params)?;
+        }
+        let read = super::catalog::RequestSession::scans(df.logical_plan());
+        let keep =
+            self.catalog.answers().keeps() && super::answers::deterministic(df.logical_plan());
+        let batches = df.collect().await?;
+        let inputs = keep.then(|| self.inputs(session, &read)).flatten();
+        Ok((batches, read.into_iter().collect(), inputs))
+    }
+
+    /// The plan for `sql` as this caller: the one kept while its tables stay at their versions
+    /// ([`super::plans`]), else planned now, and kept optimised, placeholders unbound, when the
+    /// query is fixed by its inputs. A plan the optimiser cannot take with its placeholders
+    /// unbound is planned per call, as before.
+    async fn planned(
+        &self,
+        session: &super::catalog::RequestSession,
+        sql: &str,
+    ) -> Result<Planned, datafusion::error::DataFusionError> {
+        let plans = self.catalog.plans();
+        let principal = self.access.key();
+        if let Some(plan) = plans.get(principal, sql, |t| session.version(t)) {
+            return Ok(Planned::Kept(plan));
+        }
+        let df = session.ctx.sql(sql).await?;
+        if !plans.keeps() || !super::answers::deterministic(df.logical_plan()) {
+            return Ok(Planned::Fresh(df));
+        }
+        let read = super::catalog::RequestSession::scans(df.logical_plan());
+        let Some(inputs) = self.inputs(session, &read) else {
+            return Ok(Planned::Fresh(df));
+        };
+        let (state, plan) = df.into_parts();
+        let kept = state.optimize(&plan).ok().and_then(|optimized| {
+            super::plans::Plan::new(inputs, read.into_iter().collect(), optimized)
+        });
+        match kept {
+            Some(kept) => {
+                let kept = Arc::new(kept);
+                plans.put(principal, sql, kept.clone(), |t| session.version(t));
+                Ok(Planned::Kept(kept))
+            }
+            None => {
+                tracing::debug!(%sql, "plan not kept: it needs its parameters bound to be planned");
+                Ok(Planned::Fresh(datafusion::dataframe::DataFrame::new(
+                    state, plan,
+                )))
+            }
+        }
     }
 
     /// Every table whose rows an answer that scanned `read` depends on

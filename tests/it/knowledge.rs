@@ -447,6 +447,8 @@ async fn no_persona_finds_counts_or_reads_another_tenants_documents() {
             refresh: Duration::from_millis(100),
             tail_rows: 10_000,
             answer_cache_bytes: 64 << 20,
+            plan_cache_entries: 256,
+            query_partitions: 1,
         },
         stop,
     )

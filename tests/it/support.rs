@@ -122,6 +122,8 @@ impl Env {
                 refresh: Duration::from_millis(refresh_ms),
                 tail_rows,
                 answer_cache_bytes: 64 << 20,
+                plan_cache_entries: 256,
+                query_partitions: 1,
             },
             stop.clone(),
         )

@@ -1041,6 +1041,84 @@ async fn hidden_rows_never_reach_a_callers_expression() {
     assert_eq!(mine, theirs);
 }
 
+/// A tool query's plan is kept per caller with its parameters unbound: every id asked through
+/// it gets that id's own row, another tenant's id stays unknown, and the plan is not used once
+/// a table it depends on moves. A customer handed from alice to carol is unknown to alice at
+/// once, though alice's lookup plan was kept while she owned it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_plan_answers_each_id_for_itself_and_never_outlives_a_change() {
+    let _w = support::watchdog("plans", Duration::from_secs(300));
+    let seeded = Seeded::new("plans").await;
+    let (alice, _) = connect(seeded.server("alice@emea")).await;
+    let (bruno, _) = connect(seeded.server("bruno@amer")).await;
+    let all = json!({ "min_risk": "LOW", "limit": 1000 });
+    let listed = call(&alice, "list_churn_risks", all.clone()).await.unwrap();
+    let rows: Vec<Value> = listed["signals"].as_array().unwrap().clone();
+    assert!(rows.len() >= 3, "{listed}");
+    let theirs = field_values(
+        &call(&bruno, "list_churn_risks", all).await.unwrap(),
+        "signals",
+        "customer_id",
+    );
+    let foreign = theirs.iter().next().expect("bruno has customers").clone();
+
+    let (hits, _) = seeded.catalog.plans().hits_and_misses();
+    for row in &rows {
+        let id = row["customer_id"].as_str().unwrap();
+        let one = call(&alice, "predict_churn", json!({ "customer_id": id }))
+            .await
+            .unwrap();
+        let signals = one["signals"].as_array().unwrap();
+        assert_eq!(signals.len(), 1, "{one}");
+        for field in [
+            "customer_id",
+            "churn_probability",
+            "risk_level",
+            "recency_days",
+        ] {
+            assert_eq!(signals[0][field], row[field], "{id}: {field}");
+        }
+    }
+    assert!(
+        seeded.catalog.plans().hits_and_misses().0 >= hits + rows.len() as u64,
+        "each new id is answered from the kept plans"
+    );
+    // Bound into alice's kept plan, bruno's customer is still not hers.
+    let refused = call(&alice, "predict_churn", json!({ "customer_id": foreign }))
+        .await
+        .unwrap_err();
+    assert!(refused.contains("unknown customer_id"), "{refused}");
+
+    // Hand one of alice's customers to carol: only sales.customers moves.
+    let moved = rows[0]["customer_id"].as_str().unwrap().to_string();
+    let before = seeded.catalog.version("sales.customers").unwrap();
+    let table = seeded.env.lake.open("sales.customers").await.unwrap();
+    table
+        .update()
+        .with_predicate(format!("customer_id = '{moved}'"))
+        .with_update("account_manager", "'carol'")
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while seeded.catalog.version("sales.customers") == Some(before) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the catalog never served the update"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let gone = call(&alice, "predict_churn", json!({ "customer_id": moved }))
+        .await
+        .unwrap_err();
+    assert!(gone.contains("unknown customer_id"), "{moved}: {gone}");
+    // Her other customers are answered as before, from plans made at the new version.
+    let kept = rows[1]["customer_id"].as_str().unwrap();
+    let still = call(&alice, "predict_churn", json!({ "customer_id": kept }))
+        .await
+        .unwrap();
+    assert_eq!(still["signals"][0]["customer_id"], kept);
+}
+
 /// A tool answer is kept per caller and reused only while every table it depends on is at the
 /// same version. The table a row filter looks into counts too: a customer handed from alice to
 /// another account manager leaves alice's churn list at once, though the churn table has not

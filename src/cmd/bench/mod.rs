@@ -755,6 +755,7 @@ async fn mcp(config: Config, clients: usize, seconds: u64, rate: f64) -> anyhow:
     }
     measured.cancel();
     let (hits, misses) = catalog.answers().hits_and_misses();
+    let (plan_hits, plan_misses) = catalog.plans().hits_and_misses();
     let vis = visibility.await?;
     let principal = caller.principal().to_string();
     drop(caller);
@@ -789,6 +790,7 @@ async fn mcp(config: Config, clients: usize, seconds: u64, rate: f64) -> anyhow:
             "tools": tools,
             "version_visible_after_commit": percentiles(vis),
             "answer_cache": { "hits": hits, "misses": misses },
+            "plan_cache": { "hits": plan_hits, "misses": plan_misses },
             "refresh_ms": config.serve.refresh_ms,
             "live_events": produced.events,
             "pipeline_records": stats.records,
