@@ -42,6 +42,7 @@ use datafusion::physical_expr::expressions::Column as ColumnExpr;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use datafusion::prelude::SessionConfig;
 use datafusion::prelude::SessionContext;
 use futures::Stream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -281,10 +282,13 @@ impl Budget {
         let state = shared.state();
         // Never a fresh default catalog: it would replace the shared session's own in the
         // catalog list both sessions hold.
+        // One partition per core, DataFusion's default, whatever the tools' sessions are
+        // planned for (`serve.query_partitions`): the limits here were set for that plan shape.
         let config = state
             .config()
             .clone()
             .with_batch_size(BATCH_ROWS)
+            .with_target_partitions(SessionConfig::new().target_partitions())
             .with_create_default_catalog_and_schema(false);
         let state = SessionStateBuilder::new_from_existing(state)
             .with_config(config)

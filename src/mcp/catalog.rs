@@ -160,7 +160,8 @@ pub struct CatalogOptions {
     /// Tool query plans kept for reuse while their tables do not move ([`super::plans`]);
     /// 0 keeps none.
     pub plan_cache_entries: usize,
-    /// Partitions a serving query is planned for (DataFusion's `target_partitions`).
+    /// Partitions a tool query is planned for (DataFusion's `target_partitions`; `query_sql`
+    /// keeps one per core).
     pub query_partitions: usize,
 }
 
