@@ -54,6 +54,27 @@ struct Seeded {
 }
 
 impl Seeded {
+    /// Hands `customer` to carol in `sales.customers` (only that table moves) and waits until
+    /// the catalog serves the new version.
+    async fn hand_to_carol(&self, customer: &str) {
+        let before = self.catalog.version("sales.customers").unwrap();
+        let table = self.env.lake.open("sales.customers").await.unwrap();
+        table
+            .update()
+            .with_predicate(format!("customer_id = '{customer}'"))
+            .with_update("account_manager", "'carol'")
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while self.catalog.version("sales.customers") == Some(before) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the catalog never served the update"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// History (sales for churn and KPIs, shipments, telemetry), then live events, then one
     /// round of the signal pipelines, then alerts of every kind for both tenants (the
     /// simulated data may raise none of some kinds).
@@ -1091,22 +1112,7 @@ async fn a_kept_plan_answers_each_id_for_itself_and_never_outlives_a_change() {
 
     // Hand one of alice's customers to carol: only sales.customers moves.
     let moved = rows[0]["customer_id"].as_str().unwrap().to_string();
-    let before = seeded.catalog.version("sales.customers").unwrap();
-    let table = seeded.env.lake.open("sales.customers").await.unwrap();
-    table
-        .update()
-        .with_predicate(format!("customer_id = '{moved}'"))
-        .with_update("account_manager", "'carol'")
-        .await
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while seeded.catalog.version("sales.customers") == Some(before) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the catalog never served the update"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    seeded.hand_to_carol(&moved).await;
     let gone = call(&alice, "predict_churn", json!({ "customer_id": moved }))
         .await
         .unwrap_err();
@@ -1157,22 +1163,7 @@ async fn a_kept_answer_never_outlives_a_change_to_what_the_caller_may_see() {
 
     // Hand one of alice's customers to carol: only sales.customers moves.
     let moved = mine.iter().next().unwrap().clone();
-    let before = seeded.catalog.version("sales.customers").unwrap();
-    let table = seeded.env.lake.open("sales.customers").await.unwrap();
-    table
-        .update()
-        .with_predicate(format!("customer_id = '{moved}'"))
-        .with_update("account_manager", "'carol'")
-        .await
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while seeded.catalog.version("sales.customers") == Some(before) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the catalog never served the update"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    seeded.hand_to_carol(&moved).await;
 
     let after = call(&alice, "list_churn_risks", all.clone()).await.unwrap();
     assert_eq!(
