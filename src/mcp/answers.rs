@@ -122,7 +122,7 @@ impl Answers {
             let mut kept = self.kept.lock().expect("poisoned");
             kept.answers
                 .get(key)
-                .filter(|a| a.inputs.iter().all(|(t, v)| version(t) == Some(*v)))
+                .filter(|a| current(&a.inputs, &version))
                 .cloned()
         };
         let counter = if hit.is_some() {
@@ -159,6 +159,12 @@ impl Answers {
     fn len(&self) -> usize {
         self.kept.lock().expect("poisoned").answers.len()
     }
+}
+
+/// Whether every table of `inputs` is still at the version noted there (`version` says which
+/// version the caller's snapshot serves): the rule for reusing a kept answer or plan.
+pub fn current(inputs: &[(String, i64)], version: &impl Fn(&str) -> Option<i64>) -> bool {
+    inputs.iter().all(|(t, v)| version(t) == Some(*v))
 }
 
 /// Whether `plan` (not yet analyzed: views are scans carrying their own plans, which count

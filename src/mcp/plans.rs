@@ -185,7 +185,7 @@ impl Plans {
 }
 
 fn current(plan: &Plan, version: &impl Fn(&str) -> Option<i64>) -> bool {
-    plan.inputs.iter().all(|(t, v)| version(t) == Some(*v))
+    super::answers::current(&plan.inputs, version)
 }
 
 #[cfg(test)]
