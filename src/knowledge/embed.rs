@@ -382,7 +382,15 @@ mod tests {
         // Several passes: the long text needs one of its own.
         let lengths: Vec<usize> = texts
             .iter()
-            .map(|t| embedder.inner.tokenizer.encode(*t, true).unwrap().get_ids().len())
+            .map(|t| {
+                embedder
+                    .inner
+                    .tokenizer
+                    .encode(*t, true)
+                    .unwrap()
+                    .get_ids()
+                    .len()
+            })
             .collect();
         assert!(passes(&lengths, embedder.inner.heads, ATTENTION_BYTES).len() > 1);
         let together = embedder.embed(&texts).unwrap();
