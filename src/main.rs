@@ -14,7 +14,8 @@ fn main() -> std::process::ExitCode {
 /// Turns transparent huge pages off for this process. mimalloc asks for them on its arenas
 /// (`madvise(MADV_HUGEPAGE)`), and a 2 MiB page stays resident while any 4 KiB of it is in
 /// use, so memory freed in small pieces is not given back: `bench mcp --clients 100` peaked
-/// at 1.75 GB with them and 1.39 GB without; `bench ingest` ran as fast either way. The flag
+/// at 1.75 GB with them and 1.39 GB without (one run each); `bench ingest` ran as fast either
+/// way. The flag
 /// covers mappings made before this call too (the kernel checks it at each fault).
 fn no_transparent_huge_pages() {
     #[cfg(target_os = "linux")]

@@ -425,7 +425,8 @@ impl Knowledge {
                 }
             }
         }
-        // Texts of like length together: a batch is padded to its longest text.
+        // Texts of like length in the same `embed` call: it pads each forward pass to its
+        // longest text and fits as many texts in a pass as its memory budget allows.
         missing.sort_by_key(|(_, c, _)| c.text.len());
         let size = self.cfg.embed_batch.max(1);
         let (total, started, before) = (missing.len(), Instant::now(), stats.embedded);
