@@ -1,22 +1,40 @@
-/// mimalloc instead of glibc malloc: Arrow and DataFusion allocate and free many short-lived
+/// jemalloc instead of glibc malloc: Arrow and DataFusion allocate and free many short-lived
 /// buffers across threads, and under glibc a fifth of `bench mcp`'s CPU went to malloc/free
-/// (`perf record` on `millstream bench mcp --clients 100`). The `system-alloc` feature keeps
-/// glibc's, for heap profilers that hook malloc.
+/// (`perf record` on `millstream bench mcp --clients 100`). jemalloc rather than mimalloc
+/// (used until stop 39): as fast on `bench ingest` and `bench mcp`, and it gives freed memory
+/// back from a background thread, where mimalloc kept 1.4–1.6 GB resident under
+/// `bench mcp --clients 100 --rate 1` against jemalloc's 0.8 GB (see [`MALLOC_CONF`]). The
+/// `system-alloc` feature keeps glibc's, for heap profilers that hook malloc.
 #[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read on its first allocation (before `main`); `_RJEM_MALLOC_CONF` in
+/// the environment overrides any of them.
+/// - `background_thread:true`: a jemalloc thread returns freed pages to the system, so no
+///   request or batch pays for the `madvise` calls.
+/// - `dirty_decay_ms:250`: freed pages go back after about 250 ms instead of 10 s. The default
+///   kept a burst's memory (a history batch, a wave of requests) resident for ten seconds
+///   after it ended. 250 ms kept `bench ingest` as fast as 1 s and 10 s did; 0 (return at
+///   once, on the freeing thread) cut `bench mcp` to 0.7 GB but raised its p95 by 60 %.
+/// - `muzzy_decay_ms:0`: pages are released with `MADV_DONTNEED` straight away rather than
+///   lazily freed first, so RSS shows what the process really holds.
+#[cfg(not(feature = "system-alloc"))]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: &[u8; 59] = b"background_thread:true,dirty_decay_ms:250,muzzy_decay_ms:0\0";
 
 fn main() -> std::process::ExitCode {
     no_transparent_huge_pages();
     millstream::cli::main()
 }
 
-/// Turns transparent huge pages off for this process. mimalloc asks for them on its arenas
-/// (`madvise(MADV_HUGEPAGE)`), and a 2 MiB page stays resident while any 4 KiB of it is in
-/// use, so memory freed in small pieces is not given back: `bench mcp --clients 100` peaked
-/// at 1.75 GB with them and 1.39 GB without (one run each); `bench ingest` ran as fast either
-/// way. The flag
-/// covers mappings made before this call too (the kernel checks it at each fault).
+/// Turns transparent huge pages off for this process: a 2 MiB huge page stays resident while
+/// any 4 KiB of it is in use, so memory freed in small pieces is not given back. Under
+/// mimalloc, which asked for them on its arenas, `bench mcp --clients 100` peaked at 1.75 GB
+/// with them and 1.39 GB without (one run each), and `bench ingest` ran as fast either way.
+/// jemalloc does not ask for them, but a host whose THP setting is `always` would give them
+/// anyway. The flag covers mappings made before this call too (the kernel checks it at each
+/// fault).
 fn no_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
     // SAFETY: PR_SET_THP_DISABLE takes plain integer arguments and only sets a process flag.

@@ -7,6 +7,7 @@ mod support;
 
 mod agent;
 mod alerts_out;
+mod allocator;
 mod auth;
 mod cdf;
 mod cluster;
