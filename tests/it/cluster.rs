@@ -726,6 +726,11 @@ async fn bench_ingest_on_the_cluster_path_accounts_for_every_event() {
         .map(|w| w["write_ms"]["n"].as_u64().unwrap())
         .sum();
     assert!(batches > 0, "{report}");
+    // Each worker's own memory, read from its process before it exits (a pipeline holds at
+    // least its binary and a Kafka client: far more than 10 MB).
+    for w in workers {
+        assert!(w["peak_rss_mb"].as_f64() > Some(10.0), "{report}");
+    }
     assert!(
         report["bronze_files_written"].as_u64().unwrap() > 0,
         "{report}"

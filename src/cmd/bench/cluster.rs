@@ -8,7 +8,8 @@
 //! Reported: events/s in total (from the first records durable to the last, and from the
 //! workers' start, group join included) and per worker (its share of the records over the
 //! same span), the time each batch spent writing (Parquet files and Delta commits: what the
-//! object store sets) at p50/p95/p99 per worker, and the data files the run added to the bronze tables.
+//! object store sets) at p50/p95/p99 per worker, each worker's peak RSS (the pipeline's
+//! memory without the broker's), and the data files the run added to the bronze tables.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -157,6 +158,8 @@ pub async fn run(
     eprintln!("bench ingest: stopping the workers");
     let mut per_worker = Vec::new();
     for (i, p) in procs.iter_mut().enumerate() {
+        // Read before the worker exits: its memory alone, the broker's log being elsewhere.
+        let peak_rss = super::child_peak_rss_mb(p.child.id()).round();
         let stats = stop(p).await?;
         let records = stats["records"].as_f64().unwrap_or(0.0);
         per_worker.push(json!({
@@ -167,6 +170,7 @@ pub async fn run(
             "batches": stats["batches"],
             "commits": stats["commits"],
             "write_ms": stats["write_ms"],
+            "peak_rss_mb": peak_rss,
         }));
     }
     drop(procs);

@@ -253,16 +253,22 @@ async fn pause(rng: &mut rand_chacha::ChaCha8Rng, rate: f64, deadline: Instant) 
 
 /// Peak resident set size of this process, MiB (VmHWM).
 pub fn peak_rss_mb() -> f64 {
-    proc_status_mb("VmHWM:")
+    proc_status_mb("self", "VmHWM:")
 }
 
 /// Current resident set size of this process, MiB (VmRSS).
 pub fn rss_mb() -> f64 {
-    proc_status_mb("VmRSS:")
+    proc_status_mb("self", "VmRSS:")
 }
 
-fn proc_status_mb(field: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+/// Peak resident set size of the child process `pid` so far, MiB (VmHWM).
+fn child_peak_rss_mb(pid: u32) -> f64 {
+    proc_status_mb(&pid.to_string(), "VmHWM:")
+}
+
+/// A `/proc/<process>/status` field in MiB; 0 where there is none (not Linux).
+fn proc_status_mb(process: &str, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{process}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
