@@ -1,9 +1,9 @@
 /// jemalloc instead of glibc malloc: Arrow and DataFusion allocate and free many short-lived
 /// buffers across threads, and under glibc a fifth of `bench mcp`'s CPU went to malloc/free
-/// (`perf record` on `millstream bench mcp --clients 100`). jemalloc rather than mimalloc
-/// (used until stop 39): as fast on `bench ingest` and `bench mcp`, and it gives freed memory
-/// back from a background thread, where mimalloc kept 1.4–1.6 GB resident under
-/// `bench mcp --clients 100 --rate 1` against jemalloc's 0.8 GB (see [`MALLOC_CONF`]). The
+/// (`perf record` on `millstream bench mcp --clients 100`). jemalloc rather than mimalloc,
+/// the allocator before it: as fast on `bench ingest` and `bench mcp`, and it gives freed
+/// memory back from a background thread. Under `bench mcp --clients 100 --rate 1` mimalloc
+/// kept 1.59 GB resident at peak, jemalloc with [`MALLOC_CONF`] 0.82 GB (medians of 3). The
 /// `system-alloc` feature keeps glibc's, for heap profilers that hook malloc.
 #[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
@@ -16,7 +16,8 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// - `dirty_decay_ms:250`: freed pages go back after about 250 ms instead of 10 s. The default
 ///   kept a burst's memory (a history batch, a wave of requests) resident for ten seconds
 ///   after it ended. 250 ms kept `bench ingest` as fast as 1 s and 10 s did; 0 (return at
-///   once, on the freeing thread) cut `bench mcp` to 0.7 GB but raised its p95 by 60 %.
+///   once, on the freeing thread) cut `bench mcp` to 0.7 GB but raised its p95 by 60 %
+///   (single runs).
 /// - `muzzy_decay_ms:0`: pages are released with `MADV_DONTNEED` straight away rather than
 ///   lazily freed first, so RSS shows what the process really holds.
 #[cfg(not(feature = "system-alloc"))]
