@@ -8,7 +8,6 @@
 //! every partition on every round); a table with nothing to compact is only checkpointed and
 //! vacuumed.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use std::collections::BTreeMap;
@@ -52,9 +51,6 @@ impl MaintainOptions {
         }
     }
 }
-
-/// The memory a compaction's Z-order sort may hold before it spills sorted runs to disk.
-const SORT_MEMORY: usize = 256 * 1024 * 1024;
 
 /// Maintains every existing table in the catalog; a failure on one table is reported in its
 /// row and does not stop the others.
@@ -139,18 +135,6 @@ async fn maintain_table(
             .with_target_size(
                 std::num::NonZeroU64::new(opts.target_file_bytes).expect("target > 0"),
             )
-            // Maintenance is background work: one bin at a time, its Z-order sort spilling to
-            // disk beyond SORT_MEMORY, written as commits write. deltalake's defaults (one bin
-            // per core, an unbounded sort, zstd level 4) took `up --rate 20000` from 1.2 to
-            // 4.1 GB while the telemetry table was Z-ordered.
-            .with_max_concurrent_tasks(1)
-            .with_session_state(Arc::new(
-                deltalake::delta_datafusion::create_session_state_with_spill_config(
-                    Some(SORT_MEMORY),
-                    None,
-                ),
-            ))
-            .with_writer_properties(super::commit::writer_properties())
             .await
             .map_err(|e| Error::delta(name, e))?;
         report.files_compacted = metrics.num_files_removed;
