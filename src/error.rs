@@ -105,6 +105,26 @@ impl Error {
             _ => false,
         }
     }
+
+    /// Whether another writer's commit won the race for this one: the offsets moved under us,
+    /// or Delta refused the commit for a concurrent one (same txn app ids, files it read or
+    /// deleted). Nothing is lost — the winner's commit holds its records, and ours are read
+    /// again from the Delta log — so a worker backs off and restarts without counting it as a
+    /// failure of its own.
+    pub fn lost_commit_race(&self) -> bool {
+        use deltalake::DeltaTableError::{Transaction, VersionAlreadyExists};
+        use deltalake::kernel::transaction::TransactionError::CommitConflict;
+        matches!(
+            self,
+            Error::ConflictingOffsets { .. }
+                | Error::Delta {
+                    source: Transaction {
+                        source: CommitConflict(_)
+                    } | VersionAlreadyExists(_),
+                    ..
+                }
+        )
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

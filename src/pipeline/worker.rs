@@ -396,14 +396,77 @@ pub async fn run(
 }
 
 /// Restarts in a row (each failing within [`HEALTHY_RUN`] of its start) after which the worker
-/// gives up: a failure that many restarts did not cure is not transient.
+/// gives up: a failure that many restarts did not cure is not transient. Lost commit races do not
+/// count (see [`Restarts`]).
 pub const MAX_RESTARTS: u32 = 10;
 /// A run this long resets the restart count.
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// What [`run_with_restarts`] does after a run ends with an error.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Restart {
+    /// Start again after this long (exponential, capped, with jitter).
+    After(Duration),
+    /// Stop with the error: not retryable, or [`MAX_RESTARTS`] failures in a row.
+    GiveUp,
+}
+
+/// The restart policy of one worker: capped exponential backoff with jitter, and a limit on
+/// failures in a row.
+///
+/// A lost commit race ([`Error::lost_commit_race`]) is another writer committing records this
+/// one holds — the lakehouse is moving, nothing is lost — so it backs off like any failure but
+/// never counts towards giving up: two writers that keep colliding (a zombie, two groups on one
+/// lakehouse) must not end the one that happens to lose ten races in a row. The jitter (each
+/// wait drawn from the upper half of the current backoff) is what stops two writers that failed
+/// together from restarting, rejoining and colliding together again.
+#[derive(Debug, Clone)]
+pub struct Restarts {
+    backoff: Duration,
+    failures: u32,
+}
+
+impl Default for Restarts {
+    fn default() -> Self {
+        Self {
+            backoff: FIRST_BACKOFF,
+            failures: 0,
+        }
+    }
+}
+
+impl Restarts {
+    /// Failures in a row that count towards [`MAX_RESTARTS`].
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// Decides on a run that ended with `error` after running for `ran`.
+    pub fn on_error(&mut self, error: &Error, ran: Duration) -> Restart {
+        if ran >= HEALTHY_RUN {
+            *self = Self::default();
+        }
+        if !error.retryable() {
+            return Restart::GiveUp;
+        }
+        if !error.lost_commit_race() {
+            if self.failures >= MAX_RESTARTS {
+                return Restart::GiveUp;
+            }
+            self.failures += 1;
+        }
+        let half = self.backoff / 2;
+        let wait = half + half.mul_f64(rand::random::<f64>());
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        Restart::After(wait)
+    }
+}
 
 /// [`run`], restarted from the Delta log after retryable failures (Kafka hiccups, another
-/// worker committing a partition we thought we owned), with capped exponential backoff; a
-/// non-retryable error, or [`MAX_RESTARTS`] failures in a row, ends it with the error.
+/// worker committing a partition we thought we owned) as [`Restarts`] decides; a non-retryable
+/// error, or [`MAX_RESTARTS`] failures in a row, ends it with the error.
 pub async fn run_with_restarts(
     kafka: &KafkaConfig,
     lake: &Lakehouse,
@@ -411,45 +474,41 @@ pub async fn run_with_restarts(
     stop: CancellationToken,
     observer: Option<Arc<dyn Observer>>,
 ) -> Result<RunStats> {
-    let mut backoff = Duration::from_millis(200);
-    let mut failures = 0u32;
+    let mut restarts = Restarts::default();
     loop {
         let started = Instant::now();
-        let result = run(kafka, lake, opts, stop.clone(), observer.clone()).await;
-        if started.elapsed() >= HEALTHY_RUN {
-            failures = 0;
-            backoff = Duration::from_millis(200);
+        let e = match run(kafka, lake, opts, stop.clone(), observer.clone()).await {
+            Ok(stats) => return Ok(stats),
+            Err(e) => e,
+        };
+        if let Error::ConflictingOffsets { table, .. } = &e {
+            events::CommitConflict { table }.emit();
         }
-        match result {
-            Err(e) if e.retryable() => {
-                if let Error::ConflictingOffsets { table, .. } = &e {
-                    events::CommitConflict { table }.emit();
-                }
-                // A transient failure as the stop comes (another writer committed the batch in
-                // hand, Kafka went away): nothing of the batch is ours in Delta and the next
-                // start reads it again from the offsets stored there. A clean stop.
-                if stop.is_cancelled() {
-                    tracing::info!(error = %e, "stopping; the batch in hand is read again on the next start");
-                    return Ok(RunStats::default());
-                }
-                if failures >= MAX_RESTARTS {
-                    tracing::error!(error = %e, restarts = failures, "pipeline keeps failing; giving up");
-                    return Err(Error::Invalid(format!(
-                        "the pipeline failed {} times in a row, each within {} s of starting; \
-                         last error: {e}",
-                        failures + 1,
-                        HEALTHY_RUN.as_secs()
-                    )));
-                }
-                failures += 1;
-                tracing::warn!(error = %e, domain = %e.domain(), ?backoff, "pipeline failed; resetting from the Delta log");
+        // A transient failure as the stop comes (another writer committed the batch in hand,
+        // Kafka went away): nothing of the batch is ours in Delta and the next start reads it
+        // again from the offsets stored there. A clean stop.
+        if e.retryable() && stop.is_cancelled() {
+            tracing::info!(error = %e, "stopping; the batch in hand is read again on the next start");
+            return Ok(RunStats::default());
+        }
+        match restarts.on_error(&e, started.elapsed()) {
+            Restart::After(backoff) => {
+                tracing::warn!(error = %e, domain = %e.domain(), ?backoff, failures = restarts.failures(), "pipeline failed; resetting from the Delta log");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = stop.cancelled() => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
             }
-            other => return other,
+            Restart::GiveUp if e.retryable() => {
+                tracing::error!(error = %e, restarts = restarts.failures(), "pipeline keeps failing; giving up");
+                return Err(Error::Invalid(format!(
+                    "the pipeline failed {} times in a row, each within {} s of starting; \
+                     last error: {e}",
+                    restarts.failures() + 1,
+                    HEALTHY_RUN.as_secs()
+                )));
+            }
+            Restart::GiveUp => return Err(e),
         }
     }
 }
@@ -1200,4 +1259,121 @@ async fn merge(
         expected,
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conflict() -> Error {
+        Error::ConflictingOffsets {
+            table: "iot.telemetry".into(),
+            app_id: "(concurrent commit)".into(),
+            expected: None,
+            found: None,
+        }
+    }
+
+    /// Delta refusing a replace-write because another writer appended to the table.
+    fn concurrent_append() -> Error {
+        use deltalake::kernel::transaction::{CommitConflictError, TransactionError};
+        Error::delta(
+            "iot.sensor_state",
+            deltalake::DeltaTableError::Transaction {
+                source: TransactionError::CommitConflict(CommitConflictError::ConcurrentAppend),
+            },
+        )
+    }
+
+    fn kafka_down() -> Error {
+        Error::Io(std::io::Error::other("broker went away"))
+    }
+
+    /// Two writers that keep colliding must not end the one that loses every race: fifty lost
+    /// races in a row are restarted, with the wait capped at the maximum.
+    #[test]
+    fn lost_commit_races_never_end_the_worker() {
+        let mut r = Restarts::default();
+        for i in 0..50 {
+            let e = if i % 2 == 0 {
+                conflict()
+            } else {
+                concurrent_append()
+            };
+            match r.on_error(&e, Duration::from_secs(3)) {
+                Restart::After(wait) => assert!(wait <= MAX_BACKOFF, "{wait:?}"),
+                Restart::GiveUp => panic!("gave up on a lost commit race"),
+            }
+        }
+        assert_eq!(r.failures(), 0);
+    }
+
+    /// Any other retryable failure ends the worker after MAX_RESTARTS in a row; a healthy run
+    /// in between starts the count again; a non-retryable one ends it at once.
+    #[test]
+    fn other_failures_give_up_after_max_restarts_in_a_row() {
+        let mut r = Restarts::default();
+        for _ in 0..MAX_RESTARTS {
+            assert!(matches!(
+                r.on_error(&kafka_down(), Duration::from_secs(1)),
+                Restart::After(_)
+            ));
+        }
+        assert_eq!(
+            r.on_error(&kafka_down(), Duration::from_secs(1)),
+            Restart::GiveUp
+        );
+        // A lost race in between neither resets nor adds to the count.
+        let mut r = Restarts::default();
+        for _ in 0..MAX_RESTARTS - 1 {
+            r.on_error(&kafka_down(), Duration::from_secs(1));
+        }
+        r.on_error(&conflict(), Duration::from_secs(1));
+        assert!(matches!(
+            r.on_error(&kafka_down(), Duration::from_secs(1)),
+            Restart::After(_)
+        ));
+        assert_eq!(
+            r.on_error(&kafka_down(), Duration::from_secs(1)),
+            Restart::GiveUp
+        );
+        // A run of a minute or more resets the count.
+        assert!(matches!(
+            r.on_error(&kafka_down(), HEALTHY_RUN),
+            Restart::After(_)
+        ));
+        assert_eq!(r.failures(), 1);
+        let mut r = Restarts::default();
+        assert_eq!(
+            r.on_error(&Error::Invalid("bad flag".into()), Duration::ZERO),
+            Restart::GiveUp
+        );
+    }
+
+    /// Waits double up to the cap and are drawn from the upper half of the current backoff, so
+    /// two workers that failed together do not restart together: the waits vary.
+    #[test]
+    fn backoff_doubles_to_the_cap_with_jitter() {
+        let mut seen = BTreeSet::new();
+        for _ in 0..20 {
+            let mut r = Restarts::default();
+            let mut backoff = FIRST_BACKOFF;
+            for _ in 0..10 {
+                let Restart::After(wait) = r.on_error(&conflict(), Duration::ZERO) else {
+                    panic!("gave up");
+                };
+                assert!(
+                    wait >= backoff / 2 && wait <= backoff,
+                    "{wait:?} vs {backoff:?}"
+                );
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            let Restart::After(first) = Restarts::default().on_error(&conflict(), Duration::ZERO)
+            else {
+                panic!("gave up");
+            };
+            seen.insert(first);
+        }
+        assert!(seen.len() > 1, "every first wait was {seen:?}: no jitter");
+    }
 }
