@@ -329,6 +329,7 @@ pub struct MaintainConfig {
     pub interval_secs: u64,
     pub target_file_mb: u64,
     pub vacuum_retention_hours: u64,
+    pub zorder_max_mb: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -735,6 +736,10 @@ impl Config {
         check(
             (1..=4096).contains(&self.maintain.target_file_mb),
             "maintain.target_file_mb must be in 1..=4096",
+        );
+        check(
+            self.maintain.zorder_max_mb <= 65536,
+            "maintain.zorder_max_mb must be in 0..=65536 (0 turns Z-order off)",
         );
         check(
             self.serve.addr.parse::<std::net::SocketAddr>().is_ok(),

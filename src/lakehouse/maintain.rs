@@ -1,12 +1,17 @@
 //! Maintenance: streaming commits make many small files and many log entries. For each table:
-//! compact (Z-ordered on the table's `zorder_by` keys), write a checkpoint, and vacuum files that
-//! left the table more than the retention ago. Rewrites are `dataChange = false`, so the Change
-//! Data Feed and the pipeline's txn versions are untouched. Safe to run while pipelines write:
-//! compaction only conflicts with deletes of the same files, and is retried next round.
+//! compact, write a checkpoint, and vacuum files that left the table more than the retention
+//! ago. Rewrites are `dataChange = false`, so the Change Data Feed and the pipeline's txn versions
+//! are untouched. Safe to run while pipelines write: compaction only conflicts with deletes of the
+//! same files, and is retried next round.
 //!
-//! Only partitions holding more than one file are rewritten (Z-order would otherwise rewrite
-//! every partition on every round); a table with nothing to compact is only checkpointed and
-//! vacuumed.
+//! What is rewritten is planned per partition (an unpartitioned table is one), so that the cost
+//! of a round grows with what changed since the last one, not with the table:
+//! - a partition with fewer than two *small* files (under half the target file size) is left
+//!   alone: it is already compact;
+//! - one whose data is at most `zorder_max_bytes` is Z-ordered on the table's `zorder_by` keys
+//!   (a Z-order sorts the whole partition, in memory: the bound is the bound on that memory);
+//! - a bigger one is bin-packed: only its small files are merged, a target-sized file at a time,
+//!   streaming — the open day of a busy table costs a round what arrived since the last one.
 
 use std::time::{Duration, Instant};
 
@@ -39,6 +44,8 @@ pub struct MaintainOptions {
     pub vacuum_retention: Duration,
     /// Skip Z-order (plain bin-packing compaction), e.g. for a quick run.
     pub zorder: bool,
+    /// Partitions holding more data than this (Parquet bytes) are bin-packed, not Z-ordered.
+    pub zorder_max_bytes: u64,
 }
 
 impl MaintainOptions {
@@ -48,6 +55,7 @@ impl MaintainOptions {
             target_file_bytes: maintain.target_file_mb * 1024 * 1024,
             vacuum_retention: Duration::from_secs(maintain.vacuum_retention_hours * 3600),
             zorder,
+            zorder_max_bytes: maintain.zorder_max_mb * 1024 * 1024,
         }
     }
 }
@@ -103,42 +111,58 @@ async fn maintain_table(
     report: &mut TableReport,
 ) -> Result<()> {
     let mut table = lake.open(name).await?;
-    let files: Vec<String> = table
-        .get_file_uris()
+    let files: Vec<DataFile> = table
+        .snapshot()
         .map_err(|e| Error::delta(name, e))?
+        .log_data()
+        .iter()
+        .map(|f| DataFile {
+            partition: match partition_by {
+                [column] => f.partition_values_map().remove(column).flatten(),
+                _ => None,
+            },
+            bytes: u64::try_from(f.size()).unwrap_or(0),
+        })
         .collect();
     report.files_before = files.len();
-    let crowded = crowded_partitions(&files, partition_by);
-    let needs_compaction = if partition_by.is_empty() {
-        files.len() > 1
-    } else {
-        !crowded.is_empty()
-    };
-    if needs_compaction {
-        let kind = if opts.zorder && !zorder_by.is_empty() {
-            OptimizeType::ZOrder(zorder_by.to_vec())
-        } else {
-            OptimizeType::Compact
+    let zorder = opts.zorder && !zorder_by.is_empty();
+    let plan = plan(
+        &files,
+        partition_by.len() == 1,
+        opts.target_file_bytes,
+        if zorder { opts.zorder_max_bytes } else { 0 },
+    );
+    for (kind, partitions) in [
+        (Rewrite::ZOrder, &plan.zorder),
+        (Rewrite::BinPack, &plan.bin_pack),
+    ] {
+        if partitions.is_empty() {
+            continue;
+        }
+        let optimize_type = match kind {
+            Rewrite::ZOrder => OptimizeType::ZOrder(zorder_by.to_vec()),
+            Rewrite::BinPack => OptimizeType::Compact,
         };
+        // Every partition of the plan, by value; an unpartitioned table has one, `None`.
         let filters: Vec<FilterLiteral<'_>> = match partition_by {
             [column] => vec![(
                 column.as_str(),
                 FilterOp::In,
-                FilterValue::Set(crowded.iter().map(String::as_str).collect()),
+                FilterValue::Set(partitions.iter().flatten().map(String::as_str).collect()),
             )],
             _ => Vec::new(),
         };
         let (optimized, metrics) = table
             .optimize()
-            .with_type(kind)
+            .with_type(optimize_type)
             .with_filters(&filters)
             .with_target_size(
                 std::num::NonZeroU64::new(opts.target_file_bytes).expect("target > 0"),
             )
             .await
             .map_err(|e| Error::delta(name, e))?;
-        report.files_compacted = metrics.num_files_removed;
-        report.files_written = metrics.num_files_added;
+        report.files_compacted += metrics.num_files_removed;
+        report.files_written += metrics.num_files_added;
         table = optimized;
     }
     deltalake::checkpoints::create_checkpoint(&table, None)
@@ -162,46 +186,124 @@ async fn maintain_table(
     Ok(())
 }
 
-/// Values of a single partition column whose folder holds more than one data file, read from
-/// the `<column>=<value>/` segment of each file's path.
-fn crowded_partitions(files: &[String], partition_by: &[String]) -> Vec<String> {
-    let [column] = partition_by else {
-        return Vec::new();
-    };
-    let prefix = format!("{column}=");
-    let mut per_value: BTreeMap<String, usize> = BTreeMap::new();
+/// A data file of a table, as the planner sees it.
+#[derive(Debug, Clone)]
+struct DataFile {
+    /// Its value of the table's single partition column (`None` when unpartitioned).
+    partition: Option<String>,
+    bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Rewrite {
+    ZOrder,
+    BinPack,
+}
+
+/// Which partitions a round rewrites, and how (see the module's docs). An unpartitioned table
+/// is the one partition `None`.
+#[derive(Debug, Default, PartialEq)]
+struct Plan {
+    zorder: Vec<Option<String>>,
+    bin_pack: Vec<Option<String>>,
+}
+
+/// Plans a round over `files`: partitions with at least two files under half of
+/// `target_file_bytes` are rewritten — Z-ordered when they hold at most `zorder_max_bytes`,
+/// bin-packed otherwise. A partitioned table's files with no partition value (a null) cannot be
+/// selected by a filter and are left alone.
+fn plan(
+    files: &[DataFile],
+    partitioned: bool,
+    target_file_bytes: u64,
+    zorder_max_bytes: u64,
+) -> Plan {
+    let mut per_partition: BTreeMap<Option<&str>, (usize, u64)> = BTreeMap::new();
     for f in files {
-        if let Some(seg) = f
-            .split('/')
-            .find_map(|seg| seg.strip_prefix(prefix.as_str()))
-        {
-            *per_value.entry(seg.to_string()).or_default() += 1;
+        if partitioned && f.partition.is_none() {
+            continue;
+        }
+        let (small, bytes) = per_partition.entry(f.partition.as_deref()).or_default();
+        *small += usize::from(f.bytes < target_file_bytes / 2);
+        *bytes += f.bytes;
+    }
+    let mut plan = Plan::default();
+    for (partition, (small, bytes)) in per_partition {
+        if small < 2 {
+            continue;
+        }
+        let partition = partition.map(str::to_string);
+        if bytes <= zorder_max_bytes {
+            plan.zorder.push(partition);
+        } else {
+            plan.bin_pack.push(partition);
         }
     }
-    per_value
-        .into_iter()
-        .filter(|(_, n)| *n > 1)
-        .map(|(v, _)| v)
-        .collect()
+    plan
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const MB: u64 = 1024 * 1024;
+
+    fn file(partition: Option<&str>, mb: u64) -> DataFile {
+        DataFile {
+            partition: partition.map(str::to_string),
+            bytes: mb * MB,
+        }
+    }
+
+    fn day(d: &str) -> Option<String> {
+        Some(d.to_string())
+    }
+
+    /// Compact partitions are left alone; small ones with several small files are Z-ordered; a
+    /// partition bigger than the Z-order bound is bin-packed, however many small files it has.
     #[test]
-    fn only_partitions_with_several_files_are_crowded() {
-        let files: Vec<String> = [
-            "file:///l/iot/telemetry/event_date=2026-11-01/part-1.parquet",
-            "file:///l/iot/telemetry/event_date=2026-11-01/part-2.parquet",
-            "file:///l/iot/telemetry/event_date=2026-11-02/part-3.parquet",
-        ]
-        .map(String::from)
-        .to_vec();
+    fn each_partition_is_left_z_ordered_or_bin_packed_by_what_it_holds() {
+        let files = [
+            // Compacted already: one big file and one small one.
+            file(Some("2026-11-01"), 120),
+            file(Some("2026-11-01"), 10),
+            // Small and crowded: 3 × 5 MB.
+            file(Some("2026-11-02"), 5),
+            file(Some("2026-11-02"), 5),
+            file(Some("2026-11-02"), 5),
+            // Big and crowded: 3 × 128 MB compacted and 2 new small files.
+            file(Some("2026-11-03"), 128),
+            file(Some("2026-11-03"), 128),
+            file(Some("2026-11-03"), 128),
+            file(Some("2026-11-03"), 1),
+            file(Some("2026-11-03"), 1),
+            // A null partition value cannot be filtered on: never planned.
+            file(None, 1),
+            file(None, 1),
+        ];
+        let p = plan(&files, true, 128 * MB, 256 * MB);
         assert_eq!(
-            crowded_partitions(&files, &["event_date".into()]),
-            vec!["2026-11-01".to_string()]
+            p,
+            Plan {
+                zorder: vec![day("2026-11-02")],
+                bin_pack: vec![day("2026-11-03")],
+            }
         );
-        assert!(crowded_partitions(&files, &[]).is_empty());
+        // Without Z-order (a bound of 0), every crowded partition is bin-packed.
+        let p = plan(&files, true, 128 * MB, 0);
+        assert_eq!(p.zorder, Vec::<Option<String>>::new());
+        assert_eq!(p.bin_pack, vec![day("2026-11-02"), day("2026-11-03")]);
+    }
+
+    /// An unpartitioned table is one partition: Z-ordered while it is small, bin-packed once it
+    /// outgrows the bound, left alone when compact.
+    #[test]
+    fn an_unpartitioned_table_is_one_partition() {
+        let small = [file(None, 1), file(None, 1)];
+        assert_eq!(plan(&small, false, 128 * MB, 256 * MB).zorder, vec![None]);
+        let big = [file(None, 300), file(None, 1), file(None, 1)];
+        assert_eq!(plan(&big, false, 128 * MB, 256 * MB).bin_pack, vec![None]);
+        let compact = [file(None, 300), file(None, 1)];
+        assert_eq!(plan(&compact, false, 128 * MB, 256 * MB), Plan::default());
     }
 }
