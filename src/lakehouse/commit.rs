@@ -84,13 +84,22 @@ fn commit_properties(pipeline: &str, offsets: &Offsets) -> CommitProperties {
         )])
 }
 
-fn writer_properties() -> WriterProperties {
+/// How millstream writes Parquet, in commits and in compaction: zstd at level 1 (cheap to
+/// compress, small contexts), and row groups of at most [`ROW_GROUP_ROWS`] rows. A writer holds
+/// a whole row group's pages until the group is done, so the row-group bound is what bounds a
+/// compaction's memory (Parquet's default is 1,048,576 rows).
+pub(crate) fn writer_properties() -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(1).expect("valid level"),
         ))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .build()
 }
+
+/// Rows per Parquet row group at most: a pipeline batch's worth, and small enough that readers
+/// still skip row groups by their statistics.
+const ROW_GROUP_ROWS: usize = 128 * 1024;
 
 /// Appends `batches` and records `offsets` in the same commit. Returns the table at the new
 /// version. With no batches, commits the offsets alone (a txn-only streaming update).

@@ -159,6 +159,10 @@ async fn maintain_table(
             .with_target_size(
                 std::num::NonZeroU64::new(opts.target_file_bytes).expect("target > 0"),
             )
+            // Background work: one bin at a time, written as commits write (deltalake's
+            // defaults are a bin per core, zstd level 4 and row groups of a million rows).
+            .with_max_concurrent_tasks(1)
+            .with_writer_properties(super::commit::writer_properties())
             .await
             .map_err(|e| Error::delta(name, e))?;
         report.files_compacted += metrics.num_files_removed;
