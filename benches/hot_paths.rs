@@ -152,6 +152,7 @@ fn served(rt: &tokio::runtime::Runtime) -> (tempfile::TempDir, millstream::mcp::
             millstream::mcp::CatalogOptions {
                 refresh: std::time::Duration::from_secs(3600),
                 tail_rows: 0,
+                tail_bytes: 0,
                 // Measures building sessions and answering, never a kept answer.
                 answer_cache_bytes: 0,
                 plan_cache_entries: 0,

@@ -338,6 +338,7 @@ pub struct ServeConfig {
     pub refresh_ms: u64,
     pub catch_up_ms: u64,
     pub tail_rows: usize,
+    pub tail_mb: u64,
     pub query_timeout_ms: u64,
     pub answer_cache_mb: u64,
     pub plan_cache_entries: usize,
@@ -646,6 +647,10 @@ impl Config {
         check(
             self.serve.tail_rows <= 100_000_000,
             "serve.tail_rows must be at most 100000000",
+        );
+        check(
+            self.serve.tail_mb <= 65536,
+            "serve.tail_mb must be at most 65536",
         );
         check(
             (100..=600_000).contains(&self.serve.query_timeout_ms),

@@ -154,6 +154,8 @@ pub struct CatalogOptions {
     pub refresh: Duration,
     /// Newest rows of each log to keep in memory ([`super::tail`]); 0 keeps none.
     pub tail_rows: usize,
+    /// Memory each log's tail may hold, whatever its rows.
+    pub tail_bytes: usize,
     /// Bytes of tool answers kept for reuse while their tables do not move
     /// ([`super::answers`]); 0 keeps none.
     pub answer_cache_bytes: usize,
@@ -170,6 +172,7 @@ impl CatalogOptions {
         CatalogOptions {
             refresh: Duration::from_millis(serve.refresh_ms),
             tail_rows: serve.tail_rows,
+            tail_bytes: (serve.tail_mb as usize) << 20,
             answer_cache_bytes: (serve.answer_cache_mb as usize) << 20,
             plan_cache_entries: serve.plan_cache_entries,
             query_partitions: serve.query_partitions,
@@ -302,7 +305,10 @@ impl LiveCatalog {
                 Err(e) => tracing::warn!(table = %name, error = %e, "opening table"),
             }
         }
-        let tail_rows = self.options.tail_rows;
+        let budget = TailBudget {
+            rows: self.options.tail_rows,
+            bytes: self.options.tail_bytes,
+        };
         let changed = futures::future::join_all(open.iter_mut().map(|(name, followed)| {
             let is_new = fresh.contains(name);
             async move {
@@ -316,9 +322,9 @@ impl LiveCatalog {
                 let load = async {
                     match (before, is_new) {
                         (Some(before), false) => {
-                            load_appended(name, followed, before + 1, tail_rows).await
+                            load_appended(name, followed, before + 1, budget).await
                         }
-                        _ => load_full(name, followed, tail_rows).await,
+                        _ => load_full(name, followed, budget).await,
                     }
                 };
                 match moved {
@@ -638,9 +644,21 @@ fn event_time_column(name: &str) -> Result<Option<&'static str>> {
     Ok(tables::get(name)?.event_time.as_deref())
 }
 
+/// What one log's tail may hold.
+#[derive(Debug, Clone, Copy)]
+struct TailBudget {
+    rows: usize,
+    bytes: usize,
+}
+
+/// Arrow's memory per byte of (zstd-compressed) Parquet, to pick the files whose rows fit a
+/// tail's memory before reading them; the tail then trims to its budget exactly.
+const PARQUET_EXPANSION: i64 = 4;
+
 /// Loads the current version from scratch: statistics for the watermark, then the table in
-/// memory (a small table whole; a log's newest `tail_rows` as its tail) or as a Delta scan.
-async fn load_full(name: &str, followed: &mut Followed, tail_rows: usize) -> Result<Loaded> {
+/// memory (a small table whole; the newest rows of a log that fit its budget as its tail) or
+/// as a Delta scan.
+async fn load_full(name: &str, followed: &mut Followed, budget: TailBudget) -> Result<Loaded> {
     let table = &followed.table;
     let version = table.version().unwrap_or(0) as i64;
     let committed_at = crate::lakehouse::commit_time(name, table, version).await?;
@@ -657,34 +675,49 @@ async fn load_full(name: &str, followed: &mut Followed, tail_rows: usize) -> Res
     let rows = records
         .as_ref()
         .and_then(|c| arrow::compute::sum(c.as_primitive::<arrow::datatypes::Int64Type>()));
+    let sizes = files
+        .column_by_name("size_bytes")
+        .and_then(|c| arrow::compute::cast(c, &DataType::Int64).ok());
+    let size = |i: usize| {
+        sizes
+            .as_ref()
+            .map_or(0, |c| {
+                c.as_primitive::<arrow::datatypes::Int64Type>().value(i)
+            })
+            .saturating_mul(PARQUET_EXPANSION)
+    };
+    let (tail_rows, tail_bytes) = (budget.rows as i64, budget.bytes as i64);
+    let memory: i64 = (0..files.num_rows()).map(size).sum();
     let delta: Arc<dyn TableProvider> = table.clone().table_provider().await?;
     followed.watermark = watermark;
     followed.tail = None;
-    let provider = if is_log(name) && tail_rows > 0 {
+    let provider = if is_log(name) && tail_rows > 0 && tail_bytes > 0 {
         // The newest files whose rows fit the tail: every row after the newest event time of
         // the first file that does not fit is in them.
         let after = match (rows, ts, &records) {
-            (Some(n), _, _) if n <= tail_rows as i64 => None,
+            (Some(n), _, _) if n <= tail_rows && memory <= tail_bytes => None,
             (_, Some(col), Some(records)) => {
                 let max = max_column(&files, &format!("max.{col}"));
-                let mut by_newest: Vec<(i64, i64)> = (0..files.num_rows())
+                let mut by_newest: Vec<(i64, i64, i64)> = (0..files.num_rows())
                     .map(|i| {
                         let r = records.as_primitive::<arrow::datatypes::Int64Type>();
                         (
                             max.get(i).copied().flatten().unwrap_or(i64::MAX),
                             r.value(i),
+                            size(i),
                         )
                     })
                     .collect();
                 by_newest.sort_unstable_by(|a, b| b.cmp(a));
-                let mut kept = 0;
+                let (mut kept_rows, mut kept_bytes) = (0, 0);
                 by_newest
                     .into_iter()
-                    .find(|(_, n)| {
-                        kept += n;
-                        kept > tail_rows as i64
+                    .find(|(_, n, bytes)| {
+                        kept_rows += n;
+                        kept_bytes += bytes;
+                        kept_rows > tail_rows || kept_bytes > tail_bytes
                     })
-                    .map(|(t, _)| t)
+                    .map(|(t, _, _)| t)
             }
             _ => Some(i64::MAX),
         };
@@ -699,7 +732,7 @@ async fn load_full(name: &str, followed: &mut Followed, tail_rows: usize) -> Res
                     )?;
                 }
                 let holds = after.map_or(Holds::All, Holds::After);
-                let mut tail = Tail::new(delta.schema(), ts, tail_rows, holds);
+                let mut tail = Tail::new(delta.schema(), ts, budget.rows, budget.bytes, holds);
                 if tail.append(&df.collect().await?)? {
                     let provider = tail.provider(delta)?;
                     followed.tail = Some(tail);
@@ -736,10 +769,10 @@ async fn load_appended(
     name: &str,
     followed: &mut Followed,
     from: u64,
-    tail_rows: usize,
+    budget: TailBudget,
 ) -> Result<Loaded> {
     let Some(tail) = followed.tail.as_mut() else {
-        return load_full(name, followed, tail_rows).await;
+        return load_full(name, followed, budget).await;
     };
     let table = &followed.table;
     let version = table.version().unwrap_or(0) as i64;
@@ -753,7 +786,7 @@ async fn load_appended(
         })
     });
     if !inserts_only || !tail.append(&changes)? {
-        return load_full(name, followed, tail_rows).await;
+        return load_full(name, followed, budget).await;
     }
     if let Some(ts) = tail.ts_column() {
         let newest = changes

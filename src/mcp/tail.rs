@@ -5,8 +5,8 @@
 //! instead keeps the newest rows of each log in memory and extends them from the Change Data
 //! Feed of each new version: one small read per commit instead of a scan per request.
 //!
-//! A tail holds at most `serve.tail_rows` rows per table and drops its oldest batches beyond
-//! that. It remembers the newest event time it dropped, so it knows which queries it can answer
+//! A tail holds at most `serve.tail_rows` rows and `serve.tail_mb` of memory per table and drops
+//! its oldest batches beyond either. It remembers the newest event time it dropped, so it knows which queries it can answer
 //! alone: a scan whose filters bound the event time above everything dropped reads memory;
 //! any other scan reads the Delta table ([`TieredTable`]). Both are the same table version, so
 //! an answer is the same whichever serves it.
@@ -40,6 +40,9 @@ pub(crate) struct Tail {
     batches: VecDeque<RecordBatch>,
     rows: usize,
     max_rows: usize,
+    /// Memory of the batches held ([`RecordBatch::get_array_memory_size`]).
+    bytes: usize,
+    max_bytes: usize,
     holds: Holds,
 }
 
@@ -48,6 +51,7 @@ impl Tail {
         schema: SchemaRef,
         ts_column: Option<&str>,
         max_rows: usize,
+        max_bytes: usize,
         holds: Holds,
     ) -> Tail {
         Tail {
@@ -56,6 +60,8 @@ impl Tail {
             batches: VecDeque::new(),
             rows: 0,
             max_rows,
+            bytes: 0,
+            max_bytes,
             holds,
         }
     }
@@ -73,8 +79,9 @@ impl Tail {
     }
 
     /// Appends `batches` (any column order; extra columns such as the CDF's are dropped), then
-    /// drops the oldest batches beyond the row budget. False when the tail can no longer say
-    /// which rows it holds (over budget without an event-time column): use the Delta table.
+    /// drops the oldest batches beyond the row or memory budget (the newest batch always stays).
+    /// False when the tail can no longer say which rows it holds (over budget without an
+    /// event-time column): use the Delta table.
     pub(crate) fn append(&mut self, batches: &[RecordBatch]) -> datafusion::error::Result<bool> {
         for b in batches {
             if b.num_rows() == 0 {
@@ -82,14 +89,16 @@ impl Tail {
             }
             let b = project(b, &self.schema)?;
             self.rows += b.num_rows();
+            self.bytes += b.get_array_memory_size();
             self.batches.push_back(b);
         }
-        while self.rows > self.max_rows && self.batches.len() > 1 {
+        while (self.rows > self.max_rows || self.bytes > self.max_bytes) && self.batches.len() > 1 {
             let Some(ts) = &self.ts_column else {
                 return Ok(false);
             };
             let dropped = self.batches.pop_front().expect("len > 1");
             self.rows -= dropped.num_rows();
+            self.bytes -= dropped.get_array_memory_size();
             if let Some(max) = max_micros(&dropped, ts) {
                 self.holds = match self.holds {
                     Holds::All => Holds::After(max),
@@ -304,7 +313,7 @@ mod tests {
 
     #[test]
     fn dropping_old_batches_records_what_the_tail_still_holds() {
-        let mut tail = Tail::new(schema(), Some("ts"), 4, Holds::All);
+        let mut tail = Tail::new(schema(), Some("ts"), 4, usize::MAX, Holds::All);
         assert!(tail.append(&[batch(&[(1, 10), (2, 30)])]).unwrap());
         assert!(tail.append(&[batch(&[(3, 20), (4, 40)])]).unwrap());
         assert_eq!(tail.holds, Holds::All);
@@ -312,12 +321,33 @@ mod tests {
         // The first batch went: every row after its newest event time (30) is still here.
         assert_eq!((tail.rows, tail.holds), (3, Holds::After(30)));
 
-        let mut no_clock = Tail::new(schema(), None, 1, Holds::All);
+        let mut no_clock = Tail::new(schema(), None, 1, usize::MAX, Holds::All);
         assert!(
             !no_clock
                 .append(&[batch(&[(1, 1)]), batch(&[(2, 2)])])
                 .unwrap()
         );
+    }
+
+    /// The memory budget bounds a tail whatever its row budget: old batches go once the held
+    /// batches outgrow it, the newest always stays, and the tail still says what it holds.
+    #[test]
+    fn a_tail_holds_no_more_memory_than_its_budget() {
+        let one = batch(&[(1, 10), (2, 20)]).get_array_memory_size();
+        let mut tail = Tail::new(schema(), Some("ts"), usize::MAX, 2 * one, Holds::All);
+        for i in 0..10 {
+            assert!(
+                tail.append(&[batch(&[(i, 10 * i), (i, 10 * i + 5)])])
+                    .unwrap()
+            );
+            assert!(tail.bytes <= 2 * one, "{} > {}", tail.bytes, 2 * one);
+        }
+        assert_eq!(tail.batches.len(), 2);
+        assert_eq!((tail.rows, tail.holds), (4, Holds::After(75)));
+        // A single batch over the budget stays: a tail never drops its newest rows.
+        let mut small = Tail::new(schema(), Some("ts"), usize::MAX, 1, Holds::All);
+        assert!(small.append(&[batch(&[(1, 10)])]).unwrap());
+        assert_eq!(small.rows, 1);
     }
 
     #[test]
@@ -361,7 +391,7 @@ mod tests {
         let rows = [(1, 10), (2, 30), (3, 20), (4, 40), (5, 50)];
         let whole: Arc<dyn TableProvider> =
             Arc::new(MemTable::try_new(schema(), vec![vec![batch(&rows)]]).unwrap());
-        let mut tail = Tail::new(schema(), Some("ts"), 3, Holds::All);
+        let mut tail = Tail::new(schema(), Some("ts"), 3, usize::MAX, Holds::All);
         for r in rows.chunks(2) {
             assert!(tail.append(&[batch(r)]).unwrap());
         }

@@ -446,6 +446,7 @@ async fn no_persona_finds_counts_or_reads_another_tenants_documents() {
         millstream::mcp::CatalogOptions {
             refresh: Duration::from_millis(100),
             tail_rows: 10_000,
+            tail_bytes: usize::MAX,
             answer_cache_bytes: 64 << 20,
             plan_cache_entries: 256,
             query_partitions: 1,

@@ -121,6 +121,7 @@ impl Env {
             millstream::mcp::CatalogOptions {
                 refresh: Duration::from_millis(refresh_ms),
                 tail_rows,
+                tail_bytes: usize::MAX,
                 answer_cache_bytes: 64 << 20,
                 plan_cache_entries: 256,
                 query_partitions: 1,
