@@ -686,7 +686,11 @@ async fn load_full(name: &str, followed: &mut Followed, budget: TailBudget) -> R
             })
             .saturating_mul(PARQUET_EXPANSION)
     };
-    let (tail_rows, tail_bytes) = (budget.rows as i64, budget.bytes as i64);
+    // Saturating: a budget of usize::MAX means "no bound", not -1.
+    let (tail_rows, tail_bytes) = (
+        i64::try_from(budget.rows).unwrap_or(i64::MAX),
+        i64::try_from(budget.bytes).unwrap_or(i64::MAX),
+    );
     let memory: i64 = (0..files.num_rows()).map(size).sum();
     let delta: Arc<dyn TableProvider> = table.clone().table_provider().await?;
     followed.watermark = watermark;
