@@ -1312,31 +1312,25 @@ mod tests {
     /// in between starts the count again; a non-retryable one ends it at once.
     #[test]
     fn other_failures_give_up_after_max_restarts_in_a_row() {
-        let mut r = Restarts::default();
-        for _ in 0..MAX_RESTARTS {
-            assert!(matches!(
+        // `n` Kafka failures are restarted, the next one gives up.
+        let restarts_then_gives_up = |r: &mut Restarts, n: u32| {
+            for _ in 0..n {
+                let next = r.on_error(&kafka_down(), Duration::from_secs(1));
+                assert!(matches!(next, Restart::After(_)), "{next:?}");
+            }
+            assert_eq!(
                 r.on_error(&kafka_down(), Duration::from_secs(1)),
-                Restart::After(_)
-            ));
-        }
-        assert_eq!(
-            r.on_error(&kafka_down(), Duration::from_secs(1)),
-            Restart::GiveUp
-        );
+                Restart::GiveUp
+            );
+        };
+        restarts_then_gives_up(&mut Restarts::default(), MAX_RESTARTS);
         // A lost race in between neither resets nor adds to the count.
         let mut r = Restarts::default();
         for _ in 0..MAX_RESTARTS - 1 {
             r.on_error(&kafka_down(), Duration::from_secs(1));
         }
         r.on_error(&conflict(), Duration::from_secs(1));
-        assert!(matches!(
-            r.on_error(&kafka_down(), Duration::from_secs(1)),
-            Restart::After(_)
-        ));
-        assert_eq!(
-            r.on_error(&kafka_down(), Duration::from_secs(1)),
-            Restart::GiveUp
-        );
+        restarts_then_gives_up(&mut r, 1);
         // A run of a minute or more resets the count.
         assert!(matches!(
             r.on_error(&kafka_down(), HEALTHY_RUN),
