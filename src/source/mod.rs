@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
@@ -294,11 +295,15 @@ pub struct Source {
     consumer: StreamConsumer<SourceContext>,
     /// Since when every poll has failed, and how many failures (reset by a record).
     failing: Mutex<Option<(Instant, u64)>>,
+    /// When the last batch closed: records already waiting at the next poll arrived after it.
+    closed: Mutex<Option<Instant>>,
 }
 
 /// How long consume errors may go on without a single record before the source gives up
 /// (the worker then restarts, a bounded number of times).
 const FAILING_FOR: Duration = Duration::from_secs(60);
+/// Polls [`Source::ready`] tries before it takes the queue for empty.
+const READY_POLLS: usize = 8;
 /// How long closing the consumer may take before the process stops waiting for it.
 const CLOSE_BUDGET: Duration = Duration::from_secs(5);
 
@@ -348,6 +353,7 @@ impl Source {
         Ok(Source {
             consumer,
             failing: Mutex::new(None),
+            closed: Mutex::new(None),
         })
     }
 
@@ -356,9 +362,16 @@ impl Source {
         std::mem::take(&mut *self.consumer.context().changes.lock().expect("poisoned"))
     }
 
-    /// Reads until `max_events` records or `max_wait` has passed since the first record (an
-    /// empty poll waits at most `max_wait` too), or `stop` resolves. Also returns when the
+    /// Reads until `max_events` records, or until the batch window of `max_wait` has closed and
+    /// the records librdkafka already holds are taken, or `stop` resolves. Also returns when the
     /// first record arrived.
+    ///
+    /// The window opens when the batch's oldest record arrived: at its arrival when the poll
+    /// had to wait for it (an idle stream makes no tiny batches), and at the previous batch's
+    /// close when records were already waiting (they arrived while that batch was committed).
+    /// So a batch closes `max_wait` after its oldest record came in, whatever the commit before
+    /// it took, and a record waits at most about `max_wait` plus one commit. Record timestamps
+    /// are not used: a producer's clock or an event-time timestamp must not size batches.
     pub async fn next_batch(
         &self,
         max_events: usize,
@@ -367,7 +380,9 @@ impl Source {
     ) -> Result<(Vec<RawRecord>, Option<Instant>)> {
         let mut out = Vec::with_capacity(max_events.min(65_536));
         let mut first_at = None;
-        let mut deadline = Instant::now() + max_wait;
+        let called = Instant::now();
+        let previous_close = self.closed.lock().expect("poisoned").take();
+        let mut deadline = called + max_wait;
         let mut topics: BTreeMap<String, Arc<str>> = BTreeMap::new();
         while out.len() < max_events {
             if let Some(e) = self
@@ -381,13 +396,45 @@ impl Source {
                 return Err(e);
             }
             let now = Instant::now();
-            if now >= deadline || stop.is_cancelled() {
+            if stop.is_cancelled() {
                 break;
             }
-            let msg = tokio::select! {
-                m = self.consumer.recv() => m,
-                _ = tokio::time::sleep(deadline - now) => break,
-                _ = stop.cancelled() => break,
+            let msg = if out.is_empty() {
+                // The first record: one that is waiting already opened the window at the last
+                // close; otherwise the window opens when one arrives.
+                let ready = self.ready();
+                let waited = ready.is_none();
+                let msg = match ready {
+                    Some(m) => m,
+                    None if now >= deadline => break,
+                    None => tokio::select! {
+                        m = self.consumer.recv() => m,
+                        _ = tokio::time::sleep(deadline - now) => break,
+                        _ = stop.cancelled() => break,
+                    },
+                };
+                if msg.is_ok() {
+                    let arrived = Instant::now();
+                    first_at = Some(arrived);
+                    let opened = match previous_close {
+                        Some(closed) if !waited => closed,
+                        _ => arrived,
+                    };
+                    deadline = opened + max_wait;
+                }
+                msg
+            } else if now >= deadline {
+                // The window has closed: take what is already fetched, without waiting.
+                match self.ready() {
+                    Some(m) => m,
+                    None => break,
+                }
+            } else {
+                tokio::select! {
+                    m = self.consumer.recv() => m,
+                    _ = tokio::time::sleep(deadline - now) => break,
+                    _ = stop.cancelled() => break,
+                }
             };
             let msg = match msg {
                 Ok(m) => {
@@ -401,13 +448,6 @@ impl Source {
                     continue;
                 }
             };
-            if out.is_empty() {
-                // The batch window starts at the first record, so an idle stream does not make
-                // tiny batches.
-                let now = Instant::now();
-                first_at = Some(now);
-                deadline = now + max_wait;
-            }
             let topic = topics
                 .entry(msg.topic().to_string())
                 .or_insert_with(|| Arc::from(msg.topic()))
@@ -421,7 +461,15 @@ impl Source {
                 timestamp_ms: msg.timestamp().to_millis(),
             });
         }
+        *self.closed.lock().expect("poisoned") = Some(Instant::now());
         Ok((out, first_at))
+    }
+
+    /// The next record librdkafka already holds, without waiting. The queue also carries
+    /// events that are not records (statistics, rebalances), which a poll consumes without
+    /// yielding a record, so a few polls are tried before the queue counts as empty.
+    fn ready(&self) -> Option<KafkaResult<rdkafka::message::BorrowedMessage<'_>>> {
+        (0..READY_POLLS).find_map(|_| self.consumer.recv().now_or_never())
     }
 
     /// Records durable offsets in Kafka (next offset to read), for lag monitoring only.

@@ -9,6 +9,7 @@ mod agent;
 mod alerts_out;
 mod allocator;
 mod auth;
+mod batching;
 mod cdf;
 mod cluster;
 mod console;
