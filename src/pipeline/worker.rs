@@ -1172,6 +1172,8 @@ async fn commit_sink(
     replace: Option<String>,
 ) -> Result<()> {
     let offsets = std::mem::take(&mut sink.pending);
+    let started = Instant::now();
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     let result = match (&sink.write, batches.is_empty()) {
         (Write::Merge(def), false) => {
             let expected: Offsets = offsets
@@ -1202,6 +1204,13 @@ async fn commit_sink(
             .await
         }
     };
+    tracing::debug!(
+        table = sink.name,
+        rows,
+        ms = started.elapsed().as_millis() as u64,
+        ok = result.is_ok(),
+        "sink committed"
+    );
     settle(sink, offsets, result)
 }
 
