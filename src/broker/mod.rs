@@ -231,3 +231,34 @@ pub async fn ensure_topics(kafka: &KafkaConfig, brokers: &str, names: &[&str]) -
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    #[test]
+    fn kafka_properties_override_the_producer_defaults() {
+        let mut kafka = crate::config::Config::load_from(None, Vec::new())
+            .expect("defaults")
+            .kafka;
+        let defaults = producer_config(&kafka, "localhost:9092");
+        assert_eq!(defaults.get("linger.ms"), Some("25"));
+        assert_eq!(defaults.get("enable.idempotence"), Some("true"));
+        kafka
+            .properties
+            .insert("linger.ms".into(), Secret::new("100"));
+        kafka
+            .properties
+            .insert("compression.type".into(), Secret::new("lz4"));
+        let tuned = producer_config(&kafka, "localhost:9092");
+        assert_eq!(tuned.get("linger.ms"), Some("100"));
+        assert_eq!(tuned.get("compression.type"), Some("lz4"));
+        assert_eq!(
+            tuned.get("acks"),
+            Some("all"),
+            "what is not set keeps its default"
+        );
+        assert_eq!(tuned.get("bootstrap.servers"), Some("localhost:9092"));
+    }
+}
