@@ -23,6 +23,12 @@ pub use embedded::EmbeddedBroker;
 pub fn client_config(kafka: &KafkaConfig, brokers: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers);
+    with_properties(c, kafka)
+}
+
+/// `c` with the pass-through `kafka.properties` set over it: applied last, they may tune any
+/// setting millstream chose.
+pub fn with_properties(mut c: ClientConfig, kafka: &KafkaConfig) -> ClientConfig {
     for (k, v) in &kafka.properties {
         c.set(k, v.expose());
     }
@@ -187,10 +193,7 @@ pub fn producer_config(kafka: &KafkaConfig, brokers: &str) -> ClientConfig {
         .set("queue.buffering.max.messages", "1000000")
         .set("queue.buffering.max.kbytes", "1048576")
         .set("compression.type", "zstd");
-    for (k, v) in &kafka.properties {
-        c.set(k, v.expose());
-    }
-    c
+    with_properties(c, kafka)
 }
 
 /// Creates the topics that do not exist yet; existing topics are left as they are.

@@ -336,10 +336,7 @@ impl Source {
         if !kafka.instance_id.is_empty() {
             cfg.set("group.instance.id", &kafka.instance_id);
         }
-        // User properties last: they may tune anything above.
-        for (k, v) in &kafka.properties {
-            cfg.set(k, v.expose());
-        }
+        let cfg = crate::broker::with_properties(cfg, kafka);
         let ctx = SourceContext {
             resolver,
             reader: crate::broker::client_config(kafka, brokers),
@@ -380,9 +377,8 @@ impl Source {
     ) -> Result<(Vec<RawRecord>, Option<Instant>)> {
         let mut out = Vec::with_capacity(max_events.min(65_536));
         let mut first_at = None;
-        let called = Instant::now();
         let previous_close = self.closed.lock().expect("poisoned").take();
-        let mut deadline = called + max_wait;
+        let mut deadline = Instant::now() + max_wait;
         let mut topics: BTreeMap<String, Arc<str>> = BTreeMap::new();
         while out.len() < max_events {
             if let Some(e) = self
