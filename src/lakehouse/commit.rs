@@ -226,7 +226,7 @@ pub struct MergeSpec {
 }
 
 /// Merges `source` into the table by the sink's key (matched rows updated, others inserted) and
-/// records `offsets` in the same commit. A concurrent commit that touched the same files makes
+/// records `offsets` in the same commit (alone, when the merge changes no row). A concurrent commit that touched the same files makes
 /// delta-rs refuse the merge; it is rerun on the new version (a few times) — but only after
 /// checking that the new version still stores `expected` for every partition of `offsets` (what
 /// this writer last committed, or nothing). A version that moved them means another writer
@@ -289,31 +289,153 @@ pub async fn merge(
                 })
             })
             .map_err(|e| Error::delta(table_name, e))?;
-        let result = builder
+        let merged = builder
             .with_commit_properties(props)
             .with_writer_properties(writer_properties())
             .await;
+        let result = match merged {
+            // delta-rs makes no commit for a merge that changes no row (its source empty after
+            // the sink's SQL, say a batch of documents none of which is a proposal): the
+            // offsets are committed alone, or the worker would count as durable what the log
+            // does not hold, and its next fence would fail against the older offsets.
+            Ok((t, _metrics)) if t.version() == table.version() && !offsets.is_empty() => {
+                commit_offsets_only(t, table_name, commit_properties(pipeline, offsets)).await
+            }
+            Ok((t, _metrics)) => Ok(t),
+            Err(e) => Err(classify(table_name, e)),
+        };
         match result {
-            Ok((t, _metrics)) => return Ok(t),
-            Err(e) => match classify(table_name, e) {
-                Error::Delta {
-                    source: deltalake::DeltaTableError::Transaction { .. },
-                    ..
-                } if attempt < 5 => {
-                    attempt += 1;
-                    tracing::debug!(
-                        table = table_name,
-                        attempt,
-                        "merge conflicted; rerunning on the new version"
-                    );
-                    table
-                        .update_state()
-                        .await
-                        .map_err(|e| Error::delta(table_name, e))?;
-                    fence(&table, table_name, pipeline, offsets, expected).await?;
-                }
-                e => return Err(e),
-            },
+            Ok(t) => return Ok(t),
+            Err(Error::Delta {
+                source: deltalake::DeltaTableError::Transaction { .. },
+                ..
+            }) if attempt < 5 => {
+                attempt += 1;
+                tracing::debug!(
+                    table = table_name,
+                    attempt,
+                    "merge conflicted; rerunning on the new version"
+                );
+                table
+                    .update_state()
+                    .await
+                    .map_err(|e| Error::delta(table_name, e))?;
+                fence(&table, table_name, pipeline, offsets, expected).await?;
+            }
+            Err(e) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use deltalake::kernel::{DataType as DeltaType, PrimitiveType, StructField};
+
+    use super::*;
+
+    const PIPELINE: &str = "bronze";
+
+    fn rows(keys: &[&str], values: &[i64]) -> datafusion::prelude::DataFrame {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, false),
+            Field::new("v", DataType::Int64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(keys.to_vec())),
+                Arc::new(Int64Array::from(values.to_vec())),
+            ],
+        )
+        .unwrap();
+        datafusion::prelude::SessionContext::new()
+            .read_batch(batch)
+            .unwrap()
+    }
+
+    fn at(offset: i64) -> Offsets {
+        Offsets::from([(SourcePartition::new("mfg.knowledge.documents", 3), offset)])
+    }
+
+    fn upsert() -> MergeSpec {
+        let set = |cols: &[&str]| {
+            cols.iter()
+                .map(|c| (c.to_string(), format!("source.{c}")))
+                .collect()
+        };
+        MergeSpec {
+            key: vec!["k".into()],
+            update: set(&["v"]),
+            insert: set(&["k", "v"]),
+            delete: None,
+        }
+    }
+
+    async fn stored(uri: &str) -> Offsets {
+        let table = deltalake::open_table(url::Url::parse(uri).unwrap())
+            .await
+            .unwrap();
+        txn_versions(&table, "t", PIPELINE, at(0).into_keys())
+            .await
+            .unwrap()
+    }
+
+    /// A batch whose rows the sink's SQL filters out (document events none of which is a
+    /// proposal) merges nothing, and delta-rs then makes no commit; the batch's offsets must
+    /// reach the log all the same. Otherwise the worker counts them durable while the log keeps
+    /// the older ones, and its next merge that races a compaction fences against offsets Delta
+    /// never stored and resets the whole pipeline (seen 3–5 times in 30 minutes of `up`).
+    #[tokio::test]
+    async fn a_merge_that_changes_no_row_still_records_its_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let uri = url::Url::from_directory_path(dir.path()).unwrap();
+        let table = deltalake::operations::create::CreateBuilder::new()
+            .with_location(uri.to_string())
+            .with_columns([
+                StructField::new("k", DeltaType::Primitive(PrimitiveType::String), false),
+                StructField::new("v", DeltaType::Primitive(PrimitiveType::Long), false),
+            ])
+            .await
+            .unwrap();
+        let spec = upsert();
+        let merge = async |table, source, offsets: Offsets, expected: Offsets| {
+            super::merge(table, "t", &spec, PIPELINE, source, &offsets, &expected).await
+        };
+        let table = merge(table, rows(&["a"], &[1]), at(0), Offsets::new())
+            .await
+            .unwrap();
+        let table = merge(table, rows(&["b"], &[2]), at(1), at(0))
+            .await
+            .unwrap();
+        let version = table.version();
+        let table = merge(table, rows(&[], &[]), at(2), at(1)).await.unwrap();
+        assert_eq!(table.version(), version.map(|v| v + 1), "no commit");
+        assert_eq!(stored(uri.as_str()).await, at(2));
+
+        // Compaction commits behind this writer's back; the next merge, which reads the
+        // compacted rows, conflicts with it, is rerun on the new version, and its fence finds
+        // the offsets the writer last committed.
+        let other = deltalake::open_table(uri.clone()).await.unwrap();
+        let (_, metrics) = other.optimize().await.unwrap();
+        assert_eq!(metrics.num_files_removed, 2);
+        let table = merge(table, rows(&["b", "c"], &[4, 3]), at(3), at(2))
+            .await
+            .unwrap();
+        assert_eq!(stored(uri.as_str()).await, at(3));
+        let ctx = datafusion::prelude::SessionContext::new();
+        ctx.register_table("t", table.table_provider().await.unwrap())
+            .unwrap();
+        let got = ctx.sql("SELECT k, v FROM t ORDER BY k").await.unwrap();
+        let got = arrow::util::pretty::pretty_format_batches(&got.collect().await.unwrap())
+            .unwrap()
+            .to_string();
+        assert!(
+            got.contains("| a | 1 |") && got.contains("| b | 4 |") && got.contains("| c | 3 |"),
+            "{got}"
+        );
     }
 }
