@@ -311,10 +311,10 @@ pub async fn merge(
                 ..
             }) if attempt < 5 => {
                 attempt += 1;
-                tracing::debug!(
+                tracing::info!(
                     table = table_name,
                     attempt,
-                    "merge conflicted; rerunning on the new version"
+                    "merge conflicted with a concurrent commit; rerunning on the new version"
                 );
                 table
                     .update_state()

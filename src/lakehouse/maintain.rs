@@ -91,6 +91,8 @@ pub async fn run(lake: &Lakehouse, opts: &MaintainOptions) -> Vec<TableReport> {
         )
         .await
         {
+            // The table keeps its data and its files; the next run tries again.
+            tracing::warn!(table = %report.table, error = %e, "maintenance of a table failed");
             report.error = Some(e.to_string());
         }
         report.millis = started.elapsed().as_millis();
