@@ -285,6 +285,62 @@ async fn log_tails_answer_like_the_delta_tables() {
     }
 }
 
+/// A scan bounded to the newest rows of a log is answered from the server's memory, not by
+/// opening the log's Parquet files; one reaching further back reads Delta. Answers alone cannot
+/// tell the two apart (they are the same by design), so this reads the physical plan: without
+/// it, every other test passes with the tails turned off (stop 40 shipped that bug once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_inside_a_log_tail_reads_memory_and_one_beyond_it_reads_delta() {
+    let _w = support::watchdog("mcp tail plans", Duration::from_secs(120));
+    let env = Env::new(1).await;
+    let (catalog, _stop) = env.live_catalog(20, 400).await;
+    // One partition, several commits: the tail drops the oldest batches, which hold the oldest
+    // event times, so the newest rows are the ones it keeps.
+    let mut opts = env.options("tailplan", "tailplan");
+    opts.batch_max_events = 300;
+    env.produce(&support::events("tailplan", 3000, 0.0)).await;
+    env.run_until(&opts, 3000).await;
+    let table = "iot.telemetry";
+    let committed = env.lake.open(table).await.unwrap().version().unwrap() as i64;
+    let started = Instant::now();
+    while catalog.version(table) != Some(committed) {
+        assert!(started.elapsed() < Duration::from_secs(10), "not served");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let times = support::rows(&env.lake, &format!("SELECT ts FROM {table} ORDER BY ts")).await;
+    assert!(
+        times.len() > 800,
+        "{} rows: the tail must overflow",
+        times.len()
+    );
+    let session = catalog.session(&admin()).await.unwrap();
+    let plan = async |sql: &str| {
+        let df = session.ctx.sql(sql).await.unwrap();
+        let plan = df.create_physical_plan().await.unwrap();
+        datafusion::physical_plan::displayable(plan.as_ref())
+            .indent(true)
+            .to_string()
+    };
+    let newest = &times[times.len() - 50];
+    let oldest = &times[10];
+    let inside = plan(&format!(
+        "SELECT count(*) FROM {table} WHERE ts >= TIMESTAMP '{newest}'"
+    ))
+    .await;
+    assert!(
+        !inside.contains("parquet") && inside.contains("partition_sizes"),
+        "a scan of the newest 50 rows opened Delta:\n{inside}"
+    );
+    let beyond = plan(&format!(
+        "SELECT count(*) FROM {table} WHERE ts >= TIMESTAMP '{oldest}'"
+    ))
+    .await;
+    assert!(
+        beyond.contains("parquet"),
+        "a scan reaching past the tail did not read Delta:\n{beyond}"
+    );
+}
+
 /// The loop closes on the simulated clock: a shortage signal → `create_order` → the order in
 /// `supply_chain.purchase_orders` → the simulated supplier's shipments carrying its `po_id` →
 /// the receipt at the warehouse → the position's shortage risk drops below HIGH.
