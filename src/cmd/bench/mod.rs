@@ -57,6 +57,11 @@ pub enum BenchCommand {
         rate: u64,
         #[arg(long, default_value_t = 30)]
         seconds: u64,
+        /// Also run the MCP server's catalog in the process, following the pipeline's commits
+        /// as under `up`, and measure produce time → served (the telemetry version holding the
+        /// record is what the server answers from).
+        #[arg(long)]
+        serve: bool,
     },
     /// MCP clients over streamable HTTP calling the read tools against live tables (the
     /// pipeline ingesting meanwhile); latency per tool and how soon the server sees commits.
@@ -145,7 +150,11 @@ pub async fn run(
             anyhow::ensure!((1..=64).contains(&workers), "--workers must be in 1..=64");
             cluster::run(config, config_file, &brokers, workers, events).await
         }
-        BenchCommand::Freshness { rate, seconds } => freshness(config, rate, seconds).await,
+        BenchCommand::Freshness {
+            rate,
+            seconds,
+            serve,
+        } => freshness(config, rate, seconds, serve).await,
         BenchCommand::Agent {
             sessions,
             seconds,
@@ -205,20 +214,51 @@ pub async fn run(
     }
 }
 
-/// Records, per committed record, commit time minus its Kafka timestamp (ms).
-struct Freshness(Mutex<Vec<u32>>);
+/// What `bench freshness` records: per committed batch, when the worker had committed it (ms
+/// since the epoch) and its records' Kafka timestamps (ms).
+#[derive(Default)]
+struct Freshness {
+    batches: Mutex<Vec<(i64, Vec<i64>)>>,
+}
 
 impl Observer for Freshness {
     fn polled(&self, committed: &[RawRecord], _stats: &RunStats) -> bool {
-        let now = chrono::Utc::now().timestamp_millis();
-        self.0.lock().expect("poisoned").extend(
-            committed
-                .iter()
-                .filter_map(|r| r.timestamp_ms)
-                .map(|t| (now - t).max(0) as u32),
-        );
+        if !committed.is_empty() {
+            let now = chrono::Utc::now().timestamp_millis();
+            let produced = committed.iter().filter_map(|r| r.timestamp_ms).collect();
+            self.batches.lock().expect("poisoned").push((now, produced));
+        }
         true
     }
+}
+
+/// Produce → served, per record of the batches after the first `skip`: the time of the first
+/// publish of the server whose telemetry version was committed after the previous batch was
+/// done — commits are sequential, so that version holds the batch — minus the record's Kafka
+/// timestamp. `published`: (when, commit time of the telemetry version served), both ms since
+/// the epoch, in publish order. Also the records never served before the run ended.
+fn served_latencies(
+    batches: &[(i64, Vec<i64>)],
+    skip: usize,
+    published: &[(i64, i64)],
+) -> (Vec<u32>, usize) {
+    let (mut served, mut unseen) = (Vec::new(), 0);
+    for i in skip.max(1)..batches.len() {
+        let after = batches[i - 1].0;
+        let records = &batches[i].1;
+        match published.iter().find(|(_, committed)| *committed > after) {
+            Some((at, _)) => served.extend(records.iter().map(|t| (at - t).max(0) as u32)),
+            None => unseen += records.len(),
+        }
+    }
+    (served, unseen)
+}
+
+fn percentile(sorted: &[u32], q: f64) -> u32 {
+    sorted
+        .get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0)
 }
 
 struct Scratch(std::path::PathBuf);
@@ -441,15 +481,44 @@ fn check_nothing_evicted(config: &Config, brokers: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn freshness(config: Config, rate: u64, seconds: u64) -> anyhow::Result<()> {
+async fn freshness(config: Config, rate: u64, seconds: u64, serve: bool) -> anyhow::Result<()> {
     let (_scratch, lake, broker) = scratch_setup(&config)?;
     let brokers = broker.bootstrap_servers().to_string();
     lake.ensure_all().await?;
 
-    let samples = Arc::new(Freshness(Mutex::new(Vec::new())));
+    let samples = Arc::new(Freshness::default());
     let mut opts = PipelineOptions::from_config(&config, &brokers);
     opts.group_id = "bench-freshness".into();
     let stop = CancellationToken::new();
+    // The server's catalog, learning of new versions from the pipeline's commit announcements
+    // as under `up`; a watcher notes what it serves at each publish.
+    let watcher = if serve {
+        let catalog = crate::mcp::LiveCatalog::start(
+            lake.clone(),
+            Definitions::built_in().await?,
+            crate::mcp::CatalogOptions::from_config(&config.serve),
+            stop.clone(),
+        )
+        .await?;
+        let stop = stop.clone();
+        Some(tokio::spawn(async move {
+            let mut published = catalog.published();
+            let mut seen = Vec::new();
+            loop {
+                tokio::select! {
+                    changed = published.changed() => if changed.is_err() { break },
+                    () = stop.cancelled() => break,
+                }
+                let at = chrono::Utc::now().timestamp_millis();
+                if let Some(c) = catalog.committed_at("iot.telemetry") {
+                    seen.push((at, c.timestamp_millis()));
+                }
+            }
+            seen
+        }))
+    } else {
+        None
+    };
     let pipeline = {
         let (kafka, lake, opts, stop) = (
             config.kafka.clone(),
@@ -464,11 +533,18 @@ async fn freshness(config: Config, rate: u64, seconds: u64) -> anyhow::Result<()
     };
     // Let the consumer join before measuring.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let warmup = samples.0.lock().expect("poisoned").len();
+    let warmup = samples.batches.lock().expect("poisoned").len();
 
     let producer = EventProducer::new(&config.kafka, &brokers)?;
     let mut generator = Generator::new(&config.simulate, "fresh", config.simulate.start, rate);
-    eprintln!("bench freshness: {rate} events/s for {seconds}s");
+    eprintln!(
+        "bench freshness: {rate} events/s for {seconds}s{}",
+        if serve {
+            ", served by an MCP catalog"
+        } else {
+            ""
+        }
+    );
     let produce_stop = CancellationToken::new();
     let timer = {
         let produce_stop = produce_stop.clone();
@@ -480,37 +556,51 @@ async fn freshness(config: Config, rate: u64, seconds: u64) -> anyhow::Result<()
     let produced =
         crate::sim::produce_live(&producer, &mut generator, rate, None, produce_stop).await?;
     timer.abort();
-    // Give the pipeline time to commit the tail.
+    // Give the pipeline time to commit the tail, and the server to load it.
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.cancel();
     let stats = pipeline.await??;
+    let published = match watcher {
+        Some(w) => Some(w.await?),
+        None => None,
+    };
     drop(producer);
     drop(broker);
 
-    let mut v = samples.0.lock().expect("poisoned").split_off(warmup);
+    let batches = std::mem::take(&mut *samples.batches.lock().expect("poisoned"));
+    let mut v: Vec<u32> = batches[warmup..]
+        .iter()
+        .flat_map(|(done, produced)| produced.iter().map(move |t| (done - t).max(0) as u32))
+        .collect();
     v.sort_unstable();
-    let pct = |q: f64| {
-        v.get(((v.len() as f64 * q) as usize).min(v.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0)
-    };
-    println!(
-        "{}",
-        json!({
-            "bench": "freshness",
-            "rate": rate,
-            "seconds": seconds,
-            "produced": produced.events,
-            "committed": stats.records,
-            "samples": v.len(),
-            "p50_ms": pct(0.50),
-            "p90_ms": pct(0.90),
-            "p99_ms": pct(0.99),
-            "max_ms": v.last().copied().unwrap_or(0),
-            "batch_max_ms": config.pipeline.batch_max_ms,
-            "peak_rss_mb": peak_rss_mb().round(),
-        })
-    );
+    let mut out = json!({
+        "bench": "freshness",
+        "rate": rate,
+        "seconds": seconds,
+        "produced": produced.events,
+        "committed": stats.records,
+        "samples": v.len(),
+        "p50_ms": percentile(&v, 0.50),
+        "p90_ms": percentile(&v, 0.90),
+        "p99_ms": percentile(&v, 0.99),
+        "max_ms": v.last().copied().unwrap_or(0),
+        "batch_max_ms": config.pipeline.batch_max_ms,
+        "peak_rss_mb": peak_rss_mb().round(),
+    });
+    if let Some(published) = published {
+        let (mut served, unseen) = served_latencies(&batches, warmup, &published);
+        served.sort_unstable();
+        out["served"] = json!({
+            "samples": served.len(),
+            "never_served": unseen,
+            "p50_ms": percentile(&served, 0.50),
+            "p90_ms": percentile(&served, 0.90),
+            "p99_ms": percentile(&served, 0.99),
+            "max_ms": served.last().copied().unwrap_or(0),
+            "publishes": published.len(),
+        });
+    }
+    println!("{out}");
     Ok(())
 }
 
@@ -804,4 +894,32 @@ async fn mcp(config: Config, clients: usize, seconds: u64, rate: f64) -> anyhow:
         })
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch is served by the first publish whose telemetry version was committed after the
+    /// previous batch was done (so it is this batch's commit or a later one), and each record's
+    /// figure runs from its produce time to that publish; a batch no publish covers is counted,
+    /// not dropped.
+    #[test]
+    fn a_batch_is_served_at_the_first_publish_of_a_version_committed_after_its_predecessor() {
+        let batches = [
+            (1_000, vec![700]),
+            (1_300, vec![1_000, 1_100]),
+            (1_600, vec![1_350]),
+            (1_900, vec![1_700]),
+        ];
+        // The version committed at 1_250 (batch 1's) is first served at 1_320; the publish at
+        // 1_350 still serves it; batch 2's (committed 1_550) at 1_700; batch 3's never.
+        let published = [(1_050, 950), (1_320, 1_250), (1_350, 1_250), (1_700, 1_550)];
+        let (served, unseen) = served_latencies(&batches, 1, &published);
+        assert_eq!(served, vec![320, 220, 350]);
+        assert_eq!(unseen, 1);
+        // Skipping the warm-up leaves out the batches before `skip`.
+        let (served, unseen) = served_latencies(&batches, 2, &published);
+        assert_eq!((served, unseen), (vec![350], 1));
+    }
 }
