@@ -227,6 +227,16 @@ fn describe() {
         Unit::Seconds,
         "Time for the MCP server to load a new table version, per table"
     );
+    describe_gauge!(
+        "millstream_serve_tail_rows",
+        Unit::Count,
+        "Rows of a log the MCP server holds in memory (its tail), per table"
+    );
+    describe_gauge!(
+        "millstream_serve_tail_bytes",
+        Unit::Bytes,
+        "Memory of a log's tail held by the MCP server, per table"
+    );
     describe_histogram!(
         "millstream_catalog_visible_seconds",
         Unit::Seconds,
@@ -382,6 +392,8 @@ pub mod events {
         /// From its commit timestamp to now, for a version committed while the catalog was
         /// following the table (a table's first load at start has none).
         pub since_commit: Option<Duration>,
+        /// Rows and bytes of the log's tail held in memory (none for a table served otherwise).
+        pub tail: Option<(usize, usize)>,
     }
 
     impl TableServed<'_> {
@@ -391,8 +403,14 @@ pub mod events {
                 version = self.version,
                 load_ms = self.load.as_millis() as u64,
                 since_commit_ms = self.since_commit.map(|d| d.as_millis() as u64),
+                tail_rows = self.tail.map(|t| t.0),
                 "serving table version"
             );
+            let (rows, bytes) = self.tail.unwrap_or_default();
+            gauge!("millstream_serve_tail_rows", "table" => self.table.to_string())
+                .set(rows as f64);
+            gauge!("millstream_serve_tail_bytes", "table" => self.table.to_string())
+                .set(bytes as f64);
             histogram!("millstream_catalog_load_seconds", "table" => self.table.to_string())
                 .record(self.load.as_secs_f64());
             if let Some(d) = self.since_commit {

@@ -340,6 +340,7 @@ impl LiveCatalog {
                                     .committed_at
                                     .filter(|_| !is_new)
                                     .and_then(|c| (Utc::now() - c).to_std().ok()),
+                                tail: followed.tail.as_ref().map(|t| (t.rows(), t.bytes())),
                             }
                             .emit();
                             Some((name.clone(), l))

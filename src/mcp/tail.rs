@@ -70,6 +70,16 @@ impl Tail {
         self.schema.clone()
     }
 
+    /// Rows held.
+    pub(crate) fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Memory of the batches held.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     pub(crate) fn holds_all(&self) -> bool {
         self.holds == Holds::All
     }

@@ -288,10 +288,12 @@ async fn log_tails_answer_like_the_delta_tables() {
 /// A scan bounded to the newest rows of a log is answered from the server's memory, not by
 /// opening the log's Parquet files; one reaching further back reads Delta. Answers alone cannot
 /// tell the two apart (they are the same by design), so this reads the physical plan: without
-/// it, every other test passes with the tails turned off (stop 40 shipped that bug once).
+/// it, every other test passes with the tails turned off (stop 40 shipped that bug once). What
+/// a tail holds is on `/metrics`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scan_inside_a_log_tail_reads_memory_and_one_beyond_it_reads_delta() {
     let _w = support::watchdog("mcp tail plans", Duration::from_secs(120));
+    let metrics = millstream::telemetry::metrics();
     let env = Env::new(1).await;
     let (catalog, _stop) = env.live_catalog(20, 400).await;
     // One partition, several commits: the tail drops the oldest batches, which hold the oldest
@@ -339,6 +341,20 @@ async fn a_scan_inside_a_log_tail_reads_memory_and_one_beyond_it_reads_delta() {
         beyond.contains("parquet"),
         "a scan reaching past the tail did not read Delta:\n{beyond}"
     );
+    // What the tail holds is on /metrics: within its 400-row budget, and not nothing.
+    let rendered = metrics.render();
+    let gauge = |name: &str| -> f64 {
+        let prefix = format!("{name}{{table=\"{table}\"}} ");
+        rendered
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no {prefix} in\n{rendered}"))
+            .parse()
+            .unwrap()
+    };
+    let rows = gauge("millstream_serve_tail_rows");
+    assert!(rows > 0.0 && rows <= 400.0, "tail rows {rows}");
+    assert!(gauge("millstream_serve_tail_bytes") > 0.0);
 }
 
 /// The loop closes on the simulated clock: a shortage signal → `create_order` → the order in
