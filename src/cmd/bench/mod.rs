@@ -588,17 +588,11 @@ async fn freshness(config: Config, rate: u64, seconds: u64, serve: bool) -> anyh
         "peak_rss_mb": peak_rss_mb().round(),
     });
     if let Some(published) = published {
-        let (mut served, unseen) = served_latencies(&batches, warmup, &published);
-        served.sort_unstable();
-        out["served"] = json!({
-            "samples": served.len(),
-            "never_served": unseen,
-            "p50_ms": percentile(&served, 0.50),
-            "p90_ms": percentile(&served, 0.90),
-            "p99_ms": percentile(&served, 0.99),
-            "max_ms": served.last().copied().unwrap_or(0),
-            "publishes": published.len(),
-        });
+        let (served, unseen) = served_latencies(&batches, warmup, &published);
+        let mut figures = percentiles(served.into_iter().map(f64::from).collect());
+        figures["never_served"] = json!(unseen);
+        figures["publishes"] = json!(published.len());
+        out["served"] = figures;
     }
     println!("{out}");
     Ok(())
