@@ -226,12 +226,13 @@ pub struct MergeSpec {
 }
 
 /// Merges `source` into the table by the sink's key (matched rows updated, others inserted) and
-/// records `offsets` in the same commit (alone, when the merge changes no row). A concurrent commit that touched the same files makes
-/// delta-rs refuse the merge; it is rerun on the new version (a few times) — but only after
-/// checking that the new version still stores `expected` for every partition of `offsets` (what
-/// this writer last committed, or nothing). A version that moved them means another writer
-/// merged these records already: [`Error::ConflictingOffsets`], and the worker resets from the
-/// log instead of applying them twice. A conflict on our own app ids means the same.
+/// records `offsets` in the same commit (alone, when the merge changes no row). A concurrent
+/// commit that touched the same files makes delta-rs refuse the merge; it is rerun on the new
+/// version (a few times) — but only after checking that the new version still stores `expected`
+/// for every partition of `offsets` (what this writer last committed, or nothing). A version
+/// that moved them means another writer merged these records already:
+/// [`Error::ConflictingOffsets`], and the worker resets from the log instead of applying them
+/// twice. A conflict on our own app ids means the same.
 pub async fn merge(
     mut table: DeltaTable,
     table_name: &str,
