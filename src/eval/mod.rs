@@ -10,14 +10,18 @@ pub mod mlflow;
 pub mod search;
 pub mod supply;
 
+/// The `q` quantile of ascending `sorted` by nearest rank (0 when empty).
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0.0)
+}
+
 /// Latency summary of `v` (ms): count, p50, p95, p99 and max, one decimal.
 pub fn percentiles(mut v: Vec<f64>) -> serde_json::Value {
     v.sort_by(f64::total_cmp);
-    let pct = |q: f64| {
-        v.get(((v.len() as f64 * q) as usize).min(v.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0.0)
-    };
+    let pct = |q: f64| percentile(&v, q);
     let r = |x: f64| (x * 10.0).round() / 10.0;
     serde_json::json!({
         "n": v.len(),

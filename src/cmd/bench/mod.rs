@@ -254,13 +254,6 @@ fn served_latencies(
     (served, unseen)
 }
 
-fn percentile(sorted: &[u32], q: f64) -> u32 {
-    sorted
-        .get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1)))
-        .copied()
-        .unwrap_or(0)
-}
-
 struct Scratch(std::path::PathBuf);
 
 impl Scratch {
@@ -568,11 +561,12 @@ async fn freshness(config: Config, rate: u64, seconds: u64, serve: bool) -> anyh
     drop(broker);
 
     let batches = std::mem::take(&mut *samples.batches.lock().expect("poisoned"));
-    let mut v: Vec<u32> = batches[warmup..]
+    let mut v: Vec<f64> = batches[warmup..]
         .iter()
-        .flat_map(|(done, produced)| produced.iter().map(move |t| (done - t).max(0) as u32))
+        .flat_map(|(done, produced)| produced.iter().map(move |t| (done - t).max(0) as f64))
         .collect();
-    v.sort_unstable();
+    v.sort_by(f64::total_cmp);
+    let pct = |q: f64| crate::eval::percentile(&v, q) as u32;
     let mut out = json!({
         "bench": "freshness",
         "rate": rate,
@@ -580,10 +574,10 @@ async fn freshness(config: Config, rate: u64, seconds: u64, serve: bool) -> anyh
         "produced": produced.events,
         "committed": stats.records,
         "samples": v.len(),
-        "p50_ms": percentile(&v, 0.50),
-        "p90_ms": percentile(&v, 0.90),
-        "p99_ms": percentile(&v, 0.99),
-        "max_ms": v.last().copied().unwrap_or(0),
+        "p50_ms": pct(0.50),
+        "p90_ms": pct(0.90),
+        "p99_ms": pct(0.99),
+        "max_ms": pct(1.0),
         "batch_max_ms": config.pipeline.batch_max_ms,
         "peak_rss_mb": peak_rss_mb().round(),
     });
