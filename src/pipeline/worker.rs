@@ -20,10 +20,19 @@
 //! The loop is deliberately sequential: commits never overlap polling, so a rebalance callback
 //! never races an in-flight commit. librdkafka keeps prefetching in its own threads meanwhile,
 //! and decoding and the per-table commits run in parallel within a batch.
+//!
+//! The one exception is a MERGE-kept sink ([`Lagged`]): a MERGE costs about the same whatever the
+//! batch (it reads and rewrites the table's files), more than an append, so it commits off the
+//! batch's path. Its rows queue for a task of its own that merges everything queued in one commit
+//! (one merge in flight per sink); the loop moves on to the next batch. A record counts as
+//! committed, for the [`Observer`] and the Kafka acknowledgement, once every sink fed from its
+//! topic holds it, so a telemetry record never waits for the inventory MERGE. Before an
+//! assignment change and at the end of a run the loop waits for every queued merge.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
 
 use arrow::array::{BooleanArray, Int32Array, Int64Array, RecordBatch};
 use deltalake::DeltaTable;
@@ -143,19 +152,23 @@ impl Serialize for Latency {
     }
 }
 
-/// Watches a worker from outside (benchmarks, tests): told after every poll what became
-/// durable, it may end the run.
+/// Watches a worker from outside (benchmarks, tests): told what became durable and when, and
+/// after every poll, when it may end the run.
 pub trait Observer: Send + Sync {
-    /// `committed`: the source records of the batch just committed (empty when the poll
-    /// brought nothing to write). False stops the worker, as a cancelled token would.
-    fn polled(&self, committed: &[RawRecord], stats: &RunStats) -> bool;
+    /// `records` are now held by every sink fed from their topics, since `at`.
+    fn committed(&self, _records: &[RawRecord], _at: SystemTime) {}
+
+    /// After every poll. False stops the worker, as a cancelled token would.
+    fn polled(&self, _stats: &RunStats) -> bool {
+        true
+    }
 }
 
 /// Stops the worker once it has handled (committed or skipped) `n` source records.
 pub struct StopAfter(pub u64);
 
 impl Observer for StopAfter {
-    fn polled(&self, _committed: &[RawRecord], stats: &RunStats) -> bool {
+    fn polled(&self, stats: &RunStats) -> bool {
         stats.records + stats.skipped < self.0
     }
 }
@@ -220,6 +233,8 @@ struct Sink {
     /// Offsets processed with nothing to write here, not yet recorded in the table.
     pending: Offsets,
     last_commit: Instant,
+    /// A MERGE-kept sink's queue and merge task; `None` for the sinks that commit in the batch.
+    lag: Option<Lagged>,
 }
 
 /// One sink, before it is opened.
@@ -279,6 +294,7 @@ fn sinks(defs: &Definitions) -> Result<Vec<SinkSpec>> {
 
 impl Sink {
     async fn open(lake: &Lakehouse, spec: SinkSpec) -> Result<Sink> {
+        let lag = matches!(spec.write, Write::Merge(_)).then(Lagged::default);
         Ok(Sink {
             name: spec.name,
             table: lake.ensure(spec.name).await?,
@@ -287,6 +303,7 @@ impl Sink {
             durable: Offsets::new(),
             pending: Offsets::new(),
             last_commit: Instant::now(),
+            lag,
         })
     }
 
@@ -301,6 +318,263 @@ impl Sink {
             .filter(|(p, _)| p.topic == topic)
             .map(|(p, o)| (p.partition, *o))
             .collect()
+    }
+}
+
+/// A MERGE-kept sink's commits, off the batch's path: units of rows queue here and one task at a
+/// time merges everything queued in one commit, fenced on the offsets its previous commit left.
+/// Each unit has a ticket; a finished commit reports the highest ticket it holds.
+#[derive(Default)]
+struct Lagged {
+    state: Arc<Mutex<LagState>>,
+    /// Woken when the task takes the queue or stops.
+    taken: Arc<tokio::sync::Notify>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    /// Tickets handed out so far (the last unit queued).
+    issued: u64,
+    /// The highest ticket durable, as far as the worker has settled.
+    settled: u64,
+    /// When each recently settled commit became durable, by the highest ticket it holds; pruned
+    /// as the records waiting on them are released.
+    durable_at: Vec<(u64, SystemTime)>,
+}
+
+#[derive(Default)]
+struct LagState {
+    queue: Vec<Unit>,
+    /// A task is merging (it clears this, under the lock, when it finds the queue empty).
+    running: bool,
+    done: Vec<Done>,
+    failed: Option<Error>,
+}
+
+/// One batch's rows for a MERGE-kept sink, and the offsets they take its txn versions to.
+struct Unit {
+    rows: Vec<RecordBatch>,
+    offsets: Offsets,
+    ticket: u64,
+}
+
+/// A merge that committed: what it made durable, and the table at its version.
+struct Done {
+    offsets: Offsets,
+    table: DeltaTable,
+    rows: usize,
+    ticket: u64,
+    at: SystemTime,
+}
+
+/// Batches a MERGE-kept sink may hold queued behind its merge in flight before the worker waits
+/// for that merge: what bounds the memory of a merge that falls behind.
+const MAX_QUEUED: usize = 8;
+
+/// What a merge task needs besides its queue.
+struct MergeJob {
+    table: DeltaTable,
+    name: &'static str,
+    def: Arc<Definition>,
+    pipeline: String,
+    /// The sink's txn versions as of the task's start; the task keeps them up to date.
+    durable: Offsets,
+}
+
+impl MergeJob {
+    /// Merges whatever is queued, one commit at a time, until the queue is empty or a merge
+    /// fails (the failure is left for the worker, which ends the run with it).
+    async fn run(mut self, state: Arc<Mutex<LagState>>, taken: Arc<tokio::sync::Notify>) {
+        loop {
+            let units = {
+                let mut st = state.lock().expect("poisoned");
+                if st.queue.is_empty() {
+                    st.running = false;
+                    return;
+                }
+                std::mem::take(&mut st.queue)
+            };
+            taken.notify_waiters();
+            let ticket = units.last().map_or(0, |u| u.ticket);
+            let (mut rows, mut offsets) = (Vec::new(), Offsets::new());
+            for unit in units {
+                rows.extend(unit.rows);
+                for (p, o) in unit.offsets {
+                    let e = offsets.entry(p).or_insert(o);
+                    *e = (*e).max(o);
+                }
+            }
+            let expected: Offsets = offsets
+                .keys()
+                .filter_map(|p| self.durable.get(p).map(|o| (p.clone(), *o)))
+                .collect();
+            let n: usize = rows.iter().map(|b| b.num_rows()).sum();
+            let started = Instant::now();
+            let result = merge(
+                &self.table,
+                self.name,
+                &self.def,
+                &self.pipeline,
+                rows,
+                &offsets,
+                &expected,
+            )
+            .await;
+            tracing::debug!(
+                table = self.name,
+                rows = n,
+                ms = started.elapsed().as_millis() as u64,
+                ok = result.is_ok(),
+                "sink committed"
+            );
+            let mut st = state.lock().expect("poisoned");
+            match result {
+                Ok(table) => {
+                    self.table = table.clone();
+                    for (p, o) in &offsets {
+                        let d = self.durable.entry(p.clone()).or_insert(*o);
+                        *d = (*d).max(*o);
+                    }
+                    st.done.push(Done {
+                        offsets,
+                        table,
+                        rows: n,
+                        ticket,
+                        at: SystemTime::now(),
+                    });
+                }
+                Err(e) => {
+                    st.failed = Some(e);
+                    st.running = false;
+                    drop(st);
+                    taken.notify_waiters();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Lagged {
+    /// A run that ends with an error leaves no merge running behind it (a commit is atomic: a
+    /// merge stopped before its log entry leaves only unreferenced files).
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+impl Sink {
+    /// Queues `rows` (with the offsets pending so far) for this MERGE-kept sink and starts its
+    /// task unless one is running. Returns the unit's ticket and the commits settled on the way.
+    fn enqueue(&mut self, rows: Vec<RecordBatch>, pipeline: &str) -> Result<(u64, u64)> {
+        let offsets = std::mem::take(&mut self.pending);
+        let Some(lag) = self.lag.as_mut() else {
+            return Err(Error::Internal(format!("{} is not MERGE-kept", self.name)));
+        };
+        lag.issued += 1;
+        let ticket = lag.issued;
+        let state = lag.state.clone();
+        let mut st = state.lock().expect("poisoned");
+        st.queue.push(Unit {
+            rows,
+            offsets,
+            ticket,
+        });
+        if st.running {
+            return Ok((ticket, 0));
+        }
+        // The last task is done: its commits are settled first, so the next one starts from the
+        // table and offsets they left.
+        let (done, failed) = (std::mem::take(&mut st.done), st.failed.take());
+        st.running = true;
+        drop(st);
+        let settled = self.settle_done(done)?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let Write::Merge(def) = &self.write else {
+            return Err(Error::Internal(format!("{} is not MERGE-kept", self.name)));
+        };
+        let job = MergeJob {
+            table: self.table.clone(),
+            name: self.name,
+            def: def.clone(),
+            pipeline: pipeline.to_string(),
+            durable: self.durable.clone(),
+        };
+        if let Some(lag) = self.lag.as_mut() {
+            lag.task = Some(tokio::spawn(job.run(state, lag.taken.clone())));
+        }
+        Ok((ticket, settled))
+    }
+
+    /// Takes in what this MERGE-kept sink's task has committed since the last call, or the error
+    /// of a merge that failed. Returns how many commits it took in.
+    fn settle_lagged(&mut self) -> Result<u64> {
+        let Some(lag) = self.lag.as_ref() else {
+            return Ok(0);
+        };
+        let (done, failed) = {
+            let mut st = lag.state.lock().expect("poisoned");
+            (std::mem::take(&mut st.done), st.failed.take())
+        };
+        let settled = self.settle_done(done)?;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(settled),
+        }
+    }
+
+    /// The task's commits become this sink's: its durable offsets and table move on.
+    fn settle_done(&mut self, done: Vec<Done>) -> Result<u64> {
+        let n = done.len() as u64;
+        for d in done {
+            settle(self, d.offsets, Ok(d.table))?;
+            events::TableCommitted {
+                table: self.name,
+                rows: d.rows as u64,
+            }
+            .emit();
+            if let Some(lag) = self.lag.as_mut() {
+                lag.settled = lag.settled.max(d.ticket);
+                lag.durable_at.push((d.ticket, d.at));
+            }
+        }
+        Ok(n)
+    }
+
+    /// Waits while this MERGE-kept sink has [`MAX_QUEUED`] batches queued behind its merge.
+    async fn make_room(&self) {
+        let Some(lag) = &self.lag else {
+            return;
+        };
+        loop {
+            let taken = lag.taken.notified();
+            tokio::pin!(taken);
+            taken.as_mut().enable();
+            {
+                let st = lag.state.lock().expect("poisoned");
+                if st.queue.len() < MAX_QUEUED || !st.running {
+                    return;
+                }
+            }
+            taken.await;
+        }
+    }
+
+    /// Whether this MERGE-kept sink has a merge queued or running.
+    fn merging(&self) -> bool {
+        self.lag
+            .as_ref()
+            .is_some_and(|l| l.state.lock().expect("poisoned").running)
+    }
+
+    /// Waits for this sink's merge task to finish what is queued.
+    async fn wait_merges(&mut self) -> Result<()> {
+        let Some(task) = self.lag.as_mut().and_then(|l| l.task.take()) else {
+            return Ok(());
+        };
+        task.await
+            .map_err(|e| Error::Internal(format!("{} merge task: {e}", self.name)))
     }
 }
 
@@ -377,8 +651,15 @@ pub async fn run(
         dedup: super::dedup::Dedup::new(opts.dedup_window),
         stats: RunStats::default(),
         observer,
+        awaiting: Vec::new(),
     };
-    let result = worker.run_loop(&source, &stop).await;
+    let mut result = worker.run_loop(&source, &stop).await;
+    // Queued merges finish either way: so that every record handled is recorded, and so that no
+    // merge of this run outlives it.
+    let merged = worker.finish_merges(&source).await;
+    if result.is_ok() {
+        result = merged;
+    }
     // Record every pending offset so a restart does not replay what was already handled.
     if result.is_ok() {
         worker.commit_pending(Duration::ZERO).await?;
@@ -525,6 +806,15 @@ struct Worker {
     dedup: super::dedup::Dedup,
     stats: RunStats,
     observer: Option<Arc<dyn Observer>>,
+    /// Records committed by every sink but a MERGE-kept one still merging them, oldest first.
+    awaiting: Vec<Awaiting>,
+}
+
+/// Records of one topic of a batch, waiting for MERGE-kept sinks fed from that topic: released
+/// once each `(sink index, ticket)` is durable.
+struct Awaiting {
+    records: Vec<RawRecord>,
+    waits: Vec<(usize, u64)>,
 }
 
 /// A batch of source records and what it covers.
@@ -577,30 +867,105 @@ impl Worker {
                 poll_ms = polled.elapsed().as_millis() as u64,
                 "polled"
             );
-            self.apply_changes(&source.take_changes()).await?;
+            let changes = source.take_changes();
+            if !changes.is_empty() {
+                // What a merge holds must be durable before offsets are read back from Delta.
+                self.finish_merges(source).await?;
+                self.apply_changes(&changes).await?;
+            }
             if self.stats.first_fetch.is_none() {
                 self.stats.first_fetch = first_at;
             }
             let kept = self.select(records);
-            let committed = if kept.is_empty() {
-                Vec::new()
-            } else {
+            if !kept.is_empty() {
                 let batch = Batch::new(kept);
                 let mut decoded = self.decode(&batch).await?;
                 self.deduplicate(&mut decoded)?;
                 let written = self.write(&batch, decoded).await?;
-                self.acknowledge(&batch, written, source);
-                Arc::try_unwrap(batch.records).unwrap_or_else(|r| (*r).clone())
-            };
+                self.acknowledge(batch, written, source)?;
+            }
+            self.settle_merges(source)?;
             self.commit_pending(self.opts.idle_commit).await?;
-            let go_on = self
-                .observer
-                .as_ref()
-                .is_none_or(|o| o.polled(&committed, &self.stats));
+            let go_on = self.observer.as_ref().is_none_or(|o| o.polled(&self.stats));
             if stopping || !go_on {
                 // The batch in hand when the stop arrived was committed by the previous pass.
                 return Ok(());
             }
+        }
+    }
+
+    /// Lets every MERGE-kept sink's task finish what is queued, takes in its commits and releases
+    /// the records they were the last to hold.
+    async fn finish_merges(&mut self, source: &Source) -> Result<()> {
+        for sink in self.sinks.iter_mut() {
+            sink.wait_merges().await?;
+        }
+        self.settle_merges(source)
+    }
+
+    /// Takes in what the MERGE-kept sinks' tasks have committed (failing with a merge's error)
+    /// and releases the records every sink now holds.
+    fn settle_merges(&mut self, source: &Source) -> Result<()> {
+        for sink in self.sinks.iter_mut() {
+            self.stats.commits += sink.settle_lagged()?;
+        }
+        let (mut ready, mut waiting) = (Vec::new(), Vec::new());
+        for a in std::mem::take(&mut self.awaiting) {
+            let at = a
+                .waits
+                .iter()
+                .try_fold(SystemTime::UNIX_EPOCH, |at, (i, t)| {
+                    let lag = self.sinks[*i].lag.as_ref()?;
+                    (lag.settled >= *t).then(|| {
+                        let done = lag
+                            .durable_at
+                            .iter()
+                            .find(|(ticket, _)| ticket >= t)
+                            .map_or_else(SystemTime::now, |(_, at)| *at);
+                        at.max(done)
+                    })
+                });
+            match at {
+                Some(at) => ready.push((a.records, at)),
+                None => waiting.push(a),
+            }
+        }
+        self.awaiting = waiting;
+        // Keep the commit times that records still waiting may need.
+        for (i, sink) in self.sinks.iter_mut().enumerate() {
+            if let Some(lag) = sink.lag.as_mut() {
+                let oldest = self
+                    .awaiting
+                    .iter()
+                    .flat_map(|a| a.waits.iter())
+                    .filter(|(s, _)| *s == i)
+                    .map(|(_, t)| *t)
+                    .min()
+                    .unwrap_or(u64::MAX);
+                lag.durable_at.retain(|(ticket, _)| *ticket >= oldest);
+            }
+        }
+        for (records, at) in ready {
+            self.release(&records, at, source);
+        }
+        Ok(())
+    }
+
+    /// `records` are held by every sink fed from their topics since `at`: to Kafka (for lag
+    /// only), the stats and the observer.
+    fn release(&mut self, records: &[RawRecord], at: SystemTime, source: &Source) {
+        if records.is_empty() {
+            return;
+        }
+        let mut last = Offsets::new();
+        for r in records {
+            last.insert(r.source_partition(), r.offset);
+            self.stats.bytes += r.payload.as_ref().map_or(0, |p| p.len() as u64);
+        }
+        source.commit_offsets(&last);
+        self.stats.records += records.len() as u64;
+        if let Some(o) = &self.observer {
+            o.committed(records, at);
         }
     }
 
@@ -865,36 +1230,36 @@ impl Worker {
         })
     }
 
-    /// Stage 3: every sink with something to record commits, data sinks in parallel with the
-    /// detector; then the anomalies, then the detector state.
+    /// Stage 3: MERGE-kept sinks queue their rows for their own tasks ([`Lagged`]); every other
+    /// sink with something to record commits, data sinks in parallel with the detector; then the
+    /// anomalies, then the detector state.
     async fn write(&mut self, batch: &Batch, mut decoded: Decoded) -> Result<Written> {
         let detection = self.detect(&decoded, batch.now_us);
         let (pipeline, target) = (self.opts.name.clone(), self.opts.target_file_bytes);
+        // MERGE-kept sinks first: they queue the stream's rows before its bronze table takes them.
+        for sink in self.sinks.iter_mut().filter(|s| s.lag.is_some()) {
+            let Feed::Events(kind) = sink.feed else {
+                continue;
+            };
+            let rows = decoded
+                .rows
+                .get(kind.bronze_table())
+                .cloned()
+                .unwrap_or_default();
+            if let Some((rows, _)) = prepare(sink, &batch.last, rows)? {
+                sink.make_room().await;
+                let (_, settled) = sink.enqueue(rows, &pipeline)?;
+                self.stats.commits += settled;
+            }
+        }
         let (mut data, mut signals): (Vec<&mut Sink>, Vec<&mut Sink>) = self
             .sinks
             .iter_mut()
+            .filter(|s| s.lag.is_none())
             .partition(|s| !matches!(s.feed, Feed::Anomalies | Feed::DetectorState));
-        // A merge reads the same stream's rows as the stream's bronze table, which takes them.
-        let merge_rows: BTreeMap<&'static str, Vec<RecordBatch>> = data
-            .iter()
-            .filter_map(|s| match (&s.write, s.feed) {
-                (Write::Merge(_), Feed::Events(kind)) => Some((
-                    s.name,
-                    decoded
-                        .rows
-                        .get(kind.bronze_table())
-                        .cloned()
-                        .unwrap_or_default(),
-                )),
-                _ => None,
-            })
-            .collect();
         let mut commits = Vec::new();
         for sink in data.iter_mut() {
-            let rows = match merge_rows.get(sink.name) {
-                Some(rows) => rows.clone(),
-                None => decoded.rows.remove(sink.name).unwrap_or_default(),
-            };
+            let rows = decoded.rows.remove(sink.name).unwrap_or_default();
             if let Some((rows, n)) = prepare(sink, &batch.last, rows)? {
                 let pipeline = pipeline.as_str();
                 commits.push(
@@ -957,12 +1322,10 @@ impl Worker {
         })
     }
 
-    /// Stage 4: what is durable goes to Kafka (for lag only), the stats and the metrics.
-    fn acknowledge(&mut self, batch: &Batch, written: Written, source: &Source) {
-        source.commit_offsets(&batch.last);
+    /// Stage 4: the batch's stats and metrics; its records held by every sink fed from their
+    /// topic go to Kafka (for lag only) and the observer, the rest wait for their merges.
+    fn acknowledge(&mut self, batch: Batch, written: Written, source: &Source) -> Result<()> {
         let done = Instant::now();
-        self.stats.records += batch.records.len() as u64;
-        self.stats.bytes += batch.bytes;
         self.stats.dead_letters += written.dead_letters;
         self.stats.batches += 1;
         self.stats
@@ -983,6 +1346,41 @@ impl Worker {
                 .collect(),
         }
         .emit();
+        // Earlier records first, so each partition's records are released in order.
+        self.settle_merges(source)?;
+        // What each topic's records wait for: the last unit queued on every MERGE-kept sink fed
+        // from it that has not committed it yet.
+        let mut waits: HashMap<Arc<str>, Vec<(usize, u64)>> = HashMap::new();
+        for r in batch.records.iter() {
+            if !waits.contains_key(&r.topic) {
+                let w = self
+                    .sinks
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.feeds_from(&r.topic))
+                    .filter_map(|(i, s)| s.lag.as_ref().map(|l| (i, l)))
+                    .filter(|(_, l)| l.issued > l.settled)
+                    .map(|(i, l)| (i, l.issued))
+                    .collect();
+                waits.insert(r.topic.clone(), w);
+            }
+        }
+        let records = Arc::try_unwrap(batch.records).unwrap_or_else(|r| (*r).clone());
+        let mut now = Vec::new();
+        let mut later: BTreeMap<Arc<str>, Vec<RawRecord>> = BTreeMap::new();
+        for r in records {
+            if waits[&r.topic].is_empty() {
+                now.push(r);
+            } else {
+                later.entry(r.topic.clone()).or_default().push(r);
+            }
+        }
+        self.release(&now, SystemTime::now(), source);
+        for (topic, records) in later {
+            let waits = waits.remove(&topic).unwrap_or_default();
+            self.awaiting.push(Awaiting { records, waits });
+        }
+        Ok(())
     }
 
     /// Txn-only commits for sinks whose pending offsets have waited at least `idle`
@@ -990,6 +1388,11 @@ impl Worker {
     async fn commit_pending(&mut self, idle: Duration) -> Result<()> {
         for sink in self.sinks.iter_mut() {
             if !sink.pending.is_empty() && sink.last_commit.elapsed() >= idle {
+                // A MERGE-kept sink's offsets wait for its merges; its table is the one they left.
+                if sink.merging() {
+                    continue;
+                }
+                self.stats.commits += sink.settle_lagged()?;
                 commit_sink(
                     sink,
                     &self.opts.name,
@@ -1162,8 +1565,8 @@ fn replace_partitions(partitions: &BTreeSet<i32>) -> String {
     format!("_partition IN ({list})")
 }
 
-/// Commits `batches` the sink's way (appended, merged, or replacing the rows matching
-/// `replace`) with the sink's pending offsets.
+/// Commits `batches` (appended, or replacing the rows matching `replace`) with the sink's pending
+/// offsets; for a MERGE-kept sink, only its offsets (its rows go through [`Lagged`]).
 async fn commit_sink(
     sink: &mut Sink,
     pipeline: &str,
@@ -1174,36 +1577,17 @@ async fn commit_sink(
     let offsets = std::mem::take(&mut sink.pending);
     let started = Instant::now();
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-    let result = match (&sink.write, batches.is_empty()) {
-        (Write::Merge(def), false) => {
-            let expected: Offsets = offsets
-                .keys()
-                .filter_map(|p| sink.durable.get(p).map(|o| (p.clone(), *o)))
-                .collect();
-            merge(
-                &sink.table,
-                sink.name,
-                def,
-                pipeline,
-                batches,
-                &offsets,
-                &expected,
-            )
-            .await
-        }
-        _ => {
-            commit::write(
-                sink.table.clone(),
-                sink.name,
-                pipeline,
-                batches,
-                &offsets,
-                target_file_bytes,
-                replace,
-            )
-            .await
-        }
-    };
+    // A MERGE-kept sink merges its rows in its own task; here it only records offsets.
+    let result = commit::write(
+        sink.table.clone(),
+        sink.name,
+        pipeline,
+        batches,
+        &offsets,
+        target_file_bytes,
+        replace,
+    )
+    .await;
     tracing::debug!(
         table = sink.name,
         rows,

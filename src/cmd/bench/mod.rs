@@ -18,6 +18,7 @@ mod console;
 mod search;
 mod stack;
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,9 +29,10 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{EmbeddedBroker, topics};
 use crate::config::Config;
 use crate::lakehouse::Lakehouse;
+use crate::model::EventKind;
 use crate::pipeline::definition::Definitions;
 use crate::pipeline::publish::AlertPublisher;
-use crate::pipeline::{Observer, PipelineOptions, RunStats, StopAfter};
+use crate::pipeline::{Observer, PipelineOptions, StopAfter};
 use crate::sim::stream::Generator;
 use crate::sim::{EventProducer, produce_all};
 use crate::source::RawRecord;
@@ -214,21 +216,28 @@ pub async fn run(
     }
 }
 
-/// What `bench freshness` records: per committed batch, when the worker had committed it (ms
-/// since the epoch) and its records' Kafka timestamps (ms).
+/// What `bench freshness` records: each time the worker tells of records now held by every sink
+/// fed from their topic, when that became true (ms since the epoch) and, per topic, their Kafka
+/// timestamps (ms).
 #[derive(Default)]
 struct Freshness {
-    batches: Mutex<Vec<(i64, Vec<i64>)>>,
+    releases: Mutex<Vec<Release>>,
 }
 
+/// When records became durable (ms since the epoch), their topic, their Kafka timestamps (ms).
+type Release = (i64, Arc<str>, Vec<i64>);
+
 impl Observer for Freshness {
-    fn polled(&self, committed: &[RawRecord], _stats: &RunStats) -> bool {
-        if !committed.is_empty() {
-            let now = chrono::Utc::now().timestamp_millis();
-            let produced = committed.iter().filter_map(|r| r.timestamp_ms).collect();
-            self.batches.lock().expect("poisoned").push((now, produced));
+    fn committed(&self, records: &[RawRecord], at: std::time::SystemTime) {
+        let at = chrono::DateTime::<chrono::Utc>::from(at).timestamp_millis();
+        let mut by_topic: BTreeMap<Arc<str>, Vec<i64>> = BTreeMap::new();
+        for r in records {
+            if let Some(t) = r.timestamp_ms {
+                by_topic.entry(r.topic.clone()).or_default().push(t);
+            }
         }
-        true
+        let mut releases = self.releases.lock().expect("poisoned");
+        releases.extend(by_topic.into_iter().map(|(topic, ts)| (at, topic, ts)));
     }
 }
 
@@ -526,7 +535,7 @@ async fn freshness(config: Config, rate: u64, seconds: u64, serve: bool) -> anyh
     };
     // Let the consumer join before measuring.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let warmup = samples.batches.lock().expect("poisoned").len();
+    let warmup = samples.releases.lock().expect("poisoned").len();
 
     let producer = EventProducer::new(&config.kafka, &brokers)?;
     let mut generator = Generator::new(&config.simulate, "fresh", config.simulate.start, rate);
@@ -560,11 +569,14 @@ async fn freshness(config: Config, rate: u64, seconds: u64, serve: bool) -> anyh
     drop(producer);
     drop(broker);
 
-    let batches = std::mem::take(&mut *samples.batches.lock().expect("poisoned"));
-    let mut v: Vec<f64> = batches[warmup..]
-        .iter()
-        .flat_map(|(done, produced)| produced.iter().map(move |t| (done - t).max(0) as f64))
-        .collect();
+    let releases = std::mem::take(&mut *samples.releases.lock().expect("poisoned"));
+    let mut v: Vec<f64> = Vec::new();
+    let mut by_topic: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for (done, topic, produced) in &releases[warmup..] {
+        let latencies = produced.iter().map(|t| (done - t).max(0) as f64);
+        v.extend(latencies.clone());
+        by_topic.entry(topic).or_default().extend(latencies);
+    }
     v.sort_by(f64::total_cmp);
     let pct = |q: f64| crate::eval::percentile(&v, q) as u32;
     let mut out = json!({
@@ -578,11 +590,27 @@ async fn freshness(config: Config, rate: u64, seconds: u64, serve: bool) -> anyh
         "p90_ms": pct(0.90),
         "p99_ms": pct(0.99),
         "max_ms": pct(1.0),
+        "by_topic": by_topic
+            .into_iter()
+            .map(|(topic, v)| (topic.to_string(), percentiles(v)))
+            .collect::<serde_json::Map<_, _>>(),
         "batch_max_ms": config.pipeline.batch_max_ms,
         "peak_rss_mb": peak_rss_mb().round(),
     });
     if let Some(published) = published {
-        let (served, unseen) = served_latencies(&batches, warmup, &published);
+        // Telemetry commits in the batch (no MERGE-kept sink reads it), so its releases come
+        // one per batch, in commit order.
+        let telemetry = EventKind::Telemetry.topic();
+        let skip = releases[..warmup]
+            .iter()
+            .filter(|(_, t, _)| &**t == telemetry)
+            .count();
+        let batches: Vec<(i64, Vec<i64>)> = releases
+            .into_iter()
+            .filter(|(_, t, _)| &**t == telemetry)
+            .map(|(at, _, ts)| (at, ts))
+            .collect();
+        let (served, unseen) = served_latencies(&batches, skip, &published);
         let mut figures = percentiles(served.into_iter().map(f64::from).collect());
         figures["never_served"] = json!(unseen);
         figures["publishes"] = json!(published.len());
