@@ -17,6 +17,10 @@ use std::sync::OnceLock;
 /// times as heavily as a background one.
 const BACKGROUND_NICE: libc::c_int = 10;
 
+/// The nice value of table maintenance: the lowest, so compaction takes only what ingestion and
+/// serving leave (CFS weighs a nice-10 thread about seven times as heavily as a nice-19 one).
+const MAINTENANCE_NICE: libc::c_int = 19;
+
 /// The background runtime, started on first use and kept for the life of the process.
 pub fn background() -> &'static tokio::runtime::Handle {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
@@ -24,7 +28,7 @@ pub fn background() -> &'static tokio::runtime::Handle {
         .get_or_init(|| {
             tokio::runtime::Builder::new_multi_thread()
                 .thread_name("millstream-bg")
-                .on_thread_start(lower_priority)
+                .on_thread_start(|| lower_priority_to(BACKGROUND_NICE))
                 .enable_all()
                 .build()
                 .expect("background tokio runtime")
@@ -49,7 +53,7 @@ pub fn sql() -> &'static tokio::runtime::Handle {
                 .worker_threads(SQL_THREADS)
                 .thread_name("millstream-sql")
                 .thread_stack_size(SQL_STACK)
-                .on_thread_start(lower_priority)
+                .on_thread_start(|| lower_priority_to(BACKGROUND_NICE))
                 .enable_all()
                 .build()
                 .expect("sql tokio runtime")
@@ -64,19 +68,38 @@ pub fn background_pool(name: &str, threads: usize) -> std::io::Result<rayon::Thr
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .thread_name(move |i| format!("{name}-{i}"))
-        .start_handler(|_| lower_priority())
+        .start_handler(|_| lower_priority_to(BACKGROUND_NICE))
         .build()
         .map_err(std::io::Error::other)
 }
 
-/// Lowers the calling thread's CPU priority (Linux: nice values are per thread).
-fn lower_priority() {
+/// The runtime of table maintenance (compaction, checkpoints, vacuum): one thread at the lowest
+/// priority. Compacting the small files of streaming commits keeps every commit's cost flat, but
+/// run beside the pipeline at the same priority its CPU bursts set the pipeline's tail latency.
+/// Started on first use.
+pub fn maintenance() -> &'static tokio::runtime::Handle {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("millstream-maint")
+                .on_thread_start(|| lower_priority_to(MAINTENANCE_NICE))
+                .enable_all()
+                .build()
+                .expect("maintenance tokio runtime")
+        })
+        .handle()
+}
+
+/// Lowers the calling thread's CPU priority to `nice` (Linux: nice values are per thread).
+fn lower_priority_to(nice: libc::c_int) {
     #[cfg(target_os = "linux")]
     // SAFETY: gettid and setpriority only read their integer arguments; setpriority on the
     // calling thread's own id cannot affect memory safety.
     unsafe {
         let tid = libc::gettid();
-        if libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, BACKGROUND_NICE) != 0 {
+        if libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) != 0 {
             tracing::debug!(
                 error = %std::io::Error::last_os_error(),
                 "could not lower a background thread's priority"
@@ -97,5 +120,22 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(background, (own + super::BACKGROUND_NICE).min(19));
+    }
+
+    /// Maintenance runs below the pipeline: at the lowest priority, on its runtime's threads and
+    /// on the blocking threads it starts (DataFusion's and Parquet's work in a compaction).
+    #[tokio::test]
+    async fn maintenance_runs_at_the_lowest_priority() {
+        let nice =
+            || unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
+        let (worker, blocking) = super::maintenance()
+            .spawn(async move {
+                let blocking = tokio::task::spawn_blocking(nice).await.unwrap();
+                (nice(), blocking)
+            })
+            .await
+            .unwrap();
+        assert_eq!(worker, super::MAINTENANCE_NICE);
+        assert_eq!(blocking, super::MAINTENANCE_NICE);
     }
 }

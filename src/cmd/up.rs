@@ -248,7 +248,7 @@ async fn start(
                             _ = tokio::time::sleep(every) => {}
                             _ = t.cancelled() => return Ok(()),
                         }
-                        crate::lakehouse::maintain::run(&lake, &options).await;
+                        crate::lakehouse::maintain::run_in_background(&lake, &options).await;
                     }
                 }
             },

@@ -39,6 +39,7 @@ pub struct TableReport {
     pub error: Option<String>,
 }
 
+#[derive(Clone)]
 pub struct MaintainOptions {
     pub target_file_bytes: u64,
     pub vacuum_retention: Duration,
@@ -58,6 +59,19 @@ impl MaintainOptions {
             zorder_max_bytes: maintain.zorder_max_mb * 1024 * 1024,
         }
     }
+}
+
+/// [`run`] on the maintenance runtime ([`crate::runtime::maintenance`]), at the lowest CPU
+/// priority: what `up` and the benchmarks run beside the pipeline.
+pub async fn run_in_background(lake: &Lakehouse, opts: &MaintainOptions) -> Vec<TableReport> {
+    let (lake, opts) = (lake.clone(), opts.clone());
+    crate::runtime::maintenance()
+        .spawn(async move { run(&lake, &opts).await })
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "maintenance round ended abnormally");
+            Vec::new()
+        })
 }
 
 /// Maintains every existing table in the catalog; a failure on one table is reported in its

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{EmbeddedBroker, topics};
 use crate::config::Config;
 use crate::lakehouse::Lakehouse;
+use crate::lakehouse::maintain::MaintainOptions;
 use crate::model::EventKind;
 use crate::pipeline::definition::Definitions;
 use crate::pipeline::publish::AlertPublisher;
@@ -64,6 +65,10 @@ pub enum BenchCommand {
         /// record is what the server answers from).
         #[arg(long)]
         serve: bool,
+        /// Maintain the tables (compaction, checkpoint, vacuum) every this many seconds while
+        /// ingesting, as `up` does every `maintain.interval_secs` (the default); 0: never.
+        #[arg(long)]
+        maintain_secs: Option<u64>,
     },
     /// MCP clients over streamable HTTP calling the read tools against live tables (the
     /// pipeline ingesting meanwhile); latency per tool and how soon the server sees commits.
@@ -156,7 +161,11 @@ pub async fn run(
             rate,
             seconds,
             serve,
-        } => freshness(config, rate, seconds, serve).await,
+            maintain_secs,
+        } => {
+            let every = maintain_secs.unwrap_or(config.maintain.interval_secs);
+            freshness(config, rate, seconds, serve, every).await
+        }
         BenchCommand::Agent {
             sessions,
             seconds,
@@ -483,7 +492,13 @@ fn check_nothing_evicted(config: &Config, brokers: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn freshness(config: Config, rate: u64, seconds: u64, serve: bool) -> anyhow::Result<()> {
+async fn freshness(
+    config: Config,
+    rate: u64,
+    seconds: u64,
+    serve: bool,
+    maintain_secs: u64,
+) -> anyhow::Result<()> {
     let (_scratch, lake, broker) = scratch_setup(&config)?;
     let brokers = broker.bootstrap_servers().to_string();
     lake.ensure_all().await?;
@@ -533,6 +548,22 @@ async fn freshness(config: Config, rate: u64, seconds: u64, serve: bool) -> anyh
             crate::pipeline::run(&kafka, &lake, &opts, stop, Some(observer)).await
         })
     };
+    // Maintenance as under `up`: a round every `maintain_secs`.
+    let maintenance = (maintain_secs > 0).then(|| {
+        let (lake, stop) = (lake.clone(), stop.clone());
+        let options = MaintainOptions::from_config(&config.maintain, true);
+        tokio::spawn(async move {
+            let mut rounds = 0u32;
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(maintain_secs)) => {}
+                    () = stop.cancelled() => return rounds,
+                }
+                crate::lakehouse::maintain::run_in_background(&lake, &options).await;
+                rounds += 1;
+            }
+        })
+    });
     // Let the consumer join before measuring.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let warmup = samples.releases.lock().expect("poisoned").len();
@@ -562,6 +593,10 @@ async fn freshness(config: Config, rate: u64, seconds: u64, serve: bool) -> anyh
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.cancel();
     let stats = pipeline.await??;
+    let maintenance_rounds = match maintenance {
+        Some(m) => m.await?,
+        None => 0,
+    };
     let published = match watcher {
         Some(w) => Some(w.await?),
         None => None,
@@ -595,6 +630,8 @@ async fn freshness(config: Config, rate: u64, seconds: u64, serve: bool) -> anyh
             .map(|(topic, v)| (topic.to_string(), percentiles(v)))
             .collect::<serde_json::Map<_, _>>(),
         "batch_max_ms": config.pipeline.batch_max_ms,
+        "maintain_secs": maintain_secs,
+        "maintenance_rounds": maintenance_rounds,
         "peak_rss_mb": peak_rss_mb().round(),
     });
     if let Some(published) = published {
