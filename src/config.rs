@@ -944,7 +944,7 @@ mod tests {
     #[test]
     fn defaults_load_and_validate() {
         let c = Config::load_from(None, env(&[])).unwrap();
-        assert_eq!(c.pipeline.batch_max_ms, 250);
+        assert_eq!(c.pipeline.batch_max_ms, 100);
         assert!(c.validate().is_empty());
     }
 
