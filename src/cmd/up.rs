@@ -243,13 +243,8 @@ async fn start(
                 let options = MaintainOptions::from_config(&maintain, true);
                 let every = Duration::from_secs(maintain.interval_secs);
                 async move {
-                    loop {
-                        tokio::select! {
-                            _ = tokio::time::sleep(every) => {}
-                            _ = t.cancelled() => return Ok(()),
-                        }
-                        crate::lakehouse::maintain::run_in_background(&lake, &options).await;
-                    }
+                    crate::lakehouse::maintain::run_every(&lake, &options, every, t).await;
+                    Ok(())
                 }
             },
         );

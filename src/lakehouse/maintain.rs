@@ -61,17 +61,30 @@ impl MaintainOptions {
     }
 }
 
-/// [`run`] on the maintenance runtime ([`crate::runtime::maintenance`]), at the lowest CPU
-/// priority: what `up` and the benchmarks run beside the pipeline.
-pub async fn run_in_background(lake: &Lakehouse, opts: &MaintainOptions) -> Vec<TableReport> {
-    let (lake, opts) = (lake.clone(), opts.clone());
-    crate::runtime::maintenance()
-        .spawn(async move { run(&lake, &opts).await })
-        .await
-        .unwrap_or_else(|e| {
+/// A round of [`run`] every `interval` (counted from the end of the last) until `stop`, each on
+/// the maintenance runtime ([`crate::runtime::maintenance`]) at the lowest CPU priority: what
+/// `up` and `bench freshness` run beside the pipeline. Returns the rounds run.
+pub async fn run_every(
+    lake: &Lakehouse,
+    opts: &MaintainOptions,
+    interval: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) -> u32 {
+    let mut rounds = 0;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = stop.cancelled() => return rounds,
+        }
+        let (lake, opts) = (lake.clone(), opts.clone());
+        if let Err(e) = crate::runtime::maintenance()
+            .spawn(async move { run(&lake, &opts).await })
+            .await
+        {
             tracing::warn!(error = %e, "maintenance round ended abnormally");
-            Vec::new()
-        })
+        }
+        rounds += 1;
+    }
 }
 
 /// Maintains every existing table in the catalog; a failure on one table is reported in its

@@ -396,10 +396,7 @@ impl MergeJob {
             let (mut rows, mut offsets) = (Vec::new(), Offsets::new());
             for unit in units {
                 rows.extend(unit.rows);
-                for (p, o) in unit.offsets {
-                    let e = offsets.entry(p).or_insert(o);
-                    *e = (*e).max(o);
-                }
+                raise(&mut offsets, unit.offsets);
             }
             let expected: Offsets = offsets
                 .keys()
@@ -428,10 +425,7 @@ impl MergeJob {
             match result {
                 Ok(table) => {
                     self.table = table.clone();
-                    for (p, o) in &offsets {
-                        let d = self.durable.entry(p.clone()).or_insert(*o);
-                        *d = (*d).max(*o);
-                    }
+                    raise(&mut self.durable, offsets.clone());
                     st.done.push(Done {
                         offsets,
                         table,
@@ -464,33 +458,29 @@ impl Drop for Lagged {
 
 impl Sink {
     /// Queues `rows` (with the offsets pending so far) for this MERGE-kept sink and starts its
-    /// task unless one is running. Returns the unit's ticket and the commits settled on the way.
-    fn enqueue(&mut self, rows: Vec<RecordBatch>, pipeline: &str) -> Result<(u64, u64)> {
+    /// task unless one is running. Returns how many commits it settled on the way.
+    fn enqueue(&mut self, rows: Vec<RecordBatch>, pipeline: &str) -> Result<u64> {
         let offsets = std::mem::take(&mut self.pending);
         let Some(lag) = self.lag.as_mut() else {
             return Err(Error::Internal(format!("{} is not MERGE-kept", self.name)));
         };
         lag.issued += 1;
-        let ticket = lag.issued;
         let state = lag.state.clone();
-        let mut st = state.lock().expect("poisoned");
-        st.queue.push(Unit {
-            rows,
-            offsets,
-            ticket,
-        });
-        if st.running {
-            return Ok((ticket, 0));
+        {
+            let mut st = state.lock().expect("poisoned");
+            st.queue.push(Unit {
+                rows,
+                offsets,
+                ticket: lag.issued,
+            });
+            if st.running {
+                return Ok(0);
+            }
+            st.running = true;
         }
         // The last task is done: its commits are settled first, so the next one starts from the
         // table and offsets they left.
-        let (done, failed) = (std::mem::take(&mut st.done), st.failed.take());
-        st.running = true;
-        drop(st);
-        let settled = self.settle_done(done)?;
-        if let Some(e) = failed {
-            return Err(e);
-        }
+        let settled = self.settle_lagged()?;
         let Write::Merge(def) = &self.write else {
             return Err(Error::Internal(format!("{} is not MERGE-kept", self.name)));
         };
@@ -504,11 +494,12 @@ impl Sink {
         if let Some(lag) = self.lag.as_mut() {
             lag.task = Some(tokio::spawn(job.run(state, lag.taken.clone())));
         }
-        Ok((ticket, settled))
+        Ok(settled)
     }
 
-    /// Takes in what this MERGE-kept sink's task has committed since the last call, or the error
-    /// of a merge that failed. Returns how many commits it took in.
+    /// Takes in what this MERGE-kept sink's task has committed since the last call (its durable
+    /// offsets and table move on), or the error of a merge that failed. Returns how many commits
+    /// it took in.
     fn settle_lagged(&mut self) -> Result<u64> {
         let Some(lag) = self.lag.as_ref() else {
             return Ok(0);
@@ -517,15 +508,6 @@ impl Sink {
             let mut st = lag.state.lock().expect("poisoned");
             (std::mem::take(&mut st.done), st.failed.take())
         };
-        let settled = self.settle_done(done)?;
-        match failed {
-            Some(e) => Err(e),
-            None => Ok(settled),
-        }
-    }
-
-    /// The task's commits become this sink's: its durable offsets and table move on.
-    fn settle_done(&mut self, done: Vec<Done>) -> Result<u64> {
         let n = done.len() as u64;
         for d in done {
             settle(self, d.offsets, Ok(d.table))?;
@@ -539,7 +521,7 @@ impl Sink {
                 lag.durable_at.push((d.ticket, d.at));
             }
         }
-        Ok(n)
+        failed.map_or(Ok(n), Err)
     }
 
     /// Waits while this MERGE-kept sink has [`MAX_QUEUED`] batches queued behind its merge.
@@ -1248,8 +1230,7 @@ impl Worker {
                 .unwrap_or_default();
             if let Some((rows, _)) = prepare(sink, &batch.last, rows)? {
                 sink.make_room().await;
-                let (_, settled) = sink.enqueue(rows, &pipeline)?;
-                self.stats.commits += settled;
+                self.stats.commits += sink.enqueue(rows, &pipeline)?;
             }
         }
         let (mut data, mut signals): (Vec<&mut Sink>, Vec<&mut Sink>) = self
@@ -1598,16 +1579,21 @@ async fn commit_sink(
     settle(sink, offsets, result)
 }
 
+/// Raises each partition of `into` to its offset in `offsets` (offsets only grow).
+fn raise(into: &mut Offsets, offsets: Offsets) {
+    for (p, o) in offsets {
+        let d = into.entry(p).or_insert(o);
+        *d = (*d).max(o);
+    }
+}
+
 /// After a commit attempt with `offsets`: on success they are durable (durable offsets only
 /// grow); on failure they are pending again.
 fn settle(sink: &mut Sink, offsets: Offsets, result: Result<DeltaTable>) -> Result<()> {
     match result {
         Ok(table) => {
             sink.table = table;
-            for (p, o) in offsets {
-                let d = sink.durable.entry(p).or_insert(o);
-                *d = (*d).max(o);
-            }
+            raise(&mut sink.durable, offsets);
             sink.last_commit = Instant::now();
             Ok(())
         }

@@ -553,15 +553,8 @@ async fn freshness(
         let (lake, stop) = (lake.clone(), stop.clone());
         let options = MaintainOptions::from_config(&config.maintain, true);
         tokio::spawn(async move {
-            let mut rounds = 0u32;
-            loop {
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(maintain_secs)) => {}
-                    () = stop.cancelled() => return rounds,
-                }
-                crate::lakehouse::maintain::run_in_background(&lake, &options).await;
-                rounds += 1;
-            }
+            let every = Duration::from_secs(maintain_secs);
+            crate::lakehouse::maintain::run_every(&lake, &options, every, stop).await
         })
     });
     // Let the consumer join before measuring.
