@@ -26,7 +26,20 @@ static MALLOC_CONF: &[u8; 59] = b"background_thread:true,dirty_decay_ms:250,muzz
 
 fn main() -> std::process::ExitCode {
     no_transparent_huge_pages();
+    #[cfg(not(feature = "system-alloc"))]
+    millstream::telemetry::set_heap_stats(jemalloc_stats);
     millstream::cli::main()
+}
+
+/// jemalloc's bytes allocated and resident, refreshed (its counts are cached per epoch).
+#[cfg(not(feature = "system-alloc"))]
+fn jemalloc_stats() -> Option<(u64, u64)> {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    epoch::advance().ok()?;
+    Some((
+        stats::allocated::read().ok()? as u64,
+        stats::resident::read().ok()? as u64,
+    ))
 }
 
 /// Turns transparent huge pages off for this process: a 2 MiB huge page stays resident while

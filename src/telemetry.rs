@@ -162,6 +162,40 @@ pub fn set_remote_parent(span: &tracing::Span, traceparent: &str) {
     let _ = span.set_parent(cx);
 }
 
+/// The global allocator's own counts: bytes allocated, bytes it holds resident.
+pub type HeapStats = fn() -> Option<(u64, u64)>;
+
+static HEAP_STATS: OnceLock<HeapStats> = OnceLock::new();
+
+/// Tells `/metrics` how to read the global allocator's counts (the binary knows its allocator;
+/// the library does not).
+pub fn set_heap_stats(stats: HeapStats) {
+    let _ = HEAP_STATS.set(stats);
+}
+
+/// A `/proc/<process>/status` field in KiB (`VmRSS:`, `VmHWM:`), if the system has one.
+pub fn proc_status_kib(process: &str, field: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{process}/status"))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The metrics in Prometheus' text format, with the process's memory read now.
+pub fn render() -> String {
+    let handle = metrics();
+    events::Memory {
+        resident: proc_status_kib("self", "VmRSS:").map(|k| k << 10),
+        heap: HEAP_STATS.get().and_then(|read| read()),
+    }
+    .emit();
+    handle.render()
+}
+
 /// Installs the Prometheus recorder once and returns its handle for rendering `/metrics`.
 pub fn metrics() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -226,6 +260,23 @@ fn describe() {
         "millstream_catalog_load_seconds",
         Unit::Seconds,
         "Time for the MCP server to load a new table version, per table"
+    );
+    describe_gauge!(
+        "millstream_process_resident_bytes",
+        Unit::Bytes,
+        "Resident memory of the whole process (VmRSS), when /metrics was read"
+    );
+    describe_gauge!(
+        "millstream_heap_allocated_bytes",
+        Unit::Bytes,
+        "Bytes the Rust code holds allocated (jemalloc's count); the rest of the resident \
+         memory is the allocator's free pages, librdkafka (the embedded broker's log, client \
+         buffers), stacks and code"
+    );
+    describe_gauge!(
+        "millstream_heap_resident_bytes",
+        Unit::Bytes,
+        "Resident memory of the Rust heap, allocated or not yet given back (jemalloc's count)"
     );
     describe_gauge!(
         "millstream_serve_tail_rows",
@@ -312,6 +363,25 @@ pub mod events {
     use metrics::{counter, gauge, histogram};
 
     use crate::lakehouse::commit::SourcePartition;
+
+    /// The process's memory, read when `/metrics` is.
+    pub struct Memory {
+        pub resident: Option<u64>,
+        /// The allocator's (allocated, resident), where it keeps them.
+        pub heap: Option<(u64, u64)>,
+    }
+
+    impl Memory {
+        pub fn emit(&self) {
+            if let Some(r) = self.resident {
+                gauge!("millstream_process_resident_bytes").set(r as f64);
+            }
+            if let Some((allocated, resident)) = self.heap {
+                gauge!("millstream_heap_allocated_bytes").set(allocated as f64);
+                gauge!("millstream_heap_resident_bytes").set(resident as f64);
+            }
+        }
+    }
 
     pub struct RecordRejected<'a> {
         pub topic: &'a str,

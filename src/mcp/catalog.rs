@@ -154,7 +154,8 @@ pub struct CatalogOptions {
     pub refresh: Duration,
     /// Newest rows of each log to keep in memory ([`super::tail`]); 0 keeps none.
     pub tail_rows: usize,
-    /// Memory each log's tail may hold, whatever its rows.
+    /// Memory the tails of all logs together may hold, whatever their rows
+    /// ([`tail_shares`] splits it).
     pub tail_bytes: usize,
     /// Bytes of tool answers kept for reuse while their tables do not move
     /// ([`super::answers`]); 0 keeps none.
@@ -305,59 +306,66 @@ impl LiveCatalog {
                 Err(e) => tracing::warn!(table = %name, error = %e, "opening table"),
             }
         }
-        let budget = TailBudget {
-            rows: self.options.tail_rows,
-            bytes: self.options.tail_bytes,
-        };
-        let changed = futures::future::join_all(open.iter_mut().map(|(name, followed)| {
-            let is_new = fresh.contains(name);
-            async move {
-                let started = std::time::Instant::now();
-                let before = followed.table.version();
-                let moved = if is_new {
-                    Ok(true)
-                } else {
-                    crate::lakehouse::advance(&mut followed.table).await
+        let held: Vec<usize> = open
+            .values()
+            .map(|f| f.tail.as_ref().map_or(0, Tail::bytes))
+            .collect();
+        let shares = tail_shares(self.options.tail_bytes, &held);
+        let changed = futures::future::join_all(open.iter_mut().zip(shares).map(
+            |((name, followed), bytes)| {
+                let is_new = fresh.contains(name);
+                let budget = TailBudget {
+                    rows: self.options.tail_rows,
+                    bytes,
                 };
-                let load = async {
-                    match (before, is_new) {
-                        (Some(before), false) => {
-                            load_appended(name, followed, before + 1, budget).await
-                        }
-                        _ => load_full(name, followed, budget).await,
-                    }
-                };
-                match moved {
-                    Ok(true) => match load.await {
-                        Ok(l) => {
-                            crate::telemetry::events::TableServed {
-                                table: name,
-                                version: l.version,
-                                load: started.elapsed(),
-                                // A table just opened (at start) was committed before
-                                // anyone followed it: its age is not a visibility delay.
-                                since_commit: l
-                                    .committed_at
-                                    .filter(|_| !is_new)
-                                    .and_then(|c| (Utc::now() - c).to_std().ok()),
-                                tail: followed.tail.as_ref().map(|t| (t.rows(), t.bytes())),
+                async move {
+                    let started = std::time::Instant::now();
+                    let before = followed.table.version();
+                    let moved = if is_new {
+                        Ok(true)
+                    } else {
+                        crate::lakehouse::advance(&mut followed.table).await
+                    };
+                    let load = async {
+                        match (before, is_new) {
+                            (Some(before), false) => {
+                                load_appended(name, followed, before + 1, budget).await
                             }
-                            .emit();
-                            Some((name.clone(), l))
+                            _ => load_full(name, followed, budget).await,
                         }
+                    };
+                    match moved {
+                        Ok(true) => match load.await {
+                            Ok(l) => {
+                                crate::telemetry::events::TableServed {
+                                    table: name,
+                                    version: l.version,
+                                    load: started.elapsed(),
+                                    // A table just opened (at start) was committed before
+                                    // anyone followed it: its age is not a visibility delay.
+                                    since_commit: l
+                                        .committed_at
+                                        .filter(|_| !is_new)
+                                        .and_then(|c| (Utc::now() - c).to_std().ok()),
+                                    tail: followed.tail.as_ref().map(|t| (t.rows(), t.bytes())),
+                                }
+                                .emit();
+                                Some((name.clone(), l))
+                            }
+                            Err(e) => {
+                                tracing::warn!(table = %name, error = %e, "loading table version");
+                                None
+                            }
+                        },
+                        Ok(false) => None,
                         Err(e) => {
-                            tracing::warn!(table = %name, error = %e, "loading table version");
+                            tracing::warn!(table = %name, error = %e, "refreshing table");
                             None
                         }
-                    },
-                    Ok(false) => None,
-                    Err(e) => {
-                        tracing::warn!(table = %name, error = %e, "refreshing table");
-                        None
                     }
                 }
-            }
-        }))
+            },
+        ))
         .await;
         let changed: Vec<(String, Loaded)> = changed.into_iter().flatten().collect();
         if changed.is_empty() {
@@ -652,6 +660,39 @@ struct TailBudget {
     bytes: usize,
 }
 
+/// The memory each log's tail may hold this round, out of `total` for all of them, given what
+/// each holds now (`held`, one entry per followed table; 0 for a table without a tail).
+///
+/// While the tails hold less than `total`, each may grow into the room left free (a quiet one as
+/// far as the biggest one may). Beyond it, every tail is held to one level, the highest at which the tails together fit
+/// (max-min fairness): a quiet log below it keeps every row it has, and the busy ones share the
+/// rest equally. A tail gives memory back when it next grows (the busy ones grow every commit),
+/// so the tails together hold `total`, and at most one commit's rows per log more.
+fn tail_shares(total: usize, held: &[usize]) -> Vec<usize> {
+    let sum = held.iter().fold(0usize, |a, &b| a.saturating_add(b));
+    let level = if sum <= total {
+        // Room to spare: every tail may grow as far as the biggest may.
+        total - sum + held.iter().copied().max().unwrap_or(0)
+    } else {
+        let mut sorted = held.to_vec();
+        sorted.sort_unstable();
+        let mut left = total;
+        let mut level = 0;
+        for (i, &h) in sorted.iter().enumerate() {
+            let sharing = sorted.len() - i;
+            if h.saturating_mul(sharing) > left {
+                level = left / sharing;
+                break;
+            }
+            left -= h;
+        }
+        level
+    };
+    held.iter()
+        .map(|&mine| level.max(total.saturating_sub(sum - mine)))
+        .collect()
+}
+
 /// Arrow's memory per byte of (zstd-compressed) Parquet, to pick the files whose rows fit a
 /// tail's memory before reading them; the tail then trims to its budget exactly.
 const PARQUET_EXPANSION: i64 = 4;
@@ -790,6 +831,7 @@ async fn load_appended(
             c.as_string::<i32>().iter().all(|t| t == Some("insert"))
         })
     });
+    tail.set_max_bytes(budget.bytes);
     if !inserts_only || !tail.append(&changes)? {
         return load_full(name, followed, budget).await;
     }
@@ -840,4 +882,58 @@ fn max_timestamp(files: &arrow::array::RecordBatch, column: &str) -> Option<Date
         .flatten()
         .max()
         .and_then(DateTime::<Utc>::from_timestamp_micros)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::tail_shares;
+
+    /// Logs appending at very different rates under one budget, each round trimmed as a
+    /// [`super::Tail`] trims (oldest first, never its newest batch) to the share it was given.
+    /// The tails together stay within the budget (plus at most one commit per log), a quiet log
+    /// keeps every row it has, and the busy ones end up with equal shares of the rest.
+    #[test]
+    fn one_budget_is_shared_by_all_tails() {
+        let total = 1000;
+        let rates = [1, 2, 40, 100, 0];
+        let slack: usize = rates.iter().sum();
+        let mut tails: Vec<VecDeque<usize>> = vec![VecDeque::new(); rates.len()];
+        for round in 1..=200usize {
+            let held: Vec<usize> = tails.iter().map(|t| t.iter().sum()).collect();
+            let caps = tail_shares(total, &held);
+            for ((tail, &rate), cap) in tails.iter_mut().zip(&rates).zip(caps) {
+                if rate == 0 {
+                    continue;
+                }
+                tail.push_back(rate);
+                while tail.iter().sum::<usize>() > cap && tail.len() > 1 {
+                    tail.pop_front();
+                }
+            }
+            let held: Vec<usize> = tails.iter().map(|t| t.iter().sum()).collect();
+            assert!(
+                held.iter().sum::<usize>() <= total + slack,
+                "round {round}: {held:?}"
+            );
+            // The quietest log never reaches the others' level: it keeps everything.
+            assert_eq!(held[0], round, "round {round}: {held:?}");
+        }
+        // Max-min fair: log 0 keeps its 200, and the other three share 800 (266 each), less
+        // at most one commit, whatever their rates.
+        let held: Vec<usize> = tails.iter().map(|t| t.iter().sum()).collect();
+        for (i, &rate) in rates.iter().enumerate().skip(1).take(3) {
+            assert!(
+                (266 - rate..=266 + rate).contains(&held[i]),
+                "log {i}: {held:?}"
+            );
+        }
+        // With room to spare, each tail may grow as far as the biggest may; 0 keeps nothing.
+        assert_eq!(tail_shares(total, &[100, 0, 50]), vec![950; 3]);
+        assert_eq!(tail_shares(0, &[5, 0, 0]), vec![0; 3]);
+        // Over budget: one level for all, the highest at which they fit.
+        assert_eq!(tail_shares(100, &[10, 80, 80]), vec![45; 3]);
+        assert_eq!(tail_shares(usize::MAX, &[5, 7]), vec![usize::MAX - 5; 2]);
+    }
 }

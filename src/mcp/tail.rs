@@ -5,8 +5,8 @@
 //! instead keeps the newest rows of each log in memory and extends them from the Change Data
 //! Feed of each new version: one small read per commit instead of a scan per request.
 //!
-//! A tail holds at most `serve.tail_rows` rows and `serve.tail_mb` of memory per table and drops
-//! its oldest batches beyond either. It remembers the newest event time it dropped, so it knows which queries it can answer
+//! A tail holds at most `serve.tail_rows` rows and its share of `serve.tail_mb` (the memory of
+//! all tails together, split by the catalog) and drops its oldest batches beyond either. It remembers the newest event time it dropped, so it knows which queries it can answer
 //! alone: a scan whose filters bound the event time above everything dropped reads memory;
 //! any other scan reads the Delta table ([`TieredTable`]). Both are the same table version, so
 //! an answer is the same whichever serves it.
@@ -78,6 +78,11 @@ impl Tail {
     /// Memory of the batches held.
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Changes the memory budget; the tail trims to it at its next [`Tail::append`].
+    pub(crate) fn set_max_bytes(&mut self, max_bytes: usize) {
+        self.max_bytes = max_bytes;
     }
 
     pub(crate) fn holds_all(&self) -> bool {

@@ -77,10 +77,9 @@ struct AuthState {
 }
 
 pub fn router(mcp: Option<Mcp>, health: Health, cancel: CancellationToken) -> Router {
-    let metrics = crate::telemetry::metrics();
     let metrics = Router::new().route(
         "/metrics",
-        get(move || std::future::ready(metrics.render())),
+        get(|| std::future::ready(crate::telemetry::render())),
     );
     let healthz = Router::new()
         .route("/healthz", get(healthz))

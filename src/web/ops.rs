@@ -32,7 +32,7 @@ fn families(text: &str) -> BTreeMap<String, f64> {
 
 /// Throughput, consumer lag, dead letters, commits and serving freshness in this process.
 pub fn pipeline() -> Value {
-    let m = families(&crate::telemetry::metrics().render());
+    let m = families(&crate::telemetry::render());
     let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
     let events = get("millstream_events_in_total");
     let now = Instant::now();

@@ -357,6 +357,87 @@ async fn a_scan_inside_a_log_tail_reads_memory_and_one_beyond_it_reads_delta() {
     assert!(gauge("millstream_serve_tail_bytes") > 0.0);
 }
 
+/// `serve.tail_mb` bounds the tails of all logs together, not each: a busy log (telemetry) gets
+/// what the quiet ones leave, and the quiet ones (sales, shipments, movements, dead letters)
+/// keep every row they have. With a budget per log, as before, the tails would hold that
+/// budget for telemetry alone plus all the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_log_tails_together_hold_no_more_than_the_serve_budget() {
+    let _w = support::watchdog("mcp tail budget", Duration::from_secs(180));
+    let metrics = millstream::telemetry::metrics();
+    let env = Env::new(1).await;
+    let budget = 1 << 20;
+    let (catalog, _stop) = env.live_catalog_within(20, usize::MAX, budget).await;
+    let mut opts = env.options("tailbudget", "tailbudget");
+    opts.batch_max_events = 250;
+    let events = support::events("tailbudget", 30_000, 0.02);
+    env.produce(&events).await;
+    env.run_until(&opts, events.len() as u64).await;
+    let logs = [
+        "iot.telemetry",
+        "sales.transactions",
+        "supply_chain.shipments",
+        "supply_chain.inventory_movements",
+        "ops.dead_letters",
+    ];
+    for table in logs {
+        let committed = env.lake.open(table).await.unwrap().version().unwrap() as i64;
+        let started = Instant::now();
+        while catalog.version(table) != Some(committed) {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{table} not served"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let rendered = metrics.render();
+    let gauge = |name: &str, table: &str| -> f64 {
+        let prefix = format!("{name}{{table=\"{table}\"}} ");
+        rendered
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .map_or(0.0, |v| v.parse().unwrap())
+    };
+    let held: f64 = rendered
+        .lines()
+        .filter(|l| l.starts_with("millstream_serve_tail_bytes{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    let telemetry = gauge("millstream_serve_tail_bytes", "iot.telemetry");
+    let quiet = held - telemetry;
+    // The busiest log was trimmed: without a budget it would hold more than all of it.
+    let count = async |table: &str| -> f64 {
+        support::rows(&env.lake, &format!("SELECT count(*) FROM {table}")).await[0]
+            .parse()
+            .unwrap()
+    };
+    let telemetry_rows = count("iot.telemetry").await;
+    assert!(
+        gauge("millstream_serve_tail_rows", "iot.telemetry") < telemetry_rows,
+        "telemetry was never trimmed: the test needs more rows"
+    );
+    // One commit of slack: a tail never drops its newest commit's rows (at most one batch).
+    let one_commit = telemetry / gauge("millstream_serve_tail_rows", "iot.telemetry")
+        * opts.batch_max_events as f64;
+    assert!(
+        held <= budget as f64 + one_commit,
+        "tails hold {held} bytes (telemetry {telemetry}, the rest {quiet}) over a budget of {budget}"
+    );
+    assert!(
+        quiet > one_commit,
+        "the quiet logs hold {quiet} bytes, telemetry {telemetry}: too little to tell budgets apart"
+    );
+    // The quiet logs keep every row they have.
+    for table in &logs[1..] {
+        assert_eq!(
+            gauge("millstream_serve_tail_rows", table),
+            count(table).await,
+            "{table}"
+        );
+    }
+}
+
 /// The loop closes on the simulated clock: a shortage signal → `create_order` → the order in
 /// `supply_chain.purchase_orders` → the simulated supplier's shipments carrying its `po_id` →
 /// the receipt at the warehouse → the position's shortage risk drops below HIGH.

@@ -112,6 +112,17 @@ impl Env {
         refresh_ms: u64,
         tail_rows: usize,
     ) -> (millstream::mcp::LiveCatalog, DropGuard) {
+        self.live_catalog_within(refresh_ms, tail_rows, usize::MAX)
+            .await
+    }
+
+    /// [`Env::live_catalog`], with all the tails together holding at most `tail_bytes`.
+    pub async fn live_catalog_within(
+        &self,
+        refresh_ms: u64,
+        tail_rows: usize,
+        tail_bytes: usize,
+    ) -> (millstream::mcp::LiveCatalog, DropGuard) {
         let stop = CancellationToken::new();
         let catalog = millstream::mcp::LiveCatalog::start(
             self.lake.clone(),
@@ -121,7 +132,7 @@ impl Env {
             millstream::mcp::CatalogOptions {
                 refresh: Duration::from_millis(refresh_ms),
                 tail_rows,
-                tail_bytes: usize::MAX,
+                tail_bytes,
                 answer_cache_bytes: 64 << 20,
                 plan_cache_entries: 256,
                 query_partitions: 1,

@@ -319,14 +319,7 @@ fn child_peak_rss_mb(pid: u32) -> f64 {
 
 /// A `/proc/<process>/status` field in MiB; 0 where there is none (not Linux).
 fn proc_status_mb(process: &str, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{process}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
+    crate::telemetry::proc_status_kib(process, field).map_or(0.0, |kb| kb as f64 / 1024.0)
 }
 
 fn count_files(lake: &Lakehouse) -> usize {
