@@ -234,15 +234,8 @@ async fn log_tails_answer_like_the_delta_tables() {
             .await;
         env.run_until(&opts, 1500).await;
         for table in ["iot.telemetry", "supply_chain.inventory_movements"] {
-            let committed = env.lake.open(table).await.unwrap().version().unwrap() as i64;
-            let started = Instant::now();
-            while catalog.version(table) != Some(committed) {
-                assert!(
-                    started.elapsed() < Duration::from_secs(10),
-                    "{table} not served"
-                );
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            env.until_served(&catalog, table, Duration::from_secs(10))
+                .await;
             let times = support::rows(&env.lake, &format!("SELECT ts FROM {table}")).await;
             if table == "iot.telemetry" {
                 assert!(
@@ -303,12 +296,8 @@ async fn a_scan_inside_a_log_tail_reads_memory_and_one_beyond_it_reads_delta() {
     env.produce(&support::events("tailplan", 3000, 0.0)).await;
     env.run_until(&opts, 3000).await;
     let table = "iot.telemetry";
-    let committed = env.lake.open(table).await.unwrap().version().unwrap() as i64;
-    let started = Instant::now();
-    while catalog.version(table) != Some(committed) {
-        assert!(started.elapsed() < Duration::from_secs(10), "not served");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    env.until_served(&catalog, table, Duration::from_secs(10))
+        .await;
     let times = support::rows(&env.lake, &format!("SELECT ts FROM {table} ORDER BY ts")).await;
     assert!(
         times.len() > 800,
@@ -381,15 +370,8 @@ async fn all_log_tails_together_hold_no_more_than_the_serve_budget() {
         "ops.dead_letters",
     ];
     for table in logs {
-        let committed = env.lake.open(table).await.unwrap().version().unwrap() as i64;
-        let started = Instant::now();
-        while catalog.version(table) != Some(committed) {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "{table} not served"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        env.until_served(&catalog, table, Duration::from_secs(20))
+            .await;
     }
     let rendered = metrics.render();
     let gauge = |name: &str, table: &str| -> f64 {

@@ -116,6 +116,21 @@ impl Env {
             .await
     }
 
+    /// Waits until `catalog` serves the version of `table` committed now, for at most `wait`.
+    pub async fn until_served(
+        &self,
+        catalog: &millstream::mcp::LiveCatalog,
+        table: &str,
+        wait: Duration,
+    ) {
+        let committed = self.lake.open(table).await.unwrap().version().unwrap() as i64;
+        let started = Instant::now();
+        while catalog.version(table) != Some(committed) {
+            assert!(started.elapsed() < wait, "{table} not served");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// [`Env::live_catalog`], with all the tails together holding at most `tail_bytes`.
     pub async fn live_catalog_within(
         &self,
