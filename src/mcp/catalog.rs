@@ -313,57 +313,11 @@ impl LiveCatalog {
         let shares = tail_shares(self.options.tail_bytes, &held);
         let changed = futures::future::join_all(open.iter_mut().zip(shares).map(
             |((name, followed), bytes)| {
-                let is_new = fresh.contains(name);
                 let budget = TailBudget {
                     rows: self.options.tail_rows,
                     bytes,
                 };
-                async move {
-                    let started = std::time::Instant::now();
-                    let before = followed.table.version();
-                    let moved = if is_new {
-                        Ok(true)
-                    } else {
-                        crate::lakehouse::advance(&mut followed.table).await
-                    };
-                    let load = async {
-                        match (before, is_new) {
-                            (Some(before), false) => {
-                                load_appended(name, followed, before + 1, budget).await
-                            }
-                            _ => load_full(name, followed, budget).await,
-                        }
-                    };
-                    match moved {
-                        Ok(true) => match load.await {
-                            Ok(l) => {
-                                crate::telemetry::events::TableServed {
-                                    table: name,
-                                    version: l.version,
-                                    load: started.elapsed(),
-                                    // A table just opened (at start) was committed before
-                                    // anyone followed it: its age is not a visibility delay.
-                                    since_commit: l
-                                        .committed_at
-                                        .filter(|_| !is_new)
-                                        .and_then(|c| (Utc::now() - c).to_std().ok()),
-                                    tail: followed.tail.as_ref().map(|t| (t.rows(), t.bytes())),
-                                }
-                                .emit();
-                                Some((name.clone(), l))
-                            }
-                            Err(e) => {
-                                tracing::warn!(table = %name, error = %e, "loading table version");
-                                None
-                            }
-                        },
-                        Ok(false) => None,
-                        Err(e) => {
-                            tracing::warn!(table = %name, error = %e, "refreshing table");
-                            None
-                        }
-                    }
-                }
+                load_version(name, followed, fresh.contains(name), budget)
             },
         ))
         .await;
@@ -651,6 +605,58 @@ fn is_log(name: &str) -> bool {
 /// The event-time column of a table, as its definition names it.
 fn event_time_column(name: &str) -> Result<Option<&'static str>> {
     Ok(tables::get(name)?.event_time.as_deref())
+}
+
+/// Brings one followed table to its latest version (loading it whole when `is_new`), with
+/// `budget` for its tail; the loaded version if it moved.
+async fn load_version(
+    name: &String,
+    followed: &mut Followed,
+    is_new: bool,
+    budget: TailBudget,
+) -> Option<(String, Loaded)> {
+    let started = std::time::Instant::now();
+    let before = followed.table.version();
+    let moved = if is_new {
+        Ok(true)
+    } else {
+        crate::lakehouse::advance(&mut followed.table).await
+    };
+    let load = async {
+        match (before, is_new) {
+            (Some(before), false) => load_appended(name, followed, before + 1, budget).await,
+            _ => load_full(name, followed, budget).await,
+        }
+    };
+    match moved {
+        Ok(true) => match load.await {
+            Ok(l) => {
+                crate::telemetry::events::TableServed {
+                    table: name,
+                    version: l.version,
+                    load: started.elapsed(),
+                    // A table just opened (at start) was committed before
+                    // anyone followed it: its age is not a visibility delay.
+                    since_commit: l
+                        .committed_at
+                        .filter(|_| !is_new)
+                        .and_then(|c| (Utc::now() - c).to_std().ok()),
+                    tail: followed.tail.as_ref().map(|t| (t.rows(), t.bytes())),
+                }
+                .emit();
+                Some((name.clone(), l))
+            }
+            Err(e) => {
+                tracing::warn!(table = %name, error = %e, "loading table version");
+                None
+            }
+        },
+        Ok(false) => None,
+        Err(e) => {
+            tracing::warn!(table = %name, error = %e, "refreshing table");
+            None
+        }
+    }
 }
 
 /// What one log's tail may hold.
