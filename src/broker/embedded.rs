@@ -19,9 +19,16 @@ pub struct EmbeddedBroker {
 impl EmbeddedBroker {
     /// Starts a cluster of `brokers` brokers and creates `topics` with `partitions` each.
     pub fn start(brokers: i32, topics: &[&str], partitions: i32) -> Result<Self> {
+        let layout: Vec<(&str, i32)> = topics.iter().map(|t| (*t, partitions)).collect();
+        Self::start_with(brokers, &layout)
+    }
+
+    /// Starts a cluster of `brokers` brokers and creates each topic with its own partition
+    /// count (e.g. [`super::topics::embedded_layout`]).
+    pub fn start_with(brokers: i32, layout: &[(&str, i32)]) -> Result<Self> {
         let cluster = MockCluster::new(brokers)?;
-        for t in topics {
-            cluster.create_topic(t, partitions, brokers.min(3))?;
+        for (t, partitions) in layout {
+            cluster.create_topic(t, *partitions, brokers.min(3))?;
         }
         let bootstrap = cluster.bootstrap_servers();
         Ok(EmbeddedBroker { cluster, bootstrap })

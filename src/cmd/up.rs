@@ -66,10 +66,9 @@ pub async fn run(mut config: Config, args: UpArgs) -> anyhow::Result<()> {
     lake.ensure_all().await.context("creating tables")?;
     let embedded = match &external {
         Some(_) => None,
-        None => Some(EmbeddedBroker::start(
+        None => Some(EmbeddedBroker::start_with(
             config.kafka.embedded_brokers,
-            &topics::ALL,
-            config.kafka.partitions,
+            &topics::embedded_layout(config.kafka.partitions),
         )?),
     };
     let brokers = match (&external, &embedded) {

@@ -349,21 +349,25 @@ fn walk(dir: &std::path::Path) -> usize {
         .unwrap_or(0)
 }
 
-/// A throwaway lakehouse and a fresh embedded broker with the event topics. Drop the broker
-/// only after every client is closed (DESIGN §9).
-fn scratch_setup(config: &Config) -> anyhow::Result<(Scratch, Lakehouse, EmbeddedBroker)> {
+/// A throwaway lakehouse and a fresh embedded broker with the event topics, partitioned by
+/// `layout` (topic, partitions). Drop the broker only after every client is closed (DESIGN §9).
+fn scratch_setup(
+    config: &Config,
+    layout: &[(&str, i32)],
+) -> anyhow::Result<(Scratch, Lakehouse, EmbeddedBroker)> {
     let scratch = Scratch::new()?;
     let lake = Lakehouse::new(scratch.0.join("lakehouse"))?;
-    let broker = EmbeddedBroker::start(
-        config.kafka.embedded_brokers,
-        &topics::ALL,
-        config.kafka.partitions,
-    )?;
+    let broker = EmbeddedBroker::start_with(config.kafka.embedded_brokers, layout)?;
     Ok((scratch, lake, broker))
 }
 
 async fn ingest(config: Config, events: u64) -> anyhow::Result<()> {
-    let (_scratch, lake, broker) = scratch_setup(&config)?;
+    // The whole preload must fit in the broker's log: `kafka.partitions` for every topic.
+    let layout: Vec<_> = topics::ALL
+        .iter()
+        .map(|t| (*t, config.kafka.partitions))
+        .collect();
+    let (_scratch, lake, broker) = scratch_setup(&config, &layout)?;
     let brokers = broker.bootstrap_servers().to_string();
     // Reference data, so the inventory MERGE and the shortage and churn pipelines have their
     // parts, positions, suppliers and customers, as under `up`.
@@ -492,7 +496,9 @@ async fn freshness(
     serve: bool,
     maintain_secs: u64,
 ) -> anyhow::Result<()> {
-    let (_scratch, lake, broker) = scratch_setup(&config)?;
+    // Live events only, the broker laid out as under `up`.
+    let layout = topics::embedded_layout(config.kafka.partitions);
+    let (_scratch, lake, broker) = scratch_setup(&config, &layout)?;
     let brokers = broker.bootstrap_servers().to_string();
     lake.ensure_all().await?;
 

@@ -44,7 +44,8 @@ impl LiveStack {
     /// yielding the CPU to the server) the pipeline, the deriver and the simulator's live
     /// events; once the signal tables have rows, the MCP server and the HTTP app.
     pub async fn start(config: &Config, name: &str) -> anyhow::Result<LiveStack> {
-        let (scratch, lake, broker) = scratch_setup(config)?;
+        let layout = crate::broker::topics::embedded_layout(config.kafka.partitions);
+        let (scratch, lake, broker) = scratch_setup(config, &layout)?;
         let brokers = broker.bootstrap_servers().to_string();
         lake.ensure_all().await?;
         crate::sim::write_reference(&lake, &config.simulate, false).await?;
@@ -52,6 +53,8 @@ impl LiveStack {
         let history = crate::sim::stream::history(&config.simulate, name);
         eprintln!("bench {name}: {} history events", history.len());
         produce_all(&producer, &history, "history").await?;
+        // Nothing reads yet: the whole history must still be in the broker's log.
+        super::check_nothing_evicted(config, &brokers)?;
 
         let mut sup = Supervisor::new();
         let simulate = sup.stage("simulate");
