@@ -45,6 +45,8 @@ pub struct TableReport {
     pub files_written: u64,
     pub files_vacuumed: usize,
     pub checkpoint: bool,
+    /// Expired log files deleted (older than the table's log retention and its checkpoint).
+    pub logs_cleaned: usize,
     pub millis: u128,
     pub error: Option<String>,
 }
@@ -115,6 +117,7 @@ pub async fn run(lake: &Lakehouse, opts: &MaintainOptions) -> Vec<TableReport> {
             files_written: 0,
             files_vacuumed: 0,
             checkpoint: false,
+            logs_cleaned: 0,
             millis: 0,
             error: None,
         };
@@ -218,6 +221,20 @@ async fn maintain_table(
         .await
         .map_err(|e| Error::delta(name, e))?;
     report.checkpoint = true;
+    // Streaming commits leave this to maintenance (`commit::streaming_commit_properties`):
+    // log files older than the table's `delta.logRetentionDuration` and than the checkpoint
+    // just written go.
+    use deltalake::table::config::TablePropertiesExt as _;
+    let cleanup = table
+        .snapshot()
+        .map_err(|e| Error::delta(name, e))?
+        .table_config()
+        .enable_expired_log_cleanup();
+    if cleanup {
+        report.logs_cleaned = deltalake::checkpoints::cleanup_metadata(&table, None)
+            .await
+            .map_err(|e| Error::delta(name, e))?;
+    }
     let (table, vacuum) = table
         .vacuum()
         .with_retention_period(

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use deltalake::DeltaTable;
-use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
 use serde::Serialize;
 
@@ -153,7 +152,7 @@ impl Deriver {
         let batches = ctx.sql(&def.sql).await?.collect().await?;
         let batches = conform(&batches, &def.sink.table)?;
         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-        let props = CommitProperties::default().with_metadata([
+        let props = crate::lakehouse::commit::streaming_commit_properties().with_metadata([
             (
                 "millstream.pipeline".to_string(),
                 serde_json::Value::from(def.name.clone()),
