@@ -7,6 +7,7 @@
 
 pub mod cdf;
 pub mod commit;
+mod local_store;
 pub mod maintain;
 pub mod query;
 
@@ -164,6 +165,7 @@ impl Lakehouse {
             )])
         };
         std::fs::create_dir_all(root).map_err(unusable)?;
+        local_store::register();
         Ok(Lakehouse {
             root: Root::Local(std::fs::canonicalize(root).map_err(unusable)?),
         })
