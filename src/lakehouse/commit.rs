@@ -75,45 +75,14 @@ fn transactions(pipeline: &str, offsets: &Offsets) -> Vec<Transaction> {
 }
 
 /// The properties of a streaming commit (a pipeline's or a derived table's): delta-rs's
-/// defaults, except for its two post-commit steps.
-/// - No cleanup of expired log files. That cleanup lists the table's whole `_delta_log` and
-///   reads every entry's metadata, on every commit, so it grows with the log. Maintenance
-///   cleans up once per round instead ([`super::maintain`]).
-/// - No checkpoint inside the commit: [`checkpoint_behind`] writes the same checkpoints (every
-///   `delta.checkpointInterval` commits) after the commit has returned, so the batch waiting
-///   for it does not wait for the checkpoint too.
+/// defaults, except that the commit does not clean up expired log files. That cleanup lists
+/// the table's whole `_delta_log` and reads every entry's metadata, on every commit: after 30
+/// minutes of `up` (6,000 commits to telemetry) that listing took about a quarter of the
+/// process's CPU, and it grows with the log. Maintenance cleans up once per round instead
+/// ([`super::maintain`]). Checkpoints are still written every `delta.checkpointInterval`
+/// commits.
 pub(crate) fn streaming_commit_properties() -> CommitProperties {
-    CommitProperties::default()
-        .with_cleanup_expired_logs(Some(false))
-        .with_create_checkpoint(false)
-}
-
-/// Starts, in the background, the checkpoint delta-rs writes after every
-/// `delta.checkpointInterval`-th commit (`(version + 1)` a multiple of the interval), for a
-/// table just committed with [`streaming_commit_properties`]; returns the table.
-///
-/// Inside the commit, a checkpoint made one commit in a hundred of each table slower by the
-/// checkpoint's write, and a telemetry record waits for the commits of four tables (telemetry,
-/// its sensor state, anomalies, dead letters), so about one batch in 25 carried one: the tail
-/// of produce → committed. A checkpoint is written for a fixed version and published with
-/// `_last_checkpoint` last, so commits that land meanwhile are unaffected; one that fails is
-/// logged, and the next one (or maintenance's) covers the log.
-pub(crate) fn checkpoint_behind(table: DeltaTable, table_name: &str) -> DeltaTable {
-    use deltalake::table::config::TablePropertiesExt as _;
-    let (Some(version), Ok(snapshot)) = (table.version(), table.snapshot()) else {
-        return table;
-    };
-    let interval = snapshot.table_config().checkpoint_interval().get();
-    if !(version + 1).is_multiple_of(interval) {
-        return table;
-    }
-    let (at, name) = (table.clone(), table_name.to_string());
-    tokio::spawn(async move {
-        if let Err(e) = deltalake::checkpoints::create_checkpoint(&at, None).await {
-            tracing::warn!(table = %name, version, error = %e, "writing a checkpoint failed");
-        }
-    });
-    table
+    CommitProperties::default().with_cleanup_expired_logs(Some(false))
 }
 
 /// The txn actions for `offsets`, and the pipeline's name in the commit info.
@@ -192,7 +161,6 @@ pub async fn write(
         .with_writer_properties(writer_properties())
         .with_target_file_size(std::num::NonZeroU64::new(target_file_bytes))
         .await
-        .map(|t| checkpoint_behind(t, table_name))
         .map_err(|e| classify(table_name, e))
 }
 
@@ -212,7 +180,7 @@ async fn commit_offsets_only(
         .await
         .map_err(|e| classify(table_name, e))?;
     table.state = Some(finalized.snapshot);
-    Ok(checkpoint_behind(table, table_name))
+    Ok(table)
 }
 
 /// Fails with [`Error::ConflictingOffsets`] unless the table's current version stores, for every
@@ -345,7 +313,7 @@ pub async fn merge(
             Ok((t, _metrics)) if t.version() == table.version() && !offsets.is_empty() => {
                 commit_offsets_only(t, table_name, commit_properties(pipeline, offsets)).await
             }
-            Ok((t, _metrics)) => Ok(checkpoint_behind(t, table_name)),
+            Ok((t, _metrics)) => Ok(t),
             Err(e) => Err(classify(table_name, e)),
         };
         match result {
@@ -426,70 +394,6 @@ mod tests {
         txn_versions(&table, "t", PIPELINE, at(0).into_keys())
             .await
             .unwrap()
-    }
-
-    /// Streaming commits write the checkpoints delta-rs writes (after every
-    /// `delta.checkpointInterval`-th commit, here 3), from the background instead of inside
-    /// the commit, and clean up no log file: version 0's entry is still there.
-    #[tokio::test]
-    async fn streaming_commits_checkpoint_every_interval_from_the_background() {
-        let dir = tempfile::tempdir().unwrap();
-        let uri = url::Url::from_directory_path(dir.path()).unwrap();
-        let mut table = deltalake::operations::create::CreateBuilder::new()
-            .with_location(uri.to_string())
-            .with_columns([StructField::new(
-                "k",
-                DeltaType::Primitive(PrimitiveType::String),
-                false,
-            )])
-            .with_configuration([
-                ("delta.checkpointInterval", Some("3")),
-                ("delta.logRetentionDuration", Some("interval 0 seconds")),
-            ])
-            .await
-            .unwrap();
-        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Utf8, false)]));
-        let batch =
-            RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(vec!["a"]))]).unwrap();
-        let last_checkpoint = dir.path().join("_delta_log/_last_checkpoint");
-        // The version `_last_checkpoint` names once it names `want` (or what it names after 2 s).
-        let checkpointed = async |want: i64| {
-            let mut seen = None;
-            for _ in 0..200 {
-                if let Ok(text) = std::fs::read_to_string(&last_checkpoint) {
-                    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-                    seen = v["version"].as_i64();
-                    if seen == Some(want) {
-                        break;
-                    }
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-            seen
-        };
-        // Create is version 0; the appends make 1..=5, alternately with rows and offsets alone.
-        for offset in 0..5 {
-            let rows = if offset % 2 == 0 {
-                vec![batch.clone()]
-            } else {
-                vec![]
-            };
-            table = append(table, "t", PIPELINE, rows, &at(offset), 1 << 20)
-                .await
-                .unwrap();
-            assert_eq!(table.version(), Some(offset as u64 + 1));
-            if offset == 1 {
-                // Version 2 is the third commit.
-                assert_eq!(checkpointed(2).await, Some(2));
-            }
-        }
-        assert_eq!(checkpointed(5).await, Some(5));
-        // With a zero log retention, delta-rs's own cleanup would have removed it.
-        assert!(
-            dir.path()
-                .join("_delta_log/00000000000000000000.json")
-                .exists()
-        );
     }
 
     /// A batch whose rows the sink's SQL filters out (document events none of which is a

@@ -175,7 +175,6 @@ impl Deriver {
                     .with_save_mode(mode)
                     .with_commit_properties(props)
                     .await
-                    .map(|t| crate::lakehouse::commit::checkpoint_behind(t, &def.sink.table))
                     .map_err(|e| Error::delta(&def.sink.table, e))?;
                 crate::lakehouse::announce_commit();
                 t.version().map(|v| v as i64)
