@@ -396,6 +396,50 @@ mod tests {
             .unwrap()
     }
 
+    /// Streaming commits still write delta-rs's checkpoints (every `delta.checkpointInterval`
+    /// commits, here 3) but remove no expired log file: with a log retention of zero, version
+    /// 0's entry is still there after two checkpoints. (delta-rs's own cleanup would have
+    /// removed it, listing the whole log to do so, on every commit.)
+    #[tokio::test]
+    async fn streaming_commits_checkpoint_but_leave_log_cleanup_to_maintenance() {
+        let dir = tempfile::tempdir().unwrap();
+        let uri = url::Url::from_directory_path(dir.path()).unwrap();
+        let mut table = deltalake::operations::create::CreateBuilder::new()
+            .with_location(uri.to_string())
+            .with_columns([StructField::new(
+                "k",
+                DeltaType::Primitive(PrimitiveType::String),
+                false,
+            )])
+            .with_configuration([
+                ("delta.checkpointInterval", Some("3")),
+                ("delta.logRetentionDuration", Some("interval 0 seconds")),
+            ])
+            .await
+            .unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Utf8, false)]));
+        let batch =
+            RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(vec!["a"]))]).unwrap();
+        // Create is version 0; the appends make 1..=5, alternately with rows and offsets alone.
+        for offset in 0..5 {
+            let rows = if offset % 2 == 0 {
+                vec![batch.clone()]
+            } else {
+                vec![]
+            };
+            table = append(table, "t", PIPELINE, rows, &at(offset), 1 << 20)
+                .await
+                .unwrap();
+        }
+        assert_eq!(table.version(), Some(5));
+        let log = dir.path().join("_delta_log");
+        let text = std::fs::read_to_string(log.join("_last_checkpoint")).unwrap();
+        let last: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(last["version"].as_i64(), Some(5));
+        assert!(log.join("00000000000000000002.checkpoint.parquet").exists());
+        assert!(log.join("00000000000000000000.json").exists());
+    }
+
     /// A batch whose rows the sink's SQL filters out (document events none of which is a
     /// proposal) merges nothing, and delta-rs then makes no commit; the batch's offsets must
     /// reach the log all the same. Otherwise the worker counts them durable while the log keeps
