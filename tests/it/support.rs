@@ -677,36 +677,62 @@ pub fn assert_same_rows(what: &str, got: &[String], want: &[String]) {
     );
 }
 
-/// Waits until `iot.anomalies` and `iot.sensor_state` record, for each of the `partitions`
-/// telemetry partitions, at least the last offset `iot.telemetry` records.
+/// Waits until every table fed from a bronze table's topic has caught up with it: for each of
+/// the `partitions` partitions, `iot.anomalies` and `iot.sensor_state` record at least the last
+/// offset `iot.telemetry` records, and the MERGE-kept `supply_chain.inventory` at least the last
+/// offset `supply_chain.inventory_movements` records. A worker killed with merges queued left
+/// the inventory behind its movements; the worker that takes the partition over replays them
+/// for the inventory alone, so a check must wait for that, not only for the bronze rows.
 pub async fn signals_caught_up(lake: &Lakehouse, partitions: i32, budget: Duration, context: &str) {
-    use millstream::lakehouse::commit::{SourcePartition, txn_versions};
-    let parts: Vec<SourcePartition> = (0..partitions)
-        .map(|p| SourcePartition::new(topics::TELEMETRY, p))
-        .collect();
+    use millstream::lakehouse::commit::{Offsets, SourcePartition, txn_versions};
+    // (bronze table, its topic, the tables fed from it, whether bronze must have offsets).
+    let feeds = [
+        (
+            "iot.telemetry",
+            topics::TELEMETRY,
+            &["iot.anomalies", "iot.sensor_state"][..],
+            true,
+        ),
+        (
+            "supply_chain.inventory_movements",
+            topics::INVENTORY,
+            &["supply_chain.inventory"][..],
+            false,
+        ),
+    ];
     let started = Instant::now();
     loop {
-        let mut versions = Vec::new();
-        for table in ["iot.telemetry", "iot.anomalies", "iot.sensor_state"] {
-            let t = lake.open(table).await.unwrap();
-            versions.push(
+        let mut lagging = Vec::new();
+        for (bronze, topic, fed, required) in feeds {
+            let parts: Vec<SourcePartition> = (0..partitions)
+                .map(|p| SourcePartition::new(topic, p))
+                .collect();
+            let versions = async |table: &str| -> Offsets {
+                let t = lake.open(table).await.unwrap();
                 txn_versions(&t, table, "bronze", parts.clone())
                     .await
-                    .unwrap(),
-            );
+                    .unwrap()
+            };
+            let head = versions(bronze).await;
+            if head.is_empty() && required {
+                lagging.push(format!("{bronze}: no offsets yet"));
+                continue;
+            }
+            for table in fed {
+                // At or past bronze: a dead-lettered tail moves the fed tables' offsets, not
+                // bronze's.
+                let got = versions(table).await;
+                if !head.iter().all(|(p, o)| got.get(p).is_some_and(|x| x >= o)) {
+                    lagging.push(format!("{table} {got:?} behind {bronze} {head:?}"));
+                }
+            }
         }
-        // At or past bronze: a dead-lettered tail moves the signal tables' offsets, not bronze's.
-        let caught_up = |v: &millstream::lakehouse::commit::Offsets| {
-            versions[0]
-                .iter()
-                .all(|(p, o)| v.get(p).is_some_and(|x| x >= o))
-        };
-        if !versions[0].is_empty() && caught_up(&versions[1]) && caught_up(&versions[2]) {
+        if lagging.is_empty() {
             return;
         }
         assert!(
             started.elapsed() < budget,
-            "signal tables lag the bronze table: {versions:?}; {context}"
+            "tables lag their bronze table: {lagging:?}; {context}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
