@@ -92,18 +92,19 @@ fn names_after(prefix: &str, offset: &str) -> std::io::Result<Option<Vec<String>
         let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
             return Ok(None);
         };
-        if !entry.file_type()?.is_file() || !plain(&name) {
-            return Ok(None);
-        }
         if is_upload_in_progress(&name) {
             continue;
         }
+        if !entry.file_type()?.is_file() || !plain(&name) {
+            return Ok(None);
+        }
+        let location = format!("{prefix}/{name}");
         let later = match within {
             Some(rest) => name.as_str() > rest,
-            None => format!("{prefix}/{name}").as_str() > offset,
+            None => location.as_str() > offset,
         };
         if later {
-            after.push(format!("{prefix}/{name}"));
+            after.push(location);
         }
     }
     after.sort_unstable();
@@ -111,15 +112,15 @@ fn names_after(prefix: &str, offset: &str) -> std::io::Result<Option<Vec<String>
 }
 
 /// A name whose object path is the name itself: what Delta writes in a log (digits, `.json`,
-/// `.checkpoint.parquet`, `_last_checkpoint`, `.crc`, temporary commit files), and `#`, which
-/// `LocalFileSystem` uses for uploads in progress.
+/// `.checkpoint.parquet`, `_last_checkpoint`, `.crc`, temporary commit files). Any other name
+/// (`#`, which object paths encode, for one) sends the listing to `LocalFileSystem`.
 fn plain(name: &str) -> bool {
     !name.is_empty()
         && name != "."
         && name != ".."
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'#'))
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// `LocalFileSystem` hides `name#123` files, its multipart uploads in progress.
@@ -133,10 +134,7 @@ fn is_upload_in_progress(name: &str) -> bool {
 /// A prefix the fast path can map to a directory by itself (no percent-encoding involved).
 fn plain_prefix(prefix: &Path) -> bool {
     let text = prefix.as_ref();
-    !text.is_empty()
-        && prefix
-            .parts()
-            .all(|p| plain(p.as_ref()) && !p.as_ref().contains('#'))
+    !text.is_empty() && prefix.parts().all(|p| plain(p.as_ref()))
 }
 
 #[async_trait]
@@ -332,6 +330,15 @@ mod tests {
         let expected = listing(&walk, &prefix, &offset).await;
         assert_eq!(expected.len(), 2);
         assert_eq!(listing(&fast, &prefix, &offset).await, expected);
+        // A name object paths would encode (`#` not marking an upload) takes the walk too.
+        std::fs::create_dir(dir.path().join("h")).unwrap();
+        std::fs::write(dir.path().join("h/a#b"), b"a").unwrap();
+        std::fs::write(dir.path().join("h/c.json"), b"c").unwrap();
+        let hashed = under(&dir.path().join("h"));
+        assert!(names_after(hashed.as_ref(), "").unwrap().is_none());
+        let offset = Path::from(format!("{hashed}/"));
+        let expected = listing(&walk, &hashed, &offset).await;
+        assert_eq!(listing(&fast, &hashed, &offset).await, expected);
         let missing = Path::from(format!("{}/missing", under(dir.path())));
         assert!(
             listing(&fast, &missing, &Path::from(format!("{missing}/0")))
