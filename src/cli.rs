@@ -96,9 +96,7 @@ fn start() -> anyhow::Result<()> {
     // Every SQL session of this process judges signals by the configured thresholds.
     crate::pipeline::udf::install(&config.signals);
     let _traces = crate::telemetry::init(&config.tracing)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = crate::runtime::builder().build()?;
     runtime.block_on(run(cli, config))
 }
 

@@ -12,6 +12,24 @@
 //! `millstream pipeline` and `millstream serve` each run on their own main runtime.
 
 use std::sync::OnceLock;
+use std::time::Duration;
+
+/// How long an idle blocking-pool thread waits for more work before it exits (tokio's default
+/// is 10 s). Every file operation of a local lakehouse (`object_store`'s `LocalFileSystem`) is a
+/// `spawn_blocking` call, and the Delta kernel builds snapshots on blocking threads that wait for
+/// those calls, so a burst of reads starts many threads: about 270 under `up`. Each keeps its
+/// own allocator cache (jemalloc's thread caches held 100–150 MB of RSS) until it exits. The pool
+/// is not capped instead: a snapshot build waits on blocking calls it starts itself, so any cap
+/// that the builds alone can fill deadlocks the runtime (a cap of 16 did, at start).
+const BLOCKING_KEEP_ALIVE: Duration = Duration::from_secs(1);
+
+/// A multi-thread runtime builder whose idle blocking threads exit soon, as above; every runtime
+/// of the process starts from it.
+pub fn builder() -> tokio::runtime::Builder {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.thread_keep_alive(BLOCKING_KEEP_ALIVE).enable_all();
+    builder
+}
 
 /// The nice value of background threads: CFS then weighs a runnable serving thread about ten
 /// times as heavily as a background one.
@@ -26,10 +44,9 @@ pub fn background() -> &'static tokio::runtime::Handle {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RUNTIME
         .get_or_init(|| {
-            tokio::runtime::Builder::new_multi_thread()
+            builder()
                 .thread_name("millstream-bg")
                 .on_thread_start(|| lower_priority_to(BACKGROUND_NICE))
-                .enable_all()
                 .build()
                 .expect("background tokio runtime")
         })
@@ -49,12 +66,11 @@ pub fn sql() -> &'static tokio::runtime::Handle {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RUNTIME
         .get_or_init(|| {
-            tokio::runtime::Builder::new_multi_thread()
+            builder()
                 .worker_threads(SQL_THREADS)
                 .thread_name("millstream-sql")
                 .thread_stack_size(SQL_STACK)
                 .on_thread_start(|| lower_priority_to(BACKGROUND_NICE))
-                .enable_all()
                 .build()
                 .expect("sql tokio runtime")
         })
@@ -81,11 +97,10 @@ pub fn maintenance() -> &'static tokio::runtime::Handle {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RUNTIME
         .get_or_init(|| {
-            tokio::runtime::Builder::new_multi_thread()
+            builder()
                 .worker_threads(1)
                 .thread_name("millstream-maint")
                 .on_thread_start(|| lower_priority_to(MAINTENANCE_NICE))
-                .enable_all()
                 .build()
                 .expect("maintenance tokio runtime")
         })
