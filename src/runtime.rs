@@ -17,11 +17,13 @@ use std::time::Duration;
 /// How long an idle blocking-pool thread waits for more work before it exits (tokio's default
 /// is 10 s). Every file operation of a local lakehouse (`object_store`'s `LocalFileSystem`) is a
 /// `spawn_blocking` call, and the Delta kernel builds snapshots on blocking threads that wait for
-/// those calls, so a burst of reads starts many threads: about 270 under `up`. Each keeps its
-/// own allocator cache (jemalloc's thread caches held 100–150 MB of RSS) until it exits. The pool
-/// is not capped instead: a snapshot build waits on blocking calls it starts itself, so any cap
-/// that the builds alone can fill deadlocks the runtime (a cap of 16 did, at start).
-const BLOCKING_KEEP_ALIVE: Duration = Duration::from_secs(1);
+/// those calls, so bursts of reads start many threads: about 260 under `up --rate 20000`. Each
+/// keeps its own allocator cache (jemalloc's thread caches) until it exits. With 4 s, about 200
+/// threads and 770 MB RSS against 796 (5-minute runs, one each); 1 s went to 736 MB but made
+/// `bench freshness --rate 50000` p99 about 40 ms worse from starting threads again, 4 s did not.
+/// The pool is not capped instead: a snapshot build waits on blocking calls it starts itself, so
+/// a cap that the builds alone can fill deadlocks the runtime (a cap of 16 did, at start).
+const BLOCKING_KEEP_ALIVE: Duration = Duration::from_secs(4);
 
 /// A multi-thread runtime builder whose idle blocking threads exit soon, as above; every runtime
 /// of the process starts from it.
