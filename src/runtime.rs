@@ -21,13 +21,15 @@ use std::time::Duration;
 /// keeps its own allocator cache (jemalloc's thread caches) until it exits. With 4 s, about 200
 /// threads and 770 MB RSS against 796 (5-minute runs, one each); 1 s went to 736 MB but made
 /// `bench freshness --rate 50000` p99 about 40 ms worse from starting threads again, 4 s did not.
+/// Over a 30-minute run the saving did not show in RSS (jemalloc held about 40 MB less, memory
+/// outside it about 40 MB more), so this bounds threads, not the process's memory.
 /// The pool is not capped instead: a snapshot build waits on blocking calls it starts itself, so
 /// a cap that the builds alone can fill deadlocks the runtime (a cap of 16 did, at start).
 const BLOCKING_KEEP_ALIVE: Duration = Duration::from_secs(4);
 
 /// A multi-thread runtime builder whose idle blocking threads exit soon, as above; every runtime
 /// of the process starts from it.
-pub fn builder() -> tokio::runtime::Builder {
+pub(crate) fn builder() -> tokio::runtime::Builder {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.thread_keep_alive(BLOCKING_KEEP_ALIVE).enable_all();
     builder
