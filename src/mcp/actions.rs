@@ -30,7 +30,7 @@ use crate::actions::{
     derived_id, new_key, send_id, wire_name,
 };
 use crate::broker::topics;
-use crate::model::events::{OrderAction, TicketAction};
+use crate::model::events::{Event, OrderAction, TicketAction};
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

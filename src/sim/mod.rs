@@ -18,6 +18,7 @@ use serde::Serialize;
 use crate::config::{KafkaConfig, SimulateConfig};
 use crate::error::{Error, Result};
 use crate::lakehouse::{Lakehouse, rows_batch};
+use crate::model::events::Event;
 use crate::telemetry::events::EventsProduced;
 use stream::{Generator, SimEvent};
 
