@@ -10,33 +10,41 @@
 //! exact across restarts and needs no state of its own. Producer retries land within moments of
 //! the original, far inside a window of thousands of records.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use hashbrown::hash_map::EntryRef;
 
 use arrow::array::{Array, BooleanArray, Int32Array, Int64Array, RecordBatch};
 
 use crate::error::{Error, Result};
 use crate::lakehouse::commit::SourcePartition;
 
-/// The recent event ids of one source partition.
+/// The recent event ids of one source partition. Each id is stored once, shared by the map and
+/// the queue, and hashed with hashbrown's seeded default hasher (foldhash): ids come from
+/// producers, so the hash must not be predictable, but SipHash was a tenth of the ingest loop.
 #[derive(Debug, Default)]
 struct Window {
-    first_seen: HashMap<String, i64>,
+    first_seen: hashbrown::HashMap<Arc<str>, i64>,
     /// Ids in the order they were seen, oldest first, with their offset.
-    order: VecDeque<(i64, String)>,
+    order: VecDeque<(i64, Arc<str>)>,
 }
 
 impl Window {
-    fn remember(&mut self, id: &str, offset: i64, capacity: usize) {
-        if self.first_seen.contains_key(id) {
-            return;
-        }
-        self.first_seen.insert(id.to_string(), offset);
-        self.order.push_back((offset, id.to_string()));
+    /// The offset `id` was first seen at, remembering `offset` for it if it is new (the oldest
+    /// id leaves once more than `capacity` are held).
+    fn see(&mut self, id: &str, offset: i64, capacity: usize) -> i64 {
+        let id = match self.first_seen.entry_ref(id) {
+            EntryRef::Occupied(first) => return *first.get(),
+            EntryRef::Vacant(new) => new.insert_entry(offset).key().clone(),
+        };
+        self.order.push_back((offset, id));
         while self.order.len() > capacity {
             if let Some((_, old)) = self.order.pop_front() {
                 self.first_seen.remove(&old);
             }
         }
+        offset
     }
 }
 
@@ -92,7 +100,7 @@ impl Dedup {
                 .windows
                 .get_mut(&SourcePartition::new(topic, partition))
             {
-                window.remember(&id, offset, self.capacity);
+                window.see(&id, offset, self.capacity);
             }
         }
         Ok(())
@@ -131,17 +139,14 @@ impl Dedup {
                     keep.push(true);
                     continue;
                 }
-                let (id, offset) = (ids.value(i), offsets.value(i));
-                match window.first_seen.get(id) {
-                    Some(first) if *first < offset => {
-                        dropped += 1;
-                        keep.push(false);
-                    }
-                    _ => {
-                        window.remember(id, offset, capacity);
-                        keep.push(true);
-                    }
+                let offset = offsets.value(i);
+                // Seen first at an earlier offset: a duplicate. At its own offset: the same
+                // record replayed, kept.
+                let first = window.see(ids.value(i), offset, capacity);
+                if first < offset {
+                    dropped += 1;
                 }
+                keep.push(first >= offset);
             }
             start = end;
         }

@@ -49,7 +49,9 @@ use crate::model::EventKind;
 use crate::model::tables::{Role, TableDef};
 use crate::pipeline::definition::{Definition, Definitions};
 use crate::signals::iot::{self, IotSignals};
-use crate::source::{AssignmentChange, OutOfRange, PositionResolver, RawRecord, Source};
+use crate::source::{
+    AssignmentChange, OutOfRange, PositionResolver, RawRecord, Source, partition_runs,
+};
 use crate::telemetry::events;
 
 /// How a worker reads and writes, from the `[pipeline]` and `[kafka]` config.
@@ -940,10 +942,15 @@ impl Worker {
             return;
         }
         let mut last = Offsets::new();
-        for r in records {
-            last.insert(r.source_partition(), r.offset);
-            self.stats.bytes += r.payload.as_ref().map_or(0, |p| p.len() as u64);
+        for run in partition_runs(records) {
+            let newest = run.iter().map(|r| r.offset).max().unwrap_or(-1);
+            let offset = last.entry(run[0].source_partition()).or_insert(newest);
+            *offset = (*offset).max(newest);
         }
+        self.stats.bytes += records
+            .iter()
+            .map(|r| r.payload.as_ref().map_or(0, |p| p.len() as u64))
+            .sum::<u64>();
         source.commit_offsets(&last);
         self.stats.records += records.len() as u64;
         if let Some(o) = &self.observer {
@@ -1042,29 +1049,38 @@ impl Worker {
     /// Keeps the records of owned partitions that at least one sink does not hold yet, each
     /// offset once and in order (a re-assignment may make the consumer fetch a range again).
     fn select(&mut self, records: Vec<RawRecord>) -> Vec<RawRecord> {
+        // Per run of one partition: the offset at or below which its records are done (durable
+        // in every sink fed from it, or not ours), raised as records are kept.
         let mut floor: HashMap<SourcePartition, i64> = HashMap::new();
-        let mut kept = Vec::with_capacity(records.len());
-        for r in records {
-            let p = r.source_partition();
-            let min = *floor.entry(p.clone()).or_insert_with(|| {
-                if !self.owned.contains(&p) {
+        let mut keep = Vec::with_capacity(records.len());
+        for run in partition_runs(&records) {
+            let p = run[0].source_partition();
+            let min = floor.entry(p).or_insert_with_key(|p| {
+                if !self.owned.contains(p) {
                     return i64::MAX;
                 }
                 self.sinks
                     .iter()
                     .filter(|s| s.feeds_from(&p.topic))
-                    .map(|s| s.durable.get(&p).copied().unwrap_or(-1))
+                    .map(|s| s.durable.get(p).copied().unwrap_or(-1))
                     .min()
                     .unwrap_or(i64::MAX)
             });
-            if r.offset <= min {
-                self.stats.skipped += 1;
-                continue;
+            for r in run {
+                let kept = r.offset > *min;
+                if kept {
+                    *min = r.offset;
+                } else {
+                    self.stats.skipped += 1;
+                }
+                keep.push(kept);
             }
-            floor.insert(p, r.offset);
-            kept.push(r);
         }
-        kept
+        let mut keep = keep.into_iter();
+        records
+            .into_iter()
+            .filter(|_| keep.next().unwrap_or(false))
+            .collect()
     }
 
     /// Stage 1: each stream's records to Arrow, in parallel chunks off the async threads; the
@@ -1332,28 +1348,32 @@ impl Worker {
         // What each topic's records wait for: the last unit queued on every MERGE-kept sink fed
         // from it that has not committed it yet.
         let mut waits: HashMap<Arc<str>, Vec<(usize, u64)>> = HashMap::new();
-        for r in batch.records.iter() {
-            if !waits.contains_key(&r.topic) {
+        for run in partition_runs(&batch.records) {
+            let topic = &run[0].topic;
+            if !waits.contains_key(topic) {
                 let w = self
                     .sinks
                     .iter()
                     .enumerate()
-                    .filter(|(_, s)| s.feeds_from(&r.topic))
+                    .filter(|(_, s)| s.feeds_from(topic))
                     .filter_map(|(i, s)| s.lag.as_ref().map(|l| (i, l)))
                     .filter(|(_, l)| l.issued > l.settled)
                     .map(|(i, l)| (i, l.issued))
                     .collect();
-                waits.insert(r.topic.clone(), w);
+                waits.insert(topic.clone(), w);
             }
         }
+        let waiting: Vec<bool> = partition_runs(&batch.records)
+            .flat_map(|run| std::iter::repeat_n(!waits[&run[0].topic].is_empty(), run.len()))
+            .collect();
         let records = Arc::try_unwrap(batch.records).unwrap_or_else(|r| (*r).clone());
-        let mut now = Vec::new();
+        let mut now = Vec::with_capacity(records.len());
         let mut later: BTreeMap<Arc<str>, Vec<RawRecord>> = BTreeMap::new();
-        for r in records {
-            if waits[&r.topic].is_empty() {
-                now.push(r);
-            } else {
+        for (r, waits) in records.into_iter().zip(waiting) {
+            if waits {
                 later.entry(r.topic.clone()).or_default().push(r);
+            } else {
+                now.push(r);
             }
         }
         self.release(&now, SystemTime::now(), source);
@@ -1393,13 +1413,20 @@ impl Batch {
     fn new(records: Vec<RawRecord>) -> Batch {
         let mut last = Offsets::new();
         let mut by_kind: BTreeMap<EventKind, Vec<usize>> = BTreeMap::new();
-        let mut bytes = 0u64;
-        for (i, r) in records.iter().enumerate() {
-            bytes += r.payload.as_ref().map_or(0, |p| p.len() as u64);
-            last.insert(r.source_partition(), r.offset);
-            if let Some(kind) = EventKind::from_topic(&r.topic) {
-                by_kind.entry(kind).or_default().push(i);
+        let bytes = records
+            .iter()
+            .map(|r| r.payload.as_ref().map_or(0, |p| p.len() as u64))
+            .sum();
+        let mut start = 0;
+        for run in partition_runs(&records) {
+            last.insert(run[0].source_partition(), run[run.len() - 1].offset);
+            if let Some(kind) = EventKind::from_topic(&run[0].topic) {
+                by_kind
+                    .entry(kind)
+                    .or_default()
+                    .extend(start..start + run.len());
             }
+            start += run.len();
         }
         Batch {
             records: Arc::new(records),

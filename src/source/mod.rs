@@ -45,6 +45,18 @@ impl RawRecord {
     pub fn source_partition(&self) -> SourcePartition {
         SourcePartition::new(&*self.topic, self.partition)
     }
+
+    fn same_partition(&self, other: &RawRecord) -> bool {
+        self.partition == other.partition
+            && (Arc::ptr_eq(&self.topic, &other.topic) || self.topic == other.topic)
+    }
+}
+
+/// `records` as runs of consecutive records of one source partition. The consumer hands records
+/// over in such runs (one per fetched message set), so bookkeeping per partition done once per
+/// run costs a few lookups per batch instead of an allocation per record.
+pub fn partition_runs(records: &[RawRecord]) -> impl Iterator<Item = &[RawRecord]> {
+    records.chunk_by(RawRecord::same_partition)
 }
 
 /// Where each newly assigned partition must resume: the next offset to read, or `None` for
@@ -380,6 +392,7 @@ impl Source {
         let previous_close = self.closed.lock().expect("poisoned").take();
         let mut deadline = Instant::now() + max_wait;
         let mut topics: BTreeMap<String, Arc<str>> = BTreeMap::new();
+        let mut failed_before = self.failing.lock().expect("poisoned").is_some();
         while out.len() < max_events {
             if let Some(e) = self
                 .consumer
@@ -425,6 +438,9 @@ impl Source {
                     Some(m) => m,
                     None => break,
                 }
+            } else if let Some(m) = self.ready() {
+                // Fetched already: no need to arm a timer to wait for it.
+                m
             } else {
                 tokio::select! {
                     m = self.consumer.recv() => m,
@@ -434,20 +450,27 @@ impl Source {
             };
             let msg = match msg {
                 Ok(m) => {
-                    *self.failing.lock().expect("poisoned") = None;
+                    if failed_before {
+                        *self.failing.lock().expect("poisoned") = None;
+                        failed_before = false;
+                    }
                     m
                 }
                 Err(e) => {
                     self.consume_failed(e)?;
+                    failed_before = true;
                     // Errors arrive as fast as they are polled: do not spin on them.
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
-            let topic = topics
-                .entry(msg.topic().to_string())
-                .or_insert_with(|| Arc::from(msg.topic()))
-                .clone();
+            let topic = match topics.get(msg.topic()) {
+                Some(t) => t.clone(),
+                None => topics
+                    .entry(msg.topic().to_string())
+                    .or_insert_with(|| Arc::from(msg.topic()))
+                    .clone(),
+            };
             out.push(RawRecord {
                 topic,
                 partition: msg.partition(),
