@@ -1,6 +1,7 @@
 //! Bytes → Arrow. Each record is parsed once, into its stream's Rust event type, which validates
-//! it; the valid events' fields become the bronze table's columns directly ([`Event::columns`]),
-//! and the rest become dead letters carrying their raw bytes, source position and the reason.
+//! it; the valid events' fields become the bronze table's columns directly
+//! ([`events::BronzeColumns`]), and the rest become dead letters carrying their raw bytes,
+//! source position and the reason.
 //!
 //! A record that parses and validates always fits its columns: the event type and the table
 //! definition are kept in sync by a test, so one bad record never blocks a batch. (Until
@@ -16,10 +17,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, SchemaRef};
 
 use crate::error::{Error, Result};
-use crate::model::events::{
-    self, DocumentEvent, Event, InventoryMovement, OrderAction, SalesTransaction, ShipmentEvent,
-    TelemetryReading, TicketAction,
-};
+use crate::model::events::{self, Event};
 use crate::model::{EventKind, TableDef, tables};
 use crate::source::RawRecord;
 
@@ -79,33 +77,11 @@ impl BronzeDecoder {
         indices: &[usize],
         ingested_at_us: i64,
     ) -> Result<Decoded> {
-        match self.kind {
-            EventKind::Telemetry => {
-                self.decode_as::<TelemetryReading>(records, indices, ingested_at_us)
-            }
-            EventKind::Shipment => {
-                self.decode_as::<ShipmentEvent>(records, indices, ingested_at_us)
-            }
-            EventKind::Inventory => {
-                self.decode_as::<InventoryMovement>(records, indices, ingested_at_us)
-            }
-            EventKind::Sales => {
-                self.decode_as::<SalesTransaction>(records, indices, ingested_at_us)
-            }
-            EventKind::OrderAction => {
-                self.decode_as::<OrderAction>(records, indices, ingested_at_us)
-            }
-            EventKind::TicketAction => {
-                self.decode_as::<TicketAction>(records, indices, ingested_at_us)
-            }
-            EventKind::Document => {
-                self.decode_as::<DocumentEvent>(records, indices, ingested_at_us)
-            }
-        }
+        crate::with_event_type!(self.kind, T => self.decode_as::<T>(records, indices, ingested_at_us))
     }
 
-    /// Each record is parsed once, into `T` (which validates it); the valid events go into
-    /// Arrow columns straight from `T`'s serde form.
+    /// Each record is parsed once, into `T` (which validates it); the valid events' fields
+    /// become the columns ([`events::BronzeColumns`]).
     fn decode_as<T: Event>(
         &self,
         records: &[RawRecord],

@@ -307,6 +307,45 @@ pub struct DocumentEvent {
 
 /// The largest document body one event may carry: longer texts belong in several documents
 /// (and would hold up the embedding of everything behind them).
+/// `$body` with `$T` naming the event type of the stream `$kind` (an [`EventKind`]): one place
+/// maps streams to types, for their schemas, checks and decoding.
+#[macro_export]
+macro_rules! with_event_type {
+    ($kind:expr, $T:ident => $body:expr) => {{
+        use $crate::model::events as ev;
+        match $kind {
+            ev::EventKind::Telemetry => {
+                type $T = ev::TelemetryReading;
+                $body
+            }
+            ev::EventKind::Shipment => {
+                type $T = ev::ShipmentEvent;
+                $body
+            }
+            ev::EventKind::Inventory => {
+                type $T = ev::InventoryMovement;
+                $body
+            }
+            ev::EventKind::Sales => {
+                type $T = ev::SalesTransaction;
+                $body
+            }
+            ev::EventKind::OrderAction => {
+                type $T = ev::OrderAction;
+                $body
+            }
+            ev::EventKind::TicketAction => {
+                type $T = ev::TicketAction;
+                $body
+            }
+            ev::EventKind::Document => {
+                type $T = ev::DocumentEvent;
+                $body
+            }
+        }
+    }};
+}
+
 pub const MAX_DOCUMENT_BYTES: usize = 64 * 1024;
 
 /// The source streams, with everything the pipeline needs to route and check them.
@@ -383,15 +422,7 @@ impl EventKind {
     }
 
     pub fn json_schema(self) -> serde_json::Value {
-        let schema = match self {
-            EventKind::Telemetry => schemars::schema_for!(TelemetryReading),
-            EventKind::Shipment => schemars::schema_for!(ShipmentEvent),
-            EventKind::Inventory => schemars::schema_for!(InventoryMovement),
-            EventKind::Sales => schemars::schema_for!(SalesTransaction),
-            EventKind::OrderAction => schemars::schema_for!(OrderAction),
-            EventKind::TicketAction => schemars::schema_for!(TicketAction),
-            EventKind::Document => schemars::schema_for!(DocumentEvent),
-        };
+        let schema = with_event_type!(self, T => schemars::schema_for!(T));
         serde_json::to_value(schema).expect("schemas serialize")
     }
 
@@ -404,38 +435,30 @@ impl EventKind {
     /// [`EventKind::check`], also counting fields the event type does not have (they are
     /// ignored); with `strict`, such a field rejects the record instead.
     pub fn check_fields(self, bytes: &[u8], strict: bool) -> Result<usize, String> {
-        fn check<T: Event>(bytes: &[u8], strict: bool) -> Result<usize, String> {
-            parse::<T>(bytes, strict).map(|(_, unknown)| unknown)
-        }
-        match self {
-            EventKind::Telemetry => check::<TelemetryReading>(bytes, strict),
-            EventKind::Shipment => check::<ShipmentEvent>(bytes, strict),
-            EventKind::Inventory => check::<InventoryMovement>(bytes, strict),
-            EventKind::Sales => check::<SalesTransaction>(bytes, strict),
-            EventKind::OrderAction => check::<OrderAction>(bytes, strict),
-            EventKind::TicketAction => check::<TicketAction>(bytes, strict),
-            EventKind::Document => check::<DocumentEvent>(bytes, strict),
-        }
+        with_event_type!(self, T => parse::<T>(bytes, strict).map(|(_, unknown)| unknown))
     }
 }
 
 /// The event type of a source stream: parsed from a record's JSON, checked, and written as the
-/// event columns of the stream's bronze table (its serde form is those columns).
-pub trait Event: Serialize + DeserializeOwned + Sized {
+/// event columns of the stream's bronze table.
+pub trait Event: DeserializeOwned + BronzeColumns {
     /// What JSON's types cannot say: non-empty ids, finite values, sane times.
     fn validate(&self) -> Result<(), String>;
+}
 
+/// An event type's fields as the event columns of its bronze table (by `event_columns!`).
+pub trait BronzeColumns: Sized {
     /// The event columns of `events`, by name, as the stream's bronze table types them.
     fn columns(events: &[Self]) -> Vec<(&'static str, ArrayRef)>;
 }
 
-/// Implements [`Event::columns`] from a field list: `str` (a `String` or a label enum's
+/// Implements [`BronzeColumns`] from a field list: `str` (a `String` or a label enum's
 /// `as_str`), `opt_str`, `long`, `double`, `ts`, `opt_ts`. A field left out, or typed unlike its
 /// table column, fails the bronze batch (`decode` tests build one of every stream).
 macro_rules! event_columns {
     ($ty:ty { $($field:ident: $kind:ident),* $(,)? }) => {
-        impl $ty {
-            fn event_columns(events: &[Self]) -> Vec<(&'static str, ArrayRef)> {
+        impl BronzeColumns for $ty {
+            fn columns(events: &[Self]) -> Vec<(&'static str, ArrayRef)> {
                 vec![$((stringify!($field), event_columns!(@$kind events, $field))),*]
             }
         }
@@ -662,10 +685,6 @@ fn sane_time(ts: &DateTime<Utc>) -> Result<(), String> {
 }
 
 impl Event for TelemetryReading {
-    fn columns(events: &[Self]) -> Vec<(&'static str, ArrayRef)> {
-        Self::event_columns(events)
-    }
-
     fn validate(&self) -> Result<(), String> {
         non_empty("event_id", &self.event_id)?;
         non_empty("device_id", &self.device_id)?;
@@ -701,10 +720,6 @@ fn quantity(q: i64, signed: bool) -> Result<(), String> {
 }
 
 impl Event for ShipmentEvent {
-    fn columns(events: &[Self]) -> Vec<(&'static str, ArrayRef)> {
-        Self::event_columns(events)
-    }
-
     fn validate(&self) -> Result<(), String> {
         non_empty("event_id", &self.event_id)?;
         non_empty("shipment_id", &self.shipment_id)?;
@@ -716,10 +731,6 @@ impl Event for ShipmentEvent {
 }
 
 impl Event for InventoryMovement {
-    fn columns(events: &[Self]) -> Vec<(&'static str, ArrayRef)> {
-        Self::event_columns(events)
-    }
-
     fn validate(&self) -> Result<(), String> {
         non_empty("event_id", &self.event_id)?;
         non_empty("part_id", &self.part_id)?;
@@ -733,10 +744,6 @@ impl Event for InventoryMovement {
 }
 
 impl Event for SalesTransaction {
-    fn columns(events: &[Self]) -> Vec<(&'static str, ArrayRef)> {
-        Self::event_columns(events)
-    }
-
     fn validate(&self) -> Result<(), String> {
         non_empty("event_id", &self.event_id)?;
         non_empty("transaction_id", &self.transaction_id)?;
@@ -762,10 +769,6 @@ impl Event for SalesTransaction {
 }
 
 impl Event for OrderAction {
-    fn columns(events: &[Self]) -> Vec<(&'static str, ArrayRef)> {
-        Self::event_columns(events)
-    }
-
     fn validate(&self) -> Result<(), String> {
         for (f, v) in [
             ("event_id", &self.event_id),
@@ -794,10 +797,6 @@ impl Event for OrderAction {
 }
 
 impl Event for TicketAction {
-    fn columns(events: &[Self]) -> Vec<(&'static str, ArrayRef)> {
-        Self::event_columns(events)
-    }
-
     fn validate(&self) -> Result<(), String> {
         for (f, v) in [
             ("event_id", &self.event_id),
@@ -830,10 +829,6 @@ impl Event for TicketAction {
 }
 
 impl Event for DocumentEvent {
-    fn columns(events: &[Self]) -> Vec<(&'static str, ArrayRef)> {
-        Self::event_columns(events)
-    }
-
     fn validate(&self) -> Result<(), String> {
         non_empty("event_id", &self.event_id)?;
         non_empty("doc_id", &self.doc_id)?;

@@ -1348,24 +1348,21 @@ impl Worker {
         // What each topic's records wait for: the last unit queued on every MERGE-kept sink fed
         // from it that has not committed it yet.
         let mut waits: HashMap<Arc<str>, Vec<(usize, u64)>> = HashMap::new();
+        let mut waiting = Vec::with_capacity(batch.records.len());
         for run in partition_runs(&batch.records) {
             let topic = &run[0].topic;
-            if !waits.contains_key(topic) {
-                let w = self
-                    .sinks
+            let w = waits.entry(topic.clone()).or_insert_with(|| {
+                self.sinks
                     .iter()
                     .enumerate()
                     .filter(|(_, s)| s.feeds_from(topic))
                     .filter_map(|(i, s)| s.lag.as_ref().map(|l| (i, l)))
                     .filter(|(_, l)| l.issued > l.settled)
                     .map(|(i, l)| (i, l.issued))
-                    .collect();
-                waits.insert(topic.clone(), w);
-            }
+                    .collect()
+            });
+            waiting.extend(std::iter::repeat_n(!w.is_empty(), run.len()));
         }
-        let waiting: Vec<bool> = partition_runs(&batch.records)
-            .flat_map(|run| std::iter::repeat_n(!waits[&run[0].topic].is_empty(), run.len()))
-            .collect();
         let records = Arc::try_unwrap(batch.records).unwrap_or_else(|r| (*r).clone());
         let mut now = Vec::with_capacity(records.len());
         let mut later: BTreeMap<Arc<str>, Vec<RawRecord>> = BTreeMap::new();
