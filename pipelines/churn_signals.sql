@@ -1,15 +1,17 @@
 -- Churn risk per customer from recency, frequency and monetary value (RFM) of live sales
--- (DESIGN §4). Time is event time: `as_of` is the latest sale, so the same inputs always give
--- the same rows. `predict_churn` judges the customer's purchases of the last 180 days against
+-- (DESIGN §4). Time is event time: `as_of` is the latest sale down to the quarter hour, so the
+-- same inputs always give the same rows. `predict_churn` judges the customer's purchases of the last 180 days against
 -- their own rhythm (a break in the rate, not a fixed silence): a customer who buys weekly and
 -- has been silent for a month is at risk; one who buys monthly is not, and neither is a recent
 -- order enough when orders have thinned out.
 WITH clock AS (
-    SELECT max(ts) AS as_of FROM sales.transactions
+    SELECT date_bin(INTERVAL '15 minutes', max(ts)) AS as_of FROM sales.transactions
 ),
+-- (a sale of the quarter hour since `as_of` is of age 0)
 recent AS (
     SELECT t.customer_id, t.ts, t.amount,
-        (date_part('epoch', c.as_of) - date_part('epoch', t.ts)) / 86400.0 AS age_days
+        greatest((date_part('epoch', c.as_of) - date_part('epoch', t.ts)) / 86400.0, 0.0)
+            AS age_days
     FROM sales.transactions t CROSS JOIN clock c
     WHERE t.ts > c.as_of - INTERVAL '180 days'
 ),

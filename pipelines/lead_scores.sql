@@ -1,14 +1,16 @@
 -- Lead scores for the sales rep: which customers are ready to buy more. A lead is a customer
 -- whose ordering quickened against their own rhythm (`score_lead`: the rate rose threefold
 -- two weeks to two months ago, against a steady rate), the mirror image of
--- `churn_signals.sql`. Time is event time: `as_of` is the latest sale, so the same inputs
--- always give the same rows. Ranked by score in the tools and the console, not here.
+-- `churn_signals.sql`. Time is event time: `as_of` is the latest sale down to the quarter
+-- hour, so the same inputs always give the same rows. Ranked by score in the tools and the console, not here.
 WITH clock AS (
-    SELECT max(ts) AS as_of FROM sales.transactions
+    SELECT date_bin(INTERVAL '15 minutes', max(ts)) AS as_of FROM sales.transactions
 ),
+-- (a sale of the quarter hour since `as_of` is of age 0)
 recent AS (
     SELECT t.customer_id, t.ts, t.amount,
-        (date_part('epoch', c.as_of) - date_part('epoch', t.ts)) / 86400.0 AS age_days
+        greatest((date_part('epoch', c.as_of) - date_part('epoch', t.ts)) / 86400.0, 0.0)
+            AS age_days
     FROM sales.transactions t CROSS JOIN clock c
     WHERE t.ts > c.as_of - INTERVAL '180 days'
 ),

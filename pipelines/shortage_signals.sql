@@ -1,8 +1,10 @@
 -- Shortage risk per part × warehouse (DESIGN §4), recomputed from the tables it reads.
--- Time is event time: `as_of` is the latest stock movement, so the same inputs always give
--- the same rows.
+-- Time is event time: `as_of` is the latest stock movement down to the quarter hour, so the
+-- same inputs always give the same rows. Every term that reads time reads `clock`: within a
+-- quarter hour a change recomputes only the positions it touches ([incremental] in the .toml);
+-- windows reach from the quarter hour back, and take in the events of the quarter hour since.
 WITH clock AS (
-    SELECT max(ts) AS as_of, min(ts) AS first_seen
+    SELECT date_bin(INTERVAL '15 minutes', max(ts)) AS as_of, min(ts) AS first_seen
     FROM supply_chain.inventory_movements
 ),
 -- Consumption over the last 7 days, 3 days, 24 hours and 12 hours: units and movements.

@@ -12,7 +12,16 @@
 //! table = "supply_chain.shortage_signals"
 //! mode = "replace"                          # replace | append | merge (with key, update, insert)
 //! # delete = "source.op = 'delete'"         # merge only: matched rows this holds for are deleted
+//! # [incremental]                           # `tables` + replace only: recompute changed keys
+//! # key = ["part_id", "warehouse_id"]       # one sink row per key
+//! # clock = "clock"                         # the CTE every time-dependent term reads
+//! # keyed = ["supply_chain.inventory", …]   # inputs read for the due keys only
+//! # [incremental.touches]                   # other inputs: their CDF rows (`changes`) → keys
+//! # "supply_chain.shipments" = "SELECT part_id, warehouse_id FROM changes"
 //! ```
+//!
+//! See [`super::incremental`] for what `[incremental]` promises and when a pipeline still runs
+//! in full.
 //!
 //! Loading checks everything before anything runs, and reports every problem at once with the
 //! file and line it is on: unknown keys and tables, missing SQL files, SQL that does not parse or
@@ -42,6 +51,19 @@ struct RawDefinition {
     sql: Spanned<String>,
     input: RawInput,
     sink: RawSink,
+    incremental: Option<RawIncremental>,
+}
+
+/// `[incremental]`: see [`super::incremental`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIncremental {
+    key: Vec<Spanned<String>>,
+    clock: Spanned<String>,
+    #[serde(default)]
+    keyed: Vec<Spanned<String>>,
+    #[serde(default)]
+    touches: BTreeMap<Spanned<String>, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,6 +149,8 @@ pub struct Definition {
     pub sql_file: String,
     pub sql: String,
     pub sink: Sink,
+    /// Derived pipelines that recompute only the keys their inputs' changes touch.
+    pub incremental: Option<super::incremental::Incremental>,
 }
 
 /// All pipeline definitions and views, in run order (a pipeline after the ones it names).
@@ -290,6 +314,9 @@ impl Definitions {
                     ctx = super::session::with_batch(&ctx, schema, Vec::new(), filter.as_deref())?;
                 }
                 let df = ctx.sql(&def.sql).await?;
+                if let Some(inc) = &def.incremental {
+                    check_incremental(&ctx, def, inc).await?;
+                }
                 Ok(Arc::new(df.schema().as_arrow().clone()))
             }
             .await;
@@ -359,6 +386,57 @@ impl Definition {
         }
         problems
     }
+}
+
+/// The clock CTE exists and plans alone; each input's `touches` plans over its changes and
+/// gives the key columns.
+async fn check_incremental(
+    ctx: &datafusion::prelude::SessionContext,
+    def: &Definition,
+    inc: &super::incremental::Incremental,
+) -> Result<()> {
+    let stmt = super::incremental::cte_statement(ctx, &def.sql, &inc.clock)?;
+    ctx.state().statement_to_plan(stmt).await?;
+    let Kind::Derived(inputs) = &def.kind else {
+        return Ok(());
+    };
+    for input in inputs {
+        let Some(touches) = inc.touches_sql(input) else {
+            continue;
+        };
+        let mut fields: Vec<datafusion::arrow::datatypes::Field> = tables::get(input)?
+            .arrow_schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(datafusion::arrow::datatypes::Field::new(
+            "_change_type",
+            DataType::Utf8,
+            false,
+        ));
+        fields.push(datafusion::arrow::datatypes::Field::new(
+            "_commit_version",
+            DataType::Int64,
+            false,
+        ));
+        let changes = Arc::new(datafusion::datasource::empty::EmptyTable::new(Arc::new(
+            datafusion::arrow::datatypes::Schema::new(fields),
+        )));
+        let planned = super::session::with_unqualified(ctx, "changes", changes)?
+            .sql(&touches)
+            .await;
+        let out = planned
+            .map_err(|e| Error::Invalid(format!("[incremental] touches of {input}: {e}")))?;
+        for k in &inc.key {
+            if out.schema().field_with_unqualified_name(k).is_err() {
+                return Err(Error::Invalid(format!(
+                    "[incremental] touches of {input}: the result has no key column {k:?}"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn castable(from: &DataType, to: &DataType) -> bool {
@@ -517,6 +595,66 @@ fn parse(
             String::new()
         }
     };
+    let incremental = raw.incremental.as_ref().map(|inc| {
+        let inputs: &[String] = match &input {
+            Kind::Derived(t) => t,
+            Kind::Batch(..) => &[],
+        };
+        if !matches!(input, Kind::Derived(_)) || mode != SinkMode::Replace {
+            problems.push(format!(
+                "{}: [incremental] applies only to a `tables` input with mode \"replace\"",
+                at(inc.clock.span())
+            ));
+        }
+        if inc.key.is_empty() {
+            problems.push(format!(
+                "{}: [incremental] needs a `key`",
+                at(inc.clock.span())
+            ));
+        }
+        for k in &inc.key {
+            column(k, "incremental key", &mut problems);
+        }
+        for t in &inc.keyed {
+            if !inputs.contains(t.get_ref()) {
+                problems.push(format!(
+                    "{}: keyed table {:?} is not an input",
+                    at(t.span()),
+                    t.get_ref()
+                ));
+            } else if let Ok(def) = tables::get(t.get_ref()) {
+                for k in &inc.key {
+                    if def.column(k.get_ref()).is_none() {
+                        problems.push(format!(
+                            "{}: keyed table {} has no key column {:?}",
+                            at(t.span()),
+                            def.name,
+                            k.get_ref()
+                        ));
+                    }
+                }
+            }
+        }
+        for t in inc.touches.keys() {
+            if !inputs.contains(t.get_ref()) {
+                problems.push(format!(
+                    "{}: `touches` names {:?}, which is not an input",
+                    at(t.span()),
+                    t.get_ref()
+                ));
+            }
+        }
+        super::incremental::Incremental {
+            key: inc.key.iter().map(|k| k.get_ref().clone()).collect(),
+            clock: inc.clock.get_ref().clone(),
+            keyed: inc.keyed.iter().map(|k| k.get_ref().clone()).collect(),
+            touches: inc
+                .touches
+                .iter()
+                .map(|(k, v)| (k.get_ref().clone(), v.clone()))
+                .collect(),
+        }
+    });
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -545,6 +683,7 @@ fn parse(
             insert: plain(&raw.sink.insert),
             delete: raw.sink.delete.map(|d| d.into_inner()),
         },
+        incremental,
     })
 }
 

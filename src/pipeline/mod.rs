@@ -7,6 +7,7 @@
 pub mod dedup;
 pub mod definition;
 pub mod derive;
+pub mod incremental;
 pub mod publish;
 pub mod session;
 pub mod udf;

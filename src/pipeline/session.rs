@@ -106,9 +106,6 @@ pub fn with_batch(
     batches: Vec<RecordBatch>,
     filter: Option<&str>,
 ) -> Result<SessionContext> {
-    let catalog = ctx
-        .catalog(CATALOG)
-        .ok_or_else(|| crate::error::Error::Internal("session without the catalog".into()))?;
     let rows: Arc<dyn datafusion::catalog::TableProvider> =
         Arc::new(MemTable::try_new(schema, vec![batches])?);
     // A pipeline's batch filter (`[input] filter`): `batch` holds only the rows it keeps.
@@ -120,8 +117,21 @@ pub fn with_batch(
             all.filter(keep)?.into_view()
         }
     };
+    with_unqualified(ctx, "batch", rows)
+}
+
+/// `ctx`'s catalog and functions, plus `table` under the unqualified `name` (`batch`, an
+/// input's `changes`).
+pub fn with_unqualified(
+    ctx: &SessionContext,
+    name: &str,
+    table: Arc<dyn datafusion::catalog::TableProvider>,
+) -> Result<SessionContext> {
+    let catalog = ctx
+        .catalog(CATALOG)
+        .ok_or_else(|| crate::error::Error::Internal("session without the catalog".into()))?;
     let input = Arc::new(MemorySchemaProvider::new());
-    input.register_table("batch".to_string(), rows)?;
+    input.register_table(name.to_string(), table)?;
     catalog.register_schema(INPUT, input)?;
     let out = context_with_default_schema(INPUT);
     out.register_catalog(CATALOG, catalog);

@@ -2,6 +2,7 @@
 //! ([`stream`]), deterministic for a seed, on a simulated clock that can run faster than real
 //! time. It stands in for the factory's devices, WMS, ERP and CRM.
 
+pub mod bulk;
 pub mod documents;
 pub mod faults;
 pub mod reference;

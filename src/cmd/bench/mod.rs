@@ -9,12 +9,14 @@
 //! - `console` ([`console`]): console clients as browsers (pages, one live stream each): page
 //!   time on the server, live update latency after a commit, memory per open page.
 //! - `search` ([`search`]): knowledge search latency at 1 and 16 callers, indexing throughput.
+//! - `derive` ([`derive`]): a derive round after a small change, at a chosen size.
 
 pub(crate) use crate::eval::percentiles;
 
 mod agent;
 mod cluster;
 mod console;
+mod derive;
 mod search;
 mod stack;
 
@@ -117,6 +119,21 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 0)]
         think_ms: u64,
     },
+    /// Derived signals at scale: seeds --positions stock positions and --customers customers of
+    /// history, then times the derive round after each of --rounds changes of --change of them
+    /// (incremental where a pipeline allows), and checks the result against a full recompute.
+    Derive {
+        #[arg(long, default_value_t = 100_000)]
+        positions: usize,
+        /// Default: a tenth of the positions.
+        #[arg(long)]
+        customers: Option<usize>,
+        /// Share of positions and customers each change touches.
+        #[arg(long, default_value_t = 0.01)]
+        change: f64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Knowledge search: latency per query (embedding included) at 1 and 16 concurrent
     /// callers over an index of --docs documents, indexing throughput, peak RSS. Pass
     /// --lakehouse to keep the corpus's embeddings for the next run (embedding it takes minutes).
@@ -191,6 +208,25 @@ pub async fn run(
             anyhow::ensure!(seconds >= 1, "--seconds must be at least 1");
             anyhow::ensure!(rate.is_finite() && rate >= 0.0, "--rate must be >= 0");
             console::run(config, clients, seconds, rate).await
+        }
+        BenchCommand::Derive {
+            positions,
+            customers,
+            change,
+            rounds,
+        } => {
+            anyhow::ensure!(
+                (1..=10_000_000).contains(&positions),
+                "--positions must be in 1..=10000000"
+            );
+            let customers = customers.unwrap_or((positions / 10).max(1));
+            anyhow::ensure!(
+                (1..=10_000_000).contains(&customers),
+                "--customers must be in 1..=10000000"
+            );
+            anyhow::ensure!(change > 0.0 && change <= 1.0, "--change must be in (0, 1]");
+            anyhow::ensure!((1..=100).contains(&rounds), "--rounds must be in 1..=100");
+            derive::run(config, positions, customers, change, rounds).await
         }
         BenchCommand::Search { docs, seconds, k } => {
             anyhow::ensure!(
