@@ -368,7 +368,7 @@ impl Deriver {
             keys,
             full_because,
         };
-        tracing::debug!(pipeline = %run.pipeline, rows, version = ?run.version, ms = run.millis, mode = run.mode, keys = ?run.keys, "derived");
+        tracing::debug!(pipeline = %run.pipeline, rows, version = ?run.version, ms = run.millis, mode = run.mode, keys = ?run.keys, full_because = ?run.full_because, "derived");
         let seen = Seen {
             versions: inputs.clone(),
             clock,
@@ -388,19 +388,7 @@ pub fn conform(batches: &[RecordBatch], table: &str) -> Result<Vec<RecordBatch>>
     batches
         .iter()
         .filter(|b| b.num_rows() > 0)
-        .map(|b| {
-            let columns = schema
-                .fields()
-                .iter()
-                .map(|f| {
-                    let c = b.column_by_name(f.name()).ok_or_else(|| {
-                        Error::Invalid(format!("{table}: the result lacks column {}", f.name()))
-                    })?;
-                    Ok(arrow::compute::cast(c, f.data_type())?)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Ok(RecordBatch::try_new(schema.clone(), columns)?)
-        })
+        .map(|b| super::incremental::columns_as(b, &schema, table))
         .collect()
 }
 

@@ -178,20 +178,24 @@ pub async fn touched(
 fn conform_keys(batches: &[RecordBatch], key_schema: &SchemaRef) -> Result<Vec<RecordBatch>> {
     batches
         .iter()
-        .map(|b| {
-            let columns = key_schema
-                .fields()
-                .iter()
-                .map(|f| {
-                    let c = b.column_by_name(f.name()).ok_or_else(|| {
-                        Error::Invalid(format!("touched keys lack key column {}", f.name()))
-                    })?;
-                    Ok(arrow::compute::cast(c, f.data_type())?)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Ok(RecordBatch::try_new(key_schema.clone(), columns)?)
-        })
+        .map(|b| columns_as(b, key_schema, "touched keys"))
         .collect()
+}
+
+/// `batch`'s columns named as `schema`'s, in its order and types; `what` names the batch in
+/// the error of a missing column.
+pub fn columns_as(batch: &RecordBatch, schema: &SchemaRef, what: &str) -> Result<RecordBatch> {
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let c = batch.column_by_name(f.name()).ok_or_else(|| {
+                Error::Invalid(format!("{what}: the result lacks column {}", f.name()))
+            })?;
+            Ok(arrow::compute::cast(c, f.data_type())?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
 /// The sink's key columns, in its types.
