@@ -85,14 +85,17 @@ fn query_mut(stmt: &mut DfStatement) -> Option<&mut Query> {
 /// The body of CTE `cte` of `sql`'s top-level `WITH`, as a statement of its own.
 pub fn cte_statement(ctx: &SessionContext, sql: &str, cte: &str) -> Result<DfStatement> {
     let mut stmt = statement(ctx, sql)?;
-    let body = query_mut(&mut stmt)
+    let body = cte_query(&mut stmt, cte)?.clone();
+    Ok(DfStatement::Statement(Box::new(Statement::Query(body))))
+}
+
+/// The query of CTE `cte` of `stmt`'s top-level `WITH`.
+fn cte_query<'a>(stmt: &'a mut DfStatement, cte: &str) -> Result<&'a mut Box<Query>> {
+    query_mut(stmt)
         .and_then(|q| q.with.as_mut())
         .and_then(|w| w.cte_tables.iter_mut().find(|c| c.alias.name.value == cte))
-        .map(|c| c.query.clone())
-        .ok_or_else(|| {
-            Error::Invalid(format!("the SQL has no top-level WITH query named {cte:?}"))
-        })?;
-    Ok(DfStatement::Statement(Box::new(Statement::Query(body))))
+        .map(|c| &mut c.query)
+        .ok_or_else(|| Error::Invalid(format!("the SQL has no top-level WITH query named {cte:?}")))
 }
 
 /// `sql` with the body of CTE `cte` replaced by `SELECT * FROM incremental.clock`.
@@ -106,13 +109,7 @@ fn with_clock_table(ctx: &SessionContext, sql: &str, cte: &str) -> Result<DfStat
     let Statement::Query(replacement) = *replacement else {
         return Err(Error::Internal("the clock query is not a query".into()));
     };
-    let target = query_mut(&mut stmt)
-        .and_then(|q| q.with.as_mut())
-        .and_then(|w| w.cte_tables.iter_mut().find(|c| c.alias.name.value == cte))
-        .ok_or_else(|| {
-            Error::Invalid(format!("the SQL has no top-level WITH query named {cte:?}"))
-        })?;
-    target.query = replacement;
+    *cte_query(&mut stmt, cte)? = replacement;
     Ok(stmt)
 }
 
