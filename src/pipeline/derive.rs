@@ -41,6 +41,17 @@ pub struct DeriveRun {
     /// Full runs of an incremental pipeline: why not incremental.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub full_because: Option<String>,
+    /// Where the time went.
+    pub phases: Phases,
+}
+
+/// Milliseconds per phase of a run: deciding what to recompute (the clock, the change feed,
+/// the touched keys), computing the rows, writing the sink.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Phases {
+    pub plan_ms: u64,
+    pub compute_ms: u64,
+    pub write_ms: u64,
 }
 
 /// What a pipeline's last run saw and left.
@@ -55,7 +66,9 @@ struct Seen {
 
 /// How this round computes a pipeline.
 enum Plan {
-    Full(String),
+    /// Every key: why (empty for a pipeline without `[incremental]`), and the clock row if the
+    /// plan already ran the clock query.
+    Full(String, Option<Vec<RecordBatch>>),
     /// Only these keys (with the clock row all runs since the last full one shared).
     Keys(Vec<RecordBatch>, Vec<RecordBatch>),
     /// The inputs' new versions change no row (maintenance, or no rows added).
@@ -124,10 +137,13 @@ impl Deriver {
             return Ok(None);
         }
         let started = Instant::now();
+        // Opened once per run, before planning: an append pipeline may read its own sink
+        // (alerts dedupe against it), and an incremental one checks nobody else wrote it.
+        let sink = self.lake.ensure(&def.sink.table).await?;
         let plan = match (&def.incremental, last) {
-            (Some(inc), Some(last)) => self.plan(def, inc, last, &versions).await?,
-            (Some(_), None) => Plan::Full("first run of this process".into()),
-            (None, _) => Plan::Full(String::new()),
+            (Some(inc), Some(last)) => self.plan(def, inc, last, &versions, &sink).await?,
+            (Some(_), None) => Plan::Full("first run of this process".into(), None),
+            (None, _) => Plan::Full(String::new(), None),
         };
         if let Plan::Nothing = plan {
             if let Some(s) = self.seen.get_mut(&def.name) {
@@ -135,7 +151,7 @@ impl Deriver {
             }
             return Ok(None);
         }
-        let (run, seen) = self.run(def, &versions, plan, started).await?;
+        let (run, seen) = self.run(def, &versions, sink, plan, started).await?;
         self.seen.insert(def.name.clone(), seen);
         Ok(Some(run))
     }
@@ -149,18 +165,19 @@ impl Deriver {
         inc: &super::incremental::Incremental,
         last: &Seen,
         versions: &BTreeMap<String, i64>,
+        sink: &DeltaTable,
     ) -> Result<Plan> {
+        let full = |why: &str| Ok(Plan::Full(why.into(), None));
         let (Some(last_clock), Some(last_sink)) = (&last.clock, last.sink_version) else {
-            return Ok(Plan::Full("the last run left no clock".into()));
+            return full("the last run left no clock");
         };
-        let sink = self.lake.ensure(&def.sink.table).await?;
         if sink.version().map(|v| v as i64) != Some(last_sink) {
-            return Ok(Plan::Full("the sink was written by another run".into()));
+            return full("the sink was written by another run");
         }
         let ctx = self.whole_inputs(versions).await?;
         let clock = super::incremental::clock(&ctx, &def.sql, &inc.clock).await?;
         if &clock != last_clock {
-            return Ok(Plan::Full("the clock ticked".into()));
+            return Ok(Plan::Full("the clock ticked".into(), Some(clock)));
         }
         let key_schema = super::incremental::key_schema(&def.sink.table, &inc.key)?;
         let mut due = Vec::new();
@@ -170,9 +187,7 @@ impl Deriver {
                 continue;
             }
             if version < before || before < 0 {
-                return Ok(Plan::Full(format!(
-                    "{name} went from version {before} to {version}"
-                )));
+                return full(&format!("{name} went from version {before} to {version}"));
             }
             let table = self.inputs.get(name).ok_or_else(|| {
                 Error::Internal(format!("{}: input {name} was not refreshed", def.name))
@@ -186,15 +201,13 @@ impl Deriver {
             .await
             {
                 Ok(c) => c,
-                Err(e) => {
-                    return Ok(Plan::Full(format!("{name}: no change feed ({e})")));
-                }
+                Err(e) => return full(&format!("{name}: no change feed ({e})")),
             };
             if changes.iter().all(|b| b.num_rows() == 0) {
                 continue;
             }
             let Some(touches) = inc.touches_sql(name) else {
-                return Ok(Plan::Full(format!("{name} changed")));
+                return full(&format!("{name} changed"));
             };
             due.extend(super::incremental::touched(&ctx, &touches, changes, &key_schema).await?);
         }
@@ -269,11 +282,15 @@ impl Deriver {
         &self,
         def: &Definition,
         inputs: &BTreeMap<String, i64>,
+        table: DeltaTable,
         plan: Plan,
         started: Instant,
     ) -> Result<(DeriveRun, Seen)> {
-        // Before planning: an append pipeline may read its own sink (alerts dedupe against it).
-        let table = self.lake.ensure(&def.sink.table).await?;
+        let mut phases = Phases {
+            plan_ms: started.elapsed().as_millis() as u64,
+            ..Phases::default()
+        };
+        let computing = Instant::now();
         // Exactly the versions recorded below, and nothing else of the lake: the inputs as the
         // last refresh left them, and the sink as this run starts from.
         let mut read = self.providers(inputs.keys()).await?;
@@ -300,19 +317,24 @@ impl Deriver {
                 (out.batches, Some(out.keys), None, Some(clock))
             }
             (plan, inc) => {
-                let clock = match inc {
-                    Some(inc) => Some(super::incremental::clock(&ctx, &def.sql, &inc.clock).await?),
-                    None => None,
+                let (because, known) = match plan {
+                    Plan::Full(r, clock) => (inc.is_some().then_some(r), clock),
+                    _ => (None, None),
+                };
+                let clock = match (inc, known) {
+                    (Some(_), Some(clock)) => Some(clock),
+                    (Some(inc), None) => {
+                        Some(super::incremental::clock(&ctx, &def.sql, &inc.clock).await?)
+                    }
+                    (None, _) => None,
                 };
                 let batches = ctx.sql(&def.sql).await?.collect().await?;
-                let because = match plan {
-                    Plan::Full(r) if inc.is_some() => Some(r),
-                    _ => None,
-                };
                 (batches, None, because, clock)
             }
         };
         let batches = conform(&batches, &def.sink.table)?;
+        phases.compute_ms = computing.elapsed().as_millis() as u64;
+        let writing = Instant::now();
         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
         let mut metadata = vec![
             (
@@ -355,6 +377,7 @@ impl Deriver {
                 )));
             }
         };
+        phases.write_ms = writing.elapsed().as_millis() as u64;
         let run = DeriveRun {
             pipeline: def.name.clone(),
             rows,
@@ -367,8 +390,9 @@ impl Deriver {
             },
             keys,
             full_because,
+            phases,
         };
-        tracing::debug!(pipeline = %run.pipeline, rows, version = ?run.version, ms = run.millis, mode = run.mode, keys = ?run.keys, full_because = ?run.full_because, "derived");
+        tracing::debug!(pipeline = %run.pipeline, rows, version = ?run.version, ms = run.millis, mode = run.mode, keys = ?run.keys, full_because = ?run.full_because, phases = ?run.phases, "derived");
         let seen = Seen {
             versions: inputs.clone(),
             clock,

@@ -101,7 +101,7 @@ fn runs_json(runs: &[DeriveRun]) -> Value {
             (
                 r.pipeline.clone(),
                 json!({"ms": r.millis, "mode": r.mode, "keys": r.keys, "rows": r.rows,
-                       "full_because": r.full_because}),
+                       "full_because": r.full_because, "phases": r.phases}),
             )
         })
         .collect::<serde_json::Map<_, _>>()
