@@ -17,9 +17,13 @@
 //! `source_topic`), the pipeline definitions (MERGE-kept tables fed by a micro-batch), the dead
 //! letters and the anomaly detector's two tables. Each writes one way ([`Write`]).
 //!
-//! The loop is deliberately sequential: commits never overlap polling, so a rebalance callback
-//! never races an in-flight commit. librdkafka keeps prefetching in its own threads meanwhile,
-//! and decoding and the per-table commits run in parallel within a batch.
+//! The next batch is polled while this one is decoded and written ([`Poll`]): taking records
+//! off librdkafka's queue costs CPU time that would otherwise leave a core idle between
+//! commits. Everything else in a pass is sequential, and a rebalance callback (which runs
+//! inside that poll) waits until the batch being written is committed
+//! ([`Source::hold_writes`]), so an assignment change never races an in-flight commit. It takes
+//! effect at the start of the next pass, as before. Decoding and the per-table commits run in
+//! parallel within a batch.
 //!
 //! The one exception is a MERGE-kept sink ([`Lagged`]): a MERGE costs about the same whatever the
 //! batch (it reads and rewrites the table's files), more than an append, so it commits off the
@@ -637,6 +641,7 @@ pub async fn run(
         observer,
         awaiting: Vec::new(),
     };
+    let source = Arc::new(source);
     let mut result = worker.run_loop(&source, &stop).await;
     // Queued merges finish either way: so that every record handled is recorded, and so that no
     // merge of this run outlives it.
@@ -648,7 +653,11 @@ pub async fn run(
     if result.is_ok() {
         worker.commit_pending(Duration::ZERO).await?;
     }
-    source.close()?;
+    // The loop has ended its poll, so this is the last holder.
+    match Arc::into_inner(source) {
+        Some(source) => source.close()?,
+        None => tracing::warn!("the Kafka source is still shared at the end of the run"),
+    }
     let stats = worker.stats;
     tracing::info!(
         records = stats.records,
@@ -658,6 +667,39 @@ pub async fn run(
         "pipeline stopped"
     );
     result.map(|()| stats)
+}
+
+/// The poll of the next batch, running in a task of its own while the loop writes the last.
+struct Poll {
+    task: tokio::task::JoinHandle<Result<(Vec<RawRecord>, Option<Instant>)>>,
+    /// Ends this poll early (it also ends when the run's stop does).
+    end: CancellationToken,
+}
+
+impl Poll {
+    fn start(source: &Arc<Source>, opts: &PipelineOptions, stop: &CancellationToken) -> Poll {
+        let end = stop.child_token();
+        let (source, max, wait, token) = (
+            source.clone(),
+            opts.batch_max_events,
+            opts.batch_max_wait,
+            end.clone(),
+        );
+        let task = tokio::spawn(async move { source.next_batch(max, wait, &token).await });
+        Poll { task, end }
+    }
+
+    async fn result(self) -> Result<(Vec<RawRecord>, Option<Instant>)> {
+        self.task
+            .await
+            .map_err(|e| Error::Internal(format!("the Kafka poll task failed: {e}")))?
+    }
+
+    /// Ends the poll and waits for its task, dropping what it read.
+    async fn end(self) {
+        self.end.cancel();
+        let _ = self.task.await;
+    }
 }
 
 /// Restarts in a row (each failing within [`HEALTHY_RUN`] of its start) after which the worker
@@ -835,20 +877,38 @@ struct Detected {
 }
 
 impl Worker {
-    async fn run_loop(&mut self, source: &Source, stop: &CancellationToken) -> Result<()> {
+    /// Passes until `stop` or the observer ends the run; a poll still running then is ended
+    /// and its records dropped (they are not committed, so the next run reads them again).
+    async fn run_loop(&mut self, source: &Arc<Source>, stop: &CancellationToken) -> Result<()> {
+        let mut next = None;
+        let result = self.passes(source, stop, &mut next).await;
+        if let Some(poll) = next {
+            poll.end().await;
+        }
+        result
+    }
+
+    async fn passes(
+        &mut self,
+        source: &Arc<Source>,
+        stop: &CancellationToken,
+        next: &mut Option<Poll>,
+    ) -> Result<()> {
+        // Polling beside a write needs the rebalance callback to wait for the write, which it
+        // can only do on a multi-thread runtime; elsewhere each pass polls, then writes.
+        let overlap = tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::MultiThread;
         loop {
             let stopping = stop.is_cancelled();
-            let polled = Instant::now();
-            let (records, first_at) = if stopping {
-                (Vec::new(), None)
-            } else {
-                source
-                    .next_batch(self.opts.batch_max_events, self.opts.batch_max_wait, stop)
-                    .await?
+            let waited = Instant::now();
+            let (records, first_at) = match next.take() {
+                Some(poll) => poll.result().await?,
+                None if stopping => (Vec::new(), None),
+                None => Poll::start(source, &self.opts, stop).result().await?,
             };
             tracing::debug!(
                 records = records.len(),
-                poll_ms = polled.elapsed().as_millis() as u64,
+                wait_ms = waited.elapsed().as_millis() as u64,
                 "polled"
             );
             let changes = source.take_changes();
@@ -861,6 +921,12 @@ impl Worker {
                 self.stats.first_fetch = first_at;
             }
             let kept = self.select(records);
+            // From here to the end of the pass this worker writes: a rebalance in the next poll
+            // waits for it.
+            let writing = source.hold_writes().await;
+            if overlap && !stopping {
+                *next = Some(Poll::start(source, &self.opts, stop));
+            }
             if !kept.is_empty() {
                 let batch = Batch::new(kept);
                 let mut decoded = self.decode(&batch).await?;
@@ -870,6 +936,7 @@ impl Worker {
             }
             self.settle_merges(source)?;
             self.commit_pending(self.opts.idle_commit).await?;
+            drop(writing);
             let go_on = self.observer.as_ref().is_none_or(|o| o.polled(&self.stats));
             if stopping || !go_on {
                 // The batch in hand when the stop arrived was committed by the previous pass.

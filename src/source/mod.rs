@@ -7,8 +7,10 @@
 //! commit for lag monitoring only; when they are missing or wrong nothing changes.
 //!
 //! Revocations are recorded so the runner drops records of partitions it no longer owns from
-//! the batch it is building; because the runner never commits while polling, no commit is in
-//! flight when a revocation arrives.
+//! the batch it is building. The runner polls the next batch while it writes the last one, so
+//! the rebalance callback first waits for the batch being written ([`Source::hold_writes`]):
+//! no commit is in flight when a revocation or an assignment takes effect, and a partition
+//! moves to another worker only after what this one took of it is durable.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -107,6 +109,8 @@ pub struct SourceContext {
     changes: Mutex<Vec<AssignmentChange>>,
     /// Per-partition consumer lag from librdkafka's periodic statistics.
     lag: Mutex<BTreeMap<SourcePartition, i64>>,
+    /// Held by the runner while it writes a batch; a rebalance waits for it.
+    writing: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// `topic[0,1,2] other[3]`: a compact rendering of a partition set for logs.
@@ -135,6 +139,30 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<SourcePartition> {
 impl SourceContext {
     fn record(&self, change: AssignmentChange) {
         self.changes.lock().expect("poisoned").push(change);
+    }
+
+    /// Waits until no batch is being written (see [`Source::hold_writes`]). Like
+    /// [`Self::resolve`], the callback drives the wait with `block_in_place`; where that is
+    /// impossible (a current-thread runtime, a thread outside the runtime) nothing can be in
+    /// flight beside this poll, because the runner only overlaps on a multi-thread runtime.
+    fn wait_for_writes(&self) {
+        if self.writing.try_lock().is_ok() {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            return;
+        }
+        let waited = Instant::now();
+        drop(tokio::task::block_in_place(|| {
+            handle.block_on(self.writing.lock())
+        }));
+        tracing::debug!(
+            ms = waited.elapsed().as_millis() as u64,
+            "rebalance waited for the batch being written"
+        );
     }
 
     /// Runs the resolver from inside librdkafka's callback. The callback is synchronous and runs
@@ -251,6 +279,7 @@ impl ConsumerContext for SourceContext {
             consumer.rebalance_protocol(),
             rdkafka::consumer::RebalanceProtocol::Cooperative
         );
+        self.wait_for_writes();
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let parts = partitions_of(tpl);
@@ -356,6 +385,7 @@ impl Source {
             fatal: Mutex::new(None),
             changes: Mutex::new(Vec::new()),
             lag: Mutex::new(BTreeMap::new()),
+            writing: Arc::new(tokio::sync::Mutex::new(())),
         };
         let consumer: StreamConsumer<SourceContext> = cfg.create_with_context(ctx)?;
         consumer.subscribe(topics)?;
@@ -364,6 +394,13 @@ impl Source {
             failing: Mutex::new(None),
             closed: Mutex::new(None),
         })
+    }
+
+    /// Held while a batch is written: a rebalance (which runs inside a poll) waits until the
+    /// guard is dropped, so a runner that polls while it writes never has a partition revoked,
+    /// or assigned at a position read from Delta, under a commit in flight.
+    pub async fn hold_writes(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.consumer.context().writing.clone().lock_owned().await
     }
 
     /// Assignment changes since the last call, in order.
@@ -549,5 +586,46 @@ impl Source {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rebalance callback runs inside the poll that overlaps a write: it must not go on
+    /// (revoke, or read positions from Delta) until the batch being written is committed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rebalance_waits_for_the_batch_being_written() {
+        let resolver: PositionResolver = Arc::new(|_| Box::pin(async { Ok(BTreeMap::new()) }));
+        let ctx = Arc::new(SourceContext {
+            resolver,
+            reader: rdkafka::ClientConfig::new(),
+            out_of_range: OutOfRange::Stop,
+            fatal: Mutex::new(None),
+            changes: Mutex::new(Vec::new()),
+            lag: Mutex::new(BTreeMap::new()),
+            writing: Arc::new(tokio::sync::Mutex::new(())),
+        });
+        // Nothing written: no wait.
+        ctx.wait_for_writes();
+
+        let writing = ctx.writing.clone().lock_owned().await;
+        let callback = {
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                ctx.wait_for_writes();
+                Instant::now()
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!callback.is_finished(), "the callback went on mid-write");
+        let committed = Instant::now();
+        drop(writing);
+        let went_on = callback.await.unwrap();
+        assert!(
+            went_on >= committed,
+            "the callback went on before the commit"
+        );
     }
 }
