@@ -904,7 +904,11 @@ impl Worker {
             let (records, first_at) = match next.take() {
                 Some(poll) => poll.result().await?,
                 None if stopping => (Vec::new(), None),
-                None => Poll::start(source, &self.opts, stop).result().await?,
+                None => {
+                    source
+                        .next_batch(self.opts.batch_max_events, self.opts.batch_max_wait, stop)
+                        .await?
+                }
             };
             tracing::debug!(
                 records = records.len(),
