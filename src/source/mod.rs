@@ -424,6 +424,31 @@ impl Source {
         max_wait: Duration,
         stop: &tokio_util::sync::CancellationToken,
     ) -> Result<(Vec<RawRecord>, Option<Instant>)> {
+        self.next_batch_after(max_events, max_wait, stop, None)
+            .await
+    }
+
+    /// [`Source::next_batch`] for a poll that runs while the previous batch is written: the
+    /// window does not close before `written` resolves (the previous batch is committed), so
+    /// the records that arrive during that commit join this batch, as they do when the poll
+    /// follows the commit. Closing at the window alone would cut a batch per `max_wait` while
+    /// each commit takes longer than that, and the batches behind would queue (at 50k events/s:
+    /// p50 from produce to committed 240 → 430 ms).
+    pub async fn next_batch_after(
+        &self,
+        max_events: usize,
+        max_wait: Duration,
+        stop: &tokio_util::sync::CancellationToken,
+        written: Option<&tokio_util::sync::CancellationToken>,
+    ) -> Result<(Vec<RawRecord>, Option<Instant>)> {
+        // Resolves once the previous batch is committed (at once without one).
+        let committed = async {
+            if let Some(w) = written {
+                w.cancelled().await;
+            }
+        };
+        tokio::pin!(committed);
+        let is_committed = || written.is_none_or(|w| w.is_cancelled());
         let mut out = Vec::with_capacity(max_events.min(65_536));
         let mut first_at = None;
         let previous_close = self.closed.lock().expect("poisoned").take();
@@ -452,10 +477,15 @@ impl Source {
                 let waited = ready.is_none();
                 let msg = match ready {
                     Some(m) => m,
-                    None if now >= deadline => break,
+                    None if now >= deadline && is_committed() => break,
+                    None if now >= deadline => tokio::select! {
+                        m = self.consumer.recv() => m,
+                        _ = &mut committed => continue,
+                        _ = stop.cancelled() => break,
+                    },
                     None => tokio::select! {
                         m = self.consumer.recv() => m,
-                        _ = tokio::time::sleep(deadline - now) => break,
+                        _ = tokio::time::sleep(deadline - now) => continue,
                         _ = stop.cancelled() => break,
                     },
                 };
@@ -469,7 +499,7 @@ impl Source {
                     deadline = opened + max_wait;
                 }
                 msg
-            } else if now >= deadline {
+            } else if now >= deadline && is_committed() {
                 // The window has closed: take what is already fetched, without waiting.
                 match self.ready() {
                     Some(m) => m,
@@ -478,10 +508,17 @@ impl Source {
             } else if let Some(m) = self.ready() {
                 // Fetched already: no need to arm a timer to wait for it.
                 m
+            } else if now >= deadline {
+                // The window has closed, the previous batch is still being written.
+                tokio::select! {
+                    m = self.consumer.recv() => m,
+                    _ = &mut committed => continue,
+                    _ = stop.cancelled() => break,
+                }
             } else {
                 tokio::select! {
                     m = self.consumer.recv() => m,
-                    _ = tokio::time::sleep(deadline - now) => break,
+                    _ = tokio::time::sleep(deadline - now) => continue,
                     _ = stop.cancelled() => break,
                 }
             };

@@ -1,6 +1,7 @@
 //! How the source closes a micro-batch: `pipeline.batch_max_ms` after the batch's oldest record
 //! came in. Records that arrived while the previous batch was being committed have waited since
-//! that batch closed, so their batch must not make them wait a whole window more.
+//! that batch closed, so their batch must not make them wait a whole window more. A poll that
+//! runs beside the previous batch's commit does not close before that commit ends.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -114,6 +115,38 @@ async fn a_batch_closes_one_window_after_its_oldest_record_came_in() {
     assert!(
         took >= Duration::from_millis(2300),
         "the window opened before its first record arrived: the poll took {took:?}"
+    );
+
+    // A poll that runs while the batch before it is written stays open until that batch is
+    // committed: what arrives during the commit joins this batch (as it does when the poll
+    // follows the commit), however long the commit outlasts the window.
+    let committed = CancellationToken::new();
+    let during = {
+        let (producer, committed) = (producer.clone(), committed.clone());
+        tokio::spawn(async move {
+            produce(&producer, 12, 1).await;
+            tokio::time::sleep(WINDOW + Duration::from_millis(500)).await;
+            produce(&producer, 13, 1).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            committed.cancel();
+        })
+    };
+    let polled = Instant::now();
+    let (records, _) = source
+        .next_batch_after(10_000, WINDOW, &stop, Some(&committed))
+        .await
+        .unwrap();
+    let took = polled.elapsed();
+    during.await.unwrap();
+    let offsets: Vec<i64> = records.iter().map(|r| r.offset).collect();
+    assert_eq!(
+        offsets,
+        [12, 13],
+        "the record that came during the commit, after the window, is in the batch"
+    );
+    assert!(
+        took >= WINDOW + Duration::from_millis(1000),
+        "the batch closed before the commit beside it ended: the poll took {took:?}"
     );
 
     drop(producer);
