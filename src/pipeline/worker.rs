@@ -677,14 +677,9 @@ struct Poll {
 }
 
 impl Poll {
-    /// Starts polling; the batch does not close before `written` is cancelled (the batch being
-    /// written is committed: [`Source::next_batch_after`]).
-    fn start(
-        source: &Arc<Source>,
-        opts: &PipelineOptions,
-        stop: &CancellationToken,
-        written: CancellationToken,
-    ) -> Poll {
+    /// Starts polling; the batch does not close while the one before it is written
+    /// ([`Source::next_batch`]).
+    fn start(source: &Arc<Source>, opts: &PipelineOptions, stop: &CancellationToken) -> Poll {
         let end = stop.child_token();
         let (source, max, wait, token) = (
             source.clone(),
@@ -692,11 +687,7 @@ impl Poll {
             opts.batch_max_wait,
             end.clone(),
         );
-        let task = tokio::spawn(async move {
-            source
-                .next_batch_after(max, wait, &token, Some(&written))
-                .await
-        });
+        let task = tokio::spawn(async move { source.next_batch(max, wait, &token).await });
         Poll { task, end }
     }
 
@@ -936,14 +927,11 @@ impl Worker {
                 self.stats.first_fetch = first_at;
             }
             let kept = self.select(records);
-            // From here to the end of the pass this worker writes: a rebalance in the next poll
-            // waits for it.
-            let writing = source.hold_writes().await;
-            // And the next batch stays open until this one is committed (on every exit path).
-            let committed = CancellationToken::new();
-            let committed_on_drop = committed.clone().drop_guard();
+            // From here to the end of the pass (on every exit path) this worker writes: a
+            // rebalance in the next poll waits for it, and the next batch stays open until it.
+            let writing = source.hold_writes();
             if overlap && !stopping {
-                *next = Some(Poll::start(source, &self.opts, stop, committed));
+                *next = Some(Poll::start(source, &self.opts, stop));
             }
             if !kept.is_empty() {
                 let batch = Batch::new(kept);
@@ -955,7 +943,6 @@ impl Worker {
             self.settle_merges(source)?;
             self.commit_pending(self.opts.idle_commit).await?;
             drop(writing);
-            drop(committed_on_drop);
             let go_on = self.observer.as_ref().is_none_or(|o| o.polled(&self.stats));
             if stopping || !go_on {
                 // The batch in hand when the stop arrived was committed by the previous pass.

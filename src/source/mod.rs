@@ -109,8 +109,9 @@ pub struct SourceContext {
     changes: Mutex<Vec<AssignmentChange>>,
     /// Per-partition consumer lag from librdkafka's periodic statistics.
     lag: Mutex<BTreeMap<SourcePartition, i64>>,
-    /// Held by the runner while it writes a batch; a rebalance waits for it.
-    writing: Arc<tokio::sync::Mutex<()>>,
+    /// True while the runner writes a batch ([`Source::hold_writes`]): a rebalance, and the
+    /// close of the batch polled beside it, wait for it to turn false.
+    writing: tokio::sync::watch::Sender<bool>,
 }
 
 /// `topic[0,1,2] other[3]`: a compact rendering of a partition set for logs.
@@ -146,7 +147,7 @@ impl SourceContext {
     /// impossible (a current-thread runtime, a thread outside the runtime) nothing can be in
     /// flight beside this poll, because the runner only overlaps on a multi-thread runtime.
     fn wait_for_writes(&self) {
-        if self.writing.try_lock().is_ok() {
+        if !*self.writing.borrow() {
             return;
         }
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
@@ -156,9 +157,9 @@ impl SourceContext {
             return;
         }
         let waited = Instant::now();
-        drop(tokio::task::block_in_place(|| {
-            handle.block_on(self.writing.lock())
-        }));
+        let mut writing = self.writing.subscribe();
+        // The sender lives in this context, so the wait cannot fail.
+        let _ = tokio::task::block_in_place(|| handle.block_on(writing.wait_for(|w| !*w)));
         tracing::debug!(
             ms = waited.elapsed().as_millis() as u64,
             "rebalance waited for the batch being written"
@@ -348,6 +349,15 @@ const READY_POLLS: usize = 8;
 /// How long closing the consumer may take before the process stops waiting for it.
 const CLOSE_BUDGET: Duration = Duration::from_secs(5);
 
+/// A batch is being written while this lives ([`Source::hold_writes`]).
+pub struct WritesHeld(tokio::sync::watch::Sender<bool>);
+
+impl Drop for WritesHeld {
+    fn drop(&mut self) {
+        self.0.send_replace(false);
+    }
+}
+
 impl Source {
     pub fn new(
         kafka: &KafkaConfig,
@@ -385,7 +395,7 @@ impl Source {
             fatal: Mutex::new(None),
             changes: Mutex::new(Vec::new()),
             lag: Mutex::new(BTreeMap::new()),
-            writing: Arc::new(tokio::sync::Mutex::new(())),
+            writing: tokio::sync::watch::Sender::new(false),
         };
         let consumer: StreamConsumer<SourceContext> = cfg.create_with_context(ctx)?;
         consumer.subscribe(topics)?;
@@ -396,11 +406,14 @@ impl Source {
         })
     }
 
-    /// Held while a batch is written: a rebalance (which runs inside a poll) waits until the
-    /// guard is dropped, so a runner that polls while it writes never has a partition revoked,
-    /// or assigned at a position read from Delta, under a commit in flight.
-    pub async fn hold_writes(&self) -> tokio::sync::OwnedMutexGuard<()> {
-        self.consumer.context().writing.clone().lock_owned().await
+    /// Held while a batch is written. Until the guard is dropped, a rebalance (which runs
+    /// inside a poll) waits, so a runner that polls while it writes never has a partition
+    /// revoked, or assigned at a position read from Delta, under a commit in flight; and the
+    /// batch being polled does not close (see [`Source::next_batch`]).
+    pub fn hold_writes(&self) -> WritesHeld {
+        let writing = self.consumer.context().writing.clone();
+        writing.send_replace(true);
+        WritesHeld(writing)
     }
 
     /// Assignment changes since the last call, in order.
@@ -418,37 +431,19 @@ impl Source {
     /// So a batch closes `max_wait` after its oldest record came in, whatever the commit before
     /// it took, and a record waits at most about `max_wait` plus one commit. Record timestamps
     /// are not used: a producer's clock or an event-time timestamp must not size batches.
+    ///
+    /// A batch polled while the one before it is written ([`Source::hold_writes`]) does not
+    /// close before that one is committed: what arrives during the commit joins this batch, as
+    /// it does when the poll follows the commit. Closing at the window alone would cut a batch
+    /// per `max_wait` while each commit takes longer than that, and the batches behind would
+    /// queue (at 50k events/s: p50 from produce to committed 240 → 430 ms).
     pub async fn next_batch(
         &self,
         max_events: usize,
         max_wait: Duration,
         stop: &tokio_util::sync::CancellationToken,
     ) -> Result<(Vec<RawRecord>, Option<Instant>)> {
-        self.next_batch_after(max_events, max_wait, stop, None)
-            .await
-    }
-
-    /// [`Source::next_batch`] for a poll that runs while the previous batch is written: the
-    /// window does not close before `written` resolves (the previous batch is committed), so
-    /// the records that arrive during that commit join this batch, as they do when the poll
-    /// follows the commit. Closing at the window alone would cut a batch per `max_wait` while
-    /// each commit takes longer than that, and the batches behind would queue (at 50k events/s:
-    /// p50 from produce to committed 240 → 430 ms).
-    pub async fn next_batch_after(
-        &self,
-        max_events: usize,
-        max_wait: Duration,
-        stop: &tokio_util::sync::CancellationToken,
-        written: Option<&tokio_util::sync::CancellationToken>,
-    ) -> Result<(Vec<RawRecord>, Option<Instant>)> {
-        // Resolves once the previous batch is committed (at once without one).
-        let committed = async {
-            if let Some(w) = written {
-                w.cancelled().await;
-            }
-        };
-        tokio::pin!(committed);
-        let is_committed = || written.is_none_or(|w| w.is_cancelled());
+        let mut writing = self.consumer.context().writing.subscribe();
         let mut out = Vec::with_capacity(max_events.min(65_536));
         let mut first_at = None;
         let previous_close = self.closed.lock().expect("poisoned").take();
@@ -477,10 +472,10 @@ impl Source {
                 let waited = ready.is_none();
                 let msg = match ready {
                     Some(m) => m,
-                    None if now >= deadline && is_committed() => break,
+                    None if now >= deadline && !*writing.borrow() => break,
                     None if now >= deadline => tokio::select! {
                         m = self.consumer.recv() => m,
-                        _ = &mut committed => continue,
+                        _ = writing.wait_for(|w| !*w) => continue,
                         _ = stop.cancelled() => break,
                     },
                     None => tokio::select! {
@@ -499,7 +494,7 @@ impl Source {
                     deadline = opened + max_wait;
                 }
                 msg
-            } else if now >= deadline && is_committed() {
+            } else if now >= deadline && !*writing.borrow() {
                 // The window has closed: take what is already fetched, without waiting.
                 match self.ready() {
                     Some(m) => m,
@@ -512,7 +507,7 @@ impl Source {
                 // The window has closed, the previous batch is still being written.
                 tokio::select! {
                     m = self.consumer.recv() => m,
-                    _ = &mut committed => continue,
+                    _ = writing.wait_for(|w| !*w) => continue,
                     _ = stop.cancelled() => break,
                 }
             } else {
@@ -642,12 +637,15 @@ mod tests {
             fatal: Mutex::new(None),
             changes: Mutex::new(Vec::new()),
             lag: Mutex::new(BTreeMap::new()),
-            writing: Arc::new(tokio::sync::Mutex::new(())),
+            writing: tokio::sync::watch::Sender::new(false),
         });
         // Nothing written: no wait.
         ctx.wait_for_writes();
 
-        let writing = ctx.writing.clone().lock_owned().await;
+        let writing = {
+            ctx.writing.send_replace(true);
+            WritesHeld(ctx.writing.clone())
+        };
         let callback = {
             let ctx = ctx.clone();
             tokio::spawn(async move {

@@ -120,22 +120,19 @@ async fn a_batch_closes_one_window_after_its_oldest_record_came_in() {
     // A poll that runs while the batch before it is written stays open until that batch is
     // committed: what arrives during the commit joins this batch (as it does when the poll
     // follows the commit), however long the commit outlasts the window.
-    let committed = CancellationToken::new();
+    let writing = source.hold_writes();
     let during = {
-        let (producer, committed) = (producer.clone(), committed.clone());
+        let producer = producer.clone();
         tokio::spawn(async move {
             produce(&producer, 12, 1).await;
             tokio::time::sleep(WINDOW + Duration::from_millis(500)).await;
             produce(&producer, 13, 1).await;
             tokio::time::sleep(Duration::from_millis(500)).await;
-            committed.cancel();
+            drop(writing);
         })
     };
     let polled = Instant::now();
-    let (records, _) = source
-        .next_batch_after(10_000, WINDOW, &stop, Some(&committed))
-        .await
-        .unwrap();
+    let (records, _) = source.next_batch(10_000, WINDOW, &stop).await.unwrap();
     let took = polled.elapsed();
     during.await.unwrap();
     let offsets: Vec<i64> = records.iter().map(|r| r.offset).collect();
