@@ -327,6 +327,8 @@ pub struct SimulateConfig {
 #[derive(Debug, Clone, Deserialize)]
 pub struct MaintainConfig {
     pub interval_secs: u64,
+    pub read_tables_interval_secs: u64,
+    pub vacuum_interval_secs: u64,
     pub target_file_mb: u64,
     pub vacuum_retention_hours: u64,
     pub zorder_max_mb: u64,

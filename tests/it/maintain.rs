@@ -101,3 +101,72 @@ async fn maintenance_compacts_and_preserves_rows_cdf_and_offsets() {
     let (per_table, bad) = support::expected(&all);
     support::assert_exact(&env.lake, &per_table, bad).await;
 }
+
+/// `up`'s rounds do only what is due. The first maintains every table. After more events, the
+/// next one compacts the append-only telemetry again at once but leaves the detector's state
+/// (whose writer reads its files) until `read_tables_interval` has passed, leaves unchanged
+/// tables alone, and vacuums nothing before `vacuum_interval`. Once both intervals are over, the
+/// state is compacted and every table vacuumed (telemetry, unchanged since, is not rewritten).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rounds_maintain_only_what_changed_and_is_due() {
+    use millstream::lakehouse::maintain::{MaintainOptions, Rounds, TableReport};
+    let _w = support::watchdog("maintain rounds", Duration::from_secs(180));
+    let env = Env::new(2).await;
+    let mut opts = env.options("bronze", "rounds");
+    opts.batch_max_events = 500;
+    let first = support::events("rd1", 3_000, 0.0);
+    env.produce(&first).await;
+    env.run_until(&opts, first.len() as u64).await;
+
+    let mut options = MaintainOptions::from_config(&env.config.maintain, true);
+    // A vacuum, when it runs, deletes every file compaction removed: it shows in the report.
+    options.vacuum_retention = Duration::ZERO;
+    options.read_tables_interval = Duration::from_secs(3600);
+    options.vacuum_interval = Duration::from_secs(3600);
+    let find = |reports: &[TableReport], t: &str| reports.iter().find(|r| r.table == t).cloned();
+    let mut rounds = Rounds::default();
+
+    let r1 = rounds.run(&env.lake, &options).await;
+    for t in ["iot.telemetry", "iot.sensor_state", "knowledge.incidents"] {
+        let r = find(&r1, t).unwrap_or_else(|| panic!("first round skipped {t}: {r1:?}"));
+        assert!(r.error.is_none() && r.checkpoint, "{r:?}");
+    }
+
+    let more = support::events("rd2", 3_000, 0.0);
+    env.produce(&more).await;
+    env.run_until(&env.options("bronze", "rounds"), more.len() as u64)
+        .await;
+    let r2 = rounds.run(&env.lake, &options).await;
+    let telemetry = find(&r2, "iot.telemetry").expect("changed telemetry is maintained");
+    assert!(
+        telemetry.checkpoint && telemetry.files_compacted > 0,
+        "{telemetry:?}"
+    );
+    assert!(
+        find(&r2, "iot.sensor_state").is_none(),
+        "state rewritten before read_tables_interval: {r2:?}"
+    );
+    assert!(
+        find(&r2, "knowledge.incidents").is_none(),
+        "an unchanged table was maintained: {r2:?}"
+    );
+    assert!(
+        r2.iter().all(|r| r.files_vacuumed == 0),
+        "vacuumed before vacuum_interval: {r2:?}"
+    );
+
+    options.read_tables_interval = Duration::ZERO;
+    options.vacuum_interval = Duration::ZERO;
+    let r3 = rounds.run(&env.lake, &options).await;
+    let state = find(&r3, "iot.sensor_state").expect("state maintained once rested");
+    assert!(state.checkpoint && state.error.is_none(), "{state:?}");
+    let telemetry = find(&r3, "iot.telemetry").expect("telemetry vacuumed");
+    assert!(
+        !telemetry.checkpoint && telemetry.files_compacted == 0 && telemetry.files_vacuumed > 0,
+        "telemetry, unchanged since round 2, is only vacuumed: {telemetry:?}"
+    );
+
+    let all: Vec<_> = first.iter().chain(&more).cloned().collect();
+    let (per_table, bad) = support::expected(&all);
+    support::assert_exact(&env.lake, &per_table, bad).await;
+}
