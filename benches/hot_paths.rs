@@ -2,7 +2,8 @@
 //!
 //! - `decode`: JSON events → a bronze Arrow batch (per stream), validation included;
 //! - `detect`: a telemetry batch through the anomaly detector;
-//! - `commit`: a bronze batch appended to a Delta table with its offsets (`txn`), on local disk;
+//! - `commit`: a bronze batch appended to a Delta table with its offsets (`txn`), on local disk,
+//!   into a table of 0, 100 and 400 small files;
 //! - `session`: a principal's session built over a snapshot (every table behind its row filters
 //!   and masks, views registered), then a signal tool's query planned and run in it;
 //! - `rows_json`: Arrow rows → the JSON a tool answers with.
@@ -90,41 +91,56 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-#[divan::bench(sample_count = 20)]
-fn commit(bencher: Bencher) {
+/// Appends `batch` with offset `offset` of partition 0 to the telemetry table.
+fn append(
+    rt: &tokio::runtime::Runtime,
+    table: deltalake::DeltaTable,
+    batch: &RecordBatch,
+    offset: i64,
+) -> deltalake::DeltaTable {
+    let mut offsets = millstream::lakehouse::commit::Offsets::new();
+    offsets.insert(
+        millstream::lakehouse::commit::SourcePartition::new(EventKind::Telemetry.topic(), 0),
+        offset,
+    );
+    rt.block_on(millstream::lakehouse::commit::write(
+        table,
+        EventKind::Telemetry.bronze_table(),
+        "bench",
+        vec![batch.clone()],
+        &offsets,
+        128 * 1024 * 1024,
+        None,
+    ))
+    .unwrap()
+}
+
+/// One commit of a 16k-row telemetry batch into a table that already holds `files` small
+/// files (each sample adds one more). A commit's cost grows with its table's file count:
+/// delta-rs rebuilds the table's file list after each one, which is why maintenance folds small
+/// files every few seconds (`maintain.interval_secs`).
+#[divan::bench(args = [0, 100, 400], sample_count = 20)]
+fn commit(bencher: Bencher, files: usize) {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let lake = millstream::lakehouse::Lakehouse::new(dir.path()).unwrap();
-    let table_name = EventKind::Telemetry.bronze_table();
-    let table = rt.block_on(lake.ensure(table_name)).unwrap();
-    let table = std::sync::Mutex::new(table);
+    let mut table = rt
+        .block_on(lake.ensure(EventKind::Telemetry.bronze_table()))
+        .unwrap();
     let batch = decoded(EventKind::Telemetry, ROWS);
+    let one_row = batch.slice(0, 1);
     let mut offset = 0i64;
+    for _ in 0..files {
+        offset += 1;
+        table = append(&rt, table, &one_row, offset);
+    }
+    let table = std::sync::Mutex::new(table);
     bencher
         .counter(divan::counter::ItemsCount::new(ROWS))
         .bench_local(|| {
             offset += ROWS as i64;
-            let mut offsets = millstream::lakehouse::commit::Offsets::new();
-            offsets.insert(
-                millstream::lakehouse::commit::SourcePartition::new(
-                    EventKind::Telemetry.topic(),
-                    0,
-                ),
-                offset,
-            );
             let current = table.lock().unwrap().clone();
-            let next = rt
-                .block_on(millstream::lakehouse::commit::write(
-                    current,
-                    table_name,
-                    "bench",
-                    vec![batch.clone()],
-                    &offsets,
-                    128 * 1024 * 1024,
-                    None,
-                ))
-                .unwrap();
-            *table.lock().unwrap() = next;
+            *table.lock().unwrap() = append(&rt, current, &batch, offset);
         });
 }
 

@@ -87,12 +87,14 @@ impl MaintainOptions {
 /// and `bench freshness` run beside the pipeline. Returns the rounds run.
 ///
 /// Rounds come often because every streaming commit costs more as its table collects small
-/// files: delta-rs rebuilds the table's file list after each commit, about 0.15 ms per active
-/// file (`bench freshness --rate 50000`, three runs each: p99 409-470 ms with a round of every
-/// table every 15 s, 301-343 ms with these). So a round does only what is due ([`Due`]): a table that did not change since
-/// its last round is left alone; an append-only table that changed is compacted and
-/// checkpointed; a table whose writers read its files waits `read_tables_interval` between
-/// rewrites; and a table is vacuumed every `vacuum_interval`.
+/// files: delta-rs rebuilds the table's file list after each commit (a 16k-row telemetry
+/// commit: 20 ms into an empty table, 54 ms into one of 100 files, 113 ms into one of 400;
+/// `cargo bench --bench hot_paths -- commit`). With a round of every table every 15 s,
+/// `bench freshness --rate 50000` had p99 409-470 ms; with these, 301-343 ms (three runs each).
+/// So a round does only what is due ([`Due`]): a table that did not change since its last round
+/// is left alone; an append-only table that changed is compacted and checkpointed; a table
+/// whose writers read its files waits `read_tables_interval` between rewrites; and a table is
+/// vacuumed every `vacuum_interval`.
 pub async fn run_every(
     lake: &Lakehouse,
     opts: &MaintainOptions,
