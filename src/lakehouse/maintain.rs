@@ -247,19 +247,12 @@ async fn round(
             error: None,
         };
         let last = seen.as_deref().and_then(|s| s.get(&def.name).copied());
-        if last.is_some_and(|l| !Due::possible(&l, def.role.append_only(), opts, started).any()) {
+        let append_only = def.role.append_only();
+        if last.is_some_and(|l| !Due::possible(&l, append_only, opts, started).any()) {
             continue;
         }
-        let due = |version: Option<u64>| match &seen {
-            None => Due::ALL,
-            Some(_) => Due::at(
-                version,
-                last.as_ref(),
-                def.role.append_only(),
-                opts,
-                started,
-            ),
-        };
+        // With no rounds before (`run`, or a table new to them), `last` is `None`: all is due.
+        let due = |version| Due::at(version, last.as_ref(), append_only, opts, started);
         let done = maintain_table(lake, def, opts, due, &mut report).await;
         if let Err(e) = &done {
             // The table keeps its data and its files; the next round tries again.
