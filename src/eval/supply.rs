@@ -7,10 +7,15 @@
 //! runs over them (in memory, same catalog names). Scoring:
 //! - **stockouts**: a stockout of a position at `T` counts as flagged ahead when some checkpoint
 //!   in `[T − 21 days, T − 48 h]` (after the position's previous stockout) rated it HIGH or
-//!   CRITICAL. The lead is measured from the first such flag. Precision: positions flagged
-//!   HIGH/CRITICAL that ran out within 21 days of the flag, over all flagged position-episodes.
-//!   The misses are counted by cause, and so are the surge stockouts that came less than 48 h
-//!   after their surge began (flagged 48 h ahead only if the stock was low already).
+//!   CRITICAL. The lead is measured from the first such flag. Precision: flag episodes (runs of
+//!   HIGH/CRITICAL checkpoints of a position) after whose first flag the position ran out within
+//!   what the flag claims, its lead time plus the HIGH margin (at least 21 days), over all
+//!   episodes that could be followed that long; the same within a flat 21 days is reported
+//!   beside it, and the episodes no stockout followed are counted by what was going on at their
+//!   first flag (shelf already empty, a surge running or just over, a supplier delay, a usage
+//!   read high without a surge). The misses are counted by cause, and so are the surge stockouts
+//!   that came less than 48 h after their surge began (flagged 48 h ahead only if the stock was
+//!   low already).
 //! - **churn**: at each churn checkpoint `T` (every 7 days once 30 days are observed), customers
 //!   quiet for at least 30 days and four of their usual intervals by `T` are positives (a
 //!   customer ordering every 12 days has not "gone quiet" after a month; the simulator knows each
@@ -64,10 +69,20 @@ pub struct ShortageReport {
     pub flagged_at_all: usize,
     pub lead_hours_p10: Option<i64>,
     pub lead_hours_p50: Option<i64>,
-    /// Position-episodes flagged HIGH/CRITICAL, and how many ran out within 21 days.
+    /// Position-episodes flagged HIGH/CRITICAL, and how many ran out within the flag's horizon:
+    /// the lead time plus the HIGH margin (what the flag claims: the shelf runs empty before an
+    /// order placed now arrives, or within the margin after), at least 21 days.
     pub flag_episodes: usize,
     pub flag_episodes_followed_by_stockout: usize,
     pub precision: f64,
+    /// The same with every flag followed for 21 days only, whatever its lead time (the measure
+    /// before stop 51): a part with a 30-day lead time that was flagged 25 days ahead and ran out
+    /// on the 25th day counts as a false alarm here.
+    pub precision_within_21_days: f64,
+    /// Flag episodes no stockout followed within 21 days, by what was going on at their first
+    /// flag: the shelf already empty (a stockout before the flag, not after it), a surge of the
+    /// position running or over within 21 days, or none of these.
+    pub unconfirmed_by_cause: BTreeMap<&'static str, usize>,
     /// The same at other HIGH margins: a position flagged when out of stock or its cover is
     /// under its lead time plus `margin_days` (the pipeline's HIGH is at 3), to pick an operating
     /// point.
@@ -80,6 +95,7 @@ pub struct ShortagePoint {
     pub flag_episodes: usize,
     pub flag_episodes_followed_by_stockout: usize,
     pub precision: f64,
+    pub precision_within_21_days: f64,
     pub flagged_48h_ahead: usize,
     pub flagged_48h_ahead_ratio: f64,
 }
@@ -275,6 +291,9 @@ pub async fn supply_and_sales(
     let mut next_churn = start + Duration::days(30);
     // (position key) → checkpoints rated HIGH/CRITICAL.
     let mut flags: Flags = HashMap::new();
+    let parts = PartFacts::new(&data);
+    let planned = &parts.planned;
+    let high_margin = crate::pipeline::udf::installed().shortage.high_margin_days;
     let mut swept: Vec<Flags> = vec![HashMap::new(); SHORTAGE_MARGINS.len()];
     let mut checkpoints = 0;
     let mut churn_checks = 0;
@@ -293,13 +312,17 @@ pub async fn supply_and_sales(
             let tables_now = snapshot(&reference_tables, &bronze, &on_hand, next_check)?;
             let ctx = crate::pipeline::session::memory(&tables_now)?;
             for p in positions(&ctx, &shortage_sql).await? {
+                let shelf = p.state(planned);
                 for (margin, flags) in SHORTAGE_MARGINS.iter().zip(swept.iter_mut()) {
                     if p.available <= 0.0 || p.cover.is_some_and(|c| c < p.lead_time + margin) {
-                        flags.entry(p.key.clone()).or_default().push(next_check);
+                        flags
+                            .entry(p.key.clone())
+                            .or_default()
+                            .push((next_check, shelf));
                     }
                 }
                 if FLAGGED.contains(&p.risk.as_str()) {
-                    flags.entry(p.key).or_default().push(next_check);
+                    flags.entry(p.key).or_default().push((next_check, shelf));
                 }
             }
             if next_check >= next_churn {
@@ -353,7 +376,7 @@ pub async fn supply_and_sales(
     for s in &truth.stockouts {
         *by_cause.entry(s.cause).or_default() += 1;
     }
-    let judged = judge(&flags, &truth, start, end, step);
+    let judged = judge(&flags, &truth, &parts, high_margin, start, end, step);
     let lead_hours = &judged.lead_hours;
     let q = |p: f64| {
         (!lead_hours.is_empty())
@@ -363,12 +386,13 @@ pub async fn supply_and_sales(
         .iter()
         .zip(&swept)
         .map(|(margin, flags)| {
-            let j = judge(flags, &truth, start, end, step);
+            let j = judge(flags, &truth, &parts, *margin, start, end, step);
             ShortagePoint {
                 margin_days: *margin,
                 flag_episodes: j.episodes,
                 flag_episodes_followed_by_stockout: j.confirmed,
                 precision: ratio(j.confirmed, j.episodes),
+                precision_within_21_days: ratio(j.confirmed_21d, j.episodes_21d),
                 flagged_48h_ahead: j.ahead,
                 flagged_48h_ahead_ratio: ratio(j.ahead, truth.stockouts.len()),
             }
@@ -394,6 +418,8 @@ pub async fn supply_and_sales(
         flag_episodes: judged.episodes,
         flag_episodes_followed_by_stockout: judged.confirmed,
         precision: ratio(judged.confirmed, judged.episodes),
+        precision_within_21_days: ratio(judged.confirmed_21d, judged.episodes_21d),
+        unconfirmed_by_cause: judged.unconfirmed_by_cause,
         sweep,
     };
     let flagged = churn.point(None);
@@ -594,8 +620,50 @@ fn snapshot(
     Ok(out)
 }
 
-/// Checkpoints at which each position (part, warehouse) was flagged.
-type Flags = HashMap<(String, String), Vec<DateTime<Utc>>>;
+/// Checkpoints at which each position (part, warehouse) was flagged, each with its state then.
+type Flags = HashMap<(String, String), Vec<(DateTime<Utc>, Shelf)>>;
+
+/// Each part's supplier, its lead time, and its planned daily demand (the reorder point's).
+struct PartFacts {
+    supplier: HashMap<String, String>,
+    lead_days: HashMap<String, f64>,
+    planned: HashMap<String, f64>,
+}
+
+impl PartFacts {
+    fn new(data: &reference::ReferenceData) -> Self {
+        let lead_of: HashMap<&str, f64> = data
+            .suppliers
+            .iter()
+            .map(|s| (s.supplier_id.as_str(), f64::from(s.lead_time_days)))
+            .collect();
+        let mut facts = PartFacts {
+            supplier: HashMap::new(),
+            lead_days: HashMap::new(),
+            planned: HashMap::new(),
+        };
+        for p in &data.parts {
+            facts
+                .supplier
+                .insert(p.part_id.clone(), p.supplier_id.clone());
+            if let Some(lead) = lead_of.get(p.supplier_id.as_str()).filter(|l| **l > 0.0) {
+                facts.lead_days.insert(p.part_id.clone(), *lead);
+                let planned = (p.reorder_point - p.safety_stock) as f64 / lead;
+                facts.planned.insert(p.part_id.clone(), planned);
+            }
+        }
+        facts
+    }
+}
+
+/// A flagged position's state at the flag, for telling the false alarms apart.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Shelf {
+    Empty,
+    /// The signal read a usage over 1.5 times the part's planned demand.
+    UsageHigh,
+    Stocked,
+}
 
 /// How flags fared against the stockouts that followed.
 struct Judged {
@@ -606,16 +674,24 @@ struct Judged {
     missed_by_cause: BTreeMap<&'static str, usize>,
     /// Hours from the first flag to each flagged stockout, ascending.
     lead_hours: Vec<i64>,
-    /// Flag episodes (runs of consecutive flagged checkpoints) that could be followed for 21
-    /// days, and those a stockout followed within them.
+    /// Flag episodes (runs of consecutive flagged checkpoints) that could be followed for their
+    /// horizon (the lead time plus the margin, at least 21 days), and those a stockout followed
+    /// within it.
     episodes: usize,
     confirmed: usize,
+    /// The same, each followed for 21 days only.
+    episodes_21d: usize,
+    confirmed_21d: usize,
+    /// Episodes no stockout followed, by what was going on at their first flag.
+    unconfirmed_by_cause: BTreeMap<&'static str, usize>,
 }
 
 /// Scores flags against the stockouts (see the module docs).
 fn judge(
     flags: &Flags,
     truth: &crate::sim::world::GroundTruth,
+    parts: &PartFacts,
+    margin: f64,
     start: DateTime<Utc>,
     end: DateTime<Utc>,
     step: Duration,
@@ -635,7 +711,7 @@ fn judge(
         let key = (s.part_id.clone(), s.warehouse_id.clone());
         let first = flags
             .get(&key)
-            .and_then(|f| f.iter().find(|t| **t > from && **t <= s.at).copied());
+            .and_then(|f| f.iter().map(|f| f.0).find(|t| *t > from && *t <= s.at));
         let lead = first.map(|f| (s.at - f).num_hours());
         if let Some(lead) = lead {
             at_all += 1;
@@ -655,21 +731,70 @@ fn judge(
                 .push(s.at);
             m
         });
+    let surges_of: HashMap<(&str, &str), Vec<&crate::sim::world::Surge>> =
+        truth.surges.iter().fold(HashMap::new(), |mut m, u| {
+            m.entry((u.part_id.as_str(), u.warehouse_id.as_str()))
+                .or_default()
+                .push(u);
+            m
+        });
     let (mut episodes, mut confirmed) = (0, 0);
+    let (mut episodes_21d, mut confirmed_21d) = (0, 0);
+    let mut unconfirmed_by_cause: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let three_weeks = Duration::days(21);
     for (key, times) in flags {
+        let runs_out_within = |t: DateTime<Utc>, within: Duration| {
+            stockouts_of
+                .get(key)
+                .is_some_and(|o| o.iter().any(|s| *s >= t && *s <= t + within))
+        };
+        // What the flag claims: the shelf runs empty within the lead time plus the margin.
+        let horizon = parts
+            .lead_days
+            .get(&key.0)
+            .map_or(three_weeks, |lead| three_weeks.max(days_f(lead + margin)));
         let mut prev: Option<DateTime<Utc>> = None;
-        for t in times {
-            // A flag that could not be followed for 21 days yet is not judged.
-            if prev.is_none_or(|p| *t - p > step) && *t + Duration::days(21) <= end {
+        for (t, shelf) in times {
+            let starts = prev.is_none_or(|p| *t - p > step);
+            prev = Some(*t);
+            if starts && *t + three_weeks <= end {
+                episodes_21d += 1;
+                confirmed_21d += usize::from(runs_out_within(*t, three_weeks));
+            }
+            // A flag that could not be followed for its horizon yet is not judged.
+            if starts && *t + horizon <= end {
                 episodes += 1;
-                if stockouts_of
-                    .get(key)
-                    .is_some_and(|o| o.iter().any(|s| *s >= *t && *s <= *t + Duration::days(21)))
-                {
+                if runs_out_within(*t, horizon) {
                     confirmed += 1;
+                } else {
+                    let surges = surges_of.get(&(key.0.as_str(), key.1.as_str()));
+                    let delayed = parts.supplier.get(&key.0).is_some_and(|s| {
+                        truth.delays.iter().any(|d| {
+                            crate::sim::reference::supplier_id(d.supplier) == *s
+                                && d.start <= *t
+                                && *t - d.end <= Duration::days(21)
+                        })
+                    });
+                    let cause = if *shelf == Shelf::Empty {
+                        "shelf_already_empty"
+                    } else if surges.is_some_and(|w| w.iter().any(|u| u.start <= *t && *t < u.end))
+                    {
+                        "surge_running"
+                    } else if surges.is_some_and(|w| {
+                        w.iter()
+                            .any(|u| u.end <= *t && *t - u.end <= Duration::days(21))
+                    }) {
+                        "surge_over"
+                    } else if delayed {
+                        "supplier_delay"
+                    } else if *shelf == Shelf::UsageHigh {
+                        "usage_read_high"
+                    } else {
+                        "other"
+                    };
+                    *unconfirmed_by_cause.entry(cause).or_default() += 1;
                 }
             }
-            prev = Some(*t);
         }
     }
     Judged {
@@ -679,6 +804,9 @@ fn judge(
         lead_hours,
         episodes,
         confirmed,
+        episodes_21d,
+        confirmed_21d,
+        unconfirmed_by_cause,
     }
 }
 
@@ -707,6 +835,22 @@ struct Position {
     available: f64,
     cover: Option<f64>,
     lead_time: f64,
+    daily_usage: f64,
+}
+
+impl Position {
+    fn state(&self, planned: &HashMap<String, f64>) -> Shelf {
+        if self.available <= 0.0 {
+            Shelf::Empty
+        } else if planned
+            .get(&self.key.0)
+            .is_some_and(|p| self.daily_usage > 1.5 * p)
+        {
+            Shelf::UsageHigh
+        } else {
+            Shelf::Stocked
+        }
+    }
 }
 
 /// Runs the shortage query and returns its rows.
@@ -716,7 +860,8 @@ async fn positions(ctx: &datafusion::prelude::SessionContext, sql: &str) -> Resu
     let batches = ctx
         .sql(&format!(
             "SELECT part_id, warehouse_id, risk_level, CAST(available AS DOUBLE) AS available, \
-             CAST(days_of_cover AS DOUBLE) AS cover, CAST(lead_time_days AS DOUBLE) AS lead \
+             CAST(days_of_cover AS DOUBLE) AS cover, CAST(lead_time_days AS DOUBLE) AS lead, \
+             CAST(daily_usage AS DOUBLE) AS usage \
              FROM ({sql})"
         ))
         .await?
@@ -726,10 +871,11 @@ async fn positions(ctx: &datafusion::prelude::SessionContext, sql: &str) -> Resu
     for b in &batches {
         let s = |n: &str| crate::lakehouse::query::strings(b, n);
         let (part, wh, risk) = (s("part_id")?, s("warehouse_id")?, s("risk_level")?);
-        let (available, cover, lead) = (
+        let (available, cover, lead, usage) = (
             b.column(3).as_primitive::<Float64Type>(),
             b.column(4).as_primitive::<Float64Type>(),
             b.column(5).as_primitive::<Float64Type>(),
+            b.column(6).as_primitive::<Float64Type>(),
         );
         for i in 0..b.num_rows() {
             out.push(Position {
@@ -738,8 +884,98 @@ async fn positions(ctx: &datafusion::prelude::SessionContext, sql: &str) -> Resu
                 available: available.value(i),
                 cover: cover.is_valid(i).then(|| cover.value(i)),
                 lead_time: lead.value(i),
+                daily_usage: usage.value(i),
             });
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::world::{GroundTruth, Stockout, Surge};
+
+    fn key(part: &str, warehouse: &str) -> (String, String) {
+        (part.to_string(), warehouse.to_string())
+    }
+
+    /// A flag is judged over what it claims (the lead time plus the margin, at least 21 days):
+    /// a long-lead part flagged 25 days before it ran out is a hit there and a false alarm
+    /// within 21 days; the false alarms are told apart by what was going on at their flag.
+    #[test]
+    fn flags_are_judged_over_their_horizon_and_false_alarms_by_cause() {
+        let start = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let day = |d: f64| start + days_f(d);
+        let mut parts = PartFacts {
+            supplier: HashMap::new(),
+            lead_days: HashMap::new(),
+            planned: HashMap::new(),
+        };
+        for (part, lead) in [("P-LONG", 30.0), ("P-SHORT", 5.0)] {
+            parts.supplier.insert(part.into(), "SUP-0001".into());
+            parts.lead_days.insert(part.into(), lead);
+        }
+        let truth = GroundTruth {
+            stockouts: vec![Stockout {
+                position: 0,
+                part_id: "P-LONG".into(),
+                warehouse_id: "WH-1".into(),
+                at: day(26.0),
+                cause: "supplier_delay",
+            }],
+            surges: vec![Surge {
+                position: 1,
+                part_id: "P-SHORT".into(),
+                warehouse_id: "WH-1".into(),
+                start: day(0.5),
+                end: day(6.0),
+                factor: 3.0,
+            }],
+            ..GroundTruth::default()
+        };
+        let flags: Flags = HashMap::from([
+            (key("P-LONG", "WH-1"), vec![(day(1.0), Shelf::Stocked)]),
+            (key("P-SHORT", "WH-1"), vec![(day(1.0), Shelf::UsageHigh)]),
+            (key("P-SHORT", "WH-2"), vec![(day(2.0), Shelf::UsageHigh)]),
+            (
+                key("P-SHORT", "WH-3"),
+                vec![(day(3.0), Shelf::Empty), (day(3.5), Shelf::Empty)],
+            ),
+        ]);
+        let j = judge(
+            &flags,
+            &truth,
+            &parts,
+            3.0,
+            start,
+            day(60.0),
+            Duration::hours(12),
+        );
+        assert_eq!((j.episodes, j.confirmed), (4, 1));
+        assert_eq!((j.episodes_21d, j.confirmed_21d), (4, 0));
+        assert_eq!(
+            j.unconfirmed_by_cause,
+            BTreeMap::from([
+                ("shelf_already_empty", 1),
+                ("surge_running", 1),
+                ("usage_read_high", 1),
+            ])
+        );
+        // A flag that cannot be followed for its whole horizon before the run ends is not
+        // judged: the long-lead flag needs 33 days.
+        let j = judge(
+            &flags,
+            &truth,
+            &parts,
+            3.0,
+            start,
+            day(30.0),
+            Duration::hours(12),
+        );
+        assert_eq!((j.episodes, j.confirmed), (3, 0));
+        assert_eq!((j.episodes_21d, j.confirmed_21d), (4, 0));
+    }
 }

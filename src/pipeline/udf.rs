@@ -57,7 +57,7 @@ pub fn install(signals: &SignalsConfig) {
     *INSTALLED.write().expect("poisoned") = Some(Arc::new(signals.clone()));
 }
 
-fn installed() -> Arc<SignalsConfig> {
+pub(crate) fn installed() -> Arc<SignalsConfig> {
     INSTALLED
         .read()
         .expect("poisoned")

@@ -60,6 +60,8 @@ impl Default for WorldRates {
 #[derive(Debug, Clone, Serialize)]
 pub struct Surge {
     pub position: usize,
+    pub part_id: String,
+    pub warehouse_id: String,
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
     pub factor: f64,
@@ -318,10 +320,13 @@ impl World {
                 |r| r.random_range(5.0..10.0),
                 3.0..5.0,
             );
+            let (part, warehouse) = (self.positions[p].part, self.positions[p].warehouse);
             self.truth
                 .surges
                 .extend(windows.iter().map(|(s, e, f)| Surge {
                     position: p,
+                    part_id: part_id(part),
+                    warehouse_id: warehouse_id(warehouse),
                     start: *s,
                     end: *e,
                     factor: *f,
