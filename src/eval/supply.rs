@@ -945,15 +945,9 @@ mod tests {
                 vec![(day(3.0), Shelf::Empty), (day(3.5), Shelf::Empty)],
             ),
         ]);
-        let j = judge(
-            &flags,
-            &truth,
-            &parts,
-            3.0,
-            start,
-            day(60.0),
-            Duration::hours(12),
-        );
+        let judged_until =
+            |end| judge(&flags, &truth, &parts, 3.0, start, end, Duration::hours(12));
+        let j = judged_until(day(60.0));
         assert_eq!((j.episodes, j.confirmed), (4, 1));
         assert_eq!((j.episodes_21d, j.confirmed_21d), (4, 0));
         assert_eq!(
@@ -966,15 +960,7 @@ mod tests {
         );
         // A flag that cannot be followed for its whole horizon before the run ends is not
         // judged: the long-lead flag needs 33 days.
-        let j = judge(
-            &flags,
-            &truth,
-            &parts,
-            3.0,
-            start,
-            day(30.0),
-            Duration::hours(12),
-        );
+        let j = judged_until(day(30.0));
         assert_eq!((j.episodes, j.confirmed), (3, 0));
         assert_eq!((j.episodes_21d, j.confirmed_21d), (4, 0));
     }

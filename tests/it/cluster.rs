@@ -282,7 +282,7 @@ impl Cluster {
         support::init_logs();
         let mut config = support::config();
         config.kafka.partitions = PARTITIONS;
-        // KEEP_CLUSTER=1 keeps the processes' logs after the test.
+        // KEEP_CLUSTER=1 keeps the processes' logs after the test (a failed test keeps them).
         let mut dir = tempfile::Builder::new()
             .prefix("millstream-cluster-")
             .tempdir()
@@ -468,9 +468,12 @@ fn terminate(worker: &mut Child, logs: &str) {
 
 /// A failed test leaves no process behind: when the cluster goes, every process still talking
 /// to its broker (workers, simulator, serve, the bench's workers) is killed. The broker's address
-/// is this cluster's alone.
+/// is this cluster's alone. A failed test keeps the processes' logs (the failure names where).
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dir.disable_cleanup(true);
+        }
         let mark = format!("--brokers\0{}\0", self.broker.bootstrap());
         let Ok(procs) = std::fs::read_dir("/proc") else {
             return;
