@@ -42,7 +42,7 @@ use crate::model::{EventKind, tables};
 use crate::pipeline::definition::Definitions;
 use crate::sim::reference;
 use crate::sim::stream::{Generator, SALES_HISTORY_DAYS, SimEvent};
-use crate::sim::world::WorldRates;
+use crate::sim::world::{SupplierDelay, Surge, WorldRates};
 use crate::source::RawRecord;
 
 #[derive(Debug, Clone, Serialize)]
@@ -731,11 +731,18 @@ fn judge(
                 .push(s.at);
             m
         });
-    let surges_of: HashMap<(&str, &str), Vec<&crate::sim::world::Surge>> =
+    let surges_of: HashMap<(&str, &str), Vec<&Surge>> =
         truth.surges.iter().fold(HashMap::new(), |mut m, u| {
             m.entry((u.part_id.as_str(), u.warehouse_id.as_str()))
                 .or_default()
                 .push(u);
+            m
+        });
+    let delays_of: HashMap<String, Vec<&SupplierDelay>> =
+        truth.delays.iter().fold(HashMap::new(), |mut m, d| {
+            m.entry(reference::supplier_id(d.supplier))
+                .or_default()
+                .push(d);
             m
         });
     let (mut episodes, mut confirmed) = (0, 0);
@@ -768,30 +775,8 @@ fn judge(
                     confirmed += 1;
                 } else {
                     let surges = surges_of.get(&(key.0.as_str(), key.1.as_str()));
-                    let delayed = parts.supplier.get(&key.0).is_some_and(|s| {
-                        truth.delays.iter().any(|d| {
-                            crate::sim::reference::supplier_id(d.supplier) == *s
-                                && d.start <= *t
-                                && *t - d.end <= Duration::days(21)
-                        })
-                    });
-                    let cause = if *shelf == Shelf::Empty {
-                        "shelf_already_empty"
-                    } else if surges.is_some_and(|w| w.iter().any(|u| u.start <= *t && *t < u.end))
-                    {
-                        "surge_running"
-                    } else if surges.is_some_and(|w| {
-                        w.iter()
-                            .any(|u| u.end <= *t && *t - u.end <= Duration::days(21))
-                    }) {
-                        "surge_over"
-                    } else if delayed {
-                        "supplier_delay"
-                    } else if *shelf == Shelf::UsageHigh {
-                        "usage_read_high"
-                    } else {
-                        "other"
-                    };
+                    let delays = parts.supplier.get(&key.0).and_then(|s| delays_of.get(s));
+                    let cause = false_alarm_cause(*t, *shelf, surges, delays);
                     *unconfirmed_by_cause.entry(cause).or_default() += 1;
                 }
             }
@@ -807,6 +792,35 @@ fn judge(
         episodes_21d,
         confirmed_21d,
         unconfirmed_by_cause,
+    }
+}
+
+/// What a flag no stockout followed came from, at its checkpoint `t`: the shelf already empty,
+/// a surge of the position running or over within 21 days, a delay window of its supplier open
+/// or over within 21 days, a usage read high, or none of these.
+fn false_alarm_cause(
+    t: DateTime<Utc>,
+    shelf: Shelf,
+    surges: Option<&Vec<&Surge>>,
+    delays: Option<&Vec<&SupplierDelay>>,
+) -> &'static str {
+    let recent = |end: DateTime<Utc>| end <= t && t - end <= Duration::days(21);
+    let surges = surges.map_or(&[][..], |s| s.as_slice());
+    if shelf == Shelf::Empty {
+        "shelf_already_empty"
+    } else if surges.iter().any(|u| u.start <= t && t < u.end) {
+        "surge_running"
+    } else if surges.iter().any(|u| recent(u.end)) {
+        "surge_over"
+    } else if delays.is_some_and(|d| {
+        d.iter()
+            .any(|d| d.start <= t && (t < d.end || recent(d.end)))
+    }) {
+        "supplier_delay"
+    } else if shelf == Shelf::UsageHigh {
+        "usage_read_high"
+    } else {
+        "other"
     }
 }
 
@@ -894,7 +908,7 @@ async fn positions(ctx: &datafusion::prelude::SessionContext, sql: &str) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::world::{GroundTruth, Stockout, Surge};
+    use crate::sim::world::{GroundTruth, Stockout};
 
     fn key(part: &str, warehouse: &str) -> (String, String) {
         (part.to_string(), warehouse.to_string())
