@@ -96,12 +96,14 @@ impl Error {
     pub fn retryable(&self) -> bool {
         match self {
             Error::Kafka(_) | Error::Io(_) | Error::ConflictingOffsets { .. } => true,
-            Error::Delta { source, .. } => matches!(
-                source,
-                deltalake::DeltaTableError::ObjectStore { .. }
-                    | deltalake::DeltaTableError::Transaction { .. }
-                    | deltalake::DeltaTableError::VersionAlreadyExists(_)
-            ),
+            Error::Delta { source, .. } => {
+                matches!(
+                    source,
+                    deltalake::DeltaTableError::Transaction { .. }
+                        | deltalake::DeltaTableError::VersionAlreadyExists(_)
+                ) || storage_failed(source)
+            }
+            Error::DataFusion(e) => storage_failed(e),
             _ => false,
         }
     }
@@ -128,3 +130,134 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Whether `error`, or an error it wraps, is the object store or the way to it failing (a
+/// refused or dropped request, a response cut off mid-body, an I/O error): the same operation
+/// may succeed later. Walks the whole chain, because the failure arrives wrapped differently
+/// by each path to storage: a commit (`DeltaTableError::ObjectStore`), a log listing or
+/// snapshot load (the kernel's `ObjectStore`, which names no source), a scan in a MERGE
+/// (`DataFusionError::ObjectStore`, possibly inside `External` or `Context`).
+fn storage_failed(error: &(dyn std::error::Error + 'static)) -> bool {
+    use deltalake::ObjectStoreError as Store;
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(store) = e.downcast_ref::<Store>() {
+            // A store configured wrongly stays wrong; everything else may pass on a retry.
+            return !matches!(
+                store,
+                Store::UnknownConfigurationKey { .. }
+                    | Store::NotImplemented { .. }
+                    | Store::NotSupported { .. }
+                    | Store::InvalidPath { .. }
+            );
+        }
+        if let Some(kernel) = e.downcast_ref::<delta_kernel::Error>() {
+            match kernel {
+                delta_kernel::Error::ObjectStore(store) => return storage_failed(store),
+                // Its source is the boxed error, which `source()` would pass over.
+                delta_kernel::Error::Backtraced { source, .. } => {
+                    return storage_failed(source.as_ref());
+                }
+                delta_kernel::Error::IOError(_) | delta_kernel::Error::Reqwest(_) => return true,
+                _ => {}
+            }
+        }
+        if e.is::<std::io::Error>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::error::DataFusionError;
+    use deltalake::{DeltaTableError, ObjectStoreError};
+
+    /// A response cut off mid-body, as object_store reports it from S3.
+    fn cut_off() -> ObjectStoreError {
+        ObjectStoreError::Generic {
+            store: "S3",
+            source: Box::new(std::io::Error::other(
+                "Error getting list response body: request or response body error",
+            )),
+        }
+    }
+
+    fn delta(source: DeltaTableError) -> Error {
+        Error::delta("supply_chain.inventory_movements", source)
+    }
+
+    /// A storage failure is retried however it arrives wrapped: a worker that stopped on one
+    /// (a log listing cut off while the store dropped connections) lost its partitions until
+    /// someone restarted it.
+    #[test]
+    fn storage_failures_are_retryable_through_every_wrapping() {
+        let kernel = |e| delta(DeltaTableError::KernelError(e));
+        let cases = [
+            (
+                "commit",
+                delta(DeltaTableError::ObjectStore { source: cut_off() }),
+            ),
+            (
+                "log listing",
+                kernel(delta_kernel::Error::ObjectStore(cut_off())),
+            ),
+            (
+                "log listing with a backtrace",
+                kernel(delta_kernel::Error::Backtraced {
+                    source: Box::new(delta_kernel::Error::ObjectStore(cut_off())),
+                    backtrace: Box::new(std::backtrace::Backtrace::disabled()),
+                }),
+            ),
+            (
+                "kernel I/O",
+                kernel(delta_kernel::Error::IOError(std::io::Error::other("reset"))),
+            ),
+            (
+                "scan in a MERGE",
+                Error::DataFusion(DataFusionError::External(Box::new(
+                    DataFusionError::ObjectStore(Box::new(cut_off())),
+                ))),
+            ),
+            (
+                "scan with context",
+                Error::DataFusion(DataFusionError::Context(
+                    "reading a data file".into(),
+                    Box::new(DataFusionError::IoError(std::io::Error::other("reset"))),
+                )),
+            ),
+        ];
+        for (path, e) in cases {
+            assert!(e.retryable(), "{path}: {e}");
+            assert!(!e.lost_commit_race(), "{path}: {e}");
+        }
+    }
+
+    /// What a retry cannot cure is not retried: a wrong store configuration, a broken table,
+    /// a query or plan error.
+    #[test]
+    fn errors_a_retry_cannot_cure_are_not_retryable() {
+        let cases = [
+            delta(DeltaTableError::ObjectStore {
+                source: ObjectStoreError::UnknownConfigurationKey {
+                    store: "S3",
+                    key: "aws_endpint".into(),
+                },
+            }),
+            delta(DeltaTableError::KernelError(delta_kernel::Error::Generic(
+                "invalid log".into(),
+            ))),
+            delta(DeltaTableError::NotInitialized),
+            Error::DataFusion(DataFusionError::Plan("no such column".into())),
+            Error::DataFusion(DataFusionError::External(Box::new(
+                DataFusionError::Execution("divide by zero".into()),
+            ))),
+        ];
+        for e in cases {
+            assert!(!e.retryable(), "{e}");
+        }
+    }
+}

@@ -424,12 +424,14 @@ impl Cluster {
         mut workers: Vec<(Child, bool)>,
     ) {
         let logs = self.logs();
-        support::wait_for_rows(&self.lake, per_table, bad, Duration::from_secs(300), &logs).await;
+        no_worker_failed(&mut workers, &logs);
+        support::wait_for_rows(&self.lake, per_table, bad, Duration::from_secs(120), &logs).await;
         support::signals_caught_up(&self.lake, PARTITIONS, Duration::from_secs(120), &logs).await;
+        no_worker_failed(&mut workers, &logs);
         workers.sort_by_key(|(_, derive)| *derive);
         for (mut child, _) in workers {
             if child.try_wait().unwrap().is_some() {
-                continue; // left the group earlier
+                continue; // left the group earlier, cleanly (checked above)
             }
             terminate(&mut child, &logs);
         }
@@ -451,6 +453,17 @@ impl Cluster {
         )
         .await;
         eprintln!("{events} events, {alerts} alerts: each once");
+    }
+}
+
+/// Fails naming the worker unless each has either kept running or left cleanly (exit 0): a
+/// worker that stopped on an error it should have retried would otherwise surface only as
+/// tables that lag or signals that differ.
+fn no_worker_failed(workers: &mut [(Child, bool)], logs: &str) {
+    for (i, (child, _)) in workers.iter_mut().enumerate() {
+        if let Some(exit) = child.try_wait().unwrap() {
+            assert!(exit.success(), "worker {i} exited with {exit}; {logs}");
+        }
     }
 }
 
@@ -508,7 +521,7 @@ fn kill9(worker: &mut Child) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_workers_on_s3_killed_at_random_lose_and_duplicate_nothing() {
     const KILLS: usize = 10;
-    let _w = support::watchdog("cluster kills", Duration::from_secs(600));
+    let _w = support::watchdog("cluster kills", Duration::from_secs(900));
     let mut cluster = Cluster::start().await;
     let mut rng = support::crash_rng(&cluster.logs());
     cluster.reference_data().await;
@@ -549,7 +562,7 @@ async fn three_workers_on_s3_killed_at_random_lose_and_duplicate_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "tansu 0.6 does not serve the backlog to the rejoined workers in time after a restart; see the doc comment"]
 async fn a_broker_stopped_for_30_s_loses_and_duplicates_nothing() {
-    let _w = support::watchdog("cluster broker restart", Duration::from_secs(600));
+    let _w = support::watchdog("cluster broker restart", Duration::from_secs(900));
     let mut cluster = Cluster::start().await;
     eprintln!("{}", cluster.logs());
     cluster.reference_data().await;
@@ -631,7 +644,7 @@ async fn a_broker_stopped_for_30_s_loses_and_duplicates_nothing() {
 /// bronze and the signals are one uninterrupted run's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_refusing_and_dropping_requests_for_a_while_loses_nothing() {
-    let _w = support::watchdog("cluster s3 faults", Duration::from_secs(600));
+    let _w = support::watchdog("cluster s3 faults", Duration::from_secs(900));
     let cluster = Cluster::start().await;
     eprintln!("{}", cluster.logs());
     cluster.reference_data().await;
@@ -665,7 +678,7 @@ async fn s3_refusing_and_dropping_requests_for_a_while_loses_nothing() {
 /// the partitions move. Expected: every event once in bronze, signals as uninterrupted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn workers_joining_and_leaving_under_load_lose_and_duplicate_nothing() {
-    let _w = support::watchdog("cluster rebalance", Duration::from_secs(600));
+    let _w = support::watchdog("cluster rebalance", Duration::from_secs(900));
     let cluster = Cluster::start().await;
     eprintln!("{}", cluster.logs());
     cluster.reference_data().await;

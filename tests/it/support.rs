@@ -415,16 +415,19 @@ pub fn topic_alert_ids_at(
 }
 
 /// Waits until the bronze tables plus the dead letters hold the rows [`expected`] counts
-/// (`per_table` and `bad`) in all, or fails after `budget` naming `context`.
+/// (`per_table` and `bad`) in all, or fails naming `context` once no row has come in for
+/// `stall`. A stall, not a deadline: on a machine shared with other work the drain may take
+/// several times as long, and what these waits guard against is rows that stop coming (a
+/// partition nobody consumes, a worker that died), not slowness (the watchdogs bound that).
 pub async fn wait_for_rows(
     lake: &Lakehouse,
     per_table: &BTreeMap<&'static str, i64>,
     bad: i64,
-    budget: Duration,
+    stall: Duration,
     context: &str,
 ) {
     let want = per_table.values().sum::<i64>() + bad;
-    let started = Instant::now();
+    let mut progress = Progress::new(stall);
     loop {
         let mut n = lake
             .sql_i64("SELECT count(*) FROM ops.dead_letters")
@@ -440,10 +443,37 @@ pub async fn wait_for_rows(
             return;
         }
         assert!(
-            started.elapsed() < budget,
-            "stalled at {n}/{want} rows; {context}"
+            progress.moved(n),
+            "stalled at {n}/{want} rows for {stall:?}; {context}"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// When a wait last saw its measure move: [`Progress::moved`] is false once it has stood still
+/// for the stall window.
+struct Progress {
+    stall: Duration,
+    last: Option<i64>,
+    since: Instant,
+}
+
+impl Progress {
+    fn new(stall: Duration) -> Self {
+        Self {
+            stall,
+            last: None,
+            since: Instant::now(),
+        }
+    }
+
+    /// Records `measure`; false when it has not changed for the stall window.
+    fn moved(&mut self, measure: i64) -> bool {
+        if self.last != Some(measure) {
+            self.last = Some(measure);
+            self.since = Instant::now();
+        }
+        self.since.elapsed() < self.stall
     }
 }
 
@@ -683,7 +713,9 @@ pub fn assert_same_rows(what: &str, got: &[String], want: &[String]) {
 /// offset `supply_chain.inventory_movements` records. A worker killed with merges queued left
 /// the inventory behind its movements; the worker that takes the partition over replays them
 /// for the inventory alone, so a check must wait for that, not only for the bronze rows.
-pub async fn signals_caught_up(lake: &Lakehouse, partitions: i32, budget: Duration, context: &str) {
+/// Fails naming `context` once no table's offsets have moved for `stall` (as
+/// [`wait_for_rows`], a stall window, not a deadline).
+pub async fn signals_caught_up(lake: &Lakehouse, partitions: i32, stall: Duration, context: &str) {
     use millstream::lakehouse::commit::{Offsets, SourcePartition, txn_versions};
     // (bronze table, its topic, the tables fed from it, whether bronze must have offsets).
     let feeds = [
@@ -700,9 +732,10 @@ pub async fn signals_caught_up(lake: &Lakehouse, partitions: i32, budget: Durati
             false,
         ),
     ];
-    let started = Instant::now();
+    let mut progress = Progress::new(stall);
     loop {
         let mut lagging = Vec::new();
+        let mut offsets = 0;
         for (bronze, topic, fed, required) in feeds {
             let parts: Vec<SourcePartition> = (0..partitions)
                 .map(|p| SourcePartition::new(topic, p))
@@ -714,6 +747,7 @@ pub async fn signals_caught_up(lake: &Lakehouse, partitions: i32, budget: Durati
                     .unwrap()
             };
             let head = versions(bronze).await;
+            offsets += head.values().sum::<i64>();
             if head.is_empty() && required {
                 lagging.push(format!("{bronze}: no offsets yet"));
                 continue;
@@ -722,6 +756,7 @@ pub async fn signals_caught_up(lake: &Lakehouse, partitions: i32, budget: Durati
                 // At or past bronze: a dead-lettered tail moves the fed tables' offsets, not
                 // bronze's.
                 let got = versions(table).await;
+                offsets += got.values().sum::<i64>();
                 if !head.iter().all(|(p, o)| got.get(p).is_some_and(|x| x >= o)) {
                     lagging.push(format!("{table} {got:?} behind {bronze} {head:?}"));
                 }
@@ -731,8 +766,8 @@ pub async fn signals_caught_up(lake: &Lakehouse, partitions: i32, budget: Durati
             return;
         }
         assert!(
-            started.elapsed() < budget,
-            "tables lag their bronze table: {lagging:?}; {context}"
+            progress.moved(offsets),
+            "tables lag their bronze table, none moving for {stall:?}: {lagging:?}; {context}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
