@@ -23,6 +23,7 @@ fn the_binary_runs_on_jemalloc_with_the_compiled_in_options() {
         "opt.background_thread: true",
         "opt.dirty_decay_ms: 250",
         "opt.muzzy_decay_ms: 0",
+        "opt.percpu_arena: \"percpu\"",
     ] {
         assert!(
             stats.contains(option),
