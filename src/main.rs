@@ -23,10 +23,12 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// - `percpu_arena:percpu`: one arena per CPU, a thread allocating from the arena of the CPU it
 ///   runs on, instead of four arenas per CPU handed to threads round-robin. Each arena keeps its
 ///   own partly used pages; with the pipeline's, serve's and DataFusion's many threads spread
-///   over eight arenas the heap held about 140 MB more than it had allocated under `up --rate
-///   20000`, over two about 90 MB. In 7-minute runs (minutes 3 to 7, every 15 s) RSS went from
-///   750–790 MB to 690–740 MB; `bench ingest --events 1000000` stayed at 250k vs 247k events/s
-///   (medians of 3, interleaved).
+///   over eight arenas the heap held about 150 MB more than it had allocated under `up --rate
+///   20000` (minutes 5 to 7), over two about 95–110 MB (a 7-minute run and a 30-minute one).
+///   The whole process's RSS moves by more than that from run to run (the rest of it, mostly
+///   librdkafka's, varied by 35 MB), so single runs do not show the gain in RSS alone.
+///   `bench ingest --events 1000000` stayed at 250k vs 247k events/s (medians of 3,
+///   interleaved).
 #[cfg(not(feature = "system-alloc"))]
 #[unsafe(export_name = "_rjem_malloc_conf")]
 static MALLOC_CONF: &[u8; 79] =
