@@ -16,6 +16,7 @@ use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::parquet::basic::{Compression, ZstdLevel};
 use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::protocol::{DeltaOperation, OutputMode, SaveMode};
+use futures::{StreamExt, TryStreamExt};
 
 use crate::error::{Error, Result};
 
@@ -50,22 +51,31 @@ pub async fn txn_versions(
     pipeline: &str,
     partitions: impl IntoIterator<Item = SourcePartition>,
 ) -> Result<Offsets> {
-    let mut out = Offsets::new();
     let Ok(state) = table.snapshot() else {
-        return Ok(out);
+        return Ok(Offsets::new());
     };
     let log_store = table.log_store();
-    for p in partitions {
-        let v = state
-            .transaction_version(log_store.as_ref(), p.app_id(pipeline))
-            .await
-            .map_err(|e| Error::delta(table_name, e))?;
-        if let Some(v) = v {
-            out.insert(p, v);
+    // Each lookup is a log replay of its own (the kernel has no public "every app id" read), on
+    // object storage a few round trips: they run side by side, as a rebalance waits for them.
+    let lookups = partitions.into_iter().map(|p| {
+        let log_store = log_store.clone();
+        async move {
+            let v = state
+                .transaction_version(log_store.as_ref(), p.app_id(pipeline))
+                .await
+                .map_err(|e| Error::delta(table_name, e))?;
+            Ok::<_, Error>(v.map(|v| (p, v)))
         }
-    }
-    Ok(out)
+    });
+    let found = futures::stream::iter(lookups)
+        .buffer_unordered(LOOKUPS_IN_FLIGHT)
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok(found.into_iter().flatten().collect())
 }
+
+/// Log reads one worker keeps in flight at once when it resolves positions.
+pub const LOOKUPS_IN_FLIGHT: usize = 8;
 
 fn transactions(pipeline: &str, offsets: &Offsets) -> Vec<Transaction> {
     offsets
@@ -236,12 +246,20 @@ pub struct MergeSpec {
     pub delete: Option<String>,
 }
 
+/// Reruns of a MERGE that lost its commit to a concurrent writer before the error goes to the
+/// caller. Several workers merge into one table (the inventory: each its own partitions' keys,
+/// but Delta sees overlapping reads), and the caller's recourse, a restart, makes the whole
+/// consumer group rebalance: a rerun is far cheaper.
+const MERGE_ATTEMPTS: u32 = 30;
+/// The first wait before a rerun; it doubles up to 32 times this.
+const MERGE_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Merges `source` into the table by the sink's key (matched rows updated, others inserted) and
 /// records `offsets` in the same commit (alone, when the merge changes no row). A concurrent
 /// commit that touched the same files makes delta-rs refuse the merge; it is rerun on the new
-/// version (a few times) — but only after checking that the new version still stores `expected`
-/// for every partition of `offsets` (what this writer last committed, or nothing). A version
-/// that moved them means another writer merged these records already:
+/// version (after a short, jittered wait; up to `MERGE_ATTEMPTS` times) — but only after
+/// checking that the new version still stores `expected` for every partition of `offsets` (what
+/// this writer last committed, or nothing). A version that moved them means another writer merged these records already:
 /// [`Error::ConflictingOffsets`], and the worker resets from the log instead of applying them
 /// twice. A conflict on our own app ids means the same.
 pub async fn merge(
@@ -321,13 +339,19 @@ pub async fn merge(
             Err(Error::Delta {
                 source: deltalake::DeltaTableError::Transaction { .. },
                 ..
-            }) if attempt < 5 => {
+            }) if attempt < MERGE_ATTEMPTS => {
                 attempt += 1;
+                // Writers that collided rerun at different moments (drawn from the upper half
+                // of a doubling wait), so the same two do not collide again at once.
+                let wait = MERGE_BACKOFF * 2u32.pow(attempt.min(5));
+                let wait = wait / 2 + (wait / 2).mul_f64(rand::random::<f64>());
                 tracing::info!(
                     table = table_name,
                     attempt,
+                    ?wait,
                     "merge conflicted with a concurrent commit; rerunning on the new version"
                 );
+                tokio::time::sleep(wait).await;
                 table
                     .update_state()
                     .await

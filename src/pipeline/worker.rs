@@ -31,7 +31,9 @@
 //! (one merge in flight per sink); the loop moves on to the next batch. A record counts as
 //! committed, for the [`Observer`] and the Kafka acknowledgement, once every sink fed from its
 //! topic holds it, so a telemetry record never waits for the inventory MERGE. Before an
-//! assignment change and at the end of a run the loop waits for every queued merge.
+//! assignment change and at the end of a run the loop waits for every queued merge, and a
+//! revocation waits in the rebalance callback for the merges in flight ([`Source::merges`]), so
+//! the partitions' next owner reads offsets that hold them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -40,7 +42,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arrow::array::{BooleanArray, Int32Array, Int64Array, RecordBatch};
 use deltalake::DeltaTable;
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -54,7 +56,8 @@ use crate::model::tables::{Role, TableDef};
 use crate::pipeline::definition::{Definition, Definitions};
 use crate::signals::iot::{self, IotSignals};
 use crate::source::{
-    AssignmentChange, OutOfRange, PositionResolver, RawRecord, Source, partition_runs,
+    AssignmentChange, MergeGauge, MergeHeld, OutOfRange, PositionResolver, RawRecord, Source,
+    partition_runs,
 };
 use crate::telemetry::events;
 
@@ -382,6 +385,8 @@ struct MergeJob {
     pipeline: String,
     /// The sink's txn versions as of the task's start; the task keeps them up to date.
     durable: Offsets,
+    /// Counts this task as a merge in flight while it runs (a revocation waits for it).
+    _held: MergeHeld,
 }
 
 impl MergeJob {
@@ -465,7 +470,12 @@ impl Drop for Lagged {
 impl Sink {
     /// Queues `rows` (with the offsets pending so far) for this MERGE-kept sink and starts its
     /// task unless one is running. Returns how many commits it settled on the way.
-    fn enqueue(&mut self, rows: Vec<RecordBatch>, pipeline: &str) -> Result<u64> {
+    fn enqueue(
+        &mut self,
+        rows: Vec<RecordBatch>,
+        pipeline: &str,
+        merges: &MergeGauge,
+    ) -> Result<u64> {
         let offsets = std::mem::take(&mut self.pending);
         let Some(lag) = self.lag.as_mut() else {
             return Err(Error::Internal(format!("{} is not MERGE-kept", self.name)));
@@ -496,6 +506,7 @@ impl Sink {
             def: def.clone(),
             pipeline: pipeline.to_string(),
             durable: self.durable.clone(),
+            _held: merges.hold(),
         };
         if let Some(lag) = self.lag.as_mut() {
             lag.task = Some(tokio::spawn(job.run(state, lag.taken.clone())));
@@ -568,32 +579,66 @@ impl Sink {
 
 /// Reads where each partition must resume: one past the lowest txn version over the sinks it
 /// feeds; from the beginning when any of them has never recorded it.
+///
+/// A rebalance waits for this, in every member of the group, so it is kept short: the tables
+/// stay open from one assignment to the next (each brought up to date by reading only its new
+/// log entries; on object storage, opening one afresh lists and reads its whole log), and they
+/// are read side by side.
 fn resolver(lake: Lakehouse, pipeline: String, specs: Vec<SinkSpec>) -> PositionResolver {
+    let open: Arc<tokio::sync::Mutex<HashMap<&'static str, DeltaTable>>> = Arc::default();
     Arc::new(move |parts: Vec<SourcePartition>| {
-        let lake = lake.clone();
-        let pipeline = pipeline.clone();
-        let specs = specs.clone();
+        let (lake, pipeline, specs, open) =
+            (lake.clone(), pipeline.clone(), specs.clone(), open.clone());
         async move {
-            let mut tables: HashMap<&'static str, DeltaTable> = HashMap::new();
-            let mut out = BTreeMap::new();
-            for p in parts {
-                let mut next: Option<i64> = None;
-                let mut missing = false;
+            let mut open = open.lock().await;
+            // Each table the partitions feed, with the partitions it is fed from.
+            let mut fed: BTreeMap<&'static str, Vec<SourcePartition>> = BTreeMap::new();
+            for p in &parts {
                 for spec in specs.iter().filter(|s| s.feed.feeds_from(&p.topic)) {
-                    let name = spec.name;
-                    if !tables.contains_key(name) {
-                        tables.insert(name, lake.ensure(name).await?);
-                    }
-                    let v =
-                        commit::txn_versions(&tables[name], name, &pipeline, [p.clone()]).await?;
-                    match v.get(&p) {
-                        Some(v) => next = Some(next.map_or(v + 1, |n: i64| n.min(v + 1))),
-                        None => missing = true,
-                    }
+                    fed.entry(spec.name).or_default().push(p.clone());
                 }
-                out.insert(p, if missing { None } else { next });
             }
-            Ok(out)
+            let reads: Vec<_> = fed
+                .into_iter()
+                .map(|(name, fed_by)| {
+                    let (cached, lake, pipeline) =
+                        (open.remove(name), lake.clone(), pipeline.clone());
+                    async move {
+                        let table = match cached {
+                            Some(mut t) => {
+                                t.update_state().await.map_err(|e| Error::delta(name, e))?;
+                                t
+                            }
+                            None => lake.ensure(name).await?,
+                        };
+                        let stored =
+                            commit::txn_versions(&table, name, &pipeline, fed_by.iter().cloned())
+                                .await?;
+                        Ok::<_, Error>((name, table, fed_by, stored))
+                    }
+                })
+                .collect();
+            let read: Vec<_> = futures::stream::iter(reads)
+                .buffer_unordered(commit::LOOKUPS_IN_FLIGHT)
+                .try_collect()
+                .await?;
+            // Per partition, the next offset of each table it feeds (`None`: never recorded).
+            let mut next: BTreeMap<SourcePartition, Vec<Option<i64>>> =
+                parts.into_iter().map(|p| (p, Vec::new())).collect();
+            for (name, table, fed_by, stored) in read {
+                for p in fed_by {
+                    let v = stored.get(&p).map(|v| v + 1);
+                    next.entry(p).or_default().push(v);
+                }
+                open.insert(name, table);
+            }
+            Ok(next
+                .into_iter()
+                .map(|(p, nexts)| {
+                    let lowest = nexts.iter().copied().collect::<Option<Vec<i64>>>();
+                    (p, lowest.and_then(|n| n.into_iter().min()))
+                })
+                .collect())
         }
         .boxed()
     })
@@ -640,6 +685,7 @@ pub async fn run(
         stats: RunStats::default(),
         observer,
         awaiting: Vec::new(),
+        merges: source.merges(),
     };
     let source = Arc::new(source);
     let mut result = worker.run_loop(&source, &stop).await;
@@ -836,6 +882,8 @@ struct Worker {
     observer: Option<Arc<dyn Observer>>,
     /// Records committed by every sink but a MERGE-kept one still merging them, oldest first.
     awaiting: Vec<Awaiting>,
+    /// The source's count of merges in flight, which each merge task holds while it runs.
+    merges: MergeGauge,
 }
 
 /// Records of one topic of a batch, waiting for MERGE-kept sinks fed from that topic: released
@@ -1037,53 +1085,48 @@ impl Worker {
             match change {
                 AssignmentChange::Assigned(parts) => {
                     // Another worker may have committed these partitions: start from the log.
-                    for sink in self.sinks.iter_mut() {
-                        let mine: Vec<_> = parts
-                            .iter()
-                            .filter(|p| sink.feeds_from(&p.topic))
-                            .cloned()
-                            .collect();
-                        if mine.is_empty() {
-                            continue;
-                        }
-                        sink.table
-                            .update_state()
-                            .await
-                            .map_err(|e| Error::delta(sink.name, e))?;
-                        for p in &mine {
-                            sink.durable.remove(p);
-                            sink.pending.remove(p);
-                        }
-                        sink.durable.extend(
-                            commit::txn_versions(&sink.table, sink.name, &pipeline, mine.clone())
-                                .await?,
-                        );
-                        if let (Feed::Events(kind), Write::Append) = (sink.feed, &sink.write)
-                            && kind.bronze_table() == sink.name
-                            && self.dedup.enabled()
-                        {
-                            let stored: Vec<(i32, i64)> = mine
+                    // The sinks are read side by side: the next rebalance waits for this.
+                    let started = Instant::now();
+                    let window = self.dedup.enabled().then(|| self.dedup.capacity());
+                    let reads: Vec<_> = self
+                        .sinks
+                        .iter_mut()
+                        .filter_map(|sink| {
+                            let mine: Vec<_> = parts
                                 .iter()
-                                .filter_map(|p| sink.durable.get(p).map(|o| (p.partition, *o)))
+                                .filter(|p| sink.feeds_from(&p.topic))
+                                .cloned()
                                 .collect();
-                            let rows =
-                                recent_ids(&sink.table, &stored, self.dedup.capacity()).await?;
-                            self.dedup.restore(kind.topic(), &mine, &rows)?;
-                        }
-                        if sink.feed == Feed::DetectorState {
-                            let partitions: BTreeSet<i32> =
-                                mine.iter().map(|p| p.partition).collect();
-                            self.detector.forget(&partitions);
-                            for batch in load_state(&sink.table, &partitions).await? {
-                                self.detector.restore(&batch)?;
+                            (!mine.is_empty()).then(|| resume_sink(sink, mine, &pipeline, window))
+                        })
+                        .collect();
+                    let restored: Vec<Restored> = futures::stream::iter(reads)
+                        .buffer_unordered(commit::LOOKUPS_IN_FLIGHT)
+                        .try_collect()
+                        .await?;
+                    for r in restored {
+                        match r {
+                            Restored::Ids(topic, mine, rows) => {
+                                self.dedup.restore(topic, &mine, &rows)?;
                             }
-                            tracing::info!(
-                                sensors = self.detector.sensors(),
-                                "detector state restored"
-                            );
+                            Restored::State(partitions, batches) => {
+                                self.detector.forget(&partitions);
+                                for batch in batches {
+                                    self.detector.restore(&batch)?;
+                                }
+                                tracing::info!(
+                                    sensors = self.detector.sensors(),
+                                    "detector state restored"
+                                );
+                            }
+                            Restored::Nothing => {}
                         }
                     }
                     self.owned.extend(parts.iter().cloned());
+                    tracing::info!(
+                        ms = started.elapsed().as_millis() as u64,
+                        "assignment read back from Delta"
+                    );
                 }
                 AssignmentChange::ResetTo(p, low) => {
                     // The log starts over: what the sinks store for this partition describes
@@ -1319,7 +1362,7 @@ impl Worker {
                 .unwrap_or_default();
             if let Some((rows, _)) = prepare(sink, &batch.last, rows)? {
                 sink.make_room().await;
-                self.stats.commits += sink.enqueue(rows, &pipeline)?;
+                self.stats.commits += sink.enqueue(rows, &pipeline, &self.merges)?;
             }
         }
         let (mut data, mut signals): (Vec<&mut Sink>, Vec<&mut Sink>) = self
@@ -1507,6 +1550,52 @@ impl Batch {
             now_us: chrono::Utc::now().timestamp_micros(),
         }
     }
+}
+
+/// What a sink restores of partitions newly assigned to it, beyond its own offsets.
+enum Restored {
+    /// A bronze table's newest event ids of these partitions (of this topic), for dedup.
+    Ids(&'static str, Vec<SourcePartition>, Vec<RecordBatch>),
+    /// The detector's saved state of these telemetry partitions.
+    State(BTreeSet<i32>, Vec<RecordBatch>),
+    Nothing,
+}
+
+/// Brings `sink` up to date with the log for the partitions it has just been assigned (`mine`):
+/// its table, its stored offsets, and what it restores of them (`window` newest event ids per
+/// partition for a bronze table when dedup is on; the detector state).
+async fn resume_sink(
+    sink: &mut Sink,
+    mine: Vec<SourcePartition>,
+    pipeline: &str,
+    window: Option<usize>,
+) -> Result<Restored> {
+    sink.table
+        .update_state()
+        .await
+        .map_err(|e| Error::delta(sink.name, e))?;
+    for p in &mine {
+        sink.durable.remove(p);
+        sink.pending.remove(p);
+    }
+    sink.durable
+        .extend(commit::txn_versions(&sink.table, sink.name, pipeline, mine.clone()).await?);
+    if let (Feed::Events(kind), Write::Append, Some(window)) = (sink.feed, &sink.write, window)
+        && kind.bronze_table() == sink.name
+    {
+        let stored: Vec<(i32, i64)> = mine
+            .iter()
+            .filter_map(|p| sink.durable.get(p).map(|o| (p.partition, *o)))
+            .collect();
+        let rows = recent_ids(&sink.table, &stored, window).await?;
+        return Ok(Restored::Ids(kind.topic(), mine, rows));
+    }
+    if sink.feed == Feed::DetectorState {
+        let partitions: BTreeSet<i32> = mine.iter().map(|p| p.partition).collect();
+        let batches = load_state(&sink.table, &partitions).await?;
+        return Ok(Restored::State(partitions, batches));
+    }
+    Ok(Restored::Nothing)
 }
 
 /// The event ids, partitions and offsets of a bronze table's newest rows of each partition

@@ -9,7 +9,8 @@
 //! Revocations are recorded so the runner drops records of partitions it no longer owns from
 //! the batch it is building. The runner polls the next batch while it writes the last one, so
 //! the rebalance callback first waits for the batch being written ([`Source::hold_writes`]):
-//! no commit is in flight when a revocation or an assignment takes effect, and a partition
+//! no commit is in flight when a revocation or an assignment takes effect; a revocation also
+//! waits for the merges the runner does off the batch's path ([`Source::merges`]). A partition
 //! moves to another worker only after what this one took of it is durable.
 
 use std::collections::BTreeMap;
@@ -112,6 +113,9 @@ pub struct SourceContext {
     /// True while the runner writes a batch ([`Source::hold_writes`]): a rebalance, and the
     /// close of the batch polled beside it, wait for it to turn false.
     writing: tokio::sync::watch::Sender<bool>,
+    /// Merges in flight off the batch's path ([`Source::merges`]): a revocation waits for none
+    /// to be left.
+    merging: tokio::sync::watch::Sender<usize>,
 }
 
 /// `topic[0,1,2] other[3]`: a compact rendering of a partition set for logs.
@@ -163,6 +167,28 @@ impl SourceContext {
         tracing::debug!(
             ms = waited.elapsed().as_millis() as u64,
             "rebalance waited for the batch being written"
+        );
+    }
+
+    /// Waits until no merge is in flight (see [`Source::merges`]), as [`Self::wait_for_writes`]
+    /// waits for the batch.
+    fn wait_for_merges(&self) {
+        if *self.merging.borrow() == 0 {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            return;
+        }
+        let waited = Instant::now();
+        let mut merging = self.merging.subscribe();
+        // The sender lives in this context, so the wait cannot fail.
+        let _ = tokio::task::block_in_place(|| handle.block_on(merging.wait_for(|n| *n == 0)));
+        tracing::info!(
+            ms = waited.elapsed().as_millis() as u64,
+            "revocation waited for the merges in flight"
         );
     }
 
@@ -285,7 +311,9 @@ impl ConsumerContext for SourceContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let parts = partitions_of(tpl);
                 let mut resets = Vec::new();
+                let started = Instant::now();
                 if let Some(positions) = self.resolve(parts.clone()) {
+                    let resolved = started.elapsed();
                     for (p, next) in &positions {
                         let offset = match next {
                             Some(o) => match self.check_range(consumer, p, *o) {
@@ -299,7 +327,12 @@ impl ConsumerContext for SourceContext {
                         };
                         let _ = tpl.set_partition_offset(&p.topic, p.partition, offset);
                     }
-                    tracing::info!(partitions = %describe(positions.keys()), "assigned at positions from Delta");
+                    tracing::info!(
+                        partitions = %describe(positions.keys()),
+                        resolve_ms = resolved.as_millis() as u64,
+                        check_ms = (started.elapsed() - resolved).as_millis() as u64,
+                        "assigned at positions from Delta"
+                    );
                 }
                 self.record(AssignmentChange::Assigned(parts));
                 for reset in resets {
@@ -312,6 +345,10 @@ impl ConsumerContext for SourceContext {
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                // What a merge holds must be durable before another member reads where these
+                // partitions resume: it would start below it, and its first merge would find
+                // its offsets moved (a restart, and another rebalance for the whole group).
+                self.wait_for_merges();
                 let parts = partitions_of(tpl);
                 tracing::info!(partitions = %describe(parts.iter()), "revoked");
                 self.record(AssignmentChange::Revoked(parts));
@@ -351,6 +388,27 @@ const CLOSE_BUDGET: Duration = Duration::from_secs(5);
 
 /// A batch is being written while this lives ([`Source::hold_writes`]).
 pub struct WritesHeld(tokio::sync::watch::Sender<bool>);
+
+/// Counts merges in flight for a [`Source`] ([`Source::merges`]).
+#[derive(Clone)]
+pub struct MergeGauge(tokio::sync::watch::Sender<usize>);
+
+impl MergeGauge {
+    /// Counts one more merge in flight until the guard is dropped.
+    pub fn hold(&self) -> MergeHeld {
+        self.0.send_modify(|n| *n += 1);
+        MergeHeld(self.0.clone())
+    }
+}
+
+/// A merge is in flight while this lives ([`MergeGauge::hold`]).
+pub struct MergeHeld(tokio::sync::watch::Sender<usize>);
+
+impl Drop for MergeHeld {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
 
 impl Drop for WritesHeld {
     fn drop(&mut self) {
@@ -396,6 +454,7 @@ impl Source {
             changes: Mutex::new(Vec::new()),
             lag: Mutex::new(BTreeMap::new()),
             writing: tokio::sync::watch::Sender::new(false),
+            merging: tokio::sync::watch::Sender::new(0),
         };
         let consumer: StreamConsumer<SourceContext> = cfg.create_with_context(ctx)?;
         consumer.subscribe(topics)?;
@@ -414,6 +473,13 @@ impl Source {
         let writing = self.consumer.context().writing.clone();
         writing.send_replace(true);
         WritesHeld(writing)
+    }
+
+    /// The count of merges in flight off the batch's path (a MERGE-kept sink's task): each
+    /// holds a [`MergeGauge::hold`] while it runs, and a revocation waits until none does, so a
+    /// partition moves to another member only after what its merges took of it is durable.
+    pub fn merges(&self) -> MergeGauge {
+        MergeGauge(self.consumer.context().merging.clone())
     }
 
     /// Assignment changes since the last call, in order.
@@ -625,12 +691,9 @@ impl Source {
 mod tests {
     use super::*;
 
-    /// The rebalance callback runs inside the poll that overlaps a write: it must not go on
-    /// (revoke, or read positions from Delta) until the batch being written is committed.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_rebalance_waits_for_the_batch_being_written() {
+    fn context() -> Arc<SourceContext> {
         let resolver: PositionResolver = Arc::new(|_| Box::pin(async { Ok(BTreeMap::new()) }));
-        let ctx = Arc::new(SourceContext {
+        Arc::new(SourceContext {
             resolver,
             reader: rdkafka::ClientConfig::new(),
             out_of_range: OutOfRange::Stop,
@@ -638,7 +701,15 @@ mod tests {
             changes: Mutex::new(Vec::new()),
             lag: Mutex::new(BTreeMap::new()),
             writing: tokio::sync::watch::Sender::new(false),
-        });
+            merging: tokio::sync::watch::Sender::new(0),
+        })
+    }
+
+    /// The rebalance callback runs inside the poll that overlaps a write: it must not go on
+    /// (revoke, or read positions from Delta) until the batch being written is committed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rebalance_waits_for_the_batch_being_written() {
+        let ctx = context();
         // Nothing written: no wait.
         ctx.wait_for_writes();
 
@@ -661,6 +732,40 @@ mod tests {
         assert!(
             went_on >= committed,
             "the callback went on before the commit"
+        );
+    }
+
+    /// A revocation must not go on while a MERGE-kept sink's task still merges records of the
+    /// partitions (they would move to a member that reads their offsets from before it): it
+    /// waits until every merge held through the gauge is done, two here, ending one by one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_revocation_waits_for_every_merge_in_flight() {
+        let ctx = context();
+        let gauge = MergeGauge(ctx.merging.clone());
+        // No merge: no wait.
+        ctx.wait_for_merges();
+
+        let (first, second) = (gauge.hold(), gauge.hold());
+        let callback = {
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                ctx.wait_for_merges();
+                Instant::now()
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(first);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !callback.is_finished(),
+            "the revocation went on with a merge in flight"
+        );
+        let merged = Instant::now();
+        drop(second);
+        let went_on = callback.await.unwrap();
+        assert!(
+            went_on >= merged,
+            "the revocation went on before the last merge"
         );
     }
 }
