@@ -141,55 +141,51 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<SourcePartition> {
         .collect()
 }
 
+/// Blocks the rebalance callback until `state` satisfies `done`; how long it waited, if it had
+/// to. Like [`SourceContext::resolve`], the callback drives the wait with `block_in_place`;
+/// where that is impossible (a current-thread runtime, a thread outside the runtime) nothing can
+/// be in flight beside this poll, because the runner only overlaps on a multi-thread runtime.
+fn block_until<T>(
+    state: &tokio::sync::watch::Sender<T>,
+    mut done: impl FnMut(&T) -> bool,
+) -> Option<Duration> {
+    if done(&state.borrow()) {
+        return None;
+    }
+    let handle = tokio::runtime::Handle::try_current().ok()?;
+    if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+        return None;
+    }
+    let waited = Instant::now();
+    let mut state = state.subscribe();
+    // The sender lives in the context, so the wait cannot fail.
+    let _ = tokio::task::block_in_place(|| handle.block_on(state.wait_for(done)));
+    Some(waited.elapsed())
+}
+
 impl SourceContext {
     fn record(&self, change: AssignmentChange) {
         self.changes.lock().expect("poisoned").push(change);
     }
 
-    /// Waits until no batch is being written (see [`Source::hold_writes`]). Like
-    /// [`Self::resolve`], the callback drives the wait with `block_in_place`; where that is
-    /// impossible (a current-thread runtime, a thread outside the runtime) nothing can be in
-    /// flight beside this poll, because the runner only overlaps on a multi-thread runtime.
+    /// Waits until no batch is being written (see [`Source::hold_writes`]).
     fn wait_for_writes(&self) {
-        if !*self.writing.borrow() {
-            return;
+        if let Some(waited) = block_until(&self.writing, |w| !*w) {
+            tracing::debug!(
+                ms = waited.as_millis() as u64,
+                "rebalance waited for the batch being written"
+            );
         }
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
-            return;
-        }
-        let waited = Instant::now();
-        let mut writing = self.writing.subscribe();
-        // The sender lives in this context, so the wait cannot fail.
-        let _ = tokio::task::block_in_place(|| handle.block_on(writing.wait_for(|w| !*w)));
-        tracing::debug!(
-            ms = waited.elapsed().as_millis() as u64,
-            "rebalance waited for the batch being written"
-        );
     }
 
-    /// Waits until no merge is in flight (see [`Source::merges`]), as [`Self::wait_for_writes`]
-    /// waits for the batch.
+    /// Waits until no merge is in flight (see [`Source::merges`]).
     fn wait_for_merges(&self) {
-        if *self.merging.borrow() == 0 {
-            return;
+        if let Some(waited) = block_until(&self.merging, |n| *n == 0) {
+            tracing::info!(
+                ms = waited.as_millis() as u64,
+                "revocation waited for the merges in flight"
+            );
         }
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
-            return;
-        }
-        let waited = Instant::now();
-        let mut merging = self.merging.subscribe();
-        // The sender lives in this context, so the wait cannot fail.
-        let _ = tokio::task::block_in_place(|| handle.block_on(merging.wait_for(|n| *n == 0)));
-        tracing::info!(
-            ms = waited.elapsed().as_millis() as u64,
-            "revocation waited for the merges in flight"
-        );
     }
 
     /// Runs the resolver from inside librdkafka's callback. The callback is synchronous and runs
