@@ -251,7 +251,7 @@ pub struct MergeSpec {
 /// but Delta sees overlapping reads), and the caller's recourse, a restart, makes the whole
 /// consumer group rebalance: a rerun is far cheaper.
 const MERGE_ATTEMPTS: u32 = 30;
-/// The first wait before a rerun; it doubles up to 32 times this.
+/// A rerun waits between half of and the whole of this times 2, 4, … up to 32 (at most 1.6 s).
 const MERGE_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Merges `source` into the table by the sink's key (matched rows updated, others inserted) and
@@ -259,9 +259,9 @@ const MERGE_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 /// commit that touched the same files makes delta-rs refuse the merge; it is rerun on the new
 /// version (after a short, jittered wait; up to `MERGE_ATTEMPTS` times) — but only after
 /// checking that the new version still stores `expected` for every partition of `offsets` (what
-/// this writer last committed, or nothing). A version that moved them means another writer merged these records already:
-/// [`Error::ConflictingOffsets`], and the worker resets from the log instead of applying them
-/// twice. A conflict on our own app ids means the same.
+/// this writer last committed, or nothing). A version that moved them means another writer
+/// merged these records already: [`Error::ConflictingOffsets`], and the worker resets from the
+/// log instead of applying them twice. A conflict on our own app ids means the same.
 pub async fn merge(
     mut table: DeltaTable,
     table_name: &str,
