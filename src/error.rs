@@ -3,6 +3,14 @@
 
 use std::fmt;
 
+/// A wait before retrying a [retryable](Error::retryable) failure, drawn from the upper half of
+/// `wait` (uniformly between `wait / 2` and `wait`): two parties that failed together and back
+/// off by the same rule retry at different moments.
+pub fn jittered(wait: std::time::Duration) -> std::time::Duration {
+    let half = wait / 2;
+    half + half.mul_f64(rand::random::<f64>())
+}
+
 /// Who caused a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Domain {

@@ -341,10 +341,9 @@ pub async fn merge(
                 ..
             }) if attempt < MERGE_ATTEMPTS => {
                 attempt += 1;
-                // Writers that collided rerun at different moments (drawn from the upper half
-                // of a doubling wait), so the same two do not collide again at once.
-                let wait = MERGE_BACKOFF * 2u32.pow(attempt.min(5));
-                let wait = wait / 2 + (wait / 2).mul_f64(rand::random::<f64>());
+                // Writers that collided rerun at different moments, so the same two do not
+                // collide again at once.
+                let wait = crate::error::jittered(MERGE_BACKOFF * 2u32.pow(attempt.min(5)));
                 tracing::info!(
                     table = table_name,
                     attempt,

@@ -812,8 +812,7 @@ impl Restarts {
             }
             self.failures += 1;
         }
-        let half = self.backoff / 2;
-        let wait = half + half.mul_f64(rand::random::<f64>());
+        let wait = crate::error::jittered(self.backoff);
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
         Restart::After(wait)
     }
