@@ -313,6 +313,8 @@ pub struct SimulateConfig {
     pub rate: u64,
     pub speed: f64,
     pub malformed_ratio: f64,
+    /// Sensor faults injected into the live telemetry, per device and simulated day.
+    pub faults_per_device_day: f64,
     pub warehouses: usize,
     pub parts: usize,
     pub suppliers: usize,
@@ -723,6 +725,11 @@ impl Config {
             "simulate.malformed_ratio must be in 0..=1",
         );
         check(
+            self.simulate.faults_per_device_day.is_finite()
+                && (0.0..=24.0).contains(&self.simulate.faults_per_device_day),
+            "simulate.faults_per_device_day must be in 0..=24 (a plan covers a simulated year)",
+        );
+        check(
             self.simulate.warehouses >= 1,
             "simulate.warehouses must be >= 1",
         );
@@ -1009,6 +1016,7 @@ mod tests {
             env(&[
                 ("MILLSTREAM__KAFKA__PARTITIONS", "0"),
                 ("MILLSTREAM__SIMULATE__SPEED", "-1"),
+                ("MILLSTREAM__SIMULATE__FAULTS_PER_DEVICE_DAY", "25"),
                 ("MILLSTREAM__SERVE__ADDR", "nowhere"),
             ]),
         )
@@ -1016,7 +1024,13 @@ mod tests {
         let Error::Config(problems) = err else {
             panic!()
         };
-        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("simulate.faults_per_device_day")),
+            "{problems:?}"
+        );
     }
 
     /// An agent server is reached over HTTP (url) or stdio (command): neither, both, a bearer

@@ -87,22 +87,7 @@ pub async fn run(mut config: Config, args: SimulateArgs) -> anyhow::Result<()> {
         let root = sup.root();
         let _stop_http = root.clone().drop_guard();
         let stop = crate::supervise::stop_token(args.duration.map(Duration::from_secs), root);
-        let orders = crate::sim::order_feed(
-            &config.kafka,
-            &brokers,
-            &format!("{}-sim-{run_id}", config.kafka.group_id),
-        )?;
-        let alerts =
-            crate::sim::alert_feed(&config.kafka, &brokers, &super::up::technicians(&config))?;
-        let authors = crate::sim::documents::Authors::new(&config.simulate, &run_id);
-        let mut generator = crate::sim::stream::Generator::new(
-            &config.simulate,
-            &run_id,
-            config.simulate.start,
-            rate,
-        )
-        .with_order_feed(orders)
-        .with_authors(authors, Some(alerts));
+        let mut generator = crate::sim::live_generator(&config, &brokers, &run_id, rate)?;
         let produced =
             crate::sim::produce_live(&producer, &mut generator, rate, args.events, stop).await?;
         summary.insert("live".into(), serde_json::to_value(produced)?);

@@ -279,32 +279,6 @@ async fn simulate(
         crate::sim::produce_all(&producer, &history, "history").await?;
     }
     let rate = config.simulate.rate;
-    // Sensor faults over a year of simulated time; the world's supply and sales faults are
-    // always on (see sim::world).
-    let plan = crate::sim::faults::FaultPlan::draw(
-        config.simulate.seed,
-        config.simulate.devices,
-        config.simulate.start,
-        chrono::Duration::days(365),
-        &crate::sim::faults::FaultRates::default(),
-    );
-    // The simulated suppliers fulfil agents' orders: order → shipments → receipt.
-    let orders =
-        crate::sim::order_feed(&config.kafka, brokers, &format!("millstream-sim-{run_id}"))?;
-    // Technicians answer maintenance alerts with incident reports (finding the injected fault),
-    // account managers follow sales up with proposals.
-    let alerts = crate::sim::alert_feed(&config.kafka, brokers, &technicians(config))?;
-    let authors = crate::sim::documents::Authors::new(&config.simulate, run_id);
-    let mut generator =
-        crate::sim::stream::Generator::new(&config.simulate, run_id, config.simulate.start, rate)
-            .with_faults(plan)
-            .with_order_feed(orders)
-            .with_authors(authors, Some(alerts));
+    let mut generator = crate::sim::live_generator(config, brokers, run_id, rate)?;
     Ok(crate::sim::produce_live(&producer, &mut generator, rate, None, stop).await?)
-}
-
-/// The consumer group of the simulated technicians reading `mfg.alerts`: one per deployment, so
-/// a restarted simulator answers only the alerts it has not answered yet.
-pub(crate) fn technicians(config: &Config) -> String {
-    format!("{}-sim-technicians", config.kafka.group_id)
 }

@@ -23,6 +23,39 @@ use crate::model::events::Event;
 use crate::telemetry::events::EventsProduced;
 use stream::{Generator, SimEvent};
 
+/// The live stream `simulate` and `up` produce, at `rate` events a second: telemetry with
+/// sensor faults (`simulate.faults_per_device_day`) drawn over a year of simulated time (the world's supply and sales faults are
+/// always on, see [`world`]), the simulated suppliers fulfilling agents' orders (order →
+/// shipments → receipt), technicians answering maintenance alerts with incident reports, and
+/// account managers following sales up with proposals.
+pub fn live_generator(
+    config: &crate::config::Config,
+    brokers: &str,
+    run_id: &str,
+    rate: u64,
+) -> Result<Generator> {
+    let sim = &config.simulate;
+    let plan = faults::FaultPlan::draw(
+        sim.seed,
+        sim.devices,
+        sim.start,
+        chrono::Duration::days(365),
+        &faults::FaultRates {
+            per_device_day: sim.faults_per_device_day,
+        },
+    );
+    let group = &config.kafka.group_id;
+    let orders = order_feed(&config.kafka, brokers, &format!("{group}-sim-{run_id}"))?;
+    // One technicians' group per deployment: a restarted simulator answers only the alerts it
+    // has not answered yet.
+    let alerts = alert_feed(&config.kafka, brokers, &format!("{group}-sim-technicians"))?;
+    let authors = documents::Authors::new(sim, run_id);
+    Ok(Generator::new(sim, run_id, sim.start, rate)
+        .with_faults(plan)
+        .with_order_feed(orders)
+        .with_authors(authors, Some(alerts)))
+}
+
 /// Agent purchase orders from `mfg.actions.orders`, read by their own consumer group, for the
 /// simulator to fulfil: the supplier's side of the loop (order → shipments → receipt). Invalid
 /// records are skipped with a warning (the pipeline dead-letters them). Ends when the receiver
