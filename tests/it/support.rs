@@ -367,51 +367,83 @@ pub fn topic_alert_ids_at(
     partitions: usize,
 ) -> BTreeMap<String, usize> {
     use rdkafka::Message;
-    use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Headers;
+    let mut ids = BTreeMap::new();
+    read_topic(kafka, brokers, topics::ALERTS, partitions, |m| {
+        let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        let id = v["alert_id"].as_str().unwrap().to_string();
+        assert_eq!(
+            m.key().map(|k| String::from_utf8_lossy(k).to_string()),
+            v["signal_key"].as_str().map(str::to_string),
+            "keyed by signal_key"
+        );
+        assert!(
+            m.headers().is_some_and(|h| h
+                .iter()
+                .any(|h| h.key == millstream::pipeline::publish::HEADER_VERSION)),
+            "stamped with its table version"
+        );
+        *ids.entry(id).or_default() += 1;
+    });
+    ids
+}
+
+/// Every event on `topic`, read from the start: event id → how often the log holds it. What the
+/// broker kept, to tell an event the broker lost from one the pipeline did.
+pub fn topic_event_ids(
+    kafka: &millstream::config::KafkaConfig,
+    brokers: &str,
+    topic: &str,
+    partitions: usize,
+) -> BTreeMap<String, usize> {
+    use rdkafka::Message;
+    let mut ids = BTreeMap::new();
+    read_topic(kafka, brokers, topic, partitions, |m| {
+        let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{topic}: a record that is not JSON: {e}"));
+        let id = v["event_id"].as_str().unwrap_or_else(|| {
+            panic!("{topic}: a record without an event id: {v}");
+        });
+        *ids.entry(id.to_string()).or_default() += 1;
+    });
+    ids
+}
+
+/// Hands every record of `topic`'s `partitions` to `each`, from the start to the end of each
+/// partition (or until the broker has sent nothing for 10 s). Assigned, not subscribed: reading
+/// needs no group coordination (slow on some brokers).
+fn read_topic(
+    kafka: &millstream::config::KafkaConfig,
+    brokers: &str,
+    topic: &str,
+    partitions: usize,
+    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
     let consumer: BaseConsumer = millstream::broker::client_config(kafka, brokers)
-        .set("group.id", "alerts-reader")
+        .set("group.id", "test-topic-reader")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "true")
         .create()
         .unwrap();
-    // Assigned, not subscribed: reading needs no group coordination (slow on some brokers).
     let mut tpl = rdkafka::TopicPartitionList::new();
     for p in 0..partitions {
-        tpl.add_partition_offset(
-            topics::ALERTS,
-            i32::try_from(p).unwrap(),
-            rdkafka::Offset::Beginning,
-        )
-        .unwrap();
+        tpl.add_partition_offset(topic, i32::try_from(p).unwrap(), rdkafka::Offset::Beginning)
+            .unwrap();
     }
     consumer.assign(&tpl).unwrap();
-    let mut ids = BTreeMap::new();
     let (mut eof, mut idle) = (0, 0);
     while eof < partitions && idle < 50 {
         match consumer.poll(Duration::from_millis(200)) {
             None => idle += 1,
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => eof += 1,
-            Some(Err(e)) => panic!("reading mfg.alerts: {e}"),
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
             Some(Ok(m)) => {
-                let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
-                let id = v["alert_id"].as_str().unwrap().to_string();
-                assert_eq!(
-                    m.key().map(|k| String::from_utf8_lossy(k).to_string()),
-                    v["signal_key"].as_str().map(str::to_string),
-                    "keyed by signal_key"
-                );
-                assert!(
-                    m.headers().is_some_and(|h| h
-                        .iter()
-                        .any(|h| h.key == millstream::pipeline::publish::HEADER_VERSION)),
-                    "stamped with its table version"
-                );
-                *ids.entry(id).or_default() += 1;
+                idle = 0;
+                each(&m);
             }
         }
     }
-    ids
 }
 
 /// Waits until the bronze tables plus the dead letters hold the rows [`expected`] counts
