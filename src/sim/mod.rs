@@ -24,10 +24,10 @@ use crate::telemetry::events::EventsProduced;
 use stream::{Generator, SimEvent};
 
 /// The live stream `simulate` and `up` produce, at `rate` events a second: telemetry with
-/// sensor faults (`simulate.faults_per_device_day`) drawn over a year of simulated time (the world's supply and sales faults are
-/// always on, see [`world`]), the simulated suppliers fulfilling agents' orders (order →
-/// shipments → receipt), technicians answering maintenance alerts with incident reports, and
-/// account managers following sales up with proposals.
+/// sensor faults (`simulate.faults_per_device_day`) drawn over a year of simulated time (the
+/// world's supply and sales faults are always on, see [`world`]), the simulated suppliers
+/// fulfilling agents' orders (order → shipments → receipt), technicians answering maintenance
+/// alerts with incident reports, and account managers following sales up with proposals.
 pub fn live_generator(
     config: &crate::config::Config,
     brokers: &str,
