@@ -725,8 +725,7 @@ impl Config {
             "simulate.malformed_ratio must be in 0..=1",
         );
         check(
-            self.simulate.faults_per_device_day.is_finite()
-                && (0.0..=24.0).contains(&self.simulate.faults_per_device_day),
+            (0.0..=24.0).contains(&self.simulate.faults_per_device_day),
             "simulate.faults_per_device_day must be in 0..=24 (a plan covers a simulated year)",
         );
         check(
