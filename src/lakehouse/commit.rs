@@ -14,7 +14,8 @@ use deltalake::DeltaTable;
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::parquet::basic::{Compression, ZstdLevel};
-use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::{DeltaOperation, OutputMode, SaveMode};
 use futures::{StreamExt, TryStreamExt};
 
@@ -109,14 +110,28 @@ fn commit_properties(pipeline: &str, offsets: &Offsets) -> CommitProperties {
 /// compress, small contexts), and row groups of at most [`ROW_GROUP_ROWS`] rows. A writer holds
 /// a whole row group's pages until the group is done, so the row-group bound is what bounds a
 /// compaction's memory (Parquet's default is 1,048,576 rows).
+///
+/// The columns with a new value in every row ([`UNIQUE_COLUMNS`]) are written plain: a
+/// dictionary of them would hash every value only to be dropped when it outgrows its page, and
+/// it was the largest part of encoding a bronze batch. Their statistics are kept per column
+/// chunk (what Delta's file skipping reads), not per page.
 pub(crate) fn writer_properties() -> WriterProperties {
-    WriterProperties::builder()
+    let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(1).expect("valid level"),
         ))
-        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-        .build()
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
+    for column in UNIQUE_COLUMNS {
+        let column = ColumnPath::from(column);
+        builder = builder
+            .set_column_dictionary_enabled(column.clone(), false)
+            .set_column_statistics_enabled(column, EnabledStatistics::Chunk);
+    }
+    builder.build()
 }
+
+/// Columns whose every row holds a value of its own: the events' ids and the source offsets.
+const UNIQUE_COLUMNS: [&str; 2] = ["event_id", "_offset"];
 
 /// Rows per Parquet row group at most: a pipeline batch's worth, and small enough that readers
 /// still skip row groups by their statistics.

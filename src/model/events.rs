@@ -648,21 +648,238 @@ mod event_time {
 /// or with `strict` the reason the record is rejected). `Err` carries the reason that goes to the
 /// dead-letter table.
 pub fn parse<T: Event>(bytes: &[u8], strict: bool) -> Result<(T, usize), String> {
-    let (mut unknown, mut first) = (0, None);
+    let mut unknown = unknown_keys::Tally::default();
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value: T = serde_ignored::deserialize(&mut de, |path| {
-        unknown += 1;
-        first.get_or_insert_with(|| path.to_string());
-    })
-    .map_err(|e| format!("invalid json: {e}"))?;
+    let value = T::deserialize(unknown_keys::Counting::new(&mut de, &mut unknown))
+        .map_err(|e| format!("invalid json: {e}"))?;
     de.end().map_err(|e| format!("invalid json: {e}"))?;
-    if let (Some(field), true) = (first, strict) {
+    if let (Some(field), true) = (&unknown.first, strict) {
         return Err(format!(
             "unknown field {field:?} (pipeline.strict_fields is on)"
         ));
     }
     value.validate()?;
-    Ok((value, unknown))
+    Ok((value, unknown.count))
+}
+
+/// Counting the keys of an event's JSON object that its type has no field for, as the derived
+/// `Deserialize` meets them. An event type is a flat struct, so its keys are the only place an
+/// unknown field can be: the field names are the ones the derive hands to `deserialize_struct`,
+/// and each key is compared with them as it passes, borrowed. (`serde_ignored`, used before,
+/// tracks a path through any nesting and copies every key into a `String` to do it: a tenth of
+/// decoding's time.)
+mod unknown_keys {
+    use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+    use std::fmt;
+
+    /// How many keys matched no field, and the first of them.
+    #[derive(Debug, Default)]
+    pub struct Tally {
+        pub count: usize,
+        pub first: Option<String>,
+    }
+
+    impl Tally {
+        /// Checks the key at position `at` of its object. Producers mostly write the fields in
+        /// the type's order, so the field at the same position is compared first.
+        fn see(&mut self, fields: &[&str], at: usize, key: &str) {
+            if fields.get(at) != Some(&key) && !fields.contains(&key) {
+                self.count += 1;
+                self.first.get_or_insert_with(|| key.to_owned());
+            }
+        }
+    }
+
+    /// A deserializer that passes everything through to `D`, tallying a struct's unknown keys.
+    pub struct Counting<'t, D> {
+        inner: D,
+        tally: &'t mut Tally,
+    }
+
+    impl<'t, D> Counting<'t, D> {
+        pub fn new(inner: D, tally: &'t mut Tally) -> Self {
+            Counting { inner, tally }
+        }
+    }
+
+    impl<'de, D: Deserializer<'de>> Deserializer<'de> for Counting<'_, D> {
+        type Error = D::Error;
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            name: &'static str,
+            fields: &'static [&'static str],
+            visitor: V,
+        ) -> Result<V::Value, D::Error> {
+            let tally = self.tally;
+            self.inner.deserialize_struct(
+                name,
+                fields,
+                Struct {
+                    visitor,
+                    fields,
+                    tally,
+                },
+            )
+        }
+
+        fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+            self.inner.deserialize_any(visitor)
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+            option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+            ignored_any
+        }
+    }
+
+    struct Struct<'t, V> {
+        visitor: V,
+        fields: &'static [&'static str],
+        tally: &'t mut Tally,
+    }
+
+    impl<'de, V: Visitor<'de>> Visitor<'de> for Struct<'_, V> {
+        type Value = V::Value;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            self.visitor.expecting(f)
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<V::Value, A::Error> {
+            self.visitor.visit_map(Keys {
+                map,
+                fields: self.fields,
+                tally: self.tally,
+                at: 0,
+            })
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<V::Value, A::Error> {
+            self.visitor.visit_seq(seq)
+        }
+    }
+
+    struct Keys<'t, A> {
+        map: A,
+        fields: &'static [&'static str],
+        tally: &'t mut Tally,
+        /// Keys read so far.
+        at: usize,
+    }
+
+    impl<'de, A: MapAccess<'de>> MapAccess<'de> for Keys<'_, A> {
+        type Error = A::Error;
+
+        fn next_key_seed<K: DeserializeSeed<'de>>(
+            &mut self,
+            seed: K,
+        ) -> Result<Option<K::Value>, A::Error> {
+            let at = self.at;
+            self.at += 1;
+            self.map.next_key_seed(Key {
+                inner: seed,
+                fields: self.fields,
+                tally: self.tally,
+                at,
+            })
+        }
+
+        fn next_value_seed<S: DeserializeSeed<'de>>(
+            &mut self,
+            seed: S,
+        ) -> Result<S::Value, A::Error> {
+            self.map.next_value_seed(seed)
+        }
+
+        fn size_hint(&self) -> Option<usize> {
+            self.map.size_hint()
+        }
+    }
+
+    /// A key on its way to the derive's field identifier: seed, deserializer and visitor in turn
+    /// pass through (`inner` is each in turn), and the visitor sees the key's text.
+    struct Key<'a, X> {
+        inner: X,
+        fields: &'static [&'static str],
+        tally: &'a mut Tally,
+        at: usize,
+    }
+
+    impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for Key<'_, S> {
+        type Value = S::Value;
+
+        fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<S::Value, D::Error> {
+            self.inner.deserialize(Key {
+                inner: de,
+                fields: self.fields,
+                tally: self.tally,
+                at: self.at,
+            })
+        }
+    }
+
+    impl<'de, D: Deserializer<'de>> Deserializer<'de> for Key<'_, D> {
+        type Error = D::Error;
+
+        fn deserialize_identifier<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+            self.inner.deserialize_identifier(Key {
+                inner: visitor,
+                fields: self.fields,
+                tally: self.tally,
+                at: self.at,
+            })
+        }
+
+        fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+            self.inner.deserialize_any(Key {
+                inner: visitor,
+                fields: self.fields,
+                tally: self.tally,
+                at: self.at,
+            })
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+            option unit unit_struct newtype_struct seq tuple tuple_struct map struct enum
+            ignored_any
+        }
+    }
+
+    impl<'de, V: Visitor<'de>> Visitor<'de> for Key<'_, V> {
+        type Value = V::Value;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            self.inner.expecting(f)
+        }
+
+        fn visit_str<E: de::Error>(self, key: &str) -> Result<V::Value, E> {
+            self.tally.see(self.fields, self.at, key);
+            self.inner.visit_str(key)
+        }
+
+        fn visit_borrowed_str<E: de::Error>(self, key: &'de str) -> Result<V::Value, E> {
+            self.tally.see(self.fields, self.at, key);
+            self.inner.visit_borrowed_str(key)
+        }
+
+        fn visit_string<E: de::Error>(self, key: String) -> Result<V::Value, E> {
+            self.tally.see(self.fields, self.at, &key);
+            self.inner.visit_string(key)
+        }
+
+        fn visit_bytes<E: de::Error>(self, key: &[u8]) -> Result<V::Value, E> {
+            self.tally
+                .see(self.fields, self.at, &String::from_utf8_lossy(key));
+            self.inner.visit_bytes(key)
+        }
+
+        fn visit_u64<E: de::Error>(self, index: u64) -> Result<V::Value, E> {
+            self.inner.visit_u64(index)
+        }
+    }
 }
 
 fn non_empty(field: &str, v: &str) -> Result<(), String> {
@@ -996,6 +1213,43 @@ mod tests {
             .unwrap_err();
         assert!(e.contains("unknown field \"colour\""), "{e}");
         assert!(EventKind::Inventory.check(movement).is_ok());
+        // An unknown key counts once, whatever its value holds; an escaped key is read as its
+        // text (serde_json hands it over as an owned string, not borrowed); known keys never
+        // count, on any stream.
+        let reading = br#"{"event_id":"e","device_id":"D","machine_id":"M","plant_id":"P","sensor_type":"power","value":1.5,"unit":"kW","ts":"2026-11-01T00:00:00Z","meta":{"a":{"b":[1,{"c":2}]},"d":3},"col\u006fur":"red"}"#;
+        assert_eq!(EventKind::Telemetry.check_fields(reading, false), Ok(2));
+        let e = EventKind::Telemetry
+            .check_fields(reading, true)
+            .unwrap_err();
+        assert!(e.contains("unknown field \"meta\""), "{e}");
+        let colour_only = br#"{"event_id":"e","device_id":"D","machine_id":"M","plant_id":"P","sensor_type":"power","value":1.5,"unit":"kW","ts":"2026-11-01T00:00:00Z","col\u006fur":"red"}"#;
+        let e = EventKind::Telemetry
+            .check_fields(colour_only, true)
+            .unwrap_err();
+        assert!(e.contains("unknown field \"colour\""), "{e}");
+        let mut g = crate::sim::stream::Generator::new(
+            &crate::config::Config::defaults().simulate,
+            "fields",
+            crate::config::Config::defaults().simulate.start,
+            1000,
+        );
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..100_000 {
+            if seen.len() == 4 {
+                break;
+            }
+            let e = g.next_event();
+            if e.malformed {
+                continue;
+            }
+            let kind = EventKind::ALL
+                .into_iter()
+                .find(|k| k.topic() == e.topic)
+                .expect("a source topic");
+            assert_eq!(kind.check_fields(&e.payload, true), Ok(0), "{kind:?}");
+            seen.insert(kind);
+        }
+        assert_eq!(seen.len(), 4, "the simulator's streams: {seen:?}");
     }
 
     #[test]
