@@ -7,7 +7,7 @@
 //! its BM25 statistics (document count, average length, document frequencies) from the visible
 //! chunks alone, so another tenant's documents move neither ranks, scores nor totals.
 
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -376,7 +376,7 @@ impl Index {
         // off against every other word).
         //
         // The three rankings are independent: on two cores they run side by side.
-        let ((by_vector, by_entity), by_keyword) = rayon::join(
+        let ((by_vector, (linked, by_entity)), by_keyword) = rayon::join(
             || {
                 rayon::join(
                     || match mode {
@@ -385,7 +385,7 @@ impl Index {
                     },
                     || match mode {
                         Mode::Hybrid => self.entity_top(text, vector, &coded, mask, depth),
-                        _ => Vec::new(),
+                        _ => (HashSet::new(), Vec::new()),
                     },
                 )
             },
@@ -417,7 +417,9 @@ impl Index {
             }
         }
         // The kind the question's wording asks for ([`super::intent`]) is one more ranking, in
-        // which every document of that kind ranks first.
+        // which every document of that kind ranks first. So is being linked to the entities the
+        // question names: a question about M-020 wants M-020's history before another machine's
+        // that merely reads alike (the entity list above ranks only its best `depth` chunks).
         let asked = match mode {
             Mode::Hybrid => super::intent::asked_kinds(text),
             Mode::Keyword | Mode::Vector => Vec::new(),
@@ -427,6 +429,9 @@ impl Index {
             .map(|(mut score, slot)| {
                 let s = self.slots[slot].as_ref().expect("live");
                 if asked.contains(&s.doc.kind) {
+                    score += rrf(1);
+                }
+                if linked.contains(s.doc.doc_id.as_str()) {
                     score += rrf(1);
                 }
                 Hit {
@@ -446,8 +451,8 @@ impl Index {
         Ok(hits)
     }
 
-    /// The visible chunks of documents linked to every entity `text` names by id (or, when
-    /// no document is linked to all, to any of them), nearest to `q` first.
+    /// The documents linked to every entity `text` names by id (or, when no document is
+    /// linked to all, to any of them), and their visible chunks nearest to `q`, best first.
     fn entity_top(
         &self,
         text: &str,
@@ -455,7 +460,7 @@ impl Index {
         coded: &super::quant::CodedQuery,
         mask: &[bool],
         depth: usize,
-    ) -> Vec<(usize, f32)> {
+    ) -> (HashSet<&str>, Vec<(usize, f32)>) {
         let mut named: Vec<String> = identifiers_whole(text)
             .split(|c: char| !c.is_alphanumeric())
             .map(str::to_lowercase)
@@ -471,15 +476,20 @@ impl Index {
             }
         }
         let Some(&most) = linked.values().max() else {
-            return Vec::new();
+            return (HashSet::new(), Vec::new());
         };
-        let slots = linked
+        let linked: HashSet<&str> = linked
             .into_iter()
             .filter(|(_, n)| *n == most)
-            .filter_map(|(d, _)| self.by_doc.get(d))
+            .map(|(d, _)| d)
+            .collect();
+        let slots = linked
+            .iter()
+            .filter_map(|d| self.by_doc.get(*d))
             .flat_map(|(_, slots)| slots.iter().copied())
             .filter(|&slot| mask.get(slot).copied().unwrap_or(false));
-        self.nearest(q, coded, slots, depth)
+        let ranked = self.nearest(q, coded, slots, depth);
+        (linked, ranked)
     }
 
     /// The `depth` chunks among `slots` nearest to `q` (coded as `coded`), best first, exactly:
@@ -884,6 +894,30 @@ mod tests {
             first("pump seal leak, how do we fix it?", Mode::Vector),
             "INC-1"
         );
+    }
+
+    #[test]
+    fn a_document_linked_to_the_entity_a_question_names_ranks_above_one_that_reads_alike() {
+        // OTHER (PLANT-2) is first in both halves; MINE (PLANT-1) is second in the vector half
+        // and absent from the keyword half, and first in the list of PLANT-1's documents. A
+        // question naming PLANT-1 gets MINE first, which that list alone would not achieve
+        // (1/62 + 1/61 < 2/61); a question naming no entity gets OTHER first.
+        let mut ix = Index::new().unwrap();
+        ix.upsert(doc("OTHER", "PLANT-2"), chunk("spindle bearing noise", 1))
+            .unwrap();
+        ix.upsert(doc("MINE", "PLANT-1"), chunk("gearbox oil change", 2))
+            .unwrap();
+        ix.commit().unwrap();
+        let mask = ix.mask(|_| true);
+        let order = |q: &str| {
+            ix.search(q, &unit(1), &mask, 2, Mode::Hybrid)
+                .unwrap()
+                .into_iter()
+                .map(|h| h.doc.doc_id.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(order("spindle bearing noise at PLANT-1"), ["MINE", "OTHER"]);
+        assert_eq!(order("spindle bearing noise"), ["OTHER", "MINE"]);
     }
 
     #[test]
