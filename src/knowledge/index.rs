@@ -7,7 +7,7 @@
 //! its BM25 statistics (document count, average length, document frequencies) from the visible
 //! chunks alone, so another tenant's documents move neither ranks, scores nor totals.
 
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -120,6 +120,27 @@ const RRF_K: f32 = 60.0;
 fn rrf(rank: usize) -> f32 {
     1.0 / (RRF_K + rank as f32)
 }
+/// The entities a question names by id (as keyword terms), and how many of them the visible
+/// document linked to the most of them is linked to.
+#[derive(Default)]
+struct Named {
+    terms: Vec<String>,
+    most: usize,
+}
+
+impl Named {
+    /// Whether `doc` is linked to as many of the named entities as any visible document is.
+    fn links(&self, doc: &DocMeta) -> bool {
+        self.most > 0
+            && doc
+                .links
+                .ids()
+                .filter(|id| self.terms.contains(&entity_term(id)))
+                .count()
+                == self.most
+    }
+}
+
 const ANALYZER: &str = "en_stem";
 
 pub struct Index {
@@ -376,7 +397,7 @@ impl Index {
         // off against every other word).
         //
         // The three rankings are independent: on two cores they run side by side.
-        let ((by_vector, (linked, by_entity)), by_keyword) = rayon::join(
+        let ((by_vector, (named, by_entity)), by_keyword) = rayon::join(
             || {
                 rayon::join(
                     || match mode {
@@ -385,7 +406,7 @@ impl Index {
                     },
                     || match mode {
                         Mode::Hybrid => self.entity_top(text, vector, &coded, mask, depth),
-                        _ => (HashSet::new(), Vec::new()),
+                        _ => (Named::default(), Vec::new()),
                     },
                 )
             },
@@ -431,7 +452,7 @@ impl Index {
                 if asked.contains(&s.doc.kind) {
                     score += rrf(1);
                 }
-                if linked.contains(s.doc.doc_id.as_str()) {
+                if named.links(&s.doc) {
                     score += rrf(1);
                 }
                 Hit {
@@ -451,8 +472,10 @@ impl Index {
         Ok(hits)
     }
 
-    /// The documents linked to every entity `text` names by id (or, when no document is
-    /// linked to all, to any of them), and their visible chunks nearest to `q`, best first.
+    /// The entities `text` names by id, and the visible chunks of the documents linked to all
+    /// of them (or, when no visible document is linked to all, to as many as any is), nearest
+    /// to `q`, best first. Only documents the caller can see are counted: a hidden document
+    /// linked to more of the named entities must not change which visible ones rank here.
     fn entity_top(
         &self,
         text: &str,
@@ -460,36 +483,35 @@ impl Index {
         coded: &super::quant::CodedQuery,
         mask: &[bool],
         depth: usize,
-    ) -> (HashSet<&str>, Vec<(usize, f32)>) {
-        let mut named: Vec<String> = identifiers_whole(text)
+    ) -> (Named, Vec<(usize, f32)>) {
+        let mut terms: Vec<String> = identifiers_whole(text)
             .split(|c: char| !c.is_alphanumeric())
             .map(str::to_lowercase)
             .filter(|t| self.entities.contains_key(t))
             .collect();
-        named.sort();
-        named.dedup();
-        // Per linked document, how many of the named entities it is linked to.
-        let mut linked: HashMap<&str, usize> = HashMap::new();
-        for docs in named.iter().filter_map(|t| self.entities.get(t)) {
+        terms.sort();
+        terms.dedup();
+        let visible = |slot: &usize| mask.get(*slot).copied().unwrap_or(false);
+        // Per visible linked document, how many of the named entities it is linked to.
+        let mut linked: HashMap<&str, (usize, &[usize])> = HashMap::new();
+        for docs in terms.iter().filter_map(|t| self.entities.get(t)) {
             for d in docs {
-                *linked.entry(d).or_default() += 1;
+                let Some((_, slots)) = self.by_doc.get(&**d) else {
+                    continue;
+                };
+                if slots.iter().any(visible) {
+                    linked.entry(&**d).or_insert((0, slots)).0 += 1;
+                }
             }
         }
-        let Some(&most) = linked.values().max() else {
-            return (HashSet::new(), Vec::new());
-        };
-        let linked: HashSet<&str> = linked
-            .into_iter()
-            .filter(|(_, n)| *n == most)
-            .map(|(d, _)| d)
-            .collect();
+        let most = linked.values().map(|(n, _)| *n).max().unwrap_or(0);
         let slots = linked
-            .iter()
-            .filter_map(|d| self.by_doc.get(*d))
+            .values()
+            .filter(|(n, _)| *n == most)
             .flat_map(|(_, slots)| slots.iter().copied())
-            .filter(|&slot| mask.get(slot).copied().unwrap_or(false));
+            .filter(visible);
         let ranked = self.nearest(q, coded, slots, depth);
-        (linked, ranked)
+        (Named { terms, most }, ranked)
     }
 
     /// The `depth` chunks among `slots` nearest to `q` (coded as `coded`), best first, exactly:
@@ -918,6 +940,47 @@ mod tests {
         };
         assert_eq!(order("spindle bearing noise at PLANT-1"), ["MINE", "OTHER"]);
         assert_eq!(order("spindle bearing noise"), ["OTHER", "MINE"]);
+    }
+
+    #[test]
+    fn a_hidden_document_linked_to_more_named_entities_moves_no_visible_rank() {
+        // The question names PLANT-1 and M-001. Visible: A and B at PLANT-1, C at PLANT-2.
+        // Hidden: H, linked to both PLANT-1 and M-001. Were H counted, the visible PLANT-1
+        // documents would drop out of the entity list (linked to one named entity where H is
+        // linked to two), and the caller could tell H exists from the ranks.
+        let build = |hidden: bool| {
+            let mut ix = Index::new().unwrap();
+            ix.upsert(doc("A", "PLANT-1"), chunk("gearbox oil change", 2))
+                .unwrap();
+            ix.upsert(doc("B", "PLANT-1"), chunk("gearbox oil", 3))
+                .unwrap();
+            ix.upsert(doc("C", "PLANT-2"), chunk("spindle bearing noise", 1))
+                .unwrap();
+            if hidden {
+                let mut h = doc("H", "PLANT-1");
+                h.links.machine_id = Some("M-001".into());
+                ix.upsert(h, chunk("spindle bearing noise", 1)).unwrap();
+            }
+            ix.commit().unwrap();
+            ix
+        };
+        let results = |ix: &Index| {
+            let mask = ix.mask(|d| d.doc_id != "H");
+            ix.search(
+                "spindle bearing noise on M-001 at PLANT-1",
+                &unit(1),
+                &mask,
+                3,
+                Mode::Hybrid,
+            )
+            .unwrap()
+            .into_iter()
+            .map(|h| (h.doc.doc_id.clone(), h.score))
+            .collect::<Vec<_>>()
+        };
+        let alone = results(&build(false));
+        assert_eq!(alone[0].0, "A", "{alone:?}");
+        assert_eq!(results(&build(true)), alone);
     }
 
     #[test]
