@@ -120,6 +120,7 @@ const RRF_K: f32 = 60.0;
 fn rrf(rank: usize) -> f32 {
     1.0 / (RRF_K + rank as f32)
 }
+
 /// The entities a question names by id (as keyword terms), and how many of them the visible
 /// document linked to the most of them is linked to.
 #[derive(Default)]
