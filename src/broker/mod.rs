@@ -124,9 +124,10 @@ fn confirm_ends(
     Ok(())
 }
 
-/// A consumer context for [`watermarks`]: the end-of-partition events it asks for are answers,
-/// not errors to log; other errors are logged as usual.
-struct QuietEof;
+/// A consumer context for readers that read to a partition's end ([`watermarks`], and tests
+/// that read a topic whole): the end-of-partition events they ask for are answers, not errors
+/// to log; other errors are logged as usual.
+pub struct QuietEof;
 
 impl rdkafka::ClientContext for QuietEof {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {

@@ -121,24 +121,20 @@ fn rrf(rank: usize) -> f32 {
     1.0 / (RRF_K + rank as f32)
 }
 
-/// The entities a question names by id (as keyword terms), and how many of them the visible
-/// document linked to the most of them is linked to.
+/// The visible documents linked to the entities a question names, each with how many of them it
+/// is linked to, and the most any is linked to.
 #[derive(Default)]
-struct Named {
-    terms: Vec<String>,
+struct Linked<'a> {
+    counts: HashMap<&'a str, (usize, &'a [usize])>,
     most: usize,
 }
 
-impl Named {
+impl Linked<'_> {
     /// Whether `doc` is linked to as many of the named entities as any visible document is.
-    fn links(&self, doc: &DocMeta) -> bool {
-        self.most > 0
-            && doc
-                .links
-                .ids()
-                .filter(|id| self.terms.contains(&entity_term(id)))
-                .count()
-                == self.most
+    fn best(&self, doc: &DocMeta) -> bool {
+        self.counts
+            .get(doc.doc_id.as_str())
+            .is_some_and(|(n, _)| *n == self.most)
     }
 }
 
@@ -398,7 +394,7 @@ impl Index {
         // off against every other word).
         //
         // The three rankings are independent: on two cores they run side by side.
-        let ((by_vector, (named, by_entity)), by_keyword) = rayon::join(
+        let ((by_vector, (linked, by_entity)), by_keyword) = rayon::join(
             || {
                 rayon::join(
                     || match mode {
@@ -407,7 +403,7 @@ impl Index {
                     },
                     || match mode {
                         Mode::Hybrid => self.entity_top(text, vector, &coded, mask, depth),
-                        _ => (Named::default(), Vec::new()),
+                        _ => (Linked::default(), Vec::new()),
                     },
                 )
             },
@@ -453,7 +449,7 @@ impl Index {
                 if asked.contains(&s.doc.kind) {
                     score += rrf(1);
                 }
-                if named.links(&s.doc) {
+                if linked.best(&s.doc) {
                     score += rrf(1);
                 }
                 Hit {
@@ -473,10 +469,10 @@ impl Index {
         Ok(hits)
     }
 
-    /// The entities `text` names by id, and the visible chunks of the documents linked to all
-    /// of them (or, when no visible document is linked to all, to as many as any is), nearest
-    /// to `q`, best first. Only documents the caller can see are counted: a hidden document
-    /// linked to more of the named entities must not change which visible ones rank here.
+    /// The visible documents linked to the entities `text` names by id, and the visible chunks
+    /// of those linked to all of them (or, when none is, to as many as any is), nearest to `q`,
+    /// best first. Only documents the caller can see are counted: a hidden document linked to
+    /// more of the named entities must not change which visible ones rank here.
     fn entity_top(
         &self,
         text: &str,
@@ -484,7 +480,7 @@ impl Index {
         coded: &super::quant::CodedQuery,
         mask: &[bool],
         depth: usize,
-    ) -> (Named, Vec<(usize, f32)>) {
+    ) -> (Linked<'_>, Vec<(usize, f32)>) {
         let mut terms: Vec<String> = identifiers_whole(text)
             .split(|c: char| !c.is_alphanumeric())
             .map(str::to_lowercase)
@@ -493,26 +489,25 @@ impl Index {
         terms.sort();
         terms.dedup();
         let visible = |slot: &usize| mask.get(*slot).copied().unwrap_or(false);
-        // Per visible linked document, how many of the named entities it is linked to.
-        let mut linked: HashMap<&str, (usize, &[usize])> = HashMap::new();
+        let mut counts: HashMap<&str, (usize, &[usize])> = HashMap::new();
         for docs in terms.iter().filter_map(|t| self.entities.get(t)) {
             for d in docs {
                 let Some((_, slots)) = self.by_doc.get(&**d) else {
                     continue;
                 };
                 if slots.iter().any(visible) {
-                    linked.entry(&**d).or_insert((0, slots)).0 += 1;
+                    counts.entry(&**d).or_insert((0, slots)).0 += 1;
                 }
             }
         }
-        let most = linked.values().map(|(n, _)| *n).max().unwrap_or(0);
-        let slots = linked
+        let most = counts.values().map(|(n, _)| *n).max().unwrap_or(0);
+        let slots = counts
             .values()
             .filter(|(n, _)| *n == most)
             .flat_map(|(_, slots)| slots.iter().copied())
             .filter(visible);
         let ranked = self.nearest(q, coded, slots, depth);
-        (Named { terms, most }, ranked)
+        (Linked { counts, most }, ranked)
     }
 
     /// The `depth` chunks among `slots` nearest to `q` (coded as `coded`), best first, exactly:

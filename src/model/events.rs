@@ -807,16 +807,29 @@ mod unknown_keys {
         at: usize,
     }
 
+    impl<'a, X> Key<'a, X> {
+        /// What this step wraps, and the key's context around `next`, the step it hands to.
+        fn pass_on<Y>(self, next: Y) -> (X, Key<'a, Y>) {
+            let key = Key {
+                inner: next,
+                fields: self.fields,
+                tally: self.tally,
+                at: self.at,
+            };
+            (self.inner, key)
+        }
+
+        fn see(&mut self, key: &str) {
+            self.tally.see(self.fields, self.at, key);
+        }
+    }
+
     impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for Key<'_, S> {
         type Value = S::Value;
 
         fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<S::Value, D::Error> {
-            self.inner.deserialize(Key {
-                inner: de,
-                fields: self.fields,
-                tally: self.tally,
-                at: self.at,
-            })
+            let (seed, key) = self.pass_on(de);
+            seed.deserialize(key)
         }
     }
 
@@ -824,21 +837,13 @@ mod unknown_keys {
         type Error = D::Error;
 
         fn deserialize_identifier<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
-            self.inner.deserialize_identifier(Key {
-                inner: visitor,
-                fields: self.fields,
-                tally: self.tally,
-                at: self.at,
-            })
+            let (de, key) = self.pass_on(visitor);
+            de.deserialize_identifier(key)
         }
 
         fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
-            self.inner.deserialize_any(Key {
-                inner: visitor,
-                fields: self.fields,
-                tally: self.tally,
-                at: self.at,
-            })
+            let (de, key) = self.pass_on(visitor);
+            de.deserialize_any(key)
         }
 
         serde::forward_to_deserialize_any! {
@@ -855,24 +860,23 @@ mod unknown_keys {
             self.inner.expecting(f)
         }
 
-        fn visit_str<E: de::Error>(self, key: &str) -> Result<V::Value, E> {
-            self.tally.see(self.fields, self.at, key);
+        fn visit_str<E: de::Error>(mut self, key: &str) -> Result<V::Value, E> {
+            self.see(key);
             self.inner.visit_str(key)
         }
 
-        fn visit_borrowed_str<E: de::Error>(self, key: &'de str) -> Result<V::Value, E> {
-            self.tally.see(self.fields, self.at, key);
+        fn visit_borrowed_str<E: de::Error>(mut self, key: &'de str) -> Result<V::Value, E> {
+            self.see(key);
             self.inner.visit_borrowed_str(key)
         }
 
-        fn visit_string<E: de::Error>(self, key: String) -> Result<V::Value, E> {
-            self.tally.see(self.fields, self.at, &key);
+        fn visit_string<E: de::Error>(mut self, key: String) -> Result<V::Value, E> {
+            self.see(&key);
             self.inner.visit_string(key)
         }
 
-        fn visit_bytes<E: de::Error>(self, key: &[u8]) -> Result<V::Value, E> {
-            self.tally
-                .see(self.fields, self.at, &String::from_utf8_lossy(key));
+        fn visit_bytes<E: de::Error>(mut self, key: &[u8]) -> Result<V::Value, E> {
+            self.see(&String::from_utf8_lossy(key));
             self.inner.visit_bytes(key)
         }
 
@@ -1242,10 +1246,7 @@ mod tests {
             if e.malformed {
                 continue;
             }
-            let kind = EventKind::ALL
-                .into_iter()
-                .find(|k| k.topic() == e.topic)
-                .expect("a source topic");
+            let kind = EventKind::from_topic(e.topic).expect("a source topic");
             assert_eq!(kind.check_fields(&e.payload, true), Ok(0), "{kind:?}");
             seen.insert(kind);
         }

@@ -420,12 +420,13 @@ fn read_topic(
     mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
 ) {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer = millstream::broker::client_config(kafka, brokers)
-        .set("group.id", "test-topic-reader")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "true")
-        .create()
-        .unwrap();
+    let consumer: BaseConsumer<millstream::broker::QuietEof> =
+        millstream::broker::client_config(kafka, brokers)
+            .set("group.id", "test-topic-reader")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "true")
+            .create_with_context(millstream::broker::QuietEof)
+            .unwrap();
     let mut tpl = rdkafka::TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition_offset(topic, i32::try_from(p).unwrap(), rdkafka::Offset::Beginning)
