@@ -127,7 +127,13 @@ impl Default for LeadParams {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AnomalyParams {
+    /// EWMA weight of a new reading in the sensor's recent mean.
     pub alpha_fast: f64,
+    /// EWMA weight of a new reading in the sensor's variance (σ).
+    pub alpha_var: f64,
+    /// A reading's deviation counts in the variance up to this many σ (winsorized).
+    pub var_clip: f64,
+    /// EWMA weight of a new reading in the slow baseline (drift).
     pub alpha_slow: f64,
     /// Readings before z-score, rate-of-change and drift rules apply.
     pub warmup: u64,
@@ -149,6 +155,8 @@ impl Default for AnomalyParams {
     fn default() -> Self {
         AnomalyParams {
             alpha_fast: 0.05,
+            alpha_var: 0.03,
+            var_clip: 4.0,
             alpha_slow: 0.002,
             warmup: 30,
             warmup_drift: 300,

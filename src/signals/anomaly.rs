@@ -1,7 +1,9 @@
 //! Per-sensor anomaly detection on a stream of readings.
 //!
-//! Each sensor keeps a small state ([`SensorState`]): a fast EWMA of mean and variance (the
-//! sensor's recent normal), a slow EWMA of the mean (its long-run baseline), the last normal
+//! Each sensor keeps a small state ([`SensorState`]): a fast EWMA of the mean and a slower one
+//! of the variance, each deviation counted up to `var_clip` σ (the sensor's recent normal: a
+//! benign transient under the thresholds must not widen σ and hide the next weak spike), a slow
+//! EWMA of the mean (its long-run baseline), the last normal
 //! value and the length of the current run of identical values. A reading is checked against
 //! four rules, and the strongest finding wins:
 //! - **out_of_range**: outside the sensor type's operating range (always critical);
@@ -184,7 +186,16 @@ impl SensorState {
             if self.same_run == 1 {
                 let d = value - self.mean;
                 self.mean += p.alpha_fast * d;
-                self.var = (1.0 - p.alpha_fast) * (self.var + p.alpha_fast * d * d);
+                // The variance: a plain running mean at first (an EWMA from 0 would read σ low
+                // for its first 1/α readings), then the EWMA, with each deviation winsorized at
+                // `var_clip` σ once warm.
+                let a = p.alpha_var.max(1.0 / (self.n + 1) as f64);
+                let d = if warm {
+                    d.clamp(-p.var_clip * sd, p.var_clip * sd)
+                } else {
+                    d
+                };
+                self.var = (1.0 - a) * (self.var + a * d * d);
                 // While drifting, the baseline holds still, so it does not follow the drift and
                 // the sensor is judged against its old normal when it comes back.
                 if !self.drifting {
@@ -294,6 +305,38 @@ mod tests {
             feed(&mut s, normal(6.0, 0.15, 200, 3))
                 .iter()
                 .all(Option::is_none)
+        );
+    }
+
+    /// A benign transient just under the z-score threshold feeds the statistics, but counts in
+    /// σ only up to `var_clip` σ: the weak spikes that follow (8.5 σ, twice within the window)
+    /// are still flagged. Counted in full, the transient widened σ enough to hide them.
+    #[test]
+    fn a_transient_under_the_threshold_does_not_hide_the_weak_spikes_after_it() {
+        let p = Params::default();
+        let mut s = SensorState::default();
+        feed(&mut s, normal(6.0, 0.15, 500, 0));
+        let sigma = s.var.sqrt();
+        assert!(
+            s.observe(s.mean + 6.0 * sigma, SensorType::Pressure, &p)
+                .is_none(),
+            "a single 6 σ transient is no finding"
+        );
+        feed(&mut s, normal(6.0, 0.15, 6, 11));
+        let spike = s.mean + 8.5 * sigma;
+        let first = s.observe(spike, SensorType::Pressure, &p);
+        s.observe(6.0, SensorType::Pressure, &p);
+        let second = s.observe(spike, SensorType::Pressure, &p);
+        assert!(
+            first.is_none(),
+            "one excursion alone waits for confirmation"
+        );
+        assert_eq!(
+            second.map(|f| f.rule),
+            Some(Rule::ZScore),
+            "σ {} → {}",
+            sigma,
+            s.var.sqrt()
         );
     }
 
