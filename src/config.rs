@@ -517,6 +517,16 @@ impl Config {
                 && (1..=64).contains(&self.knowledge.embed_threads),
             "knowledge.embed_batch must be in 1..=256 and knowledge.embed_threads in 1..=64",
         );
+        let a = &self.signals.anomaly;
+        check(
+            [a.alpha_fast, a.alpha_var, a.alpha_slow]
+                .iter()
+                .all(|w| *w > 0.0 && *w <= 1.0)
+                && a.var_clip > 0.0
+                && a.var_clip.is_finite(),
+            "signals.anomaly: alpha_fast, alpha_var and alpha_slow must be in (0, 1], and var_clip a \
+             number of σ above 0",
+        );
         check(
             self.tracing.otlp_endpoint.is_empty()
                 || url::Url::parse(&self.tracing.otlp_endpoint)
@@ -1025,13 +1035,18 @@ mod tests {
                 ("MILLSTREAM__SIMULATE__SPEED", "-1"),
                 ("MILLSTREAM__SIMULATE__FAULTS_PER_DEVICE_DAY", "25"),
                 ("MILLSTREAM__SERVE__ADDR", "nowhere"),
+                ("MILLSTREAM__SIGNALS__ANOMALY__VAR_CLIP", "0"),
             ]),
         )
         .unwrap_err();
         let Error::Config(problems) = err else {
             panic!()
         };
-        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert_eq!(problems.len(), 5, "{problems:?}");
+        assert!(
+            problems.iter().any(|p| p.contains("var_clip")),
+            "{problems:?}"
+        );
         assert!(
             problems
                 .iter()
