@@ -436,8 +436,10 @@ impl Index {
         }
         // The kind the question's wording asks for ([`super::intent`]) is one more ranking, in
         // which every document of that kind ranks first. So is being linked to the entities the
-        // question names: a question about M-020 wants M-020's history before another machine's
-        // that merely reads alike (the entity list above ranks only its best `depth` chunks).
+        // question names (to all of them, or to as many as any visible document is:
+        // [`Linked::best`]): a question about M-020 wants M-020's history before another
+        // machine's that merely reads alike (the entity list above ranks only its best `depth`
+        // chunks).
         let asked = match mode {
             Mode::Hybrid => super::intent::asked_kinds(text),
             Mode::Keyword | Mode::Vector => Vec::new(),
