@@ -18,7 +18,7 @@ use tantivy::schema::{
 use tantivy::tokenizer::TokenStream;
 use tantivy::{IndexReader, IndexWriter, TantivyDocument, Term};
 
-use super::embed::DIM;
+use super::embed::{DIM, Embedder};
 use crate::{Error, Result};
 
 /// What a document is and what it is about: returned with hits and matched by filters.
@@ -113,8 +113,52 @@ pub struct Hit {
     pub score: f32,
 }
 
+/// A query as the index ranks it: the embedding of its whole text, and of its words other than
+/// the identifiers it names.
+///
+/// The second ranks the documents linked to the named entities ([`Index::entity_top`]). Among
+/// M-020's incident reports every one says "M-020", so the name only blurs what tells them apart:
+/// "the floor shakes" against the machine's fifteen other kinds of failure. The whole text ranks
+/// everything else, where the name does help.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryVectors {
+    pub whole: [f32; DIM],
+    /// `None` when the query names no identifier, or nothing else.
+    pub unnamed: Option<[f32; DIM]>,
+}
+
+impl QueryVectors {
+    /// Embeds `text` in one forward pass, pooling its identifiers' tokens out for the second
+    /// vector ([`Embedder::embed_leaving_out`]).
+    pub fn embed(embedder: &Embedder, text: &str) -> Result<QueryVectors> {
+        let names = identifier_spans(text);
+        if names.is_empty() {
+            let whole = embedder
+                .embed(&[text])?
+                .pop()
+                .ok_or_else(|| Error::Internal("no query vector".into()))?;
+            return Ok(QueryVectors {
+                whole,
+                unnamed: None,
+            });
+        }
+        let (whole, unnamed) = embedder.embed_leaving_out(text, &names)?;
+        Ok(QueryVectors { whole, unnamed })
+    }
+
+    /// The vector that ranks the documents linked to the named entities.
+    fn unnamed(&self) -> &[f32; DIM] {
+        self.unnamed.as_ref().unwrap_or(&self.whole)
+    }
+}
+
 /// Reciprocal-rank fusion constant (Cormack et al.): damps the weight of the top ranks.
 const RRF_K: f32 = 60.0;
+
+/// How deep the documents linked to a question's named entities are ranked. Those documents
+/// take their place in the fusion from this list alone ([`Index::search`]), so it reaches past
+/// the top few: a plant's procedures sit among its ~1,600 documents.
+const LINKED_DEPTH: usize = 200;
 
 /// What a ranked list gives the document at `rank` (1 = first) in reciprocal-rank fusion.
 fn rrf(rank: usize) -> f32 {
@@ -380,18 +424,19 @@ impl Index {
     pub fn search(
         &self,
         text: &str,
-        vector: &[f32; DIM],
+        query: &QueryVectors,
         mask: &Arc<Vec<bool>>,
         k: usize,
         mode: Mode,
     ) -> Result<Vec<Hit>> {
         // Each half ranks more candidates than asked so fusion has overlap to work with.
         let depth = (k * 5).max(50);
+        let vector = &query.whole;
         let coded = super::quant::CodedQuery::new(vector);
         // Entities the query names by id ("M-012", "PLANT-2", "WH-03"): the documents linked
-        // to them, ranked by meaning. Named ids are the most precise thing a question says,
-        // and neither half alone weighs them (the vectors hardly see them; BM25 trades them
-        // off against every other word).
+        // to them, ranked by what the question says besides the names. Named ids are the most
+        // precise thing a question says, and neither half alone weighs them (the vectors hardly
+        // see them; BM25 trades them off against every other word).
         //
         // The three rankings are independent: on two cores they run side by side.
         let ((by_vector, (linked, by_entity)), by_keyword) = rayon::join(
@@ -402,7 +447,9 @@ impl Index {
                         _ => self.vector_top(vector, &coded, mask, depth),
                     },
                     || match mode {
-                        Mode::Hybrid => self.entity_top(text, vector, &coded, mask, depth),
+                        Mode::Hybrid => {
+                            self.entity_top(text, query.unnamed(), mask, depth.max(LINKED_DEPTH))
+                        }
                         _ => (Linked::default(), Vec::new()),
                     },
                 )
@@ -414,13 +461,22 @@ impl Index {
         );
         let by_keyword = by_keyword?;
         // Collapse each list to documents (a document's best chunk), then fuse by rank. The
-        // chunk shown is the vector half's best one when it found the document.
+        // chunk shown is the first list's best one that ranks the document.
+        //
+        // A document linked to the named entities ([`Linked::best`]) takes its place from the
+        // entity list alone, not from the two halves. Their ranks of it say how it compares with
+        // other entities' documents, which the names have already ruled on. They are also cut
+        // at `depth`: whether one of M-020's reports made the cut of the whole corpus moved it
+        // more than its rank among M-020's own reports did.
         let mut fused: HashMap<&str, (f32, usize)> = HashMap::new();
-        for list in [&by_vector, &by_keyword, &by_entity] {
+        for (list, half) in [(&by_vector, true), (&by_keyword, true), (&by_entity, false)] {
             let mut seen = std::collections::HashSet::new();
             for &(slot, score) in list.iter() {
                 let s = self.slots[slot].as_ref().expect("ranked slots are live");
                 if !seen.insert(s.doc.doc_id.as_str()) {
+                    continue;
+                }
+                if half && linked.best(&s.doc) {
                     continue;
                 }
                 let contribution = match mode {
@@ -438,8 +494,7 @@ impl Index {
         // which every document of that kind ranks first. So is being linked to the entities the
         // question names (to all of them, or to as many as any visible document is:
         // [`Linked::best`]): a question about M-020 wants M-020's history before another
-        // machine's that merely reads alike (the entity list above ranks only its best `depth`
-        // chunks).
+        // machine's that merely reads alike.
         let asked = match mode {
             Mode::Hybrid => super::intent::asked_kinds(text),
             Mode::Keyword | Mode::Vector => Vec::new(),
@@ -462,9 +517,12 @@ impl Index {
                 }
             })
             .collect();
+        // At equal scores the document linked to the names comes first: the best of M-020's
+        // reports ties with another machine's that leads both halves.
         hits.sort_by(|a, b| {
             b.score
                 .total_cmp(&a.score)
+                .then_with(|| linked.best(&b.doc).cmp(&linked.best(&a.doc)))
                 .then_with(|| a.doc.doc_id.cmp(&b.doc.doc_id))
         });
         hits.truncate(k);
@@ -472,14 +530,14 @@ impl Index {
     }
 
     /// The visible documents linked to the entities `text` names by id, and the visible chunks
-    /// of those linked to all of them (or, when none is, to as many as any is), nearest to `q`,
-    /// best first. Only documents the caller can see are counted: a hidden document linked to
-    /// more of the named entities must not change which visible ones rank here.
+    /// of those linked to all of them (or, when none is, to as many as any is), nearest to `q`
+    /// (the query without its identifiers: [`QueryVectors`]), best first. Only documents the
+    /// caller can see are counted: a hidden document linked to more of the named entities must
+    /// not change which visible ones rank here.
     fn entity_top(
         &self,
         text: &str,
         q: &[f32; DIM],
-        coded: &super::quant::CodedQuery,
         mask: &[bool],
         depth: usize,
     ) -> (Linked<'_>, Vec<(usize, f32)>) {
@@ -502,13 +560,16 @@ impl Index {
                 }
             }
         }
+        if counts.is_empty() {
+            return (Linked::default(), Vec::new());
+        }
         let most = counts.values().map(|(n, _)| *n).max().unwrap_or(0);
         let slots = counts
             .values()
             .filter(|(n, _)| *n == most)
             .flat_map(|(_, slots)| slots.iter().copied())
             .filter(visible);
-        let ranked = self.nearest(q, coded, slots, depth);
+        let ranked = self.nearest(q, &super::quant::CodedQuery::new(q), slots, depth);
         (Linked { counts, most }, ranked)
     }
 
@@ -757,6 +818,27 @@ fn identifiers_whole(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// Where `text` names identifiers (`M-020`, `PLANT-1`, `INC-0121-9`: a run of letters, digits
+/// and hyphens with a letter, a hyphen and a digit in a row), as byte ranges. Only the text
+/// decides, never what the index holds, so no hidden document can change how a caller's query
+/// is read.
+fn identifier_spans(text: &str) -> Vec<std::ops::Range<usize>> {
+    let part = |c: char| c.is_ascii_alphanumeric() || c == '-';
+    let mut spans = Vec::new();
+    let mut at = 0;
+    while let Some(start) = text[at..].find(part).map(|i| at + i) {
+        let end = text[start..]
+            .find(|c: char| !part(c))
+            .map_or(text.len(), |i| start + i);
+        let word = &text[start..end];
+        if identifiers_whole(word).len() < word.len() {
+            spans.push(start..end);
+        }
+        at = end;
+    }
+    spans
+}
+
 /// An entity id as a keyword term: `M-012` → `m012`.
 fn entity_term(id: &str) -> String {
     identifiers_whole(id).to_lowercase()
@@ -810,6 +892,14 @@ fn top(scored: &mut Vec<(usize, f32)>, n: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A query that names no identifier.
+    fn whole(v: [f32; DIM]) -> QueryVectors {
+        QueryVectors {
+            whole: v,
+            unnamed: None,
+        }
+    }
 
     fn unit(seed: usize) -> [f32; DIM] {
         let mut v = [0f32; DIM];
@@ -872,7 +962,7 @@ mod tests {
         ix.commit().unwrap();
         let mask = ix.mask(|_| true);
         let mut found: Vec<String> = ix
-            .search("bearing", &unit(1), &mask, 10, Mode::Keyword)
+            .search("bearing", &whole(unit(1)), &mask, 10, Mode::Keyword)
             .unwrap()
             .into_iter()
             .map(|h| h.doc.doc_id.clone())
@@ -896,7 +986,7 @@ mod tests {
         ix.commit().unwrap();
         let mask = ix.mask(|_| true);
         let first = |q: &str, mode: Mode| {
-            ix.search(q, &unit(1), &mask, 2, mode).unwrap()[0]
+            ix.search(q, &whole(unit(1)), &mask, 2, mode).unwrap()[0]
                 .doc
                 .doc_id
                 .clone()
@@ -920,8 +1010,9 @@ mod tests {
     fn a_document_linked_to_the_entity_a_question_names_ranks_above_one_that_reads_alike() {
         // OTHER (PLANT-2) is first in both halves; MINE (PLANT-1) is second in the vector half
         // and absent from the keyword half, and first in the list of PLANT-1's documents. A
-        // question naming PLANT-1 gets MINE first, which that list alone would not achieve
-        // (1/62 + 1/61 < 2/61); a question naming no entity gets OTHER first.
+        // question naming PLANT-1 gets MINE first: its place among PLANT-1's documents and being
+        // linked to PLANT-1 (2/61) match OTHER's two halves, and the names decide the tie. A
+        // question naming no entity gets OTHER first.
         let mut ix = Index::new().unwrap();
         ix.upsert(doc("OTHER", "PLANT-2"), chunk("spindle bearing noise", 1))
             .unwrap();
@@ -930,7 +1021,7 @@ mod tests {
         ix.commit().unwrap();
         let mask = ix.mask(|_| true);
         let order = |q: &str| {
-            ix.search(q, &unit(1), &mask, 2, Mode::Hybrid)
+            ix.search(q, &whole(unit(1)), &mask, 2, Mode::Hybrid)
                 .unwrap()
                 .into_iter()
                 .map(|h| h.doc.doc_id.clone())
@@ -938,6 +1029,55 @@ mod tests {
         };
         assert_eq!(order("spindle bearing noise at PLANT-1"), ["MINE", "OTHER"]);
         assert_eq!(order("spindle bearing noise"), ["OTHER", "MINE"]);
+    }
+
+    #[test]
+    fn the_named_machine_s_documents_rank_by_what_the_question_says_besides_the_names() {
+        // A and B are both M-001's. B has the question's words and is nearest to the whole
+        // question (first in both halves); A is nearest to the question without "M-001". The
+        // name has picked the machine, so the rest of the question picks among its documents:
+        // A first. Ranked by the whole question, or with B's two halves counted, B would be.
+        let mut ix = Index::new().unwrap();
+        for (id, text, v) in [
+            ("A", "flat-lined gauge", 1),
+            ("B", "pressure surge report", 2),
+        ] {
+            let mut d = doc(id, "PLANT-1");
+            d.links.machine_id = Some("M-001".into());
+            ix.upsert(d, chunk(text, v)).unwrap();
+        }
+        ix.upsert(doc("C", "PLANT-2"), chunk("pressure report", 3))
+            .unwrap();
+        ix.commit().unwrap();
+        let mask = ix.mask(|_| true);
+        let order = |query: &QueryVectors| {
+            ix.search("M-001 pressure surge report", query, &mask, 3, Mode::Hybrid)
+                .unwrap()
+                .into_iter()
+                .map(|h| h.doc.doc_id.clone())
+                .collect::<Vec<_>>()
+        };
+        let named = QueryVectors {
+            whole: unit(2),
+            unnamed: Some(unit(1)),
+        };
+        assert_eq!(order(&named), ["A", "B", "C"]);
+        // The same question with no separate vector for its other words.
+        assert_eq!(order(&whole(unit(2))), ["B", "A", "C"]);
+    }
+
+    #[test]
+    fn the_identifiers_a_question_names_are_found_by_their_shape() {
+        let text = "Has M-020 had this before at PLANT-1 (INC-0121-9)?";
+        let names: Vec<&str> = identifier_spans(text)
+            .into_iter()
+            .map(|r| &text[r])
+            .collect();
+        assert_eq!(names, ["M-020", "PLANT-1", "INC-0121-9"]);
+        // Hyphens that join words or follow a number are not identifiers.
+        assert!(identifier_spans("lock-out before the 3-step check").is_empty());
+        let spans = identifier_spans("über M-7");
+        assert_eq!((spans.len(), &spans[0]), (1, &(6..9)));
     }
 
     #[test]
@@ -966,7 +1106,7 @@ mod tests {
             let mask = ix.mask(|d| d.doc_id != "H");
             ix.search(
                 "spindle bearing noise on M-001 at PLANT-1",
-                &unit(1),
+                &whole(unit(1)),
                 &mask,
                 3,
                 Mode::Hybrid,
@@ -1010,7 +1150,7 @@ mod tests {
         for mode in [Mode::Hybrid, Mode::Keyword, Mode::Vector] {
             let run = |ix: &Index| {
                 let mask = ix.mask(|d| d.links.plant_id.as_deref() == Some("PLANT-1"));
-                ix.search("bearing noise", &unit(1), &mask, 10, mode)
+                ix.search("bearing noise", &whole(unit(1)), &mask, 10, mode)
                     .unwrap()
                     .into_iter()
                     .map(|h| (h.doc.doc_id.clone(), h.score))
@@ -1030,7 +1170,7 @@ mod tests {
         ix.commit().unwrap();
         let all = |ix: &Index, q: &str, v: usize| {
             let mask = ix.mask(|_| true);
-            ix.search(q, &unit(v), &mask, 5, Mode::Keyword)
+            ix.search(q, &whole(unit(v)), &mask, 5, Mode::Keyword)
                 .unwrap()
                 .into_iter()
                 .map(|h| h.text)

@@ -87,10 +87,10 @@ pub struct Knowledge {
     /// Query vectors by caller and query text: an agent or a console page asks the same thing
     /// again and again, and embedding is most of a search's time. Per caller, so how fast a
     /// search answers says nothing about what others asked.
-    queries: std::sync::Mutex<lru::LruCache<(String, String), [f32; embed::DIM]>>,
+    queries: std::sync::Mutex<lru::LruCache<(String, String), index::QueryVectors>>,
 }
 
-/// Query vectors kept ([`Knowledge::search`]): at most 1.5 KiB of vector and
+/// Queries kept ([`Knowledge::search`]): at most 3 KiB of vectors and
 /// [`MAX_QUERY_CHARS`] of text each.
 const QUERY_VECTORS_KEPT: usize = 1024;
 
@@ -547,12 +547,12 @@ impl Knowledge {
             None => {
                 let text = request.query.clone();
                 let embedder = self.embedder.clone();
-                let v = tokio::task::spawn_blocking(move || embedder.embed(&[&text]))
-                    .instrument(tracing::debug_span!("knowledge.embed_query"))
-                    .await
-                    .map_err(|e| Error::Internal(format!("embedding task: {e}")))??
-                    .pop()
-                    .ok_or_else(|| Error::Internal("no query vector".into()))?;
+                let v = tokio::task::spawn_blocking(move || {
+                    index::QueryVectors::embed(&embedder, &text)
+                })
+                .instrument(tracing::debug_span!("knowledge.embed_query"))
+                .await
+                .map_err(|e| Error::Internal(format!("embedding task: {e}")))??;
                 self.queries.lock().expect("poisoned").put(key, v);
                 v
             }
