@@ -146,7 +146,10 @@ impl Embedder {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        on_a_pool(|| self.embed_here(texts))
+        if rayon::current_thread_index().is_none() {
+            return rayon::scope(|_| self.embed_here(texts));
+        }
+        self.embed_here(texts)
     }
 
     fn embed_here(&self, texts: &[&str]) -> Result<Vec<[f32; DIM]>> {
@@ -179,64 +182,6 @@ impl Embedder {
         Ok(out)
     }
 
-    /// The unit vector of `text`, and the unit vector of its tokens outside the byte ranges
-    /// `leave_out`, pooled from the same forward pass: the words around a name, read in its
-    /// context, without the name's own tokens. The second is `None` when `leave_out` covers no
-    /// token, or every token but the model's markers. One pass, so it costs what `embed` of
-    /// `text` alone does. Runs on a rayon pool as `embed` does.
-    pub fn embed_leaving_out(
-        &self,
-        text: &str,
-        leave_out: &[std::ops::Range<usize>],
-    ) -> Result<([f32; DIM], Option<[f32; DIM]>)> {
-        on_a_pool(|| self.embed_leaving_out_here(text, leave_out))
-    }
-
-    fn embed_leaving_out_here(
-        &self,
-        text: &str,
-        leave_out: &[std::ops::Range<usize>],
-    ) -> Result<([f32; DIM], Option<[f32; DIM]>)> {
-        let inner = &self.inner;
-        let failed = |e: &dyn std::fmt::Display| Error::Internal(format!("embedding: {e}"));
-        let encoding = inner.tokenizer.encode(text, true).map_err(|e| failed(&e))?;
-        let mask = encoding.get_attention_mask().to_vec();
-        let outside = |&(start, end): &(usize, usize)| {
-            !leave_out.iter().any(|r| start < r.end && end > r.start)
-        };
-        let kept: Vec<u32> = encoding
-            .get_offsets()
-            .iter()
-            .zip(&mask)
-            .map(|(offsets, &m)| u32::from(m == 1 && outside(offsets)))
-            .collect();
-        let words_kept = kept
-            .iter()
-            .zip(encoding.get_special_tokens_mask())
-            .any(|(&k, &special)| k == 1 && special == 0);
-        let kept = (kept != mask && words_kept).then_some(kept);
-        let len = mask.len();
-        let pooled = || -> candle_core::Result<Vec<Vec<f32>>> {
-            let (hidden, mask) = self.hidden(encoding.get_ids().to_vec(), mask, 1, len)?;
-            let mut rows = mean_pooled(&hidden, &mask)?;
-            if let Some(kept) = kept {
-                let kept = Tensor::from_vec(kept, (1, len), &inner.device)?;
-                rows.extend(mean_pooled(&hidden, &kept)?);
-            }
-            Ok(rows)
-        };
-        let mut rows = pooled()
-            .map_err(|e| failed(&e))?
-            .into_iter()
-            .map(|row| <[f32; DIM]>::try_from(row.as_slice()).map_err(|e| failed(&e)));
-        let whole = rows
-            .next()
-            .ok_or_else(|| Error::Internal("embedding: no vector".into()))??;
-        let rest = rows.next().transpose()?;
-        inner.texts.fetch_add(1, Ordering::Relaxed);
-        Ok((whole, rest))
-    }
-
     /// One forward pass over `n` texts of `len` tokens (ids and mask row by row, padded): their
     /// unit vectors.
     fn forward(
@@ -246,25 +191,22 @@ impl Embedder {
         n: usize,
         len: usize,
     ) -> candle_core::Result<Vec<Vec<f32>>> {
-        let (hidden, mask) = self.hidden(ids, mask, n, len)?;
-        mean_pooled(&hidden, &mask)
-    }
-
-    /// The model's output for `n` texts of `len` tokens (ids and mask row by row, padded):
-    /// texts × tokens × DIM, and the mask as a tensor.
-    fn hidden(
-        &self,
-        ids: Vec<u32>,
-        mask: Vec<u32>,
-        n: usize,
-        len: usize,
-    ) -> candle_core::Result<(Tensor, Tensor)> {
         let inner = &self.inner;
         let ids = Tensor::from_vec(ids, (n, len), &inner.device)?;
         let mask = Tensor::from_vec(mask, (n, len), &inner.device)?;
         let types = ids.zeros_like()?;
-        let hidden = inner.model.forward(&ids, &types, Some(&mask))?;
-        Ok((hidden, mask))
+        let hidden = inner.model.forward(&ids, &types, Some(&mask))?; // n × len × DIM
+        // Mean over the real tokens, then unit length.
+        let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+        let summed = hidden.broadcast_mul(&m)?.sum(1)?;
+        let counts = m.sum(1)?;
+        let mean = summed.broadcast_div(&counts)?;
+        let norm = mean
+            .sqr()?
+            .sum_keepdim(1)?
+            .sqrt()?
+            .clamp(1e-12f32, f32::MAX)?;
+        mean.broadcast_div(&norm)?.to_vec2::<f32>()
     }
 
     /// Texts embedded by this model since it was loaded.
@@ -348,31 +290,6 @@ fn installed_package_dir() -> Option<PathBuf> {
         .ok()?;
     let dir = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim()).join("model");
     dir.join("model.safetensors").is_file().then_some(dir)
-}
-
-/// Runs `f` on a thread of a rayon pool: the caller's when it is one, else the global pool's
-/// while the caller waits ([`Embedder::embed`] says why).
-fn on_a_pool<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    if rayon::current_thread_index().is_some() {
-        f()
-    } else {
-        rayon::scope(|_| f())
-    }
-}
-
-/// The mean of `hidden` (texts × tokens × DIM) over the tokens `mask` marks, per text, at unit
-/// length: sentence-transformers' pooling.
-fn mean_pooled(hidden: &Tensor, mask: &Tensor) -> candle_core::Result<Vec<Vec<f32>>> {
-    let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
-    let summed = hidden.broadcast_mul(&m)?.sum(1)?;
-    let counts = m.sum(1)?;
-    let mean = summed.broadcast_div(&counts)?;
-    let norm = mean
-        .sqr()?
-        .sum_keepdim(1)?
-        .sqrt()?
-        .clamp(1e-12f32, f32::MAX)?;
-    mean.broadcast_div(&norm)?.to_vec2::<f32>()
 }
 
 /// Dot product of two unit vectors: their cosine similarity.
@@ -491,41 +408,6 @@ mod tests {
                 .fold(0f32, f32::max);
             assert!(most < 1e-5, "{text:.40}: differs by up to {most}");
         }
-    }
-
-    #[test]
-    fn a_name_pooled_out_leaves_the_vector_of_the_words_around_it() {
-        let embedder = model();
-        let text = "Has M-020 had this before: the machine shakes so hard the floor moves?";
-        let name = 4..9;
-        assert_eq!(&text[name.clone()], "M-020");
-        let (whole, rest) = embedder.embed_leaving_out(text, &[name]).unwrap();
-        let rest = rest.expect("words besides the name");
-        // The first vector is the text's own embedding.
-        let plain = embedder.embed(&[text]).unwrap().pop().unwrap();
-        let most = whole
-            .iter()
-            .zip(&plain)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
-        assert!(most < 1e-5, "differs by up to {most}");
-        // Without the name's tokens the vector moves toward the question without the name.
-        let unnamed = embedder
-            .embed(&["Has had this before: the machine shakes so hard the floor moves?"])
-            .unwrap()
-            .pop()
-            .unwrap();
-        let (near, far) = (cosine(&rest, &unnamed), cosine(&whole, &unnamed));
-        assert!(near > far, "{near} <= {far}");
-        // Nothing left out, or nothing else left: no second vector.
-        assert!(embedder.embed_leaving_out(text, &[]).unwrap().1.is_none());
-        assert!(
-            embedder
-                .embed_leaving_out("M-020", std::slice::from_ref(&(0..5)))
-                .unwrap()
-                .1
-                .is_none()
-        );
     }
 
     #[test]

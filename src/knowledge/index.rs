@@ -18,7 +18,7 @@ use tantivy::schema::{
 use tantivy::tokenizer::TokenStream;
 use tantivy::{IndexReader, IndexWriter, TantivyDocument, Term};
 
-use super::embed::{DIM, Embedder};
+use super::embed::DIM;
 use crate::{Error, Result};
 
 /// What a document is and what it is about: returned with hits and matched by filters.
@@ -113,38 +113,34 @@ pub struct Hit {
     pub score: f32,
 }
 
-/// A query as the index ranks it: the embedding of its whole text, and of its words other than
-/// the identifiers it names.
+/// The text a query's vector is embedded from.
 ///
-/// The second ranks the documents linked to the named entities ([`Index::entity_top`]). Among
-/// M-020's incident reports every one says "M-020", so the name only blurs what tells them apart:
-/// "the floor shakes" against the machine's fifteen other kinds of failure. The whole text ranks
-/// everything else, where the name does help.
-#[derive(Debug, Clone, Copy)]
-pub struct QueryVectors {
-    pub whole: [f32; DIM],
-    /// `None` when the query names no identifier, or nothing else.
-    pub unnamed: Option<[f32; DIM]>,
-}
-
-impl QueryVectors {
-    /// Embeds `text` in one forward pass, pooling its identifiers' tokens out for the second
-    /// vector ([`Embedder::embed_leaving_out`]).
-    pub fn embed(embedder: &Embedder, text: &str) -> Result<QueryVectors> {
-        let names = identifier_spans(text);
-        if names.is_empty() {
-            let whole = embedder
-                .embed(&[text])?
-                .pop()
-                .ok_or_else(|| Error::Internal("no query vector".into()))?;
-            return Ok(QueryVectors {
-                whole,
-                unnamed: None,
-            });
-        }
-        let (whole, unnamed) = embedder.embed_leaving_out(text, &names)?;
-        Ok(QueryVectors { whole, unnamed })
+/// In hybrid search: the query without the identifiers it names (`M-020`, `PLANT-1`). The
+/// names are read by the entity list ([`Index::entity_top`]) and the keyword half, which hold
+/// each id as one exact term. To the model an id is a few word pieces ("m", "-", "02", "##0")
+/// that mean nothing, so in the vector they only blur the question: among M-020's incident
+/// reports every one says "M-020", and what tells them apart is the rest ("the floor shakes"
+/// against the machine's fifteen other kinds of failure); across the corpus they pull toward
+/// documents with like-looking numbers. Vector-only search has nothing else that reads the
+/// names, so it embeds the whole text, and so does a query that is nothing but names. Only the
+/// text decides ([`identifier_spans`]).
+pub fn embedded_text(text: &str, mode: Mode) -> std::borrow::Cow<'_, str> {
+    let names = identifier_spans(text);
+    if mode != Mode::Hybrid || names.is_empty() {
+        return std::borrow::Cow::Borrowed(text);
     }
+    let mut rest = String::with_capacity(text.len());
+    let mut at = 0;
+    for name in names {
+        rest.push_str(&text[at..name.start]);
+        rest.push(' ');
+        at = name.end;
+    }
+    rest.push_str(&text[at..]);
+    if !rest.chars().any(char::is_alphanumeric) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(rest.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
 /// Reciprocal-rank fusion constant (Cormack et al.): damps the weight of the top ranks.
@@ -415,18 +411,17 @@ impl Index {
     }
 
     /// The `k` best documents among the visible chunks (`mask`) for a query given as text and
-    /// as its embedding.
+    /// as its embedding (of [`embedded_text`]).
     pub fn search(
         &self,
         text: &str,
-        query: &QueryVectors,
+        vector: &[f32; DIM],
         mask: &Arc<Vec<bool>>,
         k: usize,
         mode: Mode,
     ) -> Result<Vec<Hit>> {
         // Each half ranks more candidates than asked so fusion has overlap to work with.
         let depth = (k * 5).max(50);
-        let vector = &query.whole;
         let coded = super::quant::CodedQuery::new(vector);
         // Entities the query names by id ("M-012", "PLANT-2", "WH-03"): the documents linked
         // to them, ranked by what the question says besides the names. Named ids are the most
@@ -443,7 +438,7 @@ impl Index {
                     },
                     || match mode {
                         Mode::Hybrid => {
-                            self.entity_top(text, query, &coded, mask, depth.max(LINKED_DEPTH))
+                            self.entity_top(text, vector, &coded, mask, depth.max(LINKED_DEPTH))
                         }
                         _ => (Linked::default(), Vec::new()),
                     },
@@ -527,14 +522,14 @@ impl Index {
 
     /// The visible documents linked to the entities `text` names by id, and the visible chunks
     /// of those linked to all of them (or, when none is, to as many as any is), nearest to the
-    /// query without its identifiers ([`QueryVectors`]; `coded` is the whole query's code, used
-    /// when it has no other vector), best first. Only documents the caller can see are counted:
-    /// a hidden document linked to more of the named entities must not change which visible ones
-    /// rank here.
+    /// query's vector (`coded` is its code), best first. The vector leaves the names out
+    /// ([`embedded_text`]): they have picked the documents, the rest of the question ranks
+    /// them. Only documents the caller can see are counted: a hidden document linked to more of
+    /// the named entities must not change which visible ones rank here.
     fn entity_top(
         &self,
         text: &str,
-        query: &QueryVectors,
+        vector: &[f32; DIM],
         coded: &super::quant::CodedQuery,
         mask: &[bool],
         depth: usize,
@@ -567,10 +562,7 @@ impl Index {
             .filter(|(n, _)| *n == most)
             .flat_map(|(_, slots)| slots.iter().copied())
             .filter(visible);
-        let ranked = match &query.unnamed {
-            Some(q) => self.nearest(q, &super::quant::CodedQuery::new(q), slots, depth),
-            None => self.nearest(&query.whole, coded, slots, depth),
-        };
+        let ranked = self.nearest(vector, coded, slots, depth);
         (Linked { counts, most }, ranked)
     }
 
@@ -894,14 +886,6 @@ fn top(scored: &mut Vec<(usize, f32)>, n: usize) {
 mod tests {
     use super::*;
 
-    /// A query that names no identifier.
-    fn whole(v: [f32; DIM]) -> QueryVectors {
-        QueryVectors {
-            whole: v,
-            unnamed: None,
-        }
-    }
-
     fn unit(seed: usize) -> [f32; DIM] {
         let mut v = [0f32; DIM];
         v[seed % DIM] = 1.0;
@@ -963,7 +947,7 @@ mod tests {
         ix.commit().unwrap();
         let mask = ix.mask(|_| true);
         let mut found: Vec<String> = ix
-            .search("bearing", &whole(unit(1)), &mask, 10, Mode::Keyword)
+            .search("bearing", &unit(1), &mask, 10, Mode::Keyword)
             .unwrap()
             .into_iter()
             .map(|h| h.doc.doc_id.clone())
@@ -987,7 +971,7 @@ mod tests {
         ix.commit().unwrap();
         let mask = ix.mask(|_| true);
         let first = |q: &str, mode: Mode| {
-            ix.search(q, &whole(unit(1)), &mask, 2, mode).unwrap()[0]
+            ix.search(q, &unit(1), &mask, 2, mode).unwrap()[0]
                 .doc
                 .doc_id
                 .clone()
@@ -1022,7 +1006,7 @@ mod tests {
         ix.commit().unwrap();
         let mask = ix.mask(|_| true);
         let order = |q: &str| {
-            ix.search(q, &whole(unit(1)), &mask, 2, Mode::Hybrid)
+            ix.search(q, &unit(1), &mask, 2, Mode::Hybrid)
                 .unwrap()
                 .into_iter()
                 .map(|h| h.doc.doc_id.clone())
@@ -1033,38 +1017,69 @@ mod tests {
     }
 
     #[test]
-    fn the_named_machine_s_documents_rank_by_what_the_question_says_besides_the_names() {
-        // A and B are both M-001's. B has the question's words and is nearest to the whole
-        // question (first in both halves); A is nearest to the question without "M-001". The
-        // name has picked the machine, so the rest of the question picks among its documents:
-        // A first. Ranked by the whole question, or with B's two halves counted, B would be.
+    fn the_named_machine_s_documents_take_their_place_from_the_entity_list_alone() {
+        // A and B are both M-001's. A is nearest to the question's vector (its words besides
+        // the name), so the entity list ranks A first. B has the question's words: it leads the
+        // keyword half and is second in the vector half. The name has picked the machine, so
+        // only the entity list orders its documents: A first. With B's two halves counted as
+        // well, B would lead.
         let mut ix = Index::new().unwrap();
+        let mut near = [0f32; DIM];
+        (near[1], near[2]) = (0.8, 0.6);
         for (id, text, v) in [
-            ("A", "flat-lined gauge", 1),
-            ("B", "pressure surge report", 2),
+            ("A", "flat-lined gauge", unit(1)),
+            ("B", "pressure surge report", near),
         ] {
             let mut d = doc(id, "PLANT-1");
             d.links.machine_id = Some("M-001".into());
-            ix.upsert(d, chunk(text, v)).unwrap();
+            ix.upsert(
+                d,
+                vec![IndexedChunk {
+                    no: 0,
+                    hash: crate::model::stable_hash(&[text]),
+                    text: text.into(),
+                    vector: v,
+                }],
+            )
+            .unwrap();
         }
         ix.upsert(doc("C", "PLANT-2"), chunk("pressure report", 3))
             .unwrap();
         ix.commit().unwrap();
         let mask = ix.mask(|_| true);
-        let order = |query: &QueryVectors| {
-            ix.search("M-001 pressure surge report", query, &mask, 3, Mode::Hybrid)
-                .unwrap()
-                .into_iter()
-                .map(|h| h.doc.doc_id.clone())
-                .collect::<Vec<_>>()
-        };
-        let named = QueryVectors {
-            whole: unit(2),
-            unnamed: Some(unit(1)),
-        };
-        assert_eq!(order(&named), ["A", "B", "C"]);
-        // The same question with no separate vector for its other words.
-        assert_eq!(order(&whole(unit(2))), ["B", "A", "C"]);
+        let order: Vec<String> = ix
+            .search(
+                "M-001 pressure surge report",
+                &unit(1),
+                &mask,
+                3,
+                Mode::Hybrid,
+            )
+            .unwrap()
+            .into_iter()
+            .map(|h| h.doc.doc_id.clone())
+            .collect();
+        assert_eq!(order, ["A", "B", "C"]);
+    }
+
+    #[test]
+    fn a_hybrid_query_is_embedded_without_the_identifiers_it_names() {
+        let text = "Has M-020 had this before at PLANT-1: the floor shakes?";
+        assert_eq!(
+            embedded_text(text, Mode::Hybrid),
+            "Has had this before at : the floor shakes?"
+        );
+        // Vector-only search has nothing else that reads the names.
+        assert_eq!(embedded_text(text, Mode::Vector), text);
+        // A query without names, or with nothing but names, is embedded as it is.
+        assert_eq!(
+            embedded_text("the floor shakes", Mode::Hybrid),
+            "the floor shakes"
+        );
+        assert_eq!(
+            embedded_text("M-020 (PLANT-1)", Mode::Hybrid),
+            "M-020 (PLANT-1)"
+        );
     }
 
     #[test]
@@ -1107,7 +1122,7 @@ mod tests {
             let mask = ix.mask(|d| d.doc_id != "H");
             ix.search(
                 "spindle bearing noise on M-001 at PLANT-1",
-                &whole(unit(1)),
+                &unit(1),
                 &mask,
                 3,
                 Mode::Hybrid,
@@ -1151,7 +1166,7 @@ mod tests {
         for mode in [Mode::Hybrid, Mode::Keyword, Mode::Vector] {
             let run = |ix: &Index| {
                 let mask = ix.mask(|d| d.links.plant_id.as_deref() == Some("PLANT-1"));
-                ix.search("bearing noise", &whole(unit(1)), &mask, 10, mode)
+                ix.search("bearing noise", &unit(1), &mask, 10, mode)
                     .unwrap()
                     .into_iter()
                     .map(|h| (h.doc.doc_id.clone(), h.score))
@@ -1171,7 +1186,7 @@ mod tests {
         ix.commit().unwrap();
         let all = |ix: &Index, q: &str, v: usize| {
             let mask = ix.mask(|_| true);
-            ix.search(q, &whole(unit(v)), &mask, 5, Mode::Keyword)
+            ix.search(q, &unit(v), &mask, 5, Mode::Keyword)
                 .unwrap()
                 .into_iter()
                 .map(|h| h.text)

@@ -84,13 +84,13 @@ pub struct Knowledge {
     syncing: tokio::sync::Mutex<()>,
     /// Whether a sync has gone through every source table once (the index is built).
     built: std::sync::atomic::AtomicBool,
-    /// Query vectors by caller and query text: an agent or a console page asks the same thing
-    /// again and again, and embedding is most of a search's time. Per caller, so how fast a
-    /// search answers says nothing about what others asked.
-    queries: std::sync::Mutex<lru::LruCache<(String, String), index::QueryVectors>>,
+    /// Query vectors by caller and embedded text ([`index::embedded_text`]): an agent or a
+    /// console page asks the same thing again and again, and embedding is most of a search's
+    /// time. Per caller, so how fast a search answers says nothing about what others asked.
+    queries: std::sync::Mutex<lru::LruCache<(String, String), [f32; embed::DIM]>>,
 }
 
-/// Queries kept ([`Knowledge::search`]): at most 3 KiB of vectors and
+/// Queries kept ([`Knowledge::search`]): 1.5 KiB of vector and at most
 /// [`MAX_QUERY_CHARS`] of text each.
 const QUERY_VECTORS_KEPT: usize = 1024;
 
@@ -540,15 +540,18 @@ impl Knowledge {
     ) -> Result<Vec<Hit>> {
         use tracing::Instrument;
         request.check()?;
-        let key = (caller.to_string(), request.query.clone());
+        let text = index::embedded_text(&request.query, request.mode).into_owned();
+        let key = (caller.to_string(), text);
         let kept = self.queries.lock().expect("poisoned").get(&key).copied();
         let vector = match kept {
             Some(v) => v,
             None => {
-                let text = request.query.clone();
-                let embedder = self.embedder.clone();
+                let (text, embedder) = (key.1.clone(), self.embedder.clone());
                 let v = tokio::task::spawn_blocking(move || {
-                    index::QueryVectors::embed(&embedder, &text)
+                    embedder
+                        .embed(&[text.as_str()])?
+                        .pop()
+                        .ok_or_else(|| Error::Internal("no query vector".into()))
                 })
                 .instrument(tracing::debug_span!("knowledge.embed_query"))
                 .await

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::config::Config;
-use crate::knowledge::index::{Index, Mode, QueryVectors};
+use crate::knowledge::index::{Index, Mode, embedded_text};
 use crate::knowledge::{Knowledge, SearchRequest};
 
 pub async fn run(config: Config, docs: usize, seconds: u64, k: usize) -> anyhow::Result<()> {
@@ -80,7 +80,11 @@ pub async fn run(config: Config, docs: usize, seconds: u64, k: usize) -> anyhow:
                     let q = &questions[next.fetch_add(1, Ordering::Relaxed) % questions.len()];
                     let t = Instant::now();
                     let request = SearchRequest::new(q.clone(), k);
-                    let vector = QueryVectors::embed(&embedder, q)?;
+                    let text = embedded_text(q, Mode::Hybrid);
+                    let vector = embedder
+                        .embed(&[&*text])?
+                        .pop()
+                        .expect("one text, one vector");
                     let mask = index.mask(|d| request.accepts(d));
                     index.search(q, &vector, &mask, k, Mode::Hybrid)?;
                     took.push(t.elapsed().as_secs_f64() * 1000.0);
