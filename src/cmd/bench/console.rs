@@ -349,7 +349,7 @@ pub async fn run(
             broken_streams += 1;
         }
     }
-    let peak = super::peak_rss_mb();
+    let (peak, peak_rss_scope) = (super::peak_rss_mb(), stack.peak_rss_scope);
     let Finished { pipeline, produced } = stack.finish().await?;
     let loads = server.len();
     println!(
@@ -377,6 +377,7 @@ pub async fn run(
             // null: the RSS did not steady with the writers stopped.
             "rss_mb_per_open_page": rss_per_page,
             "peak_rss_mb": peak.round(),
+            "peak_rss_scope": peak_rss_scope,
             "live_events": produced.events,
             "pipeline_records": pipeline.records,
         })

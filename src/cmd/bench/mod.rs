@@ -823,6 +823,7 @@ async fn mcp(config: Config, clients: usize, seconds: u64, rate: f64) -> anyhow:
     use rmcp::transport::StreamableHttpClientTransport;
 
     let stack = LiveStack::start(&config, "mcp").await?;
+    let peak_rss_scope = stack.peak_rss_scope;
     let catalog = stack.server.catalog.clone();
     let caller = stack.server.clone();
     let addr = stack.addr;
@@ -993,6 +994,7 @@ async fn mcp(config: Config, clients: usize, seconds: u64, rate: f64) -> anyhow:
             "live_events": produced.events,
             "pipeline_records": stats.records,
             "peak_rss_mb": peak_rss_mb().round(),
+            "peak_rss_scope": peak_rss_scope,
         })
     );
     Ok(())

@@ -1,7 +1,8 @@
 //! The system's ingest, derive and serve paths as `up` runs them (one supervisor, stream
 //! processing yielding the CPU to the server), on a scratch lakehouse and the embedded broker,
 //! with live events flowing: what `bench mcp` and `bench console` measure against. Unlike `up`,
-//! no alerts go to Kafka and no maintenance runs.
+//! no alerts go to Kafka and no maintenance runs, and the simulated corpus's vectors are in
+//! `knowledge.chunks` before anything starts ([`embed_corpus`]).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -22,6 +23,9 @@ pub(super) struct LiveStack {
     pub server: Millstream,
     /// Where `/mcp`, `/console` and `/metrics` answer.
     pub addr: SocketAddr,
+    /// What the process's peak RSS covers: `"stack"` (from after the corpus's embedding on) or
+    /// `"process"` where the kernel does not allow starting it over.
+    pub peak_rss_scope: &'static str,
     sup: Supervisor,
     /// The simulator, the pipeline and the deriver: what writes.
     writers: [crate::supervise::Stage; 3],
@@ -49,6 +53,7 @@ impl LiveStack {
         let brokers = broker.bootstrap_servers().to_string();
         lake.ensure_all().await?;
         crate::sim::write_reference(&lake, &config.simulate, false).await?;
+        let peak_rss_scope = embed_corpus(config, &lake, name).await;
         let producer = EventProducer::new(&config.kafka, &brokers)?;
         let history = crate::sim::stream::history(&config.simulate, name);
         eprintln!("bench {name}: {} history events", history.len());
@@ -158,6 +163,7 @@ impl LiveStack {
         Ok(LiveStack {
             server,
             addr,
+            peak_rss_scope,
             sup,
             writers: [simulate, ingest, derive],
             stats,
@@ -202,5 +208,42 @@ impl LiveStack {
         drop(producer);
         drop(broker);
         Ok(Finished { pipeline, produced })
+    }
+}
+
+/// Embeds the simulated corpus once, on every core, and stores its vectors in
+/// `knowledge.chunks`, as a lakehouse that `up` has run on holds them; then starts the process's
+/// peak RSS over. The server's index loads them instead of embedding the corpus beside the live
+/// stack: that first embedding of a new lakehouse runs on low-priority threads for about 17
+/// minutes there, took a fifth of the CPU through the measured minute, and is not what serving
+/// costs once it is done. Without the model (or with `knowledge.enabled = false`) the server
+/// answers the knowledge tools with what to install, and nothing is embedded here either.
+async fn embed_corpus(
+    config: &Config,
+    lake: &crate::lakehouse::Lakehouse,
+    name: &str,
+) -> &'static str {
+    if config.knowledge.enabled {
+        let cfg = crate::cmd::eval::all_cores(&config.knowledge);
+        match crate::knowledge::Knowledge::open(lake.clone(), &cfg) {
+            Ok(knowledge) => {
+                eprintln!("bench {name}: embedding the corpus once before the system starts");
+                match knowledge.sync().await {
+                    Ok(s) => eprintln!(
+                        "bench {name}: {} documents, {} chunks embedded in {:.0} s",
+                        s.documents, s.embedded, s.seconds
+                    ),
+                    Err(e) => eprintln!(
+                        "bench {name}: embedding the corpus failed ({e}); the server embeds it"
+                    ),
+                }
+            }
+            Err(e) => eprintln!("bench {name}: knowledge search not available ({e})"),
+        }
+    }
+    if super::reset_peak_rss() {
+        "stack"
+    } else {
+        "process"
     }
 }
