@@ -169,6 +169,28 @@ pub async fn write_corpus(
     ))
 }
 
+/// The knowledge index over `lake` for a command that people wait on (`who` names it in the
+/// progress lines): opened with embedding on every core ([`all_cores`]) and synced once, which
+/// embeds what `knowledge.chunks` does not hold yet.
+pub async fn indexed(
+    lake: crate::lakehouse::Lakehouse,
+    cfg: &crate::config::KnowledgeConfig,
+    who: &str,
+) -> anyhow::Result<(
+    std::sync::Arc<crate::knowledge::Knowledge>,
+    crate::knowledge::SyncStats,
+)> {
+    use anyhow::Context;
+    let knowledge = crate::knowledge::Knowledge::open(lake, &all_cores(cfg))?;
+    eprintln!("{who}: indexing the documents (vectors stored by earlier runs are reused)");
+    let synced = knowledge.sync().await.context("indexing the documents")?;
+    eprintln!(
+        "{who}: {} documents, {} chunks ({} embedded, {} reused) in {:.1}s",
+        synced.documents, synced.chunks, synced.embedded, synced.reused, synced.seconds
+    );
+    Ok((knowledge, synced))
+}
+
 /// Knowledge settings for a command that people wait on: embedding uses every core.
 pub fn all_cores(cfg: &crate::config::KnowledgeConfig) -> crate::config::KnowledgeConfig {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -179,17 +201,11 @@ pub fn all_cores(cfg: &crate::config::KnowledgeConfig) -> crate::config::Knowled
 }
 
 async fn search(config: Config, misses: Option<&std::path::Path>) -> anyhow::Result<()> {
-    use crate::knowledge::{Knowledge, Mode};
+    use crate::knowledge::Mode;
     use std::io::Write;
     let lake = crate::lakehouse::Lakehouse::from_config(&config.lakehouse)?;
     let corpus = write_corpus(&lake, &config).await?;
-    let knowledge = Knowledge::open(lake, &all_cores(&config.knowledge))?;
-    eprintln!("eval search: indexing (embeddings stored by an earlier run are reused)");
-    let synced = knowledge.sync().await?;
-    eprintln!(
-        "eval search: {} documents, {} chunks ({} embedded, {} reused) in {:.1}s",
-        synced.documents, synced.chunks, synced.embedded, synced.reused, synced.seconds
-    );
+    let (knowledge, synced) = indexed(lake, &config.knowledge, "eval search").await?;
     let mut report = serde_json::json!({
         "questions": corpus.questions.len(),
         "documents": synced.documents,

@@ -1,7 +1,6 @@
 //! `millstream search "…"`: knowledge search for people, with the same engine, grants and row
 //! filters as the MCP tool `search_knowledge` (it runs that tool as the principal given).
 
-use anyhow::Context;
 use clap::Args;
 use rmcp::handler::server::wrapper::Parameters;
 
@@ -59,16 +58,7 @@ pub async fn run(config: Config, args: SearchArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| config.serve.principal.clone());
     let policies = std::sync::Arc::new(crate::auth::Policies::load(&config.serve.policies)?);
-    let knowledge = crate::knowledge::Knowledge::open(
-        lake.clone(),
-        &super::eval::all_cores(&config.knowledge),
-    )?;
-    eprintln!("search: indexing (vectors stored by earlier runs are reused)");
-    let synced = knowledge.sync().await.context("indexing the documents")?;
-    eprintln!(
-        "search: {} documents, {} chunks ({} embedded now) in {:.1}s",
-        synced.documents, synced.chunks, synced.embedded, synced.seconds
-    );
+    let (knowledge, _) = super::eval::indexed(lake.clone(), &config.knowledge, "search").await?;
     let defs =
         crate::pipeline::definition::Definitions::from_config(&config.pipeline.definitions).await?;
     let catalog = crate::mcp::LiveCatalog::open(

@@ -152,6 +152,13 @@ impl Embedder {
         self.embed_here(texts)
     }
 
+    /// The unit vector of one text ([`Embedder::embed`]).
+    pub fn embed_one(&self, text: &str) -> Result<[f32; DIM]> {
+        self.embed(&[text])?
+            .pop()
+            .ok_or_else(|| Error::Internal("embedding: no vector".into()))
+    }
+
     fn embed_here(&self, texts: &[&str]) -> Result<Vec<[f32; DIM]>> {
         let inner = &self.inner;
         let failed = |e: &dyn std::fmt::Display| Error::Internal(format!("embedding: {e}"));
@@ -400,7 +407,7 @@ mod tests {
         assert!(passes(&lengths, embedder.inner.heads, ATTENTION_BYTES).len() > 1);
         let together = embedder.embed(&texts).unwrap();
         for (text, v) in texts.iter().zip(&together) {
-            let alone = embedder.embed(&[text]).unwrap().pop().unwrap();
+            let alone = embedder.embed_one(text).unwrap();
             let most = v
                 .iter()
                 .zip(&alone)

@@ -908,11 +908,16 @@ mod tests {
     }
 
     fn chunk(text: &str, v: usize) -> Vec<IndexedChunk> {
+        chunk_at(text, unit(v))
+    }
+
+    /// One chunk of `text` with the vector `vector`.
+    fn chunk_at(text: &str, vector: [f32; DIM]) -> Vec<IndexedChunk> {
         vec![IndexedChunk {
             no: 0,
             hash: crate::model::stable_hash(&[text]),
             text: text.into(),
-            vector: unit(v),
+            vector,
         }]
     }
 
@@ -1032,16 +1037,7 @@ mod tests {
         ] {
             let mut d = doc(id, "PLANT-1");
             d.links.machine_id = Some("M-001".into());
-            ix.upsert(
-                d,
-                vec![IndexedChunk {
-                    no: 0,
-                    hash: crate::model::stable_hash(&[text]),
-                    text: text.into(),
-                    vector: v,
-                }],
-            )
-            .unwrap();
+            ix.upsert(d, chunk_at(text, v)).unwrap();
         }
         ix.upsert(doc("C", "PLANT-2"), chunk("pressure report", 3))
             .unwrap();

@@ -547,15 +547,10 @@ impl Knowledge {
             Some(v) => v,
             None => {
                 let (text, embedder) = (key.1.clone(), self.embedder.clone());
-                let v = tokio::task::spawn_blocking(move || {
-                    embedder
-                        .embed(&[text.as_str()])?
-                        .pop()
-                        .ok_or_else(|| Error::Internal("no query vector".into()))
-                })
-                .instrument(tracing::debug_span!("knowledge.embed_query"))
-                .await
-                .map_err(|e| Error::Internal(format!("embedding task: {e}")))??;
+                let v = tokio::task::spawn_blocking(move || embedder.embed_one(&text))
+                    .instrument(tracing::debug_span!("knowledge.embed_query"))
+                    .await
+                    .map_err(|e| Error::Internal(format!("embedding task: {e}")))??;
                 self.queries.lock().expect("poisoned").put(key, v);
                 v
             }

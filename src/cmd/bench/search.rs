@@ -20,15 +20,14 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::config::Config;
+use crate::knowledge::SearchRequest;
 use crate::knowledge::index::{Index, Mode, embedded_text};
-use crate::knowledge::{Knowledge, SearchRequest};
 
 pub async fn run(config: Config, docs: usize, seconds: u64, k: usize) -> anyhow::Result<()> {
     let lake = crate::lakehouse::Lakehouse::from_config(&config.lakehouse)?;
     let corpus = crate::cmd::eval::write_corpus(&lake, &config).await?;
-    let knowledge = Knowledge::open(lake, &crate::cmd::eval::all_cores(&config.knowledge))?;
-    eprintln!("bench search: embedding the corpus (vectors stored by an earlier run are reused)");
-    let synced = knowledge.sync().await?;
+    let (knowledge, synced) =
+        crate::cmd::eval::indexed(lake, &config.knowledge, "bench search").await?;
     let embedding = json!({
         "chunks": synced.embedded,
         "seconds": round(synced.seconds),
@@ -80,11 +79,7 @@ pub async fn run(config: Config, docs: usize, seconds: u64, k: usize) -> anyhow:
                     let q = &questions[next.fetch_add(1, Ordering::Relaxed) % questions.len()];
                     let t = Instant::now();
                     let request = SearchRequest::new(q.clone(), k);
-                    let text = embedded_text(q, Mode::Hybrid);
-                    let vector = embedder
-                        .embed(&[&*text])?
-                        .pop()
-                        .expect("one text, one vector");
+                    let vector = embedder.embed_one(&embedded_text(q, Mode::Hybrid))?;
                     let mask = index.mask(|d| request.accepts(d));
                     index.search(q, &vector, &mask, k, Mode::Hybrid)?;
                     took.push(t.elapsed().as_secs_f64() * 1000.0);

@@ -224,21 +224,9 @@ async fn embed_corpus(
     name: &str,
 ) -> &'static str {
     if config.knowledge.enabled {
-        let cfg = crate::cmd::eval::all_cores(&config.knowledge);
-        match crate::knowledge::Knowledge::open(lake.clone(), &cfg) {
-            Ok(knowledge) => {
-                eprintln!("bench {name}: embedding the corpus once before the system starts");
-                match knowledge.sync().await {
-                    Ok(s) => eprintln!(
-                        "bench {name}: {} documents, {} chunks embedded in {:.0} s",
-                        s.documents, s.embedded, s.seconds
-                    ),
-                    Err(e) => eprintln!(
-                        "bench {name}: embedding the corpus failed ({e}); the server embeds it"
-                    ),
-                }
-            }
-            Err(e) => eprintln!("bench {name}: knowledge search not available ({e})"),
+        let who = format!("bench {name}");
+        if let Err(e) = crate::cmd::eval::indexed(lake.clone(), &config.knowledge, &who).await {
+            eprintln!("{who}: the corpus is not embedded up front: {e:#}");
         }
     }
     if super::reset_peak_rss() {
