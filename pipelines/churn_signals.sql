@@ -41,9 +41,11 @@ measured AS (
         CASE WHEN r.spend_prior_60d > 0.0 THEN r.spend_30d / (r.spend_prior_60d / 2.0) END
             AS spend_trend,
         c.as_of
-    FROM sales.customers cu
+    -- (the one-row clock first: DataFusion's cross join repeats each row of its left side as
+    -- a batch of its own, which for the customers was a batch per customer)
+    FROM clock c
+    CROSS JOIN sales.customers cu
     LEFT JOIN rfm r ON r.customer_id = cu.customer_id
-    CROSS JOIN clock c
     WHERE c.as_of IS NOT NULL
 ),
 scored AS (

@@ -38,9 +38,11 @@ measured AS (
             THEN round(h.spend_30d / (h.spend_prior_60d / 2.0), 2) END AS spend_trend,
         h.purchase_ages,
         c.as_of
-    FROM sales.customers cu
+    -- (the one-row clock first: DataFusion's cross join repeats each row of its left side as
+    -- a batch of its own, which for the customers was a batch per customer)
+    FROM clock c
+    CROSS JOIN sales.customers cu
     LEFT JOIN history h ON h.customer_id = cu.customer_id
-    CROSS JOIN clock c
     WHERE c.as_of IS NOT NULL
 ),
 scored AS (

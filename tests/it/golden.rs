@@ -89,6 +89,16 @@ struct Subject {
 }
 
 async fn run_case(subject: &Subject, dir: &Path) -> Result<String, String> {
+    Ok(render(&run_batches(subject, dir, None).await?))
+}
+
+/// The subject's result batches over the case's inputs, planned for `partitions` (the
+/// session's default when `None`).
+async fn run_batches(
+    subject: &Subject,
+    dir: &Path,
+    partitions: Option<usize>,
+) -> Result<Vec<RecordBatch>, String> {
     let mut data = BTreeMap::new();
     let mut batch = None;
     for entry in std::fs::read_dir(dir).unwrap() {
@@ -115,9 +125,13 @@ async fn run_case(subject: &Subject, dir: &Path) -> Result<String, String> {
         ctx = session::with_batch(&ctx, schema, vec![b], subject.filter.as_deref())
             .map_err(|e| e.to_string())?;
     }
+    if let Some(n) = partitions {
+        ctx.sql(&format!("SET datafusion.execution.target_partitions = {n}"))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     let df = ctx.sql(&subject.sql).await.map_err(|e| e.to_string())?;
-    let batches = df.collect().await.map_err(|e| e.to_string())?;
-    Ok(render(&batches))
+    df.collect().await.map_err(|e| e.to_string())
 }
 
 /// The SQL under test: a pipeline, or a view (`views/<name>`).
@@ -208,4 +222,44 @@ async fn every_pipeline_and_view_has_golden_cases() {
             dir.display()
         );
     }
+}
+
+/// A derived pipeline's rows come out of its query in batches of many rows, not one batch per
+/// row: planned on one partition, every golden case's result is a single batch. DataFusion's
+/// cross join repeats each row of its left side as a batch of its own; with the positions left
+/// of the one-row `clock`, a full shortage recompute of 10,500 positions built 10,500 one-row
+/// batches (an 8 KiB block for each long text) and held ~200 MB until they were written
+/// (`bench mcp`'s memory spikes at every quarter-hour tick).
+#[tokio::test]
+async fn a_derived_pipeline_s_rows_are_not_cut_into_a_batch_per_row() {
+    let defs = Definitions::built_in().await.unwrap();
+    let mut checked = 0;
+    for def in defs
+        .pipelines
+        .iter()
+        .filter(|d| matches!(d.kind, Kind::Derived(_)))
+    {
+        let subject = subject(&def.name).await;
+        let Ok(cases) = std::fs::read_dir(cases_root().join(&def.name)) else {
+            continue;
+        };
+        for case in cases.filter_map(|e| e.ok()).filter(|e| e.path().is_dir()) {
+            if case.path().join("error.txt").exists() {
+                continue;
+            }
+            let batches = run_batches(&subject, &case.path(), Some(1))
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", def.name));
+            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+            let filled = batches.iter().filter(|b| b.num_rows() > 0).count();
+            assert!(
+                filled <= 1,
+                "{}/{}: {rows} rows in {filled} batches",
+                def.name,
+                case.file_name().to_string_lossy()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "no derived pipeline has golden cases");
 }
