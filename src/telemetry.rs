@@ -288,6 +288,16 @@ fn describe() {
         Unit::Bytes,
         "Memory of a log's tail held by the MCP server, per table"
     );
+    describe_gauge!(
+        "millstream_mcp_answer_cache_answers",
+        Unit::Count,
+        "Tool answers the MCP server keeps for reuse"
+    );
+    describe_gauge!(
+        "millstream_mcp_answer_cache_bytes",
+        Unit::Bytes,
+        "Memory of the tool answers the MCP server keeps (serve.answer_cache_mb bounds it)"
+    );
     describe_histogram!(
         "millstream_catalog_visible_seconds",
         Unit::Seconds,
@@ -613,6 +623,19 @@ pub mod events {
         pub fn emit(&self) {
             let outcome = if self.hit { "hit" } else { "miss" };
             counter!("millstream_mcp_answer_cache_total", "outcome" => outcome).increment(1);
+        }
+    }
+
+    /// What the kept tool answers hold now ([`crate::mcp::answers`]), after a change.
+    pub struct AnswerCacheHeld {
+        pub answers: usize,
+        pub bytes: usize,
+    }
+
+    impl AnswerCacheHeld {
+        pub fn emit(&self) {
+            gauge!("millstream_mcp_answer_cache_answers").set(self.answers as f64);
+            gauge!("millstream_mcp_answer_cache_bytes").set(self.bytes as f64);
         }
     }
 

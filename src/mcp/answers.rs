@@ -6,7 +6,10 @@
 //!
 //! A query with a function whose result is not fixed by its arguments (`now()`, `random()`, …)
 //! is never kept. The cache is bounded in bytes (`serve.answer_cache_mb`); the least recently
-//! used answers leave first.
+//! used answers leave first. Table versions only move forward, so an answer one of whose tables
+//! has moved can never be used again: each time the server starts serving new versions, such
+//! answers are dropped ([`Answers::forget_stale`]) instead of holding the budget until the
+//! least recently used rule reaches them.
 
 use std::sync::{Arc, Mutex};
 
@@ -49,7 +52,10 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// Keeps `batches` in buffers of their own ([`compact`]), so the answer holds its rows
+    /// and not the table version they were cut from.
     pub fn new(inputs: Vec<(String, i64)>, read: Vec<String>, batches: Vec<RecordBatch>) -> Answer {
+        let batches: Vec<RecordBatch> = batches.iter().map(compact).collect();
         let bytes = batches
             .iter()
             .map(RecordBatch::get_array_memory_size)
@@ -65,6 +71,60 @@ impl Answer {
     }
 }
 
+/// `batch` with each column in buffers holding only its own values.
+///
+/// A query's result often shares buffers with what it read: a filter over a text column
+/// (`Utf8View`, as DataFusion reads Parquet text) copies the 16-byte views of the rows it keeps
+/// but points into the scanned batch's data buffers, and a `LIMIT` slices. A ten-row answer
+/// over an in-memory table then holds that table version's text (hundreds of KB), and the
+/// budget counts it so (`get_array_memory_size`): under `bench mcp` the cache's 64 MB held
+/// about 120 answers. Kept answers outlive the version they read, so they get their own copy:
+/// view arrays keep only their own views and the bytes they point to, and a sliced array of any other
+/// layout whose buffers are more than twice what its values need is copied. Nested columns
+/// are kept as they are.
+fn compact(batch: &RecordBatch) -> RecordBatch {
+    use arrow::array::{
+        Array, ArrayRef, AsArray, BinaryViewArray, MutableArrayData, StringViewArray, make_array,
+    };
+    use arrow::datatypes::DataType;
+    let compact_column = |col: &ArrayRef| -> ArrayRef {
+        match col.data_type() {
+            // `gc` copies the views and exactly the bytes they point to, but when every value
+            // is short enough to sit in its view it keeps the views buffer as it is (a slice
+            // of a table's column then still holds all of its views): those are rebuilt.
+            DataType::Utf8View => match col.as_string_view().gc() {
+                g if g.data_buffers().is_empty() => Arc::new(StringViewArray::from_iter(&g)),
+                g => Arc::new(g),
+            },
+            DataType::BinaryView => match col.as_binary_view().gc() {
+                g if g.data_buffers().is_empty() => Arc::new(BinaryViewArray::from_iter(&g)),
+                g => Arc::new(g),
+            },
+            t if t.is_nested() => col.clone(),
+            _ => {
+                let data = col.to_data();
+                match data.get_slice_memory_size() {
+                    Ok(needed) if col.get_array_memory_size() > 2 * needed + 1024 => {
+                        let mut copy = MutableArrayData::new(vec![&data], false, data.len());
+                        match copy.try_extend(0, 0, data.len()) {
+                            Ok(()) => make_array(copy.freeze()),
+                            Err(_) => col.clone(),
+                        }
+                    }
+                    _ => col.clone(),
+                }
+            }
+        }
+    };
+    let columns = batch.columns().iter().map(compact_column).collect();
+    RecordBatch::try_new_with_options(
+        batch.schema(),
+        columns,
+        &arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )
+    .expect("the same columns, types and rows")
+}
+
 /// The answers, newest use last, within a byte budget.
 pub struct Answers {
     kept: Mutex<Kept>,
@@ -76,6 +136,16 @@ pub struct Answers {
 struct Kept {
     answers: lru::LruCache<Key, Arc<Answer>>,
     bytes: usize,
+}
+
+impl Kept {
+    fn emit(&self) {
+        crate::telemetry::events::AnswerCacheHeld {
+            answers: self.answers.len(),
+            bytes: self.bytes,
+        }
+        .emit();
+    }
 }
 
 impl std::fmt::Debug for Answers {
@@ -153,11 +223,41 @@ impl Answers {
                 None => break,
             }
         }
+        kept.emit();
+    }
+
+    /// Drops every answer one of whose tables is no longer at the version it was computed
+    /// from (`version`: the versions now served). Served versions only move forward, so no
+    /// call could use such an answer again; kept, it would only hold memory until the least
+    /// recently used rule reached it.
+    pub fn forget_stale(&self, version: impl Fn(&str) -> Option<i64>) {
+        let mut kept = self.kept.lock().expect("poisoned");
+        let stale: Vec<Key> = kept
+            .answers
+            .iter()
+            .filter(|(_, a)| !current(&a.inputs, &version))
+            .map(|(k, _)| k.clone())
+            .collect();
+        if stale.is_empty() {
+            return;
+        }
+        for k in stale {
+            if let Some(a) = kept.answers.pop(&k) {
+                kept.bytes -= a.bytes + k.bytes();
+            }
+        }
+        kept.emit();
+    }
+
+    /// Answers kept now, and their bytes as the budget counts them.
+    pub fn held(&self) -> (usize, usize) {
+        let kept = self.kept.lock().expect("poisoned");
+        (kept.answers.len(), kept.bytes)
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.kept.lock().expect("poisoned").answers.len()
+        self.held().0
     }
 }
 
@@ -272,6 +372,93 @@ mod tests {
         // One answer over a sixteenth of the budget is not kept at all.
         answers.put(key("p", "big"), Answer::new(vec![], vec![], batch(100_000)));
         assert!(answers.get(&key("p", "big"), |_| None).is_none());
+    }
+
+    #[test]
+    fn a_kept_answer_holds_its_own_rows_not_the_batch_they_were_cut_from() {
+        use arrow::array::{AsArray, BooleanArray, StringViewArray};
+        // A table's text column (long values live in the data buffers, not in the views) and a
+        // number column; the answer is three rows of it, filtered, and two rows sliced.
+        let n = 20_000;
+        let text = StringViewArray::from_iter_values(
+            (0..n).map(|i| format!("part P-{i:05} at warehouse W-{:02}, bin {i}", i % 7)),
+        );
+        let num = Int64Array::from_iter_values(0..n as i64);
+        let table = RecordBatch::try_from_iter([
+            ("text", Arc::new(text) as arrow::array::ArrayRef),
+            ("num", Arc::new(num) as _),
+        ])
+        .unwrap();
+        let keep = BooleanArray::from_iter((0..n).map(|i| Some(i % 7_000 == 3)));
+        let filtered = arrow::compute::filter_record_batch(&table, &keep).unwrap();
+        // Sliced: the text column's ids are short enough to sit in the views themselves.
+        let ids = StringViewArray::from_iter_values((0..n).map(|i| format!("C-{i}")));
+        let sliced = RecordBatch::try_from_iter([
+            ("id", Arc::new(ids) as arrow::array::ArrayRef),
+            ("num", table.column(1).clone()),
+        ])
+        .unwrap()
+        .slice(100, 2);
+        let table_bytes = table.get_array_memory_size();
+        assert!(
+            filtered.get_array_memory_size() > table_bytes / 2,
+            "the filter shares buffers"
+        );
+
+        let answer = Answer::new(vec![], vec![], vec![filtered.clone(), sliced.clone()]);
+        assert!(
+            answer.bytes < 4096,
+            "{} bytes kept for five rows of a {table_bytes}-byte batch",
+            answer.bytes
+        );
+        assert_eq!(answer.batches, vec![filtered, sliced], "the same rows");
+        let kept = answer.batches[0].column(0).as_string_view();
+        assert_eq!(kept.value(1), "part P-07003 at warehouse W-03, bin 7003");
+        assert_eq!(
+            answer.batches[1].column(0).as_string_view().value(1),
+            "C-101"
+        );
+        assert_eq!(
+            answer.batches[1]
+                .column(1)
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .value(0),
+            100
+        );
+    }
+
+    #[test]
+    fn answers_whose_tables_moved_are_dropped_and_their_bytes_given_back() {
+        let answers = Answers::new(1 << 20);
+        let on =
+            |t: &str, v: i64| Answer::new(vec![(t.to_string(), v)], vec![t.into()], batch(100));
+        answers.put(key("p", "a"), on("a.t", 3));
+        answers.put(key("p", "b"), on("b.t", 5));
+        answers.put(key("p", "c"), Answer::new(vec![], vec![], batch(100)));
+        let full = answers.kept.lock().unwrap().bytes;
+        // a.t moved to 4; b.t is still at 5.
+        answers.forget_stale(|t| match t {
+            "a.t" => Some(4),
+            "b.t" => Some(5),
+            _ => None,
+        });
+        assert_eq!(answers.len(), 2);
+        let after = answers.kept.lock().unwrap().bytes;
+        assert_eq!(
+            full - after,
+            on("a.t", 3).bytes + key("p", "a").bytes(),
+            "the dropped answer's bytes are given back"
+        );
+        let now = |t: &str| (t == "b.t").then_some(5);
+        assert!(answers.get(&key("p", "b"), now).is_some());
+        assert!(answers.get(&key("p", "c"), now).is_some());
+        // A table that is no longer served at all makes its answers stale too.
+        answers.forget_stale(|_| None);
+        assert_eq!(
+            answers.len(),
+            1,
+            "only the answer that reads no table is left"
+        );
     }
 
     #[tokio::test]

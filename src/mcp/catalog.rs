@@ -332,6 +332,8 @@ impl LiveCatalog {
         for (name, loaded) in changed {
             next.tables.insert(name, loaded);
         }
+        self.answers
+            .forget_stale(|t| next.tables.get(t).map(|l| l.version));
         *self.current.write().expect("poisoned") = Arc::new(next);
         self.published.send_modify(|n| *n += 1);
     }

@@ -1163,7 +1163,18 @@ async fn a_kept_answer_never_outlives_a_change_to_what_the_caller_may_see() {
 
     // Hand one of alice's customers to carol: only sales.customers moves.
     let moved = mine.iter().next().unwrap().clone();
+    assert!(
+        seeded.catalog.answers().held().0 >= 2,
+        "alice's and bruno's answers are kept"
+    );
     seeded.hand_to_carol(&moved).await;
+    // Both answers depend on sales.customers through the row filter: once the server serves
+    // its new version, neither can be used again, and neither is still held.
+    assert_eq!(
+        seeded.catalog.answers().held(),
+        (0, 0),
+        "answers computed at the old version are dropped when the new one is served"
+    );
 
     let after = call(&alice, "list_churn_risks", all.clone()).await.unwrap();
     assert_eq!(
