@@ -79,9 +79,9 @@ impl Answer {
 /// over an in-memory table then holds that table version's text (hundreds of KB), and the
 /// budget counts it so (`get_array_memory_size`): under `bench mcp` the cache's 64 MB held
 /// about 120 answers. Kept answers outlive the version they read, so they get their own copy:
-/// view arrays keep only their own views and the bytes they point to, and a sliced array of any other
-/// layout whose buffers are more than twice what its values need is copied. Nested columns
-/// are kept as they are.
+/// view arrays keep only their own views and the bytes those point to, and a sliced array of
+/// any other layout whose buffers are more than twice what its values need is copied. Nested
+/// columns are kept as they are.
 fn compact(batch: &RecordBatch) -> RecordBatch {
     use arrow::array::{
         Array, ArrayRef, AsArray, BinaryViewArray, MutableArrayData, StringViewArray, make_array,
