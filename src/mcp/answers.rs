@@ -232,21 +232,18 @@ impl Answers {
     /// recently used rule reached it.
     pub fn forget_stale(&self, version: impl Fn(&str) -> Option<i64>) {
         let mut kept = self.kept.lock().expect("poisoned");
-        let stale: Vec<Key> = kept
-            .answers
-            .iter()
-            .filter(|(_, a)| !current(&a.inputs, &version))
-            .map(|(k, _)| k.clone())
-            .collect();
-        if stale.is_empty() {
-            return;
-        }
-        for k in stale {
-            if let Some(a) = kept.answers.pop(&k) {
-                kept.bytes -= a.bytes + k.bytes();
+        let Kept { answers, bytes } = &mut *kept;
+        let before = answers.len();
+        answers.retain(|k, a| {
+            let keep = current(&a.inputs, &version);
+            if !keep {
+                *bytes -= a.bytes + k.bytes();
             }
+            keep
+        });
+        if answers.len() < before {
+            kept.emit();
         }
-        kept.emit();
     }
 
     /// Answers kept now, and their bytes as the budget counts them.

@@ -165,14 +165,7 @@ impl Plans {
             return;
         };
         let mut kept = kept.lock().expect("poisoned");
-        let stale: Vec<_> = kept
-            .iter()
-            .filter(|(_, p)| !current(p, &version))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in stale {
-            kept.pop(&k);
-        }
+        kept.retain(|_, p| current(p, &version));
         kept.put((principal.to_string(), sql.to_string()), plan);
     }
 
