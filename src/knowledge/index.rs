@@ -151,6 +151,13 @@ const RRF_K: f32 = 60.0;
 /// the top few: a plant's procedures sit among its ~1,600 documents.
 const LINKED_DEPTH: usize = 200;
 
+/// How many documents, of those the two halves rank first and the named entities are not linked
+/// to, move the vector that orders the entity list ([`Index::with_feedback`]).
+const FEEDBACK_DOCS: usize = 20;
+
+/// The weight of their mean vector against the query's own (which weighs 1).
+const FEEDBACK_WEIGHT: f32 = 0.5;
+
 /// What a ranked list gives the document at `rank` (1 = first) in reciprocal-rank fusion.
 fn rrf(rank: usize) -> f32 {
     1.0 / (RRF_K + rank as f32)
@@ -438,9 +445,17 @@ impl Index {
                     },
                     || match mode {
                         Mode::Hybrid => {
-                            self.entity_top(text, vector, &coded, mask, depth.max(LINKED_DEPTH))
+                            let linked = self.linked(text, mask);
+                            let listed = self.entity_top(
+                                &linked,
+                                vector,
+                                &coded,
+                                mask,
+                                depth.max(LINKED_DEPTH),
+                            );
+                            (linked, listed)
                         }
-                        _ => (Linked::default(), Vec::new()),
+                        Mode::Keyword | Mode::Vector => (Linked::default(), Vec::new()),
                     },
                 )
             },
@@ -450,6 +465,20 @@ impl Index {
             },
         );
         let by_keyword = by_keyword?;
+        // The entity list's documents, ordered again by the question's vector as the rest of
+        // the corpus moves it ([`Index::with_feedback`]).
+        let by_entity = if by_entity.is_empty() {
+            by_entity
+        } else {
+            let moved = self.with_feedback(vector, &linked, &by_entity, [&by_vector, &by_keyword]);
+            let mut rescored: Vec<(usize, f32)> = by_entity
+                .into_iter()
+                .map(|(slot, _)| (slot, self.similarity(slot, &moved)))
+                .collect();
+            let n = rescored.len();
+            top(&mut rescored, n);
+            rescored
+        };
         // Collapse each list to documents (a document's best chunk), then fuse by rank. The
         // chunk shown is the first list's best one that ranks the document.
         //
@@ -520,20 +549,10 @@ impl Index {
         Ok(hits.into_iter().take(k).map(|(_, hit)| hit).collect())
     }
 
-    /// The visible documents linked to the entities `text` names by id, and the visible chunks
-    /// of those linked to all of them (or, when none is, to as many as any is), nearest to the
-    /// query's vector (`coded` is its code), best first. The vector leaves the names out
-    /// ([`embedded_text`]): they have picked the documents, the rest of the question ranks
-    /// them. Only documents the caller can see are counted: a hidden document linked to more of
-    /// the named entities must not change which visible ones rank here.
-    fn entity_top(
-        &self,
-        text: &str,
-        vector: &[f32; DIM],
-        coded: &super::quant::CodedQuery,
-        mask: &[bool],
-        depth: usize,
-    ) -> (Linked<'_>, Vec<(usize, f32)>) {
+    /// The visible documents linked to the entities `text` names by id. Only documents the
+    /// caller can see are counted: a hidden document linked to more of the named entities must
+    /// not change which visible ones rank in the entity list.
+    fn linked(&self, text: &str, mask: &[bool]) -> Linked<'_> {
         let mut terms: Vec<String> = identifiers_whole(text)
             .split(|c: char| !c.is_alphanumeric())
             .map(str::to_lowercase)
@@ -553,17 +572,102 @@ impl Index {
                 }
             }
         }
-        if counts.is_empty() {
-            return (Linked::default(), Vec::new());
-        }
         let most = counts.values().map(|(n, _)| *n).max().unwrap_or(0);
-        let slots = counts
+        Linked { counts, most }
+    }
+
+    /// The query's vector moved toward what the rest of the corpus says answers it (Rocchio's
+    /// pseudo-relevance feedback): `q` plus [`FEEDBACK_WEIGHT`] times the mean vector of the
+    /// [`FEEDBACK_DOCS`] documents the two halves rank first (fused by rank) among those *not*
+    /// linked to the named entities and of a kind the entity list holds, made unit length again.
+    ///
+    /// It orders the entity list ([`Index::entity_top`]) again. Those documents are near-identical
+    /// templates: M-020's reports all name the machine, its type and plant, and differ in
+    /// dates, people and the failure. A paraphrase ("a sudden shudder went through the
+    /// machine") sits about as near to each failure's wording in the small model's space, but
+    /// the corpus at large settles it: other machines' reports and the procedures that match
+    /// the question in both halves are mostly of the failure meant, and they pull the vector
+    /// toward it. The feedback documents come from the halves' rankings of visible chunks only,
+    /// so a hidden document moves nothing.
+    fn with_feedback(
+        &self,
+        q: &[f32; DIM],
+        linked: &Linked<'_>,
+        listed: &[(usize, f32)],
+        halves: [&[(usize, f32)]; 2],
+    ) -> [f32; DIM] {
+        // The kinds of the documents the entity list holds (`listed`): documents of another kind
+        // are written in other words (a ticket's, a proposal's), and their mean pulls toward
+        // that register rather than toward what the question means.
+        let kinds: std::collections::HashSet<&str> = listed
+            .iter()
+            .filter_map(|&(slot, _)| self.slots[slot].as_ref().map(|s| s.doc.kind))
+            .collect();
+        let mut fused: HashMap<&str, (f32, usize)> = HashMap::new();
+        for list in halves {
+            let mut seen = std::collections::HashSet::new();
+            for &(slot, _) in list {
+                let s = self.slots[slot].as_ref().expect("ranked slots are live");
+                let doc = s.doc.doc_id.as_str();
+                if linked.counts.contains_key(doc)
+                    || !kinds.contains(s.doc.kind)
+                    || !seen.insert(doc)
+                {
+                    continue;
+                }
+                let contribution = rrf(seen.len());
+                fused
+                    .entry(doc)
+                    .and_modify(|e| e.0 += contribution)
+                    .or_insert((contribution, slot));
+            }
+        }
+        let mut ranked: Vec<(&str, f32, usize)> = fused
+            .into_iter()
+            .map(|(doc, (score, slot))| (doc, score, slot))
+            .collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        ranked.truncate(FEEDBACK_DOCS);
+        if ranked.is_empty() {
+            return *q;
+        }
+        let weight = FEEDBACK_WEIGHT / ranked.len() as f32;
+        let mut moved = *q;
+        for &(_, _, slot) in &ranked {
+            let v = &self.vectors[slot * DIM..(slot + 1) * DIM];
+            for (m, x) in moved.iter_mut().zip(v) {
+                *m += weight * x;
+            }
+        }
+        let norm = moved.iter().map(|x| x * x).sum::<f32>().sqrt();
+        if norm > 0.0 {
+            moved.iter_mut().for_each(|m| *m /= norm);
+        }
+        moved
+    }
+
+    /// The visible chunks of the documents linked to all of the named entities (or, when none
+    /// is, to as many as any is), nearest to `vector` (`coded` is its code), best first. The
+    /// vector leaves the names out ([`embedded_text`]): they have picked the documents, the
+    /// rest of the question ranks them. It runs beside the two halves; [`Index::search`] then
+    /// orders what it found by the vector the halves' feedback moved
+    /// ([`Index::with_feedback`]): all of a machine's documents, a plant's nearest 200.
+    fn entity_top(
+        &self,
+        linked: &Linked<'_>,
+        vector: &[f32; DIM],
+        coded: &super::quant::CodedQuery,
+        mask: &[bool],
+        depth: usize,
+    ) -> Vec<(usize, f32)> {
+        let visible = |slot: &usize| mask.get(*slot).copied().unwrap_or(false);
+        let slots = linked
+            .counts
             .values()
-            .filter(|(n, _)| *n == most)
+            .filter(|(n, _)| *n == linked.most)
             .flat_map(|(_, slots)| slots.iter().copied())
             .filter(visible);
-        let ranked = self.nearest(vector, coded, slots, depth);
-        (Linked { counts, most }, ranked)
+        self.nearest(vector, coded, slots, depth)
     }
 
     /// The `depth` chunks among `slots` nearest to `q` (coded as `coded`), best first, exactly:
@@ -1056,6 +1160,90 @@ mod tests {
             .map(|h| h.doc.doc_id.clone())
             .collect();
         assert_eq!(order, ["A", "B", "C"]);
+    }
+
+    /// M-001's two reports, SURGE (`e1`) and FROZEN (`e2`); other machines' reports of a
+    /// surge (`e1 + e3`); two tickets about a frozen gauge (`e2`); with `hidden`, six more reports elsewhere of a frozen gauge (`e2`),
+    /// which the caller of [`feedback_order`] may not see. The question's vector is a little
+    /// nearer FROZEN than SURGE.
+    fn feedback_index(hidden: bool) -> (Index, [f32; DIM]) {
+        let mut ix = Index::new().unwrap();
+        for (id, v) in [("SURGE", unit(1)), ("FROZEN", unit(2))] {
+            let mut d = doc(id, "PLANT-1");
+            d.links.machine_id = Some("M-001".into());
+            ix.upsert(d, chunk_at("pressure report", v)).unwrap();
+        }
+        let mut surge = [0f32; DIM];
+        (surge[1], surge[3]) = (0.6, 0.8);
+        for id in ["ELSEWHERE-1", "ELSEWHERE-2"] {
+            ix.upsert(doc(id, "PLANT-2"), chunk_at("pressure surge", surge))
+                .unwrap();
+        }
+        // Tickets elsewhere about a frozen gauge: not the kind the entity list ranks.
+        for id in ["T-1", "T-2"] {
+            let mut ticket = doc(id, "PLANT-2");
+            ticket.kind = "ticket";
+            ix.upsert(ticket, chunk("frozen gauge", 2)).unwrap();
+        }
+        if hidden {
+            for n in 0..6 {
+                ix.upsert(doc(&format!("H-{n}"), "PLANT-3"), chunk("frozen gauge", 2))
+                    .unwrap();
+            }
+        }
+        ix.commit().unwrap();
+        let mut q = [0f32; DIM];
+        (q[1], q[2], q[3]) = (0.64, 0.70, 0.3);
+        let norm = q.iter().map(|x| x * x).sum::<f32>().sqrt();
+        q.iter_mut().for_each(|x| *x /= norm);
+        (ix, q)
+    }
+
+    /// What a question about M-001 finds, with scores, among the documents `visible` accepts.
+    fn feedback_order(
+        ix: &Index,
+        q: &[f32; DIM],
+        visible: impl Fn(&DocMeta) -> bool,
+    ) -> Vec<(String, f32)> {
+        let mask = ix.mask(visible);
+        ix.search("Has M-001 had a pressure kick?", q, &mask, 5, Mode::Hybrid)
+            .unwrap()
+            .into_iter()
+            .map(|h| (h.doc.doc_id.clone(), h.score))
+            .collect()
+    }
+
+    #[test]
+    fn the_corpus_settles_which_of_the_named_machine_s_failures_a_paraphrase_means() {
+        // The question's own vector is nearer FROZEN (0.70 against 0.64). The reports of other
+        // machines that the halves rank are of a surge, and they move the vector that ranks
+        // M-001's reports: SURGE first. Without the feedback FROZEN would lead, and so it would
+        // with the tickets about a frozen gauge fed back too: they are not reports.
+        let (ix, q) = feedback_index(false);
+        let order = feedback_order(&ix, &q, |_| true);
+        assert_eq!(order[0].0, "SURGE", "{order:?}");
+        assert_eq!(order[1].0, "FROZEN", "{order:?}");
+        let moved = ix.with_feedback(
+            &q,
+            &ix.linked("M-001", &ix.mask(|_| true)),
+            &[(0, 1.0)],
+            [&[], &[]],
+        );
+        assert_eq!(moved, q, "no ranked document, no feedback");
+    }
+
+    #[test]
+    fn a_hidden_document_moves_not_the_feedback() {
+        // Six hidden reports of a frozen gauge would, if they fed back, turn the ranking of
+        // M-001's reports around (FROZEN first, shown by a caller who may see them). A caller
+        // who may not gets exactly what they get when those reports do not exist.
+        let (bare, q) = feedback_index(false);
+        let (full, _) = feedback_index(true);
+        let hidden = |d: &DocMeta| !d.doc_id.starts_with("H-");
+        let alone = feedback_order(&bare, &q, |_| true);
+        assert_eq!(feedback_order(&full, &q, hidden), alone);
+        let seeing = feedback_order(&full, &q, |_| true);
+        assert_eq!(seeing[0].0, "FROZEN", "{seeing:?}");
     }
 
     #[test]
