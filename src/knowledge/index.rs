@@ -585,9 +585,8 @@ impl Index {
     /// templates: M-020's reports all name the machine, its type and plant, and differ in
     /// dates, people and the failure. A paraphrase ("a sudden shudder went through the
     /// machine") sits about as near to each failure's wording in the small model's space, but
-    /// the corpus at large settles it: other machines' reports and the procedures that match
-    /// the question in both halves are mostly of the failure meant, and they pull the vector
-    /// toward it. The feedback documents come from the halves' rankings of visible chunks only,
+    /// the corpus at large settles it: other machines' reports that match the question in both
+    /// halves are mostly of the failure meant, and they pull the vector toward it. The feedback documents come from the halves' rankings of visible chunks only,
     /// so a hidden document moves nothing.
     fn with_feedback(
         &self,
