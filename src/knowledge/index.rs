@@ -489,22 +489,17 @@ impl Index {
         // more than its rank among M-020's own reports did.
         let mut fused: HashMap<&str, (f32, usize)> = HashMap::new();
         for (list, half) in [(&by_vector, true), (&by_keyword, true), (&by_entity, false)] {
-            let mut seen = std::collections::HashSet::new();
-            for &(slot, score) in list.iter() {
-                let s = self.slots[slot].as_ref().expect("ranked slots are live");
-                if !seen.insert(s.doc.doc_id.as_str()) {
-                    continue;
-                }
-                if half && linked.best(&s.doc) {
+            for (rank, (doc, slot, score)) in self.by_document(list).enumerate() {
+                if half && linked.best(doc) {
                     continue;
                 }
                 let contribution = match mode {
-                    Mode::Hybrid => rrf(seen.len()),
+                    Mode::Hybrid => rrf(rank + 1),
                     // One half alone reports its own score.
                     Mode::Keyword | Mode::Vector => score,
                 };
                 fused
-                    .entry(s.doc.doc_id.as_str())
+                    .entry(doc.doc_id.as_str())
                     .and_modify(|e| e.0 += contribution)
                     .or_insert((contribution, slot));
             }
@@ -547,6 +542,23 @@ impl Index {
                 .then_with(|| a.doc.doc_id.cmp(&b.doc.doc_id))
         });
         Ok(hits.into_iter().take(k).map(|(_, hit)| hit).collect())
+    }
+
+    /// Each document of a ranked list of chunks once, at its best chunk, in rank order: the
+    /// document, that chunk's slot and its score.
+    fn by_document<'a>(
+        &'a self,
+        list: &'a [(usize, f32)],
+    ) -> impl Iterator<Item = (&'a DocMeta, usize, f32)> + 'a {
+        let mut seen = std::collections::HashSet::new();
+        list.iter().filter_map(move |&(slot, score)| {
+            let doc = &self.slots[slot]
+                .as_ref()
+                .expect("ranked slots are live")
+                .doc;
+            seen.insert(doc.doc_id.as_str())
+                .then_some((&**doc, slot, score))
+        })
     }
 
     /// The visible documents linked to the entities `text` names by id. Only documents the
@@ -604,19 +616,13 @@ impl Index {
             .collect();
         let mut fused: HashMap<&str, (f32, usize)> = HashMap::new();
         for list in halves {
-            let mut seen = std::collections::HashSet::new();
-            for &(slot, _) in list {
-                let s = self.slots[slot].as_ref().expect("ranked slots are live");
-                let doc = s.doc.doc_id.as_str();
-                if linked.counts.contains_key(doc)
-                    || !kinds.contains(s.doc.kind)
-                    || !seen.insert(doc)
-                {
-                    continue;
-                }
-                let contribution = rrf(seen.len());
+            let others = self.by_document(list).filter(|(doc, _, _)| {
+                !linked.counts.contains_key(doc.doc_id.as_str()) && kinds.contains(doc.kind)
+            });
+            for (rank, (doc, slot, _)) in others.enumerate() {
+                let contribution = rrf(rank + 1);
                 fused
-                    .entry(doc)
+                    .entry(doc.doc_id.as_str())
                     .and_modify(|e| e.0 += contribution)
                     .or_insert((contribution, slot));
             }
