@@ -1,8 +1,8 @@
 //! Where work runs when one process both answers and processes (`millstream up`,
 //! `millstream bench mcp`).
 //!
-//! Answers to people and agents (HTTP, MCP tools, the catalog refresher) run on the main tokio
-//! runtime. Stream processing (the pipeline, the deriver, maintenance, the simulator) runs on
+//! Answers to people and agents (HTTP, MCP tools, the catalog refresher, the knowledge index's
+//! follower) run on the main tokio runtime. Stream processing (the pipeline, the deriver, maintenance, the simulator) runs on
 //! [`background`], a second runtime whose threads run at a lower CPU priority. When both want
 //! the cores, the kernel serves the answers first; the pipeline catches up within its batch
 //! interval, since a burst of requests is short next to it. Kafka clients created on the

@@ -94,6 +94,12 @@ pub struct Knowledge {
 /// [`MAX_QUERY_CHARS`] of text each.
 const QUERY_VECTORS_KEPT: usize = 1024;
 
+/// Versions timed per table by one sync ([`telemetry::events::DocumentsSearchable`]): the
+/// oldest, which waited longest, when a sync catches up more.
+///
+/// [`telemetry::events::DocumentsSearchable`]: crate::telemetry::events::DocumentsSearchable
+const MAX_TIMED: usize = 100;
+
 /// A table version the index reflects, and when it was committed.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Reflected {
@@ -173,13 +179,12 @@ impl Knowledge {
         let _one = self.syncing.lock().await;
         let started = Instant::now();
         let mut stats = SyncStats::default();
-        // A fresh index (a start) takes the vectors stored by earlier runs; later syncs find an
-        // unchanged chunk's vector in the index itself.
-        let mut stored = if self.index.read().await.documents() == 0 {
-            self.load_stored().await?
-        } else {
-            Vectors::new()
-        };
+        // Vectors of the chunks to index: an unchanged chunk's from the index itself, and those
+        // stored by earlier runs once `apply` finds it needs them (`loaded`).
+        let (mut stored, mut loaded) = (Vectors::new(), false);
+        // Live edits' new vectors, stored after the loop: once searchable, and without holding
+        // up the next table's changes (losing them in a crash only means embedding them again).
+        let mut deferred = Vec::new();
         let mut tables = self.tables.lock().await;
         for source in &SOURCES {
             let table = match tables.entry(source.table) {
@@ -200,37 +205,54 @@ impl Knowledge {
             if reflected == Some(version) {
                 continue;
             }
-            let change = match reflected {
+            let changed = match reflected {
                 Some(from) if from < version => {
                     match self.changes(source, table, from + 1, version).await {
-                        Ok(changed) => Change::Some(changed),
+                        Ok(changed) => Some(Change::Some(changed)),
                         Err(e) => {
                             tracing::warn!(
                                 table = source.table, from = from + 1, to = version, error = %e,
                                 "the Change Data Feed of these versions cannot be read \
                                  (vacuumed?): rebuilding from the table's snapshot"
                             );
-                            stats.snapshots += 1;
-                            Change::All(source.snapshot(table).await?)
+                            None
                         }
                     }
                 }
-                _ => {
+                _ => None,
+            };
+            let change = match changed {
+                Some(change) => change,
+                None => {
                     stats.snapshots += 1;
                     Change::All(source.snapshot(table).await?)
                 }
             };
-            self.apply(source.table, change, &mut stored, &mut stats)
+            let live = self
+                .apply(source.table, change, (&mut stored, &mut loaded), &mut stats)
                 .await?;
+            deferred.extend(live);
             let committed_at = crate::lakehouse::commit_time(source.table, table, version).await?;
-            // A version committed while the index was following the table (not the state found
-            // at a start): how long until its changes could be found.
-            if let (Some(_), Some(at)) = (reflected, committed_at) {
-                crate::telemetry::events::DocumentsSearchable {
-                    table: source.table,
-                    delay: (Utc::now() - at).to_std().unwrap_or_default(),
+            // Each version committed while the index was following the table (not the state
+            // found at a start): how long until its changes could be found. One sample per
+            // version, so a sync that caught up several counts the older ones' longer waits (the
+            // oldest MAX_TIMED when it caught up more).
+            if let Some(from) = reflected {
+                let now = Utc::now();
+                for v in (from + 1..=version).take(MAX_TIMED) {
+                    let at = if v == version {
+                        committed_at
+                    } else {
+                        crate::lakehouse::commit_time(source.table, table, v).await?
+                    };
+                    if let Some(at) = at {
+                        crate::telemetry::events::DocumentsSearchable {
+                            table: source.table,
+                            delay: (now - at).to_std().unwrap_or_default(),
+                        }
+                        .emit();
+                    }
                 }
-                .emit();
             }
             self.versions.lock().expect("poisoned").insert(
                 source.table,
@@ -239,6 +261,10 @@ impl Knowledge {
                     committed_at,
                 },
             );
+        }
+        drop(tables);
+        if !deferred.is_empty() {
+            self.store_chunks(deferred).await?;
         }
         self.built.store(true, std::sync::atomic::Ordering::Release);
         let index = self.index.read().await;
@@ -307,14 +333,19 @@ impl Knowledge {
         }
     }
 
-    /// Applies `change` to the index's documents of `table`.
+    /// Applies `change` to the index's documents of `table`. `known` holds the vectors found so
+    /// far in this sync, and whether those stored by earlier runs are among them. Returns the
+    /// rows of a live edit's new chunk vectors, for the caller to store once every table's
+    /// changes are searchable.
     async fn apply(
         &self,
         table: &'static str,
         change: Change,
-        stored: &mut Vectors,
+        known: (&mut Vectors, &mut bool),
         stats: &mut SyncStats,
-    ) -> Result<()> {
+    ) -> Result<Option<arrow::array::RecordBatch>> {
+        let (stored, loaded) = known;
+        let whole = matches!(change, Change::All(_));
         // What changed against the index: chunked, each chunk with its text hash.
         let (pending, gone) = {
             let index = self.index.read().await;
@@ -361,6 +392,19 @@ impl Knowledge {
             }
             (pending, gone)
         };
+        // Chunks this index has no vector for may have been embedded by an earlier run: read
+        // the stored vectors (once per sync) when a table is read whole (a start, a rebuild), or
+        // when more chunks are new than a live edit brings (the corpus written after the index
+        // started). A live edit's few new chunks are just embedded.
+        let missing = pending
+            .iter()
+            .flat_map(|(_, chunks)| chunks)
+            .filter(|(_, h)| !stored.contains_key(h))
+            .count();
+        if !*loaded && (missing > self.cfg.embed_batch || whole && missing > 0) {
+            stored.extend(self.load_stored().await?);
+            *loaded = true;
+        }
         let deferred = self.embed_missing(table, &pending, stored, stats).await?;
         let mut index = self.index.write().await;
         for (doc, chunks) in pending {
@@ -382,21 +426,15 @@ impl Knowledge {
             }
         }
         index.commit()?;
-        drop(index);
-        // A live edit's vectors are stored once it is searchable (losing them in a crash only
-        // means embedding them again).
-        if let Some(batch) = deferred {
-            self.store_chunks(batch).await?;
-        }
-        Ok(())
+        Ok(deferred)
     }
 
-    /// Appends embedded chunks to `knowledge.chunks`.
-    async fn store_chunks(&self, batch: arrow::array::RecordBatch) -> Result<()> {
+    /// Appends embedded chunks to `knowledge.chunks`, in one commit.
+    async fn store_chunks(&self, batches: Vec<arrow::array::RecordBatch>) -> Result<()> {
         self.lake
             .ensure(CHUNKS)
             .await?
-            .write(vec![batch])
+            .write(batches)
             .with_save_mode(SaveMode::Append)
             .await
             .map_err(|e| Error::delta(CHUNKS, e))?;
@@ -452,8 +490,10 @@ impl Knowledge {
             let texts: Vec<String> = batch.iter().map(|(_, c, _)| c.text.clone()).collect();
             let (embedder, pool) = (self.embedder.clone(), self.pool.clone());
             // Building the index (or rebuilding it) is bulk work for the background threads; a
-            // live edit of a few documents is embedded at once at normal priority, so it is
-            // searchable within a second even while ingest keeps the cores busy.
+            // live edit of a few documents is embedded at once, at the priority of the runtime
+            // that follows the tables (the serving one under `serve` and `up`, as a search
+            // query is), so it is searchable within a second even while ingest keeps the cores
+            // busy.
             let live = self.built.load(std::sync::atomic::Ordering::Relaxed) && total <= size;
             let vectors = tokio::task::spawn_blocking(move || {
                 let embed = || {
@@ -493,7 +533,7 @@ impl Knowledge {
                 // At most one batch (`total <= size`).
                 return Ok(Some(rows));
             }
-            self.store_chunks(rows).await?;
+            self.store_chunks(vec![rows]).await?;
         }
         Ok(None)
     }

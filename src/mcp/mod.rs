@@ -192,9 +192,12 @@ pub async fn start(
     .with_auditor(auditor))
 }
 
-/// Knowledge search for the server (`knowledge.enabled`): the model, and the index followed on
-/// the background runtime under `sup` (building it may embed a whole corpus once). Without the
-/// model the server still starts, and callers of the knowledge tools are told what to install.
+/// Knowledge search for the server (`knowledge.enabled`): the model, and the index followed under
+/// `sup` on the serving runtime, like the catalog: a document edit is searchable within a second
+/// even while stream processing keeps the cores busy. Bulk embedding (building the index, which
+/// may embed a whole corpus once) runs on its own threads at the background priority. Without
+/// the model the server still starts, and callers of the knowledge tools are told what to
+/// install.
 fn start_knowledge(
     config: &crate::config::Config,
     catalog: &LiveCatalog,
@@ -222,7 +225,7 @@ fn start_knowledge(
         "knowledge index",
         stage,
         crate::supervise::Policy::Restart { max: 5 },
-        crate::runtime::background(),
+        &tokio::runtime::Handle::current(),
         move |stop| follower.clone().follow(every, stop),
     );
     Ok(knowledge)

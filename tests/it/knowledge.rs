@@ -92,6 +92,25 @@ async fn the_index_follows_the_change_data_feed_and_a_restart_re_embeds_nothing(
     assert_eq!(again.embedder().texts_embedded(), 0);
     assert_eq!(resynced.chunks, synced.chunks);
 
+    // A document table that appears after the index started (as when the simulator writes the
+    // corpus beside a starting `up`), whose vectors an earlier run stored: none is embedded
+    // again.
+    let proposals = dir.path().join("lakehouse/knowledge/proposals");
+    let aside = dir.path().join("proposals-aside");
+    std::fs::rename(&proposals, &aside).unwrap();
+    let late = Knowledge::open(lake.clone(), &cfg.knowledge).unwrap();
+    let early = late.sync().await.unwrap();
+    assert_eq!(early.snapshots, 2, "proposals not there yet: {early:?}");
+    std::fs::rename(&aside, &proposals).unwrap();
+    let appeared = late.sync().await.unwrap();
+    assert_eq!(
+        (appeared.snapshots, appeared.embedded),
+        (1, 0),
+        "{appeared:?}"
+    );
+    assert_eq!(late.embedder().texts_embedded(), 0);
+    assert_eq!(appeared.chunks, synced.chunks);
+
     // A query asked again by the same caller is not embedded again; by another caller it is
     // (the kept vectors are per caller, so one caller's speed says nothing of another's asks).
     let request = SearchRequest::new("the spindle bearing runs hot", 5);
