@@ -401,7 +401,7 @@ impl Knowledge {
             .flat_map(|(_, chunks)| chunks)
             .filter(|(_, h)| !stored.contains_key(h))
             .count();
-        if !*loaded && (missing > self.cfg.embed_batch || whole && missing > 0) {
+        if !*loaded && (missing > self.cfg.embed_batch || (whole && missing > 0)) {
             stored.extend(self.load_stored().await?);
             *loaded = true;
         }
